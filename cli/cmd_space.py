@@ -1,0 +1,71 @@
+"""hwnas space show | sample"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import typer
+from rich.table import Table
+
+from cli.app import console, print_json, space_app
+from nas.builder import build_block, count_macs, count_params
+from nas.files import write_json
+from nas.space import arch_document, builtin_spaces, load_space, resolve_model_ref
+
+
+@space_app.command("show")
+def show(ref: str = typer.Argument(..., help="space name, space YAML, or arch JSON"),
+         resolution: Optional[int] = typer.Option(None, help="input resolution"),
+         width: Optional[float] = typer.Option(None, help="width multiplier"),
+         classes: Optional[int] = typer.Option(None, help="number of classes"),
+         as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
+    """Print the layers, MACs and params of a model (a space shows its largest arch)."""
+    space, arch = resolve_model_ref(ref, resolution=resolution, width_multiplier=width, classes=classes)
+    rows, total_macs, total_params = [], 0, 0
+    for b in space.resolve(arch):
+        block = build_block(b)
+        macs = count_macs(block, (b.c_in, b.resolution, b.resolution))
+        params = count_params(block)
+        total_macs, total_params = total_macs + macs, total_params + params
+        rows.append({"role": b.role, "op": b.op, "c_in": b.c_in, "c_out": b.c_out, "stride": b.stride,
+                     "resolution": b.resolution, "macs": macs, "params": params})
+    if as_json:
+        print_json({"space": space.name, "arch": arch.to_dict(), **space.space_args(), "macs": total_macs,
+                    "params": total_params, "searchable": not space.is_fixed, "blocks": rows})
+        return
+    table = Table(title=f"{space.name} @ {space.resolution}px, width x{space.width_multiplier}, "
+                        f"{space.classes} classes")
+    for col in ("#", "role", "op", "in", "out", "stride", "res", "MMACs", "params"):
+        table.add_column(col, justify="right" if col not in ("role", "op") else "left")
+    for i, r in enumerate(rows):
+        table.add_row(str(i), r["role"], r["op"], str(r["c_in"]), str(r["c_out"]), str(r["stride"]),
+                      str(r["resolution"]), f"{r['macs'] / 1e6:.2f}", f"{r['params']:,}")
+    console.print(table)
+    typer.echo(f"{space.name}: {total_macs / 1e6:.1f} M MACs, {total_params / 1e6:.3f} M params")
+
+
+@space_app.command("list")
+def list_spaces():
+    """List the built-in spaces."""
+    for name in builtin_spaces():
+        space = load_space(name)
+        kind = "fixed model" if space.is_fixed else f"{len(space.layers)} searchable layers"
+        typer.echo(f"{name:12s} {kind}")
+
+
+@space_app.command("sample")
+def sample(name: str = typer.Argument(..., help="space name or YAML"),
+           seed: int = typer.Option(0, help="random seed"),
+           resolution: Optional[int] = typer.Option(None), width: Optional[float] = typer.Option(None),
+           classes: Optional[int] = typer.Option(None),
+           out: Optional[Path] = typer.Option(None, help="write the arch JSON here (default: stdout)")):
+    """Draw a random arch from a space."""
+    space = load_space(name, resolution=resolution, width_multiplier=width, classes=classes)
+    doc = arch_document(space, space.sample(np.random.default_rng(seed)))
+    if out is None:
+        print_json(doc)
+    else:
+        write_json(out, doc)
+        console.print(f"wrote {out}")

@@ -1,0 +1,47 @@
+"""hwnas train"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cli.app import app, console, print_json, progress_bar
+from nas.recipe import load_recipe
+from nas.run import RunDir, default_run_path
+from nas.finalize import train_export_measure
+from nas.task import load_task
+
+
+@app.command("train")
+def train(ref: str = typer.Argument(..., help="model name (fbnet_a ...), space name (its largest arch) or arch JSON"),
+          dataset: str = typer.Option("digits", help="digits | npz:PATH | folder:PATH"),
+          recipe: Optional[Path] = typer.Option(None, help="recipe YAML/JSON (default: built-in recipe)"),
+          epochs: Optional[int] = typer.Option(None, help="override the recipe's epochs"),
+          resolution: Optional[int] = typer.Option(None, help="input resolution (default: data size, >= 32)"),
+          width: Optional[float] = typer.Option(None, help="width multiplier"),
+          seed: int = typer.Option(0, help="data split and training seed"),
+          threads: int = typer.Option(1, help="ONNX Runtime threads for the latency measurement"),
+          out: Optional[Path] = typer.Option(None, help="run directory (rerun with the same one to resume)"),
+          as_json: bool = typer.Option(False, "--json", help="print the report as JSON")):
+    """Train a model, test it, export model.onnx, check parity and measure its latency."""
+    data, space, arch = load_task(dataset, ref, resolution=resolution, width=width, seed=seed)
+    rec = load_recipe(recipe)
+    rec = rec.model_copy(update={"seed": seed, **({"epochs": epochs} if epochs else {})})
+    out = out or default_run_path("train", space.name)
+    run = RunDir(out, {"command": "train", "ref": ref, "dataset": dataset, "space_args": space.space_args(),
+                       "arch": arch.to_dict(), "recipe": rec.model_dump(), "seed": seed, "threads": threads})
+    console.print(f"training {space.name} on {dataset} {data.sizes()} at {space.resolution}px -> {out}")
+    with progress_bar("train", rec.epochs) as advance:
+        report = train_export_measure(
+            space, arch, data, rec, run, threads=threads,
+            on_epoch=lambda e, row: advance(note=f"loss {row['train_loss']:.3f} val {row['val_accuracy']:.3f}"))
+    run.write_json("report.json", report)
+    if as_json:
+        print_json(report)
+    else:
+        typer.echo(f"test accuracy {report['accuracy']:.4f} (onnx {report['accuracy_onnx']:.4f}), "
+                   f"onnx max abs diff {report['onnx_max_abs_diff']:.2e}, "
+                   f"latency {report['measured_ms']:.3f} ms ({threads} thread), "
+                   f"{report['macs'] / 1e6:.2f} M MACs, {report['params'] / 1e6:.3f} M params -> {out}")

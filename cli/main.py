@@ -1,0 +1,34 @@
+"""Entry point: load every command module, run the app, turn user errors into one line and exit code 2."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import sys
+
+import cli
+from cli.app import app, console
+from nas.errors import HwnasError
+
+
+def _load_commands() -> None:
+    for module in sorted(m.name for m in pkgutil.iter_modules(cli.__path__) if m.name.startswith("cmd_")):
+        importlib.import_module(f"cli.{module}")
+
+
+_load_commands()
+
+
+def main() -> None:
+    try:
+        app()
+    except HwnasError as e:
+        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/yellow]: rerun the same command (same --out) to resume")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

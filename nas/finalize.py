@@ -1,0 +1,51 @@
+"""The end of every search: train the chosen arch with the recipe, export it, check parity, measure latency."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pandas as pd
+
+from nas.builder import build_model, count_macs, count_params
+from nas.data import Dataset
+from nas.onnx_io import export_onnx, measure_onnx_latency, onnx_max_abs_diff, run_onnx
+from nas.recipe import Recipe
+from nas.run import RunDir
+from nas.space import Arch, Space, arch_document
+from nas.training import EpochCallback, accuracy, fit_input, train_model
+
+
+def train_export_measure(space: Space, arch: Arch, data: Dataset, recipe: Recipe, run: RunDir, *,
+                         on_epoch: EpochCallback | None = None, provider: str = "CPUExecutionProvider",
+                         threads: int = 1, predict_ms: Callable[[Arch], float] | None = None,
+                         prefix: str = "") -> dict:
+    """Train ``arch`` (resumable through ``run``), export ``model.onnx`` and return the report figures.
+
+    ``prefix`` names the files (``{prefix}model.onnx`` ...) so that a run can hold several models.
+    """
+    run.write_json(f"{prefix}arch.json", arch_document(space, arch))
+    model = build_model(space, arch, dropout=recipe.dropout)
+    result = train_model(model, data, recipe, on_epoch=on_epoch, checkpoint=run.file(f"{prefix}checkpoint.pt"))
+    run.write_csv(f"{prefix}train_history.csv", pd.DataFrame(result.history))
+    model = result.model
+    onnx_path = export_onnx(model, model.input_shape, run.file(f"{prefix}model.onnx"))
+    x_test = fit_input(data.x_test, model)
+    onnx_pred = run_onnx(onnx_path, x_test).argmax(1)
+    stats = measure_onnx_latency(onnx_path, provider, threads)
+    report = {
+        "arch": arch.to_dict(),
+        "accuracy": accuracy(model, data.x_test, data.y_test),
+        "val_accuracy": result.val_accuracy,
+        "accuracy_onnx": float((onnx_pred == data.y_test.numpy()).mean()),
+        "onnx_max_abs_diff": onnx_max_abs_diff(model, onnx_path, x_test[:64]),
+        "measured_ms": stats.p50_ms,
+        "measured_p90_ms": stats.p90_ms,
+        "macs": count_macs(model, model.input_shape),
+        "params": count_params(model),
+        "provider": provider,
+        "threads": threads,
+        "onnx": onnx_path.name,
+    }
+    if predict_ms is not None:
+        report["predicted_ms"] = predict_ms(arch)
+    return report
