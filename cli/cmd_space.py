@@ -49,7 +49,10 @@ def show(ref: str = typer.Argument(..., help="space name, space YAML, or arch JS
 @space_app.command("list")
 def list_spaces():
     """List the built-in spaces."""
-    for name in builtin_spaces():
+    for name, kind in builtin_spaces().items():
+        if kind != "conv":
+            typer.echo(f"{name:12s} {kind} space")
+            continue
         space = load_space(name)
         kind = "fixed model" if space.is_fixed else f"{len(space.layers)} searchable layers"
         typer.echo(f"{name:12s} {kind}")

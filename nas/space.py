@@ -288,8 +288,14 @@ def _op_size(op: str) -> tuple:
 
 
 # ---- loading ---------------------------------------------------------------------------------------------------
-def builtin_spaces() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files("search_spaces").iterdir() if p.name.endswith(".yaml"))
+def builtin_spaces() -> dict[str, str]:
+    """Built-in space names and their kinds (``conv`` for FBNet-style spaces)."""
+    found = {}
+    for p in resources.files("search_spaces").iterdir():
+        if p.name.endswith(".yaml"):
+            raw = yaml.safe_load(p.read_text()) or {}
+            found[p.name[:-5]] = raw.get("kind", "conv") if isinstance(raw, dict) else "invalid"
+    return dict(sorted(found.items()))
 
 
 def _space_path(name_or_path: str) -> Path:
@@ -314,6 +320,10 @@ def load_space_spec(name_or_path: str) -> tuple[SpaceSpec, Path]:
         raise SpaceError(f"{where}: malformed YAML ({getattr(e, 'problem', e)})") from None
     if not isinstance(raw, dict):
         raise SpaceError(f"{path}: a space must be a YAML mapping")
+    kind = raw.pop("kind", "conv")
+    if kind != "conv":
+        raise SpaceError(f"{path}: {raw.get('name', path.stem)!r} is a {kind!r} space, not a convolutional "
+                         f"(FBNet-style) one; the commands for {kind!r} spaces take it")
     try:
         spec = SpaceSpec.model_validate(raw)
     except ValidationError as e:

@@ -1,0 +1,55 @@
+import torch
+
+from nas.builder import build_model
+from nas.data import load_dataset
+from nas.recipe import Recipe, parse_recipe
+from nas.space import load_space
+from nas.training import accuracy, train_model
+from nas.errors import RecipeError
+
+import pytest
+
+
+def _setup():
+    data = load_dataset("digits", resolution=16, seed=0)
+    space = load_space("fbnet_a", resolution=16, width_multiplier=0.25, classes=10, in_channels=1)
+    return data, space
+
+
+def test_training_learns_digits():
+    data = load_dataset("digits", resolution=32, seed=0)
+    space = load_space("fbnet_a", resolution=32, width_multiplier=0.25, classes=10, in_channels=1)
+    torch.manual_seed(0)
+    result = train_model(build_model(space, space.fixed_arch()), data, Recipe(epochs=6, lr=0.01))
+    assert len(result.history) == 6
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert accuracy(result.model, data.x_test, data.y_test) > 0.6  # chance is 0.1
+
+
+def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path):
+    data, space = _setup()
+    recipe = Recipe(epochs=3, lr=0.01, ema=0.9, mixup=0.2)
+    torch.manual_seed(0)
+    full = train_model(build_model(space, space.fixed_arch()), data, recipe)
+    ckpt = tmp_path / "ckpt.pt"
+
+    def interrupt_after_two(epoch, row):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(build_model(space, space.fixed_arch()), data, recipe, checkpoint=ckpt,
+                    on_epoch=interrupt_after_two)
+    # a fresh process would rebuild the model; the checkpoint restores weights, optimiser and history
+    torch.manual_seed(123)
+    resumed = train_model(build_model(space, space.fixed_arch()), data, recipe, checkpoint=ckpt)
+    assert len(resumed.history) == 3
+    assert resumed.history[-1]["train_loss"] == pytest.approx(full.history[-1]["train_loss"], rel=1e-4)
+
+
+def test_recipe_errors_name_the_key():
+    with pytest.raises(RecipeError, match="key 'lr'"):
+        parse_recipe({"lr": -1})
+    with pytest.raises(RecipeError, match="key 'optimiser'"):
+        parse_recipe({"optimiser": "sgd"})
