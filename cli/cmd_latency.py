@@ -1,0 +1,262 @@
+"""hwnas latency profile | show | validate | bundle | import"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from cli.app import console, latency_app, print_json, progress_bar
+from nas.space import load_space
+
+SPACE_OPT = typer.Option(..., "--space", help="space name or YAML")
+DEVICE_OPT = typer.Option(..., "--device", help="device id: the folder latency_tables/<device-id>/")
+
+
+def _space(space: str, resolution, width, classes, in_channels):
+    return load_space(space, resolution=resolution, width_multiplier=width, classes=classes, in_channels=in_channels)
+
+
+@latency_app.command("profile")
+def profile(space: str = SPACE_OPT, device: str = DEVICE_OPT,
+            resolution: Optional[int] = typer.Option(None, help="input resolution (default: the space's)"),
+            width: Optional[float] = typer.Option(None, help="width multiplier"),
+            classes: Optional[int] = typer.Option(None, help="number of classes"),
+            in_channels: Optional[int] = typer.Option(None, "--in-channels", help="input channels"),
+            provider: str = typer.Option("CPUExecutionProvider", help="ONNX Runtime execution provider"),
+            threads: int = typer.Option(1, help="intra-op threads"),
+            int8: bool = typer.Option(False, "--int8", help="also profile static QDQ int8 blocks (bits=8)"),
+            calibration: int = typer.Option(8, help="whole models measured to fit the correction (0: none)"),
+            optimization: str = typer.Option("all", help="graph optimisation: none | basic | extended | all"),
+            clock: str = typer.Option("wall", help="wall: perf_counter; cpu: calling thread's CPU time (1 thread, "
+                                                   "robust when other processes share the cores)"),
+            tables_dir: Optional[Path] = typer.Option(None, help="base folder (default $HWNAS_LATENCY_TABLES "
+                                                                  "or ./latency_tables)"),
+            as_json: bool = typer.Option(False, "--json", help="print the summary as JSON")):
+    """Measure every block of a space on this machine into a device table (resumable; safe to run twice)."""
+    from nas.latency.calibrate import calibrate
+    from nas.latency.profile import check_provider, profile_items, space_profile_items
+    from nas.latency.table import DeviceManifest
+    from nas.latency.timing import TimingConfig, check_clock
+
+    check_provider(provider)
+    check_clock(clock, threads)
+    DeviceManifest.for_this_machine(device, provider, threads, optimization)  # validates id, threads, level
+    sp = _space(space, resolution, width, classes, in_channels)
+    items = space_profile_items(sp, bits=(32, 8) if int8 else (32,))
+    console.print(f"profiling {len(items)} keys of {sp.name} at {sp.resolution}px on device {device!r} "
+                  f"({provider}, {threads} thread{'s' if threads > 1 else ''})")
+    with progress_bar("blocks", len(items)) as advance:
+        counts = profile_items(device, items, provider=provider, threads=threads, tables_dir=tables_dir,
+                               optimization=optimization, timing=TimingConfig(clock=clock),
+                               on_progress=lambda d, t, note: advance(note=note))
+    summary = {"device": device, "space": sp.name, **sp.space_args(), **counts}
+    if calibration > 0:
+        with progress_bar("calibration", calibration) as advance:
+            corr = calibrate(device, sp, models=calibration, provider=provider, threads=threads,
+                             tables_dir=tables_dir, optimization=optimization,
+                             on_progress=lambda d, t, note: advance(note=note))
+        summary |= {"calibration_models": corr.fitted_on, "base_ms": corr.base_ms, "scale": corr.scale,
+                    "per_block_ms": corr.per_block_ms, "calibration_mape": corr.fit_mape,
+                    "uncorrected_mape": corr.raw_mape}
+    if as_json:
+        print_json(summary)
+        return
+    typer.echo(f"device {device}: measured {counts['measured']}, already had {counts['skipped']}, "
+               f"identity {counts['identity']} of {counts['total']} keys in {counts['seconds']:.1f} s")
+    if counts.get("unstable"):
+        console.print(f"[yellow]warning:[/yellow] {counts['unstable']} of {counts['measured']} keys did not reach "
+                      f"a stable median (a busy machine? try --clock cpu, or profile again on a quiet one)")
+    if calibration > 0 and corr.fitted_on:
+        typer.echo(f"correction on {corr.fitted_on} whole models: base {corr.base_ms:.3f} ms, scale "
+                   f"{corr.scale:.3f}, per block {corr.per_block_ms:+.4f} ms; calibration MAPE "
+                   f"{corr.fit_mape:.1f}% (uncorrected sum {corr.raw_mape:.1f}%)")
+
+
+@latency_app.command("show")
+def show(device: Optional[str] = typer.Argument(None, help="device id (omit to list devices)"),
+         space: Optional[str] = typer.Option(None, "--space", help="also show coverage of this space's keys"),
+         resolution: Optional[int] = typer.Option(None, help="space input resolution"),
+         width: Optional[float] = typer.Option(None, help="space width multiplier"),
+         classes: Optional[int] = typer.Option(None, help="space classes"),
+         in_channels: Optional[int] = typer.Option(None, "--in-channels", help="space input channels"),
+         int8: bool = typer.Option(False, "--int8", help="coverage of int8 keys too"),
+         tables_dir: Optional[Path] = typer.Option(None, help="base folder of device tables"),
+         as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
+    """List devices, or one device's manifest, table, correction and coverage (measured vs estimated)."""
+    from nas.latency.model import LatencyModel
+    from nas.latency.profile import key_is_identity, space_layer_keys
+    from nas.latency.table import list_devices, tables_root
+
+    if device is None:
+        devices = list_devices(tables_dir)
+        if as_json:
+            print_json({"tables_dir": str(tables_root(tables_dir)), "devices": devices})
+        else:
+            typer.echo("\n".join(devices) if devices else f"no devices in {tables_root(tables_dir)}")
+        return
+    lm = LatencyModel.load(device, tables_dir)
+    table = lm.table
+    kinds = Counter((k.op.split("_")[0] if k.op.startswith(("ir", "conv")) else k.op, k.bits) for k in table.keys())
+    unstable = sum(not r["stable"] for r in table.rows.values())
+    info = {"device": device, "folder": str(table.folder), "manifest": table.manifest.to_dict(),
+            "table": str(table.path), "rows": len(table), "unstable_rows": unstable,
+            "rows_by_kind": {f"{op}/{bits}b": n for (op, bits), n in sorted(kinds.items())},
+            "correction": lm.describe(), "warnings": lm.warnings}
+    if space:
+        sp = _space(space, resolution, width, classes, in_channels)
+        keys = [k.with_bits(b) for b in ((32, 8) if int8 else (32,)) for k in space_layer_keys(sp)]
+        identity = [k for k in keys if key_is_identity(k)]
+        measured = [k for k in keys if not key_is_identity(k) and k in table]
+        missing = [k for k in keys if not key_is_identity(k) and k not in table]
+        info["coverage"] = {"space": sp.name, **sp.space_args(), "keys": len(keys), "measured": len(measured),
+                            "estimated": len(missing), "identity": len(identity),
+                            "fraction_measured": len(measured) / max(len(keys) - len(identity), 1),
+                            "estimated_keys": [str(k) for k in missing[:20]]}
+    if as_json:
+        print_json(info)
+        return
+    m = table.manifest
+    typer.echo(f"device {device}  ({table.folder})")
+    typer.echo(f"  {m.cpu_model}, {m.cores} cores, {m.os}; onnxruntime {m.onnxruntime_version}, {m.provider}, "
+               f"{m.threads} thread(s), optimisation {m.graph_optimization}; created {m.created}"
+               + ("; imported from a remote device" if m.remote else ""))
+    grid = Table("kind / bits", "rows")
+    for name, n in info["rows_by_kind"].items():
+        grid.add_row(name, str(n))
+    console.print(grid)
+    typer.echo(f"  {len(table)} rows ({info['unstable_rows']} did not reach a stable median); correction: base "
+               f"{lm.base_ms:.3f} ms, scale {lm.correction.scale:.3f}, per block "
+               f"{lm.correction.per_block_ms:+.4f} ms, fitted on {lm.correction.fitted_on} whole models")
+    if space:
+        c = info["coverage"]
+        typer.echo(f"  coverage of {c['space']} at {c['resolution']}px: {c['measured']} measured, "
+                   f"{c['estimated']} would be estimated by the fallback, {c['identity']} identity "
+                   f"({100 * c['fraction_measured']:.1f}% measured)")
+    for w in lm.warnings:
+        console.print(f"[yellow]warning:[/yellow] {w}")
+
+
+@latency_app.command("validate")
+def validate(space: str = SPACE_OPT, device: str = DEVICE_OPT,
+             samples: int = typer.Option(50, help="random archs to measure end to end"),
+             seed: int = typer.Option(0, help="seed of the random archs"),
+             resolution: Optional[int] = typer.Option(None, help="input resolution (default: the space's)"),
+             width: Optional[float] = typer.Option(None, help="width multiplier"),
+             classes: Optional[int] = typer.Option(None, help="number of classes"),
+             in_channels: Optional[int] = typer.Option(None, "--in-channels", help="input channels"),
+             out: Optional[Path] = typer.Option(None, help="run directory (rerun with the same one to resume)"),
+             tables_dir: Optional[Path] = typer.Option(None, help="base folder of device tables"),
+             as_json: bool = typer.Option(False, "--json", help="print the summary as one JSON object")):
+    """Measure random whole models end to end and compare them with the device's predictions."""
+    from nas.errors import LatencyTableError
+    from nas.latency.model import LatencyModel
+    from nas.latency.profile import check_provider
+    from nas.latency.validate import validate as run_validation
+    from nas.run import RunDir, default_run_path
+
+    if samples < 2:
+        raise LatencyTableError(f"--samples must be at least 2 (Kendall tau needs pairs), got {samples}")
+    lm = LatencyModel.load(device, tables_dir)
+    check_provider(lm.table.manifest.provider)
+    sp = _space(space, resolution, width, classes, in_channels)
+    out = out or default_run_path("latency-validate", device)
+    run = RunDir(out, {"command": "latency validate", "device": device, "space": sp.name,
+                       "space_args": sp.space_args(), "samples": samples, "seed": seed})
+    for w in lm.warnings:
+        console.print(f"[yellow]warning:[/yellow] {w}")
+    with progress_bar("validate", samples) as advance:
+        summary = run_validation(lm, sp, run, samples=samples, seed=seed,
+                                 on_progress=lambda d, t, note: advance(note=note))
+    summary["out"] = str(out)
+    if as_json:
+        print_json(summary)
+        return
+    s = summary
+    typer.echo(f"{s['samples']} archs of {sp.name} at {sp.resolution}px on {device}: "
+               f"{100 * s['within_10pct']:.0f}% within +-10%, MAPE {s['mape']:.1f}%, bias {s['mean_bias_pct']:+.1f}%, "
+               f"Kendall tau {s['kendall_tau']:.3f} (FLOPs tau {s['flops_kendall_tau']:.3f})")
+    if "naive_within_10pct" in s:
+        typer.echo(f"naive sum of table p50s: {100 * s['naive_within_10pct']:.0f}% within +-10%, "
+                   f"MAPE {s['naive_mape']:.1f}%, tau {s['naive_kendall_tau']:.3f}")
+    if s["estimated_archs"]:
+        typer.echo(f"{s['estimated_archs']} archs used fallback estimates for missing keys")
+    typer.echo(f"-> {out}/validation.csv, {out}/scatter.png")
+
+
+@latency_app.command("bundle")
+def bundle(space: str = SPACE_OPT,
+           out: Path = typer.Option(..., "--out", help="the .zip to write"),
+           resolution: Optional[int] = typer.Option(None, help="input resolution (default: the space's)"),
+           width: Optional[float] = typer.Option(None, help="width multiplier"),
+           classes: Optional[int] = typer.Option(None, help="number of classes"),
+           in_channels: Optional[int] = typer.Option(None, "--in-channels", help="input channels"),
+           int8: bool = typer.Option(False, "--int8", help="also bundle static QDQ int8 blocks (bits=8)"),
+           calibration: int = typer.Option(8, help="whole calibration models to include")):
+    """Write a zip (block ONNX files, manifest, measure.py) to profile a device that cannot run hwnas."""
+    from nas.latency.bundle import write_bundle
+    from nas.latency.profile import space_profile_items
+
+    sp = _space(space, resolution, width, classes, in_channels)
+    bits = (32, 8) if int8 else (32,)
+    with progress_bar("bundle", len(space_profile_items(sp, bits)) + max(calibration, 0)) as advance:
+        manifest = write_bundle(sp, out, bits=bits, calibration=calibration,
+                                on_progress=lambda d, t, note: advance(note=note))
+    typer.echo(f"wrote {out}: {len(manifest['blocks'])} blocks, {len(manifest['models'])} calibration models. "
+               f"On the device: python measure.py {out.name} --device ID --out results.json; "
+               f"then: hwnas latency import results.json")
+
+
+@latency_app.command("import")
+def import_(results: Path = typer.Argument(..., help="results.json written by the bundle's measure.py"),
+            device: Optional[str] = typer.Option(None, "--device", help="device id (default: the one in the file)"),
+            tables_dir: Optional[Path] = typer.Option(None, help="base folder of device tables"),
+            as_json: bool = typer.Option(False, "--json", help="print the summary as JSON")):
+    """Add a remote device's measurements as a new device table."""
+    from nas.latency.bundle import import_results
+
+    summary = import_results(results, device, tables_dir)
+    if as_json:
+        print_json(summary)
+        return
+    typer.echo(f"imported device {summary['device']} ({summary['cpu_model']}, onnxruntime "
+               f"{summary['onnxruntime_version']}, {summary['provider']}, {summary['threads']} thread(s)): "
+               f"{summary['rows']} rows, correction fitted on {summary['calibration_models']} models "
+               f"-> {summary['folder']}")
+
+
+@latency_app.command("predict")
+def predict(ref: str = typer.Argument(..., help="arch JSON, or a space / model name (its largest arch)"),
+            device: str = DEVICE_OPT,
+            resolution: Optional[int] = typer.Option(None, help="input resolution"),
+            width: Optional[float] = typer.Option(None, help="width multiplier"),
+            classes: Optional[int] = typer.Option(None, help="number of classes"),
+            bits: int = typer.Option(32, help="precision of every block: 32 (fp32) or 8 (int8)"),
+            no_fallback: bool = typer.Option(False, "--no-fallback",
+                                             help="fail on keys missing from the table instead of estimating"),
+            tables_dir: Optional[Path] = typer.Option(None, help="base folder of device tables"),
+            as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
+    """Predict an arch's latency on a device, block by block."""
+    from nas.latency.model import LatencyModel
+    from nas.space import resolve_model_ref
+
+    lm = LatencyModel.load(device, tables_dir, allow_fallback=not no_fallback)
+    sp, arch = resolve_model_ref(ref, resolution=resolution, width_multiplier=width, classes=classes)
+    keys = lm.arch_keys(sp, arch, bits)
+    pred = lm.predict_keys(keys)
+    blocks = [{"key": str(k), "cost_ms": lm.block_cost_ms(k), "estimated": lm.is_estimated(k)} for k in keys]
+    if as_json:
+        print_json({"device": device, "arch": arch.to_dict(), "predicted_ms": pred.ms, "base_ms": lm.base_ms,
+                    "estimated": [str(k) for k in pred.estimated], "warnings": pred.warnings, "blocks": blocks})
+        return
+    grid = Table("block", "ms", "")
+    for b in blocks:
+        grid.add_row(b["key"], f"{b['cost_ms']:.4f}", "estimated" if b["estimated"] else "")
+    console.print(grid)
+    for w in pred.warnings:
+        console.print(f"[yellow]warning:[/yellow] {w}")
+    typer.echo(f"predicted {pred.ms:.3f} ms on {device} (base {lm.base_ms:.3f} ms + {len(keys)} blocks"
+               + (f", {len(pred.estimated)} estimated" if pred.estimated else "") + ")")

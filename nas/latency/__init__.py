@@ -1,0 +1,31 @@
+"""Per-device latency tables measured with ONNX Runtime, and the LatencyModel every search uses.
+
+READY: the contract API in /tmp/team_rules.md works (``LatencyModel``, ``Prediction``, ``ProfileItem``,
+``profile_items``, ``space_profile_items``) and so do the CLI commands ``hwnas latency profile | show |
+predict | validate | bundle | import``. A quick table for tests (a few seconds)::
+
+    space = load_space("fbnet", resolution=32, width_multiplier=0.25, classes=10)
+    profile_items("t", space_profile_items(space), tables_dir=tmp_path)          # add bits=(32, 8) for int8
+    calibrate("t", space, models=4, tables_dir=tmp_path)                          # optional: fits correction.json
+    lm = LatencyModel.load("t", tables_dir=tmp_path)
+
+Files in ``latency_tables/<device-id>/`` (base folder ``$HWNAS_LATENCY_TABLES`` or ``./latency_tables``):
+``device.json`` (manifest), ``table.csv`` (one row per op key), ``call_overhead.json``, ``calibration.csv``
+(whole models measured on the device) and ``correction.json`` (fitted ``base_ms``, ``scale``, ``per_block_ms``).
+
+Modules:
+- ``opkey``: ``OpKey``, the identity of one measured thing (the table's primary key).
+- ``table``: ``LatencyTable`` (lock-safe appends, CRC-checked rows, truncation detection), ``DeviceManifest``.
+- ``timing``: ``TimingConfig`` (wall or per-thread CPU clock), interleaved timing, ``CallOverhead``.
+- ``remote_measure``: the interleaved timing algorithm, and the standalone ``measure.py`` shipped in bundles.
+- ``profile``: ``ProfileItem``, ``profile_items`` (resumable, concurrent-safe, skips identity blocks),
+  ``space_profile_items``, ``space_layer_keys``, ``block_item``.
+- ``quantize``: static int8 (QDQ by default; ``extra`` "qformat=qop", "qops=pw" choose format and granularity).
+- ``calibrate``: whole-model calibration measurements and the refit of ``correction.json``.
+- ``correction``: ``Correction`` and its least-squares fit.
+- ``features``: key features (analytic MACs, params, bytes) for the fallback regressor.
+- ``model``: ``LatencyModel`` (``block_cost_ms``, ``is_estimated``, ``base_ms``, ``predict_keys``, ``arch_keys``,
+  ``predict``, ``cost_tensor``, ``expected_ms``), ``Prediction``, ``FallbackRegressor``.
+- ``validate``: random archs measured end to end against predictions (within_10pct, MAPE, Kendall tau).
+- ``bundle``: ``write_bundle`` (zip for a remote device) and ``import_results`` (its results as a new device).
+"""

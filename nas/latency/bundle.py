@@ -1,0 +1,178 @@
+"""Remote devices: a self-contained measuring bundle, and the import of its results as a new device table.
+
+``write_bundle`` puts into one zip: every block of a space as ONNX (int8 blocks already QDQ-quantized), the
+pass-through graphs that measure call overhead, a few whole calibration models, ``manifest.json`` (keys and
+their MACs, params and bytes), and ``measure.py`` (``remote_measure``; needs only Python, numpy, onnxruntime).
+``import_results`` turns the ``results.json`` that script writes into ``latency_tables/<device-id>/`` with the
+same files a local profile makes (manifest marked ``remote``), built in a temporary folder and renamed into
+place, so a failed import leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+import zipfile
+from importlib import resources
+from pathlib import Path
+from typing import Callable
+
+from nas.builder import build_model
+from nas.errors import LatencyTableError
+from nas.files import atomic_path, write_json
+from nas.latency import remote_measure
+from nas.latency.calibrate import _model_id, append_calibration, calibration_archs, refit_correction
+from nas.latency.opkey import OpKey
+from nas.latency.profile import ExportedItem, item_onnx, single_thread_torch, space_profile_items
+from nas.latency.table import COLUMNS, MANIFEST_FILE, TABLE_FILE, DeviceManifest, LatencyTable, check_device_id, \
+    device_dir, encode_row, tables_root
+from nas.latency.timing import fit_call_overhead, passthrough_mb, passthrough_model
+from nas.onnx_io import export_onnx
+from nas.space import Space
+
+OVERHEAD_SIZES = (1, 50_000, 200_000, 600_000)
+
+
+def write_bundle(space: Space, out: str | Path, *, bits: tuple[int, ...] = (32,), calibration: int = 8,
+                 on_progress: Callable[[int, int, str], None] | None = None) -> dict:
+    """Write the measuring bundle for ``space`` to ``out`` (.zip, atomically); return its manifest."""
+    items = space_profile_items(space, bits)
+    archs = calibration_archs(space, calibration) if calibration > 0 else []
+    total = len(items) + len(archs)
+    manifest = {"format": remote_measure.BUNDLE_FORMAT, "bundle_id": uuid.uuid4().hex, "space": space.name,
+                "space_args": space.space_args(), "bits": list(bits),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "timing": remote_measure.DEFAULT_TIMING,
+                "overhead": [], "blocks": [], "models": []}
+    with atomic_path(out) as tmp_zip, tempfile.TemporaryDirectory(prefix="hwnas-bundle-") as tmp, \
+            zipfile.ZipFile(tmp_zip, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for n in OVERHEAD_SIZES:
+            name = f"overhead/pass_{n}.onnx"
+            z.writestr(name, passthrough_model(n))
+            manifest["overhead"].append({"id": str(n), "file": name, "mb": passthrough_mb(n)})
+        for i, item in enumerate(items):
+            folder = Path(tmp) / str(i)
+            folder.mkdir()
+            e: ExportedItem = item_onnx(item, folder)
+            name = f"blocks/{i:05d}_{item.key.op}_b{item.key.bits}.onnx"
+            z.write(e.path, name)
+            manifest["blocks"].append({"id": str(item.key), "file": name, "macs": e.macs, "params": e.params,
+                                       "in_bytes": e.in_bytes, "out_bytes": e.out_bytes})
+            shutil.rmtree(folder)
+            if on_progress:
+                on_progress(i + 1, total, item.key.op)
+        for j, arch in enumerate(archs):
+            model = build_model(space, arch)
+            path = Path(tmp) / f"model{j}.onnx"
+            with single_thread_torch():
+                export_onnx(model, model.input_shape, path)
+            name = f"models/model_{j:03d}.onnx"
+            z.write(path, name)
+            keys = [str(k) for k in (OpKey.from_block(b) for b in space.resolve(arch))]
+            manifest["models"].append({"id": _model_id(space, arch), "file": name, "arch": arch.to_dict(),
+                                       "keys": keys})
+            if on_progress:
+                on_progress(len(items) + j + 1, total, "calibration model")
+        z.writestr("manifest.json", json.dumps(manifest, indent=1))
+        z.writestr("measure.py", resources.files("nas.latency").joinpath("remote_measure.py").read_text())
+        z.writestr("README.txt", _README.format(n_blocks=len(items), n_models=len(archs), space=space.name))
+    return manifest
+
+
+_README = """hwnas latency bundle: {n_blocks} blocks and {n_models} calibration models of space {space}.
+
+On the device (needs Python 3.8+, numpy and onnxruntime):
+    python measure.py bundle.zip --device MY-DEVICE [--threads 1] [--provider CPUExecutionProvider] --out results.json
+Keep the device otherwise idle. Rerun the same command to resume after an interruption.
+Back on the hwnas machine:
+    hwnas latency import results.json
+"""
+
+
+# ---- import --------------------------------------------------------------------------------------------------
+def _load_results(path: Path) -> dict:
+    if not path.is_file():
+        raise LatencyTableError(f"results file not found: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LatencyTableError(f"{path}: not a results file (invalid JSON: {e})") from None
+    if not isinstance(data, dict) or data.get("format") != remote_measure.RESULTS_FORMAT:
+        raise LatencyTableError(f"{path}: not an hwnas results file (format "
+                                f"{data.get('format') if isinstance(data, dict) else None!r}, expected "
+                                f"{remote_measure.RESULTS_FORMAT!r})")
+    for k in ("manifest", "device", "blocks", "overhead", "models"):
+        if not isinstance(data.get(k), dict):
+            raise LatencyTableError(f"{path}: results file lacks {k!r}")
+    return data
+
+
+def _stats(where: str, st) -> dict:
+    try:
+        out = {k: float(st[k]) for k in ("p50_ms", "p90_ms", "mean_ms", "std_ms", "spread")}
+        out |= {"count": int(st["count"]), "stable": bool(st["stable"])}
+    except (KeyError, TypeError, ValueError):
+        raise LatencyTableError(f"{where}: malformed statistics {str(st)[:80]}") from None
+    if not out["p50_ms"] > 0 or out["count"] < 1:
+        raise LatencyTableError(f"{where}: p50_ms must be > 0 and count >= 1, got {out['p50_ms']}, {out['count']}")
+    return out
+
+
+def import_results(path: str | Path, device_id: str | None = None, tables_dir: str | Path | None = None) -> dict:
+    """Create ``latency_tables/<device-id>/`` from a remote ``results.json``; return a summary."""
+    path = Path(path)
+    data = _load_results(path)
+    manifest, setup = data["manifest"], data["device"]
+    device_id = check_device_id(device_id or str(setup.get("device_id") or ""))
+    final = device_dir(device_id, tables_dir)
+    if final.exists():
+        raise LatencyTableError(f"device {device_id!r} already exists ({final}); import under another --device")
+    missing = [it["id"] for group in ("overhead", "blocks", "models") for it in manifest.get(group, [])
+               if it["id"] not in data[group]]
+    if missing:
+        raise LatencyTableError(f"{path}: {len(missing)} measurements are missing (first: {missing[0]}); rerun "
+                                f"measure.py with the same --out to finish, then import")
+    dm = DeviceManifest.from_dict({**setup, "device_id": device_id, "remote": True,
+                                   "notes": {"bundle_id": data.get("bundle_id"), "imported_from": str(path),
+                                             "space": manifest.get("space"),
+                                             "space_args": manifest.get("space_args")}}, str(path))
+    root = tables_root(tables_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".import-{device_id}-", dir=root))
+    try:
+        write_json(tmp / MANIFEST_FILE, dm.to_dict())
+        overhead = fit_call_overhead([(float(it["mb"]), _stats(f"{path}: overhead {it['id']}",
+                                                              data["overhead"][it["id"]])["p50_ms"])
+                                      for it in manifest["overhead"]])
+        overhead.save(tmp)
+        lines = [",".join(COLUMNS) + "\n"]
+        for it in manifest["blocks"]:
+            try:
+                key = OpKey.parse(it["id"])
+            except ValueError as e:
+                raise LatencyTableError(f"{path}: {e}") from None
+            st = _stats(f"{path}: block {it['id']}", data["blocks"][it["id"]])
+            lines.append(encode_row(key, {**st, "overhead_ms": overhead.predict_ms(it["in_bytes"], it["out_bytes"]),
+                                          "macs": it["macs"], "params": it["params"], "in_bytes": it["in_bytes"],
+                                          "out_bytes": it["out_bytes"]}))
+        (tmp / TABLE_FILE).write_text("".join(lines))
+        for it in manifest["models"]:
+            st = _stats(f"{path}: model", data["models"][it["id"]])
+            append_calibration(tmp, {"model_id": it["id"], "space": manifest["space"],
+                                     "space_args": json.dumps(manifest["space_args"]), "arch": json.dumps(it["arch"]),
+                                     "keys": " ".join(it["keys"]), "measured_ms": f"{st['p50_ms']:.6g}",
+                                     "p90_ms": f"{st['p90_ms']:.6g}", "count": st["count"],
+                                     "stable": int(st["stable"]), "timestamp": setup.get("created", "")})
+        table = LatencyTable.open_folder(tmp)
+        correction = refit_correction(table)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {"device": device_id, "folder": str(final), "rows": len(manifest["blocks"]),
+            "calibration_models": correction.fitted_on, "cpu_model": dm.cpu_model,
+            "onnxruntime_version": dm.onnxruntime_version, "provider": dm.provider, "threads": dm.threads}
+

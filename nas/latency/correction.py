@@ -1,0 +1,147 @@
+"""The per-device correction from summed block timings to whole-model latency, stored as ``correction.json``.
+
+A block timed alone pays one session call (fixed cost plus bytes in and out); the table keeps that estimate
+per row (``overhead_ms``), and the correction starts from the block's net time ``p50_ms - overhead_ms``.
+Inside a whole model the blocks run back to back, caches are shared and the call is paid once, so
+
+    whole_ms = base_ms + sum_blocks (scale[f] * net_ms + per_block_ms[f])
+
+where ``f`` is the block's family (``conv``: the block vocabulary; ``token``: any other op, e.g. transformer
+units), fitted by least squares on the relative error of whole models measured on the device during profiling
+(the calibration set). A family without enough calibration models shares the device-wide fit. The form stays
+additive over keys, so a supernet's expected latency is exact and differentiable.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from nas.blocks import parse_op
+from nas.errors import ArchError, LatencyTableError
+from nas.files import write_json
+from nas.latency.opkey import OpKey
+
+CORRECTION_FILE = "correction.json"
+FAMILIES = ("conv", "token")
+
+
+def key_family(key: OpKey) -> str:
+    try:
+        parse_op(key.op)
+        return "conv"
+    except ArchError:
+        return "token"
+
+
+MIN_NET_FRACTION = 0.2  # a block's net time is never taken below this share of its measured p50
+
+
+def net_block_ms(row: dict) -> float:
+    """A table row's time without the session-call overhead it paid alone."""
+    return max(row["p50_ms"] - row["overhead_ms"], MIN_NET_FRACTION * row["p50_ms"])
+
+
+@dataclass
+class Correction:
+    base_ms: float = 0.0
+    scale: float = 1.0  # device-wide, for families without their own fit
+    per_block_ms: float = 0.0
+    fitted_on: int = 0  # calibration models used; 0 = not fitted (only the call overhead is removed)
+    fit_mape: float | None = None  # mean abs % error on the calibration set after the fit
+    raw_mape: float | None = None  # the same for the naive sum of p50s
+    family_scale: dict = field(default_factory=dict)  # {"conv": 1.1, "token": 0.9} where fitted separately
+    family_per_block_ms: dict = field(default_factory=dict)
+
+    def scale_for(self, family: str) -> float:
+        return float(self.family_scale.get(family, self.scale))
+
+    def per_block_for(self, family: str) -> float:
+        return float(self.family_per_block_ms.get(family, self.per_block_ms))
+
+    def block_ms(self, net_ms: float, family: str = "conv") -> float:
+        return self.scale_for(family) * net_ms + self.per_block_for(family)
+
+    def model_ms(self, point: "CalibrationPoint") -> float:
+        return self.base_ms + sum(self.scale_for(f) * point.net_ms[f] + self.per_block_for(f) * point.blocks.get(f, 0)
+                                  for f in point.net_ms)
+
+    def save(self, folder: Path) -> Path:
+        path = Path(folder) / CORRECTION_FILE
+        write_json(path, asdict(self))
+        return path
+
+    @classmethod
+    def load(cls, folder: Path) -> "Correction | None":
+        path = Path(folder) / CORRECTION_FILE
+        if not path.is_file():
+            return None
+        try:
+            d = json.loads(path.read_text())
+            known = set(cls.__dataclass_fields__)
+            c = cls(**{k: v for k, v in d.items() if k in known})
+            float(c.base_ms), float(c.scale), float(c.per_block_ms)
+            {str(k): float(v) for k, v in {**c.family_scale, **c.family_per_block_ms}.items()}
+            return c
+        except (json.JSONDecodeError, TypeError, ValueError, AttributeError) as e:
+            raise LatencyTableError(f"{path}: corrupt correction file ({e}); delete it and rerun "
+                                    f"`hwnas latency profile` to refit") from None
+
+
+@dataclass
+class CalibrationPoint:
+    """One whole model: per-family net sums and block counts, the naive p50 sum, and the measurement."""
+
+    net_ms: dict[str, float]
+    blocks: dict[str, int]
+    raw_ms: float
+    measured_ms: float
+
+
+def _lstsq(points: list[CalibrationPoint], families: list[str], with_blocks: bool) -> np.ndarray:
+    y = np.array([p.measured_ms for p in points])
+    cols = [np.ones(len(points))] + [np.array([p.net_ms.get(f, 0.0) for p in points]) for f in families]
+    if with_blocks:
+        cols += [np.array([p.blocks.get(f, 0) for p in points], dtype=np.float64) for f in families]
+    a = np.stack(cols, axis=1) / y[:, None]  # relative error: every model counts the same, whatever its size
+    coef, *_ = np.linalg.lstsq(a, np.ones(len(points)), rcond=None)
+    return coef
+
+
+def _fit(points: list[CalibrationPoint], families: list[str]) -> tuple[float, dict, dict] | None:
+    """(base, scales, per-block terms) or None when the fit is degenerate."""
+    n_params = 1 + 2 * len(families)
+    ranges = [np.ptp([p.blocks.get(f, 0) for p in points]) for f in families]
+    with_blocks = len(points) >= n_params + 2 and all(r > 0 for r in ranges)
+    coef = _lstsq(points, families, with_blocks)
+    scales = dict(zip(families, map(float, coef[1:1 + len(families)])))
+    per_block = dict(zip(families, map(float, coef[1 + len(families):]))) if with_blocks \
+        else dict.fromkeys(families, 0.0)
+    if not all(0.2 < s < 5.0 for s in scales.values()):
+        return None
+    return float(coef[0]), scales, per_block
+
+
+def fit_correction(points: list[CalibrationPoint], default_base_ms: float) -> Correction:
+    """Fit the correction on calibration models; families measured in fewer than 3 models share one scale."""
+    if len(points) < 2:
+        return Correction(base_ms=default_base_ms, fitted_on=len(points))
+    y = np.array([p.measured_ms for p in points])
+    present = [f for f in FAMILIES if sum(p.net_ms.get(f, 0.0) > 0 for p in points) >= 3]
+    shared = _fit([CalibrationPoint({"all": sum(p.net_ms.values())}, {"all": sum(p.blocks.values())},
+                                    p.raw_ms, p.measured_ms) for p in points], ["all"])
+    if shared is None:
+        return Correction(base_ms=default_base_ms, fitted_on=len(points),
+                          raw_mape=float(np.mean(np.abs(np.array([p.raw_ms for p in points]) - y) / y) * 100))
+    corr = Correction(shared[0], shared[1]["all"], shared[2]["all"], len(points))
+    if len(present) > 1:
+        own = _fit(points, present)
+        if own is not None:
+            corr.base_ms, corr.family_scale, corr.family_per_block_ms = own
+    fitted = np.array([corr.model_ms(p) for p in points])
+    corr.fit_mape = float(np.mean(np.abs(fitted - y) / y) * 100)
+    corr.raw_mape = float(np.mean(np.abs(np.array([p.raw_ms for p in points]) - y) / y) * 100)
+    return corr

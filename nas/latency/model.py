@@ -1,0 +1,158 @@
+"""LatencyModel: a device's table, its fitted correction and a fallback regressor, as one predictor.
+
+    ms(arch) = base_ms + sum over the arch's keys of block_cost_ms(key)
+
+``block_cost_ms`` is the corrected table entry (``correction.scale * (p50_ms - overhead_ms) +
+correction.per_block_ms``), 0 for identity blocks, or, for a key the table lacks, a scikit-learn regressor's
+estimate fitted on the table's rows (flagged in ``Prediction.estimated``; with ``allow_fallback=False`` a
+missing key raises ``LatencyTableError`` naming it). Every search calls this; none re-implements it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from nas.errors import LatencyTableError
+from nas.latency.correction import Correction, key_family, net_block_ms
+from nas.latency.features import key_features
+from nas.latency.opkey import OpKey
+from nas.latency.profile import key_is_identity
+from nas.latency.table import LatencyTable
+from nas.latency.timing import CallOverhead
+from nas.space import Arch, Space
+
+
+@dataclass
+class Prediction:
+    ms: float
+    estimated: list[OpKey] = field(default_factory=list)  # keys answered by the fallback regressor
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def is_estimated(self) -> bool:
+        return bool(self.estimated)
+
+
+class FallbackRegressor:
+    """Predicts log(net block ms) from key features (ridge on log-features, trees on its residuals)."""
+
+    def __init__(self, keys: list[OpKey], rows: list[dict | None], net_ms: list[float]):
+        from sklearn.ensemble import ExtraTreesRegressor
+        from sklearn.linear_model import RidgeCV
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        x = np.stack([key_features(k, r) for k, r in zip(keys, rows)])
+        y = np.log(np.maximum(net_ms, 1e-4))
+        self.linear = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 2, 12))).fit(x, y)
+        self.trees = ExtraTreesRegressor(n_estimators=200, min_samples_leaf=2, random_state=0).fit(
+            x, y - self.linear.predict(x))
+        self.rows = len(keys)
+
+    @classmethod
+    def for_table(cls, table: LatencyTable, net_ms: dict[str, float]) -> "FallbackRegressor":
+        keys = [k for k in table.keys() if not k.op.startswith("_")]
+        if len(keys) < 3:
+            raise LatencyTableError(f"device {table.device_id!r}: {len(keys)} measured rows are too few to fit "
+                                    f"the fallback regressor (profile the space first)")
+        return cls(keys, [table.get(k) for k in keys], [net_ms[str(k)] for k in keys])
+
+    def predict_ms(self, key: OpKey) -> float:
+        x = key_features(key)[None, :]
+        return float(np.exp(self.linear.predict(x)[0] + self.trees.predict(x)[0]))
+
+
+class LatencyModel:
+    def __init__(self, table: LatencyTable, correction: Correction | None = None,
+                 overhead: CallOverhead | None = None, allow_fallback: bool = True):
+        self.table = table
+        self.allow_fallback = allow_fallback
+        self.overhead = overhead
+        self.correction = correction or Correction(base_ms=overhead.fixed_ms if overhead else 0.0)
+        self.warnings: list[str] = []
+        if w := table.manifest.version_warning():
+            self.warnings.append(w)
+        self._net_ms = {k: net_block_ms(r) for k, r in table.rows.items()}
+        self._fallback: FallbackRegressor | None = None
+        self._estimates: dict[str, float] = {}
+
+    @classmethod
+    def load(cls, device_id: str, tables_dir: str | Path | None = None, allow_fallback: bool = True
+             ) -> "LatencyModel":
+        """Load a device's table, correction and call overhead; LatencyTableError if missing or corrupt."""
+        table = LatencyTable.open(device_id, tables_dir)
+        return cls(table, Correction.load(table.folder), CallOverhead.load(table.folder), allow_fallback)
+
+    @property
+    def device_id(self) -> str:
+        return self.table.device_id
+
+    @property
+    def base_ms(self) -> float:
+        return self.correction.base_ms
+
+    # ---- per key ---------------------------------------------------------------------------------------------
+    def is_estimated(self, key: OpKey) -> bool:
+        return not key_is_identity(key) and str(key) not in self.table
+
+    def net_ms(self, key: OpKey) -> float:
+        """The block's own time without the session-call overhead (measured, or the fallback's estimate)."""
+        name = str(key)
+        if name in self._net_ms:
+            return self._net_ms[name]
+        if not self.allow_fallback:
+            raise LatencyTableError(f"device {self.device_id!r} has no measurement for key {name} and the "
+                                    f"fallback is disabled; profile it (`hwnas latency profile`)")
+        if name not in self._estimates:
+            if self._fallback is None:
+                self._fallback = FallbackRegressor.for_table(self.table, self._net_ms)
+            self._estimates[name] = self._fallback.predict_ms(key)
+        return self._estimates[name]
+
+    def block_cost_ms(self, key: OpKey) -> float:
+        """Corrected additive contribution of one block; 0.0 for identity blocks."""
+        if key_is_identity(key):
+            return 0.0
+        return self.correction.block_ms(self.net_ms(key), key_family(key))
+
+    # ---- per arch --------------------------------------------------------------------------------------------
+    def predict_keys(self, keys: Iterable[OpKey]) -> Prediction:
+        keys = list(keys)
+        total = self.base_ms + sum(self.block_cost_ms(k) for k in keys)
+        estimated = [k for k in keys if self.is_estimated(k)]
+        warnings = list(self.warnings)
+        if estimated:
+            warnings.append(f"{len(estimated)} of {len(keys)} blocks are estimated by the fallback regressor "
+                            f"(not in the table of device {self.device_id!r})")
+        return Prediction(float(total), estimated, warnings)
+
+    @staticmethod
+    def arch_keys(space: Space, arch: Arch, bits: int = 32) -> list[OpKey]:
+        return [OpKey.from_block(b, bits) for b in space.resolve(arch)]
+
+    def predict(self, space: Space, arch: Arch, bits: int = 32) -> float:
+        return self.predict_keys(self.arch_keys(space, arch, bits)).ms
+
+    # ---- supernets -------------------------------------------------------------------------------------------
+    def cost_tensor(self, keys: Iterable[OpKey], dtype=torch.float32) -> torch.Tensor:
+        """Costs of one layer's candidates as a tensor, to pair with its choice probabilities."""
+        return torch.tensor([self.block_cost_ms(k) for k in keys], dtype=dtype)
+
+    def expected_ms(self, probs: list[torch.Tensor], costs: list[torch.Tensor]) -> torch.Tensor:
+        """Differentiable expected latency: ``base_ms + sum_i (probs[i] * costs[i]).sum()``."""
+        if len(probs) != len(costs):
+            raise ValueError(f"expected_ms: {len(probs)} probability tensors but {len(costs)} cost tensors")
+        terms = [(p * c.to(p.device, p.dtype)).sum() for p, c in zip(probs, costs)]
+        if not terms:
+            return torch.tensor(self.base_ms)
+        return torch.stack(terms).sum() + self.base_ms
+
+    def describe(self) -> dict:
+        return {"device": self.device_id, "rows": len(self.table), "base_ms": self.base_ms,
+                "scale": self.correction.scale, "per_block_ms": self.correction.per_block_ms,
+                "calibration_models": self.correction.fitted_on, "warnings": self.warnings}

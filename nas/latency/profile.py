@@ -1,0 +1,229 @@
+"""Profiling: export each op key's block to ONNX, time it in ONNX Runtime, append a row to the device table.
+
+``space_profile_items`` enumerates every unique key a space can produce (all layers x candidates, every
+channel and resolution option); ``profile_items`` measures the ones the device table lacks, so a rerun after
+a crash (even ``kill -9``) measures only what is missing, and two profilers of one device share the work.
+Identity blocks cost nothing and are never measured. Keys with ``bits == 8`` are quantized to static int8
+with ``onnxruntime.quantization`` (calibrated on random inputs; QDQ unless the key says otherwise, see
+``quantize``) before timing. Blocks are timed in interleaved chunks (see ``timing``).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from nas.blocks import is_identity, make_block
+from nas.errors import LatencyTableError
+from nas.latency.opkey import OpKey
+from nas.latency.quantize import int8_options, quantize_int8
+from nas.latency.table import DeviceManifest, LatencyTable
+from nas.latency.timing import (CallOverhead, TimedSession, TimingConfig, check_clock, measure_call_overhead,
+                               time_sessions)
+from nas.onnx_io import OPSET, available_providers
+from nas.space import Space
+
+ProgressCallback = Callable[[int, int, str], None]  # (done, total, note)
+
+
+@dataclass(frozen=True)
+class ProfileItem:
+    """One thing to measure: its key, how to build the module, and its input shapes (batch included)."""
+
+    key: OpKey
+    build: Callable[[], nn.Module]
+    input_shapes: tuple[tuple[int, ...], ...]
+
+
+def key_is_identity(key: OpKey) -> bool:
+    return is_identity(key.op, key.c_in, key.c_out, key.stride)
+
+
+def block_item(key: OpKey) -> ProfileItem:
+    """The item of a block-vocabulary key (``conv_k3``, ``ir_k5_e6``, ``skip``, ``pool_fc``)."""
+    return ProfileItem(key, lambda: make_block(key.op, key.c_in, key.c_out, key.stride),
+                       ((1, key.c_in, key.resolution, key.resolution),))
+
+
+def space_layer_keys(space: Space) -> list[OpKey]:
+    """Every unique fp32 key of ``space``: stem, each layer's candidates at every channel / resolution option."""
+    resolutions = space.resolution_options or [space.resolution]
+    keys: dict[str, OpKey] = {}
+
+    def add(op, c_in, c_out, stride, res):
+        key = OpKey(op, c_in, c_out, stride, res)
+        keys.setdefault(str(key), key)
+
+    for r in resolutions:
+        arch = space.fixed_arch()
+        arch = type(arch)(arch.space, arch.ops, arch.channels, r if space.searches_resolution else None)
+        blocks = space.resolve(arch)
+        stem, layers, head, classifier = blocks[0], blocks[1:-2], blocks[-2], blocks[-1]
+        add(stem.op, stem.c_in, stem.c_out, stem.stride, stem.resolution)
+        previous_options = [space.stem_channels]
+        for slot, block in zip(space.layers, layers):
+            stage = space.stages[slot.stage]
+            first = slot.index == stage.layers[0]
+            pairs = [(ci, co) for ci in previous_options for co in stage.channel_options] if first \
+                else [(c, c) for c in stage.channel_options]
+            for op in slot.candidates:
+                for c_in, c_out in pairs:
+                    add(op, c_in, c_out, slot.stride, block.resolution)
+            previous_options = stage.channel_options
+        for c_in in previous_options:
+            add(head.op, c_in, head.c_out, head.stride, head.resolution)
+        add(classifier.op, classifier.c_in, classifier.c_out, 1, classifier.resolution)
+    return list(keys.values())
+
+
+def space_profile_items(space: Space, bits: tuple[int, ...] = (32,)) -> list[ProfileItem]:
+    """Every unique key the space can produce (identity blocks left out), at each precision in ``bits``."""
+    return [block_item(key.with_bits(b)) for b in bits for key in space_layer_keys(space)
+            if not key_is_identity(key)]
+
+
+# ---- export --------------------------------------------------------------------------------------------------
+@contextmanager
+def single_thread_torch() -> Iterator[None]:
+    """Run torch (tracing, FLOP counting) on one thread: on a busy machine torch's thread pool is many times
+    slower, and its spinning workers would steal the core from the ONNX Runtime timings that follow."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def input_names(item: ProfileItem) -> list[str]:
+    return ["input"] if len(item.input_shapes) == 1 else [f"input{i}" for i in range(len(item.input_shapes))]
+
+
+def export_item(item: ProfileItem, path: Path) -> tuple[int, int, tuple[int, ...]]:
+    """Export the item's module (eval mode, batch-dynamic) to ONNX; return (MACs, params, output shape)."""
+    model = item.build().eval()
+    inputs = tuple(torch.zeros(*shape) for shape in item.input_shapes)
+    with single_thread_torch(), torch.no_grad(), FlopCounterMode(display=False) as counter:
+        out = model(*inputs)
+    names = input_names(item)
+    with single_thread_torch(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, inputs, str(path), input_names=names, output_names=["output"],
+                          opset_version=OPSET, dynamo=False,
+                          dynamic_axes={**{n: {0: "batch"} for n in names}, "output": {0: "batch"}})
+    return counter.get_total_flops() // 2, sum(p.numel() for p in model.parameters()), tuple(out.shape)
+
+
+@dataclass
+class ExportedItem:
+    path: Path
+    macs: int
+    params: int
+    in_bytes: int
+    out_bytes: int
+
+
+def item_onnx(item: ProfileItem, folder: Path) -> ExportedItem:
+    """Write the item's ONNX file (static int8 when ``key.bits == 8``, see ``quantize``) with its MACs, params
+    and fp32 I/O bytes."""
+    fp32 = folder / "block.onnx"
+    macs, params, out_shape = export_item(item, fp32)
+    in_bytes = sum(4 * int(np.prod(s)) for s in item.input_shapes)
+    out_bytes = 4 * int(np.prod(out_shape))
+    if item.key.bits == 32:
+        return ExportedItem(fp32, macs, params, in_bytes, out_bytes)
+    if item.key.bits != 8:
+        raise LatencyTableError(f"key {item.key}: only bits 32 (fp32) and 8 (int8) can be profiled")
+    qformat, qops = int8_options(item.key)
+    shapes = dict(zip(input_names(item), item.input_shapes))
+    path = quantize_int8(fp32, folder / "block.int8.onnx", shapes, qformat, qops)
+    return ExportedItem(path, macs, params, in_bytes, out_bytes)
+
+
+def row_metadata(e: ExportedItem, overhead: CallOverhead) -> dict:
+    return {"overhead_ms": overhead.predict_ms(e.in_bytes, e.out_bytes), "macs": e.macs, "params": e.params,
+            "in_bytes": e.in_bytes, "out_bytes": e.out_bytes}
+
+
+# ---- profiling -----------------------------------------------------------------------------------------------
+def check_provider(provider: str) -> None:
+    if provider not in available_providers():
+        raise LatencyTableError(f"execution provider {provider!r} is not available here "
+                                f"(available: {', '.join(available_providers())})")
+
+
+def profile_items(device: str, items: list[ProfileItem], *, provider: str = "CPUExecutionProvider",
+                  threads: int = 1, tables_dir: str | Path | None = None,
+                  on_progress: ProgressCallback | None = None, optimization: str = "all",
+                  timing: TimingConfig | None = None, chunk: int = 32) -> dict:
+    """Measure every item whose key the device table lacks and append one row per key.
+
+    Items are exported and timed in chunks of ``chunk`` keys, interleaved (see ``timing``); each key's row is
+    appended as soon as its chunk is timed. Returns counts ``{"total", "measured", "skipped", "identity",
+    "seconds"}``; ``on_progress(done, total, note)`` is called per item. Safe to interrupt at any point (a
+    rerun measures what is missing) and to run twice at once (a key is appended once).
+    """
+    check_provider(provider)
+    timing = timing or TimingConfig()
+    check_clock(timing.clock, threads)
+    table = LatencyTable.open_for_writing(
+        DeviceManifest.for_this_machine(device, provider, threads, optimization, timing.clock), tables_dir)
+    unique: dict[str, ProfileItem] = {}
+    for item in items:
+        unique.setdefault(str(item.key), item)
+    start = time.perf_counter()
+    counts = {"total": len(unique), "measured": 0, "skipped": 0, "identity": 0, "unstable": 0}
+    done = 0
+
+    def progress(note: str) -> None:
+        nonlocal done
+        done += 1
+        if on_progress:
+            on_progress(done, len(unique), note)
+
+    overhead = CallOverhead.load(table.folder)
+    pending = list(unique.values())
+    while pending:
+        table.refresh()
+        batch: list[ProfileItem] = []
+        while pending and len(batch) < chunk:
+            item = pending.pop(0)
+            if key_is_identity(item.key):
+                counts["identity"] += 1
+                progress("identity")
+            elif item.key in table:
+                counts["skipped"] += 1
+                progress("already measured")
+            else:
+                batch.append(item)
+        if not batch:
+            continue
+        if overhead is None:
+            overhead = measure_call_overhead(provider, threads, optimization, timing)
+            overhead.save(table.folder)
+        with tempfile.TemporaryDirectory(prefix="hwnas-profile-") as tmp:
+            prepared = []
+            for i, item in enumerate(batch):
+                folder = Path(tmp) / str(i)
+                folder.mkdir()
+                exported = item_onnx(item, folder)
+                prepared.append((item, TimedSession.open(exported.path, provider, threads, optimization), exported))
+        stats = time_sessions([p[1] for p in prepared], timing)
+        for (item, _, e), st in zip(prepared, stats):
+            row = {**st.to_dict(), **row_metadata(e, overhead)}
+            wrote = table.append(item.key, row)
+            counts["measured" if wrote else "skipped"] += 1
+            counts["unstable"] += int(wrote and not st.stable)
+            progress(f"{item.key.op} {st.p50_ms:.3f} ms" + ("" if st.stable else " (unstable)"))
+    counts["seconds"] = time.perf_counter() - start
+    return counts

@@ -1,0 +1,81 @@
+"""Static int8 quantization of a block's ONNX file with ``onnxruntime.quantization``, for int8 table keys.
+
+A key with ``bits == 8`` is quantized statically, calibrated on random normal inputs (activations uint8,
+weights int8 per channel). Its ``extra`` may choose the export format and granularity, which matter on CPUs
+without VNNI (see DESIGN.md): ``qformat=qdq`` (default; QuantizeLinear/DequantizeLinear pairs) or
+``qformat=qop`` (QOperator: QLinearConv ...), and ``qops=all`` (default) or ``qops=pw`` (only the 1x1
+convolutions; the depthwise convs stay fp32). Build such keys with ``format_extra(qformat="qop", qops="pw")``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from nas.errors import LatencyTableError
+from nas.latency.opkey import OpKey
+
+QFORMATS = ("qdq", "qop")
+QOPS = ("all", "pw")
+
+
+def int8_options(key: OpKey) -> tuple[str, str]:
+    """(qformat, qops) from the key's ``extra``; LatencyTableError naming the key if they are unknown."""
+    options = dict(part.split("=", 1) for part in key.extra.split(";") if "=" in part)
+    qformat, qops = options.get("qformat", "qdq"), options.get("qops", "all")
+    if qformat not in QFORMATS or qops not in QOPS:
+        raise LatencyTableError(f"key {key}: qformat must be one of {', '.join(QFORMATS)} and qops one of "
+                                f"{', '.join(QOPS)}")
+    return qformat, qops
+
+
+def pointwise_conv_nodes(path: Path) -> list[str]:
+    """Names of the Conv nodes with 1x1 kernels and one group (the pointwise convs)."""
+    model = onnx.load(str(path))
+    init = {t.name: t.dims for t in model.graph.initializer}
+    names = []
+    for node in model.graph.node:
+        if node.op_type != "Conv":
+            continue
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        dims = init.get(node.input[1])
+        if dims is not None and list(dims[2:]) == [1, 1] and (group == 1 or group < dims[0]):
+            names.append(node.name)
+    return names
+
+
+def quantize_int8(fp32_path: Path, out_path: Path, input_shapes: dict[str, tuple[int, ...]],
+                  qformat: str = "qdq", qops: str = "all", samples: int = 8, seed: int = 0) -> Path:
+    """Static int8 quantization calibrated on ``samples`` random normal inputs; returns ``out_path``."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    rng = np.random.default_rng(seed)
+
+    class RandomReader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{n: rng.standard_normal(s).astype(np.float32) for n, s in input_shapes.items()}
+                                 for _ in range(samples)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    prepped = out_path.with_name(out_path.stem + ".prep.onnx")
+    try:
+        quant_pre_process(str(fp32_path), str(prepped), skip_symbolic_shape=True)
+        source = prepped
+    except Exception:  # pre-processing only helps; quantize the plain export if it fails
+        source = fp32_path
+    nodes = pointwise_conv_nodes(source) if qops == "pw" else None
+    if nodes == []:
+        raise LatencyTableError(f"{fp32_path.name}: qops=pw but the block has no pointwise convolution")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_static(str(source), str(out_path), RandomReader(),
+                        quant_format=QuantFormat.QDQ if qformat == "qdq" else QuantFormat.QOperator,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+                        nodes_to_quantize=nodes)
+    return out_path

@@ -1,0 +1,187 @@
+"""Standalone latency measuring script for a device that cannot run hwnas (needs Python 3.8+, numpy, onnxruntime).
+
+    python measure.py BUNDLE.zip [--device ID] [--provider P] [--threads N] [--clock wall|cpu] [--out RESULTS.json]
+
+It times every block, pass-through graph and calibration model in the bundle with ONNX Runtime, in interleaved
+rounds (the same method as ``hwnas latency profile``), and writes ``RESULTS.json`` for ``hwnas latency import``.
+Results are saved after every chunk; rerunning with the same ``--out`` resumes. hwnas imports
+``time_interleaved`` from this file, so the method on both sides is one piece of code.
+"""
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+import zipfile
+
+import numpy as np
+
+BUNDLE_FORMAT = "hwnas-latency-bundle/1"
+RESULTS_FORMAT = "hwnas-latency-results/1"
+DEFAULT_TIMING = {"warmup": 5, "round_ms": 6.0, "min_runs": 5, "max_runs": 100, "min_rounds": 4,
+                  "max_rounds": 12, "patience": 2, "rel_tol": 0.01, "max_seconds": 3.0, "clock": "wall"}
+
+
+def time_interleaved(runs, timing=None, on_round=None):
+    """Time each callable in interleaved rounds; one dict of statistics per callable.
+
+    Each round runs every item once untimed (to refill caches), then enough timed runs to fill ``round_ms``, and
+    keeps the round median. ``p50_ms`` is the lowest round median (interference only adds time). An item is
+    stable once ``patience`` rounds in a row fail to lower it by more than ``rel_tol``.
+    """
+    cfg = dict(DEFAULT_TIMING, **(timing or {}))
+    clock = time.thread_time if cfg["clock"] == "cpu" else time.perf_counter
+    n = len(runs)
+    per_round = []
+    for run in runs:
+        t0 = time.perf_counter()
+        for _ in range(max(cfg["warmup"], 1)):
+            run()
+        est_ms = (time.perf_counter() - t0) * 1e3 / max(cfg["warmup"], 1)
+        per_round.append(int(min(max(math.ceil(cfg["round_ms"] / max(est_ms, 1e-4)), cfg["min_runs"]),
+                                 cfg["max_runs"])))
+    samples = [[] for _ in range(n)]
+    medians = [[] for _ in range(n)]
+    spent = [0.0] * n
+    stable = [False] * n
+    active = set(range(n))
+    for r in range(cfg["max_rounds"]):
+        if not active:
+            break
+        for i in sorted(active):
+            t_start = time.perf_counter()
+            runs[i]()
+            times = []
+            for _ in range(per_round[i]):
+                t0 = clock()
+                runs[i]()
+                times.append((clock() - t0) * 1e3)
+            spent[i] += time.perf_counter() - t_start
+            samples[i].extend(times)
+            medians[i].append(float(np.median(times)))
+        patience = cfg["patience"]
+        for i in list(active):
+            m = medians[i]
+            best_before = min(m[:-patience]) if len(m) > patience else math.inf
+            if len(m) >= cfg["min_rounds"] and min(m[-patience:]) >= best_before * (1 - cfg["rel_tol"]):
+                stable[i] = True
+                active.discard(i)
+            elif spent[i] >= cfg["max_seconds"] and len(m) >= 2:
+                active.discard(i)
+        if on_round:
+            on_round(r + 1)
+    out = []
+    for i in range(n):
+        arr = np.asarray(samples[i])
+        p10, p90 = np.percentile(arr, [10, 90])
+        p50 = min(medians[i])
+        out.append({"p50_ms": float(p50), "p90_ms": float(max(p90, p50)), "mean_ms": float(arr.mean()),
+                    "std_ms": float(arr.std()), "count": int(len(arr)),
+                    "spread": float((p90 - p10) / p50) if p50 > 0 else 0.0, "stable": bool(stable[i])})
+    return out
+
+
+# ---- the standalone script -----------------------------------------------------------------------------------
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _session(ort, data, provider, threads, optimization):
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = {
+        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[optimization]
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(data, sess_options=opts, providers=[provider])
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for inp in sess.get_inputs():
+        shape = [d if isinstance(d, int) else 1 for d in inp.shape]
+        feeds[inp.name] = rng.standard_normal(shape).astype(np.float32)
+    return sess, feeds
+
+
+def _write_json(path, obj):
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".results.", suffix=".tmp", dir=folder)
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    import onnxruntime as ort
+
+    parser = argparse.ArgumentParser(description="Measure an hwnas latency bundle on this device.")
+    parser.add_argument("bundle", help="the .zip written by `hwnas latency bundle`")
+    parser.add_argument("--device", default=None, help="device id for the table (default: this host's name)")
+    parser.add_argument("--provider", default="CPUExecutionProvider")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--optimization", default="all", choices=["none", "basic", "extended", "all"])
+    parser.add_argument("--clock", default="wall", choices=["wall", "cpu"])
+    parser.add_argument("--chunk", type=int, default=16, help="items timed together (interleaved)")
+    parser.add_argument("--out", default="results.json")
+    args = parser.parse_args(argv)
+    if args.provider not in ort.get_available_providers():
+        sys.exit(f"error: execution provider {args.provider!r} is not available here "
+                 f"(available: {', '.join(ort.get_available_providers())})")
+    if args.clock == "cpu" and args.threads != 1:
+        sys.exit("error: --clock cpu needs --threads 1")
+    try:
+        bundle = zipfile.ZipFile(args.bundle)
+        manifest = json.loads(bundle.read("manifest.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
+        sys.exit(f"error: {args.bundle}: not an hwnas latency bundle ({e})")
+    if manifest.get("format") != BUNDLE_FORMAT:
+        sys.exit(f"error: {args.bundle}: bundle format {manifest.get('format')!r}, expected {BUNDLE_FORMAT!r}")
+    device_id = args.device or "".join(c if c.isalnum() or c in "._-" else "-" for c in platform.node()) or "remote"
+    setup = {"device_id": device_id, "provider": args.provider, "threads": args.threads,
+             "graph_optimization": args.optimization, "clock": args.clock, "cpu_model": _cpu_model(),
+             "cores": os.cpu_count() or 0, "os": f"{platform.system()} {platform.release()}",
+             "machine": platform.machine(), "python": platform.python_version(),
+             "onnxruntime_version": ort.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    results = {"format": RESULTS_FORMAT, "bundle_id": manifest["bundle_id"], "device": setup,
+               "manifest": manifest, "blocks": {}, "overhead": {}, "models": {}}
+    if os.path.isfile(args.out):
+        with open(args.out) as f:
+            old = json.load(f)
+        same = {k: old.get("device", {}).get(k) for k in ("provider", "threads", "graph_optimization", "clock")}
+        if old.get("bundle_id") == manifest["bundle_id"] and same == {k: setup[k] for k in same}:
+            results = old  # resume
+    timing = dict(manifest.get("timing") or {}, clock=args.clock)
+    groups = [("overhead", manifest["overhead"]), ("blocks", manifest["blocks"]), ("models", manifest["models"])]
+    total = sum(len(items) for _, items in groups)
+    done = sum(len(results[name]) for name, _ in groups)
+    for name, items in groups:
+        todo = [it for it in items if it["id"] not in results[name]]
+        for start in range(0, len(todo), args.chunk):
+            chunk = todo[start:start + args.chunk]
+            sessions = [_session(ort, bundle.read(it["file"]), args.provider, args.threads, args.optimization)
+                        for it in chunk]
+            stats = time_interleaved([lambda s=s, f=f: s.run(None, f) for s, f in sessions], timing)
+            for it, st in zip(chunk, stats):
+                results[name][it["id"]] = st
+            done += len(chunk)
+            _write_json(args.out, results)
+            print(f"{done}/{total} measured ({name})", flush=True)
+    _write_json(args.out, results)
+    print(f"wrote {args.out}: import it with `hwnas latency import {args.out}`")
+
+
+if __name__ == "__main__":
+    main()

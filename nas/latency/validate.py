@@ -1,0 +1,143 @@
+"""Validation: random archs measured end to end in ONNX Runtime against the LatencyModel's prediction.
+
+Each arch's whole model is exported to ONNX and timed with the device's provider and threads. The figures:
+fraction of archs within +-10%, MAPE, mean bias, Kendall tau of the prediction and of FLOPs (MACs) against the
+measurement, and the same for the naive sum of table p50s, for comparison. Rows are written to
+``validation.csv`` after every arch, so an interrupted validation resumes from its run directory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from scipy.stats import kendalltau
+
+from nas.blocks import make_block
+from nas.builder import count_macs
+from nas.latency.calibrate import measure_archs
+from nas.latency.model import LatencyModel
+from nas.latency.profile import key_is_identity, single_thread_torch
+from nas.latency.timing import TimingConfig
+from nas.run import RunDir
+from nas.space import Arch, Space
+
+VALIDATION_FILE = "validation.csv"
+
+
+def validation_archs(space: Space, samples: int, seed: int = 0) -> list[Arch]:
+    rng = np.random.default_rng(seed)
+    return [space.sample(rng) for _ in range(samples)]
+
+
+def naive_sum_ms(lm: LatencyModel, keys) -> float:
+    """The uncorrected sum of table p50s (what a plain lookup table predicts), NaN if a key is missing."""
+    rows = [lm.table.get(k) for k in keys if not key_is_identity(k)]
+    return float("nan") if any(r is None for r in rows) else float(sum(r["p50_ms"] for r in rows))
+
+
+def arch_macs(lm: LatencyModel, keys) -> int:
+    """MACs of the whole model: the table's per-block counts (torch.utils.flop_counter at profiling time),
+    counted afresh for blocks the table lacks."""
+    total = 0
+    for key in keys:
+        if key_is_identity(key):
+            continue
+        row = lm.table.get(key)
+        if row is None or not row["macs"]:
+            with single_thread_torch():
+                total += count_macs(make_block(key.op, key.c_in, key.c_out, key.stride),
+                                    (key.c_in, key.resolution, key.resolution))
+        else:
+            total += row["macs"]
+    return total
+
+
+def summarize(frame: pd.DataFrame) -> dict:
+    """Accuracy figures of the predictions in ``frame`` (columns measured_ms, predicted_ms, naive_ms, macs)."""
+    meas, pred = frame["measured_ms"].to_numpy(), frame["predicted_ms"].to_numpy()
+    rel = (pred - meas) / meas
+    out = {"samples": int(len(frame)), "within_10pct": float(np.mean(np.abs(rel) <= 0.10)),
+           "within_5pct": float(np.mean(np.abs(rel) <= 0.05)), "mape": float(np.mean(np.abs(rel)) * 100),
+           "mean_bias_pct": float(np.mean(rel) * 100), "max_abs_error_pct": float(np.max(np.abs(rel)) * 100),
+           "kendall_tau": _tau(pred, meas), "flops_kendall_tau": _tau(frame["macs"].to_numpy(), meas),
+           "estimated_archs": int((frame["estimated_blocks"] > 0).sum()),
+           "measured_ms_range": [float(meas.min()), float(meas.max())]}
+    naive = frame["naive_ms"].to_numpy()
+    if np.isfinite(naive).all():
+        nrel = (naive - meas) / meas
+        out |= {"naive_within_10pct": float(np.mean(np.abs(nrel) <= 0.10)),
+                "naive_mape": float(np.mean(np.abs(nrel)) * 100),
+                "naive_mean_bias_pct": float(np.mean(nrel) * 100), "naive_kendall_tau": _tau(naive, meas)}
+    return out
+
+
+def _tau(x, y) -> float:
+    return float(kendalltau(x, y).statistic) if len(x) > 1 else float("nan")
+
+
+def validate(lm: LatencyModel, space: Space, run: RunDir, *, samples: int = 50, seed: int = 0,
+             timing: TimingConfig | None = None, on_progress: Callable[[int, int, str], None] | None = None,
+             chunk: int = 25) -> dict:
+    """Measure ``samples`` random archs end to end and compare; returns the summary (also in report.json).
+
+    Models are timed in interleaved chunks of ``chunk`` (see ``timing``); rows are saved after each chunk.
+    """
+    m = lm.table.manifest
+    timing = replace(timing or TimingConfig(), clock=m.clock)
+    path = run.file(VALIDATION_FILE)
+    rows = pd.read_csv(path).to_dict("records") if path.is_file() else []
+    archs = validation_archs(space, samples, seed)
+    while len(rows) < len(archs):
+        batch = archs[len(rows):len(rows) + chunk]
+        stats = measure_archs(space, batch, m.provider, m.threads, m.graph_optimization, timing)
+        for arch, st in zip(batch, stats):
+            keys = lm.arch_keys(space, arch)
+            pred = lm.predict_keys(keys)
+            rows.append({"index": len(rows), "arch": arch.to_json(), "measured_ms": st.p50_ms,
+                         "measured_p90_ms": st.p90_ms, "stable": st.stable, "predicted_ms": pred.ms,
+                         "naive_ms": naive_sum_ms(lm, keys), "estimated_blocks": len(pred.estimated),
+                         "macs": arch_macs(lm, keys)})
+            if on_progress:
+                err = (pred.ms - st.p50_ms) / st.p50_ms * 100
+                on_progress(len(rows), len(archs), f"{st.p50_ms:.2f} ms, predicted {err:+.1f}%")
+        run.write_csv(VALIDATION_FILE, pd.DataFrame(rows))
+    frame = pd.DataFrame(rows)
+    summary = {"device": lm.device_id, "space": space.name, **space.space_args(), "provider": m.provider,
+               "threads": m.threads, **summarize(frame), "warnings": lm.warnings}
+    run.write_json("report.json", summary)
+    plot_validation(frame, summary, run.file("scatter.png"))
+    return summary
+
+
+def plot_validation(frame: pd.DataFrame, summary: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from nas.files import atomic_path
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+    meas = frame["measured_ms"]
+    lo, hi = float(meas.min()) * 0.85, float(meas.max()) * 1.15
+    ax = axes[0]
+    ax.plot([lo, hi], [lo, hi], "k-", lw=1)
+    ax.fill_between([lo, hi], [lo * 0.9, hi * 0.9], [lo * 1.1, hi * 1.1], color="0.9", label="+-10%")
+    if np.isfinite(frame["naive_ms"]).all():
+        ax.scatter(meas, frame["naive_ms"], s=14, c="tab:orange", alpha=0.6, label="sum of table p50s")
+    ax.scatter(meas, frame["predicted_ms"], s=16, c="tab:blue", label="LatencyModel")
+    ax.set(xlabel="measured ms (whole model)", ylabel="predicted ms", xlim=(lo, hi), ylim=(lo, hi),
+           title=f"{summary['device']}: {100 * summary['within_10pct']:.0f}% within 10%, "
+                 f"tau {summary['kendall_tau']:.3f}")
+    ax.legend(loc="upper left", fontsize=8)
+    axes[1].scatter(frame["macs"] / 1e6, meas, s=14, c="tab:green")
+    axes[1].set(xlabel="MMACs", ylabel="measured ms", title=f"FLOPs tau {summary['flops_kendall_tau']:.3f}")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
