@@ -1,8 +1,8 @@
 """Per-device latency tables measured with ONNX Runtime, and the LatencyModel every search uses.
 
-READY: the contract API in /tmp/team_rules.md works (``LatencyModel``, ``Prediction``, ``ProfileItem``,
-``profile_items``, ``space_profile_items``) and so do the CLI commands ``hwnas latency profile | show |
-predict | validate | bundle | import``. A quick table for tests (a few seconds)::
+Entry points: ``LatencyModel``, ``Prediction``, ``ProfileItem``, ``profile_items``, ``space_profile_items``, and
+the CLI commands ``hwnas latency profile | show | predict | validate | bundle | import``. A quick table for tests
+(a few seconds)::
 
     space = load_space("fbnet", resolution=32, width_multiplier=0.25, classes=10)
     profile_items("t", space_profile_items(space), tables_dir=tmp_path)          # add bits=(32, 8) for int8
