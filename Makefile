@@ -14,7 +14,8 @@ $(BIN)/.installed: pyproject.toml
 setup: $(BIN)/.installed
 
 demo: setup
-	$(BIN)/hwnas train fbnet_a --dataset digits --width 0.5 --out results/demo
+	$(BIN)/hwnas search dmasking --space fbnet_v2 --dataset digits --width 0.25 --device local-cpu --profile \
+		--epochs 10 --final-epochs 10 --out results/demo
 
 test: setup
 	$(BIN)/python -m pytest

@@ -59,9 +59,7 @@ def profile(space: str = SPACE_OPT, device: str = DEVICE_OPT,
             corr = calibrate(device, sp, models=calibration, provider=provider, threads=threads,
                              tables_dir=tables_dir, optimization=optimization,
                              on_progress=lambda d, t, note: advance(note=note))
-        summary |= {"calibration_models": corr.fitted_on, "base_ms": corr.base_ms, "scale": corr.scale,
-                    "per_block_ms": corr.per_block_ms, "calibration_mape": corr.fit_mape,
-                    "uncorrected_mape": corr.raw_mape}
+        summary |= correction_summary(corr)
     if as_json:
         print_json(summary)
         return
@@ -71,9 +69,23 @@ def profile(space: str = SPACE_OPT, device: str = DEVICE_OPT,
         console.print(f"[yellow]warning:[/yellow] {counts['unstable']} of {counts['measured']} keys did not reach "
                       f"a stable median (a busy machine? try --clock cpu, or profile again on a quiet one)")
     if calibration > 0 and corr.fitted_on:
-        typer.echo(f"correction on {corr.fitted_on} whole models: base {corr.base_ms:.3f} ms, scale "
-                   f"{corr.scale:.3f}, per block {corr.per_block_ms:+.4f} ms; calibration MAPE "
-                   f"{corr.fit_mape:.1f}% (uncorrected sum {corr.raw_mape:.1f}%)")
+        typer.echo(correction_line(corr))
+
+
+def correction_summary(corr) -> dict:
+    """The fitted correction's figures for a JSON summary."""
+    return {"calibration_models": corr.fitted_on, "base_ms": corr.base_ms, "scale": corr.scale,
+            "per_block_ms": corr.per_block_ms, "calibration_mape": corr.fit_mape, "uncorrected_mape": corr.raw_mape}
+
+
+def correction_line(corr) -> str:
+    """One line on the fitted correction, or on why there is none (a degenerate fit keeps the plain table sum)."""
+    if corr.fit_mape is None:
+        return (f"correction: the fit on {corr.fitted_on} whole models was degenerate (too few or too alike); "
+                f"predictions use the table sum plus {corr.base_ms:.3f} ms")
+    return (f"correction on {corr.fitted_on} whole models: base {corr.base_ms:.3f} ms, scale {corr.scale:.3f}, "
+            f"per block {corr.per_block_ms:+.4f} ms; calibration MAPE {corr.fit_mape:.1f}% "
+            f"(uncorrected sum {corr.raw_mape:.1f}%)")
 
 
 @latency_app.command("show")

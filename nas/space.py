@@ -310,7 +310,8 @@ def _space_path(name_or_path: str) -> Path:
     return Path(str(builtin))
 
 
-def load_space_spec(name_or_path: str) -> tuple[SpaceSpec, Path]:
+def read_space_yaml(name_or_path: str) -> tuple[dict, Path]:
+    """A space's YAML (a built-in name or a path) as a mapping, with errors naming the file and line."""
     path = _space_path(name_or_path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -320,6 +321,11 @@ def load_space_spec(name_or_path: str) -> tuple[SpaceSpec, Path]:
         raise SpaceError(f"{where}: malformed YAML ({getattr(e, 'problem', e)})") from None
     if not isinstance(raw, dict):
         raise SpaceError(f"{path}: a space must be a YAML mapping")
+    return raw, path
+
+
+def load_space_spec(name_or_path: str) -> tuple[SpaceSpec, Path]:
+    raw, path = read_space_yaml(name_or_path)
     kind = raw.pop("kind", "conv")
     if kind != "conv":
         raise SpaceError(f"{path}: {raw.get('name', path.stem)!r} is a {kind!r} space, not a convolutional "

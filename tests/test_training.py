@@ -19,14 +19,15 @@ def _setup():
     return data, space
 
 
-def test_training_learns_digits():
+def test_training_learns_digits_with_ema_on_a_short_run():
+    # EMA 0.999 over ~100 steps used to leave the averaged weights at chance; the decay now warms up
     data = load_dataset("digits", resolution=16, seed=0)
     space = load_space("fbnet_a", resolution=16, width_multiplier=0.25, classes=10, in_channels=1)
     torch.manual_seed(0)
-    result = train_model(build_model(space, space.fixed_arch()), data, Recipe(epochs=5, lr=0.01))
+    result = train_model(build_model(space, space.fixed_arch()), data, Recipe(epochs=5, lr=0.01, ema=0.999))
     assert len(result.history) == 5
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
-    assert accuracy(result.model, data.x_test, data.y_test) > 0.6  # chance is 0.1
+    assert accuracy(result.model, data.x_test, data.y_test) > 0.5  # chance is 0.1 (and where a cold EMA stays)
 
 
 def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path):

@@ -1,0 +1,227 @@
+"""hwnas train-dynamic | latency profile-capacity | search capacity | export-capacity (dynamic-capacity ViTs)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cli.app import app, console, latency_app, print_json, progress_bar, search_app
+from cli.cmd_latency import correction_line, correction_summary
+
+SPACE_OPT = typer.Option("vit_capacity", "--space", help="vit_capacity space name or YAML")
+DATASET_OPT = typer.Option("digits", help="digits | npz:PATH | folder:PATH")
+DEVICE_OPT = typer.Option(..., "--device", help="device id: the folder latency_tables/<device-id>/")
+TABLES_OPT = typer.Option(None, "--tables-dir", help="base folder (default $HWNAS_LATENCY_TABLES or ./latency_tables)")
+
+
+@app.command("train-dynamic")
+def train_dynamic_cmd(space: str = SPACE_OPT, dataset: str = DATASET_OPT,
+                      out: Optional[Path] = typer.Option(None, help="run directory (rerun with the same one to resume)"),
+                      epochs: Optional[int] = typer.Option(None, help="override the space recipe's epochs"),
+                      shift: int = typer.Option(2, help="random-shift augmentation in pixels (0: none)"),
+                      seed: int = typer.Option(0, help="data split and training seed"),
+                      torch_threads: int = typer.Option(1, "--torch-threads",
+                                                        help="torch CPU threads (1 is fastest on a shared machine)"),
+                      as_json: bool = typer.Option(False, "--json", help="print the report as JSON")):
+    """Train a dynamic-capacity ViT once-for-all (keep ratios and MoE capacity sampled per batch)."""
+    import pandas as pd
+    import torch
+
+    from nas.capacity.checkpoint import save_checkpoint
+    from nas.capacity.config import capacity_factor_plan
+    from nas.capacity.task import load_capacity_data
+    from nas.capacity.training import plan_accuracy, train_dynamic
+    from nas.capacity.vit import DynamicViT
+    from nas.run import RunDir, default_run_path
+
+    data, sp = load_capacity_data(space, dataset, seed)
+    recipe = sp.recipe().model_copy(update={"seed": seed, **({"epochs": epochs} if epochs else {})})
+    out = out or default_run_path("train-dynamic", sp.name)
+    run = RunDir(out, {"command": "train-dynamic", "space": sp.name, "space_fingerprint": sp.fingerprint(),
+                       "dataset": dataset, "recipe": recipe.model_dump(), "shift": shift, "seed": seed})
+    console.print(f"training {sp.name} once-for-all on {dataset} {data.sizes()} at {sp.resolution}px "
+                  f"({sp.tokens} tokens) -> {out}")
+    torch.set_num_threads(max(1, torch_threads))
+    torch.manual_seed(seed)
+    model = DynamicViT(sp)
+    with progress_bar("train", recipe.epochs) as advance:
+        result = train_dynamic(model, data, recipe, shift_pixels=shift, checkpoint=run.file("train_state.pt"),
+                               on_epoch=lambda e, row: advance(note=f"loss {row['train_loss']:.3f} val full "
+                                                                    f"{row['val_accuracy_full']:.3f}"))
+    run.write_csv("train_history.csv", pd.DataFrame(result.history))
+    weights = save_checkpoint(result.model, run.file("model.pt"),
+                              {"dataset": dataset, "seed": seed, "epochs": recipe.epochs})
+    stages = len(sp.stages)
+    checks = {f"keep{r:g}": capacity_factor_plan(sp, [r] * stages, 1.0)
+              for r in sorted({1.0, 0.7, min(sp.spec.pruning.keep_ratio_options)}, reverse=True)}
+    report = {"space": sp.name, "dataset": dataset, "checkpoint": str(weights), "epochs": recipe.epochs,
+              "val_accuracy": {name: plan_accuracy(result.model, plan, data.x_val, data.y_val)
+                               for name, plan in checks.items()},
+              "test_accuracy": {name: plan_accuracy(result.model, plan, data.x_test, data.y_test)
+                                for name, plan in checks.items()}}
+    run.write_json("report.json", report)
+    if as_json:
+        print_json(report)
+    else:
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in report["test_accuracy"].items())
+        typer.echo(f"test accuracy (capacity factor 1): {shown} -> {weights}")
+
+
+@latency_app.command("profile-capacity")
+def profile_capacity(space: str = SPACE_OPT, device: str = DEVICE_OPT,
+                     checkpoint: Optional[Path] = typer.Option(None, help="take input channels and classes from "
+                                                                          "this checkpoint's sidecar"),
+                     in_channels: Optional[int] = typer.Option(None, "--in-channels", help="input channels"),
+                     classes: Optional[int] = typer.Option(None, help="number of classes"),
+                     threads: int = typer.Option(1, help="intra-op threads"),
+                     clock: str = typer.Option("wall", help="wall | cpu (calling thread's CPU time; 1 thread)"),
+                     calibration: int = typer.Option(8, help="whole models measured to refit the correction (0: none)"),
+                     tables_dir: Optional[Path] = TABLES_OPT,
+                     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON")):
+    """Measure every token-count unit of a vit_capacity space into a device table (resumable)."""
+    from nas.capacity.checkpoint import read_sidecar
+    from nas.capacity.latency import calibrate_capacity, capacity_profile_items
+    from nas.capacity.space import load_capacity_space
+    from nas.latency.profile import profile_items
+    from nas.latency.timing import TimingConfig, check_clock
+
+    check_clock(clock, threads)
+    args = (read_sidecar(checkpoint).get("space_args") or {}) if checkpoint else {}
+    sp = load_capacity_space(space, in_channels=in_channels or args.get("in_channels"),
+                             classes=classes or args.get("classes"))
+    items = capacity_profile_items(sp)
+    console.print(f"profiling {len(items)} token-count units of {sp.name} on device {device!r} "
+                  f"({threads} thread{'s' if threads > 1 else ''}, clock {clock})")
+    with progress_bar("units", len(items)) as advance:
+        counts = profile_items(device, items, threads=threads, tables_dir=tables_dir,
+                               timing=TimingConfig(clock=clock), on_progress=lambda d, t, note: advance(note=note))
+    summary = {"device": device, "space": sp.name, **sp.space_args(), **counts}
+    if calibration > 0:
+        with progress_bar("calibration", calibration) as advance:
+            corr = calibrate_capacity(device, sp, models=calibration, tables_dir=tables_dir,
+                                      on_progress=lambda d, t, note: advance(note=note))
+        summary |= correction_summary(corr)
+    if as_json:
+        print_json(summary)
+        return
+    typer.echo(f"device {device}: measured {counts['measured']}, already had {counts['skipped']} of "
+               f"{counts['total']} units in {counts['seconds']:.1f} s")
+    if calibration > 0 and corr.fitted_on:
+        typer.echo(correction_line(corr) + " (all spaces of this device)")
+
+
+def _evaluator(space, dataset, checkpoint, device, seed, no_fallback, tables_dir, measure=True):
+    import torch
+
+    from nas.capacity.evaluate import CapacityEvaluator
+    from nas.capacity.task import load_capacity_model
+    from nas.latency.model import LatencyModel
+
+    torch.set_num_threads(1)  # inference on small batches; more threads only contend with ONNX Runtime timing
+    lm = LatencyModel.load(device, tables_dir, allow_fallback=not no_fallback)
+    data, model, meta = load_capacity_model(space, dataset, str(checkpoint), seed)
+    return CapacityEvaluator(model, data, lm, measure=measure), meta
+
+
+@search_app.command("capacity")
+def search_capacity_cmd(space: str = SPACE_OPT,
+                        checkpoint: Path = typer.Option(..., help="model.pt written by `hwnas train-dynamic`"),
+                        dataset: str = DATASET_OPT, device: str = DEVICE_OPT,
+                        target_ms: float = typer.Option(..., "--target-ms", help="latency budget (batch 1, ms)"),
+                        out: Optional[Path] = typer.Option(None, help="run directory (rerun the same to resume)"),
+                        trials: int = typer.Option(40, help="configs to evaluate"),
+                        seed: Optional[int] = typer.Option(None, help="data split (default: the checkpoint's) "
+                                                                      "and sampler seed"),
+                        measure: bool = typer.Option(True, "--measure/--no-measure",
+                                                     help="also time every config tried in ONNX Runtime"),
+                        no_fallback: bool = typer.Option(False, "--no-fallback",
+                                                         help="fail on a unit the table lacks instead of estimating"),
+                        tables_dir: Optional[Path] = TABLES_OPT,
+                        as_json: bool = typer.Option(False, "--json", help="print the report as JSON")):
+    """Choose keep ratios per stage and the MoE capacity threshold for a latency budget on a device."""
+    from nas.capacity.plots import plot_search
+    from nas.capacity.search import check_target, choose, finalize, search_capacity
+    from nas.errors import SearchError
+    from nas.run import RunDir, default_run_path
+
+    if target_ms <= 0:
+        raise SearchError(f"--target-ms must be positive, got {target_ms:g}")
+    evaluator, meta = _evaluator(space, dataset, checkpoint, device, seed, no_fallback, tables_dir, measure)
+    sp = evaluator.model.space
+    seed = meta["data_seed"]
+    check_target(evaluator, target_ms)  # before anything is written
+    out = out or default_run_path("capacity", sp.name)
+    run = RunDir(out, {"command": "search capacity", "space": sp.name, "space_fingerprint": sp.fingerprint(),
+                       "checkpoint": str(checkpoint), "dataset": dataset, "device": device, "target_ms": target_ms,
+                       "trials": trials, "seed": seed, "measure": measure, "allow_fallback": not no_fallback})
+    console.print(f"searching {sp.name} configs for {target_ms:g} ms on {device!r} "
+                  f"({trials} trials{', measured' if measure else ''}) -> {out}")
+    with progress_bar("configs", trials) as advance:
+        shown = [0]
+
+        def on_trial(done: int, total: int, row: dict) -> None:
+            advance(done - shown[0], note=f"acc {row['val_accuracy']:.3f} pred {row['predicted_ms']:.3f} ms")
+            shown[0] = done
+
+        rows = search_capacity(evaluator, target_ms, run, trials=trials, seed=seed, on_trial=on_trial)
+    report = finalize(evaluator, rows, target_ms, run)
+    plot_search(rows, target_ms, choose(rows, target_ms), run.path)
+    if as_json:
+        print_json(report)
+        return
+    typer.echo(f"chosen {_config_label(report)}: val {report['val_accuracy']:.4f}, test {report['accuracy']:.4f} "
+               f"(onnx {report['accuracy_onnx']:.4f}, max abs diff {report['onnx_max_abs_diff']:.1e}); "
+               f"predicted {report['predicted_ms']:.3f} ms, measured {report['measured_ms']:.3f} ms "
+               f"({report['measured_vs_predicted']:+.1%} vs predicted, target {target_ms:g} ms) -> {out}")
+
+
+def _config_label(report: dict) -> str:
+    c = report["config"]
+    return "keep " + ",".join(f"{r:g}" for r in c["keep_ratios"]) + f" threshold {c['threshold']:g}"
+
+
+@app.command("export-capacity")
+def export_capacity_cmd(space: str = SPACE_OPT,
+                        checkpoint: Path = typer.Option(..., help="model.pt written by `hwnas train-dynamic`"),
+                        dataset: str = DATASET_OPT, device: str = DEVICE_OPT,
+                        config: Optional[Path] = typer.Option(None, help="capacity.json from a search"),
+                        keep: Optional[str] = typer.Option(None, help="keep ratios per stage, e.g. 0.7,0.7,0.7 "
+                                                                      "(one value: every stage)"),
+                        threshold: float = typer.Option(0.3, help="capacity predictor threshold (with --keep)"),
+                        out: Path = typer.Option(..., help="output folder (model.onnx, report.json)"),
+                        seed: Optional[int] = typer.Option(None, help="data split (default: the checkpoint's)"),
+                        no_fallback: bool = typer.Option(False, "--no-fallback",
+                                                         help="fail on a unit the table lacks instead of estimating"),
+                        tables_dir: Optional[Path] = TABLES_OPT,
+                        as_json: bool = typer.Option(False, "--json", help="print the report as JSON")):
+    """Export one config to ONNX with a parity check, and measure its latency against the prediction."""
+    from nas.capacity.config import CapacityConfig, CapacityConfigError, load_config_file, parse_keep_ratios, \
+        validate_config
+    from nas.capacity.search import export_config
+    from nas.capacity.space import load_capacity_space
+    from nas.run import RunDir
+
+    if (config is None) == (keep is None):
+        raise CapacityConfigError("give exactly one of --config capacity.json or --keep RATIOS")
+    bare = load_capacity_space(space)
+    if config is not None:
+        cfg = load_config_file(config, bare.name)
+    else:
+        ratios = parse_keep_ratios(keep)
+        cfg = CapacityConfig(ratios * len(bare.stages) if len(ratios) == 1 else ratios, threshold)
+    validate_config(bare, cfg, str(config) if config else "--keep")  # before anything is loaded or written
+    evaluator, meta = _evaluator(space, dataset, checkpoint, device, seed, no_fallback, tables_dir, measure=False)
+    sp = evaluator.model.space
+    seed = meta["data_seed"]
+    row = evaluator.evaluate(cfg)  # before anything is written: a missing table key fails here
+    run = RunDir(out, {"command": "export-capacity", "space": sp.name, "checkpoint": str(checkpoint),
+                       "dataset": dataset, "device": device, "config": cfg.to_dict(), "seed": seed})
+    report = export_config(evaluator, row, run)
+    if as_json:
+        print_json(report)
+        return
+    typer.echo(f"{_config_label(report)}: test {report['accuracy']:.4f} (onnx {report['accuracy_onnx']:.4f}, max abs "
+               f"diff {report['onnx_max_abs_diff']:.1e}); predicted {report['predicted_ms']:.3f} ms, measured "
+               f"{report['measured_ms']:.3f} ms ({report['measured_vs_predicted']:+.1%}) -> {out}")

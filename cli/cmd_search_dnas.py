@@ -1,0 +1,118 @@
+"""hwnas search dnas | dmasking  (differentiable search with a latency loss from the device's table)"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cli.app import console, print_json, progress_bar, search_app
+from nas.recipe import load_recipe
+from nas.run import default_run_path
+
+HELP = {
+    "dnas": "FBNet DNAS: a block per candidate, Gumbel-softmax over them (all paths, or --sampled-path), "
+            "loss CE * (1 + alpha * log(LAT / LAT_min)) ** beta.",
+    "dmasking": "FBNetV2 DMaskingNAS: one shared-weight block per layer; ops, channels and input resolution "
+                "chosen through Gumbel-weighted masks.",
+}
+DEFAULT_SPACE = {"dnas": "fbnet", "dmasking": "fbnet_v2"}
+
+
+class StageBars:
+    """One progress bar per stage (profile, calibrate, search, train), opened when the stage first reports."""
+
+    TITLES = {"profile": "profile blocks", "calibrate": "calibrate", "search": "search", "train": "retrain winner"}
+
+    def __init__(self, stack: ExitStack):
+        self.stack, self.stage, self.advance, self.done = stack, None, None, 0
+
+    def __call__(self, stage: str, done: int, total: int, note: str) -> None:
+        if stage != self.stage:
+            self.stack.close()
+            self.advance = self.stack.enter_context(progress_bar(self.TITLES.get(stage, stage), total))
+            self.stage, self.done = stage, 0
+        self.advance(max(done - self.done, 0), note)
+        self.done = done
+
+
+def _make_command(method: str):
+    def command(
+        space: str = typer.Option(DEFAULT_SPACE[method], "--space", help="space name or YAML"),
+        dataset: str = typer.Option("digits", help="digits | npz:PATH | folder:PATH"),
+        device: str = typer.Option(..., "--device", help="device id of the latency table "
+                                                         "(latency_tables/<device-id>/)"),
+        target_ms: Optional[float] = typer.Option(None, "--target-ms", help="latency target: alpha is steered so "
+                                                  "that the final arch lands within +-10% of it"),
+        alpha: float = typer.Option(1.0, help="latency trade-off: larger finds faster archs (0: ignore latency)"),
+        beta: float = typer.Option(0.6, help="exponent of the latency factor (FBNet's beta)"),
+        epochs: int = typer.Option(20, help="search epochs (the first fifth train weights only)"),
+        warmup_epochs: Optional[int] = typer.Option(None, "--warmup-epochs", help="weights-only epochs "
+                                                    "(default: a fifth of --epochs)"),
+        resolution: Optional[int] = typer.Option(None, help="input resolution (default: data size, >= 32)"),
+        width: Optional[float] = typer.Option(None, help="width multiplier"),
+        out: Optional[Path] = typer.Option(None, help="run directory (rerun with the same one to resume)"),
+        profile: bool = typer.Option(False, "--profile", help="measure the device's missing table entries "
+                                     "on this machine first"),
+        sampled_path: bool = typer.Option(False, "--sampled-path/--all-paths", help="run only the sampled "
+                                          "candidate per layer (hard Gumbel, straight-through) instead of "
+                                          "every candidate"),
+        soft_resolution: bool = typer.Option(False, "--soft-resolution", help="dmasking: mix every input "
+                                             "resolution's interleaved map each step (2-3x a step), instead "
+                                             "of one sampled resolution per step"),
+        recipe: Optional[Path] = typer.Option(None, help="recipe YAML/JSON of the supernet and final training"),
+        final_epochs: Optional[int] = typer.Option(None, "--final-epochs", help="override the recipe's epochs "
+                                                   "for retraining the winner"),
+        arch_lr: float = typer.Option(0.1, "--arch-lr", help="Adam learning rate of the architecture logits"),
+        temperature: float = typer.Option(5.0, help="initial Gumbel-softmax temperature"),
+        temperature_decay: float = typer.Option(0.956, "--temperature-decay", help="temperature factor per "
+                                                "epoch"),
+        seed: int = typer.Option(0, help="data split, supernet and training seed"),
+        tables_dir: Optional[Path] = typer.Option(None, "--tables-dir", help="base folder of latency tables "
+                                                  "(default $HWNAS_LATENCY_TABLES or ./latency_tables)"),
+        allow_estimated: bool = typer.Option(False, "--allow-estimated", help="search even if some blocks "
+                                             "are missing from the table (the fallback regressor estimates "
+                                             "them)"),
+        as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+    ):
+        import torch
+
+        from nas.dnas.search import SearchSettings
+        from nas.dnas.strategy import SearchJob, open_run, prepare_search, run_search
+
+        torch.set_num_threads(1)  # tiny models: more threads only contend (the search loop pins 1 thread anyway)
+        rec = load_recipe(recipe)
+        rec = rec.model_copy(update={"seed": seed, **({"epochs": final_epochs} if final_epochs else {})})
+        settings = SearchSettings(
+            epochs=epochs, warmup_epochs=warmup_epochs, arch_lr=arch_lr, initial_temperature=temperature,
+            temperature_decay=temperature_decay, alpha=alpha, beta=beta, target_ms=target_ms,
+            op_paths=1 if sampled_path else None, channel_paths=None,
+            resolution_paths=None if soft_resolution else 1)
+        job = SearchJob(method, space, device, dataset, target_ms, resolution, width, seed, settings, rec,
+                        str(tables_dir) if tables_dir else None, profile, allow_estimated)
+        with ExitStack() as stack:
+            bars = StageBars(stack)
+            prep = prepare_search(job, bars)
+            out_dir = out or default_run_path(method, prep.space.name)
+            run = open_run(prep, out_dir)
+            console.print(f"{method} on {prep.space.name} @ {prep.space.resolution}px x{prep.space.width_multiplier:g}"
+                          f", {dataset} {prep.data.sizes()}, device {device}: attainable "
+                          f"{prep.min_ms:.4g}-{prep.max_ms:.4g} ms -> {out_dir}"
+                          + (" (resuming)" if run.resumed else ""))
+            report = run_search(prep, run, bars)
+        if as_json:
+            print_json(report)
+            return
+        target = f" (target {target_ms:g} ms)" if target_ms is not None else ""
+        typer.echo(f"{method}: predicted {report['predicted_ms']:.4g} ms{target}, measured {report['measured_ms']:.4g}"
+                   f" ms ({report['prediction_error_pct']:+.1f}%), test accuracy {report['accuracy']:.4f}, onnx max "
+                   f"abs diff {report['onnx_max_abs_diff']:.2e} -> {out_dir}")
+
+    command.__doc__ = HELP[method]
+    return command
+
+
+for _method in ("dnas", "dmasking"):
+    search_app.command(_method, help=HELP[_method])(_make_command(_method))

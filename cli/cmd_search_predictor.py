@@ -1,0 +1,151 @@
+"""hwnas search nars | chamnet | optuna  (predictor-guided architecture x recipe search)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from cli.app import console, print_json, progress_bar, search_app
+
+HELP = {
+    "nars": "FBNetV3 NARS: Sobol pool, MLP predictor pretrained on free proxies, evolutionary search.",
+    "chamnet": "ChamNet GP-BO: Sobol pool, gpytorch GP, expected improvement, evolutionary search.",
+    "optuna": "Optuna multi-objective search (NSGA-II or TPE) with a latency constraint; resumable studies.",
+}
+
+
+def _make_command(strategy: str):
+    def command(
+        space: str = typer.Option(..., "--space", help="space name or YAML, or table:PATH.csv (a user's table)"),
+        device: Optional[List[str]] = typer.Option(None, "--device", help="device id of a latency table "
+                                                   "(repeat for several devices)"),
+        latency_ms: Optional[List[str]] = typer.Option(None, "--latency-ms", help="latency bound: MS for every "
+                                                       "device, or DEVICE=MS[,DEVICE=MS]; repeat for a Pareto "
+                                                       "family (default: 25/50/75th percentiles)"),
+        budget: int = typer.Option(100, help="expensive evaluations (trainings or table lookups)"),
+        seed: int = typer.Option(0, help="random seed (search, data split, training)"),
+        out: Optional[Path] = typer.Option(None, help="run directory (rerun with the same one to resume)"),
+        dataset: str = typer.Option("digits", help="digits | npz:PATH | folder:PATH (model spaces)"),
+        objective: Optional[str] = typer.Option(None, help="metric to optimise (table: a column; model: "
+                                                "val_accuracy)"),
+        direction: str = typer.Option("max", help="max or min: whether the objective is maximised"),
+        latency_column: Optional[List[str]] = typer.Option(None, "--latency-column", help="table: latency "
+                                                           "column, one per device (free, like a latency table)"),
+        proxy: Optional[List[str]] = typer.Option(None, "--proxy", help="table: a free column the MLP "
+                                                  "pretrains on (e.g. macs)"),
+        metric: Optional[List[str]] = typer.Option(None, "--metric", help="table: a further metric column "
+                                                   "(reported, not a decision)"),
+        decision: Optional[List[str]] = typer.Option(None, "--decision", help="table: decision columns "
+                                                     "(default: every other column)"),
+        resolution: Optional[int] = typer.Option(None, help="input resolution (model spaces)"),
+        width: Optional[float] = typer.Option(None, help="width multiplier (model spaces)"),
+        recipe: Optional[Path] = typer.Option(None, help="base recipe YAML/JSON; the space's recipe_space "
+                                              "ranges are searched on top"),
+        max_epochs: Optional[int] = typer.Option(None, "--max-epochs", help="cap on the epochs of each search "
+                                                 "evaluation (the winner trains with its full recipe)"),
+        tables_dir: Optional[Path] = typer.Option(None, "--tables-dir", help="base folder of latency tables"),
+        measure_each: bool = typer.Option(False, "--measure-each", help="export and time every evaluated "
+                                          "model in ONNX Runtime (measured_ms in history.csv)"),
+        pool: int = typer.Option(4096, help="Sobol pool size"),
+        init: Optional[int] = typer.Option(None, help="initial Sobol evaluations (default budget/4)"),
+        batch: Optional[int] = typer.Option(None, help="evaluations per predictor round"),
+        generations: int = typer.Option(40, help="evolutionary search generations"),
+        population: int = typer.Option(2048, help="evolutionary search population"),
+        pretrain: bool = typer.Option(True, "--pretrain/--no-pretrain", help="nars: pretrain the MLP on "
+                                      "free proxies"),
+        sampler: str = typer.Option("nsga2", help="optuna: nsga2 or tpe"),
+        storage: Optional[str] = typer.Option(None, help="optuna: RDB URL (default sqlite:///RUN/study.db)"),
+        study: str = typer.Option("hwnas", help="optuna: study name"),
+        workers: int = typer.Option(1, help="optuna: processes sharing the study"),
+        export: str = typer.Option("first", help="model spaces: export the winner of the first constraint, "
+                                   "of all, or none"),
+        as_json: bool = typer.Option(False, "--json", help="print report.json"),
+    ):
+        from nas.predict.runner import prepare_search, run_search
+        from nas.predict.search_setup import SearchSettings
+        from nas.run import default_run_path
+
+        settings = SearchSettings(
+            strategy=strategy, space=space, devices=list(device or []), latency_ms=list(latency_ms or []),
+            budget=budget, seed=seed, dataset=dataset, objective=objective, direction=direction,
+            latency_columns=list(latency_column or []), proxy_columns=list(proxy or []),
+            metric_columns=list(metric or []), decision_columns=list(decision or []), resolution=resolution,
+            width=width, recipe=str(recipe) if recipe else None, max_epochs=max_epochs,
+            tables_dir=str(tables_dir) if tables_dir else None, measure_each=measure_each, pool=pool, init=init,
+            batch=batch, generations=generations, population=population, pretrain=pretrain, sampler=sampler,
+            storage=storage, study=study, workers=workers, export=export)
+        name = Path(space.split(":", 1)[-1]).stem
+        out = out or default_run_path(f"search-{strategy}", name)
+        prepared = prepare_search(settings, out)  # bad input fails here: one line, exit 2, nothing written
+        with progress_bar(strategy, budget) as advance:
+            state = {"done": 0, "objective": objective or "val_accuracy"}
+
+            def on_event(kind: str, info: dict) -> None:
+                if kind == "start":
+                    state["objective"] = info["objective"]
+                    console.print(f"{strategy} on {space}: objective {info['objective']}, constraints "
+                                  f"{', '.join(info['constraints'])}{' (automatic)' if info['auto'] else ''}"
+                                  f"{', resuming' if info['resumed'] else ''} -> {out}")
+                elif kind == "eval":
+                    state["done"] += 1
+                    advance(1, f"{info['phase']}: {state['objective']} {info[state['objective']]:.4g}")
+                elif kind == "progress":
+                    advance(info["done"] - state["done"], f"{info['done']} evaluated")
+                    state["done"] = info["done"]
+                elif kind == "fit":
+                    advance(0, f"fit on {info['n_train']}: held-out tau {info['heldout_tau']:.3f}")
+                elif kind in ("phase", "export"):
+                    advance(0, f"{info.get('name', kind)} {info.get('note', info.get('constraint', ''))}")
+                elif kind == "generation":
+                    advance(0, f"evolution generation {info['generation']}")
+
+            report = run_search(prepared, on_event=on_event,
+                                on_epoch=lambda e, row: advance(0, f"epoch {e} loss {row['train_loss']:.3f}"))
+        if as_json:
+            print_json(report)
+            return
+        _print_summary(report, out)
+
+    command.__doc__ = HELP[strategy]
+    return command
+
+
+def _num(v) -> str:
+    return "n/a (too few evaluations)" if v is None else f"{v:.3f}"
+
+
+def _print_summary(report: dict, out: Path) -> None:
+    obj = report["objective"]
+    table = Table(title=f"best under each constraint ({report['evaluations']} evaluations)")
+    for col in ("constraint", obj, "latency (ms)", "eval"):
+        table.add_column(col)
+    for w in report.get("winners", []):
+        if not w["found"]:
+            table.add_row(w["constraint"], "none evaluated meets it", "", "")
+            continue
+        lat = ", ".join(f"{d} {v:.4g}" for d, v in w["latency_ms"].items())
+        table.add_row(w["constraint"], f"{w[obj]:.4f}", lat, str(w["eval"]))
+    console.print(table)
+    pred = report.get("predictor")
+    if pred:
+        typer.echo(f"predictor: held-out Kendall tau {_num(pred['heldout_kendall_tau'])} (predictions made before "
+                   f"each batch), {_num(pred['cv_kendall_tau'])} (5-fold at the end)")
+    evo = report.get("evolution")
+    if evo:
+        typer.echo(f"evolution: {evo['scored']:,} candidates scored "
+                   f"({evo['candidates_per_cpu_minute']:,.0f} per CPU-minute)")
+    if "optuna" in report:
+        typer.echo(f"optuna: {report['optuna']['evaluations']} evaluations in {report['optuna']['trials']} "
+                   f"trials; dashboard: {report['optuna']['dashboard']}")
+    for e in report.get("export", []):
+        typer.echo(f"exported {e['onnx']} ({e['constraint']}): test accuracy {e['accuracy']:.4f}, onnx max abs "
+                   f"diff {e['onnx_max_abs_diff']:.2e}, measured {e['measured_ms']:.4f} ms vs predicted "
+                   f"{e['predicted_ms']:.4f} ms")
+    typer.echo(f"-> {out} (history.csv, pareto.csv, report.json, pareto.png)")
+
+
+for _strategy in ("nars", "chamnet", "optuna"):
+    search_app.command(_strategy, help=HELP[_strategy])(_make_command(_strategy))

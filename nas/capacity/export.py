@@ -1,0 +1,77 @@
+"""Export a dynamic-capacity model at one plan to ONNX, check it against torch, and time it like the tables.
+
+Token pruning is in the graph as TopK + GatherElements and the experts' capacities as TopK + GatherElements +
+ScatterElements, so later blocks really run on fewer tokens in ONNX Runtime. Timing uses the device table's
+own settings (provider, threads, graph optimisation, clock), so measured and predicted latency compare.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nas.capacity.config import StaticPlan
+from nas.capacity.vit import ConfiguredViT, DynamicViT
+from nas.latency.table import DeviceManifest
+from nas.latency.timing import TimingConfig, time_onnx_file
+from nas.onnx_io import export_onnx, make_session, run_onnx
+
+
+def export_plan(model: DynamicViT, plan: StaticPlan, path: str | Path) -> Path:
+    """Write ``path`` (batch-dynamic ONNX, opset 17) for the model fixed to ``plan``; atomic."""
+    return export_onnx(ConfiguredViT(model, plan).eval(), model.input_shape, path)
+
+
+def _settings(manifest: DeviceManifest | None) -> tuple[str, int, str, str]:
+    if manifest is None:
+        return "CPUExecutionProvider", 1, "all", "wall"
+    return manifest.provider, manifest.threads, manifest.graph_optimization, manifest.clock
+
+
+def measure_onnx_ms(path: str | Path, manifest: DeviceManifest | None = None, rounds: int = 1,
+                    timing: TimingConfig | None = None) -> dict:
+    """Batch-1 latency of an ONNX file with the settings the device's table was measured with.
+
+    With ``rounds > 1`` the file is timed that many times (fresh sessions) and the median p50 is reported,
+    which resists bursts of load from other processes on a shared machine.
+    """
+    return interleaved_ms({"model": Path(path)}, manifest, rounds, timing)["model"]
+
+
+def interleaved_ms(paths: dict[str, Path], manifest: DeviceManifest | None = None, rounds: int = 3,
+                   timing: TimingConfig | None = None) -> dict[str, dict]:
+    """Time every file once per round, ``rounds`` rounds, alternating the order; per file the median p50."""
+    provider, threads, optimization, clock = _settings(manifest)
+    timing = timing or TimingConfig(clock=clock, max_seconds=1.5 if rounds == 1 else 0.6)
+    samples: dict[str, list] = {name: [] for name in paths}
+    names = list(paths)
+    for r in range(max(1, rounds)):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            stats, _ = time_onnx_file(paths[name], provider, threads, optimization, timing)
+            samples[name].append(stats)
+    result = {}
+    for name, runs in samples.items():
+        p50 = [s.p50_ms for s in runs]
+        result[name] = {"measured_ms": float(np.median(p50)), "measured_p90_ms": float(np.median([s.p90_ms for s in runs])),
+                        "measured_min_ms": float(np.min(p50)), "measured_max_ms": float(np.max(p50)),
+                        "measured_count": int(sum(s.count for s in runs)), "measured_rounds": len(runs),
+                        "measured_stable": all(s.stable for s in runs), "clock": timing.clock, "provider": provider,
+                        "threads": threads}
+    return result
+
+
+def onnx_parity(model: DynamicViT, plan: StaticPlan, path: str | Path, x: torch.Tensor,
+                y: torch.Tensor | None = None) -> dict:
+    """Largest |torch - ONNX Runtime| output difference, top-1 agreement, and ONNX accuracy when ``y`` is given."""
+    configured = ConfiguredViT(model, plan).eval()
+    with torch.no_grad():
+        ref = torch.cat([configured(x[i:i + 256]) for i in range(0, len(x), 256)]).numpy()
+    sess = make_session(path, threads=1)
+    out = run_onnx(sess, x)
+    result = {"onnx_max_abs_diff": float(np.abs(out - ref).max()),
+              "onnx_top1_agreement": float((out.argmax(1) == ref.argmax(1)).mean())}
+    if y is not None:
+        result["accuracy_onnx"] = float((out.argmax(1) == y.numpy()).mean())
+    return result

@@ -1,0 +1,62 @@
+"""Gumbel-softmax relaxations of categorical choices, and FBNet's temperature schedule.
+
+- soft: ``softmax((logits + g) / tau)``; every candidate gets a weight (all paths run).
+- hard (straight-through): the value is one-hot at ``argmax(logits + g)``, the gradient is the soft one's, so only the
+  sampled candidate has to run (as in GDAS); the gradient still reaches every logit through the softmax.
+- top-k sampled paths: the ``k`` largest perturbed logits run, weighted by their soft weights renormalised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class DecisionSample:
+    """Weights for one decision's candidates and which candidates must run (``None``: all of them)."""
+
+    weights: torch.Tensor
+    active: list[int] | None = None
+
+
+def gumbel_noise(shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
+    u = torch.rand(shape).clamp_(1e-10, 1.0 - 1e-7)
+    return -torch.log(-torch.log(u))
+
+
+def soft_weights(logits: torch.Tensor, tau: float, noise: bool = True) -> torch.Tensor:
+    g = gumbel_noise(logits.shape) if noise else torch.zeros_like(logits)
+    return torch.softmax((logits + g) / tau, dim=-1)
+
+
+def sample_decision(logits: torch.Tensor, tau: float, paths: int | None) -> DecisionSample:
+    """Gumbel-softmax sample of one decision. ``paths=None``: soft, all run; ``1``: hard straight-through; ``k``: top-k."""
+    if logits.numel() == 1:
+        return DecisionSample(torch.ones_like(logits), [0])
+    g = gumbel_noise(logits.shape)
+    soft = torch.softmax((logits + g) / tau, dim=-1)
+    if paths is None:
+        return DecisionSample(soft, None)
+    if paths == 1:
+        index = int(torch.argmax(logits.detach() + g))
+        hard = torch.zeros_like(soft)
+        hard[index] = 1.0
+        return DecisionSample(hard - soft.detach() + soft, [index])
+    top = torch.topk(logits.detach() + g, min(paths, logits.numel())).indices
+    keep = torch.zeros_like(soft)
+    keep[top] = 1.0
+    kept = soft * keep
+    return DecisionSample(kept / kept.sum(), sorted(int(i) for i in top))
+
+
+def one_hot_decision(size: int, index: int) -> DecisionSample:
+    w = torch.zeros(size)
+    w[index] = 1.0
+    return DecisionSample(w, [index])
+
+
+def temperature(epoch: int, initial: float = 5.0, decay: float = 0.956) -> float:
+    """FBNet's schedule: ``initial * decay ** epoch`` (5.0 and 0.956 in the paper)."""
+    return float(initial * decay ** epoch)

@@ -1,0 +1,198 @@
+"""The differentiable search loop shared by DNAS and DMasking.
+
+Every epoch: a temperature from FBNet's schedule; the supernet weights train on the train split (CE, one Gumbel
+sample per batch); after the warm-up, the architecture logits train on the validation split with the latency-aware
+loss (weights frozen). State is saved atomically after every epoch, so an interrupted search resumes where it was.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nas.data import Dataset
+from nas.dnas.distribution import ArchDistribution
+from nas.dnas.gumbel import temperature
+from nas.dnas.latency_terms import LatencyTerms
+from nas.dnas.loss import TargetController, latency_factor
+from nas.files import atomic_path
+from nas.recipe import Recipe
+from nas.training import lr_factor, make_optimizer
+
+EpochCallback = Callable[[int, dict], None]
+
+
+@dataclass
+class SearchSettings:
+    epochs: int = 20
+    warmup_epochs: int | None = None  # default: a fifth of the epochs, at least 1
+    arch_lr: float = 0.1
+    arch_weight_decay: float = 5e-4
+    initial_temperature: float = 5.0
+    temperature_decay: float = 0.956
+    alpha: float = 1.0
+    beta: float = 0.6
+    target_ms: float | None = None
+    op_paths: int | None = None  # None: soft, every candidate contributes; k: only the k sampled ones run
+    channel_paths: int | None = None  # None: Gumbel-weighted sum of the channel masks (FBNetV2)
+    resolution_paths: int | None = 1  # 1: one sampled resolution per step; None: weighted sum of all
+
+    @property
+    def warmup(self) -> int:
+        if self.warmup_epochs is not None:
+            return min(self.warmup_epochs, self.epochs - 1)
+        return max(1, self.epochs // 5) if self.epochs > 1 else 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class SupernetSearch:
+    def __init__(self, supernet: nn.Module, dist: ArchDistribution, terms: LatencyTerms, data: Dataset,
+                 settings: SearchSettings, recipe: Recipe, min_ms: float):
+        self.supernet, self.dist, self.terms, self.data = supernet, dist, terms, data
+        self.settings, self.recipe, self.min_ms = settings, recipe, min_ms
+        self.supernet.to(memory_format=torch.channels_last)
+        self.weight_opt = make_optimizer(supernet.parameters(), recipe)
+        self.steps_per_epoch = math.ceil(len(data.y_train) / recipe.batch_size)
+        schedule = recipe.model_copy(update={"epochs": settings.epochs})
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.weight_opt, lambda s: lr_factor(schedule, s, self.steps_per_epoch))
+        self.arch_opt = torch.optim.Adam(dist.parameters(), lr=settings.arch_lr, betas=(0.9, 0.999),
+                                         weight_decay=settings.arch_weight_decay)
+        self.alpha = settings.alpha
+        self.controller = TargetController(settings.target_ms, settings.alpha) if settings.target_ms else None
+        self.shuffle = torch.Generator().manual_seed(recipe.seed)
+        self.history: list[dict] = []
+
+    # ---- checkpoints --------------------------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {"supernet": self.supernet.state_dict(), "dist": self.dist.state_dict(),
+                "weight_opt": self.weight_opt.state_dict(), "arch_opt": self.arch_opt.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "alpha": self.alpha,
+                "controller": json.dumps(self.controller.state() if self.controller else None),
+                "history": json.dumps(self.history), "shuffle_rng": self.shuffle.get_state(),
+                "torch_rng": torch.get_rng_state()}
+
+    def load(self, state: dict) -> None:
+        self.supernet.load_state_dict(state["supernet"])
+        self.dist.load_state_dict(state["dist"])
+        self.weight_opt.load_state_dict(state["weight_opt"])
+        self.arch_opt.load_state_dict(state["arch_opt"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.alpha = float(state["alpha"])
+        if self.controller is not None:
+            self.controller.load(json.loads(state["controller"]))
+        self.history = json.loads(state["history"])
+        self.shuffle.set_state(state["shuffle_rng"])
+        torch.set_rng_state(state["torch_rng"])
+
+    # ---- the loop -----------------------------------------------------------------------------------------------
+    def run(self, checkpoint: str | Path | None = None, on_epoch: EpochCallback | None = None) -> list[dict]:
+        """Search (one PyTorch thread: the masked supernet's backward corrupted the heap with several intra-op
+        threads in this PyTorch build, and small models gain nothing from more threads on a shared machine)."""
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return self._run(checkpoint, on_epoch)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _run(self, checkpoint: str | Path | None, on_epoch: EpochCallback | None) -> list[dict]:
+        ckpt = Path(checkpoint) if checkpoint else None
+        if ckpt is not None and ckpt.is_file():
+            self.load(torch.load(ckpt, weights_only=True))
+        else:
+            torch.manual_seed(self.recipe.seed)
+        s = self.settings
+        for epoch in range(len(self.history), s.epochs):
+            start = time.perf_counter()
+            tau = temperature(epoch, s.initial_temperature, s.temperature_decay)
+            row = {"epoch": epoch + 1, "phase": "warmup" if epoch < s.warmup else "search", "temperature": tau}
+            row.update(self._train_weights(tau))
+            row.update(self._train_arch(tau) if epoch >= s.warmup else self._evaluate(tau))
+            with torch.no_grad():
+                row.update({"alpha": self.alpha, "expected_ms": float(self.terms.expected_ms().detach()),
+                            "argmax_ms": self.terms.argmax_ms(), "entropy": self.dist.entropy(),
+                            "lr": self.weight_opt.param_groups[0]["lr"], "seconds": time.perf_counter() - start})
+            row.update(self.dist.probability_row())
+            self.history.append(row)
+            if ckpt is not None:
+                with atomic_path(ckpt) as tmp:
+                    torch.save(self.state(), tmp)
+            if on_epoch is not None:
+                on_epoch(epoch + 1, row)
+        return self.history
+
+    def _batches(self, x: torch.Tensor, y: torch.Tensor):
+        order = torch.randperm(len(y), generator=self.shuffle)
+        for i in range(0, len(order), self.recipe.batch_size):
+            idx = order[i:i + self.recipe.batch_size]
+            yield x[idx].contiguous(memory_format=torch.channels_last), y[idx]
+
+    def _sample(self, tau: float):
+        s = self.settings
+        return self.dist.sample(tau, s.op_paths, s.channel_paths, s.resolution_paths)
+
+    def _train_weights(self, tau: float) -> dict:
+        self.supernet.train()
+        total, correct, seen = 0.0, 0, 0
+        for x, y in self._batches(self.data.x_train, self.data.y_train):
+            with torch.no_grad():
+                sample = self._sample(tau)
+            out = self.supernet(x, sample)
+            loss = F.cross_entropy(out, y, label_smoothing=self.recipe.label_smoothing)
+            self.weight_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.weight_opt.step()
+            self.scheduler.step()
+            total += float(loss.detach()) * len(y)
+            correct += int((out.argmax(1) == y).sum())
+            seen += len(y)
+        return {"train_loss": total / seen, "train_accuracy": correct / seen}
+
+    def _train_arch(self, tau: float) -> dict:
+        s = self.settings
+        self.supernet.train()
+        frozen = [p for p in self.supernet.parameters() if p.requires_grad]
+        for p in frozen:
+            p.requires_grad_(False)
+        total, correct, seen = 0.0, 0, 0
+        try:
+            for x, y in self._batches(self.data.x_val, self.data.y_val):
+                out = self.supernet(x, self._sample(tau))
+                ce = F.cross_entropy(out, y)
+                lat = self.terms.expected_ms()
+                loss = ce * latency_factor(lat, self.min_ms, self.alpha, s.beta)
+                self.arch_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                self.arch_opt.step()
+                if self.controller is not None:  # steer by the arch the search would return now
+                    self.alpha = self.controller.update(self.terms.argmax_ms())
+                total += float(ce.detach()) * len(y)
+                correct += int((out.argmax(1) == y).sum())
+                seen += len(y)
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+        return {"val_loss": total / seen, "val_accuracy": correct / seen}
+
+    @torch.no_grad()
+    def _evaluate(self, tau: float) -> dict:
+        """Validation loss / accuracy of sampled archs (warm-up epochs, where the arch does not train)."""
+        self.supernet.train()  # batch statistics, as in the search steps
+        total, correct, seen = 0.0, 0, 0
+        for x, y in self._batches(self.data.x_val, self.data.y_val):
+            out = self.supernet(x, self._sample(tau))
+            total += float(F.cross_entropy(out, y)) * len(y)
+            correct += int((out.argmax(1) == y).sum())
+            seen += len(y)
+        return {"val_loss": total / seen, "val_accuracy": correct / seen}

@@ -1,0 +1,232 @@
+"""One differentiable search run, end to end: latency table, supernet search, final arch, retrain, export, report.
+
+``prepare_search`` checks everything a user can get wrong (data, space, device table and its coverage, the latency
+target against the attainable range) before anything is written; ``run_search`` then owns the run directory:
+``config.json``, the per-epoch search checkpoint, ``history.csv``, ``arch.json``, ``model.onnx``, ``report.json``
+and the plots. Rerunning the same command on the same directory resumes wherever it stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import torch
+
+from nas.data import Dataset
+from nas.dnas.decode import attainable_range_ms, most_probable_in_band
+from nas.dnas.distribution import ArchDistribution
+from nas.dnas.dmasking_supernet import DMaskingSupernet
+from nas.dnas.dnas_supernet import DNASSupernet
+from nas.dnas.latency_terms import LatencyTerms
+from nas.dnas.search import SearchSettings, SupernetSearch
+from nas.errors import LatencyTableError, SearchError
+from nas.finalize import train_export_measure
+from nas.latency.model import LatencyModel
+from nas.latency.table import tables_root
+from nas.recipe import Recipe
+from nas.run import RunDir
+from nas.space import Arch, Space
+from nas.task import load_search_task
+
+METHODS = ("dnas", "dmasking")
+TARGET_TOLERANCE = 0.10  # the final arch's predicted latency lands within +-10% of the target
+Progress = Callable[[str, int, int, str], None]  # (stage, done, total, note)
+
+
+@dataclass
+class SearchJob:
+    method: str  # "dnas" | "dmasking"
+    space: str
+    device: str
+    dataset: str = "digits"
+    target_ms: float | None = None
+    resolution: int | None = None
+    width: float | None = None
+    seed: int = 0
+    settings: SearchSettings = field(default_factory=SearchSettings)
+    recipe: Recipe = field(default_factory=Recipe)
+    tables_dir: str | None = None
+    profile: bool = False
+    allow_estimated: bool = False
+
+    def config(self, space: Space) -> dict:
+        """Everything that determines the result (what a resumed run must match), flat so that a mismatch names
+        the setting (``search.epochs``, ``recipe.lr``)."""
+        return {"command": f"search {self.method}", "space": self.space, "dataset": self.dataset,
+                "device": self.device, "space_args": space.space_args(), "target_ms": self.target_ms,
+                "seed": self.seed, **{f"search.{k}": v for k, v in self.settings.to_dict().items()},
+                **{f"recipe.{k}": v for k, v in self.recipe.model_dump().items()}}
+
+
+@dataclass
+class PreparedSearch:
+    job: SearchJob
+    data: Dataset
+    space: Space
+    lm: LatencyModel
+    dist: ArchDistribution
+    terms: LatencyTerms
+    min_ms: float
+    max_ms: float
+
+
+def profile_command(job: SearchJob, space: Space) -> str:
+    cmd = (f"hwnas latency profile --space {job.space} --device {job.device} --resolution {space.resolution} "
+           f"--width {space.width_multiplier:g} --classes {space.classes} --in-channels {space.in_channels}")
+    return cmd + (f" --tables-dir {job.tables_dir}" if job.tables_dir else "")
+
+
+def _profile(job: SearchJob, space: Space, on_progress: Progress | None) -> None:
+    """Measure the space's missing keys on this machine, then (re)fit the table's correction."""
+    from nas.latency.calibrate import calibrate
+    from nas.latency.profile import profile_items, space_profile_items
+    from nas.latency.table import read_manifest
+    from nas.latency.timing import TimingConfig
+
+    provider, threads, optimization, clock = "CPUExecutionProvider", 1, "all", "cpu"
+    try:
+        m = read_manifest(job.device, job.tables_dir)
+        provider, threads, optimization, clock = m.provider, m.threads, m.graph_optimization, m.clock
+    except LatencyTableError:
+        pass  # a new device: one thread, CPU-time clock (robust while other processes share the cores)
+    items = space_profile_items(space)
+    report = (lambda stage: (lambda d, t, note: on_progress(stage, d, t, note))) if on_progress else \
+        (lambda stage: None)
+    profile_items(job.device, items, provider=provider, threads=threads, tables_dir=job.tables_dir,
+                  optimization=optimization, timing=TimingConfig(clock=clock), on_progress=report("profile"))
+    calibrate(job.device, space, provider=provider, threads=threads, tables_dir=job.tables_dir,
+              optimization=optimization, on_progress=report("calibrate"))
+
+
+def prepare_search(job: SearchJob, on_progress: Progress | None = None) -> PreparedSearch:
+    """Load and check everything; raise a one-line HwnasError for any bad input. Writes nothing but tables."""
+    if job.method not in METHODS:
+        raise SearchError(f"unknown method {job.method!r} (use {' or '.join(METHODS)})")
+    if job.target_ms is not None and job.target_ms <= 0:
+        raise SearchError(f"--target-ms must be positive, got {job.target_ms}")
+    if job.settings.alpha < 0 or job.settings.beta <= 0:
+        raise SearchError(f"--alpha must be >= 0 and --beta > 0, got alpha {job.settings.alpha}, "
+                          f"beta {job.settings.beta}")
+    if job.settings.epochs < 2:
+        raise SearchError(f"--epochs must be at least 2 (one warm-up epoch, then search), got {job.settings.epochs}")
+    data, space = load_search_task(job.dataset, job.space, resolution=job.resolution, width=job.width,
+                                   seed=job.seed)
+    masks = job.method == "dmasking"
+    if not (any(len(layer.candidates) > 1 for layer in space.layers)
+            or masks and (space.searches_channels or space.searches_resolution)):
+        raise SearchError(f"space {space.name!r} has no choices for {job.method} to make (a fixed model?)")
+    dist = ArchDistribution(space, search_channels=masks, search_resolution=masks)
+    try:
+        lm = LatencyModel.load(job.device, job.tables_dir)
+    except LatencyTableError as e:
+        if not job.profile:
+            raise LatencyTableError(f"no usable latency table for device {job.device!r} in "
+                                    f"{tables_root(job.tables_dir)} ({e}); measure it with `{profile_command(job, space)}` "
+                                    f"or rerun with --profile") from None
+        _profile(job, space, on_progress)
+        lm = LatencyModel.load(job.device, job.tables_dir)
+    terms = LatencyTerms(dist, lm)
+    missing = terms.estimated_keys()
+    if missing and job.profile:
+        _profile(job, space, on_progress)
+        lm = LatencyModel.load(job.device, job.tables_dir)
+        terms = LatencyTerms(dist, lm)
+        missing = terms.estimated_keys()
+    if missing and not job.allow_estimated:
+        raise LatencyTableError(f"the table of device {job.device!r} lacks {len(missing)} of {len(terms.keys())} "
+                                f"blocks this search needs (e.g. {missing[0]}); measure them with "
+                                f"`{profile_command(job, space)}`, or rerun with --profile (or --allow-estimated)")
+    min_ms, max_ms = attainable_range_ms(terms)
+    if job.target_ms is not None and not (min_ms <= job.target_ms <= max_ms):
+        side = "below the fastest" if job.target_ms < min_ms else "above the slowest"
+        raise SearchError(f"target {job.target_ms:g} ms is {side} arch of {space.name} on device {job.device!r}: "
+                          f"attainable {min_ms:.4g}-{max_ms:.4g} ms at {space.resolution}px, width "
+                          f"{space.width_multiplier:g}")
+    return PreparedSearch(job, data, space, lm, dist, terms, min_ms, max_ms)
+
+
+def build_supernet(prep: PreparedSearch) -> torch.nn.Module:
+    """DNAS: FBNet's supernet (a block per candidate). DMasking: the shared-weight masked supernet."""
+    if prep.job.method == "dnas":
+        return DNASSupernet(prep.dist, prep.job.recipe.dropout)
+    return DMaskingSupernet(prep.dist, prep.job.recipe.dropout)
+
+
+def final_arch(prep: PreparedSearch) -> tuple[Arch, dict]:
+    """The argmax arch; with a target, the most probable arch whose predicted latency is within +-10% of it."""
+    terms, dist, target = prep.terms, prep.dist, prep.job.target_ms
+    argmax = dist.argmax_indices()
+    info = {"argmax_arch": dist.arch_from_indices(*argmax).to_dict(), "argmax_predicted_ms": terms.arch_ms(*argmax),
+            "selection": "argmax"}
+    chosen = argmax
+    if target is not None and abs(terms.arch_ms(*argmax) - target) > TARGET_TOLERANCE * target:
+        found = most_probable_in_band(terms, (1 - TARGET_TOLERANCE) * target, (1 + TARGET_TOLERANCE) * target)
+        if found is not None:
+            chosen, info["selection"] = found, "most probable within the target band"
+    return dist.arch_from_indices(*chosen), info
+
+
+def open_run(prep: PreparedSearch, out: str | Path) -> RunDir:
+    """The run directory; SearchError if it holds a run started with other settings."""
+    return RunDir(out, prep.job.config(prep.space))
+
+
+def run_search(prep: PreparedSearch, run: RunDir, on_progress: Progress | None = None) -> dict:
+    """Search (resuming from ``run``), pick the final arch, retrain it with the recipe, export, measure, report."""
+    job, space, lm = prep.job, prep.space, prep.lm
+    supernet = build_supernet(prep)
+    search = SupernetSearch(supernet, prep.dist, prep.terms, prep.data, job.settings, job.recipe, prep.min_ms)
+    start = time.perf_counter()
+    epochs = job.settings.epochs
+
+    def searched(epoch: int, row: dict) -> None:
+        run.write_csv("history.csv", pd.DataFrame(search.history))  # readable while the search runs
+        if on_progress:
+            on_progress("search", epoch, epochs, f"val acc {row['val_accuracy']:.3f}  E[lat] "
+                                                 f"{row['expected_ms']:.4g} ms  alpha {row['alpha']:.3g}")
+
+    history = search.run(run.file("search_checkpoint.pt"), searched)
+    search_seconds = time.perf_counter() - start
+    run.write_csv("history.csv", pd.DataFrame(history))
+    arch, selection = final_arch(prep)
+    predicted = lm.predict(space, arch)
+
+    def trained(epoch: int, row: dict) -> None:
+        if on_progress:
+            on_progress("train", epoch, job.recipe.epochs, f"loss {row['train_loss']:.3f} val "
+                                                           f"{row.get('val_accuracy', float('nan')):.3f}")
+
+    manifest = lm.table.manifest
+    report = train_export_measure(space, arch, prep.data, job.recipe, run, on_epoch=trained,
+                                  provider=manifest.provider, threads=manifest.threads,
+                                  predict_ms=lambda a: lm.predict(space, a))
+    measured = measure_like_table(run.file("model.onnx"), lm)
+    report.update({
+        "method": job.method, "device": job.device, "target_ms": job.target_ms, "predicted_ms": predicted,
+        "measured_wall_ms": report["measured_ms"], "measured_ms": measured["p50_ms"],
+        "measured_clock": measured["clock"],
+        "prediction_error_pct": 100.0 * (measured["p50_ms"] - predicted) / predicted,
+        "within_target": None if job.target_ms is None else
+        abs(predicted - job.target_ms) <= TARGET_TOLERANCE * job.target_ms,
+        "attainable_ms": [prep.min_ms, prep.max_ms], **selection,
+        "search_epochs": epochs, "search_seconds": search_seconds,
+        "supernet_val_accuracy": history[-1]["val_accuracy"], "final_alpha": history[-1]["alpha"],
+        "estimated_keys": len(prep.terms.estimated_keys()), "space_args": space.space_args(),
+    })
+    run.write_json("report.json", report)
+    from nas.dnas.plots import plot_search
+    plot_search(history, prep.dist, run.path, target_ms=job.target_ms, attainable=(prep.min_ms, prep.max_ms))
+    return report
+
+
+def measure_like_table(onnx_path: Path, lm: LatencyModel) -> dict:
+    """Time the exported model as the device's table was timed (provider, threads, optimisation, clock)."""
+    from nas.latency.timing import TimingConfig, time_onnx_file
+
+    m = lm.table.manifest
+    stats, _ = time_onnx_file(onnx_path, m.provider, m.threads, m.graph_optimization, TimingConfig(clock=m.clock))
+    return {"p50_ms": stats.p50_ms, "p90_ms": stats.p90_ms, "clock": m.clock}

@@ -1,0 +1,22 @@
+"""Predictor-guided architecture x training-recipe search: FBNetV3 NARS, ChamNet GP-BO, Optuna.
+
+Modules (one idea each):
+- ``decisions``: ``Decision``, ``DecisionSpace``: populations as genome arrays; sampling, Sobol points, mutation,
+  crossover and the one feature encoding every predictor sees.
+- ``recipe_space``: the ``recipe_space:`` section of a space YAML (ranges of ``nas.recipe.Recipe`` fields).
+- ``joint_space``: ``JointSpace`` (arch decisions of a ``Space`` x recipe decisions) and ``Candidate``.
+- ``block_costs``: ``BlockCostTable``, vectorised additive per-block costs (MACs, params, latency) of populations.
+- ``model_costs``: ``ModelSpaceCosts``, free proxies of a joint space (MACs, params, predicted latency per device).
+- ``table_space``: ``TableSpace`` / ``TableEvaluator``, a user's CSV as a space (``--space table:PATH.csv``).
+- ``evaluators``: the ``Evaluator`` protocol, ``TrainEvaluator`` (train-and-test), ``ProxyEvaluator``.
+- ``predictors``: ``ArchRecipePredictor`` (FBNetV3 MLP with proxy pretraining), ``kendall_tau``.
+- ``gp``: ``GPPredictor`` (ChamNet exact GP with gpytorch, ARD kernel, ``predict_std``), ``expected_improvement``.
+- ``problem``: ``SearchProblem`` (``ModelProblem``, ``TableProblem``), latency ``Constraint`` s.
+- ``history``: ``History``, the budgeted evaluation log (``history.csv``) that makes searches resumable.
+- ``evolution``: vectorised predictor-driven evolutionary search for several constraints at once.
+- ``nars``: ``run_nars``: NARS (MLP) and GP-BO (GP + EI) constrained iterative optimisation.
+- ``optuna_search``: multi-objective Optuna (NSGA-II / TPE) with storage, resume and worker processes.
+- ``pareto``: non-dominated sets, the family of winners (``pareto.csv``) and plots.
+- ``search_setup``: ``SearchSettings`` -> problem and constraints; ``runner``: ``prepare_search`` / ``run_search``
+  (the run directory behind ``hwnas search nars|chamnet|optuna``).
+"""

@@ -1,0 +1,103 @@
+"""Evaluators: one protocol, ``evaluate(candidate) -> dict of metrics``, for every predictor-guided search.
+
+- ``TrainEvaluator``: build the candidate's arch, train it on a dataset with the candidate's recipe (optionally
+  capped at ``max_epochs``: the per-evaluation budget), report validation and test accuracy. Resumable: each
+  evaluation checkpoints every epoch under ``checkpoint_dir``, and a rerun continues the interrupted one.
+- ``ProxyEvaluator``: the free proxies of a model-space candidate (MACs, params, predicted latency per device).
+- ``nas.predict.table_space.TableEvaluator``: a row lookup in the user's CSV.
+
+Searches do not call ``evaluate`` directly but go through ``nas.predict.history.History``, which counts every
+call against the budget and keeps the log (``history.csv``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from nas.builder import build_model, count_macs, count_params
+from nas.data import Dataset
+from nas.predict.joint_space import Candidate, JointSpace
+from nas.predict.predictors import torch_threads
+from nas.training import EpochCallback, accuracy, train_model
+
+
+class Evaluator(Protocol):
+    """What a search needs from an evaluation: a dict of named metrics (floats)."""
+
+    def evaluate(self, candidate: Any) -> dict[str, float]: ...
+
+
+class TrainEvaluator:
+    """Train-and-test on ``data``: the candidate's recipe, at most ``max_epochs`` epochs when given."""
+
+    metrics = ("val_accuracy", "test_accuracy", "macs", "params", "epochs_trained", "train_seconds")
+
+    def __init__(self, joint: JointSpace, data: Dataset, *, max_epochs: int | None = None,
+                 checkpoint_dir: str | Path | None = None, on_epoch: EpochCallback | None = None,
+                 measure_threads: int | None = None, measure_provider: str = "CPUExecutionProvider",
+                 threads: int = 1):
+        self.joint, self.data = joint, data
+        self.max_epochs = max_epochs
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
+        self.on_epoch = on_epoch
+        self.measure_threads = measure_threads  # when set, also export and time each model (measured_ms)
+        self.measure_provider = measure_provider
+        # torch threads while training. 1 by default: on this machine class, torch 2.13's oneDNN convolutions
+        # corrupted the heap (double free) training some small archs with 2 threads, and many tiny models
+        # train about as fast on one thread.
+        self.threads = threads
+
+    def _checkpoint(self, candidate: Candidate) -> Path | None:
+        if self.checkpoint_dir is None:
+            return None
+        digest = hashlib.sha1((candidate.arch.to_json() + candidate.recipe.model_dump_json()).encode()).hexdigest()
+        return self.checkpoint_dir / f"eval-{digest[:16]}.pt"
+
+    def evaluate(self, candidate: Candidate) -> dict[str, float]:
+        space = self.joint.space
+        recipe = candidate.recipe
+        if self.max_epochs is not None and recipe.epochs > self.max_epochs:
+            recipe = recipe.model_copy(update={"epochs": self.max_epochs})
+        torch.manual_seed(recipe.seed)  # the weight init too: an evaluation depends on the candidate alone
+        model = build_model(space, candidate.arch, dropout=recipe.dropout)
+        ckpt = self._checkpoint(candidate)
+        start = time.perf_counter()
+        with torch_threads(self.threads):
+            result = train_model(model, self.data, recipe, on_epoch=self.on_epoch, checkpoint=ckpt)
+        seconds = time.perf_counter() - start
+        trained = result.model
+        metrics = {
+            "val_accuracy": float(result.val_accuracy),
+            "test_accuracy": accuracy(trained, self.data.x_test, self.data.y_test),
+            "macs": float(count_macs(trained, trained.input_shape)),
+            "params": float(count_params(trained)),
+            "epochs_trained": float(recipe.epochs),
+            "train_seconds": seconds,
+        }
+        if self.measure_threads:
+            from nas.onnx_io import export_onnx, measure_onnx_latency
+            with tempfile.TemporaryDirectory() as tmp:
+                path = export_onnx(trained, trained.input_shape, Path(tmp) / "model.onnx")
+                metrics["measured_ms"] = measure_onnx_latency(path, self.measure_provider,
+                                                              self.measure_threads).p50_ms
+        if ckpt is not None and ckpt.is_file():
+            ckpt.unlink()  # the evaluation is recorded in history.csv; the checkpoint served only to resume it
+        return metrics
+
+
+class ProxyEvaluator:
+    """Free proxies of a model-space candidate: MACs, params and predicted latency per device."""
+
+    def __init__(self, costs):  # nas.predict.model_costs.ModelSpaceCosts
+        self.costs = costs
+
+    def evaluate(self, candidate: Candidate) -> dict[str, float]:
+        genome = self.costs.joint.genome_of(candidate.arch, candidate.recipe)[None, :]
+        values = self.costs.proxies(genome)[0]
+        return dict(zip(self.costs.proxy_names, (float(v) for v in values)))

@@ -1,0 +1,161 @@
+"""The evaluation log of a search: every evaluation in order, the budget, and resuming from ``history.csv``.
+
+Every expensive evaluation (training a candidate, or a lookup in a user's table) goes through
+``History.evaluate``: it counts against the budget, is written to ``history.csv`` at once (atomically), with the
+decisions, the predicted figures the strategy had before evaluating (predicted objective, its std, the free
+predicted latency per device) and the actual metrics. A rerun of the same search replays it: searches are
+deterministic for a seed, and an evaluation found in the stored history is returned from there instead of being
+run again, so a killed search resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from nas.errors import SearchError
+from nas.files import write_csv
+from nas.predict.problem import Constraint, SearchProblem
+
+EvalCallback = Callable[[dict], None]
+
+
+class BudgetExhausted(Exception):
+    """Raised by ``History.evaluate`` when the budget is spent (strategies stop on it)."""
+
+
+class History:
+    def __init__(self, problem: SearchProblem, budget: int, constraints: list[Constraint],
+                 path: str | Path | None = None, on_eval: EvalCallback | None = None):
+        if budget < 1:
+            raise SearchError(f"--budget must be at least 1 (got {budget})")
+        self.problem, self.budget, self.constraints = problem, budget, constraints
+        self.path = Path(path) if path else None
+        self.on_eval = on_eval
+        self.rows: list[dict[str, Any]] = []
+        self.genomes: list[np.ndarray] = []
+        self._stored: dict[str, dict] = {}  # key -> row of a previous (interrupted) run
+        self._done: dict[str, int] = {}  # key -> index in rows
+        if self.path is not None and self.path.is_file():
+            try:
+                stored = pd.read_csv(self.path, keep_default_na=False, dtype={"key": str})
+            except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+                raise SearchError(f"{self.path}: unreadable history ({e}); use a new --out") from None
+            if "key" not in stored.columns:
+                raise SearchError(f"{self.path}: not a search history (no 'key' column); use a new --out")
+            for row in stored.to_dict("records"):
+                self._stored[str(row["key"])] = row
+        self.resumed = len(self._stored)
+
+    # ---- budget ------------------------------------------------------------------------------------------------
+    @property
+    def used(self) -> int:
+        return len(self.rows)
+
+    @property
+    def remaining(self) -> int:
+        return self.budget - self.used
+
+    def is_evaluated(self, genome: np.ndarray) -> bool:
+        return self.problem.space.keys(genome[None, :])[0] in self._done
+
+    def evaluated_keys(self) -> set[str]:
+        return set(self._done)
+
+    # ---- evaluating ----------------------------------------------------------------------------------------------
+    def evaluate(self, genome: np.ndarray, phase: str, predicted: float | None = None,
+                 predicted_std: float | None = None) -> dict[str, Any]:
+        """Evaluate once (or replay a stored evaluation); returns the history row. BudgetExhausted when spent."""
+        problem = self.problem
+        key = problem.space.keys(genome[None, :])[0]
+        if key in self._done:
+            return self.rows[self._done[key]]
+        if self.remaining <= 0:
+            raise BudgetExhausted()
+        stored = self._stored.get(key)
+        if stored is not None:  # replay: the metrics come from the interrupted run
+            metrics = {k[len("m:"):]: _float(v) for k, v in stored.items() if k.startswith("m:")}
+            return self.record(genome, phase, metrics, _float(stored.get("seconds", np.nan)), predicted,
+                               predicted_std, replayed=True)
+        start = time.perf_counter()
+        metrics = problem.evaluate(genome)
+        return self.record(genome, phase, metrics, time.perf_counter() - start, predicted, predicted_std)
+
+    def record(self, genome: np.ndarray, phase: str, metrics: dict[str, float], seconds: float,
+               predicted: float | None = None, predicted_std: float | None = None, replayed: bool = False,
+               extra: dict | None = None) -> dict[str, Any]:
+        """Append one evaluation done elsewhere (an Optuna trial) or just now; writes history.csv."""
+        problem = self.problem
+        key = problem.space.keys(genome[None, :])[0]
+        latency = problem.latency_ms(genome[None, :])[0]
+        obj = problem.objective
+        if obj not in metrics:
+            raise SearchError(f"the evaluation returned no {obj!r} (it returned {', '.join(metrics)})")
+        row: dict[str, Any] = {"eval": self.used + 1, "phase": phase, "key": key, **problem.describe(genome)}
+        row[f"predicted_{obj}"] = np.nan if predicted is None else float(predicted)
+        row[f"predicted_{obj}_std"] = np.nan if predicted_std is None else float(predicted_std)
+        for d, ms in zip(problem.devices, latency):
+            row[f"latency_ms[{d}]"] = float(ms)
+        row[obj] = float(metrics[obj])
+        for c in self.constraints:
+            row[f"feasible[{c.label}]"] = bool(c.feasible(latency[None, :], problem.devices)[0])
+        for k, v in metrics.items():
+            row[f"m:{k}"] = float(v)
+        row["seconds"] = float(seconds)
+        row["replayed"] = replayed
+        row.update(extra or {})
+        self.rows.append(row)
+        self.genomes.append(np.asarray(genome, float))
+        self._done.setdefault(key, len(self.rows) - 1)
+        self.save()
+        if self.on_eval is not None:
+            self.on_eval(row)
+        return row
+
+    def save(self) -> None:
+        """Write history.csv: the evaluations so far, then any stored ones not replayed yet (kept, not lost)."""
+        if self.path is None or not self.rows:
+            return
+        pending = [r for k, r in self._stored.items() if k not in self._done]
+        write_csv(self.path, pd.concat([self.frame(), pd.DataFrame(pending)], ignore_index=True)
+                  if pending else self.frame())
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows)
+
+    # ---- views -----------------------------------------------------------------------------------------------------
+    def genome_array(self) -> np.ndarray:
+        return np.stack(self.genomes) if self.genomes else np.zeros((0, self.problem.space.dims))
+
+    def scores(self) -> np.ndarray:
+        """Objective values as 'higher is better' (negated when minimising)."""
+        return self.problem.sign() * np.asarray([r[self.problem.objective] for r in self.rows], float)
+
+    def latency_array(self) -> np.ndarray:
+        return np.asarray([[r[f"latency_ms[{d}]"] for d in self.problem.devices] for r in self.rows], float) \
+            .reshape(len(self.rows), len(self.problem.devices))
+
+    def best_under(self, constraint: Constraint) -> int | None:
+        """Index (in rows) of the best evaluated candidate meeting ``constraint``; None if none does."""
+        if not self.rows:
+            return None
+        ok = constraint.feasible(self.latency_array(), self.problem.devices)
+        if not ok.any():
+            return None
+        scores = np.where(ok, self.scores(), -np.inf)
+        return int(np.argmax(scores))
+
+    def best_score_under(self, constraint: Constraint) -> float:
+        i = self.best_under(constraint)
+        return -np.inf if i is None else float(self.scores()[i])
+
+
+def _float(v) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")

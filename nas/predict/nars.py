@@ -1,0 +1,216 @@
+"""NARS (FBNetV3) and GP-BO (ChamNet): constrained iterative optimisation with a predictor.
+
+1. Draw a Sobol pool (``scipy.stats.qmc``) and keep the candidates that meet a latency constraint, by the free
+   latency model (the LatencyModel for model spaces, the latency columns for tables).
+2. Evaluate an initial space-filling sample of it (round robin over the constraints).
+3. Repeat until the budget is spent: fit the predictor on every evaluation so far, then evaluate the candidates
+   it likes best under each constraint: the top predicted (FBNetV3's MLP, ``predictor="mlp"``), or the best
+   expected improvement over the best feasible so far (ChamNet's GP, ``predictor="gp"``). The predictions made
+   before each batch is evaluated give the held-out Kendall tau of every fit.
+4. Fit once more and run the predictor-driven evolutionary search for all constraints at once; evaluate the
+   winner of each constraint (the last ``final`` evaluations of the budget are kept for this).
+
+The best *evaluated* candidate under each constraint is the result (``History.best_under``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from nas.predict.evolution import EvolutionResult, evolve, rank_all
+from nas.predict.gp import GPPredictor, expected_improvement
+from nas.predict.history import BudgetExhausted, History
+from nas.predict.predictors import ArchRecipePredictor, cross_validated_tau, kendall_tau
+from nas.predict.problem import Constraint, ModelProblem, SearchProblem
+
+EventCallback = Callable[[str, dict], None]
+
+
+@dataclass
+class NarsConfig:
+    budget: int
+    seed: int = 0
+    predictor: str = "mlp"  # "mlp" (FBNetV3) | "gp" (ChamNet GP + expected improvement)
+    init: int | None = None  # initial Sobol evaluations; default budget // 4 (at least 4, at least 1 per constraint)
+    batch: int | None = None  # evaluations per round; default budget // 10 (mlp) or budget // 20 (gp)
+    pool: int = 4096  # Sobol pool size (model spaces; a table's pool is all its rows)
+    pretrain: bool = True  # MLP proxy pretraining on the pool (MACs, params, predicted latency)
+    evolution: bool = True
+    population: int = 2048
+    generations: int = 40
+    final: int | None = None  # evaluations kept for the evolution winners; default one per constraint
+    cv_folds: int = 5  # 0: skip the k-fold tau at the end
+    predictor_kwargs: dict = field(default_factory=dict)  # e.g. {"epochs": 200} for the MLP
+
+
+@dataclass
+class NarsResult:
+    rounds: list[dict] = field(default_factory=list)  # one per fit: n_train, held-out tau of its batch, ...
+    heldout_tau: float = float("nan")  # pooled over every batch: predictions made before evaluation
+    cv_tau: float = float("nan")  # k-fold on all evaluations at the end
+    pool_size: int = 0
+    pool_feasible: int = 0
+    pretrain_loss: float | None = None
+    evolution: EvolutionResult | None = None
+    predicted_winners: list[dict] = field(default_factory=list)  # per constraint: the predictor's choice
+
+
+def make_predictor(kind: str, seed: int, **kwargs):
+    if kind == "gp":
+        return GPPredictor(seed=seed, **kwargs)
+    if kind == "mlp":
+        return ArchRecipePredictor(seed=seed, **kwargs)
+    raise ValueError(f"unknown predictor {kind!r} (mlp or gp)")
+
+
+def run_nars(problem: SearchProblem, constraints: list[Constraint], history: History, config: NarsConfig,
+             on_event: EventCallback | None = None) -> NarsResult:
+    emit = on_event or (lambda kind, info: None)
+    space, devices = problem.space, problem.devices
+    result = NarsResult()
+    # 1. the pool, filtered by the constraints with the free latency model
+    pool = problem.pool(config.pool, config.seed)
+    lat_pool = problem.latency_ms(pool)
+    probe = pool if not isinstance(problem, ModelProblem) else np.concatenate([pool, problem.smallest_genomes()])
+    problem.check_constraints(constraints, probe)
+    masks = np.stack([c.feasible(lat_pool, devices) for c in constraints])
+    any_ok = masks.any(axis=0)
+    pool, lat_pool, masks = pool[any_ok], lat_pool[any_ok], masks[:, any_ok]
+    result.pool_size, result.pool_feasible = int(len(any_ok)), int(any_ok.sum())
+    x_pool = space.encode(pool)
+    emit("pool", {"size": result.pool_size, "feasible": result.pool_feasible})
+
+    predictor = make_predictor(config.predictor, config.seed, **config.predictor_kwargs)
+    if config.predictor == "mlp" and config.pretrain and problem.proxy_names:
+        emit("phase", {"name": "pretrain", "note": f"proxies {', '.join(problem.proxy_names)}"})
+        full = problem.pool(config.pool, config.seed)
+        predictor.pretrain(space.encode(full), problem.proxies(full))
+        result.pretrain_loss = predictor.pretrain_loss
+
+    n_c = len(constraints)
+    final = config.final if config.final is not None else (n_c if config.evolution else 0)
+    final = min(final, max(0, config.budget - n_c))
+    init = config.init if config.init is not None else max(4, config.budget // 4)
+    init = max(min(init, config.budget - final), min(n_c, config.budget))
+    default_batch = config.budget // (20 if config.predictor == "gp" else 10)
+    batch = max(1, config.batch if config.batch is not None else default_batch)
+
+    try:
+        # 2. initial space-filling sample, round robin over the constraints (Sobol order within each)
+        emit("phase", {"name": "init", "note": f"{init} Sobol candidates"})
+        taken = np.zeros(len(pool), dtype=bool)
+        j = 0
+        while history.used < init:
+            idx = np.flatnonzero(masks[j] & ~taken)
+            if len(idx):
+                i = idx[0]
+                taken[i] = True
+                history.evaluate(pool[i], "init")
+            elif not (masks.any(axis=0) & ~taken).any():
+                break
+            j = (j + 1) % n_c
+        # 3. rounds: fit, pick the best predicted (or best EI) per constraint, evaluate
+        predicted_all, actual_all = [], []
+        rnd = 0
+        while history.remaining > final:
+            rnd += 1
+            x_train, y_train = space.encode(history.genome_array()), history.scores()
+            predictor.fit(x_train, y_train)
+            done = history.evaluated_keys()
+            fresh = np.asarray([k not in done for k in space.keys(pool)])
+            if not fresh.any():
+                break
+            mean, std = _predict(predictor, x_pool[fresh])
+            cand, cand_masks = pool[fresh], masks[:, fresh]
+            n_pick = min(batch, history.remaining - final)
+            picks = _pick(config.predictor, mean, std, cand_masks, [history.best_score_under(c) for c in constraints],
+                          y_train, n_pick)
+            rows = []
+            for i in picks:
+                rows.append(history.evaluate(cand[i], f"round {rnd}", problem.sign() * mean[i],
+                                             std[i] if std is not None else None))
+            tau = kendall_tau(mean[picks], [problem.sign() * r[problem.objective] for r in rows])
+            predicted_all.extend(mean[picks])
+            actual_all.extend(problem.sign() * r[problem.objective] for r in rows)
+            info = {"round": rnd, "n_train": len(y_train), "batch": len(picks), "batch_tau": tau,
+                    "heldout_tau": kendall_tau(predicted_all, actual_all),
+                    "best": [problem.sign() * history.best_score_under(c) for c in constraints]}
+            result.rounds.append(info)
+            emit("fit", info)
+        result.heldout_tau = kendall_tau(predicted_all, actual_all)
+        # 4. final fit and the evolutionary search for every constraint at once
+        if config.evolution and history.used:
+            x_train, y_train = space.encode(history.genome_array()), history.scores()
+            predictor.fit(x_train, y_train)
+            emit("phase", {"name": "evolution", "note": f"{n_c} constraint(s)"})
+
+            def score(g):
+                return predictor.predict(space.encode(g))
+
+            if problem.finite:
+                evo = rank_all(problem.all_candidates(), score, problem.latency_ms, constraints, devices)
+            else:
+                seeds = np.concatenate([history.genome_array(), pool[:config.population // 2]])
+                evo = evolve(space, score, problem.latency_ms, constraints, devices,
+                             rng=np.random.default_rng(config.seed + 1), population=config.population,
+                             generations=config.generations, init=seeds,
+                             on_generation=lambda g, best: emit("generation", {"generation": g, "best": best}))
+            result.evolution = evo
+            for j, c in enumerate(constraints):
+                entry = {"constraint": c.label}
+                fresh = [i for i, g in enumerate(evo.genomes[j]) if not history.is_evaluated(g)]
+                if len(evo.genomes[j]):
+                    entry["predicted_best"] = float(problem.sign() * evo.scores[j][0])
+                    entry["predicted_best_evaluated_before"] = bool(history.is_evaluated(evo.genomes[j][0]))
+                if fresh and history.remaining > 0:
+                    i = fresh[0]
+                    row = history.evaluate(evo.genomes[j][i], "evolution", problem.sign() * evo.scores[j][i])
+                    entry.update({"eval": row["eval"], "predicted": float(problem.sign() * evo.scores[j][i]),
+                                  "actual": row[problem.objective]})
+                result.predicted_winners.append(entry)
+    except BudgetExhausted:
+        pass
+    # held-out tau over everything at the end (k-fold)
+    if history.used >= 8 and config.cv_folds > 1:
+        x_all, y_all = space.encode(history.genome_array()), history.scores()
+        result.cv_tau = cross_validated_tau(predictor.clone_unfitted, x_all, y_all, folds=config.cv_folds,
+                                            seed=config.seed)
+    emit("done", {"heldout_tau": result.heldout_tau, "cv_tau": result.cv_tau})
+    return result
+
+
+def _predict(predictor, x):
+    if isinstance(predictor, GPPredictor):
+        return predictor.predict_mean_std(x)
+    return predictor.predict(x), None
+
+
+def _pick(kind: str, mean: np.ndarray, std: np.ndarray | None, masks: np.ndarray, best: list[float],
+          y_train: np.ndarray, n: int) -> list[int]:
+    """``n`` distinct candidates, round robin over the constraints, each the top acquisition among those
+    meeting the constraint: the predicted score (MLP) or expected improvement (GP)."""
+    acq = []
+    for j in range(len(masks)):
+        if kind == "gp":
+            incumbent = best[j] if np.isfinite(best[j]) else float(np.min(y_train))
+            a = expected_improvement(mean, std, incumbent)
+        else:
+            a = mean.copy()
+        acq.append(np.where(masks[j], a, -np.inf))
+    chosen: list[int] = []
+    used = np.zeros(len(mean), dtype=bool)
+    j, misses = 0, 0
+    while len(chosen) < n and misses < len(masks):
+        a = np.where(used, -np.inf, acq[j])
+        i = int(np.argmax(a))
+        if np.isfinite(a[i]):
+            chosen.append(i)
+            used[i] = True
+            misses = 0
+        else:
+            misses += 1
+        j = (j + 1) % len(masks)
+    return chosen

@@ -1,0 +1,157 @@
+"""From command-line settings to a search problem: a model space (data, joint space, latency models, trainer)
+or a table space (``table:PATH.csv``), the latency constraints, and the run's config for ``RunDir``."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from nas.errors import SearchError
+from nas.predict.problem import Constraint, ModelProblem, SearchProblem, TableProblem, parse_constraint
+
+TABLE_PREFIX = "table:"
+STRATEGIES = ("nars", "chamnet", "optuna")
+
+
+@dataclass
+class SearchSettings:
+    strategy: str
+    space: str
+    devices: list[str] = field(default_factory=list)
+    latency_ms: list[str] = field(default_factory=list)
+    budget: int = 100
+    seed: int = 0
+    dataset: str = "digits"
+    objective: str | None = None
+    direction: str = "max"
+    # table spaces
+    latency_columns: list[str] = field(default_factory=list)
+    proxy_columns: list[str] = field(default_factory=list)
+    metric_columns: list[str] = field(default_factory=list)
+    decision_columns: list[str] = field(default_factory=list)
+    # model spaces
+    resolution: int | None = None
+    width: float | None = None
+    recipe: str | None = None
+    max_epochs: int | None = None
+    tables_dir: str | None = None
+    measure_each: bool = False
+    # strategy knobs
+    pool: int = 4096
+    init: int | None = None
+    batch: int | None = None
+    generations: int = 40
+    population: int = 2048
+    pretrain: bool = True
+    sampler: str = "nsga2"
+    storage: str | None = None
+    study: str = "hwnas"
+    workers: int = 1
+    export: str = "first"  # first | all | none
+
+    @property
+    def is_table(self) -> bool:
+        return self.space.startswith(TABLE_PREFIX)
+
+    def config(self) -> dict:
+        """What must match to resume a run directory (the worker count may change between runs)."""
+        d = asdict(self)
+        d.pop("workers")
+        return {"command": f"search {self.strategy}", **d}
+
+    def validate(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise SearchError(f"unknown strategy {self.strategy!r} ({', '.join(STRATEGIES)})")
+        if self.budget < 1:
+            raise SearchError(f"--budget must be at least 1 (got {self.budget})")
+        if self.direction not in ("max", "min"):
+            raise SearchError(f"--direction must be max or min (got {self.direction!r})")
+        if self.workers < 1:
+            raise SearchError(f"--workers must be at least 1 (got {self.workers})")
+        if self.workers > 1 and self.strategy != "optuna":
+            raise SearchError("--workers applies to `hwnas search optuna` only")
+        if self.export not in ("first", "all", "none"):
+            raise SearchError(f"--export must be first, all or none (got {self.export!r})")
+        if self.max_epochs is not None and self.max_epochs < 1:
+            raise SearchError(f"--max-epochs must be at least 1 (got {self.max_epochs})")
+        if self.pool < 16:
+            raise SearchError(f"--pool must be at least 16 (got {self.pool})")
+        if self.is_table:
+            if self.devices:
+                raise SearchError("a table space takes its latency from --latency-column (one per device), "
+                                  "not --device")
+            if not self.objective:
+                raise SearchError("a table space needs --objective COLUMN (the metric to optimise)")
+        else:
+            if not self.devices:
+                raise SearchError("a model space needs --device DEVICE_ID (a latency table; "
+                                  "`hwnas latency profile` makes one)")
+            for flag, value in (("--latency-column", self.latency_columns), ("--proxy", self.proxy_columns),
+                                ("--metric", self.metric_columns), ("--decision", self.decision_columns)):
+                if value:
+                    raise SearchError(f"{flag} applies to table spaces (--space table:PATH.csv) only")
+        if len(set(self.devices)) != len(self.devices):
+            raise SearchError("--device: a device is named twice")
+
+
+def build_problem(settings: SearchSettings, run_path: str | Path | None = None,
+                  on_epoch: Callable[[int, dict], None] | None = None) -> SearchProblem:
+    """The problem the settings describe (loads the table, or the data, space and latency models)."""
+    if settings.is_table:
+        from nas.predict.table_space import TableEvaluator, TableSpace
+        table = TableSpace(settings.space[len(TABLE_PREFIX):], settings.objective, settings.latency_columns,
+                           proxy_columns=settings.proxy_columns, metric_columns=settings.metric_columns,
+                           decision_columns=settings.decision_columns or None)
+        return TableProblem(table, TableEvaluator(table), maximize=settings.direction == "max")
+    from nas.predict.evaluators import TrainEvaluator
+    from nas.predict.joint_space import JointSpace
+    from nas.predict.model_costs import ModelSpaceCosts, load_latency_models
+    from nas.recipe import load_recipe
+    from nas.task import load_search_task
+
+    data, space = load_search_task(settings.dataset, settings.space, resolution=settings.resolution,
+                                   width=settings.width, seed=settings.seed)
+    base = load_recipe(settings.recipe).model_copy(update={"seed": settings.seed})
+    joint = JointSpace(space, base_recipe=base)
+    latency_models = load_latency_models(settings.devices, settings.tables_dir)
+    costs = ModelSpaceCosts(joint, latency_models)
+    threads = None
+    if settings.measure_each:
+        manifest = latency_models[settings.devices[0]].table.manifest
+        threads = manifest.threads
+    checkpoints = Path(run_path) / "evals" if run_path else None
+    evaluator = TrainEvaluator(joint, data, max_epochs=settings.max_epochs, checkpoint_dir=checkpoints,
+                               on_epoch=on_epoch, measure_threads=threads)
+    objective = settings.objective or "val_accuracy"
+    if objective not in TrainEvaluator.metrics:
+        raise SearchError(f"--objective {objective!r}: a model space reports {', '.join(TrainEvaluator.metrics)}")
+    problem = ModelProblem(joint, evaluator, costs, objective, maximize=settings.direction == "max")
+    problem.data = data
+    return problem
+
+
+def build_constraints(settings: SearchSettings, problem: SearchProblem) -> tuple[list[Constraint], bool]:
+    """The constraints given, or (when none) the 25th/50th/75th percentiles of the pool's latency per device.
+
+    Returns the constraints and whether they were chosen automatically.
+    """
+    if settings.latency_ms:
+        if not problem.devices:
+            raise SearchError("--latency-ms needs a latency: --device for a model space, --latency-column for "
+                              "a table")
+        out = [parse_constraint(t, problem.devices) for t in settings.latency_ms]
+        if len({c.label for c in out}) != len(out):
+            raise SearchError("--latency-ms: a constraint is given twice")
+        return out, False
+    if not problem.devices:
+        return [Constraint(())], True
+    pool = problem.all_candidates() if problem.finite else problem.pool(settings.pool, settings.seed)
+    lat = problem.latency_ms(pool)
+    out = []
+    for q in (25, 50, 75):
+        limits = tuple((d, float(f"{np.percentile(lat[:, j], q):.4g}")) for j, d in enumerate(problem.devices))
+        out.append(Constraint(limits if len(limits) > 1 else ((None, limits[0][1]),)))
+    return out, True

@@ -1,0 +1,15 @@
+"""Mixed-precision quantization: per-layer bit-widths by DNAS, costed on a device, exported to ONNX int8 / fp32.
+
+Modules:
+- ``fake``: fake quantization with a straight-through estimator (weights per channel, activations per tensor).
+- ``mixed``: ``BitOption`` and the bit-width supernet ``MixedPrecisionNet`` (Gumbel-softmax over shared-weight
+  fake-quantized branches; fixed assignments for fine-tuning and export).
+- ``graph``: the model's conv / linear layers in its ONNX graph, and the tensors between them (transitions).
+- ``costs``: the ``size``, ``bitops`` and ``latency`` costs, exact per assignment and differentiable in expectation.
+- ``profile``: per-layer fp32 / int8 and Quantize/Dequantize transition rows, measured into the device's table.
+- ``latency_fit``: the latency cost fitted to whole mixed models measured on the device.
+- ``export``: an assignment as an ONNX model with ``onnxruntime.quantization`` (only the chosen layers quantized).
+- ``search``: the bit-width DNAS loop (resumable) and target repair.
+- ``pipeline``: the whole run behind ``hwnas search mixed-precision``.
+- ``plot``: the per-layer bits PNG.
+"""

@@ -1,0 +1,150 @@
+"""One assignment, delivered: quantization-aware fine-tuning, calibration, ONNX export in QDQ and QOperator,
+accuracy in torch and ONNX Runtime, and the measured latency of every candidate file (the faster format is kept)."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, ContextManager
+
+import numpy as np
+import torch
+
+from nas.data import Dataset
+from nas.files import atomic_path
+from nas.latency.model import LatencyModel
+from nas.latency.timing import TimedSession, TimingConfig, time_sessions
+from nas.onnx_io import export_onnx, run_onnx
+from nas.quant.costs import LatencyCost, bitops_g, mean_weight_bits, size_mb
+from nas.quant.export import FORMATS, quantize_assignment
+from nas.quant.graph import QuantGraph, attach_onnx, layer_io_bits
+from nas.quant.mixed import BitOption, MixedPrecisionNet
+from nas.recipe import Recipe
+from nas.run import RunDir
+from nas.training import accuracy, fit_input, train_model
+
+Progress = Callable[[str, int], ContextManager[Callable[..., None]]]  # (stage, total) -> advance(n=1, note="")
+
+
+@contextmanager
+def no_progress(stage: str, total: int):
+    yield lambda n=1, note="": None
+
+
+@dataclass
+class FinishSettings:
+    lr: float = 5e-4  # fine-tuning learning rate
+    batch_size: int = 64
+    seed: int = 0
+    calibration_samples: int = 256  # training images that calibrate the activation ranges
+    formats: tuple[str, ...] = FORMATS
+
+
+@dataclass
+class DeviceSettings:
+    """How the device's table was timed; exported models are timed the same way."""
+
+    provider: str = "CPUExecutionProvider"
+    threads: int = 1
+    optimization: str = "all"
+    clock: str = "wall"
+
+    @classmethod
+    def of(cls, lm: LatencyModel | None) -> "DeviceSettings":
+        if lm is None:
+            return cls()
+        m = lm.table.manifest
+        return cls(m.provider, m.threads, m.graph_optimization, getattr(m, "clock", "wall"))
+
+    def time_files(self, paths: list[str]) -> list[float]:
+        """p50 ms of each ONNX file, timed in interleaved rounds with the latency tables' timing."""
+        sessions = [TimedSession.open(p, self.provider, self.threads, self.optimization) for p in paths]
+        return [s.p50_ms for s in time_sessions(sessions, TimingConfig(clock=self.clock))]
+
+
+@dataclass
+class Finished:
+    name: str
+    assignment: list[BitOption]
+    figures: dict
+    candidates: dict[str, str]  # format -> ONNX file
+    out_name: str
+
+
+def finish(net: MixedPrecisionNet, graph: QuantGraph, assignment: list[BitOption], name: str, data: Dataset,
+           run: RunDir, settings: FinishSettings, epochs: int, out_name: str, *, cost_ms: LatencyCost | None,
+           progress: Progress) -> Finished:
+    """Quantization-aware fine-tuning of ``assignment``, then calibration, ONNX export in each format and accuracy
+    (torch and ONNX Runtime); ``measure_and_choose`` times the candidates."""
+    int8 = [o.runs_int8 for o in assignment]
+    ins, outs = layer_io_bits(graph, int8, [o.a_bits for o in assignment])
+    net.fix(assignment, ins, outs)
+    if epochs > 0:
+        recipe = Recipe(epochs=epochs, lr=settings.lr, batch_size=settings.batch_size, ema=0.0,
+                        seed=settings.seed, weight_decay=1e-4)
+        with progress(f"fine-tune {name}", epochs) as advance:
+            train_model(net, data, recipe, checkpoint=run.file(f"{name}_finetune.pt"),
+                        on_epoch=lambda e, row: advance(note=f"val {row['val_accuracy']:.3f}"))
+    net.fix(assignment, ins, outs)
+    calib = data.x_train[:settings.calibration_samples]
+    net.calibrate(fit_input(calib, net))
+    acc_torch = accuracy(net, data.x_test, data.y_test)
+    float_path = run.file(f"{name}_float.onnx")
+    export_onnx(net.float_model(assignment), net.input_shape, float_path)
+    g = attach_onnx(copy.deepcopy(graph.layers), float_path)
+    ranges: dict[str, tuple[float, float]] = {}
+    for info, layer in zip(g.layers, net.layers):
+        ranges.setdefault(info.input_tensor, layer.observer.range())
+        ranges.setdefault(info.output_tensor, layer.out_observer.range())
+    x_test = fit_input(data.x_test, net)
+    candidates: dict[str, str] = {}
+    if any(int8):
+        with progress(f"export {name}", len(settings.formats)) as advance:
+            for fmt in settings.formats:
+                path = run.file(f"{name}_{fmt}.onnx")
+                quantize_assignment(float_path, g, assignment, fit_input(calib, net), path, fmt, ranges)
+                candidates[fmt] = str(path)
+                advance(note=fmt)
+    else:
+        candidates["fp32"] = str(float_path)
+    formats = {}
+    for fmt, path in candidates.items():
+        pred = run_onnx(path, x_test).argmax(1)
+        with torch.no_grad():
+            ref = net(x_test[:64]).numpy()
+        formats[fmt] = {"accuracy_onnx": float((pred == data.y_test.numpy()).mean()),
+                        "onnx_max_abs_diff": float(np.abs(run_onnx(path, x_test[:64]) - ref).max())}
+    figures = {
+        "accuracy_torch": acc_torch,
+        "predicted_ms": cost_ms.of(assignment) if cost_ms is not None else None,
+        "size_mb": size_mb(graph, assignment),
+        "storage_size_mb": size_mb(graph, assignment, storage=True),
+        "mean_weight_bits": mean_weight_bits(graph, assignment),
+        "mean_activation_bits": float(np.mean([o.a_bits for o in assignment])),
+        "bitops_g": bitops_g(graph, assignment),
+        "int8_layers": int(sum(int8)),
+        "sub8_layers": int(sum(1 for o in assignment if o.runs_int8 and (o.w_bits < 8 or o.a_bits < 8))),
+        "layers": len(assignment),
+        "formats": formats,
+        "onnx": out_name,
+    }
+    return Finished(name, assignment, figures, candidates, out_name)
+
+
+def measure_and_choose(models: list[Finished], run: RunDir, device: DeviceSettings) -> None:
+    """Time every candidate file of every model together (interleaved rounds), keep each model's faster format
+    as its output file, and fill in ``format``, ``measured_ms``, ``accuracy_onnx`` and ``onnx_max_abs_diff``."""
+    files = [(m, fmt, path) for m in models for fmt, path in m.candidates.items()]
+    times = device.time_files([path for _, _, path in files])
+    for (m, fmt, _), ms in zip(files, times):
+        m.figures["formats"][fmt]["measured_ms"] = ms
+    for m in models:
+        formats = m.figures["formats"]
+        chosen = min(formats, key=lambda f: formats[f]["measured_ms"])
+        with atomic_path(run.file(m.out_name)) as tmp:
+            shutil.copyfile(m.candidates[chosen], tmp)
+        m.figures.update({"format": chosen, "measured_ms": formats[chosen]["measured_ms"],
+                          "accuracy_onnx": formats[chosen]["accuracy_onnx"],
+                          "onnx_max_abs_diff": formats[chosen]["onnx_max_abs_diff"]})

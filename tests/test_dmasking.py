@@ -1,0 +1,161 @@
+"""FBNetV2 DMaskingNAS: masked shared-weight supernet (ops, channels, resolution), exact children, search, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from nas.dnas.distribution import ArchDistribution
+from nas.dnas.dmasking_supernet import DMaskingSupernet
+from nas.dnas.search import SearchSettings
+from nas.dnas.strategy import SearchJob, open_run, prepare_search, run_search
+from nas.recipe import Recipe
+from nas.space import load_space
+from nas.training import fit_input, set_dropout
+from test_dnas_support import TINY, TINY_V2, all_archs, digits_npz, profiled_space, randomize_bn, rng, tiny_space, \
+    write_space
+from test_dnas_support import one_torch_thread  # noqa: F401  (autouse fixture)
+
+
+@pytest.fixture(scope="module")
+def tiny_v2(tmp_path_factory):
+    path, tables, lm = profiled_space(tmp_path_factory, TINY_V2, "tiny_v2", "test-v2")
+    return {"path": path, "space": tiny_space(path), "lm": lm, "tables": tables, "folder": path.parent,
+            "digits": digits_npz(path.parent)}
+
+
+def _soft_path(sample):
+    """The same one-hot weights, but through the mask-mixing code path (no candidate / option skipped)."""
+    for d in [*sample.ops, *sample.channels, sample.resolution]:
+        d.active = None
+    return sample
+
+
+@pytest.mark.parametrize("path", ["sliced", "masked"])
+def test_one_hot_supernet_is_exactly_the_child(tiny_v2, path):
+    space = tiny_v2["space"]
+    dist = ArchDistribution(space)
+    net = DMaskingSupernet(dist)
+    randomize_bn(net, 1)
+    net.eval()
+    x = torch.randn(5, 1, 16, 16)
+    archs = all_archs(space)
+    for arch in [archs[i] for i in rng(0).choice(len(archs), 12, replace=False)]:
+        child = net.child(arch).eval()
+        sample = dist.one_hot(arch) if path == "sliced" else _soft_path(dist.one_hot(arch))
+        with torch.no_grad():
+            assert torch.allclose(net(x, sample), child(fit_input(x, child)), atol=1e-5), arch
+
+
+def test_one_hot_supernet_matches_the_child_in_training_mode_too(tiny_v2):
+    """Batch statistics too: resolution masks weight BN statistics by each option's pixels."""
+    space = tiny_v2["space"]
+    dist = ArchDistribution(space)
+    net = DMaskingSupernet(dist, dropout=0.0).train()
+    x = torch.randn(8, 1, 16, 16)
+    for arch in [space.sample(rng(s)) for s in range(4)]:
+        child = net.child(arch).train()
+        set_dropout(child, 0.0)
+        for sample in (dist.one_hot(arch), _soft_path(dist.one_hot(arch))):
+            assert torch.allclose(net(x, sample), child(fit_input(x, child)), atol=1e-4)
+
+
+def test_real_fbnet_v2_children_are_exact():
+    space = load_space("fbnet_v2", resolution=32, width_multiplier=0.5, classes=10, in_channels=1)
+    dist = ArchDistribution(space)
+    net = DMaskingSupernet(dist).eval()
+    randomize_bn(net, 2)
+    x = torch.randn(2, 1, 32, 32)
+    for arch in [space.sample(rng(s)) for s in range(3)]:
+        with torch.no_grad():
+            assert torch.allclose(net(x, dist.one_hot(arch)), net.child(arch).eval()(fit_input(x, net.child(arch))),
+                                  atol=1e-5)
+
+
+def test_gradients_reach_op_channel_and_resolution_logits(tiny_v2):
+    space = tiny_v2["space"]
+    dist = ArchDistribution(space)
+    net = DMaskingSupernet(dist)
+    x = torch.randn(4, 1, 16, 16)
+    torch.manual_seed(0)
+    for resolution_paths in (None, 1):  # interleaved weighted sum of resolutions, or one sampled resolution
+        dist.logits.grad = None
+        net(x, dist.sample(2.0, None, None, resolution_paths)).square().mean().backward()
+        ops, channels, res = dist.rows(dist.logits.grad)
+        assert all(g.abs().sum() > 0 for g in ops)
+        assert all(g.abs().sum() > 0 for g, o in zip(channels, dist.channel_options) if len(o) > 1)
+        assert res.abs().sum() > 0
+
+
+def _options_space(tmp_path, n: int):
+    text = TINY_V2.replace("channel_options: [0.5, 1.0]",
+                           f"channel_options: [{', '.join(str((i + 1) / n) for i in range(n))}]")
+    text = text.replace("{channels: 16,", "{channels: 64,").replace("{channels: 32,", "{channels: 256,")
+    return tiny_space(write_space(tmp_path, text, f"opts{n}"))
+
+
+def test_channel_options_share_one_set_of_weights_and_one_pass(tmp_path):
+    nets, flops = [], []
+    for n in (4, 32):
+        space = _options_space(tmp_path, n)
+        assert len(space.stages[1].channel_options) == n
+        dist = ArchDistribution(space)
+        net = DMaskingSupernet(dist)
+        nets.append(sum(p.numel() for p in net.parameters()))
+        torch.manual_seed(0)
+        with FlopCounterMode(display=False) as counter:
+            net(torch.randn(64, 1, 16, 16), dist.sample(1.0, None, None, 1))
+        convs = sum(v for k, v in counter.get_flop_counts()["Global"].items() if "convolution" in str(k))
+        flops.append((convs, counter.get_total_flops()))
+    assert nets[0] == nets[1]  # the same weights serve 4 or 32 options
+    assert flops[0][0] == flops[1][0]  # the same convolutions run
+    assert flops[1][1] <= 1.1 * flops[0][1]  # mixing more masks costs next to nothing
+
+
+def test_dmasking_search_lands_within_ten_percent_of_the_target(tiny_v2, tmp_path):
+    lm = tiny_v2["lm"]
+    space = tiny_v2["space"]
+    lat = sorted(lm.predict(space, a) for a in all_archs(space))
+    target = lat[len(lat) // 3]
+    job = SearchJob("dmasking", str(tiny_v2["path"]), "test-v2", dataset=f"npz:{tiny_v2['digits']}", resolution=16,
+                    width=1.0, target_ms=target, tables_dir=str(tiny_v2["tables"]),
+                    settings=SearchSettings(epochs=3, warmup_epochs=1, target_ms=target),
+                    recipe=Recipe(epochs=1, batch_size=64))
+    prep = prepare_search(job)
+    assert prep.min_ms == pytest.approx(lat[0]) and prep.max_ms == pytest.approx(lat[-1])
+    report = run_search(prep, open_run(prep, tmp_path / "run"))
+    assert report["within_target"] is True
+    assert abs(report["predicted_ms"] - target) <= 0.1 * target
+    assert report["predicted_ms"] == pytest.approx(lm.predict(space, space.validate(
+        type(space.fixed_arch()).from_dict(report["arch"]))))
+    assert report["onnx_max_abs_diff"] < 1e-3 and report["measured_ms"] > 0
+    history = (tmp_path / "run" / "history.csv").read_text().splitlines()
+    header = history[0].split(",")
+    assert len(history) == 4 and {"p_S1_c16", "p_S1_c32", "p_res12", "p_res16", "expected_ms", "alpha",
+                                  "temperature", "val_accuracy"} <= set(header)
+    for name in ("search_trajectory.png", "arch_probabilities.png", "model.onnx", "arch.json"):
+        assert (tmp_path / "run" / name).stat().st_size > 0
+
+
+def test_profile_flag_measures_a_missing_table(tmp_path):
+    space_path = write_space(tmp_path, TINY, "tiny")
+    job = SearchJob("dmasking", str(space_path), "fresh-device", resolution=16, width=1.0,
+                    tables_dir=str(tmp_path / "tables"), profile=True,
+                    settings=SearchSettings(epochs=2))
+    prep = prepare_search(job)
+    assert (tmp_path / "tables" / "fresh-device" / "device.json").is_file()
+    assert prep.terms.estimated_keys() == [] and prep.min_ms < prep.max_ms
+
+
+def test_cli_target_out_of_range_is_one_line_and_writes_nothing(cli, tiny_v2, tmp_path):
+    out = tmp_path / "run"
+    r = cli("search", "dmasking", "--space", str(tiny_v2["path"]), "--device", "test-v2", "--resolution", "16",
+            "--width", "1.0", "--tables-dir", str(tiny_v2["tables"]), "--target-ms", "1000", "--out", str(out))
+    assert r.returncode == 2
+    lines = [line for line in r.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "above the slowest" in lines[0] and "attainable" in lines[0]
+    assert not out.exists()

@@ -1,0 +1,50 @@
+"""Shared fixtures of the predictor-search tests (test_predict.py, test_predict_search.py): a tiny model space
+profiled for real on two devices, and the shipped benchmark table (real trainings and timings)."""
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_TABLE = ROOT / "benchmarks" / "data" / "digits_joint.csv"
+
+TINY_SPACE_YAML = """\
+name: tiny_predict
+resolution: 8
+in_channels: 1
+classes: 10
+stem: [conv_k3, 8, 1]
+candidates: [ir_k3_e1, ir_k3_e3, skip]
+stages:
+  - {channels: 8, repeat: 1, stride: 1}
+  - {channels: 16, repeat: 2, stride: 2}
+channel_options: [0.5, 1.0]
+head: [conv_k1, 32]
+dropout: 0.0
+recipe_space:
+  lr: {low: 0.003, high: 0.03, log: true}
+  epochs: [1]
+  batch_size: [64, 128]
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_space_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("space") / "tiny_predict.yaml"
+    path.write_text(TINY_SPACE_YAML)
+    return path
+
+
+@pytest.fixture(scope="session")
+def profiled_devices(tiny_space_file, tmp_path_factory):
+    """Latency tables of the tiny space for devices ``dev-a`` and ``dev-b`` (real ONNX Runtime timings, short)."""
+    from nas.latency.profile import profile_items, space_profile_items
+    from nas.latency.timing import TimingConfig
+    from nas.space import load_space
+
+    tables = tmp_path_factory.mktemp("tables")
+    space = load_space(str(tiny_space_file))
+    timing = TimingConfig(warmup=2, min_rounds=2, max_rounds=3, max_seconds=0.3)
+    for device in ("dev-a", "dev-b"):
+        profile_items(device, space_profile_items(space), tables_dir=tables, timing=timing)
+    return tables, space

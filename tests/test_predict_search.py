@@ -1,0 +1,237 @@
+"""Predictor-guided searches end to end: NARS / GP-BO / Optuna on a table space, resuming, several devices,
+bad input through the CLI (one line, exit 2), and a model-space search that exports a winner to ONNX."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+
+from nas.errors import SearchError
+from nas.predict.history import History
+from nas.predict.nars import NarsConfig, run_nars
+from nas.predict.optuna_search import (OptunaConfig, claimed, evaluated_trials, open_study, recover_stale_trials,
+                                       run_optuna, run_worker)
+from nas.predict.problem import TableProblem, parse_constraint
+from nas.predict.table_space import TableEvaluator, TableSpace
+from test_predict_fixtures import BENCH_TABLE, profiled_devices, tiny_space_file  # noqa: F401
+
+FAST_MLP = {"epochs": 120, "ensemble": 1, "pretrain_epochs": 10}
+TABLE_ARGS = ["--objective", "val_accuracy", "--latency-column", "latency_ms", "--proxy", "macs", "--proxy",
+              "params", "--metric", "test_accuracy", "--metric", "predicted_latency_ms", "--metric",
+              "train_seconds"]
+
+
+def _problem(rows=None):
+    table = TableSpace(BENCH_TABLE, "val_accuracy", ["latency_ms"], proxy_columns=["macs", "params"],
+                       metric_columns=["test_accuracy", "predicted_latency_ms", "train_seconds"])
+    return TableProblem(table, TableEvaluator(table))
+
+
+class CountingEvaluator:
+    """Wraps the table lookup; raises KeyboardInterrupt after ``stop_after`` lookups (a killed search)."""
+
+    def __init__(self, inner, stop_after=None):
+        self.inner, self.stop_after, self.calls = inner, stop_after, 0
+
+    def evaluate(self, row):
+        if self.stop_after is not None and self.calls >= self.stop_after:
+            raise KeyboardInterrupt
+        self.calls += 1
+        return self.inner.evaluate(row)
+
+
+def _median_constraint(problem):
+    return parse_constraint(f"{np.median(problem.table.values['latency_ms']):.4f}", problem.devices)
+
+
+@pytest.mark.parametrize("predictor", ["mlp", "gp"])
+def test_nars_and_gp_bo_spend_the_budget_and_respect_the_constraint(predictor):
+    problem = _problem()
+    c = _median_constraint(problem)
+    counting = CountingEvaluator(problem.evaluator)
+    problem.evaluator = counting
+    history = History(problem, 24, [c])
+    result = run_nars(problem, [c], history, NarsConfig(budget=24, predictor=predictor, init=8, batch=4,
+                                                        predictor_kwargs=FAST_MLP if predictor == "mlp" else
+                                                        {"iterations": 40}))
+    assert history.used == 24 == counting.calls  # every lookup counted, none repeated
+    assert len(set(r["key"] for r in history.rows)) == 24
+    phases = [r["phase"] for r in history.rows]
+    assert phases[:8] == ["init"] * 8 and phases[-1] == "evolution"
+    rounds = [r for r in history.rows if r["phase"].startswith("round")]
+    assert all(np.isfinite(r["predicted_val_accuracy"]) for r in rounds)
+    assert all(r["feasible[" + c.label + "]"] for r in history.rows)  # the pool was filtered by latency
+    assert result.rounds and np.isfinite(result.heldout_tau) and -1 <= result.cv_tau <= 1
+    best = history.best_under(c)
+    assert history.rows[best]["val_accuracy"] == max(r["val_accuracy"] for r in history.rows)
+    if predictor == "gp":
+        assert all(np.isfinite(r["predicted_val_accuracy_std"]) for r in rounds)
+
+
+def test_a_killed_nars_search_resumes_without_repeating_evaluations(tmp_path):
+    config = NarsConfig(budget=16, init=6, batch=4, predictor_kwargs=FAST_MLP)
+    full = _problem()
+    c = _median_constraint(full)
+    reference = History(full, 16, [c])
+    run_nars(full, [c], reference, config)
+
+    path = tmp_path / "history.csv"
+    killed = _problem()
+    killed.evaluator = CountingEvaluator(killed.evaluator, stop_after=9)
+    with pytest.raises(KeyboardInterrupt):
+        run_nars(killed, [c], History(killed, 16, [c], path), config)
+    assert len(pd.read_csv(path)) == 9
+
+    resumed = _problem()
+    counting = CountingEvaluator(resumed.evaluator)
+    resumed.evaluator = counting
+    history = History(resumed, 16, [c], path)
+    run_nars(resumed, [c], history, config)
+    assert counting.calls == 7  # only what the killed run had not done
+    assert [r["key"] for r in history.rows] == [r["key"] for r in reference.rows]
+    assert [r["replayed"] for r in history.rows] == [True] * 9 + [False] * 7
+    assert len(pd.read_csv(path)) == 16
+
+
+def test_optuna_study_resumes_and_recovers_trials_of_a_dead_process(tmp_path):
+    problem = _problem()
+    c = _median_constraint(problem)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    cfg = OptunaConfig(budget=6, storage=url, lock_path=str(tmp_path / "lock"))
+    run_optuna(problem, None, [c], cfg)
+    study = open_study(cfg, problem)
+    assert claimed(study) == 6 and len(evaluated_trials(study)) == 6
+    # a worker killed mid-evaluation leaves a RUNNING trial that claimed budget
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    op_0 = problem.space.decisions[0]
+    trial = study.ask({op_0.name: optuna.distributions.CategoricalDistribution(list(op_0.options))})
+    trial.set_user_attr("claimed", True)
+    trial.set_user_attr("pid", dead.pid)
+    assert claimed(study) == 7
+    assert recover_stale_trials(study) == 1
+    states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+    assert states[trial.number] == optuna.trial.TrialState.FAIL
+    assert optuna.trial.TrialState.WAITING in states.values()  # its parameters, enqueued again
+    # a worker whose parent search is gone (killed) stops at once instead of running on as an orphan
+    orphan = run_worker(problem, [c], OptunaConfig(budget=10, storage=url, lock_path=str(tmp_path / "lock")),
+                        worker=1, parent_pid=dead.pid)
+    assert orphan["proposals"] == 0 and len(evaluated_trials(open_study(cfg, problem))) == 6
+    # resuming with a larger budget continues the same study to exactly that many evaluations
+    run_worker(problem, [c], OptunaConfig(budget=10, storage=url, lock_path=str(tmp_path / "lock")))
+    assert len(evaluated_trials(open_study(cfg, problem))) == 10
+
+
+def _one_line_error(r, *fragments):
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, r.stderr
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
+class InProcess:
+    """The CLI's main() in this process (saves the import time of a subprocess per case)."""
+
+    def __init__(self, capsys, monkeypatch):
+        self.capsys, self.monkeypatch = capsys, monkeypatch
+
+    def __call__(self, *args):
+        from cli.main import main
+        self.monkeypatch.setattr(sys, "argv", ["hwnas", *args])
+        code = 0
+        try:
+            main()
+        except SystemExit as e:
+            code = e.code
+        out, err = self.capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+
+
+def test_cli_table_search_writes_the_run_directory_for_several_devices(tmp_path, capsys, monkeypatch):
+    cli = InProcess(capsys, monkeypatch)
+    out = tmp_path / "run"
+    med = np.median(pd.read_csv(BENCH_TABLE)["latency_ms"])
+    args = ["search", "chamnet", "--space", f"table:{BENCH_TABLE}", "--objective", "val_accuracy",
+            "--latency-column", "latency_ms", "--latency-column", "predicted_latency_ms", "--proxy", "macs",
+            "--metric", "test_accuracy", "--metric", "params", "--metric", "train_seconds",
+            "--latency-ms", f"latency_ms={med:.4f}", "--latency-ms", f"{med * 1.5:.4f}",
+            "--budget", "12", "--init", "6", "--batch", "2", "--out", str(out), "--json"]
+    r = cli(*args)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["evaluations"] == 12 and report["devices"] == ["latency_ms", "predicted_latency_ms"]
+    for name in ("history.csv", "pareto.csv", "report.json", "pareto.png", "config.json"):
+        assert (out / name).is_file(), name
+    history = pd.read_csv(out / "history.csv")
+    assert len(history) == 12 and {"latency_ms[latency_ms]", "latency_ms[predicted_latency_ms]"} <= set(history)
+    pareto = pd.read_csv(out / "pareto.csv")
+    assert len(pareto) == 2 and pareto["found"].all()
+    assert (pareto.loc[0, "latency_ms[latency_ms]"] <= med + 1e-9)
+    assert (pareto.loc[1, ["latency_ms[latency_ms]", "latency_ms[predicted_latency_ms]"]] <= med * 1.5 + 1e-4).all()
+    for w in report["winners"]:
+        slug = w["constraint"].replace("=", "-").replace(",", "_")
+        doc = json.loads((out / "best" / slug / "candidate.json").read_text())
+        assert doc["metrics"]["val_accuracy"] == pytest.approx(w["val_accuracy"])
+    # rerunning the finished run replays it: no new lookups, same history
+    r2 = cli(*args)
+    assert r2.returncode == 0, r2.stderr
+    assert pd.read_csv(out / "history.csv")["key"].tolist() == history["key"].tolist()
+
+
+def test_cli_bad_table_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
+    cli = InProcess(capsys, monkeypatch)
+    bad = pd.read_csv(BENCH_TABLE).head(20)
+    bad["val_accuracy"] = bad["val_accuracy"].astype(object)
+    bad.loc[3, "val_accuracy"] = "n/a"
+    bad.to_csv(tmp_path / "bad.csv", index=False)
+    _one_line_error(cli("search", "nars", "--space", f"table:{tmp_path / 'bad.csv'}", *TABLE_ARGS),
+                    "metric column 'val_accuracy', row 4 (line 5): 'n/a' is not a number")
+
+
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
+    run = InProcess(capsys, monkeypatch)
+    _one_line_error(run("search", "nars", "--space", f"table:{BENCH_TABLE}", "--objective", "accuracy_top1",
+                        "--latency-column", "latency_ms"), "no column 'accuracy_top1'")
+    _one_line_error(run("search", "nars", "--space", f"table:{BENCH_TABLE}", *TABLE_ARGS, "--latency-ms",
+                        "0.0001", "--out", str(tmp_path / "r1")), "no candidate meets the latency constraint 0.0001ms")
+    assert not (tmp_path / "r1").exists()  # nothing half-written
+    _one_line_error(run("search", "optuna", "--space", f"table:{BENCH_TABLE}", *TABLE_ARGS, "--storage",
+                        "sqlite:////nonexistent-dir/x/study.db", "--out", str(tmp_path / "r2")),
+                    "cannot open the Optuna storage 'sqlite:////nonexistent-dir/x/study.db'")
+    _one_line_error(run("search", "optuna", "--space", f"table:{BENCH_TABLE}", *TABLE_ARGS, "--storage",
+                        "nosuchdb://user@host/db", "--out", str(tmp_path / "r3")), "cannot open the Optuna storage")
+    assert not (tmp_path / "r2").exists() and not (tmp_path / "r3").exists()
+    _one_line_error(run("search", "chamnet", "--space", f"table:{BENCH_TABLE}", *TABLE_ARGS, "--budget", "0"),
+                    "--budget must be at least 1")
+    _one_line_error(run("search", "nars", "--space", "fbnet", "--device", "no-such-device", "--tables-dir",
+                        str(tmp_path)), "no-such-device")
+
+
+def test_cli_model_space_search_exports_the_winner(tmp_path, capsys, monkeypatch, tiny_space_file,
+                                                  profiled_devices):
+    cli = InProcess(capsys, monkeypatch)
+    tables, _ = profiled_devices
+    out = tmp_path / "run"
+    r = cli("search", "nars", "--space", str(tiny_space_file), "--device", "dev-a", "--device", "dev-b",
+            "--tables-dir", str(tables), "--budget", "3", "--init", "2", "--pool", "64", "--generations", "3",
+            "--population", "64", "--out", str(out), "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["evaluations"] == 3 and report["devices"] == ["dev-a", "dev-b"]
+    assert report["constraints_chosen_automatically"] and len(report["constraints"]) == 3
+    export = report["export"][0]
+    assert (out / "model.onnx").is_file() and (out / "arch.json").is_file() and (out / "recipe.json").is_file()
+    assert export["onnx_max_abs_diff"] < 1e-4 and export["measured_ms"] > 0 and export["predicted_ms"] > 0
+    assert 0.0 <= export["accuracy"] <= 1.0
+    assert set(export["predicted_ms_per_device"]) == {"dev-a", "dev-b"}
+    recipe = json.loads((out / "recipe.json").read_text())
+    assert 0.003 <= recipe["lr"] <= 0.03 and recipe["batch_size"] in (64, 128)
+    history = pd.read_csv(out / "history.csv")
+    assert len(history) == 3 and (history["m:val_accuracy"] >= 0).all()
+    assert {"latency_ms[dev-a]", "latency_ms[dev-b]", "m:macs", "m:params"} <= set(history)
