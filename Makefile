@@ -15,7 +15,7 @@ setup: $(BIN)/.installed
 
 demo: setup
 	$(BIN)/hwnas search dmasking --space fbnet_v2 --dataset digits --width 0.25 --device local-cpu --profile \
-		--epochs 10 --final-epochs 10 --out results/demo
+		--alpha 0.5 --epochs 10 --final-epochs 40 --out results/demo
 
 test: setup
 	$(BIN)/python -m pytest

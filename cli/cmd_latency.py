@@ -31,17 +31,24 @@ def profile(space: str = SPACE_OPT, device: str = DEVICE_OPT,
             int8: bool = typer.Option(False, "--int8", help="also profile static QDQ int8 blocks (bits=8)"),
             calibration: int = typer.Option(8, help="whole models measured to fit the correction (0: none)"),
             optimization: str = typer.Option("all", help="graph optimisation: none | basic | extended | all"),
-            clock: str = typer.Option("wall", help="wall: perf_counter; cpu: calling thread's CPU time (1 thread, "
-                                                   "robust when other processes share the cores)"),
+            clock: Optional[str] = typer.Option(None, help="wall: perf_counter; cpu: calling thread's CPU time (1 "
+                                                             "thread, robust when other processes share the cores); "
+                                                             "default: the device table's, else wall"),
             tables_dir: Optional[Path] = typer.Option(None, help="base folder (default $HWNAS_LATENCY_TABLES "
                                                                   "or ./latency_tables)"),
             as_json: bool = typer.Option(False, "--json", help="print the summary as JSON")):
     """Measure every block of a space on this machine into a device table (resumable; safe to run twice)."""
+    from nas.errors import LatencyTableError
     from nas.latency.calibrate import calibrate
     from nas.latency.profile import check_provider, profile_items, space_profile_items
-    from nas.latency.table import DeviceManifest
+    from nas.latency.table import DeviceManifest, read_manifest
     from nas.latency.timing import TimingConfig, check_clock
 
+    if clock is None:  # adding to an existing table (e.g. one a search profiled): time it the same way
+        try:
+            clock = read_manifest(device, tables_dir).clock
+        except LatencyTableError:
+            clock = "wall"
     check_provider(provider)
     check_clock(clock, threads)
     DeviceManifest.for_this_machine(device, provider, threads, optimization)  # validates id, threads, level

@@ -56,14 +56,20 @@ def measure_arch(space: Space, arch: Arch, provider: str = "CPUExecutionProvider
 
 
 def calibration_archs(space: Space, count: int, seed: int = 12345) -> list[Arch]:
-    """The largest arch, the cheapest (first candidate that is a skip, else the smallest op), and random ones."""
+    """The largest arch, the cheapest (first candidate that is a skip, else the smallest op), and random ones whose
+    share of skipped layers grows from none to most, so that the correction also fits the fast, skip-heavy archs
+    that latency-constrained searches end up choosing (uniform samples skip only one layer in nine)."""
     rng = np.random.default_rng(seed)
     archs = [space.fixed_arch()]
     cheapest = [("skip" if "skip" in layer.candidates else layer.candidates[0]) for layer in space.layers]
     small = space.sample(rng)
     archs.append(type(small)(space.name, tuple(cheapest), small.channels, small.resolution))
-    while len(archs) < count:
-        archs.append(space.sample(rng))
+    randoms = max(count - len(archs), 0)
+    for i in range(randoms):
+        arch = space.sample(rng)
+        skip_share = 0.8 * i / max(randoms - 1, 1)
+        ops = tuple(c if rng.random() >= skip_share else cheap for c, cheap in zip(arch.ops, cheapest))
+        archs.append(type(arch)(space.name, ops, arch.channels, arch.resolution))
     return archs[:count]
 
 
