@@ -221,7 +221,8 @@ def test_export_prunes_with_topk_gather_and_matches_torch(tiny, tmp_path):
     plan = capacity_factor_plan(tiny, [0.5, 0.5], 1.0)
     path = export_plan(model, plan, tmp_path / "m.onnx")
     ops = {n.op_type for n in onnx.load(path).graph.node}
-    assert {"TopK", "GatherElements", "ScatterElements"} <= ops
+    assert {"TopK", "Gather", "MatMul"} <= ops  # token pruning and expert dispatch really shrink the graph's tensors
+    assert "ScatterElements" not in ops  # the slow batch-1 scatter-add stays out of the graph
     parity = onnx_parity(model, plan, path, x)
     assert parity["onnx_max_abs_diff"] < 1e-4 and parity["onnx_top1_agreement"] == 1.0
 
@@ -318,7 +319,10 @@ def test_search_capacity_cli_end_to_end_and_resume(cli, cli_inproc, trained, tin
     root, _, _ = tables
     lm = LatencyModel.load("tiny-dev", tables_dir=root)
     model, _ = load_checkpoint(ckpt, str(tiny_path))
-    target = predict_plan(lm, tiny, full_plan(tiny)).ms * 1.2
+    # reachable whatever the noisy tiny table says: above the full plan and above the smallest keep ratios at the
+    # largest expert capacity (an upper bound on the cheapest config, whatever its threshold calibrates to)
+    smallest = capacity_factor_plan(tiny, [0.5, 0.5], float(tiny.spec.moe.experts))
+    target = max(predict_plan(lm, tiny, full_plan(tiny)).ms, predict_plan(lm, tiny, smallest).ms) * 1.2
     env = {"HWNAS_LATENCY_TABLES": str(root)}
     out = tmp_path / "run"
     args = ["search", "capacity", "--space", str(tiny_path), "--checkpoint", str(ckpt), "--device", "tiny-dev",

@@ -1,8 +1,9 @@
 """Export a dynamic-capacity model at one plan to ONNX, check it against torch, and time it like the tables.
 
-Token pruning is in the graph as TopK + GatherElements and the experts' capacities as TopK + GatherElements +
-ScatterElements, so later blocks really run on fewer tokens in ONNX Runtime. Timing uses the device table's
-own settings (provider, threads, graph optimisation, clock), so measured and predicted latency compare.
+Token pruning is in the graph as TopK + Gather (rows of a flattened index) and the experts' capacities as
+TopK + a Gather of rows + a one-hot combine MatMul, so later blocks really run on fewer tokens in ONNX Runtime.
+Timing uses the device table's own settings (provider, threads, graph optimisation, clock), so measured and
+predicted latency compare.
 """
 
 from __future__ import annotations

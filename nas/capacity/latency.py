@@ -3,12 +3,12 @@
 A static plan is a sum of units, each keyed by its token count (``nas.latency.opkey.OpKey``):
 
 - ``vit_embed``   patch embedding + class token + positions (input resolution, tokens out)
-- ``token_select`` DynamicViT scoring + TopK + GatherElements, ``tokens`` in, ``keep`` (tokens out) in extra
+- ``token_select`` DynamicViT scoring + TopK + Gather, ``tokens`` in, ``keep`` (tokens out) in extra
 - ``vit_attn``    LayerNorm + multi-head self-attention + residual, at ``tokens``
 - ``vit_mlp``     LayerNorm + MLP + residual, at ``tokens``
 - ``moe_route``   LayerNorm + router gates + capacity predictor, packed ``[h | gates | scores]``, at ``tokens``
 - ``moe_expert``  a block's experts, each on ``tokens`` tokens (its capacity): TopK over the pool,
-                  GatherElements, the experts as one batched MatMul, ScatterElements-add
+                  Gather of rows, the experts as one batched MatMul, one-hot combine MatMul
 - ``vit_head``    class-token LayerNorm + classifier
 
 The units are the model's own modules (``nas.capacity.blocks`` / ``moe``), so what is profiled is what runs.
