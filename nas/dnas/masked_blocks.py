@@ -119,8 +119,12 @@ class SuperIR(nn.Module):
         for o, spec in enumerate(self.specs):
             lo = (k - spec.kernel) // 2
             kernels[o, lo:lo + spec.kernel, lo:lo + spec.kernel] = 1.0
-        self.register_buffer("kernel_masks", kernels, persistent=False)
-        self.register_buffer("mid_masks", torch.stack([prefix_masks(m, mid_max) for m in mids]), persistent=False)
+        self.register_buffer("kernel_masks", kernels.reshape(len(ops), k * k), persistent=False)
+        mid_masks = torch.stack([prefix_masks(m, mid_max) for m in mids])  # op x input option x channel
+        self.register_buffer("mid_masks", mid_masks, persistent=False)
+        # input option x (op, channel): ``v @ mid_by_input`` gives every op's mid mask at once (one matmul)
+        self.register_buffer("mid_by_input", mid_masks.permute(1, 0, 2).reshape(len(shape.in_options), -1),
+                             persistent=False)
         expands = torch.tensor([float(s.expansion > 1) for s in self.specs])
         self.register_buffer("expands", expands, persistent=False)
         self.has_passthrough = bool((expands == 0).any())  # ops without expansion: the dw conv reads the input
@@ -132,16 +136,24 @@ class SuperIR(nn.Module):
         self.register_buffer("residual_pairs", shape.identity_pairs(), persistent=False)
         self.group_counts = sorted({s.groups for s in self.specs if s.groups > 1})
         for g in self.group_counts:  # group q of a c-channel option: channels [q c / g, (q + 1) c / g)
-            self.register_buffer(f"out_groups{g}", _group_members(shape.out_options, g, b_max), persistent=False)
-            self.register_buffer(f"in_groups{g}", _group_members(shape.in_options, g, mid_max), persistent=False)
+            outs, ins = _group_members(shape.out_options, g, b_max), _group_members(shape.in_options, g, mid_max)
+            # laid out for matmuls: (b_max, g, B), (g * A, mid) and (B, g * b_max), (A, g * mid)
+            self.register_buffer(f"out_groups{g}", outs.permute(2, 0, 1).contiguous(), persistent=False)
+            self.register_buffer(f"in_groups{g}", ins.reshape(-1, mid_max), persistent=False)
+            self.register_buffer(f"out_groups_by_option{g}", outs.permute(1, 0, 2).reshape(outs.shape[1], -1),
+                                 persistent=False)
+            self.register_buffer(f"in_groups_by_option{g}", ins.permute(1, 0, 2).reshape(ins.shape[1], -1),
+                                 persistent=False)
 
     def _group_mask(self, g: int, v: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """``sum over option pairs (a, b) of P(a, b) * block_diagonal(a, b)``, (b_max, mid_max), without
         materialising a mask per pair: a sum over groups of outer products of group memberships."""
-        outs, ins = getattr(self, f"out_groups{g}"), getattr(self, f"in_groups{g}")  # (g, B, b_max), (g, A, mid)
-        if self.shape.tied:
-            return torch.einsum("a,qao,qai->oi", u, outs, ins)
-        return torch.einsum("qo,qi->oi", torch.einsum("b,qbo->qo", u, outs), torch.einsum("a,qai->qi", v, ins))
+        if self.shape.tied:  # sum over (q, a) of u[a] outs[q, a, o] ins[q, a, i]
+            outs = getattr(self, f"out_groups{g}")  # (b_max, g, A)
+            return (outs * u).reshape(outs.shape[0], -1) @ getattr(self, f"in_groups{g}")
+        outs = (u @ getattr(self, f"out_groups_by_option{g}")).view(g, -1)  # (g, b_max)
+        ins = (v @ getattr(self, f"in_groups_by_option{g}")).view(g, -1)  # (g, mid)
+        return outs.t() @ ins
 
     def _residual(self, y, x, v, u, scale, extra=None):
         """Add the residual (shape-preserving option pairs), plus ``extra * x`` (a skip path folded in)."""
@@ -195,18 +207,16 @@ class SuperIR(nn.Module):
         om_in, om_out = self._omegas(res)
         mid_max = self.dw[0].weight.shape[0]
         y = x
+        mids = (v @ self.mid_by_input).view(len(q), mid_max)  # every op's mid-channel mask under v
         if self.pw is not None:
-            expand_mask = torch.einsum("o,a,oac->c", q * self.expands, v, self.mid_masks)
+            expand_mask = (q * self.expands) @ mids
             y = batch_norm(_conv(self.pw)(x), self.pw[1], om_in, expand_mask, relu=True)
             if self.has_passthrough:  # ops without expansion feed the input itself to the depthwise conv
-                a = x.shape[1]
-                y = torch.cat([torch.addcmul(y[:, :a], x, (q * (1 - self.expands)).sum().reshape(1, 1, 1, 1)),
-                               y[:, a:]], 1) if a < mid_max else torch.addcmul(
-                    y, x, (q * (1 - self.expands)).sum().reshape(1, 1, 1, 1))
+                y = torch.addcmul(y, _fit_channels(x, mid_max), (q * (1 - self.expands)).sum().reshape(1, 1, 1, 1))
         conv = _conv(self.dw)
-        weight = conv.weight * torch.einsum("o,okl->kl", q, self.kernel_masks)
+        weight = conv.weight * (q @ self.kernel_masks).view(self.kernel, self.kernel)
         y = _spatial(y, weight, conv.bias, sh.stride, self.kernel // 2, mid_max, res, sh.level_in, sh.level_out)
-        y = batch_norm(y, self.dw[1], om_out, torch.einsum("o,a,oac->c", q, v, self.mid_masks), relu=True)
+        y = batch_norm(y, self.dw[1], om_out, q @ mids, relu=True)
         conv = _conv(self.pwl)
         weight = conv.weight
         if self.group_counts:  # dense ops see the whole projection, grouped ones its block diagonal
@@ -273,14 +283,13 @@ class MaskedSkip(nn.Module):
             return x if scale is None else x * one
         sh = self.shape
         rho = (sh.pair_weights(v, u) * self.identity_pairs).sum()
-        identity = _fit_channels(x, max(sh.out_options))
         if float(rho.detach()) == 1.0:  # a hard sample of a shape-preserving pair: the conv path has weight 0
-            return identity * (rho * one)
+            return _fit_channels(x, max(sh.out_options)) * (rho * one)
         om_out = res.omega(sh.level_out) if res is not None else None
         y = _bn(self.conv, _run_conv(self.conv, x, res, sh.level_in, sh.level_out), om_out,
                 channel_mask(u, self.out_prefix) * ((1 - rho) * one))
         if float(rho.detach()) != 0.0:
-            y = torch.addcmul(y, identity, (rho * one).reshape(1, 1, 1, 1))
+            y = torch.addcmul(y, _fit_channels(x, max(sh.out_options)), (rho * one).reshape(1, 1, 1, 1))
         return y
 
     def child_block(self, a: int, b: int) -> nn.Module:

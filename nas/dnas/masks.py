@@ -45,8 +45,10 @@ def batch_norm(x: torch.Tensor, bn: nn.BatchNorm2d, omega: torch.Tensor | None =
     ``omega``-weighted mean and variance over positions (the pixels of the resolution options), as a child network
     at that resolution computes them.
     """
-    c = channels or bn.num_features
-    gamma, beta, running_mean, running_var = bn.weight[:c], bn.bias[:c], bn.running_mean[:c], bn.running_var[:c]
+    gamma, beta, running_mean, running_var = bn.weight, bn.bias, bn.running_mean, bn.running_var
+    if channels is not None and channels < bn.num_features:  # (no slice otherwise: its backward costs a copy)
+        c = channels
+        gamma, beta, running_mean, running_var = gamma[:c], beta[:c], running_mean[:c], running_var[:c]
     if channel_scale is not None:
         gamma, beta = gamma * channel_scale, beta * channel_scale
     if omega is None or not bn.training:
@@ -54,7 +56,7 @@ def batch_norm(x: torch.Tensor, bn: nn.BatchNorm2d, omega: torch.Tensor | None =
                          bn.momentum if bn.momentum is not None else 0.1, bn.eps)
         if bn.training:
             bn.num_batches_tracked += 1
-        return F.relu(y) if relu else y
+        return torch.relu_(y) if relu else y  # in place: batch norm's backward does not need its output
     n = x.shape[0]
     weights = omega.reshape(1, *omega.shape[-2:]).to(x.dtype)
     mean = (x.sum(0) * weights).sum((1, 2)) / n
@@ -68,7 +70,7 @@ def batch_norm(x: torch.Tensor, bn: nn.BatchNorm2d, omega: torch.Tensor | None =
         bn.num_batches_tracked += 1
     scale = gamma * torch.rsqrt(var + bn.eps)
     y = torch.addcmul((beta - mean * scale).view(1, -1, 1, 1), x, scale.view(1, -1, 1, 1))
-    return F.relu(y) if relu else y
+    return torch.relu_(y) if relu else y  # in place: addcmul's backward does not need its output
 
 
 class ResolutionPlan(nn.Module):
