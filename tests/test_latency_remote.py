@@ -18,22 +18,9 @@ from nas.latency.bundle import import_results, write_bundle
 from nas.latency.model import LatencyModel
 from nas.latency.profile import profile_items, space_profile_items
 from nas.latency.table import LatencyTable
-from nas.latency.timing import TimingConfig
 from nas.space import load_space
 
-FAST = TimingConfig(warmup=2, round_ms=1.0, min_runs=3, max_runs=10, min_rounds=2, max_rounds=3, max_seconds=0.2)
-SMALL_SPACE = """
-name: small
-resolution: 32
-classes: 10
-stem: [conv_k3, 8, 2]
-candidates: [ir_k3_e1, ir_k3_e3, skip]
-stages:
-  - {channels: 8, repeat: 2, stride: 1}
-  - {channels: 16, repeat: 2, stride: 2}
-head: [conv_k1, 32]
-dropout: 0.0
-"""
+from test_latency_support import FAST, SMALL_SPACE  # noqa: E402
 # the measuring script must run with nothing but the standard library, numpy and onnxruntime
 ONLY_NUMPY_ORT = """
 import runpy, sys

@@ -11,6 +11,7 @@ named device. Several constraints give a Pareto family (one winner per constrain
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,7 +93,7 @@ def parse_constraint(text: str, devices: list[str]) -> Constraint:
     return Constraint(tuple(limits))
 
 
-class SearchProblem:
+class SearchProblem(ABC):
     """What every strategy needs. Subclasses fill in the space, the evaluation and the free figures."""
 
     space: DecisionSpace
@@ -106,21 +107,25 @@ class SearchProblem:
     def sign(self) -> float:
         return 1.0 if self.maximize else -1.0
 
+    @abstractmethod
     def latency_ms(self, genomes: np.ndarray) -> np.ndarray:  # n x devices, free
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def proxies(self, genomes: np.ndarray) -> np.ndarray:  # n x proxies, free
-        raise NotImplementedError
+        ...
 
     def pool(self, n: int, seed: int) -> np.ndarray:
         """A space-filling pool of candidate genomes (Sobol points)."""
         return self.space.sobol(n, seed)
 
     def all_candidates(self) -> np.ndarray:
-        raise NotImplementedError
+        """Every candidate genome; only finite problems (``finite``: a table) have such a list."""
+        raise TypeError(f"a {self.kind} problem has no finite list of candidates")
 
+    @abstractmethod
     def evaluate(self, genome: np.ndarray) -> dict[str, float]:
-        raise NotImplementedError
+        ...
 
     def describe(self, genome: np.ndarray) -> dict[str, Any]:
         return self.space.describe(genome)

@@ -8,6 +8,7 @@ expectation over a supernet's choice probabilities:
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +20,7 @@ from nas.quant.mixed import BitOption
 COSTS = ("latency", "size", "bitops")
 
 
-class Cost:
+class Cost(ABC):
     """A cost over per-layer options. ``expected`` takes one probability vector per layer (over ``options``)."""
 
     name = ""
@@ -29,8 +30,9 @@ class Cost:
         self.graph = graph
         self.options = list(options)
 
+    @abstractmethod
     def expected(self, probs: list[torch.Tensor]) -> torch.Tensor:
-        raise NotImplementedError
+        ...
 
     def of(self, assignment: list[BitOption]) -> float:
         """The exact cost of one assignment."""
