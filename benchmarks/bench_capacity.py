@@ -104,14 +104,14 @@ def main(argv=None) -> int:
     ap.add_argument("--tables-dir", default=None, help="latency tables base folder (default: <out>/tables)")
     ap.add_argument("--out", default="results/bench-capacity")
     ap.add_argument("--checkpoint", default=None, help="a `hwnas train-dynamic` model.pt to use instead of training")
-    ap.add_argument("--epochs", type=int, default=24, help="training epochs of the dynamic and dense models "
+    ap.add_argument("--epochs", type=int, default=40, help="training epochs of the dynamic and dense models "
                                                           "(0: the space recipe's)")
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--target-ms", type=float, default=None, help="search target (default: 85%% of the full "
                                                                    "config's predicted latency)")
     ap.add_argument("--clock", default="cpu", choices=("wall", "cpu"))
     ap.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds per model")
-    ap.add_argument("--dense", default="2x64,4x64,6x32",
+    ap.add_argument("--dense", default="2x64,3x64,4x64,6x32",
                     help="dense baselines as DEPTHxDIM, comma-separated")
     ap.add_argument("--shift", type=int, default=2)
     ap.add_argument("--sweep-capacity", type=float, default=1.0, help="MoE capacity factor held in the keep sweep")

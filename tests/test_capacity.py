@@ -34,6 +34,7 @@ resolution: 16
 in_channels: 1
 classes: 10
 patch_size: 4
+stem_channels: 8
 dim: 32
 depth: 3
 heads: 2
@@ -51,7 +52,8 @@ moe:
   predictor_hidden: 16
 recipe:
   epochs: 3
-  lr: 0.01
+  lr: 0.005
+  warmup_epochs: 1
   batch_size: 32
   weight_decay: 0.01
 """
@@ -127,7 +129,7 @@ def tables(tiny, tmp_path_factory):
 # ---- space ---------------------------------------------------------------------------------------------------
 def test_builtin_space_loads_and_is_listed_with_its_kind():
     space = load_capacity_space("vit_capacity", in_channels=1, classes=10)
-    assert space.tokens == 65 and space.stages == [2, 3, 4] and space.moe_blocks == [3, 5]
+    assert space.tokens == 145 and space.stages == [2, 3, 4] and space.moe_blocks == [3, 5]
     assert builtin_spaces()["vit_capacity"] == "vit_capacity"
     with pytest.raises(SpaceError, match="'vit_capacity' space, not a convolutional"):
         load_space("vit_capacity")
@@ -142,7 +144,7 @@ def test_builtin_space_loads_and_is_listed_with_its_kind():
     (("predictor_hidden: 16\nmoe", "predictor_hiden: 16\nmoe"), r"key 'pruning.predictor_hiden'"),
     (("heads: 2", "heads: 3"), r"dim 32 is not divisible by heads 3"),
     (("before_blocks: [1, 2]", "before_blocks: [1, 7]"), r"pruning.before_blocks: block 7 is outside 0..2"),
-    (("lr: 0.01", "lr: -1"), r"recipe: key 'lr'"),
+    (("lr: 0.005", "lr: -1"), r"recipe: key 'lr'"),
 ])
 def test_space_errors_name_the_file_and_key(tmp_path, edit, message):
     path = tmp_path / "bad.yaml"

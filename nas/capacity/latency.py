@@ -35,8 +35,9 @@ UNIT_OPS = ("vit_embed", "token_select", "vit_attn", "vit_mlp", "moe_route", "mo
 # ---- keys ----------------------------------------------------------------------------------------------------
 def embed_key(space: CapacitySpace) -> OpKey:
     s = space.spec
+    stem = {"stem": s.stem_channels} if s.stem_channels else {}  # absent when 0: stem-less keys stay as they were
     return OpKey("vit_embed", space.in_channels, s.dim, resolution=s.resolution, tokens=space.tokens,
-                 extra=format_extra(patch=s.patch_size))
+                 extra=format_extra(patch=s.patch_size, **stem))
 
 
 def select_key(space: CapacitySpace, tokens_in: int, tokens_out: int) -> OpKey:
@@ -127,7 +128,8 @@ def unit_item(space: CapacitySpace, key: OpKey) -> ProfileItem:
     s, d, t = space.spec, space.spec.dim, key.tokens
     extra = dict(part.split("=") for part in key.extra.split(";") if part)
     if key.op == "vit_embed":
-        return ProfileItem(key, lambda: PatchEmbed(space.in_channels, d, s.patch_size, space.patches),
+        return ProfileItem(key, lambda: PatchEmbed(space.in_channels, d, s.patch_size, space.patches,
+                                                      s.stem_channels),
                            ((1, *space.input_shape),))
     if key.op == "token_select":
         keep = int(extra["keep"])

@@ -90,6 +90,7 @@ class CapacitySpaceSpec(_Strict):
     in_channels: int = Field(3, gt=0)
     classes: int = Field(1000, gt=1)
     patch_size: int = Field(4, gt=0)
+    stem_channels: int = Field(0, ge=0)  # a 3x3 conv stem before the patch projection (0: none)
     dim: int = Field(64, gt=0)
     depth: int = Field(6, gt=0)
     heads: int = Field(4, gt=0)
@@ -178,6 +179,8 @@ class CapacitySpace:
                  "predictor_hidden": s.pruning.predictor_hidden, "moe_blocks": self.moe_blocks,
                  "experts": s.moe.experts, "expert_hidden": s.moe.expert_hidden,
                  "moe_predictor_hidden": s.moe.predictor_hidden, **self.space_args()}
+        if s.stem_channels:  # only when set, so that checkpoints of stem-less spaces keep their fingerprint
+            shape["stem_channels"] = s.stem_channels
         return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
 
     # ---- token arithmetic -------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ class DynamicViT(nn.Module):
         s = space.spec
         self.space = space
         self.input_shape = space.input_shape
-        self.embed = PatchEmbed(space.in_channels, s.dim, s.patch_size, space.patches)
+        self.embed = PatchEmbed(space.in_channels, s.dim, s.patch_size, space.patches, s.stem_channels)
         self.attn = nn.ModuleList(AttentionBlock(s.dim, s.heads) for _ in range(s.depth))
         self.mlp = nn.ModuleList(
             MoEBlock(s.dim, s.moe.experts, s.moe.expert_hidden, s.moe.predictor_hidden)
