@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nas.files import atomic_path
+from nas.files import save_figure
 
 
 def _pyplot():
@@ -33,10 +33,7 @@ def plot_search(rows: list[dict], target_ms: float, winner: dict | None, folder:
         ax.set_title(f"accuracy vs {title} latency")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(folder / "pareto.png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    written.append(folder / "pareto.png")
+    written.append(save_figure(fig, folder / "pareto.png"))
     if measured:
         fig, ax = plt.subplots(figsize=(4.8, 4.4))
         p = [r["predicted_ms"] for r in rows]
@@ -49,10 +46,7 @@ def plot_search(rows: list[dict], target_ms: float, winner: dict | None, folder:
         ax.set_ylabel("measured ms")
         ax.legend(fontsize=8)
         fig.tight_layout()
-        with atomic_path(folder / "predicted_vs_measured.png") as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
-        plt.close(fig)
-        written.append(folder / "predicted_vs_measured.png")
+        written.append(save_figure(fig, folder / "predicted_vs_measured.png"))
     return written
 
 
@@ -77,7 +71,4 @@ def plot_curves(curves: dict[str, list[tuple[float, float]]], path: str | Path, 
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from nas.dnas.distribution import ArchDistribution
-from nas.files import atomic_path
+from nas.files import save_figure
 
 
 def _pyplot():
@@ -48,8 +48,7 @@ def plot_search(history: list[dict], dist: ArchDistribution, folder: str | Path,
     ax.set(xlabel="epoch", title="alpha, temperature, entropy")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    paths = [_save(fig, folder / "search_trajectory.png")]
-    plt.close(fig)
+    paths = [save_figure(fig, folder / "search_trajectory.png", dpi=90)]
 
     probs = dist.probs()
     ops = sorted({op for options in dist.op_options for op in options})
@@ -75,12 +74,6 @@ def plot_search(history: list[dict], dist: ArchDistribution, folder: str | Path,
         y += 0.5
     ax.set(xlim=(0, 1.3), yticks=[], xlabel="probability", title="channel / resolution probabilities")
     fig.tight_layout()
-    paths.append(_save(fig, folder / "arch_probabilities.png"))
-    plt.close(fig)
+    paths.append(save_figure(fig, folder / "arch_probabilities.png", dpi=90))
     return paths
 
-
-def _save(fig, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    return path

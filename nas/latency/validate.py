@@ -119,7 +119,7 @@ def plot_validation(frame: pd.DataFrame, summary: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from nas.files import atomic_path
+    from nas.files import save_figure
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
     meas = frame["measured_ms"]
@@ -137,7 +137,4 @@ def plot_validation(frame: pd.DataFrame, summary: dict, path: Path) -> Path:
     axes[1].scatter(frame["macs"] / 1e6, meas, s=14, c="tab:green")
     axes[1].set(xlabel="MMACs", ylabel="measured ms", title=f"FLOPs tau {summary['flops_kendall_tau']:.3f}")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from nas.files import atomic_path
+from nas.files import save_figure
 from nas.predict.history import History
 from nas.predict.problem import Constraint
 
@@ -86,11 +86,7 @@ def plot_pareto(path: str | Path, history: History, constraints: list[Constraint
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def plot_predictions(path: str | Path, history: History, title: str = "") -> Path | None:
@@ -115,8 +111,4 @@ def plot_predictions(path: str | Path, history: History, title: str = "") -> Pat
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)

@@ -38,9 +38,9 @@ class Cost(ABC):
         """The exact cost of one assignment."""
         return float(self.expected([one_hot(self.options, o) for o in assignment]))
 
+    @abstractmethod
     def lower_bound(self) -> float:
         """No assignment costs less than this."""
-        raise NotImplementedError
 
     def describe(self, value: float) -> str:
         return f"{value:.4g} {self.unit}"

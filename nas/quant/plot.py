@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nas.files import atomic_path
+from nas.files import save_figure
 from nas.quant.graph import QuantGraph
 from nas.quant.mixed import BitOption
 
@@ -36,7 +36,4 @@ def plot_bits(graph: QuantGraph, assignment: list[BitOption], path: str | Path, 
     ax.set_title(title or "per-layer bits", fontsize=9)
     ax.legend(fontsize=7, loc="upper right", ncol=3)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
