@@ -127,6 +127,31 @@ def test_optuna_study_resumes_and_recovers_trials_of_a_dead_process(tmp_path):
     assert len(evaluated_trials(open_study(cfg, problem))) == 10
 
 
+def test_optuna_on_a_table_never_spends_a_proposal_on_a_known_row(tmp_path):
+    """A sampler re-proposing an evaluated row is moved to the nearest unevaluated one, so that proposals are
+    evaluations (or infeasible); a budget beyond the table stops when every row is evaluated."""
+    frame = pd.read_csv(BENCH_TABLE).head(30)
+    small = tmp_path / "small.csv"
+    frame.to_csv(small, index=False)
+    table = TableSpace(small, "val_accuracy", ["latency_ms"])
+    problem = TableProblem(table, CountingEvaluator(TableEvaluator(table)))
+    cfg = OptunaConfig(budget=table.rows + 10, storage=f"sqlite:///{tmp_path / 's.db'}", sampler="tpe")
+    stats = run_optuna(problem, None, [], cfg)
+    keys = [t.user_attrs["key"] for t in evaluated_trials(open_study(cfg, problem))]
+    assert len(keys) == len(set(keys)) == table.rows == problem.evaluator.calls
+    assert stats["workers"][0]["proposals"] == table.rows + 1  # the last one finds no row left
+    assert not any("cached_from" in t.user_attrs for t in open_study(cfg, problem).get_trials(deepcopy=False))
+    # with a bound, only the rows that meet it are proposed, each once
+    bound = parse_constraint(f"{np.median(table.values['latency_ms']):.4f}", problem.devices)
+    meets = int(bound.feasible(table.latency_ms(np.arange(table.rows)), problem.devices).sum())
+    cfg = OptunaConfig(budget=table.rows, storage=f"sqlite:///{tmp_path / 'b.db'}", sampler="nsga2")
+    stats = run_optuna(problem, None, [bound], cfg)
+    trials = evaluated_trials(open_study(cfg, problem))
+    assert len({t.user_attrs["key"] for t in trials}) == len(trials) == meets
+    assert all(t.user_attrs["violation_ms"] == 0 for t in trials)
+    assert stats["workers"][0] == {"worker": 0, "proposals": meets + 1, "infeasible": 0, "gave_up": False}
+
+
 def _one_line_error(r, *fragments):
     assert r.returncode == 2, (r.stdout, r.stderr)
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]

@@ -3,7 +3,9 @@
 Objectives: the search objective (e.g. validation accuracy) and the free predicted latency on each device.
 Constraint: the latency bound (the loosest of the given constraints; the tighter ones are read off the front)
 through the samplers' ``constraints_func``. A proposal that breaks it is told to the study as infeasible
-without the expensive evaluation, so it costs no budget; the budget counts evaluations only.
+without the expensive evaluation, so it costs no budget; the budget counts evaluations only. On a table, where
+every row's latency is known, a proposal is repaired to the nearest row that meets the bound and has not been
+evaluated, so that every proposal is a new evaluation (samplers re-propose known points often).
 
 Studies live in Optuna storage: SQLite in the run directory by default, or any Optuna RDB URL. Every finished
 evaluation is a COMPLETE trial in storage, so a killed search loses nothing: rerunning it first fails the trials
@@ -120,10 +122,14 @@ def _budget_lock(path: str):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def claimed(study: optuna.Study) -> int:
+def claiming_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """Evaluations finished or under way (trials that claimed a unit of the budget)."""
-    return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.COMPLETE))
-               if t.user_attrs.get("claimed"))
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.COMPLETE))
+            if t.user_attrs.get("claimed")]
+
+
+def claimed(study: optuna.Study) -> int:
+    return len(claiming_trials(study))
 
 
 def evaluated_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -169,11 +175,17 @@ def run_worker(problem: SearchProblem, constraints: list[Constraint], config: Op
     space = problem.space
     proposals, infeasible, gave_up = 0, 0, False
     worst = 0.0 if problem.maximize else 1e9  # told for infeasible proposals (their values are not ranked)
+    over_bound: set[int] = set()
+    if problem.finite and constraints:  # a table's latencies are known: its rows over the bound are never proposed
+        lat_all = problem.latency_ms(space.genomes)
+        over = np.min([c.violation(lat_all, problem.devices) for c in constraints], axis=0) > 0
+        over_bound = set(np.flatnonzero(over).tolist())
     while True:
         if parent_pid is not None and os.getppid() != parent_pid:
             break  # the search that spawned this worker was killed: stop with it (a rerun resumes the study)
         with _budget_lock(config.lock_path):
-            if claimed(study) >= config.budget:
+            claims = claiming_trials(study)
+            if len(claims) >= config.budget:
                 break
         if proposals >= config.budget * config.max_proposals_factor:
             gave_up = True  # the sampler keeps proposing infeasible or evaluated candidates
@@ -182,8 +194,14 @@ def run_worker(problem: SearchProblem, constraints: list[Constraint], config: Op
         proposals += 1
         values = {d.name: suggest(trial, d) for d in space.decisions}
         genome = space.genome(values)
-        if problem.finite:  # a table: the nearest existing row
-            genome = problem.all_candidates()[problem.space.row_of(genome[None, :])[0]]
+        if problem.finite:  # a table: the nearest row that meets the bound and is not evaluated yet (a repair:
+            # every proposal becomes a new evaluation instead of a repeat or an infeasible row)
+            taken = space.rows_of_keys(t.user_attrs.get("key") for t in claims) | over_bound
+            row = space.untaken_row(genome, taken)
+            if row is None:
+                study.tell(trial, state=TrialState.FAIL)
+                break  # every row of the table that meets the bound is evaluated or under way
+            genome = space.genomes[row]
         lat = problem.latency_ms(genome[None, :])
         violation = float(min(c.violation(lat, problem.devices)[0] for c in constraints)) if constraints else 0.0
         violation_ms = max(violation, 0.0) if np.isfinite(violation) else 0.0
@@ -191,23 +209,27 @@ def run_worker(problem: SearchProblem, constraints: list[Constraint], config: Op
         if _TRIAL_CONSTRAINTS:
             trial.set_constraint("latency_violation_ms", violation_ms)
         trial.set_user_attr("latency_ms", [float(v) for v in lat[0]])
-        trial.set_user_attr("key", space.keys(genome[None, :])[0])
+        key = space.keys(genome[None, :])[0]
+        trial.set_user_attr("key", key)
         if violation > 0:
             infeasible += 1
             trial.set_user_attr("claimed", False)
             study.tell(trial, [worst] + [float(v) for v in lat[0]])
             continue
-        key = space.keys(genome[None, :])[0]
-        done = next((t for t in evaluated_trials(study) if t.user_attrs.get("key") == key), None)
-        if done is not None:  # evaluated before (a table row proposed again): its values, no budget spent
+        done = next((t for t in claims if t.state == TrialState.COMPLETE and t.user_attrs.get("key") == key), None)
+        if done is not None:  # an architecture evaluated before, proposed again: its values, no budget spent
             trial.set_user_attr("claimed", False)
             trial.set_user_attr("cached_from", done.number)
             study.tell(trial, list(done.values))
             continue
         with _budget_lock(config.lock_path):
-            if claimed(study) >= config.budget:
+            running = claiming_trials(study)
+            if len(running) >= config.budget:
                 study.tell(trial, state=TrialState.FAIL)
                 break
+            if any(t.user_attrs.get("key") == key for t in running):
+                study.tell(trial, state=TrialState.FAIL)  # another worker took this row a moment ago
+                continue
             trial.set_user_attr("claimed", True)
             trial.set_user_attr("pid", os.getpid())
             trial.set_user_attr("host", socket.gethostname())

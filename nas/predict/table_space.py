@@ -136,15 +136,28 @@ class TableSpace(DecisionSpace):
             out[miss] = self.nearest(genomes[miss])
         return out
 
-    def nearest(self, genomes: np.ndarray, chunk: int = 2048) -> np.ndarray:
+    def nearest(self, genomes: np.ndarray, chunk: int = 2048, exclude=()) -> np.ndarray:
+        """The nearest row of each genome in feature space, never one of the rows in ``exclude``."""
         table = self.encode(self.genomes).astype(np.float64)
         t2 = (table ** 2).sum(1)
+        t2[list(exclude)] = np.inf
         out = []
         for i in range(0, len(genomes), chunk):
             x = self.encode(genomes[i:i + chunk]).astype(np.float64)
             d = t2[None, :] - 2 * x @ table.T
             out.append(d.argmin(1))
         return np.concatenate(out) if out else np.zeros(0, dtype=int)
+
+    def untaken_row(self, genome: np.ndarray, taken: set[int]) -> int | None:
+        """The row ``genome`` names, or when that row is in ``taken`` the nearest one that is not; None when
+        every row is taken."""
+        if len(taken) >= self.rows:
+            return None
+        row = int(self.row_of(genome[None, :])[0])
+        return row if row not in taken else int(self.nearest(genome[None, :], exclude=taken)[0])
+
+    def rows_of_keys(self, keys) -> set[int]:
+        return {self._index[k] for k in keys if k in self._index}
 
 
 def _decision(name: str, series: pd.Series) -> tuple[Decision | None, np.ndarray]:

@@ -1,0 +1,57 @@
+"""Write a class-balanced subset of Fashion-MNIST as an npz for ``--dataset npz:...`` (arrays ``x``, ``y``).
+
+Fashion-MNIST (Zalando, 28 x 28 grayscale, 10 classes) is harder than digits: a two-block transformer does not
+saturate it, so depth and token pruning can show what they buy. Nothing is downloaded: point ``--idx-dir`` at the
+four ``*-idx*-ubyte.gz`` files (github.com/zalandoresearch/fashion-mnist, or Debian's ``dataset-fashion-mnist``
+package, which installs them in /usr/share/datasets/fashion-mnist).
+
+    .venv/bin/python benchmarks/make_fashion_mnist.py --idx-dir DIR [--per-class 500] [--out results/fashion_mnist.npz]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX array (the MNIST file format): magic 0x0000 + type 0x08 (ubyte) + ndim, then big-endian dims."""
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    if data[:2] != b"\x00\x00" or data[2] != 0x08:
+        raise SystemExit(f"{path}: not an unsigned-byte IDX file")
+    ndim = data[3]
+    dims = np.frombuffer(data, ">u4", ndim, 4).astype(int)
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--idx-dir", required=True, type=Path)
+    ap.add_argument("--per-class", type=int, default=500, help="images per class (from the 60,000 training images)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=Path("results/fashion_mnist.npz"))
+    args = ap.parse_args(argv)
+    images, labels = (args.idx_dir / "train-images-idx3-ubyte.gz", args.idx_dir / "train-labels-idx1-ubyte.gz")
+    for p in (images, labels):
+        if not p.is_file():
+            raise SystemExit(f"not found: {p}")
+    x, y = read_idx(images), read_idx(labels)
+    rng = np.random.default_rng(args.seed)
+    pick = np.concatenate([rng.choice(np.flatnonzero(y == c), args.per_class, replace=False)
+                           for c in range(int(y.max()) + 1)])
+    pick = rng.permutation(pick)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, x=x[pick], y=y[pick].astype(np.int64))
+    tmp.replace(args.out)
+    print(f"{args.out}: {len(pick)} images {x.shape[1]}x{x.shape[2]}, {int(y.max()) + 1} classes")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
