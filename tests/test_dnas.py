@@ -144,15 +144,17 @@ def test_attainable_range_and_band_decoding_match_brute_force(tiny_v2):
     lo, hi = attainable_range_ms(terms)
     assert lo == pytest.approx(lat.min(), rel=1e-9) and hi == pytest.approx(lat.max(), rel=1e-9)
     logp = np.array([arch_log_prob(dist, a) for a in archs])
-    for target in np.quantile(lat, [0.1, 0.5, 0.9]):
+    # targets are latencies of real archs (the table is measured live, so an interpolated quantile can fall in a
+    # gap between archs); the decoder bins latencies, so it is exact up to its rounding margin at the band's edges
+    margin = 3 * (len(terms.terms) + 1) * lat.max() * 1.05 / 4000 / 2
+    for target in np.quantile(lat, [0.1, 0.5, 0.9], method="nearest"):
         band = (0.95 * target, 1.05 * target)
         found = most_probable_in_band(terms, *band)
         assert found is not None
         ms = terms.arch_ms(*found)
         assert band[0] <= ms <= band[1]
-        inside = (lat >= band[0]) & (lat <= band[1])
-        best = logp[inside].max()
-        assert arch_log_prob(dist, dist.arch_from_indices(*found)) == pytest.approx(best, abs=1e-6)
+        clear = (lat >= band[0] + margin) & (lat <= band[1] - margin)
+        assert arch_log_prob(dist, dist.arch_from_indices(*found)) >= logp[clear].max() - 1e-6
 
 
 # ---- loss and target -------------------------------------------------------------------------------------------
