@@ -18,7 +18,8 @@ interleaved rounds and the median is reported.
 
 On plain digits a two-block dense transformer is already at ~99% test accuracy, so the dense curve is flat and
 no config of a deeper model can lie above it; benchmarks/make_cluttered_digits.py writes a harder dataset from the
-same real digits (one digit on a 24 px canvas with clutter), where most tokens are background.
+same real digits (one digit on a 24 px canvas with clutter), where most tokens are background;
+benchmarks/make_fashion_mnist.py writes a Fashion-MNIST subset from local IDX files (nothing is downloaded).
 """
 
 from __future__ import annotations
