@@ -178,8 +178,8 @@ def run_worker(problem: SearchProblem, constraints: list[Constraint], config: Op
     over_bound: set[int] = set()
     if problem.finite and constraints:  # a table's latencies are known: its rows over the bound are never proposed
         lat_all = problem.latency_ms(space.genomes)
-        over = np.min([c.violation(lat_all, problem.devices) for c in constraints], axis=0) > 0
-        over_bound = set(np.flatnonzero(over).tolist())
+        meets = np.any([c.feasible(lat_all, problem.devices) for c in constraints], axis=0)  # the loosest
+        over_bound = set(np.flatnonzero(~meets).tolist())
     while True:
         if parent_pid is not None and os.getppid() != parent_pid:
             break  # the search that spawned this worker was killed: stop with it (a rerun resumes the study)
