@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 import torch
@@ -25,6 +25,9 @@ from nas.latency.profile import key_is_identity
 from nas.latency.table import LatencyTable
 from nas.latency.timing import CallOverhead
 from nas.space import Arch, Space
+
+if TYPE_CHECKING:
+    from nas.latency.device import Device
 
 
 @dataclass
@@ -91,6 +94,13 @@ class LatencyModel:
     @property
     def device_id(self) -> str:
         return self.table.device_id
+
+    @property
+    def device(self) -> "Device":
+        """The measurement set-up of this table: every ``measured_ms`` compared with its predictions uses it."""
+        from nas.latency.device import Device
+
+        return Device.from_manifest(self.table.manifest)
 
     @property
     def base_ms(self) -> float:

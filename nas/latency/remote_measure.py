@@ -97,23 +97,30 @@ def _cpu_model():
     return platform.processor() or platform.machine()
 
 
-def _session(ort, data, provider, threads, optimization):
+OPTIMIZATION = {"none": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+                "all": "ORT_ENABLE_ALL"}
+
+
+def open_session(ort, data, provider, threads, optimization):
+    """An inference session pinned to ``threads`` intra-op threads (hwnas's ``Device.session`` calls this too)."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = {
-        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[optimization]
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPTIMIZATION[optimization])
     opts.log_severity_level = 3
-    sess = ort.InferenceSession(data, sess_options=opts, providers=[provider])
-    rng = np.random.default_rng(0)
+    return ort.InferenceSession(data, sess_options=opts, providers=[provider])
+
+
+def random_feeds(sess, seed=0):
+    """Random batch-1 inputs for every input of ``sess`` (dynamic axes as 1)."""
+    rng = np.random.default_rng(seed)
     feeds = {}
     for inp in sess.get_inputs():
         shape = [d if isinstance(d, int) else 1 for d in inp.shape]
-        feeds[inp.name] = rng.standard_normal(shape).astype(np.float32)
-    return sess, feeds
+        dtype = np.int64 if "int64" in inp.type else np.float32
+        feeds[inp.name] = rng.standard_normal(shape).astype(dtype)
+    return feeds
 
 
 def _write_json(path, obj):
@@ -171,9 +178,10 @@ def main(argv=None):
         todo = [it for it in items if it["id"] not in results[name]]
         for start in range(0, len(todo), args.chunk):
             chunk = todo[start:start + args.chunk]
-            sessions = [_session(ort, bundle.read(it["file"]), args.provider, args.threads, args.optimization)
+            sessions = [open_session(ort, bundle.read(it["file"]), args.provider, args.threads, args.optimization)
                         for it in chunk]
-            stats = time_interleaved([lambda s=s, f=f: s.run(None, f) for s, f in sessions], timing)
+            feeds = [random_feeds(s) for s in sessions]
+            stats = time_interleaved([lambda s=s, f=f: s.run(None, f) for s, f in zip(sessions, feeds)], timing)
             for it, st in zip(chunk, stats):
                 results[name][it["id"]] = st
             done += len(chunk)
