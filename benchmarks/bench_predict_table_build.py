@@ -10,7 +10,7 @@ How it is built (all real, nothing synthetic):
    split (``test_accuracy``).
 3. Each distinct architecture is exported to ONNX and its batch-1 latency measured with ONNX Runtime
    (CPUExecutionProvider, 1 thread, per-thread CPU clock, interleaved rounds of 32 models,
-   ``nas.latency.timing.time_sessions``; the lowest round median): ``latency_ms``.
+   the device table's ``nas.latency.device.Device``; the lowest round median): ``latency_ms``.
 4. The space is profiled block by block into a device table (``nas.latency.profile``) and every arch predicted by
    the ``LatencyModel``: ``predicted_latency_ms``. MACs and params come from ``count_macs``/``count_params``;
    ``train_steps`` (epochs x batches per epoch) is the recipe's free proxy.
@@ -84,7 +84,7 @@ def latency_pass(joint, frame: pd.DataFrame, device: str, tables_dir: Path, chun
     from nas.builder import build_model
     from nas.latency.model import LatencyModel
     from nas.latency.profile import profile_items, space_profile_items
-    from nas.latency.timing import TimedSession, TimingConfig, time_sessions
+    from nas.latency.timing import TimingConfig
     from nas.onnx_io import export_onnx
 
     # per-thread CPU clock, one thread, interleaved rounds: robust to the other processes of a shared machine
@@ -103,12 +103,11 @@ def latency_pass(joint, frame: pd.DataFrame, device: str, tables_dir: Path, chun
     with tempfile.TemporaryDirectory() as tmp:
         for start in range(0, len(keys), chunk):
             part = keys[start:start + chunk]
-            sessions = []
+            paths = []
             for i, key in enumerate(part):
                 model = build_model(space, archs[key]).eval()
-                path = export_onnx(model, model.input_shape, Path(tmp) / f"m{start + i}.onnx")
-                sessions.append(TimedSession.open(path, threads=1))
-            for key, stats in zip(part, time_sessions(sessions, timing)):
+                paths.append(export_onnx(model, model.input_shape, Path(tmp) / f"m{start + i}.onnx"))
+            for key, stats in zip(part, lm.device.time_files(paths, timing)):
                 measured[key] = stats.p50_ms
                 predicted[key] = lm.predict(space, archs[key])
             print(f"archs {start + len(part)}/{len(keys)} timed; last: measured {measured[part[-1]]:.4f} ms, "

@@ -40,7 +40,8 @@ def profile(space: str = SPACE_OPT, device: str = DEVICE_OPT,
     """Measure every block of a space on this machine into a device table (resumable; safe to run twice)."""
     from nas.errors import LatencyTableError
     from nas.latency.calibrate import calibrate
-    from nas.latency.profile import check_provider, profile_items, space_profile_items
+    from nas.latency.device import check_provider
+    from nas.latency.profile import profile_items, space_profile_items
     from nas.latency.table import DeviceManifest, read_manifest
     from nas.latency.timing import TimingConfig, check_clock
 
@@ -173,7 +174,7 @@ def validate(space: str = SPACE_OPT, device: str = DEVICE_OPT,
     """Measure random whole models end to end and compare them with the device's predictions."""
     from nas.errors import LatencyTableError
     from nas.latency.model import LatencyModel
-    from nas.latency.profile import check_provider
+    from nas.latency.device import check_provider
     from nas.latency.validate import validate as run_validation
     from nas.run import RunDir, default_run_path
 

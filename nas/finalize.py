@@ -8,7 +8,8 @@ import pandas as pd
 
 from nas.builder import build_model, count_macs, count_params
 from nas.data import Dataset
-from nas.onnx_io import export_onnx, measure_onnx_latency, onnx_max_abs_diff, run_onnx
+from nas.latency.device import Device
+from nas.onnx_io import export_onnx, onnx_max_abs_diff, run_onnx
 from nas.recipe import Recipe
 from nas.run import RunDir
 from nas.space import Arch, Space, arch_document
@@ -16,12 +17,13 @@ from nas.training import EpochCallback, accuracy, fit_input, train_model
 
 
 def train_export_measure(space: Space, arch: Arch, data: Dataset, recipe: Recipe, run: RunDir, *,
-                         on_epoch: EpochCallback | None = None, provider: str = "CPUExecutionProvider",
-                         threads: int = 1, predict_ms: Callable[[Arch], float] | None = None,
+                         on_epoch: EpochCallback | None = None, device: Device | None = None,
+                         predict_ms: Callable[[Arch], float] | None = None,
                          prefix: str = "") -> dict:
     """Train ``arch`` (resumable through ``run``), export ``model.onnx`` and return the report figures.
 
-    ``prefix`` names the files (``{prefix}model.onnx`` ...) so that a run can hold several models.
+    ``device`` times the model (one thread of this machine's CPU by default). ``prefix`` names the files
+    (``{prefix}model.onnx`` ...) so that a run can hold several models.
     """
     run.write_json(f"{prefix}arch.json", arch_document(space, arch))
     model = build_model(space, arch, dropout=recipe.dropout)
@@ -31,7 +33,8 @@ def train_export_measure(space: Space, arch: Arch, data: Dataset, recipe: Recipe
     onnx_path = export_onnx(model, model.input_shape, run.file(f"{prefix}model.onnx"))
     x_test = fit_input(data.x_test, model)
     onnx_pred = run_onnx(onnx_path, x_test).argmax(1)
-    stats = measure_onnx_latency(onnx_path, provider, threads)
+    device = device or Device()
+    stats = device.time_file(onnx_path)
     report = {
         "arch": arch.to_dict(),
         "accuracy": accuracy(model, data.x_test, data.y_test),
@@ -42,8 +45,9 @@ def train_export_measure(space: Space, arch: Arch, data: Dataset, recipe: Recipe
         "measured_p90_ms": stats.p90_ms,
         "macs": count_macs(model, model.input_shape),
         "params": count_params(model),
-        "provider": provider,
-        "threads": threads,
+        "provider": device.provider,
+        "threads": device.threads,
+        "measured_clock": device.clock,
         "onnx": onnx_path.name,
     }
     if predict_ms is not None:

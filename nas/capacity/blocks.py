@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nas.dnas.gumbel import gumbel_perturb
+
 
 def masked_softmax(logits: torch.Tensor, keep: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """DynamicViT's attention masking: keys with ``keep`` 0 get no weight (each token still sees itself).
@@ -145,8 +147,7 @@ def gumbel_topk_keep(logits: torch.Tensor, keep: torch.Tensor, k: int, generator
     The forward value is the hard mask; gradients reach the logits through ``sigmoid(logits)``
     (straight-through), multiplied into the previous mask so that a dropped token stays dropped.
     """
-    u = torch.rand(logits.shape, generator=generator, device=logits.device).clamp(1e-6, 1 - 1e-6)
-    noisy = (logits.detach() - torch.log(-torch.log(u))).masked_fill(keep.detach() < 0.5, float("-inf"))
+    noisy = gumbel_perturb(logits.detach(), generator).masked_fill(keep.detach() < 0.5, float("-inf"))
     idx = noisy.topk(k, dim=1).indices
     hard = torch.zeros_like(logits).scatter(1, idx, 1.0)
     soft = torch.sigmoid(logits)

@@ -2,7 +2,7 @@
 
 Token pruning is in the graph as TopK + Gather (rows of a flattened index) and the experts' capacities as
 TopK + a Gather of rows + a one-hot combine MatMul, so later blocks really run on fewer tokens in ONNX Runtime.
-Timing uses the device table's own settings (provider, threads, graph optimisation, clock), so measured and
+Timing is the device table's ``Device`` (provider, threads, graph optimisation, clock), so measured and
 predicted latency compare.
 """
 
@@ -15,9 +15,10 @@ import torch
 
 from nas.capacity.config import StaticPlan
 from nas.capacity.vit import ConfiguredViT, DynamicViT
+from nas.latency.device import Device
 from nas.latency.table import DeviceManifest
-from nas.latency.timing import TimingConfig, time_onnx_file
-from nas.onnx_io import export_onnx, make_session, run_onnx
+from nas.latency.timing import TimingConfig
+from nas.onnx_io import export_onnx, run_onnx
 
 
 def export_plan(model: DynamicViT, plan: StaticPlan, path: str | Path) -> Path:
@@ -25,15 +26,13 @@ def export_plan(model: DynamicViT, plan: StaticPlan, path: str | Path) -> Path:
     return export_onnx(ConfiguredViT(model, plan).eval(), model.input_shape, path)
 
 
-def _settings(manifest: DeviceManifest | None) -> tuple[str, int, str, str]:
-    if manifest is None:
-        return "CPUExecutionProvider", 1, "all", "wall"
-    return manifest.provider, manifest.threads, manifest.graph_optimization, manifest.clock
+def _device(manifest: DeviceManifest | None) -> Device:
+    return Device() if manifest is None else Device.from_manifest(manifest)
 
 
 def measure_onnx_ms(path: str | Path, manifest: DeviceManifest | None = None, rounds: int = 1,
                     timing: TimingConfig | None = None) -> dict:
-    """Batch-1 latency of an ONNX file with the settings the device's table was measured with.
+    """Batch-1 latency of an ONNX file on the device whose table ``manifest`` describes (a local CPU without one).
 
     With ``rounds > 1`` the file is timed that many times (fresh sessions) and the median p50 is reported,
     which resists bursts of load from other processes on a shared machine.
@@ -43,23 +42,24 @@ def measure_onnx_ms(path: str | Path, manifest: DeviceManifest | None = None, ro
 
 def interleaved_ms(paths: dict[str, Path], manifest: DeviceManifest | None = None, rounds: int = 3,
                    timing: TimingConfig | None = None) -> dict[str, dict]:
-    """Time every file once per round, ``rounds`` rounds, alternating the order; per file the median p50."""
-    provider, threads, optimization, clock = _settings(manifest)
-    timing = timing or TimingConfig(clock=clock, max_seconds=1.5 if rounds == 1 else 0.6)
-    samples: dict[str, list] = {name: [] for name in paths}
+    """Time all files together on the device (``Device.time_files``), ``rounds`` times with fresh sessions in
+    alternating order; per file the median p50."""
+    device = _device(manifest)
     names = list(paths)
+    samples: dict[str, list] = {name: [] for name in names}
     for r in range(max(1, rounds)):
-        for name in (names if r % 2 == 0 else names[::-1]):
-            stats, _ = time_onnx_file(paths[name], provider, threads, optimization, timing)
+        order = names if r % 2 == 0 else names[::-1]
+        for name, stats in zip(order, device.time_files([paths[n] for n in order], timing)):
             samples[name].append(stats)
     result = {}
     for name, runs in samples.items():
         p50 = [s.p50_ms for s in runs]
-        result[name] = {"measured_ms": float(np.median(p50)), "measured_p90_ms": float(np.median([s.p90_ms for s in runs])),
+        result[name] = {"measured_ms": float(np.median(p50)),
+                        "measured_p90_ms": float(np.median([s.p90_ms for s in runs])),
                         "measured_min_ms": float(np.min(p50)), "measured_max_ms": float(np.max(p50)),
                         "measured_count": int(sum(s.count for s in runs)), "measured_rounds": len(runs),
-                        "measured_stable": all(s.stable for s in runs), "clock": timing.clock, "provider": provider,
-                        "threads": threads}
+                        "measured_stable": all(s.stable for s in runs), "clock": device.clock,
+                        "provider": device.provider, "threads": device.threads}
     return result
 
 
@@ -69,8 +69,7 @@ def onnx_parity(model: DynamicViT, plan: StaticPlan, path: str | Path, x: torch.
     configured = ConfiguredViT(model, plan).eval()
     with torch.no_grad():
         ref = torch.cat([configured(x[i:i + 256]) for i in range(0, len(x), 256)]).numpy()
-    sess = make_session(path, threads=1)
-    out = run_onnx(sess, x)
+    out = run_onnx(Device().session(path), x)  # one thread: parity, not speed
     result = {"onnx_max_abs_diff": float(np.abs(out - ref).max()),
               "onnx_top1_agreement": float((out.argmax(1) == ref.argmax(1)).mean())}
     if y is not None:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nas.dnas.gumbel import DecisionSample, gumbel_noise, one_hot_decision, sample_decision
+from nas.dnas.gumbel import DecisionSample, gumbel_perturb, one_hot_decision, sample_decision
 from nas.space import Arch, Space
 
 
@@ -76,7 +76,7 @@ class ArchDistribution(nn.Module):
             return ArchSample([sample_decision(t, tau, op_paths) for t in ops],
                               [sample_decision(t, tau, channel_paths) for t in channels],
                               sample_decision(res, tau, resolution_paths))
-        perturbed = self.logits + self.padding + gumbel_noise(self.logits.shape)
+        perturbed = gumbel_perturb(self.logits + self.padding)
         soft = torch.softmax(perturbed / tau, -1)
         index = perturbed.detach().argmax(-1)
         run_one = torch.tensor([p == 1 or k == 1 for p, k in zip(paths, self.sizes)])

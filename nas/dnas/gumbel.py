@@ -1,5 +1,10 @@
 """Gumbel-softmax relaxations of categorical choices, and FBNet's temperature schedule.
 
+``gumbel_perturb`` is the one place Gumbel noise is drawn (DNAS and DMasking decisions, the mixed-precision bit
+mixture, the capacity search's token top-k); the argmax (top-k) of perturbed logits is a sample (without
+replacement) from ``softmax(logits)``. It draws from ``torch.rand`` (the global generator unless one is given),
+so seeded runs repeat exactly.
+
 - soft: ``softmax((logits + g) / tau)``; every candidate gets a weight (all paths run).
 - hard (straight-through): the value is one-hot at ``argmax(logits + g)``, the gradient is the soft one's, so only the
   sampled candidate has to run (as in GDAS); the gradient still reaches every logit through the softmax.
@@ -21,30 +26,31 @@ class DecisionSample:
     active: list[int] | None = None
 
 
-def gumbel_noise(shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
-    u = torch.rand(shape).clamp_(1e-10, 1.0 - 1e-7)
-    return -torch.log(-torch.log(u))
+def gumbel_perturb(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``logits`` plus standard Gumbel noise, ``-log(-log(u))`` with ``u ~ U(0, 1)`` (on the logits' device)."""
+    u = torch.rand(logits.shape, generator=generator, device=logits.device).clamp_(1e-10, 1.0 - 1e-7)
+    return logits - torch.log(-torch.log(u))
 
 
-def soft_weights(logits: torch.Tensor, tau: float, noise: bool = True) -> torch.Tensor:
-    g = gumbel_noise(logits.shape) if noise else torch.zeros_like(logits)
-    return torch.softmax((logits + g) / tau, dim=-1)
+def soft_weights(logits: torch.Tensor, tau: float) -> torch.Tensor:
+    """The soft Gumbel-softmax sample ``softmax((logits + g) / tau)`` over the last dimension."""
+    return torch.softmax(gumbel_perturb(logits) / tau, dim=-1)
 
 
 def sample_decision(logits: torch.Tensor, tau: float, paths: int | None) -> DecisionSample:
     """Gumbel-softmax sample of one decision. ``paths=None``: soft, all run; ``1``: hard straight-through; ``k``: top-k."""
     if logits.numel() == 1:
         return DecisionSample(torch.ones_like(logits), [0])
-    g = gumbel_noise(logits.shape)
-    soft = torch.softmax((logits + g) / tau, dim=-1)
+    perturbed = gumbel_perturb(logits)
+    soft = torch.softmax(perturbed / tau, dim=-1)
     if paths is None:
         return DecisionSample(soft, None)
     if paths == 1:
-        index = int(torch.argmax(logits.detach() + g))
+        index = int(torch.argmax(perturbed.detach()))
         hard = torch.zeros_like(soft)
         hard[index] = 1.0
         return DecisionSample(hard - soft.detach() + soft, [index])
-    top = torch.topk(logits.detach() + g, min(paths, logits.numel())).indices
+    top = torch.topk(perturbed.detach(), min(paths, logits.numel())).indices
     keep = torch.zeros_like(soft)
     keep[top] = 1.0
     kept = soft * keep

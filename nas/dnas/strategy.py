@@ -84,22 +84,21 @@ def _profile(job: SearchJob, space: Space, on_progress: Progress | None) -> None
     """Measure the space's missing keys on this machine, then (re)fit the table's correction."""
     from nas.latency.calibrate import calibrate
     from nas.latency.profile import profile_items, space_profile_items
-    from nas.latency.table import read_manifest
+    from nas.latency.device import Device
     from nas.latency.timing import TimingConfig
 
-    provider, threads, optimization, clock = "CPUExecutionProvider", 1, "all", "cpu"
     try:
-        m = read_manifest(job.device, job.tables_dir)
-        provider, threads, optimization, clock = m.provider, m.threads, m.graph_optimization, m.clock
+        device = Device.load(job.device, job.tables_dir)
     except LatencyTableError:
-        pass  # a new device: one thread, CPU-time clock (robust while other processes share the cores)
+        device = Device(clock="cpu")  # a new device: one thread, CPU-time clock (robust on shared cores)
     items = space_profile_items(space)
     report = (lambda stage: (lambda d, t, note: on_progress(stage, d, t, note))) if on_progress else \
         (lambda stage: None)
-    profile_items(job.device, items, provider=provider, threads=threads, tables_dir=job.tables_dir,
-                  optimization=optimization, timing=TimingConfig(clock=clock), on_progress=report("profile"))
-    calibrate(job.device, space, provider=provider, threads=threads, tables_dir=job.tables_dir,
-              optimization=optimization, on_progress=report("calibrate"))
+    profile_items(job.device, items, provider=device.provider, threads=device.threads, tables_dir=job.tables_dir,
+                  optimization=device.optimization, timing=TimingConfig(clock=device.clock),
+                  on_progress=report("profile"))
+    calibrate(job.device, space, provider=device.provider, threads=device.threads, tables_dir=job.tables_dir,
+              optimization=device.optimization, on_progress=report("calibrate"))
 
 
 def prepare_search(job: SearchJob, on_progress: Progress | None = None) -> PreparedSearch:
@@ -200,16 +199,11 @@ def run_search(prep: PreparedSearch, run: RunDir, on_progress: Progress | None =
             on_progress("train", epoch, job.recipe.epochs, f"loss {row['train_loss']:.3f} val "
                                                            f"{row.get('val_accuracy', float('nan')):.3f}")
 
-    manifest = lm.table.manifest
-    report = train_export_measure(space, arch, prep.data, job.recipe, run, on_epoch=trained,
-                                  provider=manifest.provider, threads=manifest.threads,
+    report = train_export_measure(space, arch, prep.data, job.recipe, run, on_epoch=trained, device=lm.device,
                                   predict_ms=lambda a: lm.predict(space, a))
-    measured = measure_like_table(run.file("model.onnx"), lm)
     report.update({
         "method": job.method, "device": job.device, "target_ms": job.target_ms, "predicted_ms": predicted,
-        "measured_wall_ms": report["measured_ms"], "measured_ms": measured["p50_ms"],
-        "measured_clock": measured["clock"],
-        "prediction_error_pct": 100.0 * (measured["p50_ms"] - predicted) / predicted,
+        "prediction_error_pct": 100.0 * (report["measured_ms"] - predicted) / predicted,
         "within_target": None if job.target_ms is None else
         abs(predicted - job.target_ms) <= TARGET_TOLERANCE * job.target_ms,
         "attainable_ms": [prep.min_ms, prep.max_ms], **selection,
@@ -221,12 +215,3 @@ def run_search(prep: PreparedSearch, run: RunDir, on_progress: Progress | None =
     from nas.dnas.plots import plot_search
     plot_search(history, prep.dist, run.path, target_ms=job.target_ms, attainable=(prep.min_ms, prep.max_ms))
     return report
-
-
-def measure_like_table(onnx_path: Path, lm: LatencyModel) -> dict:
-    """Time the exported model as the device's table was timed (provider, threads, optimisation, clock)."""
-    from nas.latency.timing import TimingConfig, time_onnx_file
-
-    m = lm.table.manifest
-    stats, _ = time_onnx_file(onnx_path, m.provider, m.threads, m.graph_optimization, TimingConfig(clock=m.clock))
-    return {"p50_ms": stats.p50_ms, "p90_ms": stats.p90_ms, "clock": m.clock}

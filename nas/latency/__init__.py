@@ -16,7 +16,9 @@ Files in ``latency_tables/<device-id>/`` (base folder ``$HWNAS_LATENCY_TABLES`` 
 Modules:
 - ``opkey``: ``OpKey``, the identity of one measured thing (the table's primary key).
 - ``table``: ``LatencyTable`` (lock-safe appends, CRC-checked rows, truncation detection), ``DeviceManifest``.
-- ``timing``: ``TimingConfig`` (wall or per-thread CPU clock), interleaved timing, ``CallOverhead``.
+- ``device``: ``Device`` (provider, threads, optimisation, clock from a table's manifest): opens sessions and times
+  ONNX files; every ``measured_ms`` comes from it.
+- ``timing``: ``TimingConfig`` (wall or per-thread CPU clock), ``LatencyStats``, interleaved timing, ``CallOverhead``.
 - ``remote_measure``: the interleaved timing algorithm, and the standalone ``measure.py`` shipped in bundles.
 - ``profile``: ``ProfileItem``, ``profile_items`` (resumable, concurrent-safe, skips identity blocks),
   ``space_profile_items``, ``space_layer_keys``, ``block_item``.

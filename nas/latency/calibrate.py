@@ -13,7 +13,6 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -23,10 +22,11 @@ from nas.builder import build_model
 from nas.errors import LatencyTableError
 from nas.latency.correction import CalibrationPoint, Correction, fit_correction, key_family, net_block_ms
 from nas.latency.opkey import OpKey
-from nas.latency.profile import check_provider, key_is_identity, single_thread_torch
+from nas.latency.device import Device, check_provider
+from nas.latency.profile import key_is_identity, single_thread_torch
 from nas.latency.table import LatencyTable, _locked, _read_from
-from nas.latency.timing import CallOverhead, TimedSession, TimingConfig, time_sessions
-from nas.onnx_io import LatencyStats, export_onnx
+from nas.latency.timing import CallOverhead, LatencyStats, TimingConfig
+from nas.onnx_io import export_onnx
 from nas.space import Arch, Space
 
 CALIBRATION_FILE = "calibration.csv"
@@ -34,8 +34,7 @@ CALIBRATION_COLUMNS = ("model_id", "space", "space_args", "arch", "keys", "measu
                        "stable", "timestamp")
 
 
-def measure_archs(space: Space, archs: list[Arch], provider: str = "CPUExecutionProvider", threads: int = 1,
-                  optimization: str = "all", timing: TimingConfig | None = None,
+def measure_archs(space: Space, archs: list[Arch], device: Device, timing: TimingConfig | None = None,
                   on_export: Callable[[int], None] | None = None) -> list[LatencyStats]:
     """Export each arch's whole model to ONNX and time them end to end, interleaved (batch 1, random input)."""
     sessions = []
@@ -44,15 +43,14 @@ def measure_archs(space: Space, archs: list[Arch], provider: str = "CPUExecution
             model = build_model(space, arch)
             with single_thread_torch():
                 path = export_onnx(model, model.input_shape, Path(tmp) / f"model{i}.onnx")
-            sessions.append(TimedSession.open(path, provider, threads, optimization))
+            sessions.append(device.open(path))
             if on_export:
                 on_export(i + 1)
-    return time_sessions(sessions, timing)
+    return device.time_sessions(sessions, timing)
 
 
-def measure_arch(space: Space, arch: Arch, provider: str = "CPUExecutionProvider", threads: int = 1,
-                 optimization: str = "all", timing: TimingConfig | None = None) -> LatencyStats:
-    return measure_archs(space, [arch], provider, threads, optimization, timing)[0]
+def measure_arch(space: Space, arch: Arch, device: Device, timing: TimingConfig | None = None) -> LatencyStats:
+    return measure_archs(space, [arch], device, timing)[0]
 
 
 def calibration_archs(space: Space, count: int, seed: int = 12345) -> list[Arch]:
@@ -148,13 +146,12 @@ def calibrate(device: str, space: Space, *, models: int = 8, provider: str = "CP
     if (m.provider, m.threads, m.graph_optimization) != (provider, threads, optimization):
         raise LatencyTableError(f"device {device!r} was profiled with {m.provider}, {m.threads} threads, "
                                 f"optimisation {m.graph_optimization!r}; calibrate it with the same settings")
-    timing = replace(timing or TimingConfig(), clock=m.clock)
     done = {r["model_id"] for r in read_calibration(table.folder)}
     todo = [a for a in calibration_archs(space, models) if _model_id(space, a) not in done]
     if on_progress:
         on_progress(models - len(todo), models, "already measured")
     if todo:
-        stats = measure_archs(space, todo, provider, threads, optimization, timing,
+        stats = measure_archs(space, todo, Device.from_manifest(m), timing,
                               on_export=lambda i: on_progress and on_progress(models - len(todo) + i, models,
                                                                               "exported"))
         for arch, st in zip(todo, stats):

@@ -22,8 +22,7 @@ import numpy as np
 from nas.errors import LatencyTableError
 from nas.latency import remote_measure
 from nas.latency.table import OPTIMIZATION_LEVELS, DeviceManifest, read_manifest
-from nas.latency.timing import CLOCKS, TimingConfig, time_interleaved
-from nas.onnx_io import LatencyStats
+from nas.latency.timing import LatencyStats, TimingConfig, check_clock, time_interleaved
 
 DEFAULT_PROVIDER = "CPUExecutionProvider"
 
@@ -32,6 +31,13 @@ def available_providers() -> list[str]:
     import onnxruntime as ort
 
     return ort.get_available_providers()
+
+
+def check_provider(provider: str) -> None:
+    """LatencyTableError naming the available providers unless ``provider`` runs on this machine."""
+    if provider not in available_providers():
+        raise LatencyTableError(f"execution provider {provider!r} is not available here "
+                                f"(available: {', '.join(available_providers())})")
 
 
 @dataclass
@@ -63,11 +69,7 @@ class Device:
         if self.optimization not in OPTIMIZATION_LEVELS:
             raise LatencyTableError(f"graph optimisation level {self.optimization!r} is not one of "
                                     f"{', '.join(OPTIMIZATION_LEVELS)}")
-        if self.clock not in CLOCKS:
-            raise LatencyTableError(f"clock {self.clock!r} is not one of {', '.join(CLOCKS)}")
-        if self.clock == "cpu" and self.threads != 1:
-            raise LatencyTableError(f"clock 'cpu' measures the calling thread and needs --threads 1, "
-                                    f"got {self.threads}")
+        check_clock(self.clock, self.threads)
 
     @classmethod
     def from_manifest(cls, manifest: DeviceManifest) -> "Device":
@@ -90,6 +92,10 @@ class Device:
         """Whether this machine can time for the device (its provider is available)."""
         return self.provider in available_providers()
 
+    def or_local_cpu(self) -> "Device":
+        """This device if it runs here, else one thread of this machine's CPU provider (same optimisation)."""
+        return self if self.runs_here else replace(self, provider=DEFAULT_PROVIDER, threads=1)
+
     def timing(self, timing: TimingConfig | None = None) -> TimingConfig:
         """``timing`` (default settings if None) with this device's clock."""
         return replace(timing or TimingConfig(), clock=self.clock)
@@ -99,9 +105,7 @@ class Device:
         """An inference session on this device's provider, threads and optimisation level."""
         import onnxruntime as ort
 
-        if self.provider not in available_providers():
-            raise LatencyTableError(f"execution provider {self.provider!r} is not available here "
-                                    f"(available: {', '.join(available_providers())})")
+        check_provider(self.provider)
         data = model if isinstance(model, bytes) else str(model)
         return remote_measure.open_session(ort, data, self.provider, self.threads, self.optimization)
 

@@ -25,12 +25,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from nas.blocks import is_identity, make_block
 from nas.errors import LatencyTableError
+from nas.latency.device import Device, check_provider
 from nas.latency.opkey import OpKey
 from nas.latency.quantize import int8_options, quantize_int8
 from nas.latency.table import DeviceManifest, LatencyTable
-from nas.latency.timing import (CallOverhead, TimedSession, TimingConfig, check_clock, measure_call_overhead,
-                               time_sessions)
-from nas.onnx_io import OPSET, available_providers
+from nas.latency.timing import CallOverhead, TimingConfig, measure_call_overhead
+from nas.onnx_io import OPSET
 from nas.space import Space
 
 ProgressCallback = Callable[[int, int, str], None]  # (done, total, note)
@@ -156,12 +156,6 @@ def row_metadata(e: ExportedItem, overhead: CallOverhead) -> dict:
 
 
 # ---- profiling -----------------------------------------------------------------------------------------------
-def check_provider(provider: str) -> None:
-    if provider not in available_providers():
-        raise LatencyTableError(f"execution provider {provider!r} is not available here "
-                                f"(available: {', '.join(available_providers())})")
-
-
 def profile_items(device: str, items: list[ProfileItem], *, provider: str = "CPUExecutionProvider",
                   threads: int = 1, tables_dir: str | Path | None = None,
                   on_progress: ProgressCallback | None = None, optimization: str = "all",
@@ -175,7 +169,7 @@ def profile_items(device: str, items: list[ProfileItem], *, provider: str = "CPU
     """
     check_provider(provider)
     timing = timing or TimingConfig()
-    check_clock(timing.clock, threads)
+    measure_on = Device(provider, threads, optimization, timing.clock, device)
     table = LatencyTable.open_for_writing(
         DeviceManifest.for_this_machine(device, provider, threads, optimization, timing.clock), tables_dir)
     unique: dict[str, ProfileItem] = {}
@@ -209,7 +203,7 @@ def profile_items(device: str, items: list[ProfileItem], *, provider: str = "CPU
         if not batch:
             continue
         if overhead is None:
-            overhead = measure_call_overhead(provider, threads, optimization, timing)
+            overhead = measure_call_overhead(measure_on, timing)
             overhead.save(table.folder)
         with tempfile.TemporaryDirectory(prefix="hwnas-profile-") as tmp:
             prepared = []
@@ -217,8 +211,8 @@ def profile_items(device: str, items: list[ProfileItem], *, provider: str = "CPU
                 folder = Path(tmp) / str(i)
                 folder.mkdir()
                 exported = item_onnx(item, folder)
-                prepared.append((item, TimedSession.open(exported.path, provider, threads, optimization), exported))
-        stats = time_sessions([p[1] for p in prepared], timing)
+                prepared.append((item, measure_on.open(exported.path), exported))
+        stats = measure_on.time_sessions([p[1] for p in prepared], timing)
         for (item, _, e), st in zip(prepared, stats):
             row = {**st.to_dict(), **row_metadata(e, overhead)}
             wrote = table.append(item.key, row)

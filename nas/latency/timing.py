@@ -13,15 +13,17 @@ Runtime computes on the calling thread, so time spent preempted is not counted (
 
 Every ``session.run`` also pays a fixed cost plus a cost per byte in and out. A block timed in its own session
 pays it once per block, a whole model once; ``measure_call_overhead`` fits it on pass-through graphs.
+
+Sessions are opened and timed by ``nas.latency.device.Device``; this module holds the settings (``TimingConfig``,
+whose defaults are ``remote_measure.DEFAULT_TIMING``), the statistics and the call-overhead fit.
 """
 
 from __future__ import annotations
 
 import json
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 from onnx import TensorProto, helper
@@ -29,24 +31,44 @@ from onnx import TensorProto, helper
 from nas.errors import LatencyTableError
 from nas.files import write_json
 from nas.latency import remote_measure
-from nas.onnx_io import OPSET, LatencyStats, make_session
+from nas.onnx_io import OPSET
+
+if TYPE_CHECKING:
+    from nas.latency.device import Device
 
 OVERHEAD_FILE = "call_overhead.json"
 CLOCKS = ("wall", "cpu")
+_DEFAULT = remote_measure.DEFAULT_TIMING  # the one set of defaults, shared with the standalone measure.py
 
 
 @dataclass
 class TimingConfig:
-    warmup: int = 5  # untimed runs of each item before the first round
-    round_ms: float = 6.0  # timed runs per round: enough to fill round_ms, within [min_runs, max_runs]
-    min_runs: int = 5
-    max_runs: int = 100
-    min_rounds: int = 4
-    max_rounds: int = 12
-    patience: int = 2  # stable once this many rounds did not improve the estimate by more than rel_tol
-    rel_tol: float = 0.01
-    max_seconds: float = 3.0  # time cap per item (all rounds together)
-    clock: str = "wall"
+    warmup: int = _DEFAULT["warmup"]  # untimed runs of each item before the first round
+    round_ms: float = _DEFAULT["round_ms"]  # timed runs per round: enough to fill round_ms, within [min_runs, max_runs]
+    min_runs: int = _DEFAULT["min_runs"]
+    max_runs: int = _DEFAULT["max_runs"]
+    min_rounds: int = _DEFAULT["min_rounds"]
+    max_rounds: int = _DEFAULT["max_rounds"]
+    patience: int = _DEFAULT["patience"]  # stable once this many rounds did not improve by more than rel_tol
+    rel_tol: float = _DEFAULT["rel_tol"]
+    max_seconds: float = _DEFAULT["max_seconds"]  # time cap per item (all rounds together)
+    clock: str = _DEFAULT["clock"]
+
+
+@dataclass
+class LatencyStats:
+    """One timed item: the lowest round median (``p50_ms``), p90, mean and spread of every timed run."""
+
+    p50_ms: float
+    p90_ms: float
+    mean_ms: float
+    std_ms: float
+    count: int
+    spread: float  # (p90 - p10) / p50
+    stable: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 def check_clock(clock: str, threads: int) -> None:
@@ -64,47 +86,6 @@ def time_interleaved(runs: list[Callable[[], object]], timing: TimingConfig | No
     """
     stats = remote_measure.time_interleaved(runs, asdict(timing or TimingConfig()), on_round)
     return [LatencyStats(**s) for s in stats]
-
-
-def random_feeds(sess, seed: int = 0) -> dict:
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for inp in sess.get_inputs():
-        shape = [d if isinstance(d, int) else 1 for d in inp.shape]
-        dtype = np.int64 if "int64" in inp.type else np.float32
-        feeds[inp.name] = rng.standard_normal(shape).astype(dtype)
-    return feeds
-
-
-@dataclass
-class TimedSession:
-    """A session with its random batch-1 feeds, ready to time; ``out_shape`` is its first output's shape."""
-
-    session: object
-    feeds: dict
-    out_shape: tuple[int, ...]
-
-    @classmethod
-    def open(cls, path: str | Path, provider: str = "CPUExecutionProvider", threads: int = 1,
-             optimization: str = "all") -> "TimedSession":
-        sess = make_session(path, provider, threads, optimization)
-        feeds = random_feeds(sess)
-        return cls(sess, feeds, tuple(sess.run(None, feeds)[0].shape))
-
-    def run(self):
-        return self.session.run(None, self.feeds)
-
-
-def time_sessions(sessions: list[TimedSession], timing: TimingConfig | None = None) -> list[LatencyStats]:
-    return time_interleaved([s.run for s in sessions], timing)
-
-
-def time_onnx_file(path: str | Path, provider: str = "CPUExecutionProvider", threads: int = 1,
-                   optimization: str = "all", timing: TimingConfig | None = None
-                   ) -> tuple[LatencyStats, tuple[int, ...]]:
-    """Time one ONNX file on random batch-1 inputs; return the stats and the first output's shape."""
-    ts = TimedSession.open(path, provider, threads, optimization)
-    return time_sessions([ts], timing)[0], ts.out_shape
 
 
 # ---- call overhead -------------------------------------------------------------------------------------------
@@ -143,19 +124,13 @@ class CallOverhead:
                                     f"`hwnas latency profile`") from None
 
 
-def measure_call_overhead(provider: str = "CPUExecutionProvider", threads: int = 1, optimization: str = "all",
-                          timing: TimingConfig | None = None,
+def measure_call_overhead(device: Device, timing: TimingConfig | None = None,
                           sizes: tuple[int, ...] = (1, 50_000, 200_000, 600_000)) -> CallOverhead:
-    """Time pass-through graphs of ``sizes`` float elements and fit the fixed and per-MB call overhead."""
-    sessions = []
-    with tempfile.TemporaryDirectory(prefix="hwnas-overhead-") as tmp:
-        for n in sizes:
-            path = Path(tmp) / f"pass{n}.onnx"
-            path.write_bytes(passthrough_model(n))
-            sess = make_session(path, provider, threads, optimization)
-            feeds = {"input": np.abs(np.random.default_rng(0).standard_normal((1, n))).astype(np.float32)}
-            sessions.append(TimedSession(sess, feeds, (1, n)))
-    stats = time_sessions(sessions, timing)
+    """Time pass-through graphs of ``sizes`` float elements on ``device`` and fit the fixed and per-MB overhead."""
+    sessions = [device.open(passthrough_model(n),
+                            {"input": np.abs(np.random.default_rng(0).standard_normal((1, n))).astype(np.float32)})
+                for n in sizes]
+    stats = device.time_sessions(sessions, timing)
     return fit_call_overhead([(passthrough_mb(n), st.p50_ms) for n, st in zip(sizes, stats)])
 
 

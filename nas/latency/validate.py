@@ -1,14 +1,14 @@
 """Validation: random archs measured end to end in ONNX Runtime against the LatencyModel's prediction.
 
-Each arch's whole model is exported to ONNX and timed with the device's provider and threads. The figures:
-fraction of archs within +-10%, MAPE, mean bias, Kendall tau of the prediction and of FLOPs (MACs) against the
-measurement, and the same for the naive sum of table p50s, for comparison. Rows are written to
-``validation.csv`` after every arch, so an interrupted validation resumes from its run directory.
+Each arch's whole model is exported to ONNX and timed by the table's ``Device`` (its provider, threads,
+optimisation and clock). The figures: fraction of archs within +-10%, MAPE, mean bias, Kendall tau of the
+prediction and of FLOPs (MACs) against the measurement, and the same for the naive sum of table p50s, for
+comparison. Rows are written to ``validation.csv`` after every chunk, so an interrupted validation resumes from
+its run directory.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -87,13 +87,12 @@ def validate(lm: LatencyModel, space: Space, run: RunDir, *, samples: int = 50, 
     Models are timed in interleaved chunks of ``chunk`` (see ``timing``); rows are saved after each chunk.
     """
     m = lm.table.manifest
-    timing = replace(timing or TimingConfig(), clock=m.clock)
     path = run.file(VALIDATION_FILE)
     rows = pd.read_csv(path).to_dict("records") if path.is_file() else []
     archs = validation_archs(space, samples, seed)
     while len(rows) < len(archs):
         batch = archs[len(rows):len(rows) + chunk]
-        stats = measure_archs(space, batch, m.provider, m.threads, m.graph_optimization, timing)
+        stats = measure_archs(space, batch, lm.device, timing)
         for arch, st in zip(batch, stats):
             keys = lm.arch_keys(space, arch)
             pred = lm.predict_keys(keys)

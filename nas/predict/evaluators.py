@@ -22,6 +22,7 @@ import torch
 
 from nas.builder import build_model, count_macs, count_params
 from nas.data import Dataset
+from nas.latency.device import Device
 from nas.predict.joint_space import Candidate, JointSpace
 from nas.predict.predictors import torch_threads
 from nas.training import EpochCallback, accuracy, train_model
@@ -40,14 +41,12 @@ class TrainEvaluator:
 
     def __init__(self, joint: JointSpace, data: Dataset, *, max_epochs: int | None = None,
                  checkpoint_dir: str | Path | None = None, on_epoch: EpochCallback | None = None,
-                 measure_threads: int | None = None, measure_provider: str = "CPUExecutionProvider",
-                 threads: int = 1):
+                 measure_on: Device | None = None, threads: int = 1):
         self.joint, self.data = joint, data
         self.max_epochs = max_epochs
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.on_epoch = on_epoch
-        self.measure_threads = measure_threads  # when set, also export and time each model (measured_ms)
-        self.measure_provider = measure_provider
+        self.measure_on = measure_on  # when set, also export and time each model on this device (measured_ms)
         # torch threads while training. 1 by default: on this machine class, torch 2.13's oneDNN convolutions
         # corrupted the heap (double free) training some small archs with 2 threads, and many tiny models
         # train about as fast on one thread.
@@ -80,12 +79,11 @@ class TrainEvaluator:
             "epochs_trained": float(recipe.epochs),
             "train_seconds": seconds,
         }
-        if self.measure_threads:
-            from nas.onnx_io import export_onnx, measure_onnx_latency
+        if self.measure_on is not None:
+            from nas.onnx_io import export_onnx
             with tempfile.TemporaryDirectory() as tmp:
                 path = export_onnx(trained, trained.input_shape, Path(tmp) / "model.onnx")
-                metrics["measured_ms"] = measure_onnx_latency(path, self.measure_provider,
-                                                              self.measure_threads).p50_ms
+                metrics["measured_ms"] = self.measure_on.time_file(path).p50_ms
         if ckpt is not None and ckpt.is_file():
             ckpt.unlink()  # the evaluation is recorded in history.csv; the checkpoint served only to resume it
         return metrics

@@ -184,17 +184,15 @@ def _write_outputs(run: RunDir, problem: SearchProblem, history: History, constr
 def _export(run: RunDir, problem: ModelProblem, history: History, constraints: list[Constraint],
             settings: SearchSettings, emit: EventCallback) -> list[dict]:
     from nas.finalize import train_export_measure
-    from nas.onnx_io import available_providers
 
     space = problem.joint.space
     device = problem.devices[0]
     lm = problem.costs.latency_models[device]
-    manifest = lm.table.manifest
-    provider, threads, note = manifest.provider, manifest.threads, ""
-    if provider not in available_providers():
-        provider, threads = "CPUExecutionProvider", 1
-        note = f"device {device!r} uses {manifest.provider}, not available here: measured on this CPU instead"
-    elif manifest.remote:
+    measure_on, note = lm.device, ""
+    if not measure_on.runs_here:
+        measure_on = measure_on.or_local_cpu()
+        note = f"device {device!r} uses {lm.device.provider}, not available here: measured on this CPU instead"
+    elif measure_on.remote:
         note = f"device {device!r} was measured elsewhere: measured_ms is this machine's, not the device's"
     exports, seen = [], set()
     targets = constraints if settings.export == "all" else constraints[:1]
@@ -210,8 +208,8 @@ def _export(run: RunDir, problem: ModelProblem, history: History, constraints: l
         cand = problem.joint.candidate(history.genomes[i])
         emit("export", {"constraint": c.label, "epochs": cand.recipe.epochs})
         with torch_threads(1):  # see TrainEvaluator: oneDNN heap corruption with 2 threads on some small archs
-            rep = train_export_measure(space, cand.arch, problem.data, cand.recipe, run, provider=provider,
-                                       threads=threads, prefix=prefix, predict_ms=lambda a: lm.predict(space, a),
+            rep = train_export_measure(space, cand.arch, problem.data, cand.recipe, run, device=measure_on,
+                                       prefix=prefix, predict_ms=lambda a: lm.predict(space, a),
                                        on_epoch=lambda e, row: emit("export_epoch", {"epoch": e, **row}))
         run.write_json(f"{prefix}recipe.json", cand.recipe.model_dump())
         rep.update({"constraint": c.label, "device": device, "measurement_note": note,

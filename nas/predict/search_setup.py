@@ -118,13 +118,10 @@ def build_problem(settings: SearchSettings, run_path: str | Path | None = None,
     joint = JointSpace(space, base_recipe=base)
     latency_models = load_latency_models(settings.devices, settings.tables_dir)
     costs = ModelSpaceCosts(joint, latency_models)
-    threads = None
-    if settings.measure_each:
-        manifest = latency_models[settings.devices[0]].table.manifest
-        threads = manifest.threads
+    measure_on = latency_models[settings.devices[0]].device.or_local_cpu() if settings.measure_each else None
     checkpoints = Path(run_path) / "evals" if run_path else None
     evaluator = TrainEvaluator(joint, data, max_epochs=settings.max_epochs, checkpoint_dir=checkpoints,
-                               on_epoch=on_epoch, measure_threads=threads)
+                               on_epoch=on_epoch, measure_on=measure_on)
     objective = settings.objective or "val_accuracy"
     if objective not in TrainEvaluator.metrics:
         raise SearchError(f"--objective {objective!r}: a model space reports {', '.join(TrainEvaluator.metrics)}")

@@ -14,8 +14,7 @@ import torch
 
 from nas.data import Dataset
 from nas.files import atomic_path
-from nas.latency.model import LatencyModel
-from nas.latency.timing import TimedSession, TimingConfig, time_sessions
+from nas.latency.device import Device
 from nas.onnx_io import export_onnx, run_onnx
 from nas.quant.costs import LatencyCost, bitops_g, mean_weight_bits, size_mb
 from nas.quant.export import FORMATS, quantize_assignment
@@ -40,28 +39,6 @@ class FinishSettings:
     seed: int = 0
     calibration_samples: int = 256  # training images that calibrate the activation ranges
     formats: tuple[str, ...] = FORMATS
-
-
-@dataclass
-class DeviceSettings:
-    """How the device's table was timed; exported models are timed the same way."""
-
-    provider: str = "CPUExecutionProvider"
-    threads: int = 1
-    optimization: str = "all"
-    clock: str = "wall"
-
-    @classmethod
-    def of(cls, lm: LatencyModel | None) -> "DeviceSettings":
-        if lm is None:
-            return cls()
-        m = lm.table.manifest
-        return cls(m.provider, m.threads, m.graph_optimization, getattr(m, "clock", "wall"))
-
-    def time_files(self, paths: list[str]) -> list[float]:
-        """p50 ms of each ONNX file, timed in interleaved rounds with the latency tables' timing."""
-        sessions = [TimedSession.open(p, self.provider, self.threads, self.optimization) for p in paths]
-        return [s.p50_ms for s in time_sessions(sessions, TimingConfig(clock=self.clock))]
 
 
 @dataclass
@@ -133,13 +110,14 @@ def finish(net: MixedPrecisionNet, graph: QuantGraph, assignment: list[BitOption
     return Finished(name, assignment, figures, candidates, out_name)
 
 
-def measure_and_choose(models: list[Finished], run: RunDir, device: DeviceSettings) -> None:
-    """Time every candidate file of every model together (interleaved rounds), keep each model's faster format
-    as its output file, and fill in ``format``, ``measured_ms``, ``accuracy_onnx`` and ``onnx_max_abs_diff``."""
+def measure_and_choose(models: list[Finished], run: RunDir, device: Device) -> None:
+    """Time every candidate file of every model together on ``device`` (interleaved rounds), keep each model's
+    faster format as its output file, and fill in ``format``, ``measured_ms``, ``accuracy_onnx`` and
+    ``onnx_max_abs_diff``."""
     files = [(m, fmt, path) for m in models for fmt, path in m.candidates.items()]
-    times = device.time_files([path for _, _, path in files])
-    for (m, fmt, _), ms in zip(files, times):
-        m.figures["formats"][fmt]["measured_ms"] = ms
+    stats = device.time_files([path for _, _, path in files])
+    for (m, fmt, _), st in zip(files, stats):
+        m.figures["formats"][fmt]["measured_ms"] = st.p50_ms
     for m in models:
         formats = m.figures["formats"]
         chosen = min(formats, key=lambda f: formats[f]["measured_ms"])

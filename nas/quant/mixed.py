@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nas.dnas.gumbel import soft_weights
 from nas.errors import SearchError
 from nas.quant.fake import FLOAT_BITS, RangeObserver, fake_quantize_activation, fake_quantize_weight
 
@@ -110,7 +111,7 @@ class MixedPrecisionLayer(nn.Module):
         return fake_quantize_activation(x, lo, hi, a_bits)
 
     def sample_mixture(self) -> torch.Tensor:
-        self.mixture = F.gumbel_softmax(self.theta, tau=self.tau, hard=False)
+        self.mixture = soft_weights(self.theta, self.tau)
         return self.mixture
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -21,11 +21,12 @@ import pandas as pd
 from nas.builder import build_model
 from nas.data import Dataset
 from nas.errors import LatencyTableError, SearchError
+from nas.latency.device import Device
 from nas.latency.model import LatencyModel
 from nas.onnx_io import export_onnx
 from nas.quant.costs import COSTS, BitopsCost, Cost, LatencyCost, SizeCost, mean_weight_bits
 from nas.quant.export import FORMATS
-from nas.quant.finish import DeviceSettings, FinishSettings, Progress, finish, measure_and_choose, no_progress
+from nas.quant.finish import FinishSettings, Progress, finish, measure_and_choose, no_progress
 from nas.quant.graph import QuantGraph, attach_onnx, trace_layers
 from nas.quant.latency_fit import fit_latency_cost
 from nas.quant.mixed import BitOption, MixedPrecisionNet, bit_options
@@ -197,7 +198,7 @@ class Prepared:
     graph: QuantGraph
     lm: LatencyModel | None
     no_table: str | None
-    device_settings: DeviceSettings
+    device_settings: Device
     cost_ms: LatencyCost | None
 
 
@@ -224,7 +225,8 @@ def prepare_mixed_precision(space: Space, arch: Arch, data: Dataset, device: str
         cost_ms = make_cost("latency", graph, options, lm, space, arch)
     cost = cost_ms if cfg.cost == "latency" else make_cost(cfg.cost, graph, options, lm, space, arch)
     resolve_target(cfg, cost)  # with the table's latency terms; checked again after the latency fit
-    return Prepared(space, arch, data, device, cfg, options, graph, lm, no_table, DeviceSettings.of(lm), cost_ms)
+    measure_on = lm.device if lm is not None else Device()
+    return Prepared(space, arch, data, device, cfg, options, graph, lm, no_table, measure_on, cost_ms)
 
 
 def run_mixed_precision(prep: Prepared, run: RunDir, *, progress: Progress = no_progress) -> dict:
@@ -242,7 +244,8 @@ def run_mixed_precision(prep: Prepared, run: RunDir, *, progress: Progress = no_
         fit_net = MixedPrecisionNet(build_model(space, arch), [FP32, INT8])
         with progress("fit latency cost", cfg.latency_fit_models + 1) as advance:
             latency_fit = fit_latency_cost(cost_ms, fit_net, fit_input(data.x_train[:cfg.calibration_samples], fit_net),
-                                           device_settings.time_files, run.file("latency_calibration.csv"),
+                                           lambda files: [s.p50_ms for s in device_settings.time_files(files)],
+                                           run.file("latency_calibration.csv"),
                                            count=cfg.latency_fit_models, seed=cfg.search.seed,
                                            on_progress=lambda d, t, note: advance(note=note))
     cost = cost_ms if cfg.cost == "latency" else make_cost(cfg.cost, graph, options, lm, space, arch)
