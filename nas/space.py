@@ -20,8 +20,9 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from nas.blocks import make_divisible, parse_op
+from nas.blocks import make_divisible
 from nas.errors import ArchError, HwnasError, SpaceError
+from nas.ops import parse_op
 
 
 class _Strict(BaseModel):

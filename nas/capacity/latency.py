@@ -11,25 +11,21 @@ A static plan is a sum of units, each keyed by its token count (``nas.latency.op
                   Gather of rows, the experts as one batched MatMul, one-hot combine MatMul
 - ``vit_head``    class-token LayerNorm + classifier
 
-The units are the model's own modules (``nas.capacity.blocks`` / ``moe``), so what is profiled is what runs.
-``capacity_profile_items`` lists every key the space's options can produce; ``profile_items`` measures them
-into the device table (resumable), and ``LatencyModel.predict_keys(plan_keys(space, plan))`` predicts.
+The units are registered ops (``nas.capacity.units``) built from the model's own modules, so what is profiled is
+what runs. ``capacity_profile_items`` lists every key the space's options can produce; ``profile_items`` measures
+them into the device table (resumable), and ``LatencyModel.predict_keys(plan_keys(space, plan))`` predicts.
 """
 
 from __future__ import annotations
 
 import math
 
-from nas.capacity.blocks import AttentionBlock, Head, MlpBlock, PatchEmbed, TokenScorer, TokenSelect
 from nas.capacity.config import StaticPlan
-from nas.capacity.moe import ExpertChoice, Experts, MoERoute
 from nas.capacity.space import CapacitySpace
 from nas.errors import LatencyTableError
 from nas.latency.model import LatencyModel, Prediction
 from nas.latency.opkey import OpKey, format_extra
-from nas.latency.profile import ProfileItem
-
-UNIT_OPS = ("vit_embed", "token_select", "vit_attn", "vit_mlp", "moe_route", "moe_expert", "vit_head")
+from nas.latency.profile import ProfileItem, block_item
 
 
 # ---- keys ----------------------------------------------------------------------------------------------------
@@ -119,34 +115,10 @@ def require_space_covered(lm: LatencyModel, space: CapacitySpace) -> None:
 
 
 # ---- profile items -------------------------------------------------------------------------------------------
-def _tokens_shape(tokens: int, dim: int) -> tuple[int, int, int]:
-    return (1, tokens, dim)
-
-
 def unit_item(space: CapacitySpace, key: OpKey) -> ProfileItem:
-    """The module and input shapes that measure ``key`` (fresh random weights: latency does not depend on them)."""
-    s, d, t = space.spec, space.spec.dim, key.tokens
-    extra = dict(part.split("=") for part in key.extra.split(";") if part)
-    if key.op == "vit_embed":
-        return ProfileItem(key, lambda: PatchEmbed(space.in_channels, d, s.patch_size, space.patches,
-                                                      s.stem_channels),
-                           ((1, *space.input_shape),))
-    if key.op == "token_select":
-        keep = int(extra["keep"])
-        return ProfileItem(key, lambda: TokenSelect(TokenScorer(d, s.pruning.predictor_hidden), keep - 1),
-                           (_tokens_shape(t, d),))
-    if key.op == "vit_attn":
-        return ProfileItem(key, lambda: AttentionBlock(d, s.heads), (_tokens_shape(t, d),))
-    if key.op == "vit_mlp":
-        return ProfileItem(key, lambda: MlpBlock(d, space.mlp_hidden), (_tokens_shape(t, d),))
-    if key.op == "moe_route":
-        return ProfileItem(key, lambda: MoERoute(d, s.moe.experts, s.moe.predictor_hidden), (_tokens_shape(t, d),))
-    if key.op == "moe_expert":
-        pool, e = space.tokens, s.moe.experts
-        return ProfileItem(key, lambda: ExpertChoice(Experts(e, d, s.moe.expert_hidden), t), ((1, pool, d + 2 * e),))
-    if key.op == "vit_head":
-        return ProfileItem(key, lambda: Head(d, space.classes), ((1, 1, d),))
-    raise ValueError(f"not a capacity unit: {key}")
+    """The module and input shapes that measure ``key`` (registered in ``nas.capacity.units``; fresh random
+    weights: latency does not depend on them). Experts are timed selecting from the space's largest pool."""
+    return block_item(key, pool=space.tokens)
 
 
 def space_keys(space: CapacitySpace) -> list[OpKey]:

@@ -6,10 +6,11 @@ Inside a whole model the blocks run back to back, caches are shared and the call
 
     whole_ms = base_ms + sum_blocks (scale[f] * net_ms + per_block_ms[f])
 
-where ``f`` is the block's family (``conv``: the block vocabulary; ``token``: any other op, e.g. transformer
-units), fitted by least squares on the relative error of whole models measured on the device during profiling
-(the calibration set). A family without enough calibration models shares the device-wide fit. The form stays
-additive over keys, so a supernet's expected latency is exact and differentiable.
+where ``f`` is the block's latency family, registered with its op (``nas.ops.FAMILIES``: ``conv`` for the block
+vocabulary, ``token`` for transformer units and single quantised layers), fitted by least squares on the relative
+error of whole models measured on the device during profiling (the calibration set). A family without enough
+calibration models shares the device-wide fit. The form stays additive over keys, so a supernet's expected latency
+is exact and differentiable.
 """
 
 from __future__ import annotations
@@ -20,21 +21,17 @@ from pathlib import Path
 
 import numpy as np
 
-from nas.blocks import parse_op
-from nas.errors import ArchError, LatencyTableError
+from nas.errors import LatencyTableError
 from nas.files import write_json
 from nas.latency.opkey import OpKey
+from nas.ops import FAMILIES, parse_op
 
 CORRECTION_FILE = "correction.json"
-FAMILIES = ("conv", "token")
 
 
 def key_family(key: OpKey) -> str:
-    try:
-        parse_op(key.op)
-        return "conv"
-    except ArchError:
-        return "token"
+    """The latency family registered with the key's op; ArchError listing the known ops if it has none."""
+    return parse_op(key.op).family
 
 
 MIN_NET_FRACTION = 0.2  # a block's net time is never taken below this share of its measured p50

@@ -23,7 +23,6 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from nas.blocks import is_identity, make_block
 from nas.errors import LatencyTableError
 from nas.latency.opkey import OpKey
 from nas.latency.quantize import int8_options, quantize_int8
@@ -31,6 +30,7 @@ from nas.latency.table import DeviceManifest, LatencyTable
 from nas.latency.timing import (CallOverhead, TimedSession, TimingConfig, check_clock, measure_call_overhead,
                                time_sessions)
 from nas.onnx_io import OPSET, available_providers
+from nas.ops import parse_op
 from nas.space import Space
 
 ProgressCallback = Callable[[int, int, str], None]  # (done, total, note)
@@ -46,13 +46,13 @@ class ProfileItem:
 
 
 def key_is_identity(key: OpKey) -> bool:
-    return is_identity(key.op, key.c_in, key.c_out, key.stride)
+    return parse_op(key.op).is_identity(key)
 
 
-def block_item(key: OpKey) -> ProfileItem:
-    """The item of a block-vocabulary key (``conv_k3``, ``ir_k5_e6``, ``skip``, ``pool_fc``)."""
-    return ProfileItem(key, lambda: make_block(key.op, key.c_in, key.c_out, key.stride),
-                       ((1, key.c_in, key.resolution, key.resolution),))
+def block_item(key: OpKey, **options) -> ProfileItem:
+    """The item of any registered op's key: its builder and input shapes from the op registry (``nas.ops``)."""
+    spec = parse_op(key.op)
+    return ProfileItem(key, lambda: spec.build(key, **options), spec.input_shapes(key, **options))
 
 
 def space_layer_keys(space: Space) -> list[OpKey]:
