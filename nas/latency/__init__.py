@@ -24,8 +24,10 @@ Modules:
 - ``calibrate``: whole-model calibration measurements and the refit of ``correction.json``.
 - ``correction``: ``Correction`` and its least-squares fit.
 - ``features``: key features (analytic MACs, params, bytes) for the fallback regressor.
-- ``model``: ``LatencyModel`` (``block_cost_ms``, ``is_estimated``, ``base_ms``, ``predict_keys``, ``arch_keys``,
-  ``predict``, ``cost_tensor``, ``expected_ms``), ``Prediction``, ``FallbackRegressor``.
+- ``model``: ``LatencyModel`` (``block_cost_ms``, ``is_estimated``, ``base_ms``, ``total_ms`` (the one base + sum),
+  ``predict_keys``, ``arch_keys``, ``predict``, ``cost_table`` (block positions -> cost arrays), ``cost_tensor``,
+  ``expected_ms``), ``PositionCosts``, ``Prediction``, ``FallbackRegressor``.
+- ``loss``: the latency-aware search loss and the latency-target controller (DNAS and mixed precision).
 - ``validate``: random archs measured end to end against predictions (within_10pct, MAPE, Kendall tau).
 - ``bundle``: ``write_bundle`` (zip for a remote device) and ``import_results`` (its results as a new device).
 """
