@@ -14,7 +14,7 @@ calls this; none re-implements it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
@@ -135,8 +135,8 @@ class LatencyModel:
 
     def _estimate(self, keys: list[OpKey]) -> None:
         """Fill the fallback's estimates of the keys the table lacks, in one batch."""
-        missing = list({str(k): k for k in keys if str(k) not in self._net_ms and str(k) not in self._estimates
-                        and not key_is_identity(k)}.values())
+        missing = list({str(k): k for k in keys if str(k) not in self._net_ms and str(k) not in self._estimates}
+                       .values())
         if not missing:
             return
         if not self.allow_fallback:
@@ -155,7 +155,7 @@ class LatencyModel:
     def block_costs_ms(self, keys: Iterable[OpKey]) -> np.ndarray:
         """``block_cost_ms`` of many keys (missing ones estimated in one batch)."""
         keys = list(keys)
-        self._estimate(keys)
+        self._estimate([k for k in keys if not key_is_identity(k)])
         return np.asarray([self.block_cost_ms(k) for k in keys], dtype=np.float64)
 
     # ---- whole models -----------------------------------------------------------------------------------------
@@ -213,4 +213,5 @@ class LatencyModel:
     def describe(self) -> dict:
         return {"device": self.device_id, "rows": len(self.table), "base_ms": self.base_ms,
                 "scale": self.correction.scale, "per_block_ms": self.correction.per_block_ms,
-                "calibration_models": self.correction.fitted_on, "warnings": self.warnings}
+                "calibration_models": self.correction.fitted_on, "precision": asdict(self.correction.precision),
+                "warnings": self.warnings}
