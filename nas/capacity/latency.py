@@ -184,44 +184,24 @@ def calibration_plans(space: CapacitySpace, count: int, seed: int = 12345) -> li
     return plans[:count]
 
 
-def calibrate_capacity(device: str, space: CapacitySpace, *, models: int = 10, rounds: int = 3, tables_dir=None,
-                       on_progress=None):
+def calibrate_capacity(device: str, space: CapacitySpace, *, models: int = 10, tables_dir=None, on_progress=None):
     """Measure ``models`` whole plans of ``space`` into the device's calibration set and refit its correction.
 
     The correction (``base + scale * net + per_block``, see ``nas.latency.correction``) is one per device,
-    fitted over every calibration model of every space measured on it. Each plan is timed in ``rounds``
-    interleaved rounds (median), to resist load bursts. Plans already measured are skipped.
+    fitted over every calibration model of every space measured on it (``nas.latency.calibrate.calibrate_models``:
+    the table's own set-up, plans timed interleaved). Plans already measured are skipped.
     """
     import json
-    import tempfile
-    import time
-    from pathlib import Path
 
-    from nas.capacity.export import export_plan, interleaved_ms
+    from nas.capacity.export import export_plan
     from nas.capacity.vit import DynamicViT
-    from nas.latency.calibrate import append_calibration, read_calibration, refit_correction
+    from nas.latency.calibrate import CalibrationModel, calibrate_models
     from nas.latency.table import LatencyTable
 
-    table = LatencyTable.open(device, tables_dir)
-    done = {r["model_id"] for r in read_calibration(table.folder)}
     model = DynamicViT(space).eval()  # latency does not depend on the weights
-    todo = {}
-    for plan in calibration_plans(space, models):
-        model_id = json.dumps({"space": space.name, "fingerprint": space.fingerprint(), **space.space_args(),
-                               **plan.to_dict()}, sort_keys=True)
-        if model_id not in done:
-            todo[model_id] = plan
-    with tempfile.TemporaryDirectory(prefix="hwnas-capacity-") as tmp:
-        paths = {mid: export_plan(model, plan, Path(tmp) / f"m{i}.onnx") for i, (mid, plan) in enumerate(todo.items())}
-        timed = interleaved_ms(paths, table.manifest, rounds) if paths else {}
-    for i, (model_id, plan) in enumerate(todo.items(), start=1):
-        stats = timed[model_id]
-        append_calibration(table.folder, {
-            "model_id": model_id, "space": space.name, "space_args": json.dumps(space.space_args()),
-            "arch": json.dumps(plan.to_dict()), "keys": " ".join(str(k) for k in plan_keys(space, plan)),
-            "measured_ms": f"{stats['measured_ms']:.6g}", "p90_ms": f"{stats['measured_p90_ms']:.6g}",
-            "count": stats["measured_count"], "stable": int(stats["measured_stable"]),
-            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S")})
-        if on_progress:
-            on_progress(i, len(todo), f"model {stats['measured_ms']:.3f} ms")
-    return refit_correction(table)
+    to_measure = [CalibrationModel(
+        json.dumps({"space": space.name, "fingerprint": space.fingerprint(), **space.space_args(), **plan.to_dict()},
+                   sort_keys=True),
+        space.name, space.space_args(), plan.to_dict(), plan_keys(space, plan),
+        lambda path, plan=plan: export_plan(model, plan, path)) for plan in calibration_plans(space, models)]
+    return calibrate_models(LatencyTable.open(device, tables_dir), to_measure, on_progress=on_progress)

@@ -93,7 +93,7 @@ def validate(lm: LatencyModel, space: Space, run: RunDir, *, samples: int = 50, 
     archs = validation_archs(space, samples, seed)
     while len(rows) < len(archs):
         batch = archs[len(rows):len(rows) + chunk]
-        stats = measure_archs(space, batch, m.provider, m.threads, m.graph_optimization, timing)
+        stats = measure_archs(space, batch, lm.device, timing)
         for arch, st in zip(batch, stats):
             keys = lm.arch_keys(space, arch)
             pred = lm.predict_keys(keys)
