@@ -167,7 +167,7 @@ def main(argv=None) -> int:
     log(f"[2/5] profiling {len(items)} token-count units into device {device!r} (clock {args.clock})")
     t0 = time.perf_counter()
     counts = profile_items(device, items, tables_dir=args.tables_dir, timing=TimingConfig(clock=args.clock))
-    corr = calibrate_capacity(device, space, models=12, rounds=args.rounds, tables_dir=args.tables_dir)
+    corr = calibrate_capacity(device, space, models=12, tables_dir=args.tables_dir)
     log(f"    measured {counts['measured']} units (had {counts['skipped']}) in {time.perf_counter() - t0:.0f} s; "
         f"correction on {corr.fitted_on} models: base {corr.base_ms:.3f} ms, scale {corr.scale:.3f}, per unit "
         f"{corr.per_block_ms * 1000:+.1f} us; MAPE {corr.fit_mape or 0:.1f}% (uncorrected {corr.raw_mape or 0:.1f}%)")

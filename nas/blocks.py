@@ -1,4 +1,4 @@
-"""Block vocabulary: one registry from op names to torch modules.
+"""The block vocabulary: FBNet-style ops as torch modules, each registered in the op registry (``nas.ops``).
 
 Op names follow mobile-vision's FBNet naming, with the expansion folded into the name:
 
@@ -7,45 +7,21 @@ Op names follow mobile-vision's FBNet naming, with the expansion folded into the
 - ``ir_k{K}_e{E}_g{G}``  the same with grouped 1x1 convs (G groups) and a channel shuffle after the expansion
 - ``skip``               identity; a 1x1 conv + BN + ReLU where stride or channels change (as mobile-vision's Identity)
 - ``pool_fc``            global average pool + dropout + linear classifier
+
+Each registration gives the op's builder, its analytic cost (MACs, params, fp32 bytes moved at batch 1: the
+fallback regressor's features) and the latency family ``conv``; ``ir`` and ``skip`` have masked DMasking variants.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
+import math
 
 import torch
 from torch import nn
 
 from nas.errors import ArchError
-
-_CONV = re.compile(r"^conv_k(\d+)$")
-_IR = re.compile(r"^ir_k(\d+)_e(\d+)(?:_g(\d+))?$")
-
-
-@dataclass(frozen=True)
-class OpSpec:
-    """An op name parsed into its arguments."""
-
-    name: str
-    kind: str  # "conv" | "ir" | "skip" | "pool_fc"
-    kernel: int = 1
-    expansion: int = 1
-    groups: int = 1
-
-
-def parse_op(name: str) -> OpSpec:
-    """Parse an op name; raise ArchError naming the op if it is not in the vocabulary."""
-    if name in ("skip", "pool_fc"):
-        return OpSpec(name, name)
-    if m := _CONV.match(name):
-        return OpSpec(name, "conv", kernel=int(m.group(1)))
-    if m := _IR.match(name):
-        k, e, g = int(m.group(1)), int(m.group(2)), int(m.group(3) or 1)
-        if k % 2 == 0 or e < 1 or g < 1:
-            raise ArchError(f"unknown op {name!r}: kernel must be odd, expansion and groups >= 1")
-        return OpSpec(name, "ir", kernel=k, expansion=e, groups=g)
-    raise ArchError(f"unknown op {name!r} (known: conv_kK, ir_kK_eE, ir_kK_eE_gG, skip, pool_fc)")
+from nas.latency.opkey import OpKey
+from nas.ops import OpSpec, parse_op, register_op
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
@@ -121,17 +97,54 @@ class PoolClassifier(nn.Module):
 
 
 def make_block(op: str, c_in: int, c_out: int, stride: int = 1, *, dropout: float = 0.0) -> nn.Module:
-    """The one place that turns an op name and its shape into a module."""
-    spec = parse_op(op)
-    if spec.kind == "conv":
-        return ConvBNReLU(c_in, c_out, spec.kernel, stride)
-    if spec.kind == "ir":
-        return InvertedResidual(spec, c_in, c_out, stride)
-    if spec.kind == "skip":
-        return nn.Identity() if stride == 1 and c_in == c_out else ConvBNReLU(c_in, c_out, 1, stride)
-    return PoolClassifier(c_in, c_out, dropout)
+    """The module of op ``op`` at this shape (through the op registry, like every builder)."""
+    return parse_op(op).build(OpKey(op, c_in, c_out, stride), dropout=dropout)
 
 
-def is_identity(op: str, c_in: int, c_out: int, stride: int) -> bool:
-    """True when the block is a no-op (costs nothing, nothing to measure)."""
-    return op == "skip" and stride == 1 and c_in == c_out
+# ---- registrations -------------------------------------------------------------------------------------------
+def _out_resolution(key: OpKey) -> int:
+    return math.ceil(key.resolution / key.stride) if key.resolution else 0
+
+
+def _conv_cost(kernel: int, key: OpKey) -> dict:
+    r, ro, cin, cout = key.resolution, _out_resolution(key), key.c_in, key.c_out
+    macs = kernel * kernel * cin * cout * ro * ro
+    return {"macs": macs, "pw_macs": macs, "params": kernel * kernel * cin * cout + cout,
+            "traffic": 4 * (cin * r * r + cout * ro * ro)}
+
+
+def _ir_cost(spec: OpSpec, key: OpKey) -> dict:
+    r, ro, cin, cout = key.resolution, _out_resolution(key), key.c_in, key.c_out
+    mid, g = mid_channels(spec, cin), spec.groups
+    pw = cin * mid // g * r * r if mid != cin else 0
+    dw = spec.kernel ** 2 * mid * ro * ro
+    pwl = mid * cout // g * ro * ro
+    params = (cin * mid // g + mid if mid != cin else 0) + spec.kernel ** 2 * mid + mid + mid * cout // g + cout
+    traffic = 4 * (cin * r * r + (mid * r * r if mid != cin else 0) + mid * ro * ro + cout * ro * ro)
+    return {"macs": pw + dw + pwl, "dw_macs": dw, "pw_macs": pw + pwl, "params": params, "traffic": traffic}
+
+
+def _pool_fc_cost(spec: OpSpec, key: OpKey) -> dict:
+    cin, cout, r = key.c_in, key.c_out, key.resolution
+    return {"macs": cin * cout + cin * r * r, "params": cin * cout + cout, "traffic": 4 * cin * r * r}
+
+
+def _keeps_shape(spec: OpSpec, key: OpKey) -> bool:
+    return key.stride == 1 and key.c_in == key.c_out
+
+
+def _build_skip(spec: OpSpec, key: OpKey, **options) -> nn.Module:
+    return nn.Identity() if _keeps_shape(spec, key) else ConvBNReLU(key.c_in, key.c_out, 1, key.stride)
+
+
+register_op("conv_k{K}", family="conv",
+            build=lambda spec, key, **options: ConvBNReLU(key.c_in, key.c_out, spec.kernel, key.stride),
+            cost=lambda spec, key: _conv_cost(spec.kernel, key))
+register_op("ir_k{K}_e{E}[_g{G}]", family="conv",
+            build=lambda spec, key, **options: InvertedResidual(spec, key.c_in, key.c_out, key.stride),
+            cost=_ir_cost, masked="ir")
+register_op("skip", family="conv", build=_build_skip, cost=lambda spec, key: _conv_cost(1, key),
+            identity=_keeps_shape, masked="skip")
+register_op("pool_fc", family="conv",
+            build=lambda spec, key, dropout=0.0, **options: PoolClassifier(key.c_in, key.c_out, dropout),
+            cost=_pool_fc_cost)

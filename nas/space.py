@@ -4,13 +4,13 @@ A space file declares a macro-architecture: a stem, stages of layers with candid
 mobile-vision style block rows ``[op, channels, stride, repeat]``), a head, and optional channel and
 resolution options. ``load_space`` validates it and applies the user's resolution, width multiplier and
 class count. ``Space.resolve(arch)`` turns an arch into the concrete list of blocks that both the model
-builder and the latency model consume.
+builder and the latency model consume; ``Space.block_positions()`` is the chain of block positions that
+everything costing an arch walks (``nas.positions``).
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -20,8 +20,10 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from nas.blocks import make_divisible, parse_op
+from nas.blocks import make_divisible
 from nas.errors import ArchError, HwnasError, SpaceError
+from nas.ops import parse_op
+from nas.positions import BlockPosition, BlockSpec, block_positions, resolve_blocks
 
 
 class _Strict(BaseModel):
@@ -100,23 +102,6 @@ class Arch:
             return cls.from_dict(json.loads(text), where)
         except json.JSONDecodeError as e:
             raise ArchError(f"{where}: invalid JSON ({e})") from None
-
-
-@dataclass(frozen=True)
-class BlockSpec:
-    """One concrete block of a resolved arch: what the builder builds and the latency table keys."""
-
-    role: str  # "stem" | "layer" | "head" | "classifier"
-    op: str
-    c_in: int
-    c_out: int
-    stride: int
-    resolution: int  # input height = width
-    index: int = -1  # layer index for role "layer"
-
-    @property
-    def out_resolution(self) -> int:
-        return math.ceil(self.resolution / self.stride)
 
 
 @dataclass
@@ -268,18 +253,12 @@ class Space:
     # ---- resolving -----------------------------------------------------------------------------------------
     def resolve(self, arch: Arch) -> list[BlockSpec]:
         """The concrete blocks of ``arch``: stem, one per layer, head, classifier."""
-        arch = self._normalise(self.validate(arch))
-        res = arch.resolution or self.resolution
-        blocks = [BlockSpec("stem", self.spec.stem[0], self.in_channels, self.stem_channels, self.spec.stem[2], res)]
-        c_in, res = self.stem_channels, blocks[0].out_resolution
-        for layer, op in zip(self.layers, arch.ops):
-            stage = self.stages[layer.stage]
-            c_out = arch.channels[layer.stage] if arch.channels else stage.channel_options[-1]
-            blocks.append(BlockSpec("layer", op, c_in, c_out, layer.stride, res, layer.index))
-            c_in, res = c_out, blocks[-1].out_resolution
-        blocks.append(BlockSpec("head", self.spec.head[0], c_in, self.head_channels, 1, res))
-        blocks.append(BlockSpec("classifier", "pool_fc", self.head_channels, self.classes, 1, res))
-        return blocks
+        return resolve_blocks(self, self._normalise(self.validate(arch)))
+
+    def block_positions(self, channel_options: list[list[int]] | None = None,
+                        resolutions: list[int] | None = None) -> list[BlockPosition]:
+        """Every block position of the space's models, with the decisions each depends on (``nas.positions``)."""
+        return block_positions(self, channel_options, resolutions)
 
 
 def _op_size(op: str) -> tuple:

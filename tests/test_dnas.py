@@ -14,7 +14,7 @@ from nas.dnas.distribution import ArchDistribution
 from nas.dnas.dnas_supernet import DNASSupernet
 from nas.dnas.gumbel import sample_decision, temperature
 from nas.dnas.latency_terms import LatencyTerms
-from nas.dnas.loss import TargetController, latency_factor
+from nas.latency.loss import TargetController, latency_factor
 from nas.dnas.search import SearchSettings, SupernetSearch
 from nas.dnas.strategy import SearchJob, open_run, prepare_search
 from nas.errors import DataError, LatencyTableError, SearchError

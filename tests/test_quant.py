@@ -412,12 +412,13 @@ def test_latency_fit_exports_real_models_recovers_coefficients_and_resumes(tmp_p
         seen.append(len(paths))
         return out
 
-    csv = tmp_path / "fit.csv"
-    fit = fit_latency_cost(cost, net, torch.randn(16, 1, 16, 16), time_files, csv, count=5)
+    device_folder = tmp_path / "device"
+    device_folder.mkdir()
+    fit = fit_latency_cost(cost, net, torch.randn(16, 1, 16, 16), time_files, device_folder, count=5)
     assert seen == [5] and fit["models"] == 5 and fit["measured_fp32_ms"] == pytest.approx(3.0)
     assert cost.coef == pytest.approx(truth, rel=1e-3, abs=1e-6)
     assert fit["delta_mape_fitted_pct"] < 1e-3 < fit["delta_mape_table_pct"]
     assert all(layer.fixed is None for layer in net.layers)  # the net is back to searching
     cost.coef = (1.0, 1.0, 0.0)
-    again = fit_latency_cost(cost, net, torch.randn(16, 1, 16, 16), time_files, csv, count=5)
+    again = fit_latency_cost(cost, net, torch.randn(16, 1, 16, 16), time_files, device_folder, count=5)
     assert seen == [5] and again["coef"] == fit["coef"]  # resumed from the CSV: nothing exported or timed again

@@ -11,25 +11,21 @@ A static plan is a sum of units, each keyed by its token count (``nas.latency.op
                   Gather of rows, the experts as one batched MatMul, one-hot combine MatMul
 - ``vit_head``    class-token LayerNorm + classifier
 
-The units are the model's own modules (``nas.capacity.blocks`` / ``moe``), so what is profiled is what runs.
-``capacity_profile_items`` lists every key the space's options can produce; ``profile_items`` measures them
-into the device table (resumable), and ``LatencyModel.predict_keys(plan_keys(space, plan))`` predicts.
+The units are registered ops (``nas.capacity.units``) built from the model's own modules, so what is profiled is
+what runs. ``capacity_profile_items`` lists every key the space's options can produce; ``profile_items`` measures
+them into the device table (resumable), and ``LatencyModel.predict_keys(plan_keys(space, plan))`` predicts.
 """
 
 from __future__ import annotations
 
 import math
 
-from nas.capacity.blocks import AttentionBlock, Head, MlpBlock, PatchEmbed, TokenScorer, TokenSelect
 from nas.capacity.config import StaticPlan
-from nas.capacity.moe import ExpertChoice, Experts, MoERoute
 from nas.capacity.space import CapacitySpace
 from nas.errors import LatencyTableError
 from nas.latency.model import LatencyModel, Prediction
 from nas.latency.opkey import OpKey, format_extra
-from nas.latency.profile import ProfileItem
-
-UNIT_OPS = ("vit_embed", "token_select", "vit_attn", "vit_mlp", "moe_route", "moe_expert", "vit_head")
+from nas.latency.profile import ProfileItem, block_item
 
 
 # ---- keys ----------------------------------------------------------------------------------------------------
@@ -119,34 +115,10 @@ def require_space_covered(lm: LatencyModel, space: CapacitySpace) -> None:
 
 
 # ---- profile items -------------------------------------------------------------------------------------------
-def _tokens_shape(tokens: int, dim: int) -> tuple[int, int, int]:
-    return (1, tokens, dim)
-
-
 def unit_item(space: CapacitySpace, key: OpKey) -> ProfileItem:
-    """The module and input shapes that measure ``key`` (fresh random weights: latency does not depend on them)."""
-    s, d, t = space.spec, space.spec.dim, key.tokens
-    extra = dict(part.split("=") for part in key.extra.split(";") if part)
-    if key.op == "vit_embed":
-        return ProfileItem(key, lambda: PatchEmbed(space.in_channels, d, s.patch_size, space.patches,
-                                                      s.stem_channels),
-                           ((1, *space.input_shape),))
-    if key.op == "token_select":
-        keep = int(extra["keep"])
-        return ProfileItem(key, lambda: TokenSelect(TokenScorer(d, s.pruning.predictor_hidden), keep - 1),
-                           (_tokens_shape(t, d),))
-    if key.op == "vit_attn":
-        return ProfileItem(key, lambda: AttentionBlock(d, s.heads), (_tokens_shape(t, d),))
-    if key.op == "vit_mlp":
-        return ProfileItem(key, lambda: MlpBlock(d, space.mlp_hidden), (_tokens_shape(t, d),))
-    if key.op == "moe_route":
-        return ProfileItem(key, lambda: MoERoute(d, s.moe.experts, s.moe.predictor_hidden), (_tokens_shape(t, d),))
-    if key.op == "moe_expert":
-        pool, e = space.tokens, s.moe.experts
-        return ProfileItem(key, lambda: ExpertChoice(Experts(e, d, s.moe.expert_hidden), t), ((1, pool, d + 2 * e),))
-    if key.op == "vit_head":
-        return ProfileItem(key, lambda: Head(d, space.classes), ((1, 1, d),))
-    raise ValueError(f"not a capacity unit: {key}")
+    """The module and input shapes that measure ``key`` (registered in ``nas.capacity.units``; fresh random
+    weights: latency does not depend on them). Experts are timed selecting from the space's largest pool."""
+    return block_item(key, pool=space.tokens)
 
 
 def space_keys(space: CapacitySpace) -> list[OpKey]:
@@ -212,44 +184,24 @@ def calibration_plans(space: CapacitySpace, count: int, seed: int = 12345) -> li
     return plans[:count]
 
 
-def calibrate_capacity(device: str, space: CapacitySpace, *, models: int = 10, rounds: int = 3, tables_dir=None,
-                       on_progress=None):
+def calibrate_capacity(device: str, space: CapacitySpace, *, models: int = 10, tables_dir=None, on_progress=None):
     """Measure ``models`` whole plans of ``space`` into the device's calibration set and refit its correction.
 
     The correction (``base + scale * net + per_block``, see ``nas.latency.correction``) is one per device,
-    fitted over every calibration model of every space measured on it. Each plan is timed in ``rounds``
-    interleaved rounds (median), to resist load bursts. Plans already measured are skipped.
+    fitted over every calibration model of every space measured on it (``nas.latency.calibrate.calibrate_models``:
+    the table's own set-up, plans timed interleaved). Plans already measured are skipped.
     """
     import json
-    import tempfile
-    import time
-    from pathlib import Path
 
-    from nas.capacity.export import export_plan, interleaved_ms
+    from nas.capacity.export import export_plan
     from nas.capacity.vit import DynamicViT
-    from nas.latency.calibrate import append_calibration, read_calibration, refit_correction
+    from nas.latency.calibrate import CalibrationModel, calibrate_models
     from nas.latency.table import LatencyTable
 
-    table = LatencyTable.open(device, tables_dir)
-    done = {r["model_id"] for r in read_calibration(table.folder)}
     model = DynamicViT(space).eval()  # latency does not depend on the weights
-    todo = {}
-    for plan in calibration_plans(space, models):
-        model_id = json.dumps({"space": space.name, "fingerprint": space.fingerprint(), **space.space_args(),
-                               **plan.to_dict()}, sort_keys=True)
-        if model_id not in done:
-            todo[model_id] = plan
-    with tempfile.TemporaryDirectory(prefix="hwnas-capacity-") as tmp:
-        paths = {mid: export_plan(model, plan, Path(tmp) / f"m{i}.onnx") for i, (mid, plan) in enumerate(todo.items())}
-        timed = interleaved_ms(paths, table.manifest, rounds) if paths else {}
-    for i, (model_id, plan) in enumerate(todo.items(), start=1):
-        stats = timed[model_id]
-        append_calibration(table.folder, {
-            "model_id": model_id, "space": space.name, "space_args": json.dumps(space.space_args()),
-            "arch": json.dumps(plan.to_dict()), "keys": " ".join(str(k) for k in plan_keys(space, plan)),
-            "measured_ms": f"{stats['measured_ms']:.6g}", "p90_ms": f"{stats['measured_p90_ms']:.6g}",
-            "count": stats["measured_count"], "stable": int(stats["measured_stable"]),
-            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S")})
-        if on_progress:
-            on_progress(i, len(todo), f"model {stats['measured_ms']:.3f} ms")
-    return refit_correction(table)
+    to_measure = [CalibrationModel(
+        json.dumps({"space": space.name, "fingerprint": space.fingerprint(), **space.space_args(), **plan.to_dict()},
+                   sort_keys=True),
+        space.name, space.space_args(), plan.to_dict(), plan_keys(space, plan),
+        lambda path, plan=plan: export_plan(model, plan, path)) for plan in calibration_plans(space, models)]
+    return calibrate_models(LatencyTable.open(device, tables_dir), to_measure, on_progress=on_progress)

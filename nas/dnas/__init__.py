@@ -3,7 +3,7 @@
 Modules:
 - ``gumbel``: Gumbel-softmax weights (soft, hard straight-through, top-k sampled paths) and temperature schedule.
 - ``distribution``: ``ArchDistribution``, the architecture logits (op per layer, channels per stage, resolution).
-- ``latency_terms``: the space's expected latency as a sum of table-cost tensors over the decisions it depends on.
+- ``latency_terms``: the space's expected latency, a view of the LatencyModel's cost table of its block positions.
 - ``decode``: exact min / max latency of a space, and the most probable arch inside a latency band (DP).
 - ``mixed_op``: a layer's candidate blocks, run all at once (DNAS) or only the sampled path(s).
 - ``dnas_supernet``: the FBNet supernet (one block per candidate per layer).
@@ -11,7 +11,6 @@ Modules:
   the largest map) and position-weighted batch norm.
 - ``masked_blocks``: a layer's candidates as one shared-weight block (kernel, expansion and group masks), plus skip.
 - ``dmasking_supernet``: the DMaskingNAS supernet; ``child(arch)`` is exactly ``build_model(space, arch)``.
-- ``loss``: the latency-aware loss and the latency-target controller.
 - ``search``: the alternating weight / architecture optimisation, resumable per epoch.
 - ``plots``: PNG plots of the search trajectory.
 - ``strategy``: a whole search run: latency table, run directory, search, retrain + export + measure, report.

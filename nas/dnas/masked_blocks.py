@@ -18,10 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas.blocks import ConvBNReLU, PoolClassifier, make_block, mid_channels, parse_op
+from nas.blocks import ConvBNReLU, PoolClassifier, make_block, mid_channels
 from nas.dnas.gumbel import DecisionSample
 from nas.dnas.masks import ResolutionState, batch_norm, channel_mask, prefix_masks
 from nas.errors import SearchError
+from nas.ops import OPS, parse_op
 
 
 class LayerShape:
@@ -309,13 +310,15 @@ class SuperLayer(nn.Module):
 
     def __init__(self, ops: list[str], shape: LayerShape):
         super().__init__()
-        kinds = [parse_op(op).kind for op in ops]
-        for op, kind in zip(ops, kinds):
-            if kind not in ("ir", "skip"):
-                raise SearchError(f"op {op!r} cannot be a searchable layer's candidate here (ir_* and skip can)")
+        paths = [parse_op(op).masked for op in ops]  # the masked variant each op's registration names
+        for op, path in zip(ops, paths):
+            if path is None:
+                masked = ", ".join(p for p, d in OPS.items() if d.masked)
+                raise SearchError(f"op {op!r} has no masked variant, so it cannot be a searchable layer's candidate "
+                                  f"here ({masked} can)")
         self.ops = list(ops)
-        self.ir_index = [i for i, k in enumerate(kinds) if k == "ir"]
-        self.skip_index = kinds.index("skip") if "skip" in kinds else None
+        self.ir_index = [i for i, path in enumerate(paths) if path == "ir"]
+        self.skip_index = paths.index("skip") if "skip" in paths else None
         self.ir = SuperIR([ops[i] for i in self.ir_index], shape) if self.ir_index else None
         self.skip = MaskedSkip(shape) if self.skip_index is not None else None
 

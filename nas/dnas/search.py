@@ -22,8 +22,8 @@ from nas.data import Dataset
 from nas.dnas.distribution import ArchDistribution
 from nas.dnas.gumbel import temperature
 from nas.dnas.latency_terms import LatencyTerms
-from nas.dnas.loss import TargetController, latency_factor
 from nas.files import atomic_path
+from nas.latency.loss import TargetController, latency_factor
 from nas.recipe import Recipe
 from nas.training import lr_factor, make_optimizer
 

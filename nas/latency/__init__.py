@@ -11,7 +11,8 @@ the CLI commands ``hwnas latency profile | show | predict | validate | bundle | 
 
 Files in ``latency_tables/<device-id>/`` (base folder ``$HWNAS_LATENCY_TABLES`` or ``./latency_tables``):
 ``device.json`` (manifest), ``table.csv`` (one row per op key), ``call_overhead.json``, ``calibration.csv``
-(whole models measured on the device) and ``correction.json`` (fitted ``base_ms``, ``scale``, ``per_block_ms``).
+(whole models measured on the device), ``precision_calibration.csv`` (whole mixed-precision models) and
+``correction.json`` (fitted ``base_ms``, ``scale``, ``per_block_ms`` and the ``precision`` terms).
 
 Modules:
 - ``opkey``: ``OpKey``, the identity of one measured thing (the table's primary key).
@@ -23,11 +24,14 @@ Modules:
 - ``profile``: ``ProfileItem``, ``profile_items`` (resumable, concurrent-safe, skips identity blocks),
   ``space_profile_items``, ``space_layer_keys``, ``block_item``.
 - ``quantize``: static int8 (QDQ by default; ``extra`` "qformat=qop", "qops=pw" choose format and granularity).
-- ``calibrate``: whole-model calibration measurements and the refit of ``correction.json``.
-- ``correction``: ``Correction`` and its least-squares fit.
+- ``calibrate``: whole-model calibration (``calibrate_models`` for every space kind, timed by the ``Device``),
+  mixed-precision calibration rows, and the refit of ``correction.json``.
+- ``correction``: ``Correction`` (with ``PrecisionTerms``) and its least-squares fit.
 - ``features``: key features (analytic MACs, params, bytes) for the fallback regressor.
-- ``model``: ``LatencyModel`` (``block_cost_ms``, ``is_estimated``, ``base_ms``, ``predict_keys``, ``arch_keys``,
-  ``predict``, ``cost_tensor``, ``expected_ms``), ``Prediction``, ``FallbackRegressor``.
+- ``model``: ``LatencyModel`` (``block_cost_ms``, ``is_estimated``, ``base_ms``, ``total_ms`` (the one base + sum),
+  ``predict_keys``, ``arch_keys``, ``predict``, ``cost_table`` (block positions -> cost arrays), ``cost_tensor``,
+  ``expected_ms``), ``PositionCosts``, ``Prediction``, ``FallbackRegressor``.
+- ``loss``: the latency-aware search loss and the latency-target controller (DNAS and mixed precision).
 - ``validate``: random archs measured end to end against predictions (within_10pct, MAPE, Kendall tau).
 - ``bundle``: ``write_bundle`` (zip for a remote device) and ``import_results`` (its results as a new device).
 """

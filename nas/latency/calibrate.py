@@ -1,8 +1,13 @@
 """Calibration: measure a few whole models on the device and fit the table's correction (``correction.json``).
 
-Each measured model is one row of ``calibration.csv`` in the device folder (its op keys, measured p50), appended
-under the same lock discipline as the table, so calibration resumes and several spaces can contribute. The
-correction is refitted over all rows whose keys the table holds.
+Every space kind calibrates through ``calibrate_models``: a ``CalibrationModel`` names a model, lists its op keys
+and exports its ONNX file; the device (``nas.latency.device.Device``, the table's own set-up) times the missing
+ones interleaved. Each measured model is one row of ``calibration.csv`` in the device folder (its op keys,
+measured p50), appended under the same lock discipline as the table, so calibration resumes and several spaces
+(convolutional, dynamic-capacity) contribute to one correction, refitted over all rows whose keys the table holds.
+Mixed-precision models (each assignment's measured time and its int8 compute, transition and transition-count
+terms) add rows to ``precision_calibration.csv``; ``fit_precision`` weighs those terms for the whole device
+(non-negative least squares), saved in the same ``correction.json``.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import json
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -20,9 +26,10 @@ import numpy as np
 
 from nas.builder import build_model
 from nas.errors import LatencyTableError
-from nas.latency.correction import CalibrationPoint, Correction, fit_correction, key_family, net_block_ms
-from nas.latency.opkey import OpKey
+from nas.latency.correction import CalibrationPoint, Correction, PrecisionTerms, fit_correction, key_family, \
+    net_block_ms
 from nas.latency.device import Device, check_provider
+from nas.latency.opkey import OpKey
 from nas.latency.profile import key_is_identity, single_thread_torch
 from nas.latency.table import LatencyTable, _locked, _read_from
 from nas.latency.timing import CallOverhead, LatencyStats, TimingConfig
@@ -32,25 +39,29 @@ from nas.space import Arch, Space
 CALIBRATION_FILE = "calibration.csv"
 CALIBRATION_COLUMNS = ("model_id", "space", "space_args", "arch", "keys", "measured_ms", "p90_ms", "count",
                        "stable", "timestamp")
+PRECISION_FILE = "precision_calibration.csv"
+PRECISION_COLUMNS = ("model_id", "assignment", "int8_layers", "measured_ms", "fp32_measured_ms", "compute_delta_ms",
+                     "transition_ms", "transitions", "timestamp")
+PRECISION_TERMS = ("compute_delta_ms", "transition_ms", "transitions")
 
 
 def measure_archs(space: Space, archs: list[Arch], device: Device, timing: TimingConfig | None = None,
                   on_export: Callable[[int], None] | None = None) -> list[LatencyStats]:
-    """Export each arch's whole model to ONNX and time them end to end, interleaved (batch 1, random input)."""
-    sessions = []
+    """Export each arch's whole model to ONNX and time them end to end on ``device``, interleaved."""
     with tempfile.TemporaryDirectory(prefix="hwnas-model-") as tmp:
+        paths = []
         for i, arch in enumerate(archs):
-            model = build_model(space, arch)
-            with single_thread_torch():
-                path = export_onnx(model, model.input_shape, Path(tmp) / f"model{i}.onnx")
-            sessions.append(device.open(path))
+            paths.append(export_arch(space, arch, Path(tmp) / f"model{i}.onnx"))
             if on_export:
                 on_export(i + 1)
-    return device.time_sessions(sessions, timing)
+        return device.time_files(paths, timing)
 
 
-def measure_arch(space: Space, arch: Arch, device: Device, timing: TimingConfig | None = None) -> LatencyStats:
-    return measure_archs(space, [arch], device, timing)[0]
+def export_arch(space: Space, arch: Arch, path: Path) -> Path:
+    """The arch's whole model as ONNX (batch 1 input shape, exported on one torch thread)."""
+    model = build_model(space, arch)
+    with single_thread_torch():
+        return export_onnx(model, model.input_shape, path)
 
 
 def calibration_archs(space: Space, count: int, seed: int = 12345) -> list[Arch]:
@@ -75,38 +86,91 @@ def _model_id(space: Space, arch: Arch) -> str:
     return json.dumps({"space_args": space.space_args(), **arch.to_dict()}, sort_keys=True)
 
 
+def _read_rows(path: Path) -> list[dict]:
+    return list(csv.DictReader(io.StringIO(path.read_text()))) if path.is_file() else []
+
+
 def read_calibration(folder: Path) -> list[dict]:
     path = Path(folder) / CALIBRATION_FILE
-    if not path.is_file():
-        return []
-    rows = []
-    reader = csv.DictReader(io.StringIO(path.read_text()))
-    for i, row in enumerate(reader, start=2):
+    rows = _read_rows(path)
+    for i, row in enumerate(rows, start=2):
         try:
             row["measured_ms"] = float(row["measured_ms"])
             row["keys"] = [OpKey.parse(k) for k in row["keys"].split()]
         except (KeyError, TypeError, ValueError, AttributeError):
             raise LatencyTableError(f"{path}: corrupt calibration row at line {i}") from None
-        rows.append(row)
     return rows
 
 
-def append_calibration(folder: Path, row: dict) -> bool:
-    """Append one calibration row under an exclusive lock, unless its model is already there."""
-    path = Path(folder) / CALIBRATION_FILE
+def _append_unique(path: Path, columns: tuple[str, ...], row: dict, identity: tuple[str, ...]) -> bool:
+    """Append one row under an exclusive lock, unless a row with the same ``identity`` columns is there."""
     buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerow([row[c] for c in CALIBRATION_COLUMNS])
+    csv.writer(buf, lineterminator="\n").writerow([row[c] for c in columns])
+    same = tuple(str(row[c]) for c in identity)
     with _locked(path, exclusive=True) as fd:
         data = _read_from(fd, 0)
         if data and not data.endswith(b"\n"):  # a writer killed mid-row: cut the torn row
             os.ftruncate(fd, data.rfind(b"\n") + 1)
             data = data[:data.rfind(b"\n") + 1]
         if not data:
-            os.write(fd, (",".join(CALIBRATION_COLUMNS) + "\n").encode())
-        elif any(r.get("model_id") == row["model_id"] for r in csv.DictReader(io.StringIO(data.decode()))):
+            os.write(fd, (",".join(columns) + "\n").encode())
+        elif any(tuple(r.get(c) for c in identity) == same for r in csv.DictReader(io.StringIO(data.decode()))):
             return False
         os.write(fd, buf.getvalue().encode())
     return True
+
+
+def append_calibration(folder: Path, row: dict) -> bool:
+    """Append one calibration row under an exclusive lock, unless its model is already there."""
+    return _append_unique(Path(folder) / CALIBRATION_FILE, CALIBRATION_COLUMNS, row, ("model_id",))
+
+
+# ---- mixed precision ------------------------------------------------------------------------------------------
+def read_precision_rows(folder: Path) -> list[dict]:
+    """The device's mixed-precision calibration rows (numbers as floats)."""
+    path = Path(folder) / PRECISION_FILE
+    rows = _read_rows(path)
+    for i, row in enumerate(rows, start=2):
+        try:
+            for c in ("measured_ms", "fp32_measured_ms", *PRECISION_TERMS):
+                row[c] = float(row[c])
+        except (KeyError, TypeError, ValueError):
+            raise LatencyTableError(f"{path}: corrupt precision calibration row at line {i}") from None
+    return rows
+
+
+def append_precision_row(folder: Path, row: dict) -> bool:
+    """Append one mixed model's measurement (``PRECISION_COLUMNS``), unless that assignment is already there."""
+    row = {**row, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    return _append_unique(Path(folder) / PRECISION_FILE, PRECISION_COLUMNS, row, ("model_id", "assignment"))
+
+
+def precision_terms_matrix(rows: list[dict]) -> np.ndarray:
+    return np.asarray([[r[c] for c in PRECISION_TERMS] for r in rows], dtype=np.float64).reshape(-1, 3)
+
+
+def fit_precision(folder: Path) -> PrecisionTerms:
+    """Weights of the mixed-precision terms, fitted by non-negative least squares on every mixed model measured
+    on the device: ``measured - measured fp32 = a * compute + b * transition_ms + c * transitions``."""
+    from scipy.optimize import nnls
+
+    rows = read_precision_rows(folder)
+    if not any(r["int8_layers"] not in ("0", 0) for r in rows):
+        return PrecisionTerms()
+    y = np.asarray([r["measured_ms"] - r["fp32_measured_ms"] for r in rows])
+    coef, _ = nnls(precision_terms_matrix(rows), y)
+    return PrecisionTerms(*(float(c) for c in coef), fitted_on=len({r["model_id"] for r in rows}))
+
+
+def refit_precision(folder: Path) -> Correction:
+    """Refit the device's precision terms into its correction.json (the rest of the correction kept)."""
+    correction = Correction.load(folder)
+    if correction is None:
+        overhead = CallOverhead.load(folder)
+        correction = Correction(base_ms=overhead.fixed_ms if overhead else 0.0)
+    correction.precision = fit_precision(folder)
+    correction.save(folder)
+    return correction
 
 
 def calibration_points(table: LatencyTable) -> list[CalibrationPoint]:
@@ -128,11 +192,57 @@ def calibration_points(table: LatencyTable) -> list[CalibrationPoint]:
 
 
 def refit_correction(table: LatencyTable) -> Correction:
-    """Fit the correction over every calibration model whose keys the table holds; save correction.json."""
+    """Fit the correction over every calibration model whose keys the table holds, and the precision terms over
+    every mixed-precision calibration model; save correction.json."""
     overhead = CallOverhead.load(table.folder)
     correction = fit_correction(calibration_points(table), overhead.fixed_ms if overhead else 0.0)
+    correction.precision = fit_precision(table.folder)
     correction.save(table.folder)
     return correction
+
+
+@dataclass
+class CalibrationModel:
+    """One whole model measured for the device's correction: its identity, op keys and ONNX export."""
+
+    model_id: str  # unique over every space measured on the device
+    space: str
+    space_args: dict
+    decisions: dict  # the arch (or plan) as JSON
+    keys: list[OpKey]
+    export: Callable[[Path], Path]  # writes the model's ONNX file at the given path and returns it
+
+
+def calibrate_models(table: LatencyTable, models: list[CalibrationModel], *, timing: TimingConfig | None = None,
+                     on_progress: Callable[[int, int, str], None] | None = None) -> Correction:
+    """Measure the ``models`` not yet in the device's calibration set (interleaved, with the table's own
+    set-up), append them, and refit the correction."""
+    done = {r["model_id"] for r in read_calibration(table.folder)}
+    todo = [m for m in models if m.model_id not in done]
+    skipped = len(models) - len(todo)
+    if on_progress:
+        on_progress(skipped, len(models), "already measured")
+    if todo:
+        with tempfile.TemporaryDirectory(prefix="hwnas-model-") as tmp:
+            paths = []
+            for i, m in enumerate(todo, start=1):
+                paths.append(m.export(Path(tmp) / f"model{i}.onnx"))
+                if on_progress:
+                    on_progress(skipped + i, len(models), "exported")
+            stats = Device.from_manifest(table.manifest).time_files(paths, timing)
+        for m, st in zip(todo, stats):
+            append_calibration(table.folder, {
+                "model_id": m.model_id, "space": m.space, "space_args": json.dumps(m.space_args),
+                "arch": json.dumps(m.decisions), "keys": " ".join(str(k) for k in m.keys),
+                "measured_ms": f"{st.p50_ms:.6g}", "p90_ms": f"{st.p90_ms:.6g}", "count": st.count,
+                "stable": int(st.stable), "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    return refit_correction(table)
+
+
+def arch_calibration_model(space: Space, arch: Arch) -> CalibrationModel:
+    return CalibrationModel(_model_id(space, arch), space.name, space.space_args(), arch.to_dict(),
+                            [OpKey.from_block(b) for b in space.resolve(arch)],
+                            lambda path: export_arch(space, arch, path))
 
 
 def calibrate(device: str, space: Space, *, models: int = 8, provider: str = "CPUExecutionProvider",
@@ -146,19 +256,5 @@ def calibrate(device: str, space: Space, *, models: int = 8, provider: str = "CP
     if (m.provider, m.threads, m.graph_optimization) != (provider, threads, optimization):
         raise LatencyTableError(f"device {device!r} was profiled with {m.provider}, {m.threads} threads, "
                                 f"optimisation {m.graph_optimization!r}; calibrate it with the same settings")
-    done = {r["model_id"] for r in read_calibration(table.folder)}
-    todo = [a for a in calibration_archs(space, models) if _model_id(space, a) not in done]
-    if on_progress:
-        on_progress(models - len(todo), models, "already measured")
-    if todo:
-        stats = measure_archs(space, todo, Device.from_manifest(m), timing,
-                              on_export=lambda i: on_progress and on_progress(models - len(todo) + i, models,
-                                                                              "exported"))
-        for arch, st in zip(todo, stats):
-            keys = " ".join(str(k) for k in (OpKey.from_block(b) for b in space.resolve(arch)))
-            append_calibration(table.folder, {
-                "model_id": _model_id(space, arch), "space": space.name,
-                "space_args": json.dumps(space.space_args()), "arch": arch.to_json(), "keys": keys,
-                "measured_ms": f"{st.p50_ms:.6g}", "p90_ms": f"{st.p90_ms:.6g}", "count": st.count,
-                "stable": int(st.stable), "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S")})
-    return refit_correction(table)
+    return calibrate_models(table, [arch_calibration_model(space, a) for a in calibration_archs(space, models)],
+                            timing=timing, on_progress=on_progress)

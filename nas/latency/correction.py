@@ -6,10 +6,16 @@ Inside a whole model the blocks run back to back, caches are shared and the call
 
     whole_ms = base_ms + sum_blocks (scale[f] * net_ms + per_block_ms[f])
 
-where ``f`` is the block's family (``conv``: the block vocabulary; ``token``: any other op, e.g. transformer
-units), fitted by least squares on the relative error of whole models measured on the device during profiling
-(the calibration set). A family without enough calibration models shares the device-wide fit. The form stays
-additive over keys, so a supernet's expected latency is exact and differentiable.
+where ``f`` is the block's latency family, registered with its op (``nas.ops.FAMILIES``: ``conv`` for the block
+vocabulary, ``token`` for transformer units and single quantised layers), fitted by least squares on the relative
+error of whole models measured on the device during profiling (the calibration set). A family without enough
+calibration models shares the device-wide fit. The form stays additive over keys, so a supernet's expected latency
+is exact and differentiable.
+
+``precision`` weighs the terms of a mixed-precision model (``PrecisionTerms``): inside one model, dozens of small
+QuantizeLinear / DequantizeLinear nodes and int8 kernels behave differently from the same ops timed alone, so
+the int8 compute delta, the transition time and the number of transitions get weights fitted on whole mixed
+models measured on the device (``precision_calibration.csv``, see ``nas.latency.calibrate``).
 """
 
 from __future__ import annotations
@@ -20,21 +26,17 @@ from pathlib import Path
 
 import numpy as np
 
-from nas.blocks import parse_op
-from nas.errors import ArchError, LatencyTableError
+from nas.errors import LatencyTableError
 from nas.files import write_json
 from nas.latency.opkey import OpKey
+from nas.ops import FAMILIES, parse_op
 
 CORRECTION_FILE = "correction.json"
-FAMILIES = ("conv", "token")
 
 
 def key_family(key: OpKey) -> str:
-    try:
-        parse_op(key.op)
-        return "conv"
-    except ArchError:
-        return "token"
+    """The latency family registered with the key's op; ArchError listing the known ops if it has none."""
+    return parse_op(key.op).family
 
 
 MIN_NET_FRACTION = 0.2  # a block's net time is never taken below this share of its measured p50
@@ -43,6 +45,27 @@ MIN_NET_FRACTION = 0.2  # a block's net time is never taken below this share of 
 def net_block_ms(row: dict) -> float:
     """A table row's time without the session-call overhead it paid alone."""
     return max(row["p50_ms"] - row["overhead_ms"], MIN_NET_FRACTION * row["p50_ms"])
+
+
+@dataclass
+class PrecisionTerms:
+    """``ms = fp32_ms + compute * int8 compute delta + transition * transition ms + per_transition_ms * count``.
+
+    The defaults (1, 1, 0) take the table's per-layer and transition rows as they are."""
+
+    compute: float = 1.0
+    transition: float = 1.0
+    per_transition_ms: float = 0.0
+    fitted_on: int = 0  # mixed-precision calibration models used; 0 = not fitted
+
+    @property
+    def coef(self) -> tuple[float, float, float]:
+        return (float(self.compute), float(self.transition), float(self.per_transition_ms))
+
+    def model_ms(self, fp32_ms, compute_delta_ms, transition_ms, transitions):
+        """The mixed model's latency from its terms (floats or tensors, differentiable)."""
+        a, b, c = self.coef
+        return fp32_ms + a * compute_delta_ms + b * transition_ms + c * transitions
 
 
 @dataclass
@@ -55,6 +78,7 @@ class Correction:
     raw_mape: float | None = None  # the same for the naive sum of p50s
     family_scale: dict = field(default_factory=dict)  # {"conv": 1.1, "token": 0.9} where fitted separately
     family_per_block_ms: dict = field(default_factory=dict)
+    precision: PrecisionTerms = field(default_factory=PrecisionTerms)
 
     def scale_for(self, family: str) -> float:
         return float(self.family_scale.get(family, self.scale))
@@ -83,6 +107,8 @@ class Correction:
             d = json.loads(path.read_text())
             known = set(cls.__dataclass_fields__)
             c = cls(**{k: v for k, v in d.items() if k in known})
+            c.precision = PrecisionTerms(**c.precision) if isinstance(c.precision, dict) else PrecisionTerms()
+            c.precision.coef
             float(c.base_ms), float(c.scale), float(c.per_block_ms)
             {str(k): float(v) for k, v in {**c.family_scale, **c.family_per_block_ms}.items()}
             return c

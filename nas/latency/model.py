@@ -5,12 +5,16 @@
 ``block_cost_ms`` is the corrected table entry (``correction.scale * (p50_ms - overhead_ms) +
 correction.per_block_ms``), 0 for identity blocks, or, for a key the table lacks, a scikit-learn regressor's
 estimate fitted on the table's rows (flagged in ``Prediction.estimated``; with ``allow_fallback=False`` a
-missing key raises ``LatencyTableError`` naming it). Every search calls this; none re-implements it.
+missing key raises ``LatencyTableError`` naming it). ``total_ms`` is the one place where ``base_ms`` is added to
+block costs: one arch's (``predict_keys``), a population's (an n x blocks array) or a supernet's expectation (a
+tensor). ``cost_table`` turns a space's block positions (``nas.positions``) into cost arrays, one axis per
+decision, which DNAS's expected latency and the predictor searches' population costs are views of. Every search
+calls this; none re-implements it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
@@ -24,6 +28,7 @@ from nas.latency.opkey import OpKey
 from nas.latency.profile import key_is_identity
 from nas.latency.table import LatencyTable
 from nas.latency.timing import CallOverhead
+from nas.positions import BlockPosition
 from nas.space import Arch, Space
 
 if TYPE_CHECKING:
@@ -65,9 +70,19 @@ class FallbackRegressor:
                                     f"the fallback regressor (profile the space first)")
         return cls(keys, [table.get(k) for k in keys], [net_ms[str(k)] for k in keys])
 
-    def predict_ms(self, key: OpKey) -> float:
-        x = key_features(key)[None, :]
-        return float(np.exp(self.linear.predict(x)[0] + self.trees.predict(x)[0]))
+    def predict_ms(self, keys: list[OpKey]) -> np.ndarray:
+        """Estimated net ms of each key (one batched prediction)."""
+        x = np.stack([key_features(k) for k in keys])
+        return np.exp(self.linear.predict(x) + self.trees.predict(x))
+
+
+@dataclass
+class PositionCosts:
+    """One block position's costs on a device: arrays with one axis per decision (``position.dims``)."""
+
+    position: BlockPosition
+    keys: np.ndarray = field(repr=False)  # the OpKey of every entry (object array)
+    cost_ms: np.ndarray  # float64, same shape
 
 
 class LatencyModel:
@@ -115,14 +130,21 @@ class LatencyModel:
         name = str(key)
         if name in self._net_ms:
             return self._net_ms[name]
-        if not self.allow_fallback:
-            raise LatencyTableError(f"device {self.device_id!r} has no measurement for key {name} and the "
-                                    f"fallback is disabled; profile it (`hwnas latency profile`)")
-        if name not in self._estimates:
-            if self._fallback is None:
-                self._fallback = FallbackRegressor.for_table(self.table, self._net_ms)
-            self._estimates[name] = self._fallback.predict_ms(key)
+        self._estimate([key])
         return self._estimates[name]
+
+    def _estimate(self, keys: list[OpKey]) -> None:
+        """Fill the fallback's estimates of the keys the table lacks, in one batch."""
+        missing = list({str(k): k for k in keys if str(k) not in self._net_ms and str(k) not in self._estimates}
+                       .values())
+        if not missing:
+            return
+        if not self.allow_fallback:
+            raise LatencyTableError(f"device {self.device_id!r} has no measurement for key {missing[0]} and the "
+                                    f"fallback is disabled; profile it (`hwnas latency profile`)")
+        if self._fallback is None:
+            self._fallback = FallbackRegressor.for_table(self.table, self._net_ms)
+        self._estimates.update(zip(map(str, missing), map(float, self._fallback.predict_ms(missing))))
 
     def block_cost_ms(self, key: OpKey) -> float:
         """Corrected additive contribution of one block; 0.0 for identity blocks."""
@@ -130,10 +152,25 @@ class LatencyModel:
             return 0.0
         return self.correction.block_ms(self.net_ms(key), key_family(key))
 
-    # ---- per arch --------------------------------------------------------------------------------------------
+    def block_costs_ms(self, keys: Iterable[OpKey]) -> np.ndarray:
+        """``block_cost_ms`` of many keys (missing ones estimated in one batch)."""
+        keys = list(keys)
+        self._estimate([k for k in keys if not key_is_identity(k)])
+        return np.asarray([self.block_cost_ms(k) for k in keys], dtype=np.float64)
+
+    # ---- whole models -----------------------------------------------------------------------------------------
+    def total_ms(self, block_ms):
+        """Whole-model latency from block costs: ``base_ms`` + their sum over the last axis.
+
+        ``block_ms``: one arch's costs (a sequence or a 1-D array), a population's (n x blocks array), or a
+        supernet's expected block costs (a tensor, differentiable)."""
+        if isinstance(block_ms, (list, tuple)):
+            block_ms = np.asarray(block_ms, dtype=np.float64)
+        return block_ms.sum(-1) + self.base_ms
+
     def predict_keys(self, keys: Iterable[OpKey]) -> Prediction:
         keys = list(keys)
-        total = self.base_ms + sum(self.block_cost_ms(k) for k in keys)
+        total = self.total_ms(self.block_costs_ms(keys))
         estimated = [k for k in keys if self.is_estimated(k)]
         warnings = list(self.warnings)
         if estimated:
@@ -148,21 +185,33 @@ class LatencyModel:
     def predict(self, space: Space, arch: Arch, bits: int = 32) -> float:
         return self.predict_keys(self.arch_keys(space, arch, bits)).ms
 
-    # ---- supernets -------------------------------------------------------------------------------------------
+    # ---- block positions (supernets, populations) ---------------------------------------------------------------
+    def cost_table(self, positions: list[BlockPosition], bits: int = 32) -> list[PositionCosts]:
+        """Every block position's cost over the options of its decisions, at ``bits``."""
+        keys = [np.empty(p.shape, dtype=object) for p in positions]
+        for position, array in zip(positions, keys):
+            for index, block in position.blocks():
+                array[index] = OpKey.from_block(block, bits)
+        costs = self.block_costs_ms([k for array in keys for k in array.flat])
+        out, start = [], 0
+        for position, array in zip(positions, keys):
+            out.append(PositionCosts(position, array, costs[start:start + array.size].reshape(array.shape)))
+            start += array.size
+        return out
+
     def cost_tensor(self, keys: Iterable[OpKey], dtype=torch.float32) -> torch.Tensor:
         """Costs of one layer's candidates as a tensor, to pair with its choice probabilities."""
-        return torch.tensor([self.block_cost_ms(k) for k in keys], dtype=dtype)
+        return torch.tensor(self.block_costs_ms(keys), dtype=dtype)
 
     def expected_ms(self, probs: list[torch.Tensor], costs: list[torch.Tensor]) -> torch.Tensor:
         """Differentiable expected latency: ``base_ms + sum_i (probs[i] * costs[i]).sum()``."""
         if len(probs) != len(costs):
             raise ValueError(f"expected_ms: {len(probs)} probability tensors but {len(costs)} cost tensors")
         terms = [(p * c.to(p.device, p.dtype)).sum() for p, c in zip(probs, costs)]
-        if not terms:
-            return torch.tensor(self.base_ms)
-        return torch.stack(terms).sum() + self.base_ms
+        return self.total_ms(torch.stack(terms) if terms else torch.zeros(0))
 
     def describe(self) -> dict:
         return {"device": self.device_id, "rows": len(self.table), "base_ms": self.base_ms,
                 "scale": self.correction.scale, "per_block_ms": self.correction.per_block_ms,
-                "calibration_models": self.correction.fitted_on, "warnings": self.warnings}
+                "calibration_models": self.correction.fitted_on, "precision": asdict(self.correction.precision),
+                "warnings": self.warnings}

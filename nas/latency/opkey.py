@@ -8,8 +8,10 @@ shape arguments, the input resolution or token count, and the precision. Its str
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
-from nas.space import BlockSpec
+if TYPE_CHECKING:
+    from nas.space import BlockSpec
 
 _FIELDS = (("c_in", "cin"), ("c_out", "cout"), ("stride", "s"), ("resolution", "r"), ("tokens", "t"),
            ("bits", "b"), ("extra", "x"))
@@ -43,8 +45,12 @@ class OpKey:
         return cls(parts[0], **values)
 
     @classmethod
-    def from_block(cls, block: BlockSpec, bits: int = 32) -> "OpKey":
+    def from_block(cls, block: "BlockSpec", bits: int = 32) -> "OpKey":
         return cls(block.op, block.c_in, block.c_out, block.stride, block.resolution, 0, bits)
+
+    def extra_args(self) -> dict[str, str]:
+        """The ``extra`` string as a dict (``"dim=64;heads=4"`` -> ``{"dim": "64", "heads": "4"}``)."""
+        return dict(part.split("=", 1) for part in self.extra.split(";") if "=" in part)
 
     def with_bits(self, bits: int) -> "OpKey":
         return OpKey(**{f.name: getattr(self, f.name) for f in fields(self)} | {"bits": bits})

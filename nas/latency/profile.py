@@ -23,7 +23,6 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from nas.blocks import is_identity, make_block
 from nas.errors import LatencyTableError
 from nas.latency.device import Device, check_provider
 from nas.latency.opkey import OpKey
@@ -31,6 +30,7 @@ from nas.latency.quantize import int8_options, quantize_int8
 from nas.latency.table import DeviceManifest, LatencyTable
 from nas.latency.timing import CallOverhead, TimingConfig, measure_call_overhead
 from nas.onnx_io import OPSET
+from nas.ops import parse_op
 from nas.space import Space
 
 ProgressCallback = Callable[[int, int, str], None]  # (done, total, note)
@@ -46,43 +46,22 @@ class ProfileItem:
 
 
 def key_is_identity(key: OpKey) -> bool:
-    return is_identity(key.op, key.c_in, key.c_out, key.stride)
+    return parse_op(key.op).is_identity(key)
 
 
-def block_item(key: OpKey) -> ProfileItem:
-    """The item of a block-vocabulary key (``conv_k3``, ``ir_k5_e6``, ``skip``, ``pool_fc``)."""
-    return ProfileItem(key, lambda: make_block(key.op, key.c_in, key.c_out, key.stride),
-                       ((1, key.c_in, key.resolution, key.resolution),))
+def block_item(key: OpKey, **options) -> ProfileItem:
+    """The item of any registered op's key: its builder and input shapes from the op registry (``nas.ops``)."""
+    spec = parse_op(key.op)
+    return ProfileItem(key, lambda: spec.build(key, **options), spec.input_shapes(key, **options))
 
 
 def space_layer_keys(space: Space) -> list[OpKey]:
-    """Every unique fp32 key of ``space``: stem, each layer's candidates at every channel / resolution option."""
-    resolutions = space.resolution_options or [space.resolution]
+    """Every unique fp32 key of ``space``: each block position's key at every option of its decisions."""
     keys: dict[str, OpKey] = {}
-
-    def add(op, c_in, c_out, stride, res):
-        key = OpKey(op, c_in, c_out, stride, res)
-        keys.setdefault(str(key), key)
-
-    for r in resolutions:
-        arch = space.fixed_arch()
-        arch = type(arch)(arch.space, arch.ops, arch.channels, r if space.searches_resolution else None)
-        blocks = space.resolve(arch)
-        stem, layers, head, classifier = blocks[0], blocks[1:-2], blocks[-2], blocks[-1]
-        add(stem.op, stem.c_in, stem.c_out, stem.stride, stem.resolution)
-        previous_options = [space.stem_channels]
-        for slot, block in zip(space.layers, layers):
-            stage = space.stages[slot.stage]
-            first = slot.index == stage.layers[0]
-            pairs = [(ci, co) for ci in previous_options for co in stage.channel_options] if first \
-                else [(c, c) for c in stage.channel_options]
-            for op in slot.candidates:
-                for c_in, c_out in pairs:
-                    add(op, c_in, c_out, slot.stride, block.resolution)
-            previous_options = stage.channel_options
-        for c_in in previous_options:
-            add(head.op, c_in, head.c_out, head.stride, head.resolution)
-        add(classifier.op, classifier.c_in, classifier.c_out, 1, classifier.resolution)
+    for position in space.block_positions():
+        for _, block in position.blocks():
+            key = OpKey.from_block(block)
+            keys.setdefault(str(key), key)
     return list(keys.values())
 
 

@@ -24,7 +24,7 @@ QOPS = ("all", "pw")
 
 def int8_options(key: OpKey) -> tuple[str, str]:
     """(qformat, qops) from the key's ``extra``; LatencyTableError naming the key if they are unknown."""
-    options = dict(part.split("=", 1) for part in key.extra.split(";") if "=" in part)
+    options = key.extra_args()
     qformat, qops = options.get("qformat", "qdq"), options.get("qops", "all")
     if qformat not in QFORMATS or qops not in QOPS:
         raise LatencyTableError(f"key {key}: qformat must be one of {', '.join(QFORMATS)} and qops one of "

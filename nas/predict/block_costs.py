@@ -1,20 +1,17 @@
 """Additive per-block costs of whole populations: MACs, params and predicted latency as array lookups.
 
-A model of a joint space is a chain of blocks (stem, one per layer, head, classifier). Each block's shape is fixed
-by a few genome entries: its op, the channel choice of the stage before it (its input channels), the channel
-choice of its own stage, and the input resolution. ``BlockCostTable`` keeps, for every block position, a dense
-array over those small option indices, filled lazily by a per-block cost function (``count_macs`` of the built
-block, or ``LatencyModel.block_cost_ms`` of its op key). The cost of n archs is then one gather and one sum,
-which is what lets the evolutionary search rank hundreds of thousands of candidates a minute.
+A model of a joint space is the chain of its space's block positions (``Space.block_positions``): each block's
+shape is fixed by a few genome entries (the decisions of ``BlockPosition.dims``). ``BlockCostTable`` keeps, for every
+position, a dense array over those small option indices: filled lazily by a per-block cost function (``count_macs``
+of the built block), or taken whole from the device's ``LatencyModel.cost_table``. The cost of n archs is then one
+gather and one sum, which is what lets the evolutionary search rank hundreds of thousands of candidates a minute.
 
 The sums equal the whole-model figures exactly: MACs and deployed params are additive over the blocks of a chain,
-and the LatencyModel is additive by contract (``base_ms`` + sum of ``block_cost_ms``).
+and a latency is ``LatencyModel.total_ms`` of its block costs.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -24,54 +21,36 @@ from nas.predict.joint_space import JointSpace
 from nas.space import BlockSpec
 
 
-@dataclass
-class _Position:
-    role: str
-    layer: int  # layer index, -1 for stem/head/classifier
-    ops: list[str]
-    cin_options: list[int]
-    cin_stage: int  # stage whose channel choice gives c_in; -1 when fixed
-    cout_options: list[int]
-    cout_stage: int
-    stride: int
-    res_by_option: list[int]  # input resolution of this block for each input-resolution option
-
-
 class BlockCostTable:
-    """Vectorised sum of a per-block cost over the blocks of each genome's arch (plus a constant ``base``)."""
+    """Vectorised per-block costs of each genome's arch, over the space's block positions."""
 
-    def __init__(self, joint: JointSpace, cost: Callable[[BlockSpec], float], base: float = 0.0):
-        self.joint, self.cost, self.base = joint, cost, float(base)
+    def __init__(self, joint: JointSpace, cost: Callable[[BlockSpec], float] | None = None,
+                 values: list[np.ndarray] | None = None):
+        """``cost`` fills entries on demand; ``values`` gives every position's array at once (``dims`` order)."""
+        self.joint, self.cost = joint, cost
         space = joint.space
-        resolutions = joint.resolutions()
-        positions: list[_Position] = []
-        stem_op, stem_c, stem_stride = space.spec.stem
-        res = list(resolutions)
-        positions.append(_Position("stem", -1, [stem_op], [space.in_channels], -1, [space.stem_channels], -1,
-                                   stem_stride, res))
-        res = [math.ceil(r / stem_stride) for r in res]
-        prev_stage = -1
-        for layer in space.layers:
-            stage = space.stages[layer.stage]
-            cin_options = [space.stem_channels] if prev_stage < 0 else space.stages[prev_stage].channel_options
-            positions.append(_Position("layer", layer.index, list(layer.candidates), list(cin_options), prev_stage,
-                                       list(stage.channel_options), layer.stage, layer.stride, res))
-            res = [math.ceil(r / layer.stride) for r in res]
-            prev_stage = layer.stage
-        last = space.stages[prev_stage].channel_options if prev_stage >= 0 else [space.stem_channels]
-        positions.append(_Position("head", -1, [space.spec.head[0]], list(last), prev_stage, [space.head_channels],
-                                   -1, 1, res))
-        positions.append(_Position("classifier", -1, ["pool_fc"], [space.head_channels], -1, [space.classes], -1, 1,
-                                   res))
-        self.positions = positions
-        self._dims = np.asarray([[len(p.ops), len(p.cin_options), len(p.cout_options), len(resolutions)]
-                                 for p in positions], dtype=np.int64)
-        sizes = self._dims.prod(axis=1)
+        self.positions = space.block_positions(resolutions=joint.resolutions())
+        shapes = [p.shape for p in self.positions]
+        sizes = np.asarray([int(np.prod(s)) for s in shapes], dtype=np.int64)
         self._offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-        self._values = np.full(int(sizes.sum()), np.nan)
-        self._layer_pos = np.asarray([i for i, p in enumerate(positions) if p.role == "layer"], dtype=np.int64)
-        self._cin_src = np.asarray([p.cin_stage + 1 for p in positions], dtype=np.int64)
-        self._cout_src = np.asarray([p.cout_stage + 1 for p in positions], dtype=np.int64)
+        self._values = np.concatenate([np.asarray(v, dtype=np.float64).ravel() for v in values]) \
+            if values is not None else np.full(int(sizes.sum()), np.nan)
+        # each axis of each position reads one column of [ops per layer | channels per stage | resolution | zero]
+        n_layers, n_stages = len(space.layers), len(space.stages)
+        column = {"op": lambda d: d[1], "ch": lambda d: n_layers + d[1], "res": lambda d: n_layers + n_stages}
+        width = max(len(s) for s in shapes)
+        self._columns = np.full((len(shapes), width), n_layers + n_stages + 1, dtype=np.int64)
+        self._strides = np.zeros((len(shapes), width), dtype=np.int64)
+        for i, (position, shape) in enumerate(zip(self.positions, shapes)):
+            strides = np.cumprod((shape[1:] + (1,))[::-1])[::-1]
+            for j, dim in enumerate(position.dims):
+                self._columns[i, j], self._strides[i, j] = column[dim[0]](dim), strides[j]
+
+    @classmethod
+    def latency(cls, joint: JointSpace, lm, bits: int = 32) -> "BlockCostTable":
+        """The device's block costs (``lm.cost_table`` of the space's positions); totals are ``lm.total_ms``."""
+        positions = joint.space.block_positions(resolutions=joint.resolutions())
+        return cls(joint, values=[c.cost_ms for c in lm.cost_table(positions, bits)])
 
     @property
     def n_filled(self) -> int:
@@ -79,29 +58,16 @@ class BlockCostTable:
 
     def _codes(self, genomes: np.ndarray) -> np.ndarray:
         genomes = np.atleast_2d(genomes)
-        n, n_pos = len(genomes), len(self.positions)
-        op = np.zeros((n, n_pos), dtype=np.int64)
-        op[:, self._layer_pos] = self.joint.layer_op_index(genomes)
-        stages = np.concatenate([np.zeros((n, 1), dtype=np.int64), self.joint.stage_channel_index(genomes)], axis=1)
-        cin, cout = stages[:, self._cin_src], stages[:, self._cout_src]
-        cin[:, self._cin_src == 0] = 0
-        cout[:, self._cout_src == 0] = 0
-        r = self.joint.resolution_index(genomes)[:, None]
-        d = self._dims
-        return ((op * d[:, 1] + cin) * d[:, 2] + cout) * d[:, 3] + r + self._offsets
+        n = len(genomes)
+        decisions = np.concatenate([self.joint.layer_op_index(genomes), self.joint.stage_channel_index(genomes),
+                                    self.joint.resolution_index(genomes)[:, None],
+                                    np.zeros((n, 1), dtype=np.int64)], axis=1)
+        return (decisions[:, self._columns] * self._strides).sum(axis=2) + self._offsets
 
     def _block(self, flat: int) -> BlockSpec:
         p = int(np.searchsorted(self._offsets, flat, side="right") - 1)
-        pos, local = self.positions[p], flat - int(self._offsets[p])
-        n_op, n_cin, n_cout, n_res = (int(v) for v in self._dims[p])
-        r = local % n_res
-        local //= n_res
-        cout = local % n_cout
-        local //= n_cout
-        cin = local % n_cin
-        op = local // n_cin
-        return BlockSpec(pos.role, pos.ops[op], pos.cin_options[cin], pos.cout_options[cout], pos.stride,
-                         pos.res_by_option[r], pos.layer)
+        position = self.positions[p]
+        return position.block(np.unravel_index(flat - int(self._offsets[p]), position.shape))
 
     def per_block(self, genomes: np.ndarray) -> np.ndarray:
         """n x P cost of every block of every genome's arch, filling unseen block shapes on demand."""
@@ -115,8 +81,8 @@ class BlockCostTable:
         return values
 
     def total(self, genomes: np.ndarray) -> np.ndarray:
-        """``base`` + the sum of block costs, per genome (length n)."""
-        return self.per_block(genomes).sum(axis=1) + self.base
+        """The sum of block costs, per genome (length n)."""
+        return self.per_block(genomes).sum(axis=1)
 
 
 def block_macs(block: BlockSpec) -> float:

@@ -1,7 +1,7 @@
 """Free proxies of a joint model space, for whole populations: MACs, params and predicted latency per device.
 
 These cost nothing next to training: MACs and params come from ``count_macs``/``count_params`` of each block
-shape once, predicted latency from each device's ``LatencyModel`` (``block_cost_ms`` per op key once). After
+shape once, predicted latency from each device's ``LatencyModel`` (its ``cost_table`` and ``total_ms``). After
 that a population's figures are array gathers (``nas.predict.block_costs``).
 """
 
@@ -34,13 +34,7 @@ class ModelSpaceCosts:
         self.bits = bits
         self._macs = BlockCostTable(joint, block_macs)
         self._params = BlockCostTable(joint, block_params)
-        self._latency = {d: BlockCostTable(joint, self._block_cost_fn(lm), base=lm.base_ms)
-                         for d, lm in latency_models.items()}
-
-    def _block_cost_fn(self, lm):
-        from nas.latency.opkey import OpKey
-        bits = self.bits
-        return lambda block: lm.block_cost_ms(OpKey.from_block(block, bits))
+        self._latency = {d: BlockCostTable.latency(joint, lm, bits) for d, lm in latency_models.items()}
 
     def macs(self, genomes: np.ndarray) -> np.ndarray:
         return self._macs.total(genomes)
@@ -53,7 +47,8 @@ class ModelSpaceCosts:
         genomes = np.atleast_2d(genomes)
         if not self.devices:
             return np.zeros((len(genomes), 0))
-        return np.stack([self._latency[d].total(genomes) for d in self.devices], axis=1)
+        return np.stack([self.latency_models[d].total_ms(self._latency[d].per_block(genomes))
+                         for d in self.devices], axis=1)
 
     @property
     def proxy_names(self) -> list[str]:

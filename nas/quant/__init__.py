@@ -7,7 +7,7 @@ Modules:
 - ``graph``: the model's conv / linear layers in its ONNX graph, and the tensors between them (transitions).
 - ``costs``: the ``size``, ``bitops`` and ``latency`` costs, exact per assignment and differentiable in expectation.
 - ``profile``: per-layer fp32 / int8 and Quantize/Dequantize transition rows, measured into the device's table.
-- ``latency_fit``: the latency cost fitted to whole mixed models measured on the device.
+- ``latency_fit``: whole mixed models measured for the device's precision terms (``correction.json``).
 - ``export``: an assignment as an ONNX model with ``onnxruntime.quantization`` (only the chosen layers quantized).
 - ``search``: the bit-width DNAS loop (resumable) and target repair.
 - ``pipeline``: the whole run behind ``hwnas search mixed-precision``.

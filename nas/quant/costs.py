@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from nas.latency.correction import PrecisionTerms
 from nas.quant.fake import FLOAT_BITS
 from nas.quant.graph import QuantGraph
 from nas.quant.mixed import BitOption
@@ -104,8 +105,8 @@ class LatencyCost(Cost):
     reader (a QuantizeLinear: ``(1 - p8_P) (1 - prod_c (1 - p8_c))``) or an int8 producer feeds a float reader (a
     DequantizeLinear: ``p8_P (1 - prod_c p8_c)``, or ``p8_P`` when a float op also reads ``T``). Choices are independent
     across layers, as the supernet samples them, so this is the exact expectation of the fixed-assignment value and it
-    is differentiable. ``(a, b, c)`` start at ``(1, 1, 0)`` (pure table) and can be fitted to whole mixed models
-    measured on the device (``nas.quant.latency_fit``).
+    is differentiable. ``(a, b, c)`` are the device correction's ``PrecisionTerms`` (``(1, 1, 0)``, the pure table,
+    until whole mixed models are measured on the device, see ``nas.quant.latency_fit``).
     """
 
     name, unit = "latency", "ms"
@@ -140,9 +141,7 @@ class LatencyCost(Cost):
         return compute, trans_ms, count
 
     def expected_from_int8(self, p8: torch.Tensor) -> torch.Tensor:
-        a, b, c = self.coef
-        compute, trans_ms, count = self.terms_from_int8(p8)
-        return self.fp32_model_ms + a * compute + b * trans_ms + c * count
+        return PrecisionTerms(*self.coef).model_ms(self.fp32_model_ms, *self.terms_from_int8(p8))
 
     def expected(self, probs):
         p8 = torch.stack([(p * self.int8_mask).sum() for p in probs])

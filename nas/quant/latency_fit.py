@@ -1,31 +1,34 @@
-"""Fitting the mixed-precision latency cost to whole mixed models measured on the device.
+"""Whole mixed-precision models measured for the device's correction (its ``PrecisionTerms``).
 
 Per-layer and transition rows are timed alone, one small session each. Inside one model, dozens of small
 QuantizeLinear / DequantizeLinear nodes and int8 kernels behave differently (per-node dispatch, cache reuse), so
-``LatencyCost``'s three terms (int8 compute delta, transition ms, number of transitions) get weights fitted by
-non-negative least squares on a handful of assignments of *this* model: all fp32, all int8, int8 on pointwise /
-depthwise layers only, and random mixes. The rows are kept in ``latency_calibration.csv`` of the run (resumable).
+``LatencyCost``'s three terms (int8 compute delta, transition ms, number of transitions) get weights fitted on a
+handful of assignments of real models: all fp32, all int8, int8 on pointwise / depthwise layers only, and random
+mixes. This module exports and times them; the rows go to the device's ``precision_calibration.csv`` and the fit
+into its ``correction.json`` (``nas.latency.calibrate``), so every run on the device shares them, and a model
+already measured there is not measured again.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import random
 import tempfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import pandas as pd
 import torch
-from scipy.optimize import nnls
 
-from nas.files import write_csv
+from nas.latency.calibrate import append_precision_row, precision_terms_matrix, read_precision_rows, refit_precision
+from nas.latency.correction import PrecisionTerms
 from nas.onnx_io import export_onnx
 from nas.quant.costs import LatencyCost
 from nas.quant.export import quantize_assignment
 from nas.quant.graph import QuantGraph, attach_onnx, layer_io_bits
 from nas.quant.mixed import BitOption, MixedPrecisionNet
+from nas.quant.profile import layer_key, transition_key
 
 FP32, INT8 = BitOption(32, 32), BitOption(8, 8)
 
@@ -57,17 +60,24 @@ def export_assignment(net: MixedPrecisionNet, graph: QuantGraph, assignment: lis
     return quantize_assignment(float_path, g, assignment, x, folder / f"{stem}.onnx", fmt).path
 
 
+def model_id(graph: QuantGraph) -> str:
+    """The identity of a mixed-precision model on a device: its layers' and tensors' keys."""
+    keys = [str(layer_key(layer, 32)) for layer in graph.layers] + [str(transition_key(t)) for t in graph.tensors]
+    return "qgraph-" + hashlib.sha1(" ".join(keys).encode()).hexdigest()[:16]
+
+
 def fit_latency_cost(cost: LatencyCost, net: MixedPrecisionNet, x: torch.Tensor,
-                     time_files: Callable[[list[str]], list[float]], csv_path: Path, *, count: int = 10,
+                     time_files: Callable[[list[str]], list[float]], device_folder: Path, *, count: int = 10,
                      seed: int = 0, on_progress: Callable[[int, int, str], None] | None = None) -> dict:
-    """Export ``count`` assignments, time them together with ``time_files`` (the device's interleaved timing), fit
-    ``cost.coef`` in place and return the fit summary: coefficients and mean absolute % errors before and after.
-    Rows already in ``csv_path`` are reused (resume)."""
+    """Measure ``count`` assignments of this model on the device (unless its table folder ``device_folder`` has
+    them), timed together with ``time_files`` (the device's interleaved timing); refit the device's precision terms,
+    set ``cost.coef`` to them and return the fit summary: coefficients and mean absolute % errors of this model's
+    assignments with the table's terms as they are and with the fitted weights."""
     graph = cost.graph
     assignments = calibration_assignments(graph, count, seed)
-    if csv_path.is_file():
-        rows = pd.read_csv(csv_path).to_dict("records")
-    else:
+    mid = model_id(graph)
+    measured = {r["assignment"] for r in read_precision_rows(device_folder) if r["model_id"] == mid}
+    if not set(assignments) <= measured:
         net.calibrate(x)
         files = []
         with tempfile.TemporaryDirectory(prefix="hwnas-mp-fit-") as tmp:
@@ -77,27 +87,28 @@ def fit_latency_cost(cost: LatencyCost, net: MixedPrecisionNet, x: torch.Tensor,
                     on_progress(i, len(assignments) + 1, f"exported {name}")
             times = time_files(files)
         net.fix(None)
-        rows = []
+        fp32_ms = times[list(assignments).index("fp32")]
         for (name, assignment), ms in zip(assignments.items(), times):
             p8 = torch.tensor([1.0 if o.runs_int8 else 0.0 for o in assignment])
             compute, trans, n = (float(t) for t in cost.terms_from_int8(p8))
-            rows.append({"name": name, "int8_layers": int(p8.sum()), "measured_ms": ms,
-                         "compute_delta_ms": compute, "transition_ms": trans, "transitions": n})
-        write_csv(csv_path, pd.DataFrame(rows))
+            append_precision_row(device_folder, {
+                "model_id": mid, "assignment": name, "int8_layers": int(p8.sum()), "measured_ms": ms,
+                "fp32_measured_ms": fp32_ms, "compute_delta_ms": compute, "transition_ms": trans, "transitions": n})
+    terms = refit_precision(device_folder).precision
+    cost.coef = terms.coef
     if on_progress:
         on_progress(len(assignments) + 1, len(assignments) + 1, "fitted")
-    frame = pd.DataFrame(rows)
-    base = float(frame.loc[frame["name"] == "fp32", "measured_ms"].iloc[0])
-    measured = frame["measured_ms"].to_numpy()
-    a = frame[["compute_delta_ms", "transition_ms", "transitions"]].to_numpy()
-    before = base + a @ np.asarray(cost.coef)
-    coef, _ = nnls(a, measured - base)
-    cost.coef = tuple(float(c) for c in coef)
-    after = base + a @ coef
-    return {"models": len(frame),
-            "coef": {"compute": float(coef[0]), "transition_ms": float(coef[1]), "per_transition_ms": float(coef[2])},
-            "measured_fp32_ms": base, "table_fp32_ms": cost.fp32_model_ms,
-            "delta_mape_table_pct": float(np.mean(np.abs(before - measured) / measured) * 100),
-            "delta_mape_fitted_pct": float(np.mean(np.abs(after - measured) / measured) * 100),
+    rows = [r for r in read_precision_rows(device_folder) if r["model_id"] == mid and r["assignment"] in assignments]
+    fp32_ms = rows[0]["fp32_measured_ms"]
+    measured_ms = np.asarray([r["measured_ms"] for r in rows])
+    a = precision_terms_matrix(rows)
+    before, after = (fp32_ms + a @ np.asarray(t.coef) for t in (PrecisionTerms(), terms))
+    return {"models": len(rows), "device_models": terms.fitted_on,
+            "coef": {"compute": terms.compute, "transition_ms": terms.transition,
+                     "per_transition_ms": terms.per_transition_ms},
+            "measured_fp32_ms": fp32_ms, "table_fp32_ms": cost.fp32_model_ms,
+            "delta_mape_table_pct": float(np.mean(np.abs(before - measured_ms) / measured_ms) * 100),
+            "delta_mape_fitted_pct": float(np.mean(np.abs(after - measured_ms) / measured_ms) * 100),
             "note": "MAPEs of the int8 / transition terms on top of the measured fp32 model: the table's per-layer "
-                    "sums as they are, and after the fit"}
+                    "sums as they are, and with the device's fitted weights (correction.json, every mixed model "
+                    "measured on the device)"}

@@ -141,7 +141,7 @@ def make_cost(name: str, graph: QuantGraph, options: list[BitOption], lm: Latenc
         if lm is None:
             raise LatencyTableError("--cost latency needs a device latency table")
         return LatencyCost(graph, options, lm.predict(space, arch, 32), layer_times(lm, graph),
-                           transition_times(lm, graph))
+                           transition_times(lm, graph), lm.correction.precision.coef)
     raise SearchError(f"unknown cost {name!r} (use latency, size or bitops)")
 
 
@@ -245,7 +245,7 @@ def run_mixed_precision(prep: Prepared, run: RunDir, *, progress: Progress = no_
         with progress("fit latency cost", cfg.latency_fit_models + 1) as advance:
             latency_fit = fit_latency_cost(cost_ms, fit_net, fit_input(data.x_train[:cfg.calibration_samples], fit_net),
                                            lambda files: [s.p50_ms for s in device_settings.time_files(files)],
-                                           run.file("latency_calibration.csv"),
+                                           lm.table.folder,
                                            count=cfg.latency_fit_models, seed=cfg.search.seed,
                                            on_progress=lambda d, t, note: advance(note=note))
     cost = cost_ms if cfg.cost == "latency" else make_cost(cfg.cost, graph, options, lm, space, arch)

@@ -16,19 +16,16 @@ from collections import defaultdict
 from typing import Callable
 
 import numpy as np
-import torch
-from torch import nn
 
 from nas.errors import LatencyTableError
 from nas.latency.model import LatencyModel
 from nas.latency.opkey import OpKey, format_extra
-from nas.latency.profile import ProfileItem, profile_items
+from nas.latency.profile import ProfileItem, block_item, profile_items
 from nas.latency.table import read_manifest
 from nas.latency.timing import TimingConfig
 from nas.quant.costs import LayerTimes
 from nas.quant.graph import LayerInfo, QuantGraph, TensorInfo
-
-TRANSITION_OP = "quant_transition"
+from nas.quant.layers import TRANSITION_OP
 
 
 def layer_key(layer: LayerInfo, bits: int) -> OpKey:
@@ -42,38 +39,11 @@ def transition_key(tensor: TensorInfo) -> OpKey:
     return OpKey(TRANSITION_OP, c, c, 1, r, 0, 32, format_extra(pair="qdq", rank=len(tensor.shape)))
 
 
-class QuantDequantPair(nn.Module):
-    """Exports to ONNX as QuantizeLinear -> DequantizeLinear (uint8), the cost of one precision transition."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.fake_quantize_per_tensor_affine(x, 0.05, 128, 0, 255)
-
-
-def _layer_module(layer: LayerInfo) -> nn.Module:
-    if layer.kind == "fc":
-        return nn.Linear(layer.c_in, layer.c_out)
-    conv = nn.Conv2d(layer.c_in, layer.c_out, layer.kernel, layer.stride, layer.kernel // 2, groups=layer.groups)
-    return nn.Sequential(conv, nn.ReLU()) if layer.relu else conv
-
-
-def _shape(layer: LayerInfo) -> tuple[int, ...]:
-    return (1, layer.c_in) if layer.kind == "fc" else (1, layer.c_in, layer.resolution, layer.resolution)
-
-
 def layer_items(graph: QuantGraph) -> list[ProfileItem]:
     """Every per-layer key (fp32 and int8) and every transition key of ``graph``, once each."""
-    items = []
-    for layer in graph.layers:
-        for bits in (32, 8):
-            items.append(ProfileItem(layer_key(layer, bits), lambda layer=layer: _layer_module(layer),
-                                     (_shape(layer),)))
-    for t in graph.tensors:
-        if t.shape:
-            items.append(ProfileItem(transition_key(t), QuantDequantPair, ((1, *t.shape),)))
-    unique: dict[str, ProfileItem] = {}
-    for item in items:
-        unique.setdefault(str(item.key), item)
-    return list(unique.values())
+    keys = [layer_key(layer, bits) for layer in graph.layers for bits in (32, 8)]
+    keys += [transition_key(t) for t in graph.tensors if t.shape]
+    return [block_item(key) for key in dict.fromkeys(keys)]
 
 
 def profile_layers(device: str, graph: QuantGraph, *, tables_dir=None,

@@ -1,9 +1,9 @@
 """Bit-width DNAS (Wu et al. 2018): weights train on the train split, the per-layer choice logits on the
 validation split, Gumbel-softmax temperature annealed, with the paper's ``CE * alpha * (log COST) ** beta`` in the
-form the DNAS search uses (``nas.dnas.loss``): ``CE * (1 + alpha * log(COST / COST_min)) ** beta``, where COST is
+form the DNAS search uses (``nas.latency.loss``): ``CE * (1 + alpha * log(COST / COST_min)) ** beta``, where COST is
 the expected cost under the choice probabilities and COST_min its lower bound, so ``alpha`` is the trade-off.
 
-With a target, ``alpha`` is steered after every architecture step (``nas.dnas.loss.TargetController``) so that the
+With a target, ``alpha`` is steered after every architecture step (``nas.latency.loss.TargetController``) so that the
 expected cost approaches the target. If the final argmax assignment still misses it, layers are lowered one at a time,
 each time the change that loses least log-probability per unit of cost saved, until it fits.
 """
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from nas.data import Dataset
 from nas.errors import SearchError
 from nas.files import atomic_path
-from nas.dnas.loss import TargetController, latency_factor
+from nas.latency.loss import TargetController, latency_factor
 from nas.quant.costs import Cost
 from nas.quant.mixed import BitOption, MixedPrecisionNet
 from nas.training import fit_input

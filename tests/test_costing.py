@@ -1,0 +1,140 @@
+"""One way to cost an arch: block positions -> the LatencyModel's cost table, and every view of it agrees."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from nas.builder import build_model
+from nas.dnas.distribution import ArchDistribution
+from nas.dnas.latency_terms import LatencyTerms
+from nas.latency.calibrate import append_precision_row, fit_precision, refit_precision
+from nas.latency.correction import Correction, PrecisionTerms
+from nas.latency.opkey import OpKey
+from nas.latency.profile import space_layer_keys
+from nas.onnx_io import export_onnx
+from nas.predict.block_costs import BlockCostTable
+from nas.predict.joint_space import JointSpace
+from nas.predict.model_costs import ModelSpaceCosts
+from nas.quant.graph import attach_onnx, trace_layers
+from nas.quant.mixed import BitOption, MixedPrecisionNet
+from nas.quant.pipeline import make_cost
+from nas.quant.profile import layer_key, transition_key
+from test_dnas_support import TINY_V2, all_archs, profiled_space, tiny_space
+from test_dnas_support import one_torch_thread  # noqa: F401  (autouse fixture)
+
+FP32, INT8 = BitOption(32, 32), BitOption(8, 8)
+
+
+@pytest.fixture(scope="module")
+def tiny_v2(tmp_path_factory):
+    path, tables, lm = profiled_space(tmp_path_factory, TINY_V2, "tiny_v2", "test-v2")
+    return tiny_space(path), lm
+
+
+def _one_hot_probs(dist: ArchDistribution, arch):
+    sample = dist.one_hot(arch)
+    return type(dist.probs())([d.weights for d in sample.ops], [d.weights for d in sample.channels],
+                              sample.resolution.weights)
+
+
+def test_block_positions_give_every_arch_its_blocks_and_the_profiler_its_keys(tiny_v2):
+    space, _ = tiny_v2
+    positions = space.block_positions()
+    assert [p.role for p in positions] == ["stem", *["layer"] * len(space.layers), "head", "classifier"]
+    assert [p.dims for p in positions[1:4]] == [[("op", 0), ("ch", 0), ("res",)],
+                                                [("op", 1), ("ch", 0), ("ch", 1), ("res",)],
+                                                [("op", 2), ("ch", 1), ("res",)]]
+    dist = ArchDistribution(space)
+    keys = {str(k) for k in space_layer_keys(space)}
+    for arch in all_archs(space)[::5]:
+        ops, channels, res = dist.indices(arch)
+        pick = {"op": ops, "ch": channels}
+        picked = [p.block(tuple(res if d[0] == "res" else pick[d[0]][d[1]] for d in p.dims)) for p in positions]
+        assert picked == space.resolve(arch)
+    assert sum(int(np.prod(p.shape)) for p in positions) >= len(keys)
+    assert {str(OpKey.from_block(b)) for p in positions for _, b in p.blocks()} == keys
+
+
+def test_prediction_expected_latency_and_population_costs_agree_fp32(tiny_v2):
+    space, lm = tiny_v2
+    dist = ArchDistribution(space)
+    with torch.no_grad():
+        dist.logits.normal_(generator=torch.Generator().manual_seed(1))
+    terms = LatencyTerms(dist, lm)
+    joint = JointSpace(space)
+    costs = ModelSpaceCosts(joint, {"dev": lm})
+    table = BlockCostTable.latency(joint, lm)
+    archs = all_archs(space)[::9]
+    genomes = np.stack([joint.genome_of(a) for a in archs])
+    population = costs.latency_ms(genomes)[:, 0]
+    gathered = lm.total_ms(table.per_block(genomes))
+    for arch, pop, gat in zip(archs, population, gathered):
+        predicted = lm.predict(space, arch)
+        assert float(terms.expected_ms(_one_hot_probs(dist, arch))) == pytest.approx(predicted, rel=1e-5)
+        assert terms.arch_ms(*dist.indices(arch)) == pytest.approx(predicted, rel=1e-12)
+        assert pop == pytest.approx(predicted, rel=1e-12) and gat == pytest.approx(predicted, rel=1e-12)
+
+
+def _mixed_cost(space, lm, tmp_path):
+    arch = space.fixed_arch()
+    net = MixedPrecisionNet(build_model(space, arch), [INT8, FP32])
+    layers = trace_layers(net.model, net.names, net.input_shape)
+    path = tmp_path / "fp32.onnx"
+    export_onnx(net.float_model([FP32] * len(layers)), net.input_shape, path)
+    graph = attach_onnx(layers, path)
+    return arch, graph, make_cost("latency", graph, [INT8, FP32], lm, space, arch)
+
+
+def test_mixed_precision_cost_is_the_latency_model_at_all_fp32_and_all_int8(tiny_v2, tmp_path):
+    space, lm = tiny_v2
+    before = lm.correction.precision
+    lm.correction.precision = PrecisionTerms(1.2, 0.8, 0.003, fitted_on=3)  # as a device's fit would set it
+    try:
+        arch, graph, cost = _mixed_cost(space, lm, tmp_path)
+        assert cost.coef == (1.2, 0.8, 0.003)
+        n = len(graph.layers)
+        assert cost.of([FP32] * n) == pytest.approx(lm.predict(space, arch, 32), rel=1e-6)
+        # all int8: every layer's own int8 time without the Q/DQ pair halves it was measured with, plus the
+        # transitions an all-int8 model still has (into the first layer, out to float readers), weighted by the fit
+        half = {t.name: lm.block_cost_ms(transition_key(t)) / 2 for t in graph.tensors if t.shape}
+        compute = sum(lm.block_cost_ms(layer_key(layer, 8)) - lm.block_cost_ms(layer_key(layer, 32))
+                      - half.get(layer.input_tensor, 0.0) - half.get(layer.output_tensor, 0.0) for layer in graph.layers)
+        quantize = [t for t in graph.tensors if t.producer is None and t.consumers]
+        dequantize = [t for t in graph.tensors if t.producer is not None and t.float_consumers]
+        transition_ms = sum(half.get(t.name, 0.0) for t in quantize + dequantize)
+        expected = lm.predict(space, arch, 32) + 1.2 * compute + 0.8 * transition_ms \
+            + 0.003 * (len(quantize) + len(dequantize))
+        assert cost.of([INT8] * n) == pytest.approx(expected, rel=1e-5)
+    finally:
+        lm.correction.precision = before
+
+
+def test_precision_terms_are_fitted_per_device_and_old_corrections_still_load(tmp_path):
+    (tmp_path / "correction.json").write_text(json.dumps({"base_ms": 0.5, "scale": 1.1, "per_block_ms": 0.0,
+                                                         "fitted_on": 4}))  # written before precision existed
+    old = Correction.load(tmp_path)
+    assert old.precision == PrecisionTerms() and old.base_ms == 0.5
+    assert fit_precision(tmp_path) == PrecisionTerms()  # nothing measured: the table's terms as they are
+    truth = (0.7, 1.5, 0.02)
+    rng = np.random.default_rng(0)
+    for model in ("a", "b"):
+        append_precision_row(tmp_path, {"model_id": model, "assignment": "fp32", "int8_layers": 0,
+                                        "measured_ms": 2.0, "fp32_measured_ms": 2.0, "compute_delta_ms": 0.0,
+                                        "transition_ms": 0.0, "transitions": 0.0})
+        for i in range(4):
+            terms = rng.uniform(0.05, 1.0, 3)
+            append_precision_row(tmp_path, {"model_id": model, "assignment": f"mix{i}", "int8_layers": 3,
+                                            "measured_ms": 2.0 + float(np.dot(truth, terms)), "fp32_measured_ms": 2.0,
+                                            "compute_delta_ms": terms[0], "transition_ms": terms[1],
+                                            "transitions": terms[2]})
+    assert not append_precision_row(tmp_path, {"model_id": "a", "assignment": "fp32", "int8_layers": 0,
+                                               "measured_ms": 9.0, "fp32_measured_ms": 9.0, "compute_delta_ms": 0.0,
+                                               "transition_ms": 0.0, "transitions": 0.0})  # measured already
+    saved = refit_precision(tmp_path)
+    assert saved.precision.coef == pytest.approx(truth, rel=1e-6) and saved.precision.fitted_on == 2
+    again = Correction.load(tmp_path)
+    assert again.precision == saved.precision and again.base_ms == 0.5 and again.scale == 1.1
