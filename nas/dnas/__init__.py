@@ -14,5 +14,5 @@ Modules:
 - ``loss``: the latency-aware loss and the latency-target controller.
 - ``search``: the alternating weight / architecture optimisation, resumable per epoch.
 - ``plots``: PNG plots of the search trajectory.
-- ``strategy``: a whole search run: latency table, run directory, search, retrain + export + measure, report.
+- ``strategy``: ``SupernetStrategy`` (``nas.strategy``): latency table, search, retrain + export + measure, report.
 """

@@ -17,6 +17,6 @@ Modules (one idea each):
 - ``nars``: ``run_nars``: NARS (MLP) and GP-BO (GP + EI) constrained iterative optimisation.
 - ``optuna_search``: multi-objective Optuna (NSGA-II / TPE) with storage, resume and worker processes.
 - ``pareto``: non-dominated sets, the family of winners (``pareto.csv``) and plots.
-- ``search_setup``: ``SearchSettings`` -> problem and constraints; ``runner``: ``prepare_search`` / ``run_search``
-  (the run directory behind ``hwnas search nars|chamnet|optuna``).
+- ``search_setup``: ``SearchSettings`` -> problem and constraints; ``runner``: ``PredictorStrategy``
+  (``nas.strategy``; the run directory behind ``hwnas search nars|chamnet|optuna``) and ``optuna_history``.
 """
