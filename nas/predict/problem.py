@@ -2,7 +2,7 @@
 
 ``ModelProblem`` is a joint arch x recipe space evaluated by training (latency from each device's
 LatencyModel); ``TableProblem`` is a user's table (latency from its latency columns); ``CapacityProblem``
-(``nas.capacity.strategy``) is a trained dynamic-capacity ViT's keep ratios x threshold. Each holds an
+(``nas.capacity.search``) is a trained dynamic-capacity ViT's keep ratios x threshold. Each holds an
 ``Evaluator``. The searches (NARS, GP-BO, evolution, Optuna) see only this interface, so each runs on all.
 
 Latency constraints (``--latency-ms``): ``5`` bounds every device at 5 ms; ``phone=5,server=2`` bounds each
@@ -104,6 +104,7 @@ class SearchProblem(ABC):
     """What every strategy needs. Subclasses fill in the space, the evaluation and the free figures."""
 
     space: DecisionSpace
+    evaluator: Evaluator
     objective: str
     maximize: bool = True
     devices: list[str]
