@@ -11,6 +11,7 @@ from cli.app import app, console, print_json, progress_bar
 from nas.recipe import load_recipe
 from nas.run import RunDir, default_run_path
 from nas.finalize import train_export_measure
+from nas.latency.device import Device
 from nas.task import load_task
 
 
@@ -35,7 +36,7 @@ def train(ref: str = typer.Argument(..., help="model name (fbnet_a ...), space n
     console.print(f"training {space.name} on {dataset} {data.sizes()} at {space.resolution}px -> {out}")
     with progress_bar("train", rec.epochs) as advance:
         report = train_export_measure(
-            space, arch, data, rec, run, threads=threads,
+            space, arch, data, rec, run, device=Device(threads=threads),
             on_epoch=lambda e, row: advance(note=f"loss {row['train_loss']:.3f} val {row['val_accuracy']:.3f}"))
     run.write_json("report.json", report)
     if as_json:
