@@ -42,8 +42,10 @@ from nas.capacity.evaluate import CapacityEvaluator, calibration_images
 from nas.capacity.export import export_plan, interleaved_ms
 from nas.capacity.latency import calibrate_capacity, capacity_profile_items, predict_plan
 from nas.capacity.planning import plan_for_config
-from nas.capacity.plots import plot_curves, plot_search
-from nas.capacity.search import choose, finalize, pareto_mask, search_capacity
+from nas.capacity.plots import plot_curves
+from nas.capacity.search import CapacityProblem
+from nas.capacity.strategy import CapacityJob, CapacityStrategy, PreparedCapacity
+from nas.predict.pareto import pareto_mask
 from nas.capacity.space import dense_variant
 from nas.capacity.task import load_capacity_data
 from nas.capacity.training import plan_accuracy, train_dynamic
@@ -228,15 +230,17 @@ def main(argv=None) -> int:
     run = RunDir(out / f"search-{device}", {"space": space.fingerprint(), "device": device, "target_ms": target,
                                   "trials": args.trials, "seed": args.seed, "epochs": recipe.epochs,
                                   "checkpoint": str(args.checkpoint or weights)})
-    rows = search_capacity(evaluator, target, run, trials=args.trials, seed=args.seed)
-    report = finalize(evaluator, rows, target, run)
-    plot_search(rows, target, choose(rows, target), run.path)
-    err_pred = report["measured_vs_predicted"]
-    log(f"    chosen keep {report['config']['keep_ratios']} threshold {report['config']['threshold']}: val "
-        f"{report['val_accuracy']:.3f}, test {report['accuracy']:.3f}, onnx max abs diff {report['onnx_max_abs_diff']:.1e}")
+    job = CapacityJob(space.name, str(args.checkpoint or weights), device, target, trials=args.trials, seed=args.seed)
+    report = CapacityStrategy(job).run(PreparedCapacity(job, CapacityProblem(evaluator), args.seed), run)
+    rows = list(evaluator.cache.values())  # every config the search evaluated
+    chosen = report["capacity"]
+    err_pred = report["prediction_error_pct"] / 100
+    log(f"    chosen keep {chosen['config']['keep_ratios']} threshold {chosen['config']['threshold']}: val "
+        f"{chosen['val_accuracy']:.3f}, test {report['accuracy']:.3f}, onnx max abs diff {report['onnx_max_abs_diff']:.1e}")
     log(f"    predicted {report['predicted_ms']:.3f} ms, measured {report['measured_ms']:.3f} ms ({err_pred:+.1%} vs "
         f"predicted: {'within' if abs(err_pred) <= 0.1 else 'OUTSIDE'} +-10%), target {target} ms "
-        f"({report['measured_vs_target']:+.1%}: {'meets' if report['meets_target'] else 'MISSES'} 'under or within +-10%')")
+        f"({chosen['measured_vs_target_pct']:+.1f}%: {'meets' if report['within_target'] else 'MISSES'} "
+        f"'under or within +-10%')")
     errors = [r["measured_ms"] / r["predicted_ms"] - 1 for r in rows]
     log(f"    over all {len(rows)} configs tried: {np.mean(np.abs(errors)) * 100:.1f}% mean |measured/predicted - 1|, "
         f"{np.mean(np.abs(errors) <= 0.1) * 100:.0f}% within +-10%")
@@ -269,8 +273,8 @@ def main(argv=None) -> int:
     scorer = CapacityEvaluator(model, data, lm, measure=False)
     candidates = rows + [scorer.evaluate(CapacityConfig(keep, thr)) for keep, thr in grid]
     unique = list({r["config"]: r for r in candidates}.values())
-    front = [r for r, keep in zip(unique, pareto_mask([r["val_accuracy"] for r in unique],
-                                                      [r["predicted_ms"] for r in unique])) if keep]
+    front = [r for r, keep in zip(unique, pareto_mask(np.array([r["val_accuracy"] for r in unique]),
+                                                      np.array([[r["predicted_ms"]] for r in unique]))) if keep]
     curve_dir = out / "curves"
     curve_dir.mkdir(exist_ok=True)
     paths, acc = {}, {}

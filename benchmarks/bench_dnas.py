@@ -39,7 +39,8 @@ from nas.dnas.distribution import ArchDistribution  # noqa: E402
 from nas.dnas.dmasking_supernet import DMaskingSupernet  # noqa: E402
 from nas.dnas.dnas_supernet import DNASSupernet  # noqa: E402
 from nas.dnas.search import SearchSettings, SupernetSearch  # noqa: E402
-from nas.dnas.strategy import SearchJob, build_supernet, open_run, prepare_search, run_search  # noqa: E402
+from nas.dnas.strategy import SearchJob, SupernetStrategy, build_supernet  # noqa: E402
+from nas.strategy import open_run  # noqa: E402
 from nas.recipe import Recipe  # noqa: E402
 from nas.space import load_space  # noqa: E402
 from nas.training import accuracy, train_model  # noqa: E402
@@ -192,7 +193,7 @@ def bench_alpha(args) -> None:
           f"epochs, device {args.device}")
     found = []
     for alpha in args.alphas:
-        prep = prepare_search(_job(args, alpha=alpha))
+        prep = SupernetStrategy(_job(args, alpha=alpha)).prepare()
         search = SupernetSearch(build_supernet(prep), prep.dist, prep.terms, prep.data, prep.job.settings,
                                 prep.job.recipe, prep.min_ms)
         history = search.run()
@@ -215,18 +216,19 @@ def _train_test(space, arch, data, recipe) -> float:
 def bench_quality(args) -> None:
     print(f"== quality: DMasking at a target vs random archs at the same predicted latency (digits, "
           f"{args.resolution}px x{args.width:g}, recipe {args.final_epochs} epochs, seed 0)")
-    probe = prepare_search(_job(args))
+    probe = SupernetStrategy(_job(args)).prepare()
     rng = np.random.default_rng(0)
     lat = [probe.lm.predict(probe.space, probe.space.sample(rng)) for _ in range(400)]
     target = args.target_ms or float(np.quantile(lat, 0.25))
-    prep = prepare_search(_job(args, target_ms=target))
+    prep = SupernetStrategy(_job(args, target_ms=target)).prepare()
     out = Path(args.out or tempfile.mkdtemp(prefix="bench-dnas-"))
     t = time.perf_counter()
-    report = run_search(prep, open_run(prep, out))
+    strategy = SupernetStrategy(prep.job)
+    report = strategy.run(prep, open_run(strategy, prep, out))
     print(f"  target {target:.4f} ms (attainable {prep.min_ms:.4f}-{prep.max_ms:.4f}); search + retrain "
           f"{time.perf_counter() - t:.0f} s -> {out}")
     print(f"  found arch: predicted {report['predicted_ms']:.4f} ms, measured {report['measured_ms']:.4f} ms "
-          f"({report['prediction_error_pct']:+.1f}%, clock {report['measured_clock']}), test accuracy "
+          f"({report['prediction_error_pct']:+.1f}%, clock {report[report['method']]['timing']['clock']}), test accuracy "
           f"{report['accuracy']:.4f}, onnx max abs diff {report['onnx_max_abs_diff']:.1e}")
     lo, hi = 0.9 * report["predicted_ms"], 1.1 * report["predicted_ms"]
     randoms = []

@@ -42,7 +42,8 @@ from nas.quant.graph import attach_onnx, trace_layers  # noqa: E402
 from nas.quant.mixed import BitOption, MixedPrecisionNet  # noqa: E402
 from nas.quant.profile import int8_speedups, layer_items  # noqa: E402
 from nas.space import resolve_model_ref  # noqa: E402
-from nas.quant.pipeline import MixedPrecisionConfig, prepare_mixed_precision, run_mixed_precision  # noqa: E402
+from nas.quant.pipeline import run_mixed_precision  # noqa: E402
+from nas.quant.prepare import MixedPrecisionConfig, prepare_mixed_precision  # noqa: E402
 from nas.quant.search import SearchConfig  # noqa: E402
 from nas.run import RunDir  # noqa: E402
 from nas.task import load_task  # noqa: E402
@@ -61,16 +62,20 @@ def stage(name: str, total: int):
     print(f"\r  {name}: done in {time.perf_counter() - start:.0f} s{'':50s}", file=sys.stderr, flush=True)
 
 
+def progress(name: str, done: int, total: int | None, note: str) -> None:
+    print(f"\r  {name}: {done}/{total} {note[:60]:60s}", end="", file=sys.stderr, flush=True)
+
+
 def run(kind: str, args, data, space, arch, tables: Path, out: Path, target_mb: float | None = None) -> dict:
     cfg = MixedPrecisionConfig(
         cost=kind, weight_bits=[8, 32] if kind == "latency" else [2, 4, 8, 32], act_bits=[8, 32],
         target_mb=target_mb, pretrain_epochs=args.pretrain_epochs, pretrain_lr=args.lr,
         search=SearchConfig(epochs=args.epochs, seed=args.seed), finetune_epochs=args.finetune_epochs,
         latency_fit_models=args.fit_models)
-    prep = prepare_mixed_precision(space, arch, data, args.device, cfg, tables_dir=tables, progress=stage)
+    prep = prepare_mixed_precision(space, arch, data, args.device, cfg, tables_dir=tables, progress=progress)
     rundir = RunDir(out, {"bench": "quant", "cost": kind, "space_args": space.space_args(), "arch": arch.to_dict(),
                           "device": args.device, **cfg.to_dict()})
-    return run_mixed_precision(prep, rundir, progress=stage)
+    return run_mixed_precision(prep, rundir, progress=progress)["mixed_precision"]
 
 
 def speedups_at(args, tables: Path, resolution: int, width: float) -> dict:

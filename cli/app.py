@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 import typer
@@ -28,15 +29,51 @@ def print_json(obj) -> None:
     typer.echo(json.dumps(obj, indent=2, default=str))
 
 
+COLUMNS = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+           TimeRemainingColumn(), TextColumn("{task.fields[note]}"))
+
+
 @contextmanager
 def progress_bar(description: str, total: int | None) -> Iterator[callable]:
     """A rich progress bar; yields ``advance(n=1, note="")``."""
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn(), TextColumn("{task.fields[note]}")]
-    with Progress(*columns, console=console, transient=False) as progress:
+    with Progress(*COLUMNS, console=console, transient=False) as progress:
         task = progress.add_task(description, total=total, note="")
 
         def advance(n: int = 1, note: str = "") -> None:
             progress.update(task, advance=n, note=note)
 
         yield advance
+
+
+@contextmanager
+def progress_bars() -> Iterator[callable]:
+    """The adapter of ``nas.strategy.Progress``: one bar per stage, shown from the first report on."""
+    bars = Progress(*COLUMNS, console=console, transient=False)
+    tasks: dict[str, int] = {}
+
+    def progress(stage: str, done: int, total: int | None, note: str) -> None:
+        if not tasks:
+            bars.start()
+        if stage not in tasks:
+            tasks[stage] = bars.add_task(stage, total=total, note="")
+        bars.update(tasks[stage], completed=done, total=total, note=note[:60])
+
+    try:
+        yield progress
+    finally:
+        if tasks:
+            bars.stop()
+
+
+def run_strategy(name: str, config, out: Path | None) -> tuple[dict, Path]:
+    """Prepare, open the run directory, run: the registered strategy ``name`` on ``config``, with progress bars.
+    Returns the report and the run directory."""
+    from nas.strategy import get_strategy, open_run
+
+    strategy = get_strategy(name)(config)
+    with progress_bars() as progress:
+        prepared = strategy.prepare(progress)  # bad input fails here: one line, exit 2, nothing written
+        run = open_run(strategy, prepared, out)
+        console.print(f"{prepared.summary()} -> {run.path}" + (" (resuming)" if run.resumed else ""))
+        report = strategy.run(prepared, run, progress)
+    return report, run.path

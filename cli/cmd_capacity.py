@@ -7,8 +7,10 @@ from typing import Optional
 
 import typer
 
-from cli.app import app, console, latency_app, print_json, progress_bar, search_app
+from cli.app import app, console, latency_app, print_json, progress_bar, run_strategy, search_app
 from cli.cmd_latency import correction_line, correction_summary
+from nas.report import detail_key
+from nas.strategy import STRATEGIES
 
 SPACE_OPT = typer.Option("vit_capacity", "--space", help="vit_capacity space name or YAML")
 DATASET_OPT = typer.Option("digits", help="digits | npz:PATH | folder:PATH")
@@ -112,20 +114,7 @@ def profile_capacity(space: str = SPACE_OPT, device: str = DEVICE_OPT,
         typer.echo(correction_line(corr) + " (all spaces of this device)")
 
 
-def _evaluator(space, dataset, checkpoint, device, seed, no_fallback, tables_dir, measure=True):
-    import torch
-
-    from nas.capacity.evaluate import CapacityEvaluator
-    from nas.capacity.task import load_capacity_model
-    from nas.latency.model import LatencyModel
-
-    torch.set_num_threads(1)  # inference on small batches; more threads only contend with ONNX Runtime timing
-    lm = LatencyModel.load(device, tables_dir, allow_fallback=not no_fallback)
-    data, model, meta = load_capacity_model(space, dataset, str(checkpoint), seed)
-    return CapacityEvaluator(model, data, lm, measure=measure), meta
-
-
-@search_app.command("capacity")
+@search_app.command("capacity", help=STRATEGIES["capacity"].help)
 def search_capacity_cmd(space: str = SPACE_OPT,
                         checkpoint: Path = typer.Option(..., help="model.pt written by `hwnas train-dynamic`"),
                         dataset: str = DATASET_OPT, device: str = DEVICE_OPT,
@@ -140,46 +129,24 @@ def search_capacity_cmd(space: str = SPACE_OPT,
                                                          help="fail on a unit the table lacks instead of estimating"),
                         tables_dir: Optional[Path] = TABLES_OPT,
                         as_json: bool = typer.Option(False, "--json", help="print the report as JSON")):
-    """Choose keep ratios per stage and the MoE capacity threshold for a latency budget on a device."""
-    from nas.capacity.plots import plot_search
-    from nas.capacity.search import check_target, choose, finalize, search_capacity
-    from nas.errors import SearchError
-    from nas.run import RunDir, default_run_path
+    from nas.capacity.strategy import CapacityJob
 
-    if target_ms <= 0:
-        raise SearchError(f"--target-ms must be positive, got {target_ms:g}")
-    evaluator, meta = _evaluator(space, dataset, checkpoint, device, seed, no_fallback, tables_dir, measure)
-    sp = evaluator.model.space
-    seed = meta["data_seed"]
-    check_target(evaluator, target_ms)  # before anything is written
-    out = out or default_run_path("capacity", sp.name)
-    run = RunDir(out, {"command": "search capacity", "space": sp.name, "space_fingerprint": sp.fingerprint(),
-                       "checkpoint": str(checkpoint), "dataset": dataset, "device": device, "target_ms": target_ms,
-                       "trials": trials, "seed": seed, "measure": measure, "allow_fallback": not no_fallback})
-    console.print(f"searching {sp.name} configs for {target_ms:g} ms on {device!r} "
-                  f"({trials} trials{', measured' if measure else ''}) -> {out}")
-    with progress_bar("configs", trials) as advance:
-        shown = [0]
-
-        def on_trial(done: int, total: int, row: dict) -> None:
-            advance(done - shown[0], note=f"acc {row['val_accuracy']:.3f} pred {row['predicted_ms']:.3f} ms")
-            shown[0] = done
-
-        rows = search_capacity(evaluator, target_ms, run, trials=trials, seed=seed, on_trial=on_trial)
-    report = finalize(evaluator, rows, target_ms, run)
-    plot_search(rows, target_ms, choose(rows, target_ms), run.path)
+    job = CapacityJob(space, str(checkpoint), device, target_ms, dataset, trials, seed, measure, not no_fallback,
+                      str(tables_dir) if tables_dir else None)
+    report, out = run_strategy("capacity", job, out)
     if as_json:
         print_json(report)
         return
-    typer.echo(f"chosen {_config_label(report)}: val {report['val_accuracy']:.4f}, test {report['accuracy']:.4f} "
-               f"(onnx {report['accuracy_onnx']:.4f}, max abs diff {report['onnx_max_abs_diff']:.1e}); "
-               f"predicted {report['predicted_ms']:.3f} ms, measured {report['measured_ms']:.3f} ms "
-               f"({report['measured_vs_predicted']:+.1%} vs predicted, target {target_ms:g} ms) -> {out}")
+    typer.echo(f"chosen {_summary(report)}; target {target_ms:g} ms -> {out}")
 
 
-def _config_label(report: dict) -> str:
-    c = report["config"]
-    return "keep " + ",".join(f"{r:g}" for r in c["keep_ratios"]) + f" threshold {c['threshold']:g}"
+def _summary(report: dict) -> str:
+    d = report[detail_key(report["method"])]
+    c = d["config"]
+    return ("keep " + ",".join(f"{r:g}" for r in c["keep_ratios"]) + f" threshold {c['threshold']:g}: "
+            f"test {report['accuracy']:.4f} (onnx {d['accuracy_onnx']:.4f}, max abs diff "
+            f"{report['onnx_max_abs_diff']:.1e}); predicted {report['predicted_ms']:.3f} ms, measured "
+            f"{report['measured_ms']:.3f} ms ({report['prediction_error_pct']:+.1f}% vs predicted)")
 
 
 @app.command("export-capacity")
@@ -201,6 +168,8 @@ def export_capacity_cmd(space: str = SPACE_OPT,
         validate_config
     from nas.capacity.search import export_config
     from nas.capacity.space import load_capacity_space
+    from nas.capacity.strategy import load_evaluator
+    from nas.report import write_report
     from nas.run import RunDir
 
     if (config is None) == (keep is None):
@@ -212,16 +181,14 @@ def export_capacity_cmd(space: str = SPACE_OPT,
         ratios = parse_keep_ratios(keep)
         cfg = CapacityConfig(ratios * len(bare.stages) if len(ratios) == 1 else ratios, threshold)
     validate_config(bare, cfg, str(config) if config else "--keep")  # before anything is loaded or written
-    evaluator, meta = _evaluator(space, dataset, checkpoint, device, seed, no_fallback, tables_dir, measure=False)
-    sp = evaluator.model.space
-    seed = meta["data_seed"]
-    row = evaluator.evaluate(cfg)  # before anything is written: a missing table key fails here
-    run = RunDir(out, {"command": "export-capacity", "space": sp.name, "checkpoint": str(checkpoint),
-                       "dataset": dataset, "device": device, "config": cfg.to_dict(), "seed": seed})
-    report = export_config(evaluator, row, run)
+    evaluator, seed = load_evaluator(space, dataset, str(checkpoint), device, seed, not no_fallback,
+                                     str(tables_dir) if tables_dir else None, measure=False)
+    evaluator.evaluate(cfg)  # before anything is written: a missing table key fails here
+    run = RunDir(out, {"command": "export-capacity", "space": evaluator.model.space.name,
+                       "checkpoint": str(checkpoint), "dataset": dataset, "device": device, "config": cfg.to_dict(),
+                       "seed": seed})
+    report = write_report(run, export_config(evaluator, cfg, run, method="export-capacity"))
     if as_json:
         print_json(report)
         return
-    typer.echo(f"{_config_label(report)}: test {report['accuracy']:.4f} (onnx {report['accuracy_onnx']:.4f}, max abs "
-               f"diff {report['onnx_max_abs_diff']:.1e}); predicted {report['predicted_ms']:.3f} ms, measured "
-               f"{report['measured_ms']:.3f} ms ({report['measured_vs_predicted']:+.1%}) -> {out}")
+    typer.echo(f"{_summary(report)} -> {out}")

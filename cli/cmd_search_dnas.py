@@ -2,45 +2,21 @@
 
 from __future__ import annotations
 
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from cli.app import console, print_json, progress_bar, search_app
+from cli.app import print_json, run_strategy, search_app
 from nas.recipe import load_recipe
-from nas.run import default_run_path
+from nas.strategy import strategies
 
-HELP = {
-    "dnas": "FBNet DNAS: a block per candidate, Gumbel-softmax over them (all paths, or --sampled-path), "
-            "loss CE * (1 + alpha * log(LAT / LAT_min)) ** beta.",
-    "dmasking": "FBNetV2 DMaskingNAS: one shared-weight block per layer; ops, channels and input resolution "
-                "chosen through Gumbel-weighted masks.",
-}
 DEFAULT_SPACE = {"dnas": "fbnet", "dmasking": "fbnet_v2"}
-
-
-class StageBars:
-    """One progress bar per stage (profile, calibrate, search, train), opened when the stage first reports."""
-
-    TITLES = {"profile": "profile blocks", "calibrate": "calibrate", "search": "search", "train": "retrain winner"}
-
-    def __init__(self, stack: ExitStack):
-        self.stack, self.stage, self.advance, self.done = stack, None, None, 0
-
-    def __call__(self, stage: str, done: int, total: int, note: str) -> None:
-        if stage != self.stage:
-            self.stack.close()
-            self.advance = self.stack.enter_context(progress_bar(self.TITLES.get(stage, stage), total))
-            self.stage, self.done = stage, 0
-        self.advance(max(done - self.done, 0), note)
-        self.done = done
 
 
 def _make_command(method: str):
     def command(
-        space: str = typer.Option(DEFAULT_SPACE[method], "--space", help="space name or YAML"),
+        space: str = typer.Option(DEFAULT_SPACE.get(method, "fbnet"), "--space", help="space name or YAML"),
         dataset: str = typer.Option("digits", help="digits | npz:PATH | folder:PATH"),
         device: str = typer.Option(..., "--device", help="device id of the latency table "
                                                          "(latency_tables/<device-id>/)"),
@@ -80,7 +56,7 @@ def _make_command(method: str):
         import torch
 
         from nas.dnas.search import SearchSettings
-        from nas.dnas.strategy import SearchJob, open_run, prepare_search, run_search
+        from nas.dnas.strategy import SearchJob
 
         torch.set_num_threads(1)  # tiny models: more threads only contend (the search loop pins 1 thread anyway)
         rec = load_recipe(recipe)
@@ -92,16 +68,7 @@ def _make_command(method: str):
             resolution_paths=None if soft_resolution else 1)
         job = SearchJob(method, space, device, dataset, target_ms, resolution, width, seed, settings, rec,
                         str(tables_dir) if tables_dir else None, profile, allow_estimated)
-        with ExitStack() as stack:
-            bars = StageBars(stack)
-            prep = prepare_search(job, bars)
-            out_dir = out or default_run_path(method, prep.space.name)
-            run = open_run(prep, out_dir)
-            console.print(f"{method} on {prep.space.name} @ {prep.space.resolution}px x{prep.space.width_multiplier:g}"
-                          f", {dataset} {prep.data.sizes()}, device {device}: attainable "
-                          f"{prep.min_ms:.4g}-{prep.max_ms:.4g} ms -> {out_dir}"
-                          + (" (resuming)" if run.resumed else ""))
-            report = run_search(prep, run, bars)
+        report, out_dir = run_strategy(method, job, out)
         if as_json:
             print_json(report)
             return
@@ -110,9 +77,8 @@ def _make_command(method: str):
                    f" ms ({report['prediction_error_pct']:+.1f}%), test accuracy {report['accuracy']:.4f}, onnx max "
                    f"abs diff {report['onnx_max_abs_diff']:.2e} -> {out_dir}")
 
-    command.__doc__ = HELP[method]
     return command
 
 
-for _method in ("dnas", "dmasking"):
-    search_app.command(_method, help=HELP[_method])(_make_command(_method))
+for _entry in strategies(options="dnas"):
+    search_app.command(_entry.name, help=_entry.help)(_make_command(_entry.name))

@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from cli.app import console, print_json, progress_bar, search_app
+from cli.app import print_json, run_strategy, search_app
+from nas.strategy import STRATEGIES
 
 
 def _bits(text: str, flag: str) -> list[int]:
@@ -19,7 +20,7 @@ def _bits(text: str, flag: str) -> list[int]:
         raise SearchError(f"{flag} {text!r}: give comma-separated integers, e.g. 2,4,8,32") from None
 
 
-@search_app.command("mixed-precision")
+@search_app.command("mixed-precision", help=STRATEGIES["mixed-precision"].help)
 def mixed_precision(
     arch: str = typer.Option(..., "--arch", help="model name (fbnet_a ...), space name (its largest arch) or "
                              "arch JSON"),
@@ -50,12 +51,8 @@ def mixed_precision(
     out: Optional[Path] = typer.Option(None, help="run directory (rerun with the same one to resume)"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
 ):
-    """Search per-layer (weight, activation) bits by DNAS, fine-tune, export an ONNX model whose int8 layers are
-    quantized by onnxruntime.quantization, and compare it with uniform fp32 and uniform int8."""
-    from nas.quant.pipeline import MixedPrecisionConfig, prepare_mixed_precision, run_mixed_precision
+    from nas.quant.prepare import MixedPrecisionConfig, MixedPrecisionJob
     from nas.quant.search import SearchConfig
-    from nas.run import RunDir, default_run_path
-    from nas.task import load_task
 
     default_w = "8,32" if cost == "latency" else "2,4,8,32"
     cfg = MixedPrecisionConfig(
@@ -63,20 +60,14 @@ def mixed_precision(
         act_bits=_bits(act_bits or "8,32", "--act-bits"), target_ms=target_ms, target_mb=target_mb,
         pretrain_epochs=pretrain_epochs, search=SearchConfig(epochs=epochs, alpha=alpha, beta=beta, seed=seed),
         finetune_epochs=finetune_epochs, latency_fit_models=fit_models)
-    cfg.validate()
-    data, space, arch_ = load_task(dataset, arch, resolution=resolution, width=width, seed=seed)
-    prep = prepare_mixed_precision(space, arch_, data, device, cfg, tables_dir=tables_dir, progress=progress_bar)
-    out = out or default_run_path("mixed-precision", space.name)
-    run = RunDir(out, {"command": "search mixed-precision", "arch_ref": arch, "arch": arch_.to_dict(),
-                       "dataset": dataset, "device": device, "space_args": space.space_args(), "seed": seed,
-                       **cfg.to_dict()})
-    console.print(f"mixed precision ({cost}) on {space.name} @ {space.resolution}px x{space.width_multiplier:g}, "
-                  f"{dataset} {data.sizes()}, device {device} -> {out}")
-    report = run_mixed_precision(prep, run, progress=progress_bar)
+    job = MixedPrecisionJob(arch, device, dataset, resolution, width, seed, str(tables_dir) if tables_dir else None,
+                            cfg)
+    report, out = run_strategy("mixed-precision", job, out)
     if as_json:
         print_json(report)
         return
-    m, b = report, report["baselines"]
+    m = report["mixed_precision"]
+    b = m["baselines"]
 
     def line(name, f):
         pred = f"{f['predicted_ms']:.4g}" if f.get("predicted_ms") is not None else "n/a"

@@ -8,14 +8,8 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from cli.app import console, print_json, progress_bar, search_app
-
-HELP = {
-    "nars": "FBNetV3 NARS: Sobol pool, MLP predictor pretrained on free proxies, evolutionary search.",
-    "chamnet": "ChamNet GP-BO: Sobol pool, gpytorch GP, expected improvement, evolutionary search.",
-    "optuna": "Optuna multi-objective search (NSGA-II or TPE) with a latency constraint; resumable studies.",
-}
-
+from cli.app import console, print_json, run_strategy, search_app
+from nas.strategy import strategies
 
 def _make_command(strategy: str):
     def command(
@@ -64,9 +58,7 @@ def _make_command(strategy: str):
                                    "of all, or none"),
         as_json: bool = typer.Option(False, "--json", help="print report.json"),
     ):
-        from nas.predict.runner import prepare_search, run_search
         from nas.predict.search_setup import SearchSettings
-        from nas.run import default_run_path
 
         settings = SearchSettings(
             strategy=strategy, space=space, devices=list(device or []), latency_ms=list(latency_ms or []),
@@ -77,39 +69,12 @@ def _make_command(strategy: str):
             tables_dir=str(tables_dir) if tables_dir else None, measure_each=measure_each, pool=pool, init=init,
             batch=batch, generations=generations, population=population, pretrain=pretrain, sampler=sampler,
             storage=storage, study=study, workers=workers, export=export)
-        name = Path(space.split(":", 1)[-1]).stem
-        out = out or default_run_path(f"search-{strategy}", name)
-        prepared = prepare_search(settings, out)  # bad input fails here: one line, exit 2, nothing written
-        with progress_bar(strategy, budget) as advance:
-            state = {"done": 0, "objective": objective or "val_accuracy"}
-
-            def on_event(kind: str, info: dict) -> None:
-                if kind == "start":
-                    state["objective"] = info["objective"]
-                    console.print(f"{strategy} on {space}: objective {info['objective']}, constraints "
-                                  f"{', '.join(info['constraints'])}{' (automatic)' if info['auto'] else ''}"
-                                  f"{', resuming' if info['resumed'] else ''} -> {out}")
-                elif kind == "eval":
-                    state["done"] += 1
-                    advance(1, f"{info['phase']}: {state['objective']} {info[state['objective']]:.4g}")
-                elif kind == "progress":
-                    advance(info["done"] - state["done"], f"{info['done']} evaluated")
-                    state["done"] = info["done"]
-                elif kind == "fit":
-                    advance(0, f"fit on {info['n_train']}: held-out tau {info['heldout_tau']:.3f}")
-                elif kind in ("phase", "export"):
-                    advance(0, f"{info.get('name', kind)} {info.get('note', info.get('constraint', ''))}")
-                elif kind == "generation":
-                    advance(0, f"evolution generation {info['generation']}")
-
-            report = run_search(prepared, on_event=on_event,
-                                on_epoch=lambda e, row: advance(0, f"epoch {e} loss {row['train_loss']:.3f}"))
+        report, out = run_strategy(strategy, settings, out)
         if as_json:
             print_json(report)
             return
         _print_summary(report, out)
 
-    command.__doc__ = HELP[strategy]
     return command
 
 
@@ -118,34 +83,35 @@ def _num(v) -> str:
 
 
 def _print_summary(report: dict, out: Path) -> None:
-    obj = report["objective"]
-    table = Table(title=f"best under each constraint ({report['evaluations']} evaluations)")
+    detail = report[report["method"]]
+    obj = detail["objective"]
+    table = Table(title=f"best under each constraint ({detail['evaluations']} evaluations)")
     for col in ("constraint", obj, "latency (ms)", "eval"):
         table.add_column(col)
-    for w in report.get("winners", []):
+    for w in detail.get("winners", []):
         if not w["found"]:
             table.add_row(w["constraint"], "none evaluated meets it", "", "")
             continue
         lat = ", ".join(f"{d} {v:.4g}" for d, v in w["latency_ms"].items())
         table.add_row(w["constraint"], f"{w[obj]:.4f}", lat, str(w["eval"]))
     console.print(table)
-    pred = report.get("predictor")
+    pred = detail.get("predictor")
     if pred:
         typer.echo(f"predictor: held-out Kendall tau {_num(pred['heldout_kendall_tau'])} (predictions made before "
                    f"each batch), {_num(pred['cv_kendall_tau'])} (5-fold at the end)")
-    evo = report.get("evolution")
+    evo = detail.get("evolution")
     if evo:
         typer.echo(f"evolution: {evo['scored']:,} candidates scored "
                    f"({evo['candidates_per_cpu_minute']:,.0f} per CPU-minute)")
-    if "optuna" in report:
-        typer.echo(f"optuna: {report['optuna']['evaluations']} evaluations in {report['optuna']['trials']} "
-                   f"trials; dashboard: {report['optuna']['dashboard']}")
-    for e in report.get("export", []):
+    if "optuna" in detail:
+        typer.echo(f"optuna: {detail['optuna']['evaluations']} evaluations in {detail['optuna']['trials']} "
+                   f"trials; dashboard: {detail['optuna']['dashboard']}")
+    for e in detail.get("export", []):
         typer.echo(f"exported {e['onnx']} ({e['constraint']}): test accuracy {e['accuracy']:.4f}, onnx max abs "
                    f"diff {e['onnx_max_abs_diff']:.2e}, measured {e['measured_ms']:.4f} ms vs predicted "
                    f"{e['predicted_ms']:.4f} ms")
-    typer.echo(f"-> {out} (history.csv, pareto.csv, report.json, pareto.png)")
+    typer.echo(f"-> {out} (arch.json, history.csv, pareto.csv, report.json, pareto.png)")
 
 
-for _strategy in ("nars", "chamnet", "optuna"):
-    search_app.command(_strategy, help=HELP[_strategy])(_make_command(_strategy))
+for _entry in strategies(options="predictor"):
+    search_app.command(_entry.name, help=_entry.help)(_make_command(_entry.name))

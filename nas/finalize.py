@@ -17,13 +17,12 @@ from nas.training import EpochCallback, accuracy, fit_input, train_model
 
 
 def train_export_measure(space: Space, arch: Arch, data: Dataset, recipe: Recipe, run: RunDir, *,
-                         on_epoch: EpochCallback | None = None, device: Device | None = None,
-                         predict_ms: Callable[[Arch], float] | None = None,
-                         prefix: str = "") -> dict:
-    """Train ``arch`` (resumable through ``run``), export ``model.onnx`` and return the report figures.
+                         device: Device, on_epoch: EpochCallback | None = None,
+                         predict_ms: Callable[[Arch], float] | None = None, prefix: str = "") -> dict:
+    """Train ``arch`` (resumable through ``run``), export ``model.onnx``, time it on ``device`` and return the
+    figures.
 
-    ``device`` times the model (one thread of this machine's CPU by default). ``prefix`` names the files
-    (``{prefix}model.onnx`` ...) so that a run can hold several models.
+    ``prefix`` names the files (``{prefix}model.onnx`` ...) so that a run can hold several models.
     """
     run.write_json(f"{prefix}arch.json", arch_document(space, arch))
     model = build_model(space, arch, dropout=recipe.dropout)
@@ -33,7 +32,6 @@ def train_export_measure(space: Space, arch: Arch, data: Dataset, recipe: Recipe
     onnx_path = export_onnx(model, model.input_shape, run.file(f"{prefix}model.onnx"))
     x_test = fit_input(data.x_test, model)
     onnx_pred = run_onnx(onnx_path, x_test).argmax(1)
-    device = device or Device()
     stats = device.time_file(onnx_path)
     report = {
         "arch": arch.to_dict(),
@@ -45,11 +43,20 @@ def train_export_measure(space: Space, arch: Arch, data: Dataset, recipe: Recipe
         "measured_p90_ms": stats.p90_ms,
         "macs": count_macs(model, model.input_shape),
         "params": count_params(model),
-        "provider": device.provider,
-        "threads": device.threads,
-        "measured_clock": device.clock,
+        "timing": device.to_dict(),
         "onnx": onnx_path.name,
     }
     if predict_ms is not None:
         report["predicted_ms"] = predict_ms(arch)
     return report
+
+
+def measuring_device(device: Device) -> tuple[Device, str]:
+    """The device to time a shipped model with here, and a note when its figures are not the device's own: the
+    table's provider is not available here (timed on this CPU instead), or the table was measured elsewhere."""
+    if not device.runs_here:
+        return Device(clock=device.clock, device_id=device.device_id), (
+            f"device {device.device_id!r} uses {device.provider}, not available here: measured on this CPU instead")
+    if device.remote:
+        return device, f"device {device.device_id!r} was measured elsewhere: measured_ms is this machine's"
+    return device, ""

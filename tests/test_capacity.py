@@ -336,7 +336,7 @@ def test_search_capacity_cli_end_to_end_and_resume(cli, cli_inproc, trained, tin
         assert (out / name).is_file(), name
     report = json.loads((out / "report.json").read_text())
     assert report["predicted_ms"] <= target and report["onnx_max_abs_diff"] < 1e-4
-    assert report["accuracy_onnx"] == pytest.approx(report["accuracy"], abs=0.01)
+    assert report["capacity"]["accuracy_onnx"] == pytest.approx(report["accuracy"], abs=0.01)
     assert 0.3 < report["measured_ms"] / report["predicted_ms"] < 3.0
     pareto = pd.read_csv(out / "pareto.csv")
     assert {"val_accuracy", "predicted_ms", "measured_ms", "pareto_predicted"} <= set(pareto.columns)
@@ -379,5 +379,5 @@ def test_export_capacity_cli_and_bad_input(cli, cli_inproc, trained, tiny_path, 
     r = cli(*base, "--keep", "0.5", "--threshold", "0.5", env=env)
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "e" / "report.json").read_text())
-    assert report["plan"]["kept_patches"] == [8, 4] and report["onnx_max_abs_diff"] < 1e-4
-    assert report["estimated_keys"] == [] and report["measured_ms"] > 0
+    assert report["export_capacity"]["plan"]["kept_patches"] == [8, 4] and report["onnx_max_abs_diff"] < 1e-4
+    assert report["export_capacity"]["estimated_keys"] == [] and report["measured_ms"] > 0

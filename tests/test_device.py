@@ -6,6 +6,7 @@ from dataclasses import asdict, replace
 import pytest
 
 from nas.errors import LatencyTableError
+from nas.finalize import measuring_device
 from nas.latency import remote_measure
 from nas.latency.device import Device
 from nas.latency.model import LatencyModel
@@ -58,9 +59,9 @@ def test_unavailable_provider_names_the_available_ones(tmp_path):
     with pytest.raises(LatencyTableError, match="'NoSuchExecutionProvider' is not available here "
                                                 r"\(available: .*CPUExecutionProvider"):
         device.time_files(_onnx_files(tmp_path, (8,)))
-    local = device.or_local_cpu()
+    local, note = measuring_device(device)
     assert (local.provider, local.threads) == ("CPUExecutionProvider", 1) and local.runs_here
-    assert Device().or_local_cpu() == Device()
+    assert "not available here" in note and measuring_device(Device()) == (Device(), "")
 
 
 def test_time_files_gives_one_stats_per_file(tmp_path):
@@ -105,7 +106,7 @@ def test_every_search_times_a_model_with_the_tables_setup(tmp_path, monkeypatch)
     report = train_export_measure(space, space.fixed_arch(), data, Recipe(epochs=1, batch_size=64), run,
                                   device=lm.device)
     dnas = list(seen)
-    assert report["measured_clock"] == "cpu" and report["measured_ms"] > 0
+    assert report["timing"]["clock"] == "cpu" and report["measured_ms"] > 0
 
     onnx = str(run.file("model.onnx"))
     seen.clear()

@@ -12,7 +12,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from nas.dnas.distribution import ArchDistribution
 from nas.dnas.dmasking_supernet import DMaskingSupernet
 from nas.dnas.search import SearchSettings
-from nas.dnas.strategy import SearchJob, open_run, prepare_search, run_search
+from nas.dnas.strategy import SearchJob, SupernetStrategy
+from nas.strategy import open_run
 from nas.recipe import Recipe
 from nas.space import load_space
 from nas.training import fit_input, set_dropout
@@ -125,13 +126,14 @@ def test_dmasking_search_lands_within_ten_percent_of_the_target(tiny_v2, tmp_pat
                     width=1.0, target_ms=target, tables_dir=str(tiny_v2["tables"]),
                     settings=SearchSettings(epochs=3, warmup_epochs=1, target_ms=target),
                     recipe=Recipe(epochs=1, batch_size=64))
-    prep = prepare_search(job)
+    strategy = SupernetStrategy(job)
+    prep = strategy.prepare()
     assert prep.min_ms == pytest.approx(lat[0]) and prep.max_ms == pytest.approx(lat[-1])
-    report = run_search(prep, open_run(prep, tmp_path / "run"))
+    report = strategy.run(prep, open_run(strategy, prep, tmp_path / "run"))
     assert report["within_target"] is True
     assert abs(report["predicted_ms"] - target) <= 0.1 * target
     assert report["predicted_ms"] == pytest.approx(lm.predict(space, space.validate(
-        type(space.fixed_arch()).from_dict(report["arch"]))))
+        type(space.fixed_arch()).from_dict(report["dmasking"]["arch"]))))
     assert report["onnx_max_abs_diff"] < 1e-3 and report["measured_ms"] > 0
     history = (tmp_path / "run" / "history.csv").read_text().splitlines()
     header = history[0].split(",")
@@ -146,7 +148,7 @@ def test_profile_flag_measures_a_missing_table(tmp_path):
     job = SearchJob("dmasking", str(space_path), "fresh-device", resolution=16, width=1.0,
                     tables_dir=str(tmp_path / "tables"), profile=True,
                     settings=SearchSettings(epochs=2))
-    prep = prepare_search(job)
+    prep = SupernetStrategy(job).prepare()
     assert (tmp_path / "tables" / "fresh-device" / "device.json").is_file()
     assert prep.terms.estimated_keys() == [] and prep.min_ms < prep.max_ms
 

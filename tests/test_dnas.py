@@ -16,7 +16,8 @@ from nas.dnas.gumbel import sample_decision, temperature
 from nas.dnas.latency_terms import LatencyTerms
 from nas.latency.loss import TargetController, latency_factor
 from nas.dnas.search import SearchSettings, SupernetSearch
-from nas.dnas.strategy import SearchJob, open_run, prepare_search
+from nas.dnas.strategy import SearchJob, SupernetStrategy
+from nas.strategy import open_run
 from nas.errors import DataError, LatencyTableError, SearchError
 from nas.recipe import Recipe
 from nas.task import load_search_task
@@ -216,10 +217,10 @@ def test_target_outside_the_attainable_range_names_the_range(tiny):
     job = SearchJob("dnas", str(tiny["path"]), "test-tiny", resolution=16, width=1.0, target_ms=1e-6,
                     tables_dir=str(tiny["tables"]))
     with pytest.raises(SearchError, match=r"below the fastest arch .* attainable [0-9.]+-[0-9.]+ ms"):
-        prepare_search(job)
+        SupernetStrategy(job).prepare()
     job.target_ms = 1e6
     with pytest.raises(SearchError, match="above the slowest"):
-        prepare_search(job)
+        SupernetStrategy(job).prepare()
 
 
 def test_missing_table_offers_the_profile_command(tiny, tmp_path):
@@ -227,7 +228,7 @@ def test_missing_table_offers_the_profile_command(tiny, tmp_path):
                     tables_dir=str(tmp_path))
     with pytest.raises(LatencyTableError, match=r"hwnas latency profile --space .* --device no-such-device "
                                                 r"--resolution 16 --width 1 --classes 10 --in-channels 1"):
-        prepare_search(job)
+        SupernetStrategy(job).prepare()
 
 
 def test_dataset_too_small_for_the_split(tiny, tmp_path):
@@ -235,7 +236,7 @@ def test_dataset_too_small_for_the_split(tiny, tmp_path):
     job = SearchJob("dnas", str(tiny["path"]), "test-tiny", dataset=f"npz:{tmp_path / 'small.npz'}",
                     resolution=16, tables_dir=str(tiny["tables"]))
     with pytest.raises(DataError, match="too small"):
-        prepare_search(job)
+        SupernetStrategy(job).prepare()
 
 
 # ---- CLI -------------------------------------------------------------------------------------------------------
@@ -255,12 +256,31 @@ def test_cli_dnas_end_to_end_then_resume_checks(cli, tiny, tmp_path):
         assert key in report
     assert report["onnx_max_abs_diff"] < 1e-3 and 0.0 <= report["accuracy"] <= 1.0
     arch = json.loads((out / "arch.json").read_text())
-    assert arch["ops"] == report["arch"]["ops"]
+    assert arch["ops"] == report["dnas"]["arch"]["ops"]
     before = (out / "config.json").read_text()
     job = SearchJob("dnas", str(tiny["path"]), "test-tiny", dataset=f"npz:{tiny['digits']}", resolution=16,
                     width=1.0, tables_dir=str(tiny["tables"]),
                     settings=SearchSettings(epochs=3, op_paths=1), recipe=Recipe(epochs=1))
     with pytest.raises(SearchError, match=r"other settings .*epochs") as e:  # the CLI prints it as one line, exit 2
-        open_run(prepare_search(job), out)
+        open_run(SupernetStrategy(job), SupernetStrategy(job).prepare(), out)
     assert "\n" not in str(e.value)
     assert (out / "config.json").read_text() == before
+
+
+def test_same_seed_gives_the_same_search(tiny, tmp_path):
+    """The supernet is seeded before it is built: rerunning a search in the same process repeats it exactly."""
+    import pandas as pd
+
+    job = SearchJob("dnas", str(tiny["path"]), "test-tiny", dataset=f"npz:{tiny['digits']}", resolution=16,
+                    width=1.0, tables_dir=str(tiny["tables"]), settings=SearchSettings(epochs=2, op_paths=1),
+                    recipe=Recipe(epochs=1))
+    runs = []
+    for name in ("a", "b"):
+        strategy = SupernetStrategy(job)
+        prep = strategy.prepare()
+        strategy.run(prep, open_run(strategy, prep, tmp_path / name))
+        history = pd.read_csv(tmp_path / name / "history.csv")
+        runs.append((json.loads((tmp_path / name / "arch.json").read_text()),
+                     history[["val_accuracy", "expected_ms", "train_loss"]].to_numpy()))
+    assert runs[0][0] == runs[1][0]
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])

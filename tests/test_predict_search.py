@@ -189,7 +189,7 @@ def test_cli_table_search_writes_the_run_directory_for_several_devices(tmp_path,
             "--budget", "12", "--init", "6", "--batch", "2", "--out", str(out), "--json"]
     r = cli(*args)
     assert r.returncode == 0, r.stderr
-    report = json.loads(r.stdout)
+    report = json.loads(r.stdout)["chamnet"]
     assert report["evaluations"] == 12 and report["devices"] == ["latency_ms", "predicted_latency_ms"]
     for name in ("history.csv", "pareto.csv", "report.json", "pareto.png", "config.json"):
         assert (out / name).is_file(), name
@@ -247,7 +247,7 @@ def test_cli_model_space_search_exports_the_winner(tmp_path, capsys, monkeypatch
             "--tables-dir", str(tables), "--budget", "3", "--init", "2", "--pool", "64", "--generations", "3",
             "--population", "64", "--out", str(out), "--json")
     assert r.returncode == 0, r.stderr
-    report = json.loads(r.stdout)
+    report = json.loads(r.stdout)["nars"]
     assert report["evaluations"] == 3 and report["devices"] == ["dev-a", "dev-b"]
     assert report["constraints_chosen_automatically"] and len(report["constraints"]) == 3
     export = report["export"][0]

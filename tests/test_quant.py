@@ -17,7 +17,7 @@ from nas.quant.export import quantize_assignment
 from nas.quant.fake import activation_qparams, fake_quantize_activation, fake_quantize_weight
 from nas.quant.graph import attach_onnx, layer_io_bits, tensor_bits, trace_layers
 from nas.quant.mixed import BitOption, MixedPrecisionNet, bit_options, forward_order
-from nas.quant.pipeline import check_options
+from nas.quant.prepare import check_options
 from nas.quant.search import SearchConfig, fit_to_target, search_bits
 
 FP32, W8, W4, W2 = BitOption(32, 32), BitOption(8, 8), BitOption(4, 8), BitOption(2, 8)

@@ -75,20 +75,21 @@ def test_size_search_writes_a_run_that_resumes(hwnas, tmp_path):
         assert (out / name).is_file(), name
     report = json.loads((out / "report.json").read_text())
     bits = json.loads((out / "bits.json").read_text())
-    assert len(bits["layers"]) == 9 and report["mixed"]["layers"] == 9
-    assert report["size_mb"] <= 0.004 and report["target_met"] is True
+    mp = report["mixed_precision"]
+    assert len(bits["layers"]) == 9 and mp["mixed"]["layers"] == 9
+    assert mp["mixed"]["size_mb"] <= 0.004 and report["within_target"] is True
     mean_bits = np.average([b["w_bits"] for b in bits["layers"]], weights=[b["params"] - b["c_out"]
                                                                           for b in bits["layers"]])
-    assert report["mean_weight_bits"] == pytest.approx(mean_bits)
+    assert mp["mixed"]["mean_weight_bits"] == pytest.approx(mean_bits)
     for key in ("accuracy_torch", "accuracy_onnx", "measured_ms", "size_mb", "mean_weight_bits"):
-        for figures in (report, report["baselines"]["fp32"], report["baselines"]["int8"]):
+        for figures in (mp["mixed"], mp["baselines"]["fp32"], mp["baselines"]["int8"]):
             assert figures[key] is not None and figures[key] >= 0, key
-    assert report["baselines"]["fp32"]["mean_weight_bits"] == 32 and report["baselines"]["int8"]["mean_weight_bits"] == 8
-    assert report["predicted_ms"] is None and "predicted_ms unavailable" in report["latency_table"]
-    assert abs(report["accuracy_onnx"] - report["accuracy_torch"]) <= 0.05
+    assert mp["baselines"]["fp32"]["mean_weight_bits"] == 32 and mp["baselines"]["int8"]["mean_weight_bits"] == 8
+    assert report["predicted_ms"] is None and "predicted_ms unavailable" in mp["latency_table"]
+    assert abs(mp["mixed"]["accuracy_onnx"] - mp["mixed"]["accuracy_torch"]) <= 0.05
     data = load_dataset("digits", resolution=16, seed=0)
     acc = float((run_onnx(out / "model.onnx", data.x_test).argmax(1) == data.y_test.numpy()).mean())
-    assert acc == pytest.approx(report["accuracy_onnx"])
+    assert acc == pytest.approx(mp["mixed"]["accuracy_onnx"])
     history = pd.read_csv(out / "history.csv")
     assert len(history) == 2 and {"expected_cost", "argmax_cost", "temperature", "probabilities"} <= set(history)
 
@@ -117,7 +118,7 @@ def test_latency_search_needs_the_int8_table_then_runs(hwnas, cli, env, tmp_path
     assert not (tmp_path / "run").exists()
     r = cli(*args, "--json", env=env)  # a real `hwnas` process once
     assert r.returncode == 0, r.stderr
-    report = json.loads(r.stdout)
+    report = json.loads(r.stdout)["mixed_precision"]
     for figures in (report["mixed"], report["baselines"]["fp32"], report["baselines"]["int8"]):
         assert figures["predicted_ms"] > 0 and figures["measured_ms"] > 0
         assert figures["format"] in ("qdq", "qop", "fp32")

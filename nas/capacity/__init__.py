@@ -14,6 +14,8 @@ Modules:
   calibration of the device correction.
 - ``export``: ONNX export of a plan, parity, timing with the device table's settings.
 - ``evaluate``: ``CapacityEvaluator`` (accuracy, predicted and measured latency of one config).
-- ``search``: the Optuna search (resumable journal), pareto.csv, the winner's capacity.json / model.onnx / report.json.
+- ``search``: ``CapacityProblem`` (a ``SearchProblem``: keep ratios x threshold) and ``export_config`` (arch.json,
+  capacity.json, model.onnx, the report).
+- ``strategy``: ``CapacityStrategy``: Optuna (predict's runner) over the problem, pareto.csv, the winner, plots.
 - ``plots``, ``task``: plots; loading data + space + checkpoint together.
 """

@@ -1,7 +1,8 @@
 """Evaluating one dynamic-capacity config for real: plan, validation accuracy, predicted and measured latency.
 
 Evaluation is inference only (one trained checkpoint serves every config), so every candidate the search
-tries is run on the validation split and, optionally, exported and timed in ONNX Runtime.
+tries is run on the validation split and, optionally, exported and timed on the table's ``Device``. It is the
+``Evaluator`` (``nas.predict.problem``) of ``nas.capacity.search.CapacityProblem``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 import torch
 
 from nas.capacity.config import CapacityConfig, StaticPlan
-from nas.capacity.export import export_plan, measure_onnx_ms
+from nas.capacity.export import export_plan
 from nas.capacity.latency import predict_plan
 from nas.capacity.planning import plan_for_config
 from nas.capacity.training import plan_accuracy
@@ -36,12 +37,17 @@ class CapacityEvaluator:
     latency: LatencyModel
     measure: bool = True
     cache: dict = field(default_factory=dict)
+    plans: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.x_calib = calibration_images(self.data)
 
     def plan(self, config: CapacityConfig) -> tuple[StaticPlan, list[float]]:
-        return plan_for_config(self.model, config, self.x_calib)
+        """The static plan of ``config`` and the loads it was rounded from (calibrated once per config)."""
+        name = config.label()
+        if name not in self.plans:
+            self.plans[name] = plan_for_config(self.model, config, self.x_calib)
+        return self.plans[name]
 
     def predicted_ms(self, config: CapacityConfig) -> float:
         plan, _ = self.plan(config)
@@ -64,6 +70,6 @@ class CapacityEvaluator:
         if self.measure:
             with tempfile.TemporaryDirectory(prefix="hwnas-capacity-") as tmp:
                 path = export_plan(self.model, plan, Path(tmp) / "model.onnx")
-                row["measured_ms"] = measure_onnx_ms(path, self.latency.table.manifest)["measured_ms"]
+                row["measured_ms"] = self.latency.device.time_file(path).p50_ms
         self.cache[name] = dict(row)
         return row

@@ -13,5 +13,5 @@ Modules:
 - ``dmasking_supernet``: the DMaskingNAS supernet; ``child(arch)`` is exactly ``build_model(space, arch)``.
 - ``search``: the alternating weight / architecture optimisation, resumable per epoch.
 - ``plots``: PNG plots of the search trajectory.
-- ``strategy``: a whole search run: latency table, run directory, search, retrain + export + measure, report.
+- ``strategy``: ``SupernetStrategy`` (``nas.strategy``): latency table, search, retrain + export + measure, report.
 """

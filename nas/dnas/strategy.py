@@ -1,7 +1,7 @@
-"""One differentiable search run, end to end: latency table, supernet search, final arch, retrain, export, report.
+"""The differentiable searches as strategies (``nas.strategy``): DNAS and DMasking, end to end.
 
-``prepare_search`` checks everything a user can get wrong (data, space, device table and its coverage, the latency
-target against the attainable range) before anything is written; ``run_search`` then owns the run directory:
+``SupernetStrategy.prepare`` checks everything a user can get wrong (data, space, device table and its coverage,
+the latency target against the attainable range) before anything is written; ``run`` then owns the run directory:
 ``config.json``, the per-epoch search checkpoint, ``history.csv``, ``arch.json``, ``model.onnx``, ``report.json``
 and the plots. Rerunning the same command on the same directory resumes wherever it stopped.
 """
@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 import torch
@@ -24,17 +22,19 @@ from nas.dnas.dnas_supernet import DNASSupernet
 from nas.dnas.latency_terms import LatencyTerms
 from nas.dnas.search import SearchSettings, SupernetSearch
 from nas.errors import LatencyTableError, SearchError
-from nas.finalize import train_export_measure
+from nas.finalize import measuring_device, train_export_measure
+from nas.latency.device import Device
 from nas.latency.model import LatencyModel
 from nas.latency.table import tables_root
 from nas.recipe import Recipe
+from nas.report import build_report, write_report
 from nas.run import RunDir
 from nas.space import Arch, Space
+from nas.strategy import Progress, Strategy, no_progress
 from nas.task import load_search_task
 
 METHODS = ("dnas", "dmasking")
 TARGET_TOLERANCE = 0.10  # the final arch's predicted latency lands within +-10% of the target
-Progress = Callable[[str, int, int, str], None]  # (stage, done, total, note)
 
 
 @dataclass
@@ -73,6 +73,17 @@ class PreparedSearch:
     min_ms: float
     max_ms: float
 
+    def run_config(self) -> dict:
+        return self.job.config(self.space)
+
+    def run_name(self) -> str:
+        return self.space.name
+
+    def summary(self) -> str:
+        s = self.space
+        return (f"{self.job.method} on {s.name} @ {s.resolution}px x{s.width_multiplier:g}, {self.job.dataset} "
+                f"{self.data.sizes()}, device {self.job.device}: attainable {self.min_ms:.4g}-{self.max_ms:.4g} ms")
+
 
 def profile_command(job: SearchJob, space: Space) -> str:
     cmd = (f"hwnas latency profile --space {job.space} --device {job.device} --resolution {space.resolution} "
@@ -80,28 +91,24 @@ def profile_command(job: SearchJob, space: Space) -> str:
     return cmd + (f" --tables-dir {job.tables_dir}" if job.tables_dir else "")
 
 
-def _profile(job: SearchJob, space: Space, on_progress: Progress | None) -> None:
+def _profile(job: SearchJob, space: Space, progress: Progress) -> None:
     """Measure the space's missing keys on this machine, then (re)fit the table's correction."""
     from nas.latency.calibrate import calibrate
     from nas.latency.profile import profile_items, space_profile_items
-    from nas.latency.device import Device
     from nas.latency.timing import TimingConfig
 
     try:
         device = Device.load(job.device, job.tables_dir)
-    except LatencyTableError:
-        device = Device(clock="cpu")  # a new device: one thread, CPU-time clock (robust on shared cores)
-    items = space_profile_items(space)
-    report = (lambda stage: (lambda d, t, note: on_progress(stage, d, t, note))) if on_progress else \
-        (lambda stage: None)
-    profile_items(job.device, items, provider=device.provider, threads=device.threads, tables_dir=job.tables_dir,
-                  optimization=device.optimization, timing=TimingConfig(clock=device.clock),
-                  on_progress=report("profile"))
-    calibrate(job.device, space, provider=device.provider, threads=device.threads, tables_dir=job.tables_dir,
-              optimization=device.optimization, on_progress=report("calibrate"))
+    except LatencyTableError:  # a new device: one thread, CPU-time clock (robust while others share the cores)
+        device = Device(clock="cpu", device_id=job.device)
+    settings = dict(provider=device.provider, threads=device.threads, tables_dir=job.tables_dir,
+                    optimization=device.optimization)
+    profile_items(job.device, space_profile_items(space), **settings, timing=TimingConfig(clock=device.clock),
+                  on_progress=lambda d, t, note: progress("profile", d, t, note))
+    calibrate(job.device, space, **settings, on_progress=lambda d, t, note: progress("calibrate", d, t, note))
 
 
-def prepare_search(job: SearchJob, on_progress: Progress | None = None) -> PreparedSearch:
+def _prepare(job: SearchJob, progress: Progress = no_progress) -> PreparedSearch:
     """Load and check everything; raise a one-line HwnasError for any bad input. Writes nothing but tables."""
     if job.method not in METHODS:
         raise SearchError(f"unknown method {job.method!r} (use {' or '.join(METHODS)})")
@@ -126,12 +133,12 @@ def prepare_search(job: SearchJob, on_progress: Progress | None = None) -> Prepa
             raise LatencyTableError(f"no usable latency table for device {job.device!r} in "
                                     f"{tables_root(job.tables_dir)} ({e}); measure it with `{profile_command(job, space)}` "
                                     f"or rerun with --profile") from None
-        _profile(job, space, on_progress)
+        _profile(job, space, progress)
         lm = LatencyModel.load(job.device, job.tables_dir)
     terms = LatencyTerms(dist, lm)
     missing = terms.estimated_keys()
     if missing and job.profile:
-        _profile(job, space, on_progress)
+        _profile(job, space, progress)
         lm = LatencyModel.load(job.device, job.tables_dir)
         terms = LatencyTerms(dist, lm)
         missing = terms.estimated_keys()
@@ -169,14 +176,10 @@ def final_arch(prep: PreparedSearch) -> tuple[Arch, dict]:
     return dist.arch_from_indices(*chosen), info
 
 
-def open_run(prep: PreparedSearch, out: str | Path) -> RunDir:
-    """The run directory; SearchError if it holds a run started with other settings."""
-    return RunDir(out, prep.job.config(prep.space))
-
-
-def run_search(prep: PreparedSearch, run: RunDir, on_progress: Progress | None = None) -> dict:
+def _run(prep: PreparedSearch, run: RunDir, progress: Progress = no_progress) -> dict:
     """Search (resuming from ``run``), pick the final arch, retrain it with the recipe, export, measure, report."""
     job, space, lm = prep.job, prep.space, prep.lm
+    torch.manual_seed(job.seed)  # the supernet's initial weights: the same command and seed give the same arch
     supernet = build_supernet(prep)
     search = SupernetSearch(supernet, prep.dist, prep.terms, prep.data, job.settings, job.recipe, prep.min_ms)
     start = time.perf_counter()
@@ -184,9 +187,8 @@ def run_search(prep: PreparedSearch, run: RunDir, on_progress: Progress | None =
 
     def searched(epoch: int, row: dict) -> None:
         run.write_csv("history.csv", pd.DataFrame(search.history))  # readable while the search runs
-        if on_progress:
-            on_progress("search", epoch, epochs, f"val acc {row['val_accuracy']:.3f}  E[lat] "
-                                                 f"{row['expected_ms']:.4g} ms  alpha {row['alpha']:.3g}")
+        progress("search", epoch, epochs, f"val acc {row['val_accuracy']:.3f}  E[lat] {row['expected_ms']:.4g} ms  "
+                                          f"alpha {row['alpha']:.3g}")
 
     history = search.run(run.file("search_checkpoint.pt"), searched)
     search_seconds = time.perf_counter() - start
@@ -195,23 +197,35 @@ def run_search(prep: PreparedSearch, run: RunDir, on_progress: Progress | None =
     predicted = lm.predict(space, arch)
 
     def trained(epoch: int, row: dict) -> None:
-        if on_progress:
-            on_progress("train", epoch, job.recipe.epochs, f"loss {row['train_loss']:.3f} val "
-                                                           f"{row.get('val_accuracy', float('nan')):.3f}")
+        progress("train", epoch, job.recipe.epochs, f"loss {row['train_loss']:.3f} val "
+                                                    f"{row.get('val_accuracy', float('nan')):.3f}")
 
-    report = train_export_measure(space, arch, prep.data, job.recipe, run, on_epoch=trained, device=lm.device,
-                                  predict_ms=lambda a: lm.predict(space, a))
-    report.update({
-        "method": job.method, "device": job.device, "target_ms": job.target_ms, "predicted_ms": predicted,
-        "prediction_error_pct": 100.0 * (report["measured_ms"] - predicted) / predicted,
-        "within_target": None if job.target_ms is None else
-        abs(predicted - job.target_ms) <= TARGET_TOLERANCE * job.target_ms,
-        "attainable_ms": [prep.min_ms, prep.max_ms], **selection,
-        "search_epochs": epochs, "search_seconds": search_seconds,
-        "supernet_val_accuracy": history[-1]["val_accuracy"], "final_alpha": history[-1]["alpha"],
-        "estimated_keys": len(prep.terms.estimated_keys()), "space_args": space.space_args(),
-    })
-    run.write_json("report.json", report)
+    device, note = measuring_device(lm.device)
+    figures = train_export_measure(space, arch, prep.data, job.recipe, run, device=device, on_epoch=trained)
+    shared = {k: figures.pop(k) for k in ("accuracy", "measured_ms", "onnx_max_abs_diff")}
+    report = build_report(
+        job.method, device=job.device, predicted_ms=predicted, target_ms=job.target_ms,
+        within_target=None if job.target_ms is None else
+        abs(predicted - job.target_ms) <= TARGET_TOLERANCE * job.target_ms, **shared, detail={
+            **figures, "measurement_note": note, "attainable_ms": [prep.min_ms, prep.max_ms], **selection,
+            "search_epochs": epochs, "search_seconds": search_seconds,
+            "supernet_val_accuracy": history[-1]["val_accuracy"], "final_alpha": history[-1]["alpha"],
+            "estimated_keys": len(prep.terms.estimated_keys()), "space_args": space.space_args()})
+    write_report(run, report)
     from nas.dnas.plots import plot_search
     plot_search(history, prep.dist, run.path, target_ms=job.target_ms, attainable=(prep.min_ms, prep.max_ms))
     return report
+
+
+class SupernetStrategy(Strategy):
+    """DNAS or DMasking (``config.method``), as a ``nas.strategy.Strategy``."""
+
+    def __init__(self, config: SearchJob):
+        super().__init__(config)
+        self.name = config.method
+
+    def prepare(self, progress: Progress = no_progress) -> PreparedSearch:
+        return _prepare(self.config, progress)
+
+    def run(self, prepared: PreparedSearch, run: RunDir, progress: Progress = no_progress) -> dict:
+        return _run(prepared, run, progress)

@@ -92,10 +92,6 @@ class Device:
         """Whether this machine can time for the device (its provider is available)."""
         return self.provider in available_providers()
 
-    def or_local_cpu(self) -> "Device":
-        """This device if it runs here, else one thread of this machine's CPU provider (same optimisation)."""
-        return self if self.runs_here else replace(self, provider=DEFAULT_PROVIDER, threads=1)
-
     def timing(self, timing: TimingConfig | None = None) -> TimingConfig:
         """``timing`` (default settings if None) with this device's clock."""
         return replace(timing or TimingConfig(), clock=self.clock)

@@ -8,7 +8,7 @@ Modules (one idea each):
 - ``block_costs``: ``BlockCostTable``, vectorised additive per-block costs (MACs, params, latency) of populations.
 - ``model_costs``: ``ModelSpaceCosts``, free proxies of a joint space (MACs, params, predicted latency per device).
 - ``table_space``: ``TableSpace`` / ``TableEvaluator``, a user's CSV as a space (``--space table:PATH.csv``).
-- ``evaluators``: the ``Evaluator`` protocol, ``TrainEvaluator`` (train-and-test), ``ProxyEvaluator``.
+- ``evaluators``: ``TrainEvaluator`` (train-and-test; the ``Evaluator`` protocol is in ``problem``).
 - ``predictors``: ``ArchRecipePredictor`` (FBNetV3 MLP with proxy pretraining), ``kendall_tau``.
 - ``gp``: ``GPPredictor`` (ChamNet exact GP with gpytorch, ARD kernel, ``predict_std``), ``expected_improvement``.
 - ``problem``: ``SearchProblem`` (``ModelProblem``, ``TableProblem``), latency ``Constraint`` s.
@@ -17,6 +17,6 @@ Modules (one idea each):
 - ``nars``: ``run_nars``: NARS (MLP) and GP-BO (GP + EI) constrained iterative optimisation.
 - ``optuna_search``: multi-objective Optuna (NSGA-II / TPE) with storage, resume and worker processes.
 - ``pareto``: non-dominated sets, the family of winners (``pareto.csv``) and plots.
-- ``search_setup``: ``SearchSettings`` -> problem and constraints; ``runner``: ``prepare_search`` / ``run_search``
-  (the run directory behind ``hwnas search nars|chamnet|optuna``).
+- ``search_setup``: ``SearchSettings`` -> problem and constraints; ``runner``: ``PredictorStrategy``
+  (``nas.strategy``; the run directory behind ``hwnas search nars|chamnet|optuna``) and ``optuna_history``.
 """

@@ -1,10 +1,11 @@
-"""Evaluators: one protocol, ``evaluate(candidate) -> dict of metrics``, for every predictor-guided search.
+"""Evaluators of model spaces (the protocol, ``evaluate(candidate) -> dict of metrics``, is
+``nas.predict.problem.Evaluator``).
 
 - ``TrainEvaluator``: build the candidate's arch, train it on a dataset with the candidate's recipe (optionally
   capped at ``max_epochs``: the per-evaluation budget), report validation and test accuracy. Resumable: each
   evaluation checkpoints every epoch under ``checkpoint_dir``, and a rerun continues the interrupted one.
-- ``ProxyEvaluator``: the free proxies of a model-space candidate (MACs, params, predicted latency per device).
 - ``nas.predict.table_space.TableEvaluator``: a row lookup in the user's CSV.
+- ``nas.capacity.evaluate.CapacityEvaluator``: inference-only evaluation of a dynamic-capacity config.
 
 Searches do not call ``evaluate`` directly but go through ``nas.predict.history.History``, which counts every
 call against the budget and keeps the log (``history.csv``).
@@ -16,7 +17,6 @@ import hashlib
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Protocol
 
 import torch
 
@@ -26,12 +26,6 @@ from nas.latency.device import Device
 from nas.predict.joint_space import Candidate, JointSpace
 from nas.predict.predictors import torch_threads
 from nas.training import EpochCallback, accuracy, train_model
-
-
-class Evaluator(Protocol):
-    """What a search needs from an evaluation: a dict of named metrics (floats)."""
-
-    def evaluate(self, candidate: Any) -> dict[str, float]: ...
 
 
 class TrainEvaluator:
@@ -87,15 +81,3 @@ class TrainEvaluator:
         if ckpt is not None and ckpt.is_file():
             ckpt.unlink()  # the evaluation is recorded in history.csv; the checkpoint served only to resume it
         return metrics
-
-
-class ProxyEvaluator:
-    """Free proxies of a model-space candidate: MACs, params and predicted latency per device."""
-
-    def __init__(self, costs):  # nas.predict.model_costs.ModelSpaceCosts
-        self.costs = costs
-
-    def evaluate(self, candidate: Candidate) -> dict[str, float]:
-        genome = self.costs.joint.genome_of(candidate.arch, candidate.recipe)[None, :]
-        values = self.costs.proxies(genome)[0]
-        return dict(zip(self.costs.proxy_names, (float(v) for v in values)))

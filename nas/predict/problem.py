@@ -1,8 +1,9 @@
 """A search problem: a decision space, an expensive evaluation, free latency and free proxies, constraints.
 
 ``ModelProblem`` is a joint arch x recipe space evaluated by training (latency from each device's
-LatencyModel); ``TableProblem`` is a user's table (latency from its latency columns). The searches (NARS,
-GP-BO, evolution, Optuna) see only this interface, so each runs on both.
+LatencyModel); ``TableProblem`` is a user's table (latency from its latency columns); ``CapacityProblem``
+(``nas.capacity.search``) is a trained dynamic-capacity ViT's keep ratios x threshold. Each holds an
+``Evaluator``. The searches (NARS, GP-BO, evolution, Optuna) see only this interface, so each runs on all.
 
 Latency constraints (``--latency-ms``): ``5`` bounds every device at 5 ms; ``phone=5,server=2`` bounds each
 named device. Several constraints give a Pareto family (one winner per constraint).
@@ -13,12 +14,18 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from nas.errors import SearchError
 from nas.predict.decisions import DecisionSpace
+
+
+class Evaluator(Protocol):
+    """The expensive evaluation of one candidate: a dict of named metrics (floats)."""
+
+    def evaluate(self, candidate: Any) -> dict[str, float]: ...
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,7 @@ class SearchProblem(ABC):
     """What every strategy needs. Subclasses fill in the space, the evaluation and the free figures."""
 
     space: DecisionSpace
+    evaluator: Evaluator
     objective: str
     maximize: bool = True
     devices: list[str]
@@ -148,7 +156,7 @@ class ModelProblem(SearchProblem):
 
     kind = "model"
 
-    def __init__(self, joint, evaluator, costs, objective: str = "val_accuracy", maximize: bool = True):
+    def __init__(self, joint, evaluator: Evaluator, costs, objective: str = "val_accuracy", maximize: bool = True):
         self.space = joint
         self.joint = joint
         self.evaluator = evaluator
@@ -213,7 +221,7 @@ class TableProblem(SearchProblem):
     kind = "table"
     finite = True
 
-    def __init__(self, table, evaluator, maximize: bool = True):
+    def __init__(self, table, evaluator: Evaluator, maximize: bool = True):
         self.space = table
         self.table = table
         self.evaluator = evaluator

@@ -1,11 +1,12 @@
-"""``hwnas search nars|chamnet|optuna``: run a predictor-guided search into a run directory.
+"""The predictor-guided searches (NARS, ChamNet, Optuna) as one strategy (``nas.strategy``) over a run directory.
 
 Writes ``config.json``, ``history.csv`` (every evaluation in order, predicted and actual figures), ``pareto.csv``
-(the best evaluated candidate under each latency constraint), ``best/<constraint>/`` (``arch.json`` and
+(the best evaluated candidate under each latency constraint), ``arch.json`` (the winner: the best under the first
+constraint met; for a table, its row, decisions and metrics), ``best/<constraint>/`` (``arch.json`` and
 ``recipe.json`` for model spaces, ``candidate.json`` for tables), ``report.json``, ``pareto.png`` and
-``predictions.png``; for Optuna also ``study.db``. On model spaces the winner of the first constraint (or of
-every constraint with ``export="all"``) is trained with its recipe, exported to ``model.onnx``, checked for
-output parity and its latency measured (``nas.finalize.train_export_measure``).
+``predictions.png``; for Optuna also ``study.db``. On model spaces the winner (or, with ``export="all"``, the best
+under every constraint) is trained with its recipe, exported to ``model.onnx``, checked for output parity and its
+latency measured (``nas.finalize.train_export_measure``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -24,9 +24,9 @@ from nas.predict.predictors import torch_threads
 from nas.predict.pareto import family, pareto_mask, plot_pareto, plot_predictions
 from nas.predict.problem import Constraint, ModelProblem, SearchProblem
 from nas.predict.search_setup import SearchSettings, build_constraints, build_problem
+from nas.report import build_report, write_report
 from nas.run import RunDir
-
-EventCallback = Callable[[str, dict], None]
+from nas.strategy import Progress, Strategy, no_progress
 
 
 @dataclass
@@ -35,106 +35,161 @@ class PreparedSearch:
     problem: SearchProblem
     constraints: list[Constraint]
     constraints_auto: bool
-    run: RunDir
+
+    def run_config(self) -> dict:
+        return self.settings.config()
+
+    def run_name(self) -> str:
+        return Path(self.settings.space.split(":", 1)[-1]).stem
+
+    def summary(self) -> str:
+        auto = " (automatic)" if self.constraints_auto else ""
+        return (f"{self.settings.strategy} on {self.settings.space}: objective {self.problem.objective}, "
+                f"constraints {', '.join(c.label for c in self.constraints)}{auto}")
 
 
-def prepare_search(settings: SearchSettings, out: str | Path) -> PreparedSearch:
-    """Validate everything a user can get wrong (settings, table, space, devices, constraints, storage), then
-    open the run directory. Nothing is written before the checks pass."""
-    settings.validate()
-    problem = build_problem(settings, out)
-    constraints, auto = build_constraints(settings, problem)
-    problem.check_constraints(constraints, _probe(settings, problem))
-    if settings.strategy == "optuna" and settings.storage:
-        from nas.predict.optuna_search import open_storage
-        open_storage(settings.storage)
-    return PreparedSearch(settings, problem, constraints, auto, RunDir(out, settings.config()))
+class PredictorStrategy(Strategy):
+    """NARS, ChamNet or Optuna (``settings.strategy``) on a model or table space, as a ``nas.strategy.Strategy``."""
+
+    def __init__(self, config: SearchSettings):
+        super().__init__(config)
+        self.name = config.strategy
+
+    def prepare(self, progress: Progress = no_progress) -> PreparedSearch:
+        """Validate everything a user can get wrong (settings, table, space, devices, constraints, storage);
+        nothing is written."""
+        settings = self.config
+        settings.validate()
+        problem = build_problem(settings)
+        constraints, auto = build_constraints(settings, problem)
+        problem.check_constraints(constraints, _probe(settings, problem))
+        if settings.strategy == "optuna" and settings.storage:
+            from nas.predict.optuna_search import open_storage
+            open_storage(settings.storage)
+        return PreparedSearch(settings, problem, constraints, auto)
+
+    def run(self, prepared: PreparedSearch, run: RunDir, progress: Progress = no_progress) -> dict:
+        settings, problem, constraints = prepared.settings, prepared.problem, prepared.constraints
+        emit = _progress_events(settings, problem, progress)
+        if isinstance(problem, ModelProblem):
+            problem.evaluator.checkpoint_dir = run.file("evals")
+            problem.evaluator.on_epoch = lambda e, row: emit("epoch", {"epoch": e, **row})
+        detail: dict = {"space": settings.space, "objective": problem.objective, "direction": settings.direction,
+                        "devices": problem.devices, "budget": settings.budget, "seed": settings.seed,
+                        "constraints": [c.to_dict() for c in constraints],
+                        "constraints_chosen_automatically": prepared.constraints_auto,
+                        "warnings": list(getattr(problem.space, "warnings", []))}
+        if settings.strategy == "optuna":
+            history = _run_optuna(settings, problem, constraints, run, emit, detail)
+        else:
+            history = _run_nars(settings, problem, constraints, run, emit, detail)
+        detail["evaluations"] = history.used
+        winner = _write_outputs(run, problem, history, constraints, detail, settings.strategy)
+        exports = []
+        if isinstance(problem, ModelProblem) and settings.export != "none" and winner is not None:
+            exports = _export(run, problem, history, constraints, winner, settings, emit)
+            detail["export"] = exports
+        report = _report(settings, problem, history, winner, exports, detail)
+        return write_report(run, report)
 
 
-def run_search(prepared: PreparedSearch, *, on_event: EventCallback | None = None,
-               on_epoch: Callable[[int, dict], None] | None = None) -> dict:
-    emit = on_event or (lambda kind, info: None)
-    settings, problem, constraints, run = prepared.settings, prepared.problem, prepared.constraints, prepared.run
-    auto = prepared.constraints_auto
-    if on_epoch is not None and hasattr(getattr(problem, "evaluator", None), "on_epoch"):
-        problem.evaluator.on_epoch = on_epoch
-    emit("start", {"constraints": [c.label for c in constraints], "auto": auto, "resumed": run.resumed,
-                   "devices": problem.devices, "objective": problem.objective})
-    report: dict = {"strategy": settings.strategy, "space": settings.space, "objective": problem.objective,
-                    "direction": settings.direction, "devices": problem.devices, "budget": settings.budget,
-                    "seed": settings.seed, "constraints": [c.to_dict() for c in constraints],
-                    "constraints_chosen_automatically": auto, "warnings": list(getattr(problem.space, "warnings", []))}
-    if settings.strategy == "optuna":
-        history = _run_optuna(settings, problem, constraints, run, emit, report)
-    else:
-        history = History(problem, settings.budget, constraints, run.file("history.csv"),
-                          on_eval=lambda row: emit("eval", row))
-        if history.resumed:
-            emit("resume", {"stored": history.resumed})
-        config = NarsConfig(budget=settings.budget, seed=settings.seed,
-                            predictor="gp" if settings.strategy == "chamnet" else "mlp", init=settings.init,
-                            batch=settings.batch, pool=settings.pool, pretrain=settings.pretrain,
-                            population=settings.population, generations=settings.generations)
-        result = run_nars(problem, constraints, history, config, on_event=emit)
-        report["predictor"] = {
-            "kind": "FBNetV3 MLP (ArchRecipePredictor)" if config.predictor == "mlp" else "ChamNet GP (gpytorch)",
-            "pretrained_on_proxies": bool(config.predictor == "mlp" and config.pretrain and problem.proxy_names),
-            "proxies": problem.proxy_names, "pretrain_loss": result.pretrain_loss,
-            "heldout_kendall_tau": result.heldout_tau, "cv_kendall_tau": result.cv_tau, "rounds": result.rounds}
-        report["pool"] = {"size": result.pool_size, "feasible": result.pool_feasible}
-        if result.evolution is not None:
-            evo = result.evolution
-            report["evolution"] = {"exhaustive": problem.finite, "scored": evo.scored,
-                                   "generations": evo.generations, "seconds": evo.seconds,
-                                   "cpu_seconds": evo.cpu_seconds,
-                                   "candidates_per_cpu_minute": evo.candidates_per_cpu_minute,
-                                   "winners": result.predicted_winners}
-    report["evaluations"] = history.used
-    _write_outputs(run, problem, history, constraints, report)
-    if isinstance(problem, ModelProblem) and settings.export != "none" and history.used:
-        report["export"] = _export(run, problem, history, constraints, settings, emit)
-    report = _finite(report)
-    run.write_json("report.json", report)
-    return report
+def _progress_events(settings: SearchSettings, problem: SearchProblem, progress: Progress):
+    """The searches' events as ``progress`` calls: stage "evaluate" (done of the budget), then "train winner"."""
+    state = {"done": 0, "epochs": None}
+    budget = settings.budget
+
+    def emit(kind: str, info: dict) -> None:
+        if kind == "eval":
+            state["done"] += 1
+            progress("evaluate", state["done"], budget, f"{info['phase']}: {problem.objective} "
+                                                        f"{info[problem.objective]:.4g}")
+        elif kind == "progress":
+            state["done"] = info["done"]
+            progress("evaluate", state["done"], budget, f"{info['done']} evaluated")
+        elif kind == "resume":
+            progress("evaluate", state["done"], budget, f"resuming: {info['stored']} stored evaluations")
+        elif kind == "fit":
+            progress("evaluate", state["done"], budget, f"fit on {info['n_train']}: held-out tau "
+                                                        f"{info['heldout_tau']:.3f}")
+        elif kind == "phase":
+            progress("evaluate", state["done"], budget, f"{info['name']} {info.get('note', '')}")
+        elif kind == "generation":
+            progress("evaluate", state["done"], budget, f"evolution generation {info['generation']}")
+        elif kind == "epoch":
+            progress("evaluate", state["done"], budget, f"epoch {info['epoch']} loss {info['train_loss']:.3f}")
+        elif kind == "export":
+            state["epochs"] = info["epochs"]
+            progress("train winner", 0, info["epochs"], info["constraint"])
+        elif kind == "export_epoch":
+            progress("train winner", info["epoch"], state["epochs"], f"loss {info['train_loss']:.3f}")
+
+    return emit
 
 
-def _finite(obj):
-    """NaN and infinities as null, so that report.json is strict JSON."""
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
+def _run_nars(settings, problem, constraints, run, emit, detail) -> History:
+    history = History(problem, settings.budget, constraints, run.file("history.csv"),
+                      on_eval=lambda row: emit("eval", row))
+    if history.resumed:
+        emit("resume", {"stored": history.resumed})
+    config = NarsConfig(budget=settings.budget, seed=settings.seed,
+                        predictor="gp" if settings.strategy == "chamnet" else "mlp", init=settings.init,
+                        batch=settings.batch, pool=settings.pool, pretrain=settings.pretrain,
+                        population=settings.population, generations=settings.generations)
+    result = run_nars(problem, constraints, history, config, on_event=emit)
+    detail["predictor"] = {
+        "kind": "FBNetV3 MLP (ArchRecipePredictor)" if config.predictor == "mlp" else "ChamNet GP (gpytorch)",
+        "pretrained_on_proxies": bool(config.predictor == "mlp" and config.pretrain and problem.proxy_names),
+        "proxies": problem.proxy_names, "pretrain_loss": result.pretrain_loss,
+        "heldout_kendall_tau": result.heldout_tau, "cv_kendall_tau": result.cv_tau, "rounds": result.rounds}
+    detail["pool"] = {"size": result.pool_size, "feasible": result.pool_feasible}
+    if result.evolution is not None:
+        evo = result.evolution
+        detail["evolution"] = {"exhaustive": problem.finite, "scored": evo.scored, "generations": evo.generations,
+                               "seconds": evo.seconds, "cpu_seconds": evo.cpu_seconds,
+                               "candidates_per_cpu_minute": evo.candidates_per_cpu_minute,
+                               "winners": result.predicted_winners}
+    return history
 
 
-def _run_optuna(settings, problem, constraints, run, emit, report) -> History:
-    from nas.predict.optuna_search import OptunaConfig, default_storage_url, evaluated_trials, open_study, run_optuna
+def _run_optuna(settings, problem, constraints, run, emit, detail) -> History:
+    from nas.predict.optuna_search import OptunaConfig, default_storage_url
 
     url = settings.storage or default_storage_url(run.path)
     config = OptunaConfig(budget=settings.budget, seed=settings.seed, sampler=settings.sampler, storage=url,
                           study=settings.study, lock_path=str(run.file(".budget.lock")), workers=settings.workers)
     factory = functools.partial(build_problem, settings, run.path)
+    history, detail["optuna"] = optuna_history(problem, constraints, run, config, factory, emit)
+    if detail["optuna"]["evaluations"] < settings.budget:
+        detail["warnings"].append(f"Optuna stopped at {detail['optuna']['evaluations']} of {settings.budget} "
+                                  f"evaluations: its sampler kept proposing candidates that break the constraint "
+                                  f"or were evaluated")
+    return history
+
+
+def optuna_history(problem: SearchProblem, constraints: list[Constraint], run: RunDir, config, factory=None,
+                   emit=None, enqueue: list[dict] | None = None) -> tuple[History, dict]:
+    """Run (or resume) the Optuna study of ``config`` (``nas.predict.optuna_search.OptunaConfig``) to its budget,
+    then its evaluations as a History written to history.csv; returns it and the study's figures. ``enqueue``:
+    decision values the study evaluates first (when it has no trials yet)."""
+    from nas.predict.optuna_search import evaluated_trials, open_study, run_optuna
+
+    emit = emit or (lambda kind, info: None)
+    if enqueue:
+        study = open_study(config, problem)
+        if not study.get_trials(deepcopy=False):
+            for values in enqueue:
+                study.enqueue_trial(values, skip_if_exists=True)
     stats = run_optuna(problem, factory, constraints, config, on_progress=lambda n: emit("progress", {"done": n}))
     study = open_study(config, problem)
-    history = History(problem, settings.budget, constraints, None)
+    history = History(problem, config.budget, constraints, None)
     for t in evaluated_trials(study):
         genome = np.asarray(t.user_attrs["genome"], float)
         history.record(genome, "optuna", t.user_attrs["metrics"], float(t.user_attrs.get("seconds", np.nan)),
                        extra={"trial": t.number})
     history.path = run.file("history.csv")
     history.save()
-    if stats["evaluations"] < settings.budget:
-        report["warnings"].append(f"Optuna stopped at {stats['evaluations']} of {settings.budget} evaluations: its "
-                                  f"sampler kept proposing candidates that break the constraint or were evaluated")
-    report["optuna"] = {**stats, "sampler": settings.sampler, "storage": url, "study": settings.study,
-                        "dashboard": f"optuna-dashboard {url}"}
-    return history
+    return history, {**stats, "sampler": config.sampler, "storage": config.storage, "study": config.study,
+                     "dashboard": f"optuna-dashboard {config.storage}"}
 
 
 def _probe(settings: SearchSettings, problem: SearchProblem) -> np.ndarray:
@@ -144,17 +199,35 @@ def _probe(settings: SearchSettings, problem: SearchProblem) -> np.ndarray:
     return np.concatenate([problem.pool(settings.pool, settings.seed), problem.smallest_genomes()])
 
 
-def _write_outputs(run: RunDir, problem: SearchProblem, history: History, constraints: list[Constraint],
-                   report: dict) -> None:
-    if not history.used:
+def _winner_documents(run: RunDir, problem: SearchProblem, history: History, i: int, folder: str,
+                      decisions: dict) -> None:
+    """``folder/arch.json`` (and ``recipe.json``) for a model space; for a table, ``folder/candidate.json``."""
+    prefix = f"{folder}/" if folder else ""
+    if isinstance(problem, ModelProblem):
+        from nas.space import arch_document
+        cand = problem.joint.candidate(history.genomes[i])
+        run.write_json(f"{prefix}arch.json", arch_document(problem.joint.space, cand.arch))
+        run.write_json(f"{prefix}recipe.json", cand.recipe.model_dump())
         return
+    metrics = {k[2:]: v for k, v in history.rows[i].items() if k.startswith("m:")}
+    row = int(problem.table.source_rows[problem.table.row_of(history.genomes[i][None, :])[0]]) + 1
+    run.write_json(f"{prefix}{'candidate.json' if folder else 'arch.json'}",
+                   {"row": row, "decisions": decisions, "metrics": metrics})
+
+
+def _write_outputs(run: RunDir, problem: SearchProblem, history: History, constraints: list[Constraint],
+                   detail: dict, strategy: str) -> tuple[Constraint, int] | None:
+    """history.csv, pareto.csv, best/<constraint>/ and the plots; the winner (the best evaluated candidate under
+    the first constraint any meets) goes to arch.json and is returned as (constraint, row index)."""
+    if not history.used:
+        return None
     frame = history.frame()
     frame["pareto_front"] = pareto_mask(history.scores(), history.latency_array()) if problem.devices \
         else history.scores() == history.scores().max()
     run.write_csv("history.csv", frame)
     fam = family(history, constraints)
     run.write_csv("pareto.csv", fam)
-    winners = []
+    winners, winner = [], None
     for c, (_, row) in zip(constraints, fam.iterrows()):
         entry = {"constraint": c.label, "found": bool(row["found"])}
         i = history.best_under(c)
@@ -163,58 +236,69 @@ def _write_outputs(run: RunDir, problem: SearchProblem, history: History, constr
             entry.update({"eval": int(h["eval"]), problem.objective: h[problem.objective],
                           "latency_ms": {d: h[f"latency_ms[{d}]"] for d in problem.devices},
                           "decisions": problem.describe(history.genomes[i])})
-            folder = f"best/{c.slug}"
-            if isinstance(problem, ModelProblem):
-                from nas.space import arch_document
-                cand = problem.joint.candidate(history.genomes[i])
-                run.write_json(f"{folder}/arch.json", arch_document(problem.joint.space, cand.arch))
-                run.write_json(f"{folder}/recipe.json", cand.recipe.model_dump())
-            else:
-                metrics = {k[2:]: v for k, v in h.items() if k.startswith("m:")}
-                run.write_json(f"{folder}/candidate.json", {"row": int(problem.table.source_rows[
-                    problem.table.row_of(history.genomes[i][None, :])[0]]) + 1,
-                    "decisions": entry["decisions"], "metrics": metrics})
+            _winner_documents(run, problem, history, i, f"best/{c.slug}", entry["decisions"])
+            if winner is None:
+                winner = (c, i)
+                _winner_documents(run, problem, history, i, "", entry["decisions"])
         winners.append(entry)
-    report["winners"] = winners
+    detail["winners"] = winners
     plot_pareto(run.file("pareto.png"), history, constraints,
-                title=f"{report['strategy']} on {Path(report['space']).name}: {history.used} evaluations")
+                title=f"{strategy} on {Path(detail['space']).name}: {history.used} evaluations")
     plot_predictions(run.file("predictions.png"), history, title="predictions made before each evaluation")
+    return winner
 
 
 def _export(run: RunDir, problem: ModelProblem, history: History, constraints: list[Constraint],
-            settings: SearchSettings, emit: EventCallback) -> list[dict]:
-    from nas.finalize import train_export_measure
+            winner: tuple[Constraint, int], settings: SearchSettings, emit) -> list[dict]:
+    """Train, export and time the winner (``model.onnx``), and with ``export="all"`` the best under every other
+    constraint (``<constraint>_model.onnx``)."""
+    from nas.finalize import measuring_device, train_export_measure
 
     space = problem.joint.space
-    device = problem.devices[0]
-    lm = problem.costs.latency_models[device]
-    measure_on, note = lm.device, ""
-    if not measure_on.runs_here:
-        measure_on = measure_on.or_local_cpu()
-        note = f"device {device!r} uses {lm.device.provider}, not available here: measured on this CPU instead"
-    elif measure_on.remote:
-        note = f"device {device!r} was measured elsewhere: measured_ms is this machine's, not the device's"
+    device_id = problem.devices[0]
+    lm = problem.costs.latency_models[device_id]
+    device, note = measuring_device(lm.device)
+    targets = [(winner[0], winner[1], "")]
+    if settings.export == "all":
+        targets += [(c, history.best_under(c), f"{c.slug}_") for c in constraints if c != winner[0]]
     exports, seen = [], set()
-    targets = constraints if settings.export == "all" else constraints[:1]
-    for k, c in enumerate(targets):
-        i = history.best_under(c)
-        if i is None:
+    for c, i, prefix in targets:
+        if i is None or history.rows[i]["key"] in seen:
             continue
-        key = history.rows[i]["key"]
-        prefix = "" if k == 0 else f"{c.slug}_"
-        if key in seen:
-            continue
-        seen.add(key)
+        seen.add(history.rows[i]["key"])
         cand = problem.joint.candidate(history.genomes[i])
         emit("export", {"constraint": c.label, "epochs": cand.recipe.epochs})
         with torch_threads(1):  # see TrainEvaluator: oneDNN heap corruption with 2 threads on some small archs
-            rep = train_export_measure(space, cand.arch, problem.data, cand.recipe, run, device=measure_on,
+            rep = train_export_measure(space, cand.arch, problem.data, cand.recipe, run, device=device,
                                        prefix=prefix, predict_ms=lambda a: lm.predict(space, a),
                                        on_epoch=lambda e, row: emit("export_epoch", {"epoch": e, **row}))
         run.write_json(f"{prefix}recipe.json", cand.recipe.model_dump())
-        rep.update({"constraint": c.label, "device": device, "measurement_note": note,
+        rep.update({"constraint": c.label, "device": device_id, "measurement_note": note,
                     "predicted_ms_per_device": {d: float(problem.costs.latency_ms(history.genomes[i][None])[0, j])
                                                 for j, d in enumerate(problem.devices)},
                     "estimated_keys": problem.costs.estimated_keys(history.genomes[i])})
         exports.append(rep)
     return json.loads(json.dumps(exports, default=float))
+
+
+def _report(settings: SearchSettings, problem: SearchProblem, history: History,
+            winner: tuple[Constraint, int] | None, exports: list[dict], detail: dict) -> dict:
+    """The shared keys from the winner: its exported model's figures, or (no model) its evaluated figures."""
+    device = problem.devices[0] if problem.devices else None
+    target_ms = predicted_ms = accuracy = None
+    if winner is not None:
+        c, i = winner
+        bound = float(c.bound(problem.devices)[0]) if problem.devices else float("inf")
+        target_ms = bound if np.isfinite(bound) else None
+        h = history.rows[i]
+        predicted_ms = h[f"latency_ms[{device}]"] if device else None
+        accuracy = h.get("m:test_accuracy") if isinstance(problem, ModelProblem) else h[problem.objective]
+    first = exports[0] if exports else {}
+    if first:
+        accuracy, predicted_ms = first["accuracy"], first["predicted_ms"]
+    return build_report(settings.strategy, device=device, accuracy=accuracy, predicted_ms=predicted_ms,
+                        measured_ms=first.get("measured_ms"), onnx_max_abs_diff=first.get("onnx_max_abs_diff"),
+                        target_ms=target_ms,
+                        within_target=None if target_ms is None else bool(predicted_ms <= target_ms + 1e-12),
+                        detail=detail, winner="arch.json" if winner is not None else None,
+                        model="model.onnx" if first else None)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -14,6 +13,7 @@ from nas.predict.problem import Constraint, ModelProblem, SearchProblem, TablePr
 
 TABLE_PREFIX = "table:"
 STRATEGIES = ("nars", "chamnet", "optuna")
+SAMPLERS = ("nsga2", "tpe")
 
 
 @dataclass
@@ -71,6 +71,8 @@ class SearchSettings:
             raise SearchError(f"--direction must be max or min (got {self.direction!r})")
         if self.workers < 1:
             raise SearchError(f"--workers must be at least 1 (got {self.workers})")
+        if self.strategy == "optuna" and self.sampler not in SAMPLERS:
+            raise SearchError(f"--sampler {self.sampler!r}: use {' or '.join(SAMPLERS)}")
         if self.workers > 1 and self.strategy != "optuna":
             raise SearchError("--workers applies to `hwnas search optuna` only")
         if self.export not in ("first", "all", "none"):
@@ -97,15 +99,16 @@ class SearchSettings:
             raise SearchError("--device: a device is named twice")
 
 
-def build_problem(settings: SearchSettings, run_path: str | Path | None = None,
-                  on_epoch: Callable[[int, dict], None] | None = None) -> SearchProblem:
-    """The problem the settings describe (loads the table, or the data, space and latency models)."""
+def build_problem(settings: SearchSettings, run_path: str | Path | None = None) -> SearchProblem:
+    """The problem the settings describe (loads the table, or the data, space and latency models); a model space's
+    evaluations checkpoint under ``run_path/evals``."""
     if settings.is_table:
         from nas.predict.table_space import TableEvaluator, TableSpace
         table = TableSpace(settings.space[len(TABLE_PREFIX):], settings.objective, settings.latency_columns,
                            proxy_columns=settings.proxy_columns, metric_columns=settings.metric_columns,
                            decision_columns=settings.decision_columns or None)
         return TableProblem(table, TableEvaluator(table), maximize=settings.direction == "max")
+    from nas.finalize import measuring_device
     from nas.predict.evaluators import TrainEvaluator
     from nas.predict.joint_space import JointSpace
     from nas.predict.model_costs import ModelSpaceCosts, load_latency_models
@@ -118,10 +121,10 @@ def build_problem(settings: SearchSettings, run_path: str | Path | None = None,
     joint = JointSpace(space, base_recipe=base)
     latency_models = load_latency_models(settings.devices, settings.tables_dir)
     costs = ModelSpaceCosts(joint, latency_models)
-    measure_on = latency_models[settings.devices[0]].device.or_local_cpu() if settings.measure_each else None
+    measure_on = measuring_device(latency_models[settings.devices[0]].device)[0] if settings.measure_each else None
     checkpoints = Path(run_path) / "evals" if run_path else None
     evaluator = TrainEvaluator(joint, data, max_epochs=settings.max_epochs, checkpoint_dir=checkpoints,
-                               on_epoch=on_epoch, measure_on=measure_on)
+                               measure_on=measure_on)
     objective = settings.objective or "val_accuracy"
     if objective not in TrainEvaluator.metrics:
         raise SearchError(f"--objective {objective!r}: a model space reports {', '.join(TrainEvaluator.metrics)}")

@@ -10,6 +10,7 @@ Modules:
 - ``latency_fit``: whole mixed models measured for the device's precision terms (``correction.json``).
 - ``export``: an assignment as an ONNX model with ``onnxruntime.quantization`` (only the chosen layers quantized).
 - ``search``: the bit-width DNAS loop (resumable) and target repair.
-- ``pipeline``: the whole run behind ``hwnas search mixed-precision``.
+- ``prepare``: settings, checks and costs before a run (``MixedPrecisionJob``, ``prepare_mixed_precision``).
+- ``pipeline``: the whole run behind ``hwnas search mixed-precision`` (``MixedPrecisionStrategy``).
 - ``plot``: the per-layer bits PNG.
 """
