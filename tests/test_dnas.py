@@ -12,7 +12,7 @@ from nas.builder import build_model
 from nas.dnas.decode import attainable_range_ms, most_probable_in_band
 from nas.dnas.distribution import ArchDistribution
 from nas.dnas.dnas_supernet import DNASSupernet
-from nas.dnas.gumbel import sample_decision, temperature
+from nas.gumbel import sample_decision, temperature
 from nas.dnas.latency_terms import LatencyTerms
 from nas.latency.loss import TargetController, latency_factor
 from nas.dnas.search import SearchSettings, SupernetSearch

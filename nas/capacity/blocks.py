@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas.dnas.gumbel import gumbel_perturb
+from nas.gumbel import gumbel_perturb
 
 
 def masked_softmax(logits: torch.Tensor, keep: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

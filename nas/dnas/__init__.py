@@ -1,7 +1,6 @@
 """Differentiable architecture search: FBNet DNAS (Wu et al. 2019) and FBNetV2 DMaskingNAS (Wan et al. 2020).
 
 Modules:
-- ``gumbel``: Gumbel-softmax weights (soft, hard straight-through, top-k sampled paths) and temperature schedule.
 - ``distribution``: ``ArchDistribution``, the architecture logits (op per layer, channels per stage, resolution).
 - ``latency_terms``: the space's expected latency, a view of the LatencyModel's cost table of its block positions.
 - ``decode``: exact min / max latency of a space, and the most probable arch inside a latency band (DP).

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nas.dnas.gumbel import DecisionSample, gumbel_perturb, one_hot_decision, sample_decision
+from nas.gumbel import DecisionSample, gumbel_perturb, one_hot_decision, sample_decision
 from nas.space import Arch, Space
 
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nas.blocks import ConvBNReLU, PoolClassifier, make_block, mid_channels
-from nas.dnas.gumbel import DecisionSample
+from nas.gumbel import DecisionSample
 from nas.dnas.masks import ResolutionState, batch_norm, channel_mask, prefix_masks
 from nas.errors import SearchError
 from nas.ops import OPS, parse_op

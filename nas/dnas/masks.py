@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas.dnas.gumbel import DecisionSample
+from nas.gumbel import DecisionSample
 
 
 def prefix_masks(options: list[int], width: int | None = None) -> torch.Tensor:

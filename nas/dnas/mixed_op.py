@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nas.dnas.gumbel import DecisionSample
+from nas.gumbel import DecisionSample
 
 
 class MixedOp(nn.Module):

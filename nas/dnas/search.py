@@ -20,7 +20,7 @@ from torch import nn
 
 from nas.data import Dataset
 from nas.dnas.distribution import ArchDistribution
-from nas.dnas.gumbel import temperature
+from nas.gumbel import temperature
 from nas.dnas.latency_terms import LatencyTerms
 from nas.files import atomic_path
 from nas.latency.loss import TargetController, latency_factor

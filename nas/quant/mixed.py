@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas.dnas.gumbel import soft_weights
+from nas.gumbel import soft_weights
 from nas.errors import SearchError
 from nas.quant.fake import FLOAT_BITS, RangeObserver, fake_quantize_activation, fake_quantize_weight
 
