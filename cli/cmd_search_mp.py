@@ -80,5 +80,7 @@ def mixed_precision(
         typer.echo(line(name, b[name]))
     if m["mixed"]["sub8_layers"]:
         typer.echo(f"  note: {m['mixed']['sub8_layers']} layers below 8 bits run and are stored as int8 in ONNX "
-                   f"Runtime; size_mb is their effective size")
+                   f"Runtime; size_mb is their effective size, model.onnx takes {m['mixed']['file_mb']:.4g} MB")
+    for warning in report.get("warnings", []):
+        typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW)
     typer.echo(f"-> {out}")

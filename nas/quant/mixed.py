@@ -1,9 +1,11 @@
 """The bit-width supernet (Wu et al. 2018, arXiv 1812.00090): every conv and linear layer chooses (weight bits,
 activation bits) through a Gumbel-softmax over fake-quantized branches that share one weight tensor.
 
-A branch is ``layer(Qa(x), Qw(W))``. Branches with the same activation bits are linear in the weight, so they run
-as one conv with the probability-weighted sum of their quantized weights: a layer costs one conv per distinct
-activation precision, not one per option.
+A branch is ``layer(Qa(x), Qw(W))`` plus what the exported int8 layer adds: its bias (BatchNorm folded in) rounded
+to int32 on the scale ``input scale x weight scale``, and activation grids held in uint8 (``nas.quant.fake``), so
+the model the search ranks and fine-tunes computes what ONNX Runtime computes. Branches with the same activation
+bits are linear in the weight, so they run as one conv with the probability-weighted sum of their quantized
+weights: a layer costs one conv per distinct activation precision, not one per option.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from torch import nn
 
 from nas.gumbel import soft_weights
 from nas.errors import SearchError
-from nas.quant.fake import FLOAT_BITS, RangeObserver, fake_quantize_activation, fake_quantize_weight
+from nas.quant.fake import FLOAT_BITS, RangeObserver, activation_qparams, fake_quantize_activation, \
+    fake_quantize_weight, int32_bias_error, weight_scale
+
+STORED_BITS = 8  # ONNX Runtime holds every integer grid in (u)int8
 
 QUANTIZABLE = (nn.Conv2d, nn.Linear)
 
@@ -93,6 +98,9 @@ class MixedPrecisionLayer(nn.Module):
         self.float_mode = False  # float activations (calibration, like ONNX Runtime's float calibration model)
         self.tau = 1.0
         self.mixture: torch.Tensor | None = None  # Gumbel-softmax weights of the current step
+        # The BatchNorm that ONNX export folds into this layer (set by MixedPrecisionNet); a list, so that it is not
+        # registered as a second parent's submodule.
+        self.folded_bn: list[nn.BatchNorm2d | nn.BatchNorm1d] = []
 
     def _run(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         layer = self.layer
@@ -108,7 +116,38 @@ class MixedPrecisionLayer(nn.Module):
 
     def _branch_input(self, x: torch.Tensor, a_bits: int) -> torch.Tensor:
         lo, hi = self.observer.range()
-        return fake_quantize_activation(x, lo, hi, a_bits)
+        return fake_quantize_activation(x, lo, hi, a_bits, STORED_BITS)
+
+    def _folded_scale_shift(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per output channel ``(s, t)`` of the folded BatchNorm (``y -> s y + t``, running statistics)."""
+        c_out = self.layer.weight.shape[0]
+        if not self.folded_bn:
+            return torch.ones(c_out), torch.zeros(c_out)
+        bn = self.folded_bn[0]
+        s = torch.rsqrt(bn.running_var + bn.eps)
+        if bn.weight is not None:
+            s = s * bn.weight.detach()
+        t = -bn.running_mean * s + (bn.bias.detach() if bn.bias is not None else 0)
+        return s, t
+
+    @torch.no_grad()
+    def int32_bias_correction(self, option: BitOption, a_bits: int) -> torch.Tensor:
+        """What the exported layer's int32 bias adds to this layer's output (per channel, before the BatchNorm).
+
+        ONNX Runtime stores the folded bias ``s b + t`` on the scale ``input scale x |s| x weight scale`` per
+        channel; the rounding error, mapped back through the BatchNorm, is ``error / s``.
+        """
+        if not option.runs_int8:
+            return torch.zeros(self.layer.weight.shape[0])
+        s, t = self._folded_scale_shift()
+        b = self.layer.bias.detach() if self.layer.bias is not None else torch.zeros_like(s)
+        in_scale = activation_qparams(*self.observer.range(), a_bits)[0]
+        scale = in_scale * s.abs() * weight_scale(self.layer.weight, option.w_bits).flatten()
+        err = int32_bias_error(s * b + t, scale)
+        return torch.where(s != 0, err / torch.where(s != 0, s, torch.ones_like(s)), torch.zeros_like(err))
+
+    def _shift(self, y: torch.Tensor, correction: torch.Tensor) -> torch.Tensor:
+        return y + (correction if isinstance(self.layer, nn.Linear) else correction.view(1, -1, 1, 1))
 
     def sample_mixture(self) -> torch.Tensor:
         self.mixture = soft_weights(self.theta, self.tau)
@@ -124,14 +163,16 @@ class MixedPrecisionLayer(nn.Module):
         if self.fixed is not None:
             opt = self.options[self.fixed]
             a_bits = self.in_bits if self.in_bits is not None else opt.a_bits
-            return self._bias(self._run(self._branch_input(x, a_bits), fake_quantize_weight(w, opt.w_bits)))
+            y = self._bias(self._run(self._branch_input(x, a_bits), fake_quantize_weight(w, opt.w_bits)))
+            return self._shift(y, self.int32_bias_correction(opt, a_bits))
         g = self.mixture if self.mixture is not None else F.softmax(self.theta, 0)
         out = 0
         for a_bits in sorted({o.a_bits for o in self.options}):
             wsum = sum(g[i] * fake_quantize_weight(w, o.w_bits) for i, o in enumerate(self.options)
                        if o.a_bits == a_bits)
             out = out + self._run(self._branch_input(x, a_bits), wsum)
-        return self._bias(out)
+        correction = sum(g[i].detach() * self.int32_bias_correction(o, o.a_bits) for i, o in enumerate(self.options))
+        return self._shift(self._bias(out), correction)
 
     def quantize_output(self, y: torch.Tensor) -> torch.Tensor:
         """Observe the layer's output; in fixed int8 mode, store it on its grid as ONNX Runtime does."""
@@ -140,7 +181,7 @@ class MixedPrecisionLayer(nn.Module):
         if self.fixed is None or self.out_bits is None or self.float_mode:
             return y
         lo, hi = self.out_observer.range()
-        return fake_quantize_activation(y, lo, hi, self.out_bits)
+        return fake_quantize_activation(y, lo, hi, self.out_bits, STORED_BITS)
 
     def probabilities(self) -> torch.Tensor:
         return F.softmax(self.theta.detach(), 0)
@@ -164,10 +205,12 @@ class MixedPrecisionNet(nn.Module):
         self.options = list(options)
         self.names = order
         self.taps = output_taps(model, order)
-        for name in order:
+        for name, bn in zip(order, folded_batchnorms(model, order)):
             parent, _, attr = name.rpartition(".")
             owner = model.get_submodule(parent) if parent else model
-            setattr(owner, attr, MixedPrecisionLayer(getattr(owner, attr), options))
+            layer = MixedPrecisionLayer(getattr(owner, attr), options)
+            layer.folded_bn = [bn] if bn is not None else []
+            setattr(owner, attr, layer)
         self._hooks: list = []
         self._register_taps()
 
@@ -273,6 +316,23 @@ class MixedPrecisionNet(nn.Module):
             setattr(owner, attr, inner)
         plain.eval()
         return plain
+
+
+def folded_batchnorms(model: nn.Module, names: list[str]) -> list[nn.Module | None]:
+    """For each layer, the BatchNorm that directly follows it in its ``nn.Sequential`` (ONNX export folds it into
+    the layer's weight and bias), or None."""
+    found = []
+    for name in names:
+        parent, _, attr = name.rpartition(".")
+        owner = model.get_submodule(parent) if parent else model
+        bn = None
+        if isinstance(owner, nn.Sequential):
+            keys = list(owner._modules)
+            after = keys.index(attr) + 1
+            if after < len(keys) and isinstance(owner._modules[keys[after]], (nn.BatchNorm2d, nn.BatchNorm1d)):
+                bn = owner._modules[keys[after]]
+        found.append(bn)
+    return found
 
 
 def output_taps(model: nn.Module, names: list[str]) -> list[str]:
