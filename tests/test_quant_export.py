@@ -12,6 +12,7 @@ from torch import nn
 from nas.data import Dataset
 from nas.quant.fake import int32_bias_error
 from nas.quant.graph import attach_onnx, trace_layers
+from nas.quant.integer import folded_batchnorm
 from nas.quant.finish import FinishSettings, finish, onnx_accuracy_warning
 from nas.quant.mixed import BitOption, MixedPrecisionNet
 from nas.quant.pipeline import target_verdict
@@ -125,7 +126,8 @@ def test_int32_bias_is_part_of_the_fake_quant_model(task, tmp_path):
     for info, layer in zip(graph.layers, net.layers):
         bias = nodes[info.node].input[2]
         stored = inits[bias + "_quantized"].astype(np.float64) * inits[bias + "_quantized_scale"]
-        s, t = layer._folded_scale_shift()
+        s, t = folded_batchnorm(layer.folded_bn[0], layer.layer.weight.shape[0]) if layer.folded_bn else \
+            (torch.ones(info.c_out), torch.zeros(info.c_out))
         folded = t if layer.layer.bias is None else s * layer.layer.bias.detach() + t
         correction = layer.int32_bias_correction(BitOption(2, 8), 8)
         assert np.allclose(stored, (folded + s * correction).numpy(), atol=1e-5), info.name

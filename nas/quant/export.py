@@ -71,7 +71,9 @@ def _reader(x: np.ndarray, batch_size: int):
 
 def quant_overrides(model: onnx.ModelProto, graph: QuantGraph, assignment: list[BitOption],
                     tensor_ranges: dict[str, tuple[float, float]]) -> dict:
-    """TensorQuantOverrides for sub-8-bit grids: per-channel weight scales, per-tensor activation scale and zero point."""
+    """TensorQuantOverrides that put the fake quantizer's grids in the file: per-channel scales of sub-8-bit weights,
+    and the scale and zero point of every quantized activation tensor (from ``tensor_ranges``, the torch model's
+    calibration: ONNX Runtime's own, computed in its float arithmetic, can land an ulp away and flip roundings)."""
     weights = {init.name: init for init in model.graph.initializer}
     nodes = {n.name: n for n in model.graph.node}
     overrides: dict[str, list[dict]] = {}
@@ -84,7 +86,7 @@ def quant_overrides(model: onnx.ModelProto, graph: QuantGraph, assignment: list[
                                             not any(a.name == "transB" and a.i for a in node.attribute)):
                 axis = 1
             per_channel = np.abs(np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)).max(axis=1)
-            scales = np.maximum(per_channel, 1e-12) / weight_qmax(option.w_bits)
+            scales = np.maximum(per_channel.astype(np.float64), 1e-12) / weight_qmax(option.w_bits)
             overrides[node.input[1]] = [{"axis": axis, "scale": np.array(scales[0], dtype=np.float32),
                                          "zero_point": np.array(0, dtype=np.int8)}] + \
                 [{"scale": np.array(sc, dtype=np.float32), "zero_point": np.array(0, dtype=np.int8)}
@@ -94,14 +96,15 @@ def quant_overrides(model: onnx.ModelProto, graph: QuantGraph, assignment: list[
     # takes the ReLU output's grid too.
     pre_relu = {layer.output_tensor: nodes[layer.node].output[0] for layer in graph.layers if layer.relu}
     for name, b in bits.items():
-        if b < 8:
-            if name not in tensor_ranges:
+        if name not in tensor_ranges:  # ONNX Runtime calibrates it (timing-only models pass no ranges)
+            if b < 8:
                 raise SearchError(f"tensor {name}: a {b}-bit grid needs its calibrated range")
-            scale, zp = activation_qparams(*tensor_ranges[name], b)
-            grid = [{"scale": np.array(scale, dtype=np.float32), "zero_point": np.array(zp, dtype=np.uint8)}]
-            overrides[name] = grid
-            if name in pre_relu:
-                overrides[pre_relu[name]] = grid
+            continue
+        scale, zp = activation_qparams(*tensor_ranges[name], b)
+        grid = [{"scale": np.array(scale, dtype=np.float32), "zero_point": np.array(zp, dtype=np.uint8)}]
+        overrides[name] = grid
+        if name in pre_relu:
+            overrides[pre_relu[name]] = grid
     return overrides
 
 

@@ -3,7 +3,9 @@ activation bits) through a Gumbel-softmax over fake-quantized branches that shar
 
 A branch is ``layer(Qa(x), Qw(W))`` plus what the exported int8 layer adds: its bias (BatchNorm folded in) rounded
 to int32 on the scale ``input scale x weight scale``, and activation grids held in uint8 (``nas.quant.fake``), so
-the model the search ranks and fine-tunes computes what ONNX Runtime computes. Branches with the same activation
+the model the search ranks and fine-tunes computes what ONNX Runtime computes. A fixed assignment in evaluation
+runs its int8 layers in ONNX Runtime's integer arithmetic (``nas.quant.integer``): the accuracy reported for the
+torch model is the shipped model's, rounding for rounding. Branches with the same activation
 bits are linear in the weight, so they run as one conv with the probability-weighted sum of their quantized
 weights: a layer costs one conv per distinct activation precision, not one per option.
 """
@@ -18,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nas.gumbel import soft_weights
+from nas.quant.integer import folded_batchnorm, integer_output
 from nas.errors import SearchError
 from nas.quant.fake import FLOAT_BITS, RangeObserver, activation_qparams, fake_quantize_activation, \
     fake_quantize_weight, int32_bias_error, weight_scale
@@ -118,18 +121,6 @@ class MixedPrecisionLayer(nn.Module):
         lo, hi = self.observer.range()
         return fake_quantize_activation(x, lo, hi, a_bits, STORED_BITS)
 
-    def _folded_scale_shift(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per output channel ``(s, t)`` of the folded BatchNorm (``y -> s y + t``, running statistics)."""
-        c_out = self.layer.weight.shape[0]
-        if not self.folded_bn:
-            return torch.ones(c_out), torch.zeros(c_out)
-        bn = self.folded_bn[0]
-        s = torch.rsqrt(bn.running_var + bn.eps)
-        if bn.weight is not None:
-            s = s * bn.weight.detach()
-        t = -bn.running_mean * s + (bn.bias.detach() if bn.bias is not None else 0)
-        return s, t
-
     @torch.no_grad()
     def int32_bias_correction(self, option: BitOption, a_bits: int) -> torch.Tensor:
         """What the exported layer's int32 bias adds to this layer's output (per channel, before the BatchNorm).
@@ -139,7 +130,7 @@ class MixedPrecisionLayer(nn.Module):
         """
         if not option.runs_int8:
             return torch.zeros(self.layer.weight.shape[0])
-        s, t = self._folded_scale_shift()
+        s, t = folded_batchnorm(self.folded_bn[0] if self.folded_bn else None, self.layer.weight.shape[0])
         b = self.layer.bias.detach() if self.layer.bias is not None else torch.zeros_like(s)
         in_scale = activation_qparams(*self.observer.range(), a_bits)[0]
         scale = in_scale * s.abs() * weight_scale(self.layer.weight, option.w_bits).flatten()
@@ -163,6 +154,9 @@ class MixedPrecisionLayer(nn.Module):
         if self.fixed is not None:
             opt = self.options[self.fixed]
             a_bits = self.in_bits if self.in_bits is not None else opt.a_bits
+            if not self.training and opt.runs_int8 and self.out_bits is not None:  # evaluation: what ships
+                return integer_output(self.layer, self.folded_bn[0] if self.folded_bn else None, x, opt.w_bits,
+                                      self.observer.range(), a_bits, self.out_observer.range(), self.out_bits)
             y = self._bias(self._run(self._branch_input(x, a_bits), fake_quantize_weight(w, opt.w_bits)))
             return self._shift(y, self.int32_bias_correction(opt, a_bits))
         g = self.mixture if self.mixture is not None else F.softmax(self.theta, 0)
