@@ -126,8 +126,7 @@ def test_int32_bias_is_part_of_the_fake_quant_model(task, tmp_path):
     for info, layer in zip(graph.layers, net.layers):
         bias = nodes[info.node].input[2]
         stored = inits[bias + "_quantized"].astype(np.float64) * inits[bias + "_quantized_scale"]
-        s, t = folded_batchnorm(layer.folded_bn[0], layer.layer.weight.shape[0]) if layer.folded_bn else \
-            (torch.ones(info.c_out), torch.zeros(info.c_out))
+        s, t = folded_batchnorm(layer.folded_bn[0] if layer.folded_bn else None, layer.layer.weight)
         folded = t if layer.layer.bias is None else s * layer.layer.bias.detach() + t
         correction = layer.int32_bias_correction(BitOption(2, 8), 8)
         assert np.allclose(stored, (folded + s * correction).numpy(), atol=1e-5), info.name

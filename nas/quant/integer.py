@@ -19,12 +19,14 @@ from nas.quant.fake import activation_qparams, fake_quantize_weight, weight_qmax
 UINT8_MAX = 255
 
 
-def folded_batchnorm(bn: nn.Module | None, c_out: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per output channel ``(s, t)``: the BatchNorm ``y -> s y + t`` (running statistics) as ``torch.onnx`` folds it."""
+def folded_batchnorm(bn: nn.Module | None, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per output channel of ``weight``, ``(s, t)``: the BatchNorm ``y -> s y + t`` (running statistics) as
+    ``torch.onnx`` folds it; ``(1, 0)`` without one."""
+    ones, zeros = weight.new_ones(weight.shape[0]), weight.new_zeros(weight.shape[0])
     if bn is None:
-        return torch.ones(c_out), torch.zeros(c_out)
-    gamma = bn.weight.detach() if bn.weight is not None else torch.ones(c_out)
-    beta = bn.bias.detach() if bn.bias is not None else torch.zeros(c_out)
+        return ones, zeros
+    gamma = bn.weight.detach() if bn.weight is not None else ones
+    beta = bn.bias.detach() if bn.bias is not None else zeros
     s = gamma / torch.sqrt(bn.running_var + bn.eps)
     return s, beta - bn.running_mean * s
 
@@ -40,11 +42,15 @@ def integer_output(layer: nn.Module, bn: nn.Module | None, x: torch.Tensor, w_bi
     """The layer's output *before* its BatchNorm, such that BatchNorm (and a following ReLU) give exactly the value
     ONNX Runtime's int8 kernel stores: ``(q - zero point) x output scale``."""
     w = layer.weight.detach()
-    s, t = folded_batchnorm(bn, w.shape[0])
-    b = layer.bias.detach() if layer.bias is not None else torch.zeros_like(s)
+    s, t = folded_batchnorm(bn, w)
     w_folded = fake_quantize_weight(w, w_bits) * _per_channel(s, w)
-    b_folded = (b - bn.running_mean) * s + bn.bias.detach() if bn is not None and layer.bias is not None \
-        else b * s + t
+    if layer.bias is None:
+        b_folded = t
+    elif bn is None:
+        b_folded = layer.bias.detach()
+    else:  # the exporter's order of operations, for the same float32 bias
+        beta = bn.bias.detach() if bn.bias is not None else torch.zeros_like(s)
+        b_folded = (layer.bias.detach() - bn.running_mean) * s + beta
     absmax = w_folded.abs().amax(dim=tuple(range(1, w.dim()))).clamp_min(1e-12)
     w_scale = (absmax.double() / weight_qmax(w_bits)).float()
     q_w = torch.round(w_folded / _per_channel(w_scale, w))

@@ -5,9 +5,9 @@ A branch is ``layer(Qa(x), Qw(W))`` plus what the exported int8 layer adds: its 
 to int32 on the scale ``input scale x weight scale``, and activation grids held in uint8 (``nas.quant.fake``), so
 the model the search ranks and fine-tunes computes what ONNX Runtime computes. A fixed assignment in evaluation
 runs its int8 layers in ONNX Runtime's integer arithmetic (``nas.quant.integer``): the accuracy reported for the
-torch model is the shipped model's, rounding for rounding. Branches with the same activation
-bits are linear in the weight, so they run as one conv with the probability-weighted sum of their quantized
-weights: a layer costs one conv per distinct activation precision, not one per option.
+torch model is the shipped model's, rounding for rounding. Branches with the same activation bits are linear in
+the weight, so they run as one conv with the probability-weighted sum of their quantized weights: a layer costs
+one conv per distinct activation precision, not one per option.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas.gumbel import soft_weights
-from nas.quant.integer import folded_batchnorm, integer_output
 from nas.errors import SearchError
+from nas.gumbel import soft_weights
 from nas.quant.fake import FLOAT_BITS, RangeObserver, activation_qparams, fake_quantize_activation, \
     fake_quantize_weight, int32_bias_error, weight_scale
+from nas.quant.integer import folded_batchnorm, integer_output
 
 STORED_BITS = 8  # ONNX Runtime holds every integer grid in (u)int8
 
@@ -129,8 +129,8 @@ class MixedPrecisionLayer(nn.Module):
         channel; the rounding error, mapped back through the BatchNorm, is ``error / s``.
         """
         if not option.runs_int8:
-            return torch.zeros(self.layer.weight.shape[0])
-        s, t = folded_batchnorm(self.folded_bn[0] if self.folded_bn else None, self.layer.weight.shape[0])
+            return self.layer.weight.new_zeros(self.layer.weight.shape[0])
+        s, t = folded_batchnorm(self.folded_bn[0] if self.folded_bn else None, self.layer.weight)
         b = self.layer.bias.detach() if self.layer.bias is not None else torch.zeros_like(s)
         in_scale = activation_qparams(*self.observer.range(), a_bits)[0]
         scale = in_scale * s.abs() * weight_scale(self.layer.weight, option.w_bits).flatten()
