@@ -118,8 +118,8 @@ def finish(net: MixedPrecisionNet, graph: QuantGraph, assignment: list[BitOption
 
 def measure_and_choose(models: list[Finished], run: RunDir, device: Device) -> None:
     """Time every candidate file of every model together on ``device`` (interleaved rounds), keep each model's
-    faster format as its output file, and fill in ``format``, ``measured_ms``, ``accuracy_onnx`` and
-    ``onnx_max_abs_diff``."""
+    faster format as its output file, and fill in ``format``, ``measured_ms``, ``accuracy_onnx``,
+    ``onnx_max_abs_diff`` and ``file_mb`` (the output file's size on disk)."""
     files = [(m, fmt, path) for m in models for fmt, path in m.candidates.items()]
     stats = device.time_files([path for _, _, path in files])
     for (m, fmt, _), st in zip(files, stats):
@@ -129,8 +129,8 @@ def measure_and_choose(models: list[Finished], run: RunDir, device: Device) -> N
         chosen = min(formats, key=lambda f: formats[f]["measured_ms"])
         with atomic_path(run.file(m.out_name)) as tmp:
             shutil.copyfile(m.candidates[chosen], tmp)
-        m.figures.update({key: formats[chosen][key] for key in ("measured_ms", "accuracy_onnx", "onnx_max_abs_diff",
-                                                                 "file_mb")}, format=chosen)
+        m.figures.update({key: formats[chosen][key] for key in ("measured_ms", "accuracy_onnx", "onnx_max_abs_diff")},
+                         format=chosen, file_mb=os.path.getsize(run.file(m.out_name)) / 1e6)
 
 
 def onnx_accuracy_warning(label: str, figures: dict) -> str | None:
