@@ -23,9 +23,10 @@ from nas.dnas.distribution import ArchDistribution
 from nas.dnas.gumbel import temperature
 from nas.dnas.latency_terms import LatencyTerms
 from nas.dnas.loss import TargetController, latency_factor
+from nas.errors import SearchError
 from nas.files import atomic_path
 from nas.recipe import Recipe
-from nas.training import lr_factor, make_optimizer
+from nas.training import finite_loss, lr_factor, make_optimizer
 
 EpochCallback = Callable[[int, dict], None]
 
@@ -53,6 +54,20 @@ class SearchSettings:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def load_search_checkpoint(path: Path) -> dict:
+    """The state saved by an interrupted search; SearchError saying how to restart when it cannot be read."""
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as e:  # truncated zip, unpickling refusal, not a torch file
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SearchError(f"{path}: corrupt search checkpoint ({reason}); delete it to restart the search "
+                          f"from epoch 1 in the same --out, or choose a new --out") from None
+    if not isinstance(state, dict):
+        raise SearchError(f"{path}: corrupt search checkpoint (not a saved search state); delete it to restart "
+                          f"the search from epoch 1 in the same --out, or choose a new --out")
+    return state
 
 
 class SupernetSearch:
@@ -109,7 +124,7 @@ class SupernetSearch:
     def _run(self, checkpoint: str | Path | None, on_epoch: EpochCallback | None) -> list[dict]:
         ckpt = Path(checkpoint) if checkpoint else None
         if ckpt is not None and ckpt.is_file():
-            self.load(torch.load(ckpt, weights_only=True))
+            self.load(load_search_checkpoint(ckpt))
         else:
             torch.manual_seed(self.recipe.seed)
         s = self.settings
@@ -150,11 +165,12 @@ class SupernetSearch:
                 sample = self._sample(tau)
             out = self.supernet(x, sample)
             loss = F.cross_entropy(out, y, label_smoothing=self.recipe.label_smoothing)
+            value = finite_loss(loss, len(self.history) + 1, self.weight_opt.param_groups[0]["lr"])
             self.weight_opt.zero_grad(set_to_none=True)
             loss.backward()
             self.weight_opt.step()
             self.scheduler.step()
-            total += float(loss.detach()) * len(y)
+            total += value * len(y)
             correct += int((out.argmax(1) == y).sum())
             seen += len(y)
         return {"train_loss": total / seen, "train_accuracy": correct / seen}
