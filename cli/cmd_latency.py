@@ -271,9 +271,12 @@ def predict(ref: str = typer.Argument(..., help="arch JSON, or a space / model n
             tables_dir: Optional[Path] = typer.Option(None, help="base folder of device tables"),
             as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
     """Predict an arch's latency on a device, block by block."""
+    from nas.errors import LatencyTableError
     from nas.latency.model import LatencyModel
     from nas.space import resolve_model_ref
 
+    if bits not in (32, 8):
+        raise LatencyTableError(f"--bits must be 32 (fp32) or 8 (int8), got {bits}")
     lm = LatencyModel.load(device, tables_dir, allow_fallback=not no_fallback)
     sp, arch = resolve_model_ref(ref, resolution=resolution, width_multiplier=width, classes=classes)
     keys = lm.arch_keys(sp, arch, bits)

@@ -270,6 +270,19 @@ def test_a_truncated_search_checkpoint_says_it_is_corrupt_and_how_to_restart(tmp
         load_search_checkpoint(path)
 
 
+def test_latency_predict_refuses_bits_it_cannot_cost(hwnas):
+    one_line_error(hwnas("latency", "predict", "fbnet_a", "--device", "d", "--bits", "4"), "--bits must be 32")
+
+
+def test_a_binary_capacity_checkpoint_sidecar_is_a_checkpoint_error(tmp_path):
+    from nas.capacity.checkpoint import CheckpointError, read_sidecar
+
+    checkpoint = tmp_path / "model.json"  # the sidecar of model.json is itself
+    checkpoint.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(CheckpointError, match="invalid JSON"):
+        read_sidecar(checkpoint)
+
+
 # ---- 5. run directories ---------------------------------------------------------------------------------------------
 def test_a_run_directory_with_only_the_config_of_a_failed_start_may_be_reused(tmp_path):
     RunDir(tmp_path / "run", {"trials": 0})  # the start failed after config.json

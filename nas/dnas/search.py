@@ -56,17 +56,19 @@ class SearchSettings:
         return asdict(self)
 
 
+def corrupt_checkpoint(path: Path, reason: str) -> SearchError:
+    return SearchError(f"{path}: corrupt search checkpoint ({reason}); delete it to restart the search from "
+                       f"epoch 1 in the same --out, or choose a new --out")
+
+
 def load_search_checkpoint(path: Path) -> dict:
     """The state saved by an interrupted search; SearchError saying how to restart when it cannot be read."""
     try:
         state = torch.load(path, weights_only=True)
     except Exception as e:  # truncated zip, unpickling refusal, not a torch file
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SearchError(f"{path}: corrupt search checkpoint ({reason}); delete it to restart the search "
-                          f"from epoch 1 in the same --out, or choose a new --out") from None
+        raise corrupt_checkpoint(path, " ".join(str(e).split()) or type(e).__name__) from None
     if not isinstance(state, dict):
-        raise SearchError(f"{path}: corrupt search checkpoint (not a saved search state); delete it to restart "
-                          f"the search from epoch 1 in the same --out, or choose a new --out")
+        raise corrupt_checkpoint(path, "not a saved search state")
     return state
 
 
@@ -124,7 +126,10 @@ class SupernetSearch:
     def _run(self, checkpoint: str | Path | None, on_epoch: EpochCallback | None) -> list[dict]:
         ckpt = Path(checkpoint) if checkpoint else None
         if ckpt is not None and ckpt.is_file():
-            self.load(load_search_checkpoint(ckpt))
+            try:
+                self.load(load_search_checkpoint(ckpt))
+            except (KeyError, TypeError, ValueError, RuntimeError) as e:  # a state of another shape
+                raise corrupt_checkpoint(ckpt, f"{type(e).__name__}: {' '.join(str(e).split())[:200]}") from None
         else:
             torch.manual_seed(self.recipe.seed)
         s = self.settings

@@ -235,7 +235,7 @@ _HEADER = (",".join(COLUMNS) + "\n").encode()
 
 @contextmanager
 def _locked(path: Path, exclusive: bool) -> Iterator[int]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o666)  # the umask decides, as for every other file
     try:
         fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         yield fd
