@@ -322,8 +322,7 @@ class LatencyTable:
                                         f"({'; '.join(diff)}); use another --device id")
             manifest = stored
         else:
-            folder.mkdir(parents=True, exist_ok=True)
-            write_json(manifest_path, manifest.to_dict())
+            write_json(manifest_path, manifest.to_dict())  # creates the folder (OutputError if it cannot)
         table = cls(folder, manifest, {})
         table.refresh(repair=True)
         return table
