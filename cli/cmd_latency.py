@@ -307,7 +307,7 @@ def check(device: str = typer.Argument(..., help="device id: the folder latency_
         return
     grid = Table("reference model", "calibrated ms", "expected ms", "now ms", "drift %", "stable")
     for m in result.models:
-        grid.add_row(m["model_id"][:60], f"{m['calibrated_ms']:.4g}", f"{m['expected_ms']:.4g}",
+        grid.add_row(m["file"].removesuffix(".onnx"), f"{m['calibrated_ms']:.4g}", f"{m['expected_ms']:.4g}",
                      f"{m['measured_ms']:.4g}", f"{m['drift_pct']:+.1f}", "yes" if m["stable"] else "no")
     console.print(grid)
     if result.model is not None:

@@ -153,7 +153,7 @@ def verdict_warnings(target_ms: float | None, predicted_ms: float | None, measur
                    f"machine (`{remedies.remeasure}`)")
     if within_target is False and judged_on == "measured":
         pred = "" if predicted_ms is None else f" (predicted {predicted_ms:.4g} ms)"
-        tighter = "" if not predicted_ms else f" to about {target_ms * predicted_ms / measured_ms:.3g} ms"
+        tighter = f" to about {target_ms * target_ms / measured_ms:.3g} ms"
         noisy = "; the measurement was unstable, so re-measure first" if m is not None and m.unstable else ""
         out.append(f"measured {measured_ms:.4g} ms breaks the target {target_ms:g} ms{pred}{noisy}. Options: "
                    f"re-measure on a quiet machine (`{remedies.remeasure}`), tighten the target{tighter}, or "

@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from nas.dnas.search import SearchSettings
+from nas.errors import LatencyTableError
 from nas.dnas.strategy import SearchJob, SupernetStrategy
 from nas.latency.calibrate import calibrate
 from nas.latency.device import Device
@@ -50,7 +51,7 @@ def test_a_measurement_over_the_bound_is_not_within_target_and_names_the_options
     [warning] = report["warnings"]
     assert "breaks the target 1 ms" in warning
     assert "hwnas latency check verdict-dev --model run/model.onnx" in warning  # re-measure quietly
-    assert "tighten the target to about 0.536 ms" in warning
+    assert "tighten the target to about 0.595 ms" in warning
     assert "hwnas latency profile --space s --device verdict-dev" in warning  # re-profile
 
 
@@ -127,6 +128,14 @@ def test_calibration_keeps_three_reference_models_and_check_reports_a_drift(cali
     result = check_drift(table)
     assert len(result.models) == 3 and result.rescale == 1.0
     assert -90.0 < result.drift_pct < 900.0 and all(m["measured_ms"] > 0 for m in result.models)
+
+
+def test_a_table_without_reference_models_says_how_to_get_them(tmp_path):
+    path = write_space(tmp_path, TINY, "tiny")
+    profile_tiny(tiny_space(path), "uncalibrated", tmp_path / "tables")
+    table = LatencyTable.open("uncalibrated", tmp_path / "tables")
+    with pytest.raises(LatencyTableError, match="no reference models .* rerun its calibration"):
+        check_drift(table)
 
 
 def test_a_simulated_slowdown_reads_plus_twenty_percent_and_recalibrate_brings_predictions_back(

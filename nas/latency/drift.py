@@ -94,7 +94,7 @@ class DriftCheck:
     device: str
     drift_pct: float  # median over the models of now / expected - 1, in per cent
     rescale: float  # the correction's rescale the expectation includes
-    models: list[dict]  # model_id, calibrated_ms, expected_ms, measured_ms, p90_ms, stable, drift_pct
+    models: list[dict]  # model_id, file, calibrated_ms, expected_ms, measured_ms, p90_ms, stable, drift_pct
     model: dict | None = None  # the extra model's LatencyStats (``check_drift(model=...)``)
     checked: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S"))
 
@@ -131,7 +131,7 @@ def check_drift(table: LatencyTable, *, model: str | Path | None = None, timing:
     rows = []
     for r, st in zip(refs, stats):
         expected = float(r["measured_ms"]) * correction.rescale
-        rows.append({"model_id": r["model_id"], "calibrated_ms": float(r["measured_ms"]), "expected_ms": expected,
+        rows.append({"model_id": r["model_id"], "file": r["file"], "calibrated_ms": float(r["measured_ms"]), "expected_ms": expected,
                      "measured_ms": st.p50_ms, "p90_ms": st.p90_ms, "stable": st.stable,
                      "drift_pct": 100.0 * (st.p50_ms / expected - 1)})
     drift = float(np.median([r["drift_pct"] for r in rows]))
