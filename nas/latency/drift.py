@@ -131,8 +131,8 @@ def check_drift(table: LatencyTable, *, model: str | Path | None = None, timing:
     rows = []
     for r, st in zip(refs, stats):
         expected = float(r["measured_ms"]) * correction.rescale
-        rows.append({"model_id": r["model_id"], "file": r["file"], "calibrated_ms": float(r["measured_ms"]), "expected_ms": expected,
-                     "measured_ms": st.p50_ms, "p90_ms": st.p90_ms, "stable": st.stable,
+        rows.append({"model_id": r["model_id"], "file": r["file"], "calibrated_ms": float(r["measured_ms"]),
+                     "expected_ms": expected, "measured_ms": st.p50_ms, "p90_ms": st.p90_ms, "stable": st.stable,
                      "drift_pct": 100.0 * (st.p50_ms / expected - 1)})
     drift = float(np.median([r["drift_pct"] for r in rows]))
     return DriftCheck(table.device_id, drift, correction.rescale, rows, stats[-1].to_dict() if model else None)
