@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
     TimeRemainingColumn
 
+from nas.files import finite_json
+
 app = typer.Typer(name="hwnas", help="Hardware-aware neural architecture search.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
 space_app = typer.Typer(help="Inspect and sample search spaces.", no_args_is_help=True)
@@ -26,7 +28,7 @@ console = Console(stderr=True)  # progress and messages; stdout is kept for resu
 
 def print_json(obj) -> None:
     """Write one JSON object to stdout."""
-    typer.echo(json.dumps(obj, indent=2, default=str))
+    typer.echo(json.dumps(finite_json(json.loads(json.dumps(obj, default=str))), indent=2, allow_nan=False))
 
 
 COLUMNS = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 import pandas as pd
+import torch
 
 from nas.builder import build_model, count_macs, count_params
 from nas.data import Dataset
@@ -28,6 +29,7 @@ def train_export_measure(space: Space, arch: Arch, data: Dataset, recipe: Recipe
     ``prefix`` names the files (``{prefix}model.onnx`` ...) so that a run can hold several models.
     """
     run.write_json(f"{prefix}arch.json", arch_document(space, arch))
+    torch.manual_seed(recipe.seed)  # the initial weights depend on the seed alone, not on what ran before
     model = build_model(space, arch, dropout=recipe.dropout)
     result = train_model(model, data, recipe, on_epoch=on_epoch, checkpoint=run.file(f"{prefix}checkpoint.pt"))
     run.write_csv(f"{prefix}train_history.csv", pd.DataFrame(result.history))

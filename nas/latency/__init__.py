@@ -32,7 +32,9 @@ Modules:
 - ``features``: key features (analytic MACs, params, bytes) for the fallback regressor.
 - ``model``: ``LatencyModel`` (``block_cost_ms``, ``is_estimated``, ``base_ms``, ``total_ms`` (the one base + sum),
   ``predict_keys``, ``arch_keys``, ``predict``, ``cost_table`` (block positions -> cost arrays), ``cost_tensor``,
-  ``expected_ms``), ``PositionCosts``, ``Prediction``, ``FallbackRegressor``.
+  ``expected_ms``, ``precision_costs``), ``PositionCosts``, ``Prediction``, ``FallbackRegressor``.
+- ``precision``: a quantisable model as keys (``PrecisionGraph``: layers at fp32 / int8, edges with their transition
+  keys), its ``PrecisionCostTable`` (the one mixed-precision formula, exact and differentiable), ``int8_speedups``.
 - ``loss``: the latency-aware search loss and the latency-target controller (DNAS and mixed precision).
 - ``validate``: random archs measured end to end against predictions (within_10pct, MAPE, Kendall tau).
 - ``bundle``: ``write_bundle`` (zip for a remote device) and ``import_results`` (its results as a new device).

@@ -18,6 +18,7 @@ from dataclasses import asdict
 import pandas as pd
 
 from nas.builder import build_model
+from nas.latency.precision import int8_speedups
 from nas.quant.costs import mean_weight_bits
 from nas.quant.finish import FinishSettings, finish, measure_and_choose
 from nas.quant.graph import QuantGraph
@@ -26,7 +27,6 @@ from nas.quant.mixed import BitOption, MixedPrecisionNet
 from nas.quant.plot import plot_bits
 from nas.quant.prepare import FP32, INT8, MixedPrecisionJob, Prepared, make_cost, prepare_mixed_precision, \
     resolve_target
-from nas.quant.profile import estimated_keys, int8_speedups
 from nas.quant.search import SearchConfig, search_bits
 from nas.recipe import Recipe
 from nas.latency.drift import drift_before_measuring
@@ -173,10 +173,10 @@ def run_mixed_precision(prep: Prepared, run: RunDir, *, progress: Progress = no_
     if latency_fit is not None:
         detail["latency_fit"] = latency_fit
     if lm is not None:
-        detail["int8_speedup_by_layer_kind"] = int8_speedups(lm, graph)
+        detail["int8_speedup_by_layer_kind"] = int8_speedups(lm.table, cost_ms.table.graph)
         detail["predicted_fp32_block_table_ms"] = lm.predict(space, arch, 32)
         detail["predicted_int8_block_table_ms"] = lm.predict(space, arch, 8)
-        detail["estimated_keys"] = estimated_keys(lm, graph)
+        detail["estimated_keys"] = [str(k) for k in cost_ms.table.estimated]
     else:
         detail["latency_table"] = f"predicted_ms unavailable: {no_table}"
     detail["report_note"] = ("accuracy is the exported model's (ONNX Runtime) test accuracy; accuracy_torch is the "
