@@ -18,6 +18,7 @@ from dataclasses import asdict
 import pandas as pd
 
 from nas.builder import build_model
+from nas.latency.drift import drift_before_measuring
 from nas.latency.precision import int8_speedups
 from nas.quant.costs import mean_weight_bits
 from nas.quant.finish import FinishSettings, finish, measure_and_choose
@@ -29,7 +30,6 @@ from nas.quant.prepare import FP32, INT8, MixedPrecisionJob, Prepared, make_cost
     resolve_target
 from nas.quant.search import SearchConfig, search_bits
 from nas.recipe import Recipe
-from nas.latency.drift import drift_before_measuring
 from nas.report import MODEL, Measurement, build_report, latency_remedies, write_report
 from nas.run import RunDir
 from nas.space import arch_document
