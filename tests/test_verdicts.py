@@ -55,6 +55,15 @@ def test_a_measurement_over_the_bound_is_not_within_target_and_names_the_options
     assert "hwnas latency profile --space s --device verdict-dev" in warning  # re-profile
 
 
+def test_the_final_printed_line_says_the_bound_is_broken_and_names_the_options():
+    from cli.app import verdict_line
+
+    line = verdict_line(_report(1.68, target=1.0, predicted=0.9))
+    assert line.startswith("verdict: measured 1.68 ms, predicted 0.9 ms: OVER the target 1 ms")
+    assert "re-measure quietly, tighten the target, or re-profile" in line and "1 warning above" in line
+    assert "within the target 1 ms" in verdict_line(_report(0.9, target=1.0))
+
+
 def test_the_prediction_meeting_the_target_does_not_make_a_slow_model_pass():
     assert _report(1.05, target=1.0, predicted=0.5)["within_target"] is False
     ok = _report(0.95, target=1.0, predicted=1.2)
@@ -88,6 +97,14 @@ def test_a_model_timed_away_from_its_device_is_judged_on_the_prediction():
     report = _report(2.0, target=1.0, predicted=0.9, measurement=m)
     assert report["within_target"] is True and report["judged_on"] == "predicted"
     assert any("judged on the prediction" in w for w in report["warnings"])
+
+
+def test_a_target_that_is_not_a_latency_keeps_its_own_verdict():
+    met = _report(2.0, target=None, within_target=True)
+    assert met["within_target"] is True and met["judged_on"] == "size" and met["warnings"] == []
+    assert _report(2.0, target=None, within_target=False)["warnings"] == ["the size target is not met"]
+    with pytest.raises(ValueError, match="judged on the measurement"):
+        _report(2.0, target=1.0, within_target=True)
 
 
 # ---- drift (nas.latency.drift, hwnas latency check) ------------------------------------------------------------------
