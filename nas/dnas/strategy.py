@@ -27,7 +27,7 @@ from nas.latency.device import Device
 from nas.latency.model import LatencyModel
 from nas.latency.table import tables_root
 from nas.recipe import Recipe
-from nas.report import build_report, write_report
+from nas.report import MODEL, Measurement, build_report, latency_remedies, write_report
 from nas.run import RunDir
 from nas.space import Arch, Space
 from nas.strategy import Progress, Strategy, no_progress
@@ -201,12 +201,14 @@ def _run(prep: PreparedSearch, run: RunDir, progress: Progress = no_progress) ->
                                                     f"{row.get('val_accuracy', float('nan')):.3f}")
 
     device, note = measuring_device(lm.device)
-    figures = train_export_measure(space, arch, prep.data, job.recipe, run, device=device, on_epoch=trained)
+    figures = train_export_measure(space, arch, prep.data, job.recipe, run, device=device, on_epoch=trained,
+                                   table=lm.table, note=note)
     shared = {k: figures.pop(k) for k in ("accuracy", "measured_ms", "onnx_max_abs_diff")}
     report = build_report(
-        job.method, device=job.device, predicted_ms=predicted, target_ms=job.target_ms,
-        within_target=None if job.target_ms is None else
-        abs(predicted - job.target_ms) <= TARGET_TOLERANCE * job.target_ms, **shared, detail={
+        job.method, device=job.device, predicted_ms=predicted, target_ms=job.target_ms, **shared,
+        measurement=Measurement.from_dict(figures.pop("measurement")),
+        remedies=latency_remedies(job.device, tables_dir=job.tables_dir, model_path=run.file(MODEL),
+                                  reprofile=profile_command(job, space)), detail={
             **figures, "measurement_note": note, "attainable_ms": [prep.min_ms, prep.max_ms], **selection,
             "search_epochs": epochs, "search_seconds": search_seconds,
             "supernet_val_accuracy": history[-1]["val_accuracy"], "final_alpha": history[-1]["alpha"],
