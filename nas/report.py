@@ -22,9 +22,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from nas.files import finite_json
 from nas.run import RunDir
 
 WINNER = "arch.json"
@@ -175,21 +175,6 @@ def prediction_error_pct(measured_ms: float | None, predicted_ms: float | None) 
     return 100.0 * (measured_ms - predicted_ms) / predicted_ms
 
 
-def finite(obj):
-    """NaN and infinities as null, numpy scalars as Python numbers (strict JSON)."""
-    if isinstance(obj, dict):
-        return {k: finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
-
-
 def build_report(method: str, *, device: str | None, accuracy: float | None, predicted_ms: float | None,
                  measured_ms: float | None, onnx_max_abs_diff: float | None, target_ms: float | None, detail: dict,
                  measurement: Measurement | None = None, within_target: bool | None = None,
@@ -213,7 +198,7 @@ def build_report(method: str, *, device: str | None, accuracy: float | None, pre
               "judged_on": judged[1], "measurement": None if measurement is None else measurement.to_dict(),
               "drift_pct": None if measurement is None else measurement.drift_pct,
               "warnings": list(dict.fromkeys(notes)), "winner": winner, "model": model}
-    report = finite({**shared, detail_key(method): detail})
+    report = finite_json({**shared, detail_key(method): detail})
     SharedReport.model_validate(report)
     return report
 
