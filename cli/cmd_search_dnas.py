@@ -53,12 +53,9 @@ def _make_command(method: str):
                                              "them)"),
         as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
     ):
-        import torch
-
         from nas.dnas.search import SearchSettings
         from nas.dnas.strategy import SearchJob
 
-        torch.set_num_threads(1)  # tiny models: more threads only contend (the search loop pins 1 thread anyway)
         rec = load_recipe(recipe)
         rec = rec.model_copy(update={"seed": seed, **({"epochs": final_epochs} if final_epochs else {})})
         settings = SearchSettings(

@@ -20,7 +20,6 @@ import numpy as np
 
 from nas.predict.history import History
 from nas.predict.nars import NarsConfig, run_nars
-from nas.predict.predictors import torch_threads
 from nas.predict.pareto import family, pareto_mask, plot_pareto, plot_predictions
 from nas.predict.problem import Constraint, ModelProblem, SearchProblem
 from nas.predict.search_setup import SearchSettings, build_constraints, build_problem
@@ -268,11 +267,10 @@ def _export(run: RunDir, problem: ModelProblem, history: History, constraints: l
         seen.add(history.rows[i]["key"])
         cand = problem.joint.candidate(history.genomes[i])
         emit("export", {"constraint": c.label, "epochs": cand.recipe.epochs})
-        with torch_threads(1):  # see TrainEvaluator: oneDNN heap corruption with 2 threads on some small archs
-            rep = train_export_measure(space, cand.arch, problem.data, cand.recipe, run, device=device,
-                                       prefix=prefix, predict_ms=lambda a: lm.predict(space, a),
-                                       on_epoch=lambda e, row: emit("export_epoch", {"epoch": e, **row}),
-                                       table=lm.table, note=note)
+        rep = train_export_measure(space, cand.arch, problem.data, cand.recipe, run, device=device,
+                                   prefix=prefix, predict_ms=lambda a: lm.predict(space, a),
+                                   on_epoch=lambda e, row: emit("export_epoch", {"epoch": e, **row}),
+                                   table=lm.table, note=note)
         run.write_json(f"{prefix}recipe.json", cand.recipe.model_dump())
         rep.update({"constraint": c.label, "device": device_id, "measurement_note": note,
                     "predicted_ms_per_device": {d: float(problem.costs.latency_ms(history.genomes[i][None])[0, j])
