@@ -35,12 +35,13 @@ from nas.latency.calibrate import calibrate  # noqa: E402
 from nas.latency.profile import profile_items, space_profile_items  # noqa: E402
 from nas.latency.timing import TimingConfig  # noqa: E402
 from nas.builder import build_model  # noqa: E402
-from nas.latency.model import LatencyModel  # noqa: E402
+from nas.latency.precision import int8_speedups  # noqa: E402
+from nas.latency.table import LatencyTable  # noqa: E402
 from nas.onnx_io import export_onnx  # noqa: E402
 from nas.quant.costs import SizeCost  # noqa: E402
 from nas.quant.graph import attach_onnx, trace_layers  # noqa: E402
 from nas.quant.mixed import BitOption, MixedPrecisionNet  # noqa: E402
-from nas.quant.profile import int8_speedups, layer_items  # noqa: E402
+from nas.quant.profile import layer_items, precision_graph  # noqa: E402
 from nas.space import resolve_model_ref  # noqa: E402
 from nas.quant.pipeline import run_mixed_precision  # noqa: E402
 from nas.quant.prepare import MixedPrecisionConfig, prepare_mixed_precision  # noqa: E402
@@ -95,7 +96,7 @@ def speedups_at(args, tables: Path, resolution: int, width: float) -> dict:
     with stage(f"profile layers fp32+int8 at {resolution}px x{width:g}", len(items)) as advance:
         profile_items(args.device, items, tables_dir=tables, timing=TimingConfig(clock=args.clock),
                       on_progress=lambda d, t, note: advance(note=note))
-    return int8_speedups(LatencyModel.load(args.device, tables), graph)
+    return int8_speedups(LatencyTable.open(args.device, tables), precision_graph(graph))
 
 
 def print_speedups(speedups: dict) -> None:

@@ -13,7 +13,19 @@ from cli.app import console, latency_app, print_json, progress_bar
 from nas.space import load_space
 
 SPACE_OPT = typer.Option(..., "--space", help="space name or YAML")
+MAX_VALIDATION_SAMPLES = 10_000  # random archs built and timed by `latency validate` (hours of timing already)
 DEVICE_OPT = typer.Option(..., "--device", help="device id: the folder latency_tables/<device-id>/")
+
+
+def advance_to(advance):
+    """An ``on_progress(done, total, note)`` that moves a progress bar to ``done`` (the library reports how many
+    are done, counting those done before a resume; the bar advances by the difference)."""
+    shown = [0]
+
+    def on_progress(done: int, total: int, note: str) -> None:
+        advance(done - shown[0], note=note)
+        shown[0] = done
+    return on_progress
 
 
 def _space(space: str, resolution, width, classes, in_channels):
@@ -42,9 +54,10 @@ def profile(space: str = SPACE_OPT, device: str = DEVICE_OPT,
     from nas.latency.calibrate import calibrate
     from nas.latency.device import check_provider
     from nas.latency.profile import profile_items, space_profile_items
-    from nas.latency.table import DeviceManifest, read_manifest
+    from nas.latency.table import DeviceManifest, read_manifest, tables_root
     from nas.latency.timing import TimingConfig, check_clock
 
+    tables_root(tables_dir)  # a file in the way is an error, not a device without a table
     if clock is None:  # adding to an existing table (e.g. one a search profiled): time it the same way
         try:
             clock = read_manifest(device, tables_dir).clock
@@ -65,8 +78,7 @@ def profile(space: str = SPACE_OPT, device: str = DEVICE_OPT,
     if calibration > 0:
         with progress_bar("calibration", calibration) as advance:
             corr = calibrate(device, sp, models=calibration, provider=provider, threads=threads,
-                             tables_dir=tables_dir, optimization=optimization,
-                             on_progress=lambda d, t, note: advance(note=note))
+                             tables_dir=tables_dir, optimization=optimization, on_progress=advance_to(advance))
         summary |= correction_summary(corr)
     if as_json:
         print_json(summary)
@@ -178,8 +190,9 @@ def validate(space: str = SPACE_OPT, device: str = DEVICE_OPT,
     from nas.latency.validate import validate as run_validation
     from nas.run import RunDir, default_run_path
 
-    if samples < 2:
-        raise LatencyTableError(f"--samples must be at least 2 (Kendall tau needs pairs), got {samples}")
+    if not 2 <= samples <= MAX_VALIDATION_SAMPLES:
+        raise LatencyTableError(f"--samples must be 2 to {MAX_VALIDATION_SAMPLES} (Kendall tau needs pairs; each "
+                                f"arch is exported and timed end to end), got {samples}")
     lm = LatencyModel.load(device, tables_dir)
     check_provider(lm.table.manifest.provider)
     sp = _space(space, resolution, width, classes, in_channels)
@@ -189,8 +202,7 @@ def validate(space: str = SPACE_OPT, device: str = DEVICE_OPT,
     for w in lm.warnings:
         console.print(f"[yellow]warning:[/yellow] {w}")
     with progress_bar("validate", samples) as advance:
-        summary = run_validation(lm, sp, run, samples=samples, seed=seed,
-                                 on_progress=lambda d, t, note: advance(note=note))
+        summary = run_validation(lm, sp, run, samples=samples, seed=seed, on_progress=advance_to(advance))
     summary["out"] = str(out)
     if as_json:
         print_json(summary)
@@ -260,9 +272,12 @@ def predict(ref: str = typer.Argument(..., help="arch JSON, or a space / model n
             tables_dir: Optional[Path] = typer.Option(None, help="base folder of device tables"),
             as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
     """Predict an arch's latency on a device, block by block."""
+    from nas.errors import LatencyTableError
     from nas.latency.model import LatencyModel
     from nas.space import resolve_model_ref
 
+    if bits not in (32, 8):
+        raise LatencyTableError(f"--bits must be 32 (fp32) or 8 (int8), got {bits}")
     lm = LatencyModel.load(device, tables_dir, allow_fallback=not no_fallback)
     sp, arch = resolve_model_ref(ref, resolution=resolution, width_multiplier=width, classes=classes)
     keys = lm.arch_keys(sp, arch, bits)
@@ -280,3 +295,50 @@ def predict(ref: str = typer.Argument(..., help="arch JSON, or a space / model n
         console.print(f"[yellow]warning:[/yellow] {w}")
     typer.echo(f"predicted {pred.ms:.3f} ms on {device} (base {lm.base_ms:.3f} ms + {len(keys)} blocks"
                + (f", {len(pred.estimated)} estimated" if pred.estimated else "") + ")")
+
+
+@latency_app.command("check")
+def check(device: str = typer.Argument(..., help="device id: the folder latency_tables/<device-id>/"),
+          model: Optional[Path] = typer.Option(None, "--model", help="also re-time this ONNX file (a shipped "
+                                                                     "model.onnx), interleaved with the references"),
+          recalibrate: bool = typer.Option(False, "--recalibrate", help="fold the drift into the correction (one "
+                                                                        "global rescale; the old one is kept in its "
+                                                                        "history)"),
+          tables_dir: Optional[Path] = typer.Option(None, "--tables-dir", help="base folder of device tables"),
+          as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
+    """Re-time the device's reference models (kept at calibration) and report its drift since then."""
+    from nas.latency.drift import check_drift, recalibrate as fold_drift
+    from nas.latency.table import LatencyTable
+    from nas.report import DRIFT_WARN_PCT
+
+    table = LatencyTable.open(device, tables_dir)
+    result = check_drift(table, model=model)
+    summary = result.to_dict()
+    if recalibrate:
+        corrected = fold_drift(table, result)
+        summary["correction"] = {**correction_summary(corrected), "rescale": corrected.rescale}
+    if as_json:
+        print_json(summary)
+        return
+    grid = Table("reference model", "calibrated ms", "expected ms", "now ms", "drift %", "stable")
+    for m in result.models:
+        grid.add_row(m["file"].removesuffix(".onnx"), f"{m['calibrated_ms']:.4g}", f"{m['expected_ms']:.4g}",
+                     f"{m['measured_ms']:.4g}", f"{m['drift_pct']:+.1f}", "yes" if m["stable"] else "no")
+    console.print(grid)
+    if result.model is not None:
+        s = result.model
+        typer.echo(f"{model}: p50 {s['p50_ms']:.4g} ms, p90 {s['p90_ms']:.4g} ms"
+                   + ("" if s["stable"] else " (no stable median: the machine is busy)"))
+    if not result.stable:
+        console.print("[yellow]warning:[/yellow] some reference timings did not reach a stable median: rerun on a "
+                      "quiet machine before trusting the drift")
+    tables = f" --tables-dir {tables_dir}" if tables_dir else ""
+    if recalibrate:
+        typer.echo(f"device {device}: drift {result.drift_pct:+.1f}% folded into the correction (rescale "
+                   f"{summary['correction']['rescale']:.4f}; the old correction is kept in its history)")
+    elif abs(result.drift_pct) > DRIFT_WARN_PCT:
+        typer.echo(f"device {device}: drift {result.drift_pct:+.1f}% against its calibration (over "
+                   f"{DRIFT_WARN_PCT:g}%): refit with `hwnas latency check {device} --recalibrate{tables}`")
+    else:
+        typer.echo(f"device {device}: drift {result.drift_pct:+.1f}% against its calibration (within "
+                   f"{DRIFT_WARN_PCT:g}%)")

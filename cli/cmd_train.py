@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from cli.app import app, console, print_json, progress_bar
+from nas.errors import HwnasError
 from nas.recipe import load_recipe
 from nas.run import RunDir, default_run_path
 from nas.finalize import train_export_measure
@@ -27,6 +28,9 @@ def train(ref: str = typer.Argument(..., help="model name (fbnet_a ...), space n
           out: Optional[Path] = typer.Option(None, help="run directory (rerun with the same one to resume)"),
           as_json: bool = typer.Option(False, "--json", help="print the report as JSON")):
     """Train a model, test it, export model.onnx, check parity and measure its latency."""
+    if threads < 1:
+        raise HwnasError(f"--threads must be at least 1 (ONNX Runtime threads for the latency measurement), "
+                         f"got {threads}")
     data, space, arch = load_task(dataset, ref, resolution=resolution, width=width, seed=seed)
     rec = load_recipe(recipe)
     rec = rec.model_copy(update={"seed": seed, **({"epochs": epochs} if epochs else {})})

@@ -6,6 +6,8 @@ import importlib
 import pkgutil
 import sys
 
+from rich.markup import escape
+
 import cli
 from cli.app import app, console
 from nas.errors import HwnasError
@@ -23,7 +25,8 @@ def main() -> None:
     try:
         app()
     except HwnasError as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        one_line = " ".join(str(e).split())  # library messages (YAML, pandas) may span lines
+        console.print(f"[red]error:[/red] {escape(one_line)}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]: rerun the same command (same --out) to resume")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +51,8 @@ def _load_digits() -> tuple[np.ndarray, np.ndarray]:
 def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise DataError(f"dataset file not found: {path}")
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path}: not an .npz file (numpy.savez's zip of arrays 'x' and 'y')")
     try:
         with np.load(path, allow_pickle=False) as f:
             if "x" not in f or "y" not in f:
@@ -67,10 +70,23 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{path}: 'y' must be a vector of {len(x)} labels, got shape {y.shape}")
     if not np.issubdtype(y.dtype, np.integer):
         raise DataError(f"{path}: 'y' must hold integer class labels, got {y.dtype}")
-    x = x.astype(np.float32)
+    if len(x) == 0:
+        raise DataError(f"{path}: 'x' holds no images")
+    try:
+        x = x.astype(np.float32)
+    except (TypeError, ValueError):
+        raise DataError(f"{path}: 'x' must hold numbers, got {x.dtype}") from None
     if x.max() > 1.5:
         x = x / 255.0
     return x, y.astype(np.int64)
+
+
+def check_finite(source, array: str, values: np.ndarray) -> None:
+    """DataError naming ``array`` and how many of its values are NaN or infinite, if any are."""
+    bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+    if bad:
+        raise DataError(f"{source}: array {array!r} holds {bad} non-finite value{'s' if bad > 1 else ''} "
+                        f"(NaN or infinity) of {values.size}; clean the data")
 
 
 def _load_folder(path: Path, resolution: int) -> tuple[np.ndarray, np.ndarray]:
@@ -113,6 +129,7 @@ def load_dataset(spec: str = "digits", resolution: int | None = None, seed: int 
         x, y = _load_folder(Path(spec[7:]), resolution or 32)
     else:
         raise DataError(f"unknown dataset {spec!r} (use digits, npz:PATH or folder:PATH)")
+    check_finite(spec, "x", x)
     classes = int(y.max()) + 1
     counts = np.bincount(y, minlength=classes)
     if y.min() < 0 or (counts == 0).any():

@@ -27,3 +27,11 @@ class LatencyTableError(HwnasError):
 
 class SearchError(HwnasError):
     """A search cannot run as configured (impossible target, inconsistent resume, ...)."""
+
+
+class TrainingError(HwnasError):
+    """Training cannot go on (the loss became NaN or infinite)."""
+
+
+class OutputError(HwnasError):
+    """An output path (``--out``, a report, a table folder) cannot be written."""

@@ -1,28 +1,69 @@
-"""Atomic file writes: write to a temporary file beside the target, then rename (nothing is half-written)."""
+"""Atomic file writes: write to a temporary file beside the target, then rename (nothing is half-written).
+
+Files get the modes the user's umask gives (0644 under the usual 022), as other tools' files do; JSON never holds
+NaN or Infinity (they are written as null, so every report is valid JSON)."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from nas.errors import OutputError
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where /proc allows (changing it is not thread-safe)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path in the target's folder; on success it replaces ``path`` atomically."""
+    """Yield a temporary path in the target's folder; on success it replaces ``path`` atomically.
+
+    OutputError when the folder cannot be created or written (a file in the way, no permission).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {e.strerror or e} ({_blocker(path.parent)})") from None
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600 files
+    finally:
+        os.close(fd)
     try:
         yield Path(tmp)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as e:
+            raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _blocker(folder: Path) -> str:
+    """Why ``folder`` cannot hold files: the first part of it that is a file, or the lack of permission."""
+    for part in [folder, *folder.parents]:
+        if part.exists():
+            if not part.is_dir():
+                return f"{part} is a file, not a folder; choose another path"
+            return f"{part} is not writable; choose another path"
+    return "choose another path"
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -30,8 +71,21 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def finite_json(value):
+    """``value`` with every NaN or infinite float (also numpy / torch scalars and arrays) replaced by None."""
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (str, int, bool)) or value is None:
+        return value
+    return finite_json(_jsonable(value))
+
+
 def write_json(path: str | Path, obj) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
+    write_text(path, json.dumps(finite_json(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 def write_csv(path: str | Path, frame) -> None:
@@ -41,7 +95,7 @@ def write_csv(path: str | Path, frame) -> None:
 
 
 def _jsonable(value):
-    if hasattr(value, "item"):  # numpy / torch scalars
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:  # numpy / torch scalars
         return value.item()
     if hasattr(value, "tolist"):
         return value.tolist()

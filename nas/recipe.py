@@ -39,8 +39,14 @@ def load_recipe(path: str | Path | None) -> Recipe:
         raise RecipeError(f"recipe file not found: {p}")
     try:
         raw = json.loads(p.read_text()) if p.suffix == ".json" else yaml.safe_load(p.read_text())
-    except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise RecipeError(f"{p}: malformed recipe ({e})") from None
+    except json.JSONDecodeError as e:
+        raise RecipeError(f"{p}:{e.lineno}: malformed recipe ({e.msg})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}" if mark else str(p)
+        raise RecipeError(f"{where}: malformed recipe ({getattr(e, 'problem', None) or 'invalid YAML'})") from None
+    except UnicodeDecodeError:
+        raise RecipeError(f"{p}: not a text file (a recipe is YAML or JSON)") from None
     return parse_recipe(raw or {}, str(p))
 
 

@@ -6,10 +6,11 @@ import json
 import time
 from pathlib import Path
 
-from nas.errors import SearchError
-from nas.files import write_csv, write_json
+from nas.errors import OutputError, SearchError
+from nas.files import finite_json, write_csv, write_json
 
 RESULTS_DIR = Path("results")
+CONFIG_FILE = "config.json"
 
 
 def default_run_path(kind: str, name: str) -> Path:
@@ -17,18 +18,26 @@ def default_run_path(kind: str, name: str) -> Path:
 
 
 class RunDir:
-    """A run's output folder. Opening an existing run checks that ``config`` matches the stored one."""
+    """A run's output folder. Opening an existing run checks that ``config`` matches the stored one.
+
+    A folder that holds nothing but the config.json of a start that failed before writing anything else may be
+    reused with other settings: there is nothing to resume in it.
+    """
 
     def __init__(self, path: str | Path, config: dict):
         self.path = Path(path)
-        stored_file = self.path / "config.json"
-        self.resumed = stored_file.is_file()
+        if self.path.exists() and not self.path.is_dir():
+            raise OutputError(f"--out {self.path} is a file, not a folder; choose another path")
+        stored_file = self.path / CONFIG_FILE
+        fresh = json.loads(json.dumps(finite_json(config)))
+        self.resumed = stored_file.is_file() and self._has_outputs()
         if self.resumed:
             try:
                 stored = json.loads(stored_file.read_text())
-            except json.JSONDecodeError:
-                raise SearchError(f"{stored_file}: corrupt config.json; use a new --out") from None
-            fresh = json.loads(json.dumps(config, default=str))
+            except (ValueError, OSError):
+                raise SearchError(f"{stored_file}: corrupt or unreadable config.json; use a new --out") from None
+            if not isinstance(stored, dict):
+                raise SearchError(f"{stored_file}: corrupt config.json (not a JSON object); use a new --out")
             diff = [k for k in sorted(set(stored) | set(fresh)) if stored.get(k) != fresh.get(k)]
             if diff:
                 shown = "; ".join(f"{k}: was {stored.get(k)!r}, now {fresh.get(k)!r}" for k in diff[:3])
@@ -37,6 +46,10 @@ class RunDir:
         else:
             write_json(stored_file, config)
         self.config = config
+
+    def _has_outputs(self) -> bool:
+        """Whether the folder holds anything besides config.json (and the temp files of interrupted writes)."""
+        return any(p.name != CONFIG_FILE and not p.name.startswith(".") for p in self.path.iterdir())
 
     def file(self, name: str) -> Path:
         return self.path / name

@@ -294,7 +294,7 @@ def read_space_yaml(name_or_path: str) -> tuple[dict, Path]:
     path = _space_path(name_or_path)
     try:
         raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
+    except (yaml.YAMLError, UnicodeDecodeError) as e:  # not YAML, or not text at all
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise SpaceError(f"{where}: malformed YAML ({getattr(e, 'problem', e)})") from None
@@ -366,11 +366,15 @@ def load_arch(text_or_path: str) -> tuple[Arch, dict]:
         raise ArchError(f"arch file not found: {p}")
     try:
         d = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:  # not JSON, or not text at all
         raise ArchError(f"{p}: invalid JSON ({e})") from None
     if not isinstance(d, dict):
         raise ArchError(f"{p}: an arch must be a JSON object")
-    return Arch.from_dict(d, str(p)), dict(d.get("space_args") or {})
+    space_args = d.get("space_args") or {}
+    numbers = isinstance(space_args, dict) and all(v is None or type(v) in (int, float) for v in space_args.values())
+    if not numbers or not set(space_args) <= {"resolution", "width_multiplier", "classes", "in_channels"}:
+        raise ArchError(f"{p}: 'space_args' must map resolution, width_multiplier, classes, in_channels to numbers")
+    return Arch.from_dict(d, str(p)), space_args
 
 
 def resolve_model_ref(ref: str, **space_args) -> tuple[Space, Arch]:

@@ -15,6 +15,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from nas.data import Dataset
+from nas.errors import TrainingError
 from nas.files import atomic_path
 from nas.recipe import Recipe
 
@@ -72,6 +73,21 @@ def lr_factor(recipe: Recipe, step: int, steps_per_epoch: int) -> float:
     return 1.0
 
 
+def finite_loss(loss: torch.Tensor, epoch: int, lr: float) -> float:
+    """The loss as a float; TrainingError when it is NaN or infinite (training diverged or the data is bad)."""
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise TrainingError(f"the training loss became {value} in epoch {epoch} (learning rate {lr:.3g}); "
+                            f"lower the recipe's lr or check the data")
+    return value
+
+
+def restored_history(state: dict) -> list[dict]:
+    """The per-epoch rows stored in a checkpoint (a float tensor), with the epoch numbers as integers again."""
+    rows = [dict(zip(state["history_keys"], row)) for row in state["history"].tolist()]
+    return [{**row, "epoch": int(row["epoch"])} if "epoch" in row else row for row in rows]
+
+
 def set_dropout(model: nn.Module, p: float) -> None:
     for m in model.modules():
         if isinstance(m, nn.Dropout):
@@ -113,7 +129,7 @@ def train_model(model: nn.Module, data: Dataset, recipe: Recipe, *, on_epoch: Ep
         sched.load_state_dict(state["scheduler"])
         if ema is not None and "ema" in state:
             ema.load_state_dict(state["ema"])
-        history = [dict(zip(state["history_keys"], row)) for row in state["history"].tolist()]
+        history = restored_history(state)
         start = len(history)
     gen = torch.Generator().manual_seed(recipe.seed)
     rng = np.random.default_rng(recipe.seed)
@@ -136,13 +152,14 @@ def train_model(model: nn.Module, data: Dataset, recipe: Recipe, *, on_epoch: Ep
                     (1 - lam) * F.cross_entropy(out, y[perm], label_smoothing=recipe.label_smoothing)
             else:
                 loss = F.cross_entropy(model(x), y, label_smoothing=recipe.label_smoothing)
+            loss_value = finite_loss(loss, epoch + 1, opt.param_groups[0]["lr"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             if ema is not None:
                 ema.update_parameters(model)
-            total_loss += loss.item() * len(idx)
+            total_loss += loss_value * len(idx)
             seen += len(idx)
         evaluated = ema.module if ema is not None else model
         row = {"epoch": epoch + 1, "train_loss": total_loss / seen, "lr": opt.param_groups[0]["lr"]}

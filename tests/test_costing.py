@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ from nas.predict.model_costs import ModelSpaceCosts
 from nas.quant.graph import attach_onnx, trace_layers
 from nas.quant.mixed import BitOption, MixedPrecisionNet
 from nas.quant.pipeline import make_cost
-from nas.quant.profile import layer_key, transition_key
+from nas.quant.profile import layer_key, precision_graph, transition_key
 from test_dnas_support import TINY_V2, all_archs, profiled_space, tiny_space
 from test_dnas_support import one_torch_thread  # noqa: F401  (autouse fixture)
 
@@ -95,7 +96,7 @@ def test_mixed_precision_cost_is_the_latency_model_at_all_fp32_and_all_int8(tiny
     lm.correction.precision = PrecisionTerms(1.2, 0.8, 0.003, fitted_on=3)  # as a device's fit would set it
     try:
         arch, graph, cost = _mixed_cost(space, lm, tmp_path)
-        assert cost.coef == (1.2, 0.8, 0.003)
+        assert cost.table.precision.coef == (1.2, 0.8, 0.003)
         n = len(graph.layers)
         assert cost.of([FP32] * n) == pytest.approx(lm.predict(space, arch, 32), rel=1e-6)
         # all int8: every layer's own int8 time without the Q/DQ pair halves it was measured with, plus the
@@ -109,6 +110,24 @@ def test_mixed_precision_cost_is_the_latency_model_at_all_fp32_and_all_int8(tiny
         expected = lm.predict(space, arch, 32) + 1.2 * compute + 0.8 * transition_ms \
             + 0.003 * (len(quantize) + len(dequantize))
         assert cost.of([INT8] * n) == pytest.approx(expected, rel=1e-5)
+    finally:
+        lm.correction.precision = before
+
+
+def test_latency_model_costs_every_assignment_as_mixed_precision_search_does(tiny_v2, tmp_path):
+    space, lm = tiny_v2
+    before = lm.correction.precision
+    lm.correction.precision = PrecisionTerms(0.9, 1.3, 0.002, fitted_on=2)
+    try:
+        arch, graph, cost = _mixed_cost(space, lm, tmp_path)
+        table = lm.precision_costs(lm.arch_keys(space, arch, 32), precision_graph(graph))
+        n = len(graph.layers)
+        rng = random.Random(0)
+        assignments = [[FP32] * n, [INT8] * n] + [[rng.choice([INT8, FP32]) for _ in range(n)] for _ in range(8)]
+        for assignment in assignments:
+            assert table.ms([o.runs_int8 for o in assignment]) == cost.of(assignment)
+        assert table.ms([False] * n) == pytest.approx(lm.predict(space, arch, 32), rel=1e-6)
+        assert len({table.ms([o.runs_int8 for o in a]) for a in assignments}) > 2  # the assignments cost apart
     finally:
         lm.correction.precision = before
 

@@ -1,6 +1,7 @@
 """Mixed precision: fake quantization, the bit-width supernet, ONNX graph mapping, costs, export and the search."""
 
 import itertools
+from collections import namedtuple
 
 import numpy as np
 import onnx
@@ -12,12 +13,15 @@ from torch import nn
 from nas.blocks import ConvBNReLU, InvertedResidual, PoolClassifier, parse_op
 from nas.errors import SearchError
 from nas.onnx_io import export_onnx, run_onnx
-from nas.quant.costs import BitopsCost, LatencyCost, LayerTimes, SizeCost, mean_weight_bits, size_mb
+from nas.latency.correction import PrecisionTerms
+from nas.latency.precision import PrecisionCostTable
+from nas.quant.costs import BitopsCost, LatencyCost, SizeCost, mean_weight_bits, size_mb
 from nas.quant.export import quantize_assignment
 from nas.quant.fake import activation_qparams, fake_quantize_activation, fake_quantize_weight
 from nas.quant.graph import attach_onnx, layer_io_bits, tensor_bits, trace_layers
 from nas.quant.mixed import BitOption, MixedPrecisionNet, bit_options, forward_order
 from nas.quant.prepare import check_options
+from nas.quant.profile import precision_graph
 from nas.quant.search import SearchConfig, fit_to_target, search_bits
 
 FP32, W8, W4, W2 = BitOption(32, 32), BitOption(8, 8), BitOption(4, 8), BitOption(2, 8)
@@ -216,18 +220,24 @@ def test_size_and_bitops_costs(tmp_path):
     assert float(size.expected(probs)) == pytest.approx(np.mean([size.of([o] * 9) for o in opts]))
 
 
+LayerTimes = namedtuple("LayerTimes", "fp32_ms int8_ms")
+
+
 def _latency_cost(graph, seed=0):
     rng = np.random.default_rng(seed)
     times = [LayerTimes(float(a), float(b)) for a, b in rng.uniform(0.01, 0.1, (len(graph.layers), 2))]
     trans = {t.name: float(rng.uniform(0.002, 0.02)) for t in graph.tensors}
-    return LatencyCost(graph, [W8, FP32], 1.0, times, trans, coef=(1.3, 0.9, 0.004)), times, trans
+    table = PrecisionCostTable(precision_graph(graph), 1.0, np.array([t.fp32_ms for t in times]),
+                               np.array([t.int8_ms for t in times]), np.array([trans[t.name] for t in graph.tensors]),
+                               PrecisionTerms(1.3, 0.9, 0.004))
+    return LatencyCost(graph, [W8, FP32], table), times, trans
 
 
 def test_latency_cost_counts_transitions_by_hand(tmp_path):
     net = tiny_net([W8, FP32])
     graph, _ = tiny_graph(net, tmp_path)
     cost, times, trans = _latency_cost(graph)
-    cost.coef = (1.0, 1.0, 0.0)
+    cost.table.precision = PrecisionTerms()
     assert cost.of([FP32] * 9) == pytest.approx(1.0)
     # only the dw layer of block 1 int8: its own measured int8 time (Q in, DQ out) replaces its fp32 time
     one = [FP32] * 9
@@ -253,7 +263,7 @@ def test_expected_latency_is_the_exact_expectation(tmp_path):
     probs = [torch.stack([p, 1 - p]) for p in p8]
     assert float(cost.expected(probs)) == pytest.approx(exact, rel=1e-5)
     p = p8.clone().requires_grad_(True)
-    cost.expected_from_int8(p).backward()
+    cost.table.expected_ms(p).backward()
     assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
     assert cost.lower_bound() <= min(cost.of([W8] * 9), cost.of([FP32] * 9))
 
@@ -397,7 +407,7 @@ def test_latency_fit_exports_real_models_recovers_coefficients_and_resumes(tmp_p
     assert list(assignments)[:4] == ["fp32", "int8", "int8_pw", "int8_dw"] and len(assignments) == 5
     assert [o == W8 for o in assignments["int8_pw"]] == [k == "pw" for k in graph.kinds()]
     cost, _, _ = _latency_cost(graph, seed=2)
-    cost.coef = (1.0, 1.0, 0.0)
+    cost.table.precision = PrecisionTerms()
     truth = (0.5, 2.0, 0.01)
     seen = []
 
@@ -407,7 +417,7 @@ def test_latency_fit_exports_real_models_recovers_coefficients_and_resumes(tmp_p
             ops = {n.op_type for n in onnx_.load(path).graph.node}
             assert ("QuantizeLinear" in ops) == any(o == W8 for o in assignment)  # really exported as asked
             p8 = torch.tensor([1.0 if o == W8 else 0.0 for o in assignment])
-            terms = [float(t) for t in cost.terms_from_int8(p8)]
+            terms = [float(t) for t in cost.table.terms_from_int8(p8)]
             out.append(3.0 + sum(c * t for c, t in zip(truth, terms)))
         seen.append(len(paths))
         return out
@@ -416,9 +426,9 @@ def test_latency_fit_exports_real_models_recovers_coefficients_and_resumes(tmp_p
     device_folder.mkdir()
     fit = fit_latency_cost(cost, net, torch.randn(16, 1, 16, 16), time_files, device_folder, count=5)
     assert seen == [5] and fit["models"] == 5 and fit["measured_fp32_ms"] == pytest.approx(3.0)
-    assert cost.coef == pytest.approx(truth, rel=1e-3, abs=1e-6)
+    assert cost.table.precision.coef == pytest.approx(truth, rel=1e-3, abs=1e-6)
     assert fit["delta_mape_fitted_pct"] < 1e-3 < fit["delta_mape_table_pct"]
     assert all(layer.fixed is None for layer in net.layers)  # the net is back to searching
-    cost.coef = (1.0, 1.0, 0.0)
+    cost.table.precision = PrecisionTerms()
     again = fit_latency_cost(cost, net, torch.randn(16, 1, 16, 16), time_files, device_folder, count=5)
     assert seen == [5] and again["coef"] == fit["coef"]  # resumed from the CSV: nothing exported or timed again

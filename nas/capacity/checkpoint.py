@@ -48,7 +48,7 @@ def read_sidecar(path: str | Path) -> dict:
                               f"(train one with `hwnas train-dynamic`)")
     try:
         meta = json.loads(side.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:  # not JSON, or not text at all
         raise CheckpointError(f"{side}: invalid JSON ({e})") from None
     if not isinstance(meta, dict) or meta.get("kind") != KIND or "space" not in meta:
         raise CheckpointError(f"{side}: not a {KIND} checkpoint sidecar")

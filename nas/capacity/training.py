@@ -25,7 +25,7 @@ from nas.capacity.vit import ConfiguredViT, DynamicViT
 from nas.data import Dataset
 from nas.files import atomic_path
 from nas.recipe import Recipe
-from nas.training import accuracy, lr_factor, make_optimizer
+from nas.training import accuracy, lr_factor, make_optimizer, restored_history
 
 EpochCallback = Callable[[int, dict], None]
 MONITOR_KEEP_RATIO = 0.7  # the pruned config reported per epoch
@@ -88,7 +88,7 @@ def train_dynamic(model: DynamicViT, data: Dataset, recipe: Recipe, *, shift_pix
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
-        history = [dict(zip(state["history_keys"], row)) for row in state["history"].tolist()]
+        history = restored_history(state)
     stages = len(model.space.stages)
     full_only = full_only_epochs(model, recipe.epochs)
     monitor = capacity_factor_plan(model.space, [MONITOR_KEEP_RATIO] * stages, 1.0)

@@ -22,10 +22,11 @@ from nas.data import Dataset
 from nas.dnas.distribution import ArchDistribution
 from nas.gumbel import temperature
 from nas.dnas.latency_terms import LatencyTerms
+from nas.errors import SearchError
 from nas.files import atomic_path
 from nas.latency.loss import TargetController, latency_factor
 from nas.recipe import Recipe
-from nas.training import lr_factor, make_optimizer
+from nas.training import finite_loss, lr_factor, make_optimizer
 
 EpochCallback = Callable[[int, dict], None]
 
@@ -53,6 +54,22 @@ class SearchSettings:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def corrupt_checkpoint(path: Path, reason: str) -> SearchError:
+    return SearchError(f"{path}: corrupt search checkpoint ({reason}); delete it to restart the search from "
+                       f"epoch 1 in the same --out, or choose a new --out")
+
+
+def load_search_checkpoint(path: Path) -> dict:
+    """The state saved by an interrupted search; SearchError saying how to restart when it cannot be read."""
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as e:  # truncated zip, unpickling refusal, not a torch file
+        raise corrupt_checkpoint(path, " ".join(str(e).split()) or type(e).__name__) from None
+    if not isinstance(state, dict):
+        raise corrupt_checkpoint(path, "not a saved search state")
+    return state
 
 
 class SupernetSearch:
@@ -109,7 +126,10 @@ class SupernetSearch:
     def _run(self, checkpoint: str | Path | None, on_epoch: EpochCallback | None) -> list[dict]:
         ckpt = Path(checkpoint) if checkpoint else None
         if ckpt is not None and ckpt.is_file():
-            self.load(torch.load(ckpt, weights_only=True))
+            try:
+                self.load(load_search_checkpoint(ckpt))
+            except (KeyError, TypeError, ValueError, RuntimeError) as e:  # a state of another shape
+                raise corrupt_checkpoint(ckpt, f"{type(e).__name__}: {' '.join(str(e).split())[:200]}") from None
         else:
             torch.manual_seed(self.recipe.seed)
         s = self.settings
@@ -150,11 +170,12 @@ class SupernetSearch:
                 sample = self._sample(tau)
             out = self.supernet(x, sample)
             loss = F.cross_entropy(out, y, label_smoothing=self.recipe.label_smoothing)
+            value = finite_loss(loss, len(self.history) + 1, self.weight_opt.param_groups[0]["lr"])
             self.weight_opt.zero_grad(set_to_none=True)
             loss.backward()
             self.weight_opt.step()
             self.scheduler.step()
-            total += float(loss.detach()) * len(y)
+            total += value * len(y)
             correct += int((out.argmax(1) == y).sum())
             seen += len(y)
         return {"train_loss": total / seen, "train_accuracy": correct / seen}

@@ -26,11 +26,15 @@ Modules:
 - ``quantize``: static int8 (QDQ by default; ``extra`` "qformat=qop", "qops=pw" choose format and granularity).
 - ``calibrate``: whole-model calibration (``calibrate_models`` for every space kind, timed by the ``Device``),
   mixed-precision calibration rows, and the refit of ``correction.json``.
+- ``drift``: reference models kept at calibration (``reference/``), ``check_drift`` (``hwnas latency check``),
+  ``recalibrate`` (one global rescale), ``measure_shipped`` (a search's final measurement, after the check).
 - ``correction``: ``Correction`` (with ``PrecisionTerms``) and its least-squares fit.
 - ``features``: key features (analytic MACs, params, bytes) for the fallback regressor.
 - ``model``: ``LatencyModel`` (``block_cost_ms``, ``is_estimated``, ``base_ms``, ``total_ms`` (the one base + sum),
   ``predict_keys``, ``arch_keys``, ``predict``, ``cost_table`` (block positions -> cost arrays), ``cost_tensor``,
-  ``expected_ms``), ``PositionCosts``, ``Prediction``, ``FallbackRegressor``.
+  ``expected_ms``, ``precision_costs``), ``PositionCosts``, ``Prediction``, ``FallbackRegressor``.
+- ``precision``: a quantisable model as keys (``PrecisionGraph``: layers at fp32 / int8, edges with their transition
+  keys), its ``PrecisionCostTable`` (the one mixed-precision formula, exact and differentiable), ``int8_speedups``.
 - ``loss``: the latency-aware search loss and the latency-target controller (DNAS and mixed precision).
 - ``validate``: random archs measured end to end against predictions (within_10pct, MAPE, Kendall tau).
 - ``bundle``: ``write_bundle`` (zip for a remote device) and ``import_results`` (its results as a new device).

@@ -23,7 +23,7 @@ from typing import Callable
 
 from nas.builder import build_model
 from nas.errors import LatencyTableError
-from nas.files import atomic_path, write_json
+from nas.files import atomic_path, current_umask, write_json
 from nas.latency import remote_measure
 from nas.latency.calibrate import _model_id, append_calibration, calibration_archs, refit_correction
 from nas.latency.opkey import OpKey
@@ -107,7 +107,33 @@ def _load_results(path: Path) -> dict:
     for k in ("manifest", "device", "blocks", "overhead", "models"):
         if not isinstance(data.get(k), dict):
             raise LatencyTableError(f"{path}: results file lacks {k!r}")
+    _check_manifest(path, data["manifest"])
     return data
+
+
+MANIFEST_ITEM_FIELDS = {"overhead": {"id": str, "mb": (int, float)},
+                        "blocks": {"id": str, "macs": int, "params": int, "in_bytes": int, "out_bytes": int},
+                        "models": {"id": str, "arch": dict, "keys": list}}
+
+
+def _check_manifest(path: Path, manifest: dict) -> None:
+    """LatencyTableError naming the first missing or mistyped field of the bundle manifest in a results file."""
+    def bad(where: str, kind) -> LatencyTableError:
+        kinds = "/".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        return LatencyTableError(f"{path}: manifest {where} is missing or not a {kinds}; the results file is "
+                                 f"damaged (measure again with the bundle)")
+    for name, kind in (("space", str), ("space_args", dict)):
+        if not isinstance(manifest.get(name), kind):
+            raise bad(repr(name), kind)
+    for group, fields in MANIFEST_ITEM_FIELDS.items():
+        items = manifest.get(group)
+        if not isinstance(items, list):
+            raise bad(repr(group), list)
+        for n, item in enumerate(items):
+            for name, kind in fields.items():
+                value = item.get(name) if isinstance(item, dict) else None
+                if not isinstance(value, kind) or isinstance(value, bool):
+                    raise bad(f"{group}[{n}].{name}", kind)
 
 
 def _stats(where: str, st) -> dict:
@@ -142,6 +168,7 @@ def import_results(path: str | Path, device_id: str | None = None, tables_dir: s
     root = tables_root(tables_dir)
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".import-{device_id}-", dir=root))
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700 folders
     try:
         write_json(tmp / MANIFEST_FILE, dm.to_dict())
         overhead = fit_call_overhead([(float(it["mb"]), _stats(f"{path}: overhead {it['id']}",

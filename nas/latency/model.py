@@ -9,7 +9,9 @@ missing key raises ``LatencyTableError`` naming it). ``total_ms`` is the one pla
 block costs: one arch's (``predict_keys``), a population's (an n x blocks array) or a supernet's expectation (a
 tensor). ``cost_table`` turns a space's block positions (``nas.positions``) into cost arrays, one axis per
 decision, which DNAS's expected latency and the predictor searches' population costs are views of. Every search
-calls this; none re-implements it.
+calls this; none re-implements it. ``precision_costs`` does the same for a quantisable model's layers at fp32 and
+int8 and the precision transitions between them (``nas.latency.precision``: the mixed-precision cost and its one
+formula).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from nas.errors import LatencyTableError
 from nas.latency.correction import Correction, key_family, net_block_ms
 from nas.latency.features import key_features
 from nas.latency.opkey import OpKey
+from nas.latency.precision import PrecisionCostTable, PrecisionGraph
 from nas.latency.profile import key_is_identity
 from nas.latency.table import LatencyTable
 from nas.latency.timing import CallOverhead
@@ -209,6 +212,20 @@ class LatencyModel:
             raise ValueError(f"expected_ms: {len(probs)} probability tensors but {len(costs)} cost tensors")
         terms = [(p * c.to(p.device, p.dtype)).sum() for p, c in zip(probs, costs)]
         return self.total_ms(torch.stack(terms) if terms else torch.zeros(0))
+
+    # ---- mixed precision ---------------------------------------------------------------------------------------------
+    def precision_costs(self, model_keys: Iterable[OpKey], graph: PrecisionGraph) -> PrecisionCostTable:
+        """A quantisable model's precision cost table: the fp32 model's prediction (its blocks, ``model_keys``), each
+        layer's cost at fp32 and int8 and each edge's transition cost (``graph``), weighted by this device's fitted
+        ``correction.precision`` (``nas.latency.precision``)."""
+        model = self.predict_keys(model_keys)
+        keys = graph.keys()
+        cost = dict(zip(map(str, keys), self.block_costs_ms(keys)))
+        estimated = list(dict.fromkeys(model.estimated + [k for k in keys if self.is_estimated(k)]))
+        return PrecisionCostTable(graph, model.ms, np.array([cost[str(layer.fp32)] for layer in graph.layers]),
+                                  np.array([cost[str(layer.int8)] for layer in graph.layers]),
+                                  np.array([cost[str(e.transition)] if e.transition is not None else 0.0
+                                            for e in graph.edges]), self.correction.precision, estimated)
 
     def describe(self) -> dict:
         return {"device": self.device_id, "rows": len(self.table), "base_ms": self.base_ms,

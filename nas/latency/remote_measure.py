@@ -154,8 +154,11 @@ def main(argv=None):
         manifest = json.loads(bundle.read("manifest.json"))
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
         sys.exit(f"error: {args.bundle}: not an hwnas latency bundle ({e})")
-    if manifest.get("format") != BUNDLE_FORMAT:
-        sys.exit(f"error: {args.bundle}: bundle format {manifest.get('format')!r}, expected {BUNDLE_FORMAT!r}")
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+        sys.exit(f"error: {args.bundle}: not an hwnas latency bundle of format {BUNDLE_FORMAT!r}")
+    if "bundle_id" not in manifest or not all(isinstance(manifest.get(k), list)
+                                              for k in ("overhead", "blocks", "models")):
+        sys.exit(f"error: {args.bundle}: corrupt bundle (its manifest lacks bundle_id, overhead, blocks or models)")
     device_id = args.device or "".join(c if c.isalnum() or c in "._-" else "-" for c in platform.node()) or "remote"
     setup = {"device_id": device_id, "provider": args.provider, "threads": args.threads,
              "graph_optimization": args.optimization, "clock": args.clock, "cpu_model": _cpu_model(),
@@ -165,9 +168,12 @@ def main(argv=None):
     results = {"format": RESULTS_FORMAT, "bundle_id": manifest["bundle_id"], "device": setup,
                "manifest": manifest, "blocks": {}, "overhead": {}, "models": {}}
     if os.path.isfile(args.out):
-        with open(args.out) as f:
-            old = json.load(f)
-        same = {k: old.get("device", {}).get(k) for k in ("provider", "threads", "graph_optimization", "clock")}
+        try:
+            with open(args.out) as f:
+                old = json.load(f)
+            same = {k: old.get("device", {}).get(k) for k in ("provider", "threads", "graph_optimization", "clock")}
+        except (ValueError, AttributeError) as e:
+            sys.exit(f"error: {args.out}: corrupt resume file ({e}); delete it to measure from the start")
         if old.get("bundle_id") == manifest["bundle_id"] and same == {k: setup[k] for k in same}:
             results = old  # resume
     timing = dict(manifest.get("timing") or {}, clock=args.clock)
@@ -178,8 +184,11 @@ def main(argv=None):
         todo = [it for it in items if it["id"] not in results[name]]
         for start in range(0, len(todo), args.chunk):
             chunk = todo[start:start + args.chunk]
-            sessions = [open_session(ort, bundle.read(it["file"]), args.provider, args.threads, args.optimization)
-                        for it in chunk]
+            try:
+                sessions = [open_session(ort, bundle.read(it["file"]), args.provider, args.threads,
+                                         args.optimization) for it in chunk]
+            except Exception as e:  # a damaged zip member (bad CRC, zlib error), a missing file, a corrupt graph
+                sys.exit(f"error: {args.bundle}: corrupt bundle ({type(e).__name__}: {e}); copy it again")
             feeds = [random_feeds(s) for s in sessions]
             stats = time_interleaved([lambda s=s, f=f: s.run(None, f) for s, f in zip(sessions, feeds)], timing)
             for it, st in zip(chunk, stats):

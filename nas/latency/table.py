@@ -33,7 +33,7 @@ TABLES_ENV = "HWNAS_LATENCY_TABLES"
 TABLE_FILE = "table.csv"
 MANIFEST_FILE = "device.json"
 OPTIMIZATION_LEVELS = ("none", "basic", "extended", "all")
-_DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")
+_DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 
 KEY_COLUMNS = ("key", "op", "c_in", "c_out", "stride", "resolution", "tokens", "bits", "extra")
 STAT_COLUMNS = ("p50_ms", "p90_ms", "mean_ms", "std_ms", "count", "spread", "stable", "overhead_ms",
@@ -44,11 +44,15 @@ _FLOAT = {"p50_ms", "p90_ms", "mean_ms", "std_ms", "spread", "overhead_ms"}
 
 
 def tables_root(tables_dir: str | Path | None = None) -> Path:
-    return Path(tables_dir or os.environ.get(TABLES_ENV) or "latency_tables")
+    root = Path(tables_dir or os.environ.get(TABLES_ENV) or "latency_tables")
+    if root.exists() and not root.is_dir():
+        raise LatencyTableError(f"the tables folder {root} is a file, not a folder; pass another --tables-dir "
+                                f"(or ${TABLES_ENV})")
+    return root
 
 
 def check_device_id(device_id: str) -> str:
-    if not _DEVICE_ID.match(device_id or ""):
+    if not _DEVICE_ID.fullmatch(device_id or ""):
         raise LatencyTableError(f"invalid device id {device_id!r}: use letters, digits, '.', '_', '+', '-' "
                                 f"(it names the folder latency_tables/<device-id>/)")
     return device_id
@@ -231,7 +235,7 @@ _HEADER = (",".join(COLUMNS) + "\n").encode()
 
 @contextmanager
 def _locked(path: Path, exclusive: bool) -> Iterator[int]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o666)  # the umask decides, as for every other file
     try:
         fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         yield fd
@@ -318,8 +322,7 @@ class LatencyTable:
                                         f"({'; '.join(diff)}); use another --device id")
             manifest = stored
         else:
-            folder.mkdir(parents=True, exist_ok=True)
-            write_json(manifest_path, manifest.to_dict())
+            write_json(manifest_path, manifest.to_dict())  # creates the folder (OutputError if it cannot)
         table = cls(folder, manifest, {})
         table.refresh(repair=True)
         return table

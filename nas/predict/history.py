@@ -43,13 +43,30 @@ class History:
         if self.path is not None and self.path.is_file():
             try:
                 stored = pd.read_csv(self.path, keep_default_na=False, dtype={"key": str})
-            except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-                raise SearchError(f"{self.path}: unreadable history ({e}); use a new --out") from None
+            except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+                reason = " ".join(str(e).split())
+                raise SearchError(f"{self.path}: unreadable history ({reason}); use a new --out") from None
             if "key" not in stored.columns:
                 raise SearchError(f"{self.path}: not a search history (no 'key' column); use a new --out")
-            for row in stored.to_dict("records"):
-                self._stored[str(row["key"])] = row
+            for line, row in enumerate(stored.to_dict("records"), start=2):  # line 1 is the header
+                self._stored[str(row["key"])] = self._checked_row(row, line)
         self.resumed = len(self._stored)
+
+    def _checked_row(self, row: dict, line: int) -> dict:
+        """A stored row whose key and metrics are usable; SearchError naming the line of history.csv if not."""
+        where = f"{self.path}: line {line}"
+        if not str(row["key"]).strip():
+            raise SearchError(f"{where}: row without a key (a torn or hand-edited row); delete the line to "
+                              f"evaluate it again, or use a new --out")
+        objective = f"m:{self.problem.objective}"
+        if objective not in row:
+            raise SearchError(f"{self.path}: no {objective!r} column; this history is from another search; "
+                              f"use a new --out")
+        if not np.isfinite(_float(row[objective])):
+            raise SearchError(f"{where} (key {row['key']}): {self.problem.objective} is {row[objective]!r}, not a "
+                              f"finite number (a torn or hand-edited row); delete the line to evaluate it again, "
+                              f"or use a new --out")
+        return row
 
     # ---- budget ------------------------------------------------------------------------------------------------
     @property

@@ -56,6 +56,7 @@ class NarsResult:
     pretrain_loss: float | None = None
     evolution: EvolutionResult | None = None
     predicted_winners: list[dict] = field(default_factory=list)  # per constraint: the predictor's choice
+    stopped: str | None = None  # why the rounds ended before the budget, when a round could add no evaluation
 
 
 def make_predictor(kind: str, seed: int, **kwargs):
@@ -128,10 +129,18 @@ def run_nars(problem: SearchProblem, constraints: list[Constraint], history: His
             n_pick = min(batch, history.remaining - final)
             picks = _pick(config.predictor, mean, std, cand_masks, [history.best_score_under(c) for c in constraints],
                           y_train, n_pick)
+            used_before = history.used
             rows = []
             for i in picks:
                 rows.append(history.evaluate(cand[i], f"round {rnd}", problem.sign() * mean[i],
                                              std[i] if std is not None else None))
+            if history.used == used_before:  # no progress: refitting on the same data would pick nothing again
+                result.stopped = (f"round {rnd} added no evaluation (the predictor gave no finite score to any of "
+                                  f"{int(fresh.sum())} unevaluated candidates); the search ends at "
+                                  f"{history.used} of {history.budget} evaluations")
+                result.rounds.append({"round": rnd, "stopped": result.stopped})
+                emit("phase", {"name": "stopped", "note": result.stopped})
+                break
             tau = kendall_tau(mean[picks], [problem.sign() * r[problem.objective] for r in rows])
             predicted_all.extend(mean[picks])
             actual_all.extend(problem.sign() * r[problem.objective] for r in rows)
@@ -142,7 +151,7 @@ def run_nars(problem: SearchProblem, constraints: list[Constraint], history: His
             emit("fit", info)
         result.heldout_tau = kendall_tau(predicted_all, actual_all)
         # 4. final fit and the evolutionary search for every constraint at once
-        if config.evolution and history.used:
+        if config.evolution and history.used and result.stopped is None:
             x_train, y_train = space.encode(history.genome_array()), history.scores()
             predictor.fit(x_train, y_train)
             emit("phase", {"name": "evolution", "note": f"{n_c} constraint(s)"})

@@ -20,6 +20,7 @@ from __future__ import annotations
 import fcntl
 import multiprocessing
 import os
+import re
 import socket
 import time
 from contextlib import contextmanager
@@ -58,6 +59,11 @@ def default_storage_url(run_path: str | Path) -> str:
     return f"sqlite:///{Path(run_path).resolve() / 'study.db'}"
 
 
+def masked_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (``postgresql://user:***@host/db``), for showing or storing."""
+    return re.sub(r"(//[^/:@]*:)[^/?#]*@", r"\1***@", url)
+
+
 def open_storage(url: str) -> optuna.storages.RDBStorage:
     """The RDB storage at ``url``; SearchError with the reason when it cannot be opened."""
     try:
@@ -65,7 +71,8 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
         return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
     except Exception as e:  # sqlalchemy raises many kinds (bad dialect, unreachable host, unwritable file)
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SearchError(f"cannot open the Optuna storage {url!r}: {reason}") from None
+        raise SearchError(f"cannot open the Optuna storage {masked_url(url)!r}: "
+                          f"{reason.replace(url, masked_url(url))}") from None
 
 
 def _constraints_func(trial: optuna.trial.FrozenTrial) -> list[float]:
@@ -103,9 +110,10 @@ def open_study(config: OptunaConfig, problem: SearchProblem, seed_offset: int = 
                                     sampler=make_sampler(config.sampler, config.seed * 100 + seed_offset,
                                                          config.budget))
     except ValueError as e:  # an existing study with other directions
-        raise SearchError(f"study {config.study!r} in {config.storage}: {e}") from None
+        raise SearchError(f"study {config.study!r} in {masked_url(config.storage)}: {e}") from None
     if [d.name.lower() for d in study.directions] != directions(problem):
-        raise SearchError(f"study {config.study!r} in {config.storage} has other objectives; use another --study")
+        raise SearchError(f"study {config.study!r} in {masked_url(config.storage)} has other objectives; "
+                          f"use another --study")
     return study
 
 

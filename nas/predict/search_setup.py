@@ -60,7 +60,8 @@ class SearchSettings:
         """What must match to resume a run directory (the worker count may change between runs)."""
         d = asdict(self)
         d.pop("workers")
-        return {"command": f"search {self.strategy}", **d}
+        from nas.predict.optuna_search import masked_url
+        return {"command": f"search {self.strategy}", **d, "storage": self.storage and masked_url(self.storage)}
 
     def validate(self) -> None:
         if self.strategy not in STRATEGIES:

@@ -5,8 +5,10 @@ Modules:
 - ``mixed``: ``BitOption`` and the bit-width supernet ``MixedPrecisionNet`` (Gumbel-softmax over shared-weight
   fake-quantized branches; fixed assignments for fine-tuning and export).
 - ``graph``: the model's conv / linear layers in its ONNX graph, and the tensors between them (transitions).
-- ``costs``: the ``size``, ``bitops`` and ``latency`` costs, exact per assignment and differentiable in expectation.
-- ``profile``: per-layer fp32 / int8 and Quantize/Dequantize transition rows, measured into the device's table.
+- ``costs``: the ``size``, ``bitops`` and ``latency`` costs, exact per assignment and differentiable in expectation
+  (``latency`` is a view of the LatencyModel's precision cost table, ``nas.latency.precision``).
+- ``profile``: per-layer fp32 / int8 and Quantize/Dequantize transition keys (``precision_graph``), measured into
+  the device's table.
 - ``latency_fit``: whole mixed models measured for the device's precision terms (``correction.json``).
 - ``export``: an assignment as an ONNX model with ``onnxruntime.quantization`` (only the chosen layers quantized).
 - ``search``: the bit-width DNAS loop (resumable) and target repair.

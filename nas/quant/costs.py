@@ -3,17 +3,16 @@ expectation over a supernet's choice probabilities:
 
 - ``size``: model bits, ``sum params x weight bits`` (biases stay 32-bit), in MB;
 - ``bitops``: ``sum MACs x weight bits x activation bits``, in G bit-ops;
-- ``latency``: milliseconds on a device, from its latency table (see ``LatencyCost``).
+- ``latency``: milliseconds on a device, from its LatencyModel's precision cost table (see ``LatencyCost``).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 
 import torch
 
-from nas.latency.correction import PrecisionTerms
+from nas.latency.precision import PrecisionCostTable
 from nas.quant.fake import FLOAT_BITS
 from nas.quant.graph import QuantGraph
 from nas.quant.mixed import BitOption
@@ -86,71 +85,25 @@ class BitopsCost(Cost):
         return self.of([min(self.options, key=lambda o: o.w_bits * o.a_bits)] * len(self.graph.layers))
 
 
-@dataclass
-class LayerTimes:
-    """Device costs of one layer, in ms, as the latency model states them."""
-
-    fp32_ms: float
-    int8_ms: float  # the layer quantized alone: QuantizeLinear in, int8 op, DequantizeLinear out
-
-
 class LatencyCost(Cost):
-    """Expected latency of a mixed-precision model on a device, from the device table.
+    """Expected latency of a mixed-precision model on a device: a view of the LatencyModel's precision cost table.
 
-    ``ms = fp32_model_ms + a * sum_l p8_l (core8_l - fp32_l) + b * sum_T E[transition ms on T] + c * E[#transitions]``
-
-    ``fp32_model_ms`` is the table's prediction for the float model (its blocks). A layer's int8 time was measured
-    with its own QuantizeLinear in and DequantizeLinear out; ``core8`` removes them (half the measured Q+DQ pair on
-    the input and output tensors each). A transition is needed on a tensor ``T`` where a float producer feeds an int8
-    reader (a QuantizeLinear: ``(1 - p8_P) (1 - prod_c (1 - p8_c))``) or an int8 producer feeds a float reader (a
-    DequantizeLinear: ``p8_P (1 - prod_c p8_c)``, or ``p8_P`` when a float op also reads ``T``). Choices are independent
-    across layers, as the supernet samples them, so this is the exact expectation of the fixed-assignment value and it
-    is differentiable. ``(a, b, c)`` are the device correction's ``PrecisionTerms`` (``(1, 1, 0)``, the pure table,
-    until whole mixed models are measured on the device, see ``nas.quant.latency_fit``).
+    ``table`` (``LatencyModel.precision_costs``, see ``nas.latency.precision``) holds the numbers and the formula;
+    this cost turns choice probabilities over the bit options into per-layer int8 probabilities for it.
     """
 
     name, unit = "latency", "ms"
 
-    def __init__(self, graph: QuantGraph, options: list[BitOption], fp32_model_ms: float,
-                 layer_times: list[LayerTimes], transition_ms: dict[str, float],
-                 coef: tuple[float, float, float] = (1.0, 1.0, 0.0)):
+    def __init__(self, graph: QuantGraph, options: list[BitOption], table: PrecisionCostTable):
         super().__init__(graph, options)
-        self.fp32_model_ms = fp32_model_ms
-        self.coef = tuple(float(c) for c in coef)
+        self.table = table
         self.int8_mask = torch.tensor([1.0 if o.runs_int8 else 0.0 for o in options])
-        half = {name: ms / 2 for name, ms in transition_ms.items()}
-        self.core_delta = torch.tensor([t.int8_ms - half.get(layer.input_tensor, 0.0)
-                                        - half.get(layer.output_tensor, 0.0) - t.fp32_ms
-                                        for t, layer in zip(layer_times, graph.layers)])
-        self.layer_times = layer_times
-        self.transitions = [(t.producer, t.consumers, t.float_consumers, half.get(t.name, 0.0))
-                            for t in graph.tensors]
-
-    def terms_from_int8(self, p8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(int8 compute delta ms, transition ms, expected number of Q/DQ transitions)."""
-        compute = (p8 * self.core_delta).sum()
-        trans_ms = torch.zeros(())
-        count = torch.zeros(())
-        for producer, consumers, float_readers, half in self.transitions:
-            pp = p8[producer] if producer is not None else torch.zeros(())
-            pc = p8[consumers] if consumers else torch.zeros(0)
-            need_q = (1 - pp) * (1 - torch.prod(1 - pc))
-            need_dq = pp if float_readers else pp * (1 - torch.prod(pc))
-            trans_ms = trans_ms + half * (need_q + need_dq)
-            count = count + need_q + need_dq
-        return compute, trans_ms, count
-
-    def expected_from_int8(self, p8: torch.Tensor) -> torch.Tensor:
-        return PrecisionTerms(*self.coef).model_ms(self.fp32_model_ms, *self.terms_from_int8(p8))
 
     def expected(self, probs):
-        p8 = torch.stack([(p * self.int8_mask).sum() for p in probs])
-        return self.expected_from_int8(p8)
+        return self.table.expected_ms(torch.stack([(p * self.int8_mask).sum() for p in probs]))
 
     def lower_bound(self) -> float:
-        """Every layer at its cheaper precision, and no transitions (an optimistic bound)."""
-        best = self.fp32_model_ms + self.coef[0] * float(torch.clamp(self.core_delta, max=0).sum())
-        return max(best, 1e-3)
+        return self.table.lower_bound_ms()
 
 
 def mean_weight_bits(graph: QuantGraph, assignment: list[BitOption]) -> float:

@@ -124,12 +124,14 @@ def measure_and_choose(models: list[Finished], run: RunDir, device: Device) -> N
     stats = device.time_files([path for _, _, path in files])
     for (m, fmt, _), st in zip(files, stats):
         m.figures["formats"][fmt]["measured_ms"] = st.p50_ms
+        m.figures["formats"][fmt]["latency_stats"] = st.to_dict()
     for m in models:
         formats = m.figures["formats"]
         chosen = min(formats, key=lambda f: formats[f]["measured_ms"])
         with atomic_path(run.file(m.out_name)) as tmp:
             shutil.copyfile(m.candidates[chosen], tmp)
-        m.figures.update({key: formats[chosen][key] for key in ("measured_ms", "accuracy_onnx", "onnx_max_abs_diff")},
+        m.figures.update({key: formats[chosen][key] for key in ("measured_ms", "latency_stats", "accuracy_onnx",
+                                                                 "onnx_max_abs_diff")},
                          format=chosen, file_mb=os.path.getsize(run.file(m.out_name)) / 1e6)
 
 

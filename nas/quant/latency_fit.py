@@ -2,11 +2,11 @@
 
 Per-layer and transition rows are timed alone, one small session each. Inside one model, dozens of small
 QuantizeLinear / DequantizeLinear nodes and int8 kernels behave differently (per-node dispatch, cache reuse), so
-``LatencyCost``'s three terms (int8 compute delta, transition ms, number of transitions) get weights fitted on a
-handful of assignments of real models: all fp32, all int8, int8 on pointwise / depthwise layers only, and random
-mixes. This module exports and times them; the rows go to the device's ``precision_calibration.csv`` and the fit
-into its ``correction.json`` (``nas.latency.calibrate``), so every run on the device shares them, and a model
-already measured there is not measured again.
+the precision cost table's three terms (int8 compute delta, transition ms, number of transitions, see
+``nas.latency.precision``) get weights fitted on a handful of assignments of real models: all fp32, all int8, int8
+on pointwise / depthwise layers only, and random mixes. This module exports and times them; the rows go to the
+device's ``precision_calibration.csv`` and the fit into its ``correction.json`` (``nas.latency.calibrate``), so
+every run on the device shares them, and a model already measured there is not measured again.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def fit_latency_cost(cost: LatencyCost, net: MixedPrecisionNet, x: torch.Tensor,
                      seed: int = 0, on_progress: Callable[[int, int, str], None] | None = None) -> dict:
     """Measure ``count`` assignments of this model on the device (unless its table folder ``device_folder`` has
     them), timed together with ``time_files`` (the device's interleaved timing); refit the device's precision terms,
-    set ``cost.coef`` to them and return the fit summary: coefficients and mean absolute % errors of this model's
+    set ``cost.table.precision`` to them and return the fit summary: coefficients and mean absolute % errors of this model's
     assignments with the table's terms as they are and with the fitted weights."""
     graph = cost.graph
     assignments = calibration_assignments(graph, count, seed)
@@ -90,23 +90,23 @@ def fit_latency_cost(cost: LatencyCost, net: MixedPrecisionNet, x: torch.Tensor,
         fp32_ms = times[list(assignments).index("fp32")]
         for (name, assignment), ms in zip(assignments.items(), times):
             p8 = torch.tensor([1.0 if o.runs_int8 else 0.0 for o in assignment])
-            compute, trans, n = (float(t) for t in cost.terms_from_int8(p8))
+            compute, trans, n = (float(t) for t in cost.table.terms_from_int8(p8))
             append_precision_row(device_folder, {
                 "model_id": mid, "assignment": name, "int8_layers": int(p8.sum()), "measured_ms": ms,
                 "fp32_measured_ms": fp32_ms, "compute_delta_ms": compute, "transition_ms": trans, "transitions": n})
     terms = refit_precision(device_folder).precision
-    cost.coef = terms.coef
+    cost.table.precision = terms
     if on_progress:
         on_progress(len(assignments) + 1, len(assignments) + 1, "fitted")
     rows = [r for r in read_precision_rows(device_folder) if r["model_id"] == mid and r["assignment"] in assignments]
     fp32_ms = rows[0]["fp32_measured_ms"]
     measured_ms = np.asarray([r["measured_ms"] for r in rows])
     a = precision_terms_matrix(rows)
-    before, after = (fp32_ms + a @ np.asarray(t.coef) for t in (PrecisionTerms(), terms))
+    before, after = (t.model_ms(fp32_ms, *a.T) for t in (PrecisionTerms(), terms))
     return {"models": len(rows), "device_models": terms.fitted_on,
             "coef": {"compute": terms.compute, "transition_ms": terms.transition,
                      "per_transition_ms": terms.per_transition_ms},
-            "measured_fp32_ms": fp32_ms, "table_fp32_ms": cost.fp32_model_ms,
+            "measured_fp32_ms": fp32_ms, "table_fp32_ms": cost.table.fp32_model_ms,
             "delta_mape_table_pct": float(np.mean(np.abs(before - measured_ms) / measured_ms) * 100),
             "delta_mape_fitted_pct": float(np.mean(np.abs(after - measured_ms) / measured_ms) * 100),
             "note": "MAPEs of the int8 / transition terms on top of the measured fp32 model: the table's per-layer "

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nas.conv import conv2d
 from nas.errors import SearchError
 from nas.gumbel import soft_weights
 from nas.quant.fake import FLOAT_BITS, RangeObserver, activation_qparams, fake_quantize_activation, \
@@ -109,7 +110,7 @@ class MixedPrecisionLayer(nn.Module):
         layer = self.layer
         if isinstance(layer, nn.Linear):
             return F.linear(x, w)
-        return F.conv2d(x, w, None, layer.stride, layer.padding, layer.dilation, layer.groups)
+        return conv2d(x, w, None, layer.stride, layer.padding, layer.dilation, layer.groups)
 
     def _bias(self, y: torch.Tensor) -> torch.Tensor:
         b = self.layer.bias

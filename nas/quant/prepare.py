@@ -18,7 +18,7 @@ from nas.quant.costs import COSTS, BitopsCost, Cost, LatencyCost, SizeCost
 from nas.quant.export import FORMATS
 from nas.quant.graph import QuantGraph, attach_onnx, trace_layers
 from nas.quant.mixed import BitOption, MixedPrecisionNet, bit_options
-from nas.quant.profile import layer_items, layer_times, profile_layers, transition_times
+from nas.quant.profile import layer_items, precision_graph, profile_layers
 from nas.quant.search import SearchConfig
 from nas.space import Arch, Space
 from nas.strategy import Progress, no_progress, stage
@@ -117,8 +117,7 @@ def make_cost(name: str, graph: QuantGraph, options: list[BitOption], lm: Latenc
     if name == "latency":
         if lm is None:
             raise LatencyTableError("--cost latency needs a device latency table")
-        return LatencyCost(graph, options, lm.predict(space, arch, 32), layer_times(lm, graph),
-                           transition_times(lm, graph), lm.correction.precision.coef)
+        return LatencyCost(graph, options, lm.precision_costs(lm.arch_keys(space, arch, 32), precision_graph(graph)))
     raise SearchError(f"unknown cost {name!r} (use latency, size or bitops)")
 
 
