@@ -313,20 +313,24 @@ class MixedPrecisionNet(nn.Module):
         return plain
 
 
+def _followers(model: nn.Module, name: str) -> list[tuple[str, nn.Module]]:
+    """The modules after layer ``name`` in its parent ``nn.Sequential``, with their full names (none if the parent is
+    not a Sequential)."""
+    parent, _, attr = name.rpartition(".")
+    owner = model.get_submodule(parent) if parent else model
+    if not isinstance(owner, nn.Sequential):
+        return []
+    keys = list(owner._modules)
+    return [(f"{parent}.{k}" if parent else k, owner._modules[k]) for k in keys[keys.index(attr) + 1:]]
+
+
 def folded_batchnorms(model: nn.Module, names: list[str]) -> list[nn.Module | None]:
     """For each layer, the BatchNorm that directly follows it in its ``nn.Sequential`` (ONNX export folds it into
     the layer's weight and bias), or None."""
     found = []
     for name in names:
-        parent, _, attr = name.rpartition(".")
-        owner = model.get_submodule(parent) if parent else model
-        bn = None
-        if isinstance(owner, nn.Sequential):
-            keys = list(owner._modules)
-            after = keys.index(attr) + 1
-            if after < len(keys) and isinstance(owner._modules[keys[after]], (nn.BatchNorm2d, nn.BatchNorm1d)):
-                bn = owner._modules[keys[after]]
-        found.append(bn)
+        after = _followers(model, name)[:1]
+        found.append(after[0][1] if after and isinstance(after[0][1], (nn.BatchNorm2d, nn.BatchNorm1d)) else None)
     return found
 
 
@@ -336,15 +340,11 @@ def output_taps(model: nn.Module, names: list[str]) -> list[str]:
     or the layer itself."""
     taps = []
     for name in names:
-        parent, _, attr = name.rpartition(".")
-        owner = model.get_submodule(parent) if parent else model
         tap = name
-        if isinstance(owner, nn.Sequential):
-            keys = list(owner._modules)
-            for key in keys[keys.index(attr) + 1:]:
-                if not isinstance(owner._modules[key], (nn.BatchNorm2d, nn.BatchNorm1d, nn.ReLU)):
-                    break
-                tap = f"{parent}.{key}" if parent else key
+        for follower, module in _followers(model, name):
+            if not isinstance(module, (nn.BatchNorm2d, nn.BatchNorm1d, nn.ReLU)):
+                break
+            tap = follower
         taps.append(tap)
     return taps
 
