@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from nas.files import finite_json
 
 app = typer.Typer(name="hwnas", help="Hardware-aware neural architecture search.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
+                  pretty_exceptions_enable=False, add_completion=True)
 space_app = typer.Typer(help="Inspect and sample search spaces.", no_args_is_help=True)
 latency_app = typer.Typer(help="Measure, inspect and validate per-device latency tables.", no_args_is_help=True)
 search_app = typer.Typer(help="Search architectures under a latency budget.", no_args_is_help=True)
@@ -23,7 +23,27 @@ app.add_typer(space_app, name="space")
 app.add_typer(latency_app, name="latency")
 app.add_typer(search_app, name="search")
 
-console = Console(stderr=True)  # progress and messages; stdout is kept for results (--json)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from nas import __version__
+
+        typer.echo(f"hwnas {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                          help="print the version and exit")) -> None:
+    """Hardware-aware neural architecture search."""
+
+
+console = Console(stderr=True)  # progress and messages; stdout is kept for results (tables, --json)
+def print_table(table) -> None:
+    """Write a rich table to stdout at its natural width: cells (op names, keys) are never cut or wrapped."""
+    natural = Console(width=100_000).measure(table).maximum
+    Console(width=max(natural, Console().width), highlight=False).print(table)
 
 
 def print_json(obj) -> None:

@@ -8,8 +8,7 @@ from typing import Optional
 import typer
 
 from cli.app import app, console, latency_app, print_json, progress_bar, run_strategy, search_app
-from cli.cmd_latency import correction_line, correction_summary
-from nas.report import detail_key
+from cli.cmd_latency import correction_line, correction_summary, table_clock
 from nas.strategy import STRATEGIES
 
 SPACE_OPT = typer.Option("vit_capacity", "--space", help="vit_capacity space name or YAML")
@@ -78,7 +77,8 @@ def profile_capacity(space: str = SPACE_OPT, device: str = DEVICE_OPT,
                      in_channels: Optional[int] = typer.Option(None, "--in-channels", help="input channels"),
                      classes: Optional[int] = typer.Option(None, help="number of classes"),
                      threads: int = typer.Option(1, help="intra-op threads"),
-                     clock: str = typer.Option("wall", help="wall | cpu (calling thread's CPU time; 1 thread)"),
+                     clock: Optional[str] = typer.Option(None, help="wall | cpu (calling thread's CPU time; 1 "
+                                                         "thread); default: the device table's, else wall"),
                      calibration: int = typer.Option(8, help="whole models measured to refit the correction (0: none)"),
                      tables_dir: Optional[Path] = TABLES_OPT,
                      as_json: bool = typer.Option(False, "--json", help="print the summary as JSON")):
@@ -87,9 +87,9 @@ def profile_capacity(space: str = SPACE_OPT, device: str = DEVICE_OPT,
     from nas.capacity.latency import calibrate_capacity, capacity_profile_items
     from nas.capacity.space import load_capacity_space
     from nas.latency.profile import profile_items
-    from nas.latency.timing import TimingConfig, check_clock
+    from nas.latency.timing import TimingConfig
 
-    check_clock(clock, threads)
+    clock = table_clock(clock, device, tables_dir, threads)
     args = (read_sidecar(checkpoint).get("space_args") or {}) if checkpoint else {}
     sp = load_capacity_space(space, in_channels=in_channels or args.get("in_channels"),
                              classes=classes or args.get("classes"))
@@ -141,6 +141,8 @@ def search_capacity_cmd(space: str = SPACE_OPT,
 
 
 def _summary(report: dict) -> str:
+    from nas.report import detail_key
+
     d = report[detail_key(report["method"])]
     c = d["config"]
     return ("keep " + ",".join(f"{r:g}" for r in c["keep_ratios"]) + f" threshold {c['threshold']:g}: "

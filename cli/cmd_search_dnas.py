@@ -8,7 +8,6 @@ from typing import Optional
 import typer
 
 from cli.app import print_json, run_strategy, search_app
-from nas.recipe import load_recipe
 from nas.strategy import strategies
 
 DEFAULT_SPACE = {"dnas": "fbnet", "dmasking": "fbnet_v2"}
@@ -56,6 +55,7 @@ def _make_command(method: str):
         import torch
 
         from nas.dnas.search import SearchSettings
+        from nas.recipe import load_recipe
         from nas.dnas.strategy import SearchJob
 
         torch.set_num_threads(1)  # tiny models: more threads only contend (the search loop pins 1 thread anyway)

@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from cli.app import console, print_json, run_strategy, search_app
+from cli.app import print_json, print_table, run_strategy, search_app
 from nas.strategy import strategies
 
 def _make_command(strategy: str):
@@ -94,7 +94,7 @@ def _print_summary(report: dict, out: Path) -> None:
             continue
         lat = ", ".join(f"{d} {v:.4g}" for d, v in w["latency_ms"].items())
         table.add_row(w["constraint"], f"{w[obj]:.4f}", lat, str(w["eval"]))
-    console.print(table)
+    print_table(table)
     pred = detail.get("predictor")
     if pred:
         typer.echo(f"predictor: held-out Kendall tau {_num(pred['heldout_kendall_tau'])} (predictions made before "

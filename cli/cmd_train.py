@@ -9,11 +9,6 @@ import typer
 
 from cli.app import app, console, print_json, progress_bar
 from nas.errors import HwnasError
-from nas.recipe import load_recipe
-from nas.run import RunDir, default_run_path
-from nas.finalize import train_export_measure
-from nas.latency.device import Device
-from nas.task import load_task
 
 
 @app.command("train")
@@ -28,6 +23,12 @@ def train(ref: str = typer.Argument(..., help="model name (fbnet_a ...), space n
           out: Optional[Path] = typer.Option(None, help="run directory (rerun with the same one to resume)"),
           as_json: bool = typer.Option(False, "--json", help="print the report as JSON")):
     """Train a model, test it, export model.onnx, check parity and measure its latency."""
+    from nas.finalize import train_export_measure
+    from nas.latency.device import Device
+    from nas.recipe import load_recipe
+    from nas.run import RunDir, default_run_path
+    from nas.task import load_task
+
     if threads < 1:
         raise HwnasError(f"--threads must be at least 1 (ONNX Runtime threads for the latency measurement), "
                          f"got {threads}")
