@@ -72,6 +72,7 @@ def sample(name: str = typer.Argument(..., help="space name or YAML"),
            seed: int = typer.Option(0, help="random seed"),
            resolution: Optional[int] = typer.Option(None), width: Optional[float] = typer.Option(None),
            classes: Optional[int] = typer.Option(None),
+           in_channels: Optional[int] = typer.Option(None, "--in-channels", help="input channels (1: grey images)"),
            out: Optional[Path] = typer.Option(None, help="write the arch JSON here (default: stdout)")):
     """Draw a random arch from a space."""
     import numpy as np
@@ -79,7 +80,7 @@ def sample(name: str = typer.Argument(..., help="space name or YAML"),
     from nas.files import write_json
     from nas.space import arch_document, load_space
 
-    space = load_space(name, resolution=resolution, width_multiplier=width, classes=classes)
+    space = load_space(name, resolution=resolution, width_multiplier=width, classes=classes, in_channels=in_channels)
     doc = arch_document(space, space.sample(np.random.default_rng(seed)))
     if out is None:
         print_json(doc)

@@ -25,6 +25,7 @@ def train(ref: str = typer.Argument(..., help="model name (fbnet_a ...), space n
     """Train a model, test it, export model.onnx, check parity and measure its latency."""
     from nas.finalize import train_export_measure
     from nas.latency.device import Device
+    from nas.mismatch import mismatch_warnings
     from nas.recipe import load_recipe
     from nas.run import RunDir, default_run_path
     from nas.task import load_task
@@ -33,6 +34,7 @@ def train(ref: str = typer.Argument(..., help="model name (fbnet_a ...), space n
         raise HwnasError(f"--threads must be at least 1 (ONNX Runtime threads for the latency measurement), "
                          f"got {threads}")
     data, space, arch = load_task(dataset, ref, resolution=resolution, width=width, seed=seed)
+    [console.print(f"[yellow]warning:[/yellow] {w}") for w in mismatch_warnings(data, space, ref)]
     rec = load_recipe(recipe)
     rec = rec.model_copy(update={"seed": seed, **({"epochs": epochs} if epochs else {})})
     out = out or default_run_path("train", space.name)
