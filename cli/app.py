@@ -87,6 +87,21 @@ def progress_bars() -> Iterator[callable]:
             bars.stop()
 
 
+ARCH_SEARCHES = ("dnas", "dmasking", "nars", "chamnet", "optuna")  # winners are arch JSONs `latency predict` reads
+
+
+def next_step(report: dict, out: Path) -> str:
+    """The line every search ends with: the model to ship and the command that checks it."""
+    model = out / report["model"] if report.get("model") and (out / report["model"]).is_file() else None
+    winner = out / report["winner"] if report.get("winner") and (out / report["winner"]).is_file() else None
+    if model is None:
+        return f"next step: the winner is in {winner or out / 'report.json'} (no model was exported)"
+    check = (f"hwnas latency predict {winner} --device {report['device']}"
+             if winner and report.get("device") and report["method"] in ARCH_SEARCHES else
+             f"hwnas latency bundle (to time it on a device that cannot run hwnas)")
+    return f"next step: deploy {model} (ONNX Runtime); check its latency with: {check}"
+
+
 def run_strategy(name: str, config, out: Path | None) -> tuple[dict, Path]:
     """Prepare, open the run directory, run: the registered strategy ``name`` on ``config``, with progress bars.
     Returns the report and the run directory."""

@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from cli.app import app, console, latency_app, print_json, progress_bar, run_strategy, search_app
+from cli.app import app, console, latency_app, next_step, print_json, progress_bar, run_strategy, \
+    search_app
 from cli.cmd_latency import correction_line, correction_summary, table_clock
 from nas.strategy import STRATEGIES
 
@@ -35,6 +36,7 @@ def train_dynamic_cmd(space: str = SPACE_OPT, dataset: str = DATASET_OPT,
     from nas.capacity.task import load_capacity_data
     from nas.capacity.training import plan_accuracy, train_dynamic
     from nas.capacity.vit import DynamicViT
+    from nas.learning_curve import plot_learning_curve
     from nas.run import RunDir, default_run_path
 
     data, sp = load_capacity_data(space, dataset, seed)
@@ -52,6 +54,7 @@ def train_dynamic_cmd(space: str = SPACE_OPT, dataset: str = DATASET_OPT,
                                on_epoch=lambda e, row: advance(note=f"loss {row['train_loss']:.3f} val full "
                                                                     f"{row['val_accuracy_full']:.3f}"))
     run.write_csv("train_history.csv", pd.DataFrame(result.history))
+    plot_learning_curve(result.history, run.file("learning_curve.png"), f"{sp.name} once-for-all on {dataset}")
     weights = save_checkpoint(result.model, run.file("model.pt"),
                               {"dataset": dataset, "seed": seed, "epochs": recipe.epochs})
     stages = len(sp.stages)
@@ -138,6 +141,7 @@ def search_capacity_cmd(space: str = SPACE_OPT,
         print_json(report)
         return
     typer.echo(f"chosen {_summary(report)}; target {target_ms:g} ms -> {out}")
+    typer.echo(next_step(report, out))
 
 
 def _summary(report: dict) -> str:

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cli.app import print_json, run_strategy, search_app
+from cli.app import next_step, print_json, run_strategy, search_app
 from nas.strategy import strategies
 
 DEFAULT_SPACE = {"dnas": "fbnet", "dmasking": "fbnet_v2"}
@@ -76,6 +76,7 @@ def _make_command(method: str):
         typer.echo(f"{method}: predicted {report['predicted_ms']:.4g} ms{target}, measured {report['measured_ms']:.4g}"
                    f" ms ({report['prediction_error_pct']:+.1f}%), test accuracy {report['accuracy']:.4f}, onnx max "
                    f"abs diff {report['onnx_max_abs_diff']:.2e} -> {out_dir}")
+        typer.echo(next_step(report, out_dir))
 
     return command
 

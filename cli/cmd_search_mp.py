@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cli.app import print_json, run_strategy, search_app
+from cli.app import next_step, print_json, run_strategy, search_app
 from nas.strategy import STRATEGIES
 
 
@@ -82,3 +82,4 @@ def mixed_precision(
         typer.echo(f"  note: {m['mixed']['sub8_layers']} layers below 8 bits run and are stored as int8 in ONNX "
                    f"Runtime; size_mb is their effective size")
     typer.echo(f"-> {out}")
+    typer.echo(next_step(report, out))

@@ -25,6 +25,7 @@ def train(ref: str = typer.Argument(..., help="model name (fbnet_a ...), space n
     """Train a model, test it, export model.onnx, check parity and measure its latency."""
     from nas.finalize import train_export_measure
     from nas.latency.device import Device
+    from nas.learning_curve import plot_learning_curve
     from nas.mismatch import mismatch_warnings
     from nas.recipe import load_recipe
     from nas.run import RunDir, default_run_path
@@ -46,6 +47,7 @@ def train(ref: str = typer.Argument(..., help="model name (fbnet_a ...), space n
             space, arch, data, rec, run, device=Device(threads=threads),
             on_epoch=lambda e, row: advance(note=f"loss {row['train_loss']:.3f} val {row['val_accuracy']:.3f}"))
     run.write_json("report.json", report)
+    plot_learning_curve(run.file("train_history.csv"), run.file("learning_curve.png"), f"{space.name} on {dataset}")
     if as_json:
         print_json(report)
     else:

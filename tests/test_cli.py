@@ -58,6 +58,7 @@ def test_train_exports_onnx_with_parity(cli, tmp_path):
     assert report["onnx_max_abs_diff"] <= 1e-4
     assert report["accuracy_onnx"] == pytest.approx(report["accuracy"], abs=0.01)
     assert report["measured_ms"] > 0 and (out / "model.onnx").stat().st_size > 10_000
+    assert (out / "learning_curve.png").stat().st_size > 5_000
     # rerunning the finished run resumes from its checkpoint; other settings are refused
     again = cli("train", "fbnet_a", "--dataset", "digits", "--width", "0.5", "--epochs", "2", "--out", str(out))
     assert again.returncode == 2 and "started with other settings" in again.stderr
