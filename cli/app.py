@@ -105,11 +105,15 @@ def next_step(report: dict, out: Path) -> str:
 def run_strategy(name: str, config, out: Path | None) -> tuple[dict, Path]:
     """Prepare, open the run directory, run: the registered strategy ``name`` on ``config``, with progress bars.
     Returns the report and the run directory."""
+    from nas.mismatch import mismatch_warnings
     from nas.strategy import get_strategy, open_run
 
     strategy = get_strategy(name)(config)
     with progress_bars() as progress:
         prepared = strategy.prepare(progress)  # bad input fails here: one line, exit 2, nothing written
+        data, space = getattr(prepared, "data", None), getattr(prepared, "space", None)  # model searches
+        for warning in mismatch_warnings(data, space) if data is not None and space is not None else []:
+            console.print(f"[yellow]warning:[/yellow] {warning}")
         run = open_run(strategy, prepared, out)
         console.print(f"{prepared.summary()} -> {run.path}" + (" (resuming)" if run.resumed else ""))
         report = strategy.run(prepared, run, progress)

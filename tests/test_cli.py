@@ -59,6 +59,10 @@ def test_train_exports_onnx_with_parity(cli, tmp_path):
     assert report["accuracy_onnx"] == pytest.approx(report["accuracy"], abs=0.01)
     assert report["measured_ms"] > 0 and (out / "model.onnx").stat().st_size > 10_000
     assert (out / "learning_curve.png").stat().st_size > 5_000
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("report.json", "model.onnx", "learning_curve.png", "train_history.csv"):  # readable per the umask
+        assert (out / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
     # rerunning the finished run resumes from its checkpoint; other settings are refused
     again = cli("train", "fbnet_a", "--dataset", "digits", "--width", "0.5", "--epochs", "2", "--out", str(out))
     assert again.returncode == 2 and "started with other settings" in again.stderr
