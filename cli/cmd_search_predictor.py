@@ -17,8 +17,8 @@ def _make_command(strategy: str):
         device: Optional[List[str]] = typer.Option(None, "--device", help="device id of a latency table "
                                                    "(repeat for several devices)"),
         latency_ms: Optional[List[str]] = typer.Option(None, "--target-ms", "--latency-ms", help="latency bound: "
-                                                       "MS for every device, or DEVICE=MS[,DEVICE=MS]; repeat for a Pareto "
-                                                       "family (default: 25/50/75th percentiles)"),
+                                                       "MS for every device, or DEVICE=MS[,DEVICE=MS]; repeat for "
+                                                       "a Pareto family (default: 25/50/75th percentiles)"),
         budget: int = typer.Option(100, help="expensive evaluations (trainings or table lookups)"),
         seed: int = typer.Option(0, help="random seed (search, data split, training)"),
         out: Optional[Path] = typer.Option(None, help="run directory (rerun with the same one to resume)"),
