@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from nas.space import Arch, load_space
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_cli
 
 
 def test_space_show_json_matches_published(cli):
@@ -91,3 +91,18 @@ def test_tables_go_to_stdout_and_op_names_are_never_cut(cli):
     assert "ir_k5_e6" in r.stdout and "…" not in r.stdout
     listed = json.loads(cli("space", "list", "--json").stdout)["spaces"]
     assert listed["fbnet"]["searchable_layers"] == 22 and listed["fbnet_a"]["fixed"]
+
+
+def test_profile_and_profile_capacity_keep_the_tables_clock(tmp_path):
+    from cli.cmd_latency import table_clock
+    from nas.errors import LatencyTableError
+    from nas.latency.table import DeviceManifest, LatencyTable
+
+    LatencyTable.open_for_writing(DeviceManifest.for_this_machine("cpu-timed", clock="cpu"), tmp_path)
+    assert table_clock(None, "cpu-timed", tmp_path, 1) == "cpu"  # a search's --profile made it: keep its clock
+    assert table_clock(None, "new-device", tmp_path, 1) == "wall"
+    assert table_clock("wall", "cpu-timed", tmp_path, 1) == "wall"  # asked for explicitly (the table refuses it)
+    with pytest.raises(LatencyTableError, match="needs --threads 1"):
+        table_clock(None, "cpu-timed", tmp_path, 2)
+    r = run_cli("latency", "profile-capacity", "--help", env={"COLUMNS": "200"})
+    assert "default: the device table's" in " ".join(r.stdout.split())
