@@ -9,6 +9,7 @@ from typing import Iterator
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
     TimeRemainingColumn
 
@@ -44,6 +45,12 @@ def print_table(table) -> None:
     """Write a rich table to stdout at its natural width: cells (op names, keys) are never cut or wrapped."""
     natural = Console(width=100_000).measure(table).maximum
     Console(width=max(natural, Console().width), highlight=False).print(table)
+
+
+def print_warnings(warnings: list[str]) -> None:
+    """One yellow ``warning:`` line on stderr per warning."""
+    for warning in warnings:
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
 
 
 def print_json(obj) -> None:
@@ -112,8 +119,7 @@ def run_strategy(name: str, config, out: Path | None) -> tuple[dict, Path]:
     with progress_bars() as progress:
         prepared = strategy.prepare(progress)  # bad input fails here: one line, exit 2, nothing written
         data, space = getattr(prepared, "data", None), getattr(prepared, "space", None)  # model searches
-        for warning in mismatch_warnings(data, space) if data is not None and space is not None else []:
-            console.print(f"[yellow]warning:[/yellow] {warning}")
+        print_warnings(mismatch_warnings(data, space) if data is not None and space is not None else [])
         run = open_run(strategy, prepared, out)
         console.print(f"{prepared.summary()} -> {run.path}" + (" (resuming)" if run.resumed else ""))
         report = strategy.run(prepared, run, progress)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cli.app import app, console, print_json, progress_bar
+from cli.app import app, console, print_json, print_warnings, progress_bar
 from nas.errors import HwnasError
 
 
@@ -35,7 +35,7 @@ def train(ref: str = typer.Argument(..., help="model name (fbnet_a ...), space n
         raise HwnasError(f"--threads must be at least 1 (ONNX Runtime threads for the latency measurement), "
                          f"got {threads}")
     data, space, arch = load_task(dataset, ref, resolution=resolution, width=width, seed=seed)
-    [console.print(f"[yellow]warning:[/yellow] {w}") for w in mismatch_warnings(data, space, ref)]
+    print_warnings(mismatch_warnings(data, space, ref))
     rec = load_recipe(recipe)
     rec = rec.model_copy(update={"seed": seed, **({"epochs": epochs} if epochs else {})})
     out = out or default_run_path("train", space.name)
