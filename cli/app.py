@@ -103,10 +103,10 @@ def next_step(report: dict, out: Path) -> str:
     winner = out / report["winner"] if report.get("winner") and (out / report["winner"]).is_file() else None
     if model is None:
         return f"next step: the winner is in {winner or out / 'report.json'} (no model was exported)"
-    check = (f"hwnas latency predict {winner} --device {report['device']}"
-             if winner and report.get("device") and report["method"] in ARCH_SEARCHES else
-             f"hwnas latency bundle (to time it on a device that cannot run hwnas)")
-    return f"next step: deploy {model} (ONNX Runtime); check its latency with: {check}"
+    if winner and report.get("device") and report["method"] in ARCH_SEARCHES:
+        return (f"next step: deploy {model} (ONNX Runtime); check its latency with: hwnas latency predict {winner} "
+                f"--device {report['device']}")
+    return f"next step: deploy {model} (ONNX Runtime); its figures and warnings: {out / 'report.json'}"
 
 
 def run_strategy(name: str, config, out: Path | None) -> tuple[dict, Path]:
