@@ -7,9 +7,9 @@ from typing import Optional
 
 import typer
 
-from cli.app import app, console, latency_app, print_json, print_verdict, progress_bar, run_strategy, search_app
-from cli.cmd_latency import correction_line, correction_summary
-from nas.report import detail_key
+from cli.app import app, console, latency_app, next_step, print_json, print_verdict, progress_bar, run_strategy, \
+    search_app
+from cli.cmd_latency import correction_line, correction_summary, table_clock
 from nas.strategy import STRATEGIES
 
 SPACE_OPT = typer.Option("vit_capacity", "--space", help="vit_capacity space name or YAML")
@@ -36,6 +36,7 @@ def train_dynamic_cmd(space: str = SPACE_OPT, dataset: str = DATASET_OPT,
     from nas.capacity.task import load_capacity_data
     from nas.capacity.training import plan_accuracy, train_dynamic
     from nas.capacity.vit import DynamicViT
+    from nas.learning_curve import plot_learning_curve
     from nas.run import RunDir, default_run_path
 
     data, sp = load_capacity_data(space, dataset, seed)
@@ -53,6 +54,7 @@ def train_dynamic_cmd(space: str = SPACE_OPT, dataset: str = DATASET_OPT,
                                on_epoch=lambda e, row: advance(note=f"loss {row['train_loss']:.3f} val full "
                                                                     f"{row['val_accuracy_full']:.3f}"))
     run.write_csv("train_history.csv", pd.DataFrame(result.history))
+    plot_learning_curve(result.history, run.file("learning_curve.png"), f"{sp.name} once-for-all on {dataset}")
     weights = save_checkpoint(result.model, run.file("model.pt"),
                               {"dataset": dataset, "seed": seed, "epochs": recipe.epochs})
     stages = len(sp.stages)
@@ -78,7 +80,8 @@ def profile_capacity(space: str = SPACE_OPT, device: str = DEVICE_OPT,
                      in_channels: Optional[int] = typer.Option(None, "--in-channels", help="input channels"),
                      classes: Optional[int] = typer.Option(None, help="number of classes"),
                      threads: int = typer.Option(1, help="intra-op threads"),
-                     clock: str = typer.Option("wall", help="wall | cpu (calling thread's CPU time; 1 thread)"),
+                     clock: Optional[str] = typer.Option(None, help="wall | cpu (calling thread's CPU time; 1 "
+                                                         "thread); default: the device table's, else wall"),
                      calibration: int = typer.Option(8, help="whole models measured to refit the correction (0: none)"),
                      tables_dir: Optional[Path] = TABLES_OPT,
                      as_json: bool = typer.Option(False, "--json", help="print the summary as JSON")):
@@ -87,9 +90,9 @@ def profile_capacity(space: str = SPACE_OPT, device: str = DEVICE_OPT,
     from nas.capacity.latency import calibrate_capacity, capacity_profile_items
     from nas.capacity.space import load_capacity_space
     from nas.latency.profile import profile_items
-    from nas.latency.timing import TimingConfig, check_clock
+    from nas.latency.timing import TimingConfig
 
-    check_clock(clock, threads)
+    clock = table_clock(clock, device, tables_dir, threads)
     args = (read_sidecar(checkpoint).get("space_args") or {}) if checkpoint else {}
     sp = load_capacity_space(space, in_channels=in_channels or args.get("in_channels"),
                              classes=classes or args.get("classes"))
@@ -139,9 +142,12 @@ def search_capacity_cmd(space: str = SPACE_OPT,
         return
     typer.echo(f"chosen {_summary(report)}; target {target_ms:g} ms -> {out}")
     print_verdict(report)
+    typer.echo(next_step(report, out))
 
 
 def _summary(report: dict) -> str:
+    from nas.report import detail_key
+
     d = report[detail_key(report["method"])]
     c = d["config"]
     return ("keep " + ",".join(f"{r:g}" for r in c["keep_ratios"]) + f" threshold {c['threshold']:g}: "

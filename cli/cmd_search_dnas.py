@@ -7,8 +7,7 @@ from typing import Optional
 
 import typer
 
-from cli.app import print_json, print_verdict, run_strategy, search_app
-from nas.recipe import load_recipe
+from cli.app import next_step, print_json, print_verdict, run_strategy, search_app
 from nas.strategy import strategies
 
 DEFAULT_SPACE = {"dnas": "fbnet", "dmasking": "fbnet_v2"}
@@ -54,6 +53,7 @@ def _make_command(method: str):
         as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
     ):
         from nas.dnas.search import SearchSettings
+        from nas.recipe import load_recipe
         from nas.dnas.strategy import SearchJob
 
         rec = load_recipe(recipe)
@@ -74,6 +74,7 @@ def _make_command(method: str):
                    f" ms ({report['prediction_error_pct']:+.1f}%), test accuracy {report['accuracy']:.4f}, onnx max "
                    f"abs diff {report['onnx_max_abs_diff']:.2e} -> {out_dir}")
         print_verdict(report)
+        typer.echo(next_step(report, out_dir))
 
     return command
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cli.app import print_json, print_verdict, run_strategy, search_app
+from cli.app import next_step, print_json, print_verdict, run_strategy, search_app
 from nas.strategy import STRATEGIES
 
 
@@ -83,3 +83,4 @@ def mixed_precision(
                    f"Runtime; size_mb is their effective size, model.onnx takes {m['mixed']['file_mb']:.4g} MB")
     typer.echo(f"-> {out}")
     print_verdict(report)
+    typer.echo(next_step(report, out))

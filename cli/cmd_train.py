@@ -7,13 +7,8 @@ from typing import Optional
 
 import typer
 
-from cli.app import app, console, print_json, progress_bar
+from cli.app import app, console, print_json, print_warnings, progress_bar
 from nas.errors import HwnasError
-from nas.recipe import load_recipe
-from nas.run import RunDir, default_run_path
-from nas.finalize import train_export_measure
-from nas.latency.device import Device
-from nas.task import load_task
 
 
 @app.command("train")
@@ -28,10 +23,19 @@ def train(ref: str = typer.Argument(..., help="model name (fbnet_a ...), space n
           out: Optional[Path] = typer.Option(None, help="run directory (rerun with the same one to resume)"),
           as_json: bool = typer.Option(False, "--json", help="print the report as JSON")):
     """Train a model, test it, export model.onnx, check parity and measure its latency."""
+    from nas.finalize import train_export_measure
+    from nas.latency.device import Device
+    from nas.learning_curve import plot_learning_curve
+    from nas.mismatch import mismatch_warnings
+    from nas.recipe import load_recipe
+    from nas.run import RunDir, default_run_path
+    from nas.task import load_task
+
     if threads < 1:
         raise HwnasError(f"--threads must be at least 1 (ONNX Runtime threads for the latency measurement), "
                          f"got {threads}")
     data, space, arch = load_task(dataset, ref, resolution=resolution, width=width, seed=seed)
+    print_warnings(mismatch_warnings(data, space, ref))
     rec = load_recipe(recipe)
     rec = rec.model_copy(update={"seed": seed, **({"epochs": epochs} if epochs else {})})
     out = out or default_run_path("train", space.name)
@@ -43,6 +47,7 @@ def train(ref: str = typer.Argument(..., help="model name (fbnet_a ...), space n
             space, arch, data, rec, run, device=Device(threads=threads),
             on_epoch=lambda e, row: advance(note=f"loss {row['train_loss']:.3f} val {row['val_accuracy']:.3f}"))
     run.write_json("report.json", report)
+    plot_learning_curve(run.file("train_history.csv"), run.file("learning_curve.png"), f"{space.name} on {dataset}")
     if as_json:
         print_json(report)
     else:

@@ -29,6 +29,7 @@ class Dataset:
     x_test: torch.Tensor
     y_test: torch.Tensor
     classes: int
+    native_resolution: int = 0  # the images' own size, before resizing
 
     @property
     def in_channels(self) -> int:
@@ -89,7 +90,7 @@ def check_finite(source, array: str, values: np.ndarray) -> None:
                         f"(NaN or infinity) of {values.size}; clean the data")
 
 
-def _load_folder(path: Path, resolution: int) -> tuple[np.ndarray, np.ndarray]:
+def _load_folder(path: Path, resolution: int | None) -> tuple[np.ndarray, np.ndarray]:
     from PIL import Image
     if not path.is_dir():
         raise DataError(f"dataset folder not found: {path}")
@@ -103,6 +104,7 @@ def _load_folder(path: Path, resolution: int) -> tuple[np.ndarray, np.ndarray]:
                 continue
             try:
                 with Image.open(f) as im:
+                    resolution = resolution or max(im.size)  # default: the first image's own size
                     im = im.convert("RGB").resize((resolution, resolution), Image.BILINEAR)
                     xs.append(np.asarray(im, dtype=np.float32).transpose(2, 0, 1) / 255.0)
             except OSError as e:
@@ -126,7 +128,7 @@ def load_dataset(spec: str = "digits", resolution: int | None = None, seed: int 
     elif spec.startswith("npz:"):
         x, y = _load_npz(Path(spec[4:]))
     elif spec.startswith("folder:"):
-        x, y = _load_folder(Path(spec[7:]), resolution or 32)
+        x, y = _load_folder(Path(spec[7:]), resolution)
     else:
         raise DataError(f"unknown dataset {spec!r} (use digits, npz:PATH or folder:PATH)")
     check_finite(spec, "x", x)
@@ -151,4 +153,4 @@ def load_dataset(spec: str = "digits", resolution: int | None = None, seed: int 
     if xt.shape[-2:] != (size, size):
         xt = F.interpolate(xt, size=(size, size), mode="bilinear", align_corners=False)
     yt = torch.from_numpy(y)
-    return Dataset(spec, xt[train], yt[train], xt[val], yt[val], xt[test], yt[test], classes)
+    return Dataset(spec, xt[train], yt[train], xt[val], yt[val], xt[test], yt[test], classes, max(x.shape[-2:]))
