@@ -14,12 +14,14 @@ from nas.onnx_io import export_onnx, onnx_max_abs_diff, run_onnx
 from nas.recipe import Recipe
 from nas.run import RunDir
 from nas.space import Arch, Space, arch_document
-from nas.training import EpochCallback, accuracy, fit_input, train_model
+from nas.engine import Engine, EpochCallback
+from nas.training import accuracy, fit_input, train_model
 
 
 def train_export_measure(space: Space, arch: Arch, data: Dataset, recipe: Recipe, run: RunDir, *,
                          device: Device, on_epoch: EpochCallback | None = None,
-                         predict_ms: Callable[[Arch], float] | None = None, prefix: str = "") -> dict:
+                         predict_ms: Callable[[Arch], float] | None = None, prefix: str = "",
+                         engine: Engine | None = None) -> dict:
     """Train ``arch`` (resumable through ``run``), export ``model.onnx``, time it on ``device`` and return the
     figures.
 
@@ -28,10 +30,11 @@ def train_export_measure(space: Space, arch: Arch, data: Dataset, recipe: Recipe
     run.write_json(f"{prefix}arch.json", arch_document(space, arch))
     torch.manual_seed(recipe.seed)  # the initial weights depend on the seed alone, not on what ran before
     model = build_model(space, arch, dropout=recipe.dropout)
-    result = train_model(model, data, recipe, on_epoch=on_epoch, checkpoint=run.file(f"{prefix}checkpoint.pt"))
+    result = train_model(model, data, recipe, engine=engine, on_epoch=on_epoch,
+                         checkpoint=run.file(f"{prefix}checkpoint.pt"))
     run.write_csv(f"{prefix}train_history.csv", pd.DataFrame(result.history))
     model = result.model
-    onnx_path = export_onnx(model, model.input_shape, run.file(f"{prefix}model.onnx"))
+    onnx_path = export_onnx(model, model.input_shape, run.file(f"{prefix}model.onnx"), normalization=data.normalization)
     x_test = fit_input(data.x_test, model)
     onnx_pred = run_onnx(onnx_path, x_test).argmax(1)
     stats = device.time_file(onnx_path)
@@ -47,6 +50,7 @@ def train_export_measure(space: Space, arch: Arch, data: Dataset, recipe: Recipe
         "params": count_params(model),
         "timing": device.to_dict(),
         "onnx": onnx_path.name,
+        "normalization": data.normalization,
     }
     if predict_ms is not None:
         report["predicted_ms"] = predict_ms(arch)
