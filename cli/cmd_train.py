@@ -11,6 +11,7 @@ from cli.app import app, console, print_json, progress_bar
 from nas.errors import HwnasError
 from nas.recipe import load_recipe
 from nas.run import RunDir, default_run_path
+from nas.distributed import FollowerDone
 from nas.engine import engine_for
 from nas.finalize import train_export_measure
 from nas.latency.device import Device
@@ -53,11 +54,14 @@ def train(ref: str = typer.Argument(..., help="model name (fbnet_a ...), space n
                        "world_size": engine.world.size})
     console.print(f"training {space.name} on {dataset} {data.sizes()} at {space.resolution}px on "
                   f"{engine.accelerator.describe()} -> {out}")
-    with progress_bar("train", rec.epochs) as advance:
-        report = train_export_measure(
-            space, arch, data, rec, run, device=Device(threads=measure_threads), engine=engine,
-            on_epoch=lambda e, row: advance(note=f"loss {row['train_loss']:.3f} val {row['val_accuracy']:.3f} "
-                                                 f"({engine.accelerator.threads} threads)"))
+    try:
+        with progress_bar("train", rec.epochs) as advance:
+            report = train_export_measure(
+                space, arch, data, rec, run, device=Device(threads=measure_threads), engine=engine,
+                on_epoch=lambda e, row: advance(note=f"loss {row['train_loss']:.3f} val {row['val_accuracy']:.3f} "
+                                                     f"({engine.accelerator.threads} threads)"))
+    except FollowerDone:  # torchrun: ranks above 0 trained their share; rank 0 exports and reports
+        return
     report["training"] = engine.record()
     run.write_json("report.json", report)
     if as_json:

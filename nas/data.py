@@ -3,7 +3,6 @@ deterministically; the splits themselves are ``nas.datasets``."""
 
 from __future__ import annotations
 
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,8 +11,9 @@ import torch
 import torch.nn.functional as F
 from sklearn.model_selection import train_test_split
 
-from nas.datasets import ImageFolderSplit, Normalised, Split, TensorSplit, channel_statistics
+from nas.datasets import ArraySplit, ImageFolderSplit, Normalised, Split, TensorSplit, channel_statistics
 from nas.errors import DataError
+from nas.npz_cache import open_arrays
 
 MIN_DEFAULT_RESOLUTION = 32  # small images (digits are 8x8) are upsampled to this unless a resolution is given
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -78,47 +78,6 @@ def _load_digits() -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits
     d = load_digits()
     return d.images.astype(np.float32)[:, None] / 16.0, d.target.astype(np.int64)
-
-
-def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    if not path.is_file():
-        raise DataError(f"dataset file not found: {path}")
-    if not zipfile.is_zipfile(path):
-        raise DataError(f"{path}: not an .npz file (numpy.savez's zip of arrays 'x' and 'y')")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            if "x" not in f or "y" not in f:
-                raise DataError(f"{path}: needs arrays 'x' and 'y' (has {', '.join(f.files) or 'none'})")
-            x, y = f["x"], f["y"]
-    except (ValueError, OSError) as e:
-        raise DataError(f"{path}: not a readable .npz file ({e})") from None
-    if x.ndim == 3:
-        x = x[:, None]
-    elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
-        x = x.transpose(0, 3, 1, 2)  # N x H x W x C
-    if x.ndim != 4:
-        raise DataError(f"{path}: 'x' must be N x H x W or N x C x H x W, got shape {x.shape}")
-    if y.ndim != 1 or len(y) != len(x):
-        raise DataError(f"{path}: 'y' must be a vector of {len(x)} labels, got shape {y.shape}")
-    if not np.issubdtype(y.dtype, np.integer):
-        raise DataError(f"{path}: 'y' must hold integer class labels, got {y.dtype}")
-    if len(x) == 0:
-        raise DataError(f"{path}: 'x' holds no images")
-    try:
-        x = x.astype(np.float32)
-    except (TypeError, ValueError):
-        raise DataError(f"{path}: 'x' must hold numbers, got {x.dtype}") from None
-    if x.max() > 1.5:
-        x = x / 255.0
-    return x, y.astype(np.int64)
-
-
-def check_finite(source, array: str, values: np.ndarray) -> None:
-    """DataError naming ``array`` and how many of its values are NaN or infinite, if any are."""
-    bad = int(values.size - np.count_nonzero(np.isfinite(values)))
-    if bad:
-        raise DataError(f"{source}: array {array!r} holds {bad} non-finite value{'s' if bad > 1 else ''} "
-                        f"(NaN or infinity) of {values.size}; clean the data")
 
 
 def readable_image(path: Path) -> bool:
@@ -189,26 +148,37 @@ def _stream_folder(spec: str, path: Path, resolution: int, seed: int, val_fracti
     return Dataset(spec, splits["train"], splits["val"], splits["test"], classes, 3, resolution, mean, std)
 
 
+def _stream_npz(spec: str, path: Path, resolution: int | None, seed: int, val_fraction: float,
+                test_fraction: float) -> Dataset:
+    """Memory-mapped arrays (``nas.npz_cache``): each image is read and normalised when a batch needs it."""
+    x, y, scale = open_arrays(path)
+    classes, train, val, test = split_indices(spec, y, seed, val_fraction, test_fraction)
+    size = resolution or max(MIN_DEFAULT_RESOLUTION, *x.shape[-2:])
+    raw = {name: ArraySplit(x, y, idx, scale) for name, idx in (("train", train), ("val", val), ("test", test))}
+    mean, std = channel_statistics(raw["train"], seed=seed)
+    splits = {name: Normalised(s, mean, std, size) for name, s in raw.items()}
+    return Dataset(spec, splits["train"], splits["val"], splits["test"], classes, x.shape[1], size, mean, std)
+
+
 def load_dataset(spec: str = "digits", resolution: int | None = None, seed: int = 0,
                  val_fraction: float = 0.2, test_fraction: float = 0.2, skip_bad_images: bool = False) -> Dataset:
     """Load ``digits``, ``npz:PATH`` or ``folder:PATH``; split stratified by ``seed``.
 
     Images are resized to ``resolution``; by default to their own size, but at least 32 pixels (folders: 32).
-    ``folder:`` streams (decoded when read); a folder with unreadable images is a DataError unless
-    ``skip_bad_images``.
+    ``digits`` is held in memory; ``npz:`` is memory-mapped and ``folder:`` decoded when read. A folder with
+    unreadable images is a DataError unless ``skip_bad_images``.
     """
     if resolution is not None and resolution <= 0:
         raise DataError(f"resolution must be positive, got {resolution}")
     if spec == "digits":
         x, y = _load_digits()
     elif spec.startswith("npz:"):
-        x, y = _load_npz(Path(spec[4:]))
+        return _stream_npz(spec, Path(spec[4:]), resolution, seed, val_fraction, test_fraction)
     elif spec.startswith("folder:"):
         return _stream_folder(spec, Path(spec[7:]), resolution or MIN_DEFAULT_RESOLUTION, seed, val_fraction,
                               test_fraction, skip_bad_images)
     else:
         raise DataError(f"unknown dataset {spec!r} (use digits, npz:PATH or folder:PATH)")
-    check_finite(spec, "x", x)
     classes, train, val, test = split_indices(spec, y, seed, val_fraction, test_fraction)
     xt = torch.from_numpy(x)
     mean, std = channel_statistics(TensorSplit(xt[train], torch.from_numpy(y[train])), seed=seed)

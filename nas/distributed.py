@@ -21,6 +21,11 @@ import torch.distributed as dist
 from nas.errors import AcceleratorError
 
 
+class FollowerDone(Exception):
+    """Raised on ranks above 0 once their share of the training is done: rank 0 alone goes on to write, export
+    and measure. The CLI ends such a process quietly (exit 0)."""
+
+
 @dataclass(frozen=True)
 class World:
     rank: int = 0

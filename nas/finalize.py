@@ -14,6 +14,7 @@ from nas.onnx_io import export_onnx, onnx_max_abs_diff, run_onnx
 from nas.recipe import Recipe
 from nas.run import RunDir
 from nas.space import Arch, Space, arch_document
+from nas.distributed import FollowerDone
 from nas.engine import Engine, EpochCallback
 from nas.training import accuracy, fit_input, train_model
 
@@ -32,6 +33,8 @@ def train_export_measure(space: Space, arch: Arch, data: Dataset, recipe: Recipe
     model = build_model(space, arch, dropout=recipe.dropout)
     result = train_model(model, data, recipe, engine=engine, on_epoch=on_epoch,
                          checkpoint=run.file(f"{prefix}checkpoint.pt"))
+    if engine is not None and not engine.world.is_writer:
+        raise FollowerDone(f"rank {engine.world.rank} trained its share")
     run.write_csv(f"{prefix}train_history.csv", pd.DataFrame(result.history))
     model = result.model
     onnx_path = export_onnx(model, model.input_shape, run.file(f"{prefix}model.onnx"), normalization=data.normalization)
