@@ -109,3 +109,32 @@ def test_cuda_trains_with_bf16_and_the_model_comes_back_on_the_cpu():
     result = train_model(nn.Sequential(nn.Flatten(), nn.Linear(64, 3)), tiny_data(), Recipe(epochs=1, batch_size=16),
                          engine=engine)
     assert next(result.model.parameters()).device.type == "cpu"
+
+
+def test_resume_through_the_dataloader_sees_the_same_batches_as_an_uninterrupted_run(tmp_path):
+    data = load_dataset(f"folder:{png_folder(tmp_path / 'imgs')}", resolution=8)
+    recipe = Recipe(epochs=3, batch_size=4, augment="standard", mixup=0.2)
+
+    def run(checkpoint=None, on_epoch=None):
+        engine = Engine(resolve_accelerator("cpu", "32", 1), workers=2)
+        seen = []
+        batches = engine.batches
+        engine.batches = lambda *a, **k: (seen.append(y.tolist()) or (x, y) for x, y in batches(*a, **k))
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), nn.Dropout(0.2), nn.Linear(3 * 64, 2))
+        return train_model(model, data, recipe, engine=engine, checkpoint=checkpoint, on_epoch=on_epoch), seen
+
+    full, full_batches = run()
+
+    def interrupt(epoch, row):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "ckpt.pt", interrupt)
+    resumed, resumed_batches = run(tmp_path / "ckpt.pt")
+    per_epoch = len(full_batches) // 3
+    assert resumed_batches == full_batches[2 * per_epoch:]  # the third epoch's batches, in the same order
+    assert [r["train_loss"] for r in resumed.history] == pytest.approx([r["train_loss"] for r in full.history])
+    assert all(torch.equal(a, b) for a, b in zip(full.model.state_dict().values(),
+                                                   resumed.model.state_dict().values()))
