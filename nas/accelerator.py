@@ -34,10 +34,6 @@ class Accelerator:
     threads: int = 1  # torch intra-op threads while training
     name: str = ""  # the CPU or GPU model
 
-    @property
-    def device(self) -> torch.device:
-        return torch.device(self.kind)
-
     def autocast(self):
         """The forward pass's autocast context (a no-op at full precision)."""
         if self.precision == "32":

@@ -55,14 +55,6 @@ class World:
             g.copy_(flat[offset:offset + g.numel()].view_as(g))
             offset += g.numel()
 
-    def broadcast_module(self, module: torch.nn.Module) -> None:
-        """Rank 0's parameters and buffers on every rank (batch-norm statistics drift apart on local batches)."""
-        if self.size == 1:
-            return
-        with torch.no_grad():
-            for t in list(module.parameters()) + list(module.buffers()):
-                dist.broadcast(t.data, src=0)
-
 
 def current_world() -> World:
     """This process's place in the process group (a world of one when torch.distributed is not running)."""
