@@ -138,3 +138,20 @@ def test_resume_through_the_dataloader_sees_the_same_batches_as_an_uninterrupted
     assert [r["train_loss"] for r in resumed.history] == pytest.approx([r["train_loss"] for r in full.history])
     assert all(torch.equal(a, b) for a, b in zip(full.model.state_dict().values(),
                                                    resumed.model.state_dict().values()))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--accelerator", "cuda"], "no CUDA GPU"),
+    (["--precision", "16-mixed", "--accelerator", "cpu"], "16-mixed needs a CUDA GPU"),
+    (["--workers", "-1"], "--workers must be 0 or more"),
+    (["--dataset", "folder:BAD"], "1 of 17 images cannot be read"),
+])
+def test_bad_training_input_is_one_line_exit_2_and_nothing_written(cli, tmp_path, args, message):
+    if args[:2] == ["--accelerator", "cuda"] and torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    if args[-1] == "folder:BAD":
+        args = ["--dataset", f"folder:{png_folder(tmp_path / 'imgs', bad=1)}"]
+    r = cli("train", "fbnet_a", "--width", "0.25", "--epochs", "1", *args, "--out", str(tmp_path / "run"))
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and message in lines[0], r.stderr
+    assert not (tmp_path / "run").exists()
