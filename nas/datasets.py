@@ -31,8 +31,12 @@ class Split(torch.utils.data.Dataset):
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The whole split as (x, y) tensors (for evaluation sets and small data)."""
-        x = torch.stack([self[i][0] for i in range(len(self))]) if len(self) else torch.empty(0)
-        return x, self.labels
+        return self.first(len(self)), self.labels
+
+    def first(self, count: int) -> torch.Tensor:
+        """The first ``count`` images as one tensor (calibration samples), decoding no others."""
+        n = min(count, len(self))
+        return torch.stack([self[i][0] for i in range(n)]) if n else torch.empty(0)
 
 
 class TensorSplit(Split):
@@ -44,6 +48,9 @@ class TensorSplit(Split):
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.x, self.labels
+
+    def first(self, count: int) -> torch.Tensor:
+        return self.x[:count]
 
 
 class Normalised(Split):

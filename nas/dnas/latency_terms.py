@@ -39,7 +39,7 @@ class LatencyTerms:
         self._torch_costs = [torch.tensor(t.cost_ms, dtype=torch.float32) for t in self.terms]
 
     def to(self, device) -> "LatencyTerms":
-        """Keep the cost tensors on ``device`` (where the logits are), so expected latency stays differentiable there."""
+        """Keep the cost tensors on ``device`` (where the logits are): expected latency stays differentiable there."""
         self._torch_costs = [c.to(device) for c in self._torch_costs]
         return self
 

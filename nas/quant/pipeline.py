@@ -92,7 +92,8 @@ def run_mixed_precision(prep: Prepared, run: RunDir, *, progress: Progress = no_
     if cost_ms is not None and cfg.latency_fit_models > 0:  # latency does not depend on the weights: fit first
         fit_net = MixedPrecisionNet(build_model(space, arch), [FP32, INT8])
         with staged("fit latency cost", cfg.latency_fit_models + 1) as advance:
-            latency_fit = fit_latency_cost(cost_ms, fit_net, fit_input(data.x_train[:cfg.calibration_samples], fit_net),
+            samples = fit_input(data.train.first(cfg.calibration_samples), fit_net)
+            latency_fit = fit_latency_cost(cost_ms, fit_net, samples,
                                            lambda files: [s.p50_ms for s in device_settings.time_files(files)],
                                            lm.table.folder,
                                            count=cfg.latency_fit_models, seed=cfg.search.seed,
