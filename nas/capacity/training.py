@@ -75,7 +75,8 @@ class DynamicTraining:
 
     def __init__(self, model: DynamicViT, data: Dataset, recipe: Recipe, engine: Engine, shift_pixels: int,
                  on_step: Callable[[], None] | None):
-        self.model, self.data, self.recipe, self.engine = engine.place(model), data, recipe, engine
+        self.model = engine.place(model, channels_last=False)  # a ViT gains nothing from channels-last
+        self.data, self.recipe, self.engine = data, recipe, engine
         self.shift_pixels, self.on_step = shift_pixels, on_step
         self.opt = make_optimizer(model.parameters(), recipe)
         steps_per_epoch = math.ceil(len(data.train) / recipe.batch_size)

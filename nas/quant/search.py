@@ -82,7 +82,8 @@ class BitSearch:
     the warm-up) the choice logits on the validation split with the cost-aware loss."""
 
     def __init__(self, net: MixedPrecisionNet, data: Dataset, cost: Cost, config: SearchConfig, engine: Engine):
-        self.net, self.data, self.cost, self.config, self.engine = engine.place(net), data, cost, config, engine
+        self.net = engine.place(net, channels_last=False)  # the layout the bit search always trained in
+        self.data, self.cost, self.config, self.engine = data, cost, config, engine
         self.floor = cost.lower_bound()
         self.w_opt = torch.optim.AdamW(net.weight_parameters(), lr=config.weight_lr, weight_decay=1e-4)
         self.a_opt = torch.optim.Adam(net.arch_parameters(), lr=config.arch_lr, betas=(0.9, 0.999),
