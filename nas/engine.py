@@ -154,8 +154,7 @@ class Engine:
 def engine_for(accelerator: str = "auto", precision: str = "32", threads: int | None = None,
                workers: int = 0) -> Engine:
     """The engine the user asked for on the command line, checked against this machine (AcceleratorError
-    otherwise), joined to the torchrun process group when started under torchrun."""
-    if workers < 0:
-        raise AcceleratorError(f"--workers must be 0 or more (DataLoader processes), got {workers}")
+    otherwise: see ``resolve_accelerator``, and ``workers`` below 0), joined to the torchrun process group when
+    started under torchrun."""
     chosen = resolve_accelerator(accelerator, precision, threads)
     return Engine(chosen, workers=workers, world=join_process_group(chosen.kind))
