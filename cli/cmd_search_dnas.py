@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cli.app import print_json, run_strategy, search_app
+from cli.app import print_json, print_verdict, run_strategy, search_app
 from nas.recipe import load_recipe
 from nas.strategy import strategies
 
@@ -87,6 +87,7 @@ def _make_command(method: str):
         typer.echo(f"{method}: predicted {report['predicted_ms']:.4g} ms{target}, measured {report['measured_ms']:.4g}"
                    f" ms ({report['prediction_error_pct']:+.1f}%), test accuracy {report['accuracy']:.4f}, onnx max "
                    f"abs diff {report['onnx_max_abs_diff']:.2e} -> {out_dir}")
+        print_verdict(report)
 
     return command
 

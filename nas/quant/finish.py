@@ -118,11 +118,13 @@ def measure_and_choose(models: list[Finished], run: RunDir, device: Device) -> N
     stats = device.time_files([path for _, _, path in files])
     for (m, fmt, _), st in zip(files, stats):
         m.figures["formats"][fmt]["measured_ms"] = st.p50_ms
+        m.figures["formats"][fmt]["latency_stats"] = st.to_dict()
     for m in models:
         formats = m.figures["formats"]
         chosen = min(formats, key=lambda f: formats[f]["measured_ms"])
         with atomic_path(run.file(m.out_name)) as tmp:
             shutil.copyfile(m.candidates[chosen], tmp)
         m.figures.update({"format": chosen, "measured_ms": formats[chosen]["measured_ms"],
+                          "latency_stats": formats[chosen]["latency_stats"],
                           "accuracy_onnx": formats[chosen]["accuracy_onnx"],
                           "onnx_max_abs_diff": formats[chosen]["onnx_max_abs_diff"]})

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nas.conv import conv2d
 from nas.gumbel import soft_weights
 from nas.errors import SearchError
 from nas.quant.fake import FLOAT_BITS, RangeObserver, fake_quantize_activation, fake_quantize_weight
@@ -98,7 +99,7 @@ class MixedPrecisionLayer(nn.Module):
         layer = self.layer
         if isinstance(layer, nn.Linear):
             return F.linear(x, w)
-        return F.conv2d(x, w, None, layer.stride, layer.padding, layer.dilation, layer.groups)
+        return conv2d(x, w, None, layer.stride, layer.padding, layer.dilation, layer.groups)
 
     def _bias(self, y: torch.Tensor) -> torch.Tensor:
         b = self.layer.bias

@@ -19,6 +19,7 @@ import pandas as pd
 
 from nas.engine import Engine
 from nas.builder import build_model
+from nas.latency.drift import drift_before_measuring
 from nas.latency.precision import int8_speedups
 from nas.quant.costs import mean_weight_bits
 from nas.quant.finish import FinishSettings, finish, measure_and_choose
@@ -30,7 +31,7 @@ from nas.quant.prepare import FP32, INT8, MixedPrecisionJob, Prepared, make_cost
     resolve_target
 from nas.quant.search import SearchConfig, search_bits
 from nas.recipe import Recipe
-from nas.report import build_report, write_report
+from nas.report import MODEL, Measurement, build_report, latency_remedies, write_report
 from nas.run import RunDir
 from nas.space import arch_document
 from nas.strategy import Progress, Strategy, no_progress, stage
@@ -147,12 +148,14 @@ def run_mixed_precision(prep: Prepared, run: RunDir, *, progress: Progress = no_
         finished.append(finish(fresh_net([option]), graph, [option] * len(graph.layers), f"uniform_{name}",
                                epochs=baseline_epochs, out_name=f"baseline_{name}.onnx", **common))
     with staged("measure ONNX models", 1) as advance:
+        drift = drift_before_measuring(lm.table if lm is not None else None, device_settings)
         measure_and_choose(finished, run, device_settings)
         advance()
     baselines = {"fp32": finished[1].figures, "int8": finished[2].figures}
     same = [name for name, f in zip(("fp32", "int8"), finished[1:]) if f.assignment == result.assignment]
 
-    target_met = None if target is None else cost.of(result.assignment) <= target * (1 + 1e-9)
+    size_target_met = None if target is None or cost.name == "latency" else \
+        cost.of(result.assignment) <= target * (1 + 1e-9)  # a latency target is judged on the measurement
     detail = {
         "space": space.name, "arch": arch.to_dict(), "space_args": space.space_args(), "dataset": data.name,
         "timing": asdict(device_settings), "cost": cfg.cost,
@@ -181,10 +184,17 @@ def run_mixed_precision(prep: Prepared, run: RunDir, *, progress: Progress = no_
         detail["latency_table"] = f"predicted_ms unavailable: {no_table}"
     detail["report_note"] = ("accuracy is the exported model's (ONNX Runtime) test accuracy; accuracy_torch is the "
                              "fake-quant torch model's, accuracy_onnx the exported model's.")
+    stats = mixed.figures["latency_stats"]
+    measurement = Measurement(stats["p50_ms"], stats["p90_ms"], stats["stable"], stats["spread"], drift_pct=None
+                              if drift is None else drift.drift_pct, drift_models=0 if drift is None else
+                              len(drift.models))
     report = build_report("mixed-precision", device=device, accuracy=mixed.figures["accuracy_onnx"],
                           predicted_ms=mixed.figures["predicted_ms"], measured_ms=mixed.figures["measured_ms"],
-                          onnx_max_abs_diff=mixed.figures["onnx_max_abs_diff"], target_ms=cfg.target_ms,
-                          within_target=target_met, detail=detail)
+                          onnx_max_abs_diff=mixed.figures["onnx_max_abs_diff"],
+                          target_ms=target if cost.name == "latency" else None, within_target=size_target_met,
+                          measurement=measurement, detail=detail,
+                          remedies=latency_remedies(device, tables_dir=prep.job.tables_dir if prep.job else None,
+                                                    model_path=run.file(MODEL), space=space))
     return write_report(run, report)
 
 
