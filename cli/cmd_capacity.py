@@ -26,10 +26,16 @@ def train_dynamic_cmd(space: str = SPACE_OPT, dataset: str = DATASET_OPT,
                       seed: int = typer.Option(0, help="data split and training seed"),
                       torch_threads: int = typer.Option(1, "--torch-threads",
                                                         help="torch CPU threads (1 is fastest on a shared machine)"),
+                      accelerator: str = typer.Option("auto", help="auto | cpu | cuda (auto: cuda when a GPU is "
+                                                      "present)"),
+                      precision: str = typer.Option("32", help="32 | bf16 | 16-mixed (16-mixed needs a GPU)"),
+                      workers: int = typer.Option(0, help="DataLoader worker processes that decode streamed data"),
                       as_json: bool = typer.Option(False, "--json", help="print the report as JSON")):
     """Train a dynamic-capacity ViT once-for-all (keep ratios and MoE capacity sampled per batch)."""
     import pandas as pd
     import torch
+
+    from nas.engine import engine_for
 
     from nas.capacity.checkpoint import save_checkpoint
     from nas.capacity.config import capacity_factor_plan
@@ -39,18 +45,20 @@ def train_dynamic_cmd(space: str = SPACE_OPT, dataset: str = DATASET_OPT,
     from nas.learning_curve import plot_learning_curve
     from nas.run import RunDir, default_run_path
 
+    engine = engine_for(accelerator, precision, torch_threads, workers)
     data, sp = load_capacity_data(space, dataset, seed)
     recipe = sp.recipe().model_copy(update={"seed": seed, **({"epochs": epochs} if epochs else {})})
     out = out or default_run_path("train-dynamic", sp.name)
     run = RunDir(out, {"command": "train-dynamic", "space": sp.name, "space_fingerprint": sp.fingerprint(),
-                       "dataset": dataset, "recipe": recipe.model_dump(), "shift": shift, "seed": seed})
+                       "dataset": dataset, "recipe": recipe.model_dump(), "shift": shift, "seed": seed,
+                       "accelerator": engine.accelerator.kind, "precision": engine.accelerator.precision})
     console.print(f"training {sp.name} once-for-all on {dataset} {data.sizes()} at {sp.resolution}px "
-                  f"({sp.tokens} tokens) -> {out}")
-    torch.set_num_threads(max(1, torch_threads))
+                  f"({sp.tokens} tokens) on {engine.accelerator.describe()} -> {out}")
     torch.manual_seed(seed)
     model = DynamicViT(sp)
     with progress_bar("train", recipe.epochs) as advance:
-        result = train_dynamic(model, data, recipe, shift_pixels=shift, checkpoint=run.file("train_state.pt"),
+        result = train_dynamic(model, data, recipe, engine=engine, shift_pixels=shift,
+                               checkpoint=run.file("train_state.pt"),
                                on_epoch=lambda e, row: advance(note=f"loss {row['train_loss']:.3f} val full "
                                                                     f"{row['val_accuracy_full']:.3f}"))
     run.write_csv("train_history.csv", pd.DataFrame(result.history))
@@ -64,7 +72,8 @@ def train_dynamic_cmd(space: str = SPACE_OPT, dataset: str = DATASET_OPT,
               "val_accuracy": {name: plan_accuracy(result.model, plan, data.x_val, data.y_val)
                                for name, plan in checks.items()},
               "test_accuracy": {name: plan_accuracy(result.model, plan, data.x_test, data.y_test)
-                                for name, plan in checks.items()}}
+                                for name, plan in checks.items()},
+              "training": engine.record()}
     run.write_json("report.json", report)
     if as_json:
         print_json(report)
