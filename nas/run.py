@@ -6,7 +6,6 @@ import json
 import time
 from pathlib import Path
 
-from nas.distributed import current_world
 from nas.errors import OutputError, SearchError
 from nas.files import finite_json, write_csv, write_json
 
@@ -51,6 +50,8 @@ class RunDir:
     @property
     def writer(self) -> bool:
         """Under torchrun only rank 0 writes the run directory; the other ranks' writes are skipped."""
+        from nas.distributed import current_world  # torch: imported when a run is written, not by `--help`
+
         return current_world().is_writer
 
     def _has_outputs(self) -> bool:
