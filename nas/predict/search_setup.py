@@ -60,7 +60,7 @@ class SearchSettings:
         """What must match to resume a run directory (the worker count may change between runs)."""
         d = asdict(self)
         d.pop("workers")
-        from nas.predict.optuna_search import masked_url
+        from nas.predict.study import masked_url
         return {"command": f"search {self.strategy}", **d, "storage": self.storage and masked_url(self.storage)}
 
     def validate(self) -> None:
@@ -74,8 +74,6 @@ class SearchSettings:
             raise SearchError(f"--workers must be at least 1 (got {self.workers})")
         if self.strategy == "optuna" and self.sampler not in SAMPLERS:
             raise SearchError(f"--sampler {self.sampler!r}: use {' or '.join(SAMPLERS)}")
-        if self.workers > 1 and self.strategy != "optuna":
-            raise SearchError("--workers applies to `hwnas search optuna` only")
         if self.export not in ("first", "all", "none"):
             raise SearchError(f"--export must be first, all or none (got {self.export!r})")
         if self.max_epochs is not None and self.max_epochs < 1:
