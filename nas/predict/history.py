@@ -5,7 +5,9 @@ Every expensive evaluation (training a candidate, or a lookup in a user's table)
 decisions, the predicted figures the strategy had before evaluating (predicted objective, its std, the free
 predicted latency per device) and the actual metrics. A rerun of the same search replays it: searches are
 deterministic for a seed, and an evaluation found in the stored history is returned from there instead of being
-run again, so a killed search resumes where it stopped.
+run again, so a killed search resumes where it stopped. ``History.evaluate_batch`` evaluates a strategy's batch
+here one at a time, or all at once through ``evaluations`` (a search's Optuna study and its workers:
+``nas.predict.worker.StudyEvaluations``), recording the rows in the batch's order either way.
 """
 
 from __future__ import annotations

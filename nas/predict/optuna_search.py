@@ -28,7 +28,8 @@ import optuna
 from nas.errors import SearchError
 from nas.predict.problem import Constraint, SearchProblem
 from nas.predict.study import (FINGERPRINT_ATTR, PROPOSER_DONE_ATTR, SETTINGS_ATTR, check_fingerprint,
-                               evaluated_trials, fingerprint, load_study, masked_url, open_study)
+                               evaluated_trials, fingerprint, load_study, masked_url, open_storage,
+                               open_study)
 from nas.predict.worker import StudyJob, run_worker
 
 
@@ -73,7 +74,8 @@ def open_job(config: OptunaConfig, problem: SearchProblem, constraints: list[Con
     fingerprint, and refuse a study made by another search."""
     sampler = optuna.samplers.RandomSampler(seed=config.seed) if config.proposer else \
         make_sampler(config.sampler, config.seed * 100 + worker, config.budget)
-    study = open_study(config.storage, config.study, directions(problem), metric_names(problem), sampler)
+    storage = open_storage(config.storage)
+    study = open_study(config.storage, config.study, directions(problem), metric_names(problem), sampler, storage)
     if settings is not None:
         where = f"{config.study!r} in {masked_url(config.storage)}"
         check_fingerprint(study, fingerprint(settings), where)
@@ -86,7 +88,7 @@ def open_job(config: OptunaConfig, problem: SearchProblem, constraints: list[Con
         study.set_user_attr("hwnas_constraints", _constraint_attrs(problem, constraints))
     if config.proposer:
         study.set_user_attr(PROPOSER_DONE_ATTR, False)
-    return StudyJob(study, problem, constraints, config.budget, proposer=config.proposer)
+    return StudyJob(study, storage, problem, constraints, config.budget, proposer=config.proposer)
 
 
 def join_job(url: str, name: str) -> StudyJob:
@@ -94,7 +96,8 @@ def join_job(url: str, name: str) -> StudyJob:
     stored fingerprint (space, data, code version)."""
     from nas.predict.search_setup import SearchSettings, build_constraints, build_problem
 
-    study = load_study(url, name)
+    storage = open_storage(url)
+    study = load_study(url, name, storage=storage)
     stored = study.user_attrs.get(SETTINGS_ATTR)
     if not stored:
         raise SearchError(f"study {name!r} in {masked_url(url)} was not made by `hwnas search` (no settings)")
@@ -106,7 +109,8 @@ def join_job(url: str, name: str) -> StudyJob:
                           study=name, proposer=settings.strategy != "optuna")
     sampler = optuna.samplers.RandomSampler() if config.proposer else \
         make_sampler(config.sampler, settings.seed * 100 + os.getpid() % 1000, settings.budget)
-    return StudyJob(load_study(url, name, sampler), problem, constraints, settings.budget, config.proposer)
+    return StudyJob(load_study(url, name, sampler, storage), storage, problem, constraints, settings.budget,
+                    config.proposer)
 
 
 def work(url: str, name: str, stop: Callable[[], bool] = lambda: False,

@@ -32,6 +32,8 @@ class SearchSettings:
     proxy_columns: list[str] = field(default_factory=list)
     metric_columns: list[str] = field(default_factory=list)
     decision_columns: list[str] = field(default_factory=list)
+    sleep_column: str | None = None  # rehearsing a distributed run: each lookup sleeps this column's seconds
+    sleep_scale: float = 1.0  # ... times this
     # model spaces
     resolution: int | None = None
     width: float | None = None
@@ -106,7 +108,8 @@ def build_problem(settings: SearchSettings, run_path: str | Path | None = None) 
         table = TableSpace(settings.space[len(TABLE_PREFIX):], settings.objective, settings.latency_columns,
                            proxy_columns=settings.proxy_columns, metric_columns=settings.metric_columns,
                            decision_columns=settings.decision_columns or None)
-        return TableProblem(table, TableEvaluator(table), maximize=settings.direction == "max")
+        return TableProblem(table, TableEvaluator(table, settings.sleep_column, settings.sleep_scale),
+                            maximize=settings.direction == "max")
     from nas.finalize import measuring_device
     from nas.predict.evaluators import TrainEvaluator
     from nas.predict.joint_space import JointSpace

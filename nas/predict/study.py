@@ -60,6 +60,24 @@ def driver_url(url: str) -> str:
     return url if "+" in scheme else f"{dialect}://{rest}"
 
 
+def _sqlite_engine(url: str) -> dict:
+    """SQLite in WAL mode without a sync per commit (every user attr is a commit: 16 ms each otherwise); a crash
+    of the machine may lose the last trials, which a rerun evaluates again."""
+    import sqlite3
+
+    path = url[len("sqlite:///"):]
+    if not path or path == ":memory:" or "?" in path:
+        return {"connect_args": {"timeout": 60}}
+
+    def connect():
+        conn = sqlite3.connect(path, timeout=60, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
+
+    return {"creator": connect}
+
+
 def _host(url: str) -> str:
     m = re.search(r"//(?:[^/@]*@)?([^/:?#]*)", url)
     return (m.group(1) if m else "") or "localhost"
@@ -70,7 +88,7 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     and the driver's reason when it cannot be opened."""
     real = driver_url(url)
     try:
-        kwargs = {"connect_args": {"timeout": 60}} if real.startswith("sqlite") else \
+        kwargs = _sqlite_engine(real) if real.startswith("sqlite") else \
             {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}} if real.startswith("postgresql") else \
             {"pool_pre_ping": True}
         with warnings.catch_warnings():  # heartbeats and retries are marked experimental
@@ -112,9 +130,10 @@ def check_fingerprint(study: optuna.Study, mine: dict, where: str) -> None:
 
 
 def open_study(url: str, name: str, directions: list[str], metric_names: list[str],
-               sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
-    """Create or load study ``name``; SearchError when it exists with other objectives."""
-    storage = open_storage(url)
+               sampler: optuna.samplers.BaseSampler | None = None, storage=None) -> optuna.Study:
+    """Create or load study ``name`` (in ``storage``, else in a new one at ``url``); SearchError when it exists
+    with other objectives."""
+    storage = storage or open_storage(url)
     where = f"{name!r} in {masked_url(url)}"
     try:
         study = optuna.create_study(storage=storage, study_name=name, load_if_exists=True, directions=directions,
@@ -126,13 +145,16 @@ def open_study(url: str, name: str, directions: list[str], metric_names: list[st
         raise SearchError(f"study {where} has other objectives ({', '.join(study.metric_names or [])}); "
                           f"use another --study")
     if study.metric_names is None:
-        study.set_metric_names(metric_names)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(metric_names)
     return study
 
 
-def load_study(url: str, name: str, sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
+def load_study(url: str, name: str, sampler: optuna.samplers.BaseSampler | None = None,
+               storage=None) -> optuna.Study:
     """An existing study (for a worker or the status); SearchError when there is none of that name."""
-    storage = open_storage(url)
+    storage = storage or open_storage(url)
     try:
         return optuna.load_study(study_name=name, storage=storage, sampler=sampler)
     except KeyError:

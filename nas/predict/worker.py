@@ -49,6 +49,7 @@ class StudyJob:
     wait for them); otherwise the study's sampler proposes (Optuna)."""
 
     study: optuna.Study
+    storage: optuna.storages.RDBStorage
     problem: SearchProblem
     constraints: list[Constraint]
     budget: int
@@ -67,6 +68,12 @@ class StudyJob:
                 meets = np.any([c.feasible(lat, self.problem.devices) for c in self.constraints], axis=0)
                 self._over_bound = set(np.flatnonzero(~meets).tolist())
         return self._over_bound
+
+    def beat(self, trial: optuna.Trial) -> None:
+        """Record the trial's first heartbeat now: Optuna's heartbeat thread may not have run yet, and a trial
+        without any heartbeat is never found stale if its worker dies."""
+        study_id = self.storage.get_study_id_from_name(self.study.study_name)
+        self.storage.record_heartbeat(self.storage.get_trial_id_from_study_id_trial_number(study_id, trial.number))
 
     def finished(self) -> bool:
         return len(evaluated_trials(self.study)) >= self.budget or bool(self.study.user_attrs.get(EXHAUSTED_ATTR))
@@ -92,6 +99,7 @@ def _holder(study: optuna.Study, trial: optuna.Trial, key: str, budget: int) -> 
 def evaluate_trial(job: StudyJob, trial: optuna.Trial) -> list[float]:
     """The objective every worker runs: the trial's candidate, evaluated once within the budget."""
     problem, space, study = job.problem, job.problem.space, job.study
+    job.beat(trial)
     trial.set_user_attr("worker", worker_id())
     trial.set_user_attr("last_seen", time.time())
     proposed = "proposed" in trial.user_attrs
