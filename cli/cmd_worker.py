@@ -23,7 +23,7 @@ def worker(
 
     if workers < 1:
         raise SearchError(f"--workers must be at least 1 (got {workers})")
-    console.print(f"worker on study {study!r} in {masked_url(storage)}")
+    console.print(f"worker on study {study!r} in {masked_url(storage)}", soft_wrap=True, highlight=False)
     others = LocalWorkers(storage, study, workers - 1)
     try:
         stats = [work(storage, study, on_trial=lambda n: console.print(f"{n} evaluations in the study"))]

@@ -149,7 +149,8 @@ def test_a_table_study_stores_the_evaluated_rows_and_its_objective_names(storage
 def _one_line(p, code=2):
     out, err = p.communicate(timeout=120)
     assert p.returncode == code, (out, err)
-    lines = [ln for ln in err.strip().splitlines() if ln.strip() and not ln.startswith("worker on study")]
+    lines = [ln for ln in err.strip().splitlines() if ln.startswith("error:")]
+    assert len(lines) == (1 if code else 0), err
     return out, (lines[0] if lines else "")
 
 

@@ -194,7 +194,10 @@ def run_worker(job: StudyJob, wait: bool = True, stop: Callable[[], bool] = lamb
                 time.sleep(POLL_S)  # the last evaluations are under way; one may die and be retried
                 continue
         job.counts["trials"] += 1
-        study.optimize(lambda t: evaluate_trial(job, t), n_trials=1, catch=(), gc_after_trial=False)
+        try:
+            study.optimize(lambda t: evaluate_trial(job, t), n_trials=1, catch=(), gc_after_trial=False)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # its heartbeat came too late and another worker failed it: the retried trial evaluates it
         if on_trial is not None:
             on_trial(len(evaluated_trials(study)))
     return dict(job.counts)
