@@ -2,6 +2,7 @@
 them killed with SIGKILL mid-trial; bad storages and studies; stored params on a table. Runs on SQLite always and
 on PostgreSQL when HWNAS_TEST_POSTGRES_URL names a server (`.ci/run` starts one)."""
 
+import importlib.util
 import json
 import os
 import signal
@@ -185,9 +186,7 @@ def test_an_unreachable_storage_names_the_host_and_the_reason():
 
 
 def test_a_missing_driver_names_the_extra():
-    try:
-        import pymysql  # noqa: F401
+    if importlib.util.find_spec("pymysql") is not None:
         pytest.skip("pymysql is installed")
-    except ImportError:
-        with pytest.raises(SearchError, match=r"pip install 'hwnas\[mysql\]'"):
-            open_storage("mysql://bob@127.0.0.1:1/db")
+    with pytest.raises(SearchError, match=r"pip install 'hwnas\[mysql\]'"):
+        open_storage("mysql://bob@127.0.0.1:1/db")

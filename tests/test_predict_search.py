@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import numpy as np
-import optuna
 import pandas as pd
 import pytest
 
