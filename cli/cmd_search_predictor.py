@@ -87,6 +87,10 @@ def _num(v) -> str:
 def _print_summary(report: dict, out: Path) -> None:
     detail = report[report["method"]]
     obj = detail["objective"]
+    study = detail.get("optuna") or detail.get("study") or {}
+    if study.get("nothing_to_do"):
+        typer.echo(f"nothing to do: study {study['study']!r} already has its {detail['evaluations']} evaluations; "
+                   f"the results below are read from it")
     table = Table(title=f"best under each constraint ({detail['evaluations']} evaluations)")
     for col in ("constraint", obj, "latency (ms)", "eval"):
         table.add_column(col)

@@ -173,11 +173,12 @@ def run_optuna(problem: SearchProblem, constraints: list[Constraint], config: Op
     job = open_job(config, problem, constraints, settings)
     if config.workers > 1 and settings is None:
         raise SearchError("--workers > 1 needs search settings that worker processes can rebuild the problem from")
-    workers = LocalWorkers(config.storage, config.study, config.workers - 1)
+    nothing_to_do = job.finished()
+    workers = LocalWorkers(config.storage, config.study, 0 if nothing_to_do else config.workers - 1)
     try:
         stats = [run_worker(job, wait=True, on_trial=on_progress)]
         stats += workers.close(wait=True)
     finally:
         workers.close(wait=False)
-    return {"workers": stats, "trials": len(job.study.get_trials(deepcopy=False)),
+    return {"nothing_to_do": nothing_to_do, "workers": stats, "trials": len(job.study.get_trials(deepcopy=False)),
             "evaluations": len(evaluated_trials(job.study))}

@@ -168,7 +168,8 @@ def _run_nars(settings, problem, constraints, run, emit, detail) -> History:
         stats = workers.close(wait=True)
     finally:
         workers.close(wait=False)
-    detail["study"] = _study_detail(config, {"workers": [job.counts] + stats,
+    detail["study"] = _study_detail(config, {"nothing_to_do": stored >= settings.budget,
+                                             "workers": [job.counts] + stats,
                                              "trials": len(job.study.get_trials(deepcopy=False))})
     detail["predictor"] = {
         "kind": "FBNetV3 MLP (ArchRecipePredictor)" if nars_config.predictor == "mlp" else "ChamNet GP (gpytorch)",
