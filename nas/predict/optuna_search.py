@@ -101,7 +101,8 @@ def join_job(url: str, name: str) -> StudyJob:
     stored = study.user_attrs.get(SETTINGS_ATTR)
     if not stored:
         raise SearchError(f"study {name!r} in {masked_url(url)} was not made by `hwnas search` (no settings)")
-    settings = SearchSettings(**{k: v for k, v in stored.items() if k != "command"})
+    known = SearchSettings.__dataclass_fields__  # settings of another code version: its fingerprint says so
+    settings = SearchSettings(**{k: v for k, v in stored.items() if k in known})
     check_fingerprint(study, fingerprint(settings), f"{name!r} in {masked_url(url)}")
     problem = build_problem(settings)
     constraints, _ = build_constraints(settings, problem)
