@@ -61,8 +61,9 @@ def driver_url(url: str) -> str:
 
 
 def _sqlite_engine(url: str) -> dict:
-    """SQLite in WAL mode without a sync per commit (every user attr is a commit: 16 ms each otherwise); a crash
-    of the machine may lose the last trials, which a rerun evaluates again."""
+    """SQLite in WAL mode without a sync per commit (every user attr is a commit: 16 ms each otherwise; a crash
+    of the machine may lose the last trials, which a rerun evaluates again), and with transactions that take the
+    write lock when they begin (``_serialize``), so that two workers never pop the same waiting trial."""
     import sqlite3
 
     path = url[len("sqlite:///"):]
@@ -70,12 +71,21 @@ def _sqlite_engine(url: str) -> dict:
         return {"connect_args": {"timeout": 60}}
 
     def connect():
-        conn = sqlite3.connect(path, timeout=60, check_same_thread=False)
+        conn = sqlite3.connect(path, timeout=60, check_same_thread=False, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         return conn
 
     return {"creator": connect}
+
+
+def _serialize(storage: optuna.storages.RDBStorage) -> None:
+    """SQLite: every transaction begins with ``BEGIN IMMEDIATE`` (pysqlite's own deferred BEGIN lets two workers
+    read a trial as waiting and both take it; SQLAlchemy's recipe for serializable pysqlite)."""
+    import sqlalchemy
+
+    if storage.engine.name == "sqlite":
+        sqlalchemy.event.listen(storage.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
 
 
 def _host(url: str) -> str:
@@ -93,9 +103,11 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
             {"pool_pre_ping": True}
         with warnings.catch_warnings():  # heartbeats and retries are marked experimental
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
+            storage = optuna.storages.RDBStorage(
                 real, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback())
+        _serialize(storage)
+        return storage
     except Exception as e:  # sqlalchemy raises many kinds (bad dialect, unreachable host, unwritable file)
         text = " ".join(str(getattr(e, "orig", None) or e).split()) or type(e).__name__
         reason = re.sub(r"\s*\(Background on this error.*$", "", text).replace(real, masked_url(url))

@@ -56,6 +56,7 @@ class StudyJob:
     proposer: bool
     max_proposals_factor: int = 50  # a sampler's proposals per budget unit before a worker gives up
     counts: dict = field(default_factory=lambda: {"trials": 0, "evaluated": 0, "infeasible": 0, "gave_up": False})
+    current: int | None = None  # the number of the trial being evaluated
     _over_bound: set | None = None
     _worst: float | None = None
 
@@ -99,6 +100,7 @@ def _holder(study: optuna.Study, trial: optuna.Trial, key: str, budget: int) -> 
 def evaluate_trial(job: StudyJob, trial: optuna.Trial) -> list[float]:
     """The objective every worker runs: the trial's candidate, evaluated once within the budget."""
     problem, space, study = job.problem, job.problem.space, job.study
+    job.current = trial.number
     job.beat(trial)
     trial.set_user_attr("worker", worker_id())
     trial.set_user_attr("last_seen", time.time())
@@ -166,6 +168,10 @@ def evaluate_trial(job: StudyJob, trial: optuna.Trial) -> list[float]:
     return [value] + [float(v) for v in lat]
 
 
+def _state(study: optuna.Study, number: int) -> TrialState:
+    return next(t.state for t in study.get_trials(deepcopy=False) if t.number == number)
+
+
 def _waiting(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
@@ -194,10 +200,14 @@ def run_worker(job: StudyJob, wait: bool = True, stop: Callable[[], bool] = lamb
                 time.sleep(POLL_S)  # the last evaluations are under way; one may die and be retried
                 continue
         job.counts["trials"] += 1
+        job.current = None
         try:
             study.optimize(lambda t: evaluate_trial(job, t), n_trials=1, catch=(), gc_after_trial=False)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            pass  # its heartbeat came too late and another worker failed it: the retried trial evaluates it
+        except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+            if job.current is None or _state(study, job.current) == TrialState.RUNNING:
+                raise
+            # another process finished the trial under this one (its heartbeat came too late and it was failed
+            # and retried): the trial counts once, through whoever finished it
         if on_trial is not None:
             on_trial(len(evaluated_trials(study)))
     return dict(job.counts)
