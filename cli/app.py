@@ -79,3 +79,36 @@ def run_strategy(name: str, config, out: Path | None) -> tuple[dict, Path]:
         console.print(f"{prepared.summary()} -> {run.path}" + (" (resuming)" if run.resumed else ""))
         report = strategy.run(prepared, run, progress)
     return report, run.path
+
+
+def verdict_line(report: dict) -> str:
+    """The report's verdict in one line: the shipped model's measured latency against its target, the prediction
+    beside it, and the warnings' count."""
+    measured, predicted, target = report.get("measured_ms"), report.get("predicted_ms"), report.get("target_ms")
+    figures = []
+    if measured is not None:
+        figures.append(f"measured {measured:.4g} ms")
+    if predicted is not None:
+        figures.append(f"predicted {predicted:.4g} ms")
+    line = ", ".join(figures) or "no latency figures"
+    within, judged_on = report.get("within_target"), report.get("judged_on")
+    if within is not None and target is not None:
+        line += (f": {'within' if within else 'OVER'} the target {target:g} ms"
+                 + (f" (judged on the {judged_on} figure)" if judged_on != "measured" else ""))
+        if not within and judged_on == "measured":
+            line += ": re-measure quietly, tighten the target, or re-profile (commands in the warning)"
+    elif within is not None:
+        line += f": target {'met' if within else 'NOT met'} ({judged_on})"
+    notes = report.get("warnings") or []
+    if notes:
+        line += f"; {len(notes)} warning{'s' if len(notes) > 1 else ''} above"
+    return f"verdict: {line}"
+
+
+def print_verdict(report: dict) -> None:
+    """The report's warnings (stderr), then its verdict as the final line (stdout)."""
+    from rich.markup import escape
+
+    for w in report.get("warnings") or []:
+        console.print(f"[yellow]warning:[/yellow] {escape(w)}", soft_wrap=True)
+    typer.echo(verdict_line(report))

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cli.app import app, console, latency_app, print_json, progress_bar, run_strategy, search_app
+from cli.app import app, console, latency_app, print_json, print_verdict, progress_bar, run_strategy, search_app
 from cli.cmd_latency import correction_line, correction_summary
 from nas.report import detail_key
 from nas.strategy import STRATEGIES
@@ -138,6 +138,7 @@ def search_capacity_cmd(space: str = SPACE_OPT,
         print_json(report)
         return
     typer.echo(f"chosen {_summary(report)}; target {target_ms:g} ms -> {out}")
+    print_verdict(report)
 
 
 def _summary(report: dict) -> str:

@@ -295,3 +295,50 @@ def predict(ref: str = typer.Argument(..., help="arch JSON, or a space / model n
         console.print(f"[yellow]warning:[/yellow] {w}")
     typer.echo(f"predicted {pred.ms:.3f} ms on {device} (base {lm.base_ms:.3f} ms + {len(keys)} blocks"
                + (f", {len(pred.estimated)} estimated" if pred.estimated else "") + ")")
+
+
+@latency_app.command("check")
+def check(device: str = typer.Argument(..., help="device id: the folder latency_tables/<device-id>/"),
+          model: Optional[Path] = typer.Option(None, "--model", help="also re-time this ONNX file (a shipped "
+                                                                     "model.onnx), interleaved with the references"),
+          recalibrate: bool = typer.Option(False, "--recalibrate", help="fold the drift into the correction (one "
+                                                                        "global rescale; the old one is kept in its "
+                                                                        "history)"),
+          tables_dir: Optional[Path] = typer.Option(None, "--tables-dir", help="base folder of device tables"),
+          as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
+    """Re-time the device's reference models (kept at calibration) and report its drift since then."""
+    from nas.latency.drift import check_drift, recalibrate as fold_drift
+    from nas.latency.table import LatencyTable
+    from nas.report import DRIFT_WARN_PCT
+
+    table = LatencyTable.open(device, tables_dir)
+    result = check_drift(table, model=model)
+    summary = result.to_dict()
+    if recalibrate:
+        corrected = fold_drift(table, result)
+        summary["correction"] = {**correction_summary(corrected), "rescale": corrected.rescale}
+    if as_json:
+        print_json(summary)
+        return
+    grid = Table("reference model", "calibrated ms", "expected ms", "now ms", "drift %", "stable")
+    for m in result.models:
+        grid.add_row(m["file"].removesuffix(".onnx"), f"{m['calibrated_ms']:.4g}", f"{m['expected_ms']:.4g}",
+                     f"{m['measured_ms']:.4g}", f"{m['drift_pct']:+.1f}", "yes" if m["stable"] else "no")
+    console.print(grid)
+    if result.model is not None:
+        s = result.model
+        typer.echo(f"{model}: p50 {s['p50_ms']:.4g} ms, p90 {s['p90_ms']:.4g} ms"
+                   + ("" if s["stable"] else " (no stable median: the machine is busy)"))
+    if not result.stable:
+        console.print("[yellow]warning:[/yellow] some reference timings did not reach a stable median: rerun on a "
+                      "quiet machine before trusting the drift")
+    tables = f" --tables-dir {tables_dir}" if tables_dir else ""
+    if recalibrate:
+        typer.echo(f"device {device}: drift {result.drift_pct:+.1f}% folded into the correction (rescale "
+                   f"{summary['correction']['rescale']:.4f}; the old correction is kept in its history)")
+    elif abs(result.drift_pct) > DRIFT_WARN_PCT:
+        typer.echo(f"device {device}: drift {result.drift_pct:+.1f}% against its calibration (over "
+                   f"{DRIFT_WARN_PCT:g}%): refit with `hwnas latency check {device} --recalibrate{tables}`")
+    else:
+        typer.echo(f"device {device}: drift {result.drift_pct:+.1f}% against its calibration (within "
+                   f"{DRIFT_WARN_PCT:g}%)")

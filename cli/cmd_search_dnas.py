@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cli.app import print_json, run_strategy, search_app
+from cli.app import print_json, print_verdict, run_strategy, search_app
 from nas.recipe import load_recipe
 from nas.strategy import strategies
 
@@ -53,12 +53,9 @@ def _make_command(method: str):
                                              "them)"),
         as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
     ):
-        import torch
-
         from nas.dnas.search import SearchSettings
         from nas.dnas.strategy import SearchJob
 
-        torch.set_num_threads(1)  # tiny models: more threads only contend (the search loop pins 1 thread anyway)
         rec = load_recipe(recipe)
         rec = rec.model_copy(update={"seed": seed, **({"epochs": final_epochs} if final_epochs else {})})
         settings = SearchSettings(
@@ -76,6 +73,7 @@ def _make_command(method: str):
         typer.echo(f"{method}: predicted {report['predicted_ms']:.4g} ms{target}, measured {report['measured_ms']:.4g}"
                    f" ms ({report['prediction_error_pct']:+.1f}%), test accuracy {report['accuracy']:.4f}, onnx max "
                    f"abs diff {report['onnx_max_abs_diff']:.2e} -> {out_dir}")
+        print_verdict(report)
 
     return command
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cli.app import print_json, run_strategy, search_app
+from cli.app import print_json, print_verdict, run_strategy, search_app
 from nas.strategy import STRATEGIES
 
 
@@ -80,5 +80,6 @@ def mixed_precision(
         typer.echo(line(name, b[name]))
     if m["mixed"]["sub8_layers"]:
         typer.echo(f"  note: {m['mixed']['sub8_layers']} layers below 8 bits run and are stored as int8 in ONNX "
-                   f"Runtime; size_mb is their effective size")
+                   f"Runtime; size_mb is their effective size, model.onnx takes {m['mixed']['file_mb']:.4g} MB")
     typer.echo(f"-> {out}")
+    print_verdict(report)

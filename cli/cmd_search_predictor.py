@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from cli.app import console, print_json, run_strategy, search_app
+from cli.app import console, print_json, print_verdict, run_strategy, search_app
 from nas.strategy import strategies
 
 def _make_command(strategy: str):
@@ -119,6 +119,7 @@ def _print_summary(report: dict, out: Path) -> None:
                    f"diff {e['onnx_max_abs_diff']:.2e}, measured {e['measured_ms']:.4f} ms vs predicted "
                    f"{e['predicted_ms']:.4f} ms")
     typer.echo(f"-> {out} (arch.json, history.csv, pareto.csv, report.json, pareto.png)")
+    print_verdict(report)
 
 
 @search_app.command("status")

@@ -19,6 +19,7 @@ import math
 import torch
 from torch import nn
 
+from nas.conv import Conv2d
 from nas.errors import ArchError
 from nas.latency.opkey import OpKey
 from nas.ops import OpSpec, parse_op, register_op
@@ -42,7 +43,7 @@ class ConvBNReLU(nn.Sequential):
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1, groups: int = 1,
                  relu: bool = True, bias: bool = False):
         layers: list[nn.Module] = [
-            nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, groups=groups, bias=bias),
+            Conv2d(c_in, c_out, kernel, stride, kernel // 2, groups=groups, bias=bias),
             nn.BatchNorm2d(c_out),
         ]
         if relu:

@@ -10,6 +10,8 @@ import torch
 from nas.builder import build_model, count_macs, count_params
 from nas.data import Dataset
 from nas.latency.device import Device
+from nas.latency.drift import measure_shipped
+from nas.latency.table import LatencyTable
 from nas.onnx_io import export_onnx, onnx_max_abs_diff, run_onnx
 from nas.recipe import Recipe
 from nas.run import RunDir
@@ -19,9 +21,10 @@ from nas.training import EpochCallback, accuracy, fit_input, train_model
 
 def train_export_measure(space: Space, arch: Arch, data: Dataset, recipe: Recipe, run: RunDir, *,
                          device: Device, on_epoch: EpochCallback | None = None,
-                         predict_ms: Callable[[Arch], float] | None = None, prefix: str = "") -> dict:
-    """Train ``arch`` (resumable through ``run``), export ``model.onnx``, time it on ``device`` and return the
-    figures.
+                         predict_ms: Callable[[Arch], float] | None = None, prefix: str = "",
+                         table: LatencyTable | None = None, note: str = "") -> dict:
+    """Train ``arch`` (resumable through ``run``), export ``model.onnx``, time it on ``device`` (after the drift
+    check on ``table``'s reference models; ``note``: ``measuring_device``'s) and return the figures.
 
     ``prefix`` names the files (``{prefix}model.onnx`` ...) so that a run can hold several models.
     """
@@ -34,15 +37,16 @@ def train_export_measure(space: Space, arch: Arch, data: Dataset, recipe: Recipe
     onnx_path = export_onnx(model, model.input_shape, run.file(f"{prefix}model.onnx"))
     x_test = fit_input(data.x_test, model)
     onnx_pred = run_onnx(onnx_path, x_test).argmax(1)
-    stats = device.time_file(onnx_path)
+    measurement = measure_shipped(onnx_path, device, table=table, note=note)
     report = {
         "arch": arch.to_dict(),
         "accuracy": accuracy(model, data.x_test, data.y_test),
         "val_accuracy": result.val_accuracy,
         "accuracy_onnx": float((onnx_pred == data.y_test.numpy()).mean()),
         "onnx_max_abs_diff": onnx_max_abs_diff(model, onnx_path, x_test[:64]),
-        "measured_ms": stats.p50_ms,
-        "measured_p90_ms": stats.p90_ms,
+        "measured_ms": measurement.p50_ms,
+        "measured_p90_ms": measurement.p90_ms,
+        "measurement": measurement.to_dict(),
         "macs": count_macs(model, model.input_shape),
         "params": count_params(model),
         "timing": device.to_dict(),

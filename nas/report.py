@@ -1,23 +1,36 @@
-"""``report.json``: one schema for every search, and the builder every strategy fills.
+"""``report.json``: one schema for every search, the builder every strategy fills, and the one verdict.
 
 Every report has the same top-level keys (``SharedReport``): ``method``, ``device``, ``accuracy`` (test accuracy of
 the shipped model, or the winner's objective for a table search), ``predicted_ms``, ``measured_ms`` (the shipped
 ``model.onnx`` timed by the table's ``Device``), ``prediction_error_pct`` (100 x (measured - predicted) /
-predicted), ``onnx_max_abs_diff``, ``target_ms``, ``within_target``, ``winner`` (``arch.json``) and ``model``
-(``model.onnx``), both paths relative to the run directory. What only one method knows goes under a key of its
-own, the method's name with ``_`` for ``-`` (``dnas``, ``nars``, ``mixed_precision``, ``capacity``).
-A figure that is not a finite number is written as null, so the file is strict JSON.
+predicted), ``onnx_max_abs_diff``, ``target_ms``, ``within_target``, ``judged_on``, ``measurement``, ``drift_pct``,
+``warnings``, ``winner`` (``arch.json``) and ``model`` (``model.onnx``), both paths relative to the run directory.
+What only one method knows goes under a key of its own, the method's name with ``_`` for ``-`` (``dnas``,
+``nars``, ``mixed_precision``, ``capacity``). A figure that is not a finite number is written as null, so the file
+is strict JSON.
+
+The verdict is judged here and nowhere else: ``within_target`` is ``measured_ms <= target_ms`` (``judged_on:
+"measured"``) whenever the shipped file was timed on the device itself; only without such a measurement (a table
+search, a device measured elsewhere) is it the prediction's (``judged_on: "predicted"``). The predicted figure stays
+beside it. A broken bound, an unstable measurement (``Measurement.unstable``) and a drifted device
+(``drift_pct``, see ``nas.latency.drift``) each add a warning that names what to run next.
 """
 
 from __future__ import annotations
 
-import numpy as np
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable
+
 from pydantic import BaseModel, ConfigDict
 
+from nas.files import finite_json
 from nas.run import RunDir
 
 WINNER = "arch.json"
 MODEL = "model.onnx"
+UNSTABLE_TAIL = 0.25  # (p90 - p50) / p50 above this: the measurement is too noisy to judge the model by
+DRIFT_WARN_PCT = 5.0  # a device running this much faster or slower than at calibration makes predictions stale
 
 
 class SharedReport(BaseModel):
@@ -34,11 +47,122 @@ class SharedReport(BaseModel):
     onnx_max_abs_diff: float | None
     target_ms: float | None
     within_target: bool | None
+    judged_on: str | None  # "measured" | "predicted" | None (no target)
+    measurement: dict | None
+    drift_pct: float | None
+    warnings: list[str]
     winner: str | None
     model: str | None
 
 
 SHARED_KEYS = tuple(SharedReport.model_fields)
+
+
+@dataclass
+class Measurement:
+    """The shipped model timed on the device: the figures its verdict is judged on."""
+
+    p50_ms: float
+    p90_ms: float
+    stable: bool  # the timing reached a stable median
+    spread: float  # (p90 - p10) / p50 of every timed run
+    note: str = ""  # set when the figures are not the device's own (``nas.finalize.measuring_device``)
+    drift_pct: float | None = None  # the device now against its calibration (``nas.latency.drift``)
+    drift_models: int = 0  # reference models re-timed for ``drift_pct``
+
+    @classmethod
+    def from_stats(cls, stats, note: str = "", drift=None) -> "Measurement":
+        """From a ``LatencyStats`` and, when the reference models were re-timed, a ``DriftCheck``."""
+        return cls(float(stats.p50_ms), float(stats.p90_ms), bool(stats.stable), float(stats.spread), note,
+                   None if drift is None else drift.drift_pct, 0 if drift is None else len(drift.models))
+
+    @property
+    def tail(self) -> float:
+        """(p90 - p50) / p50."""
+        return (self.p90_ms - self.p50_ms) / self.p50_ms if self.p50_ms > 0 else float("inf")
+
+    @property
+    def unstable(self) -> bool:
+        return not self.stable or self.tail > UNSTABLE_TAIL
+
+    @property
+    def on_device(self) -> bool:
+        return not self.note
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "tail_pct": 100.0 * self.tail, "unstable": self.unstable}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Measurement":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+@dataclass(frozen=True)
+class Remedies:
+    """The commands a warning names: re-measure quietly, refit the drift, re-profile the device."""
+
+    remeasure: str
+    recalibrate: str
+    reprofile: str
+
+
+def latency_remedies(device: str, *, tables_dir: str | Path | None = None, model_path: str | Path | None = None,
+                     reprofile: str | None = None, space=None) -> Remedies:
+    """The commands for ``device`` (``model_path``: the shipped file; ``reprofile``: the profile command, else one
+    made for ``space``, a ``nas.space.Space``)."""
+    tables = f" --tables-dir {tables_dir}" if tables_dir else ""
+    model = model_path or f"RUN/{MODEL}"
+    if reprofile is None:
+        args = "" if space is None else (f" --resolution {space.resolution} --width {space.width_multiplier:g} "
+                                         f"--classes {space.classes} --in-channels {space.in_channels}")
+        reprofile = f"hwnas latency profile --space {space.name if space else 'SPACE'} --device {device}{args}{tables}"
+    return Remedies(f"hwnas latency check {device} --model {model}{tables}",
+                    f"hwnas latency check {device} --recalibrate{tables}", reprofile)
+
+
+def judge(target_ms: float | None, predicted_ms: float | None, measured_ms: float | None,
+          measurement: Measurement | None) -> tuple[bool | None, str | None]:
+    """(within_target, judged_on): on the measurement when the shipped file was timed on the device, else on the
+    prediction; (None, None) without a target."""
+    if target_ms is None:
+        return None, None
+    if measured_ms is not None and (measurement is None or measurement.on_device):
+        return bool(measured_ms <= target_ms * (1 + 1e-9)), "measured"
+    if predicted_ms is not None:
+        return bool(predicted_ms <= target_ms * (1 + 1e-9)), "predicted"
+    return None, None
+
+
+def verdict_warnings(target_ms: float | None, predicted_ms: float | None, measured_ms: float | None,
+                     measurement: Measurement | None, within_target: bool | None, judged_on: str | None,
+                     remedies: Remedies) -> list[str]:
+    """What the user must know before shipping: a drifted device, a measurement taken elsewhere or too noisy to
+    judge by, a broken bound; each names what to run."""
+    out = []
+    m = measurement
+    if m is not None and m.drift_pct is not None and abs(m.drift_pct) > DRIFT_WARN_PCT:
+        out.append(f"drift: the device runs {m.drift_pct:+.1f}% against its calibration ({m.drift_models} "
+                   f"reference models re-timed before the final measurement), so predictions are off by about as "
+                   f"much; refit the scale with `{remedies.recalibrate}`")
+    if m is not None and not m.on_device:
+        out.append(f"{m.note}; the verdict is judged on the prediction")
+    if m is not None and m.unstable:
+        why = "no stable median" if not m.stable else f"p90 {100 * m.tail:+.0f}% over p50"
+        out.append(f"measurement unstable: model.onnx p50 {m.p50_ms:.4g} ms, p90 {m.p90_ms:.4g} ms ({why}); the "
+                   f"figure says more about the machine than about the prediction or the model: rerun on a quiet "
+                   f"machine (`{remedies.remeasure}`)")
+    if within_target is False and judged_on == "measured":
+        pred = "" if predicted_ms is None else f" (predicted {predicted_ms:.4g} ms)"
+        tighter = f" to about {target_ms * target_ms / measured_ms:.3g} ms"
+        noisy = "; the measurement was unstable, so re-measure first" if m is not None and m.unstable else ""
+        out.append(f"measured {measured_ms:.4g} ms breaks the target {target_ms:g} ms{pred}{noisy}. Options: "
+                   f"re-measure on a quiet machine (`{remedies.remeasure}`), tighten the target{tighter}, or "
+                   f"re-profile the device (`{remedies.reprofile}`)")
+    elif within_target is False and judged_on == "predicted":
+        out.append(f"predicted {predicted_ms:.4g} ms breaks the target {target_ms:g} ms")
+    elif within_target is False:
+        out.append(f"the {judged_on} target is not met")
+    return out
 
 
 def detail_key(method: str) -> str:
@@ -51,31 +175,30 @@ def prediction_error_pct(measured_ms: float | None, predicted_ms: float | None) 
     return 100.0 * (measured_ms - predicted_ms) / predicted_ms
 
 
-def finite(obj):
-    """NaN and infinities as null, numpy scalars as Python numbers (strict JSON)."""
-    if isinstance(obj, dict):
-        return {k: finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
-
-
 def build_report(method: str, *, device: str | None, accuracy: float | None, predicted_ms: float | None,
-                 measured_ms: float | None, onnx_max_abs_diff: float | None, target_ms: float | None,
-                 within_target: bool | None, detail: dict, winner: str | None = WINNER,
+                 measured_ms: float | None, onnx_max_abs_diff: float | None, target_ms: float | None, detail: dict,
+                 measurement: Measurement | None = None, within_target: bool | None = None,
+                 warnings: Iterable[str] = (), remedies: Remedies | None = None, winner: str | None = WINNER,
                  model: str | None = MODEL) -> dict:
-    """The report: the shared keys, then ``detail`` under the method's own key; checked against the schema."""
+    """The report: the shared keys (the verdict judged by ``judge``), then ``detail`` under the method's own key;
+    checked against the schema.
+
+    ``within_target`` is only for a target that is not a latency (mixed precision's size): a latency target
+    (``target_ms``) is always judged here. ``warnings``: the method's own, listed before the verdict's."""
+    if within_target is not None and target_ms is not None:
+        raise ValueError("build_report: a latency target is judged on the measurement; pass within_target only "
+                         "for a target that is not a latency")
+    judged = (within_target, "size") if within_target is not None else \
+        judge(target_ms, predicted_ms, measured_ms, measurement)
+    remedies = remedies or latency_remedies(device or "DEVICE")
+    notes = list(warnings) + verdict_warnings(target_ms, predicted_ms, measured_ms, measurement, *judged, remedies)
     shared = {"method": method, "device": device, "accuracy": accuracy, "predicted_ms": predicted_ms,
               "measured_ms": measured_ms, "prediction_error_pct": prediction_error_pct(measured_ms, predicted_ms),
-              "onnx_max_abs_diff": onnx_max_abs_diff, "target_ms": target_ms, "within_target": within_target,
-              "winner": winner, "model": model}
-    report = finite({**shared, detail_key(method): detail})
+              "onnx_max_abs_diff": onnx_max_abs_diff, "target_ms": target_ms, "within_target": judged[0],
+              "judged_on": judged[1], "measurement": None if measurement is None else measurement.to_dict(),
+              "drift_pct": None if measurement is None else measurement.drift_pct,
+              "warnings": list(dict.fromkeys(notes)), "winner": winner, "model": model}
+    report = finite_json({**shared, detail_key(method): detail})
     SharedReport.model_validate(report)
     return report
 

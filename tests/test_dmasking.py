@@ -130,8 +130,8 @@ def test_dmasking_search_lands_within_ten_percent_of_the_target(tiny_v2, tmp_pat
     prep = strategy.prepare()
     assert prep.min_ms == pytest.approx(lat[0]) and prep.max_ms == pytest.approx(lat[-1])
     report = strategy.run(prep, open_run(strategy, prep, tmp_path / "run"))
-    assert report["within_target"] is True
-    assert abs(report["predicted_ms"] - target) <= 0.1 * target
+    assert report["within_target"] is (report["measured_ms"] <= target) and report["judged_on"] == "measured"
+    assert 0.9 * target <= report["predicted_ms"] <= target  # the pick: the most probable arch at most 10% under
     assert report["predicted_ms"] == pytest.approx(lm.predict(space, space.validate(
         type(space.fixed_arch()).from_dict(report["dmasking"]["arch"]))))
     assert report["onnx_max_abs_diff"] < 1e-3 and report["measured_ms"] > 0

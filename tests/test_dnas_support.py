@@ -48,7 +48,7 @@ dropout: 0.0
 
 @pytest.fixture(autouse=True, scope="module")
 def one_torch_thread():
-    """One PyTorch thread, as the CLI uses by default (tiny models: more threads only contend on a shared machine)."""
+    """One PyTorch thread, as the speed fixture of these tests (tiny models: more threads only contend on a shared machine)."""
     import torch
     before = torch.get_num_threads()
     torch.set_num_threads(1)

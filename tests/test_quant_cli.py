@@ -77,7 +77,12 @@ def test_size_search_writes_a_run_that_resumes(hwnas, tmp_path):
     bits = json.loads((out / "bits.json").read_text())
     mp = report["mixed_precision"]
     assert len(bits["layers"]) == 9 and mp["mixed"]["layers"] == 9
-    assert mp["mixed"]["size_mb"] <= 0.004 and report["within_target"] is True
+    assert mp["mixed"]["size_mb"] <= 0.004  # the effective size meets the target ...
+    file_mb = (out / "model.onnx").stat().st_size / 1e6
+    assert mp["mixed"]["file_mb"] == pytest.approx(file_mb) and file_mb > 0.004  # ... the shipped file does not
+    assert report["within_target"] is False and mp["target_met"] is False and mp["target_judged_on"] == "file_mb"
+    assert any("over --target-mb 0.004" in w for w in report["warnings"])
+    assert "model.onnx is" in r.stdout + r.stderr  # printed with the verdict
     mean_bits = np.average([b["w_bits"] for b in bits["layers"]], weights=[b["params"] - b["c_out"]
                                                                           for b in bits["layers"]])
     assert mp["mixed"]["mean_weight_bits"] == pytest.approx(mean_bits)

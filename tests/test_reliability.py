@@ -405,7 +405,7 @@ def _mutate(rng: random.Random, text: str) -> bytes:
 
 def _latency_table_folder(tmp_path):
     from nas.latency.opkey import OpKey
-    from nas.latency.table import COLUMNS, MANIFEST_FILE, TABLE_FILE, DeviceManifest, encode_row
+    from nas.latency.table import COLUMNS, MANIFEST_FILE, DeviceManifest, encode_row
 
     folder = tmp_path / "dev"
     folder.mkdir()

@@ -21,7 +21,7 @@ from nas.capacity.training import plan_accuracy
 from nas.errors import SearchError
 from nas.predict.decisions import Decision, DecisionSpace
 from nas.predict.problem import SearchProblem
-from nas.report import build_report
+from nas.report import MODEL, build_report, latency_remedies
 from nas.run import RunDir
 
 OBJECTIVE = "val_accuracy"
@@ -107,6 +107,7 @@ def export_config(evaluator: CapacityEvaluator, config: CapacityConfig, run: Run
     """``capacity.json``, ``model.onnx`` (parity-checked on the test split, timed on the table's device) and the
     report (returned; the caller writes it): measured against predicted, and against ``target_ms`` if given."""
     from nas.finalize import measuring_device
+    from nas.latency.drift import measure_shipped
 
     model, data, space = evaluator.model, evaluator.data, evaluator.model.space
     row = evaluator.evaluate(config)
@@ -122,12 +123,15 @@ def export_config(evaluator: CapacityEvaluator, config: CapacityConfig, run: Run
     onnx_path = export_plan(model, plan, run.file("model.onnx"))
     parity = onnx_parity(model, plan, onnx_path, data.x_test, data.y_test)
     device, note = measuring_device(evaluator.latency.device)
-    stats = device.time_file(onnx_path)
-    measured = stats.p50_ms
+    measurement = measure_shipped(onnx_path, device, table=evaluator.latency.table, note=note)
+    measured = measurement.p50_ms
     error = measured / prediction.ms - 1
+    tables_dir = evaluator.latency.table.folder.parent
+    reprofile = (f"hwnas latency profile-capacity --space {space.name} --device {evaluator.latency.device_id} "
+                 f"--tables-dir {tables_dir}")
     figures = {"config": config.to_dict(), "plan": plan.to_dict(), "val_accuracy": row["val_accuracy"],
                "accuracy_onnx": parity["accuracy_onnx"], "onnx_top1_agreement": parity["onnx_top1_agreement"],
-               "estimated_keys": [str(k) for k in prediction.estimated], "measured_p90_ms": stats.p90_ms,
+               "estimated_keys": [str(k) for k in prediction.estimated], "measured_p90_ms": measurement.p90_ms,
                "timing": device.to_dict(), "measurement_note": note,
                "within_10pct_of_prediction": abs(error) <= 0.10,
                "measured_vs_target_pct": None if target_ms is None else 100.0 * (measured / target_ms - 1),
@@ -136,5 +140,6 @@ def export_config(evaluator: CapacityEvaluator, config: CapacityConfig, run: Run
                         accuracy=plan_accuracy(model, plan, data.x_test, data.y_test),
                         predicted_ms=prediction.ms, measured_ms=measured,
                         onnx_max_abs_diff=parity["onnx_max_abs_diff"], target_ms=target_ms,
-                        within_target=None if target_ms is None else measured <= 1.10 * target_ms,
-                        detail=figures)
+                        measurement=measurement, warnings=prediction.warnings, detail=figures,
+                        remedies=latency_remedies(evaluator.latency.device_id, tables_dir=tables_dir,
+                                                  model_path=run.file(MODEL), reprofile=reprofile))

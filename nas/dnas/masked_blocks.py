@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nas.blocks import ConvBNReLU, PoolClassifier, make_block, mid_channels
+from nas.conv import conv2d
 from nas.gumbel import DecisionSample
 from nas.dnas.masks import ResolutionState, batch_norm, channel_mask, prefix_masks
 from nas.errors import SearchError
@@ -261,7 +262,7 @@ def _group_members(options: list[int], g: int, width: int) -> torch.Tensor:
 def _spatial(x, weight, bias, stride, padding, groups, res: ResolutionState | None, level_in, level_out):
     if res is not None and (weight.shape[-1] > 1 or stride > 1):
         return res.spatial_conv(x, weight, bias, stride, padding, groups, level_in, level_out)
-    return F.conv2d(x, weight, bias, stride, padding, 1, groups)
+    return conv2d(x, weight, bias, stride, padding, 1, groups)
 
 
 class MaskedSkip(nn.Module):

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nas.conv import conv2d
 from nas.gumbel import DecisionSample
 
 
@@ -164,7 +165,7 @@ class ResolutionState:
         order = sorted(range(len(self.active)), key=lambda i: not self._is_full(self.active[i], level_out))
         for i in order:
             o, g = self.active[i], self.weights[i]
-            y = F.conv2d(source(o), weight * g, bias * g if bias is not None else None, stride, padding, 1, groups)
+            y = conv2d(source(o), weight * g, bias * g if bias is not None else None, stride, padding, 1, groups)
             if self._is_full(o, level_out):
                 out = y if out is None else out + y
                 continue

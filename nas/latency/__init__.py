@@ -26,6 +26,8 @@ Modules:
 - ``quantize``: static int8 (QDQ by default; ``extra`` "qformat=qop", "qops=pw" choose format and granularity).
 - ``calibrate``: whole-model calibration (``calibrate_models`` for every space kind, timed by the ``Device``),
   mixed-precision calibration rows, and the refit of ``correction.json``.
+- ``drift``: reference models kept at calibration (``reference/``), ``check_drift`` (``hwnas latency check``),
+  ``recalibrate`` (one global rescale), ``measure_shipped`` (a search's final measurement, after the check).
 - ``correction``: ``Correction`` (with ``PrecisionTerms``) and its least-squares fit.
 - ``features``: key features (analytic MACs, params, bytes) for the fallback regressor.
 - ``model``: ``LatencyModel`` (``block_cost_ms``, ``is_estimated``, ``base_ms``, ``total_ms`` (the one base + sum),

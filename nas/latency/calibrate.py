@@ -5,6 +5,7 @@ and exports its ONNX file; the device (``nas.latency.device.Device``, the table'
 ones interleaved. Each measured model is one row of ``calibration.csv`` in the device folder (its op keys,
 measured p50), appended under the same lock discipline as the table, so calibration resumes and several spaces
 (convolutional, dynamic-capacity) contribute to one correction, refitted over all rows whose keys the table holds.
+The first calibration also keeps a few of its models as the device's reference models (``nas.latency.drift``).
 Mixed-precision models (each assignment's measured time and its int8 compute, transition and transition-count
 terms) add rows to ``precision_calibration.csv``; ``fit_precision`` weighs those terms for the whole device
 (non-negative least squares), saved in the same ``correction.json``.
@@ -29,6 +30,7 @@ from nas.errors import LatencyTableError
 from nas.latency.correction import CalibrationPoint, Correction, PrecisionTerms, fit_correction, key_family, \
     net_block_ms
 from nas.latency.device import Device, check_provider
+from nas.latency.drift import pick_references, read_references, store_references
 from nas.latency.opkey import OpKey
 from nas.latency.profile import key_is_identity, single_thread_torch
 from nas.latency.table import LatencyTable, _locked, _read_from
@@ -197,6 +199,8 @@ def refit_correction(table: LatencyTable) -> Correction:
     overhead = CallOverhead.load(table.folder)
     correction = fit_correction(calibration_points(table), overhead.fixed_ms if overhead else 0.0)
     correction.precision = fit_precision(table.folder)
+    if (old := Correction.load(table.folder)) is not None:  # a refit starts from rescale 1; the history stays
+        correction.history = old.history
     correction.save(table.folder)
     return correction
 
@@ -216,26 +220,32 @@ class CalibrationModel:
 def calibrate_models(table: LatencyTable, models: list[CalibrationModel], *, timing: TimingConfig | None = None,
                      on_progress: Callable[[int, int, str], None] | None = None) -> Correction:
     """Measure the ``models`` not yet in the device's calibration set (interleaved, with the table's own
-    set-up), append them, and refit the correction."""
-    done = {r["model_id"] for r in read_calibration(table.folder)}
-    todo = [m for m in models if m.model_id not in done]
+    set-up), append them, keep a few as the device's reference models (``nas.latency.drift``) if it has none,
+    and refit the correction."""
+    measured = {r["model_id"]: r["measured_ms"] for r in read_calibration(table.folder)}
+    todo = [m for m in models if m.model_id not in measured]
     skipped = len(models) - len(todo)
     if on_progress:
         on_progress(skipped, len(models), "already measured")
-    if todo:
-        with tempfile.TemporaryDirectory(prefix="hwnas-model-") as tmp:
-            paths = []
-            for i, m in enumerate(todo, start=1):
-                paths.append(m.export(Path(tmp) / f"model{i}.onnx"))
-                if on_progress:
-                    on_progress(skipped + i, len(models), "exported")
-            stats = Device.from_manifest(table.manifest).time_files(paths, timing)
-        for m, st in zip(todo, stats):
-            append_calibration(table.folder, {
-                "model_id": m.model_id, "space": m.space, "space_args": json.dumps(m.space_args),
-                "arch": json.dumps(m.decisions), "keys": " ".join(str(k) for k in m.keys),
-                "measured_ms": f"{st.p50_ms:.6g}", "p90_ms": f"{st.p90_ms:.6g}", "count": st.count,
-                "stable": int(st.stable), "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    with tempfile.TemporaryDirectory(prefix="hwnas-model-") as tmp:
+        paths = {}
+        for i, m in enumerate(todo, start=1):
+            paths[m.model_id] = m.export(Path(tmp) / f"model{i}.onnx")
+            if on_progress:
+                on_progress(skipped + i, len(models), "exported")
+        if todo:
+            stats = Device.from_manifest(table.manifest).time_files([paths[m.model_id] for m in todo], timing)
+            for m, st in zip(todo, stats):
+                measured[m.model_id] = st.p50_ms
+                append_calibration(table.folder, {
+                    "model_id": m.model_id, "space": m.space, "space_args": json.dumps(m.space_args),
+                    "arch": json.dumps(m.decisions), "keys": " ".join(str(k) for k in m.keys),
+                    "measured_ms": f"{st.p50_ms:.6g}", "p90_ms": f"{st.p90_ms:.6g}", "count": st.count,
+                    "stable": int(st.stable), "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        if not read_references(table.folder):
+            picked = [models[i] for i in pick_references([measured[m.model_id] for m in models])]
+            store_references(table.folder, [(m.model_id, paths.get(m.model_id) or m.export(Path(tmp) / f"ref{i}.onnx"),
+                                             measured[m.model_id]) for i, m in enumerate(picked)])
     return refit_correction(table)
 
 

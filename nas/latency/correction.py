@@ -79,6 +79,8 @@ class Correction:
     family_scale: dict = field(default_factory=dict)  # {"conv": 1.1, "token": 0.9} where fitted separately
     family_per_block_ms: dict = field(default_factory=dict)
     precision: PrecisionTerms = field(default_factory=PrecisionTerms)
+    rescale: float = 1.0  # drift folded in by `hwnas latency check --recalibrate` (nas.latency.drift); 1 = as fitted
+    history: list = field(default_factory=list)  # the corrections a rescale replaced, oldest first
 
     def scale_for(self, family: str) -> float:
         return float(self.family_scale.get(family, self.scale))
@@ -109,7 +111,7 @@ class Correction:
             c = cls(**{k: v for k, v in d.items() if k in known})
             c.precision = PrecisionTerms(**c.precision) if isinstance(c.precision, dict) else PrecisionTerms()
             c.precision.coef
-            float(c.base_ms), float(c.scale), float(c.per_block_ms)
+            float(c.base_ms), float(c.scale), float(c.per_block_ms), float(c.rescale), list(c.history)
             {str(k): float(v) for k, v in {**c.family_scale, **c.family_per_block_ms}.items()}
             return c
         except (json.JSONDecodeError, TypeError, ValueError, AttributeError) as e:

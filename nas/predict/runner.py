@@ -20,11 +20,10 @@ import numpy as np
 
 from nas.predict.history import History
 from nas.predict.nars import NarsConfig, run_nars
-from nas.predict.predictors import torch_threads
 from nas.predict.pareto import family, pareto_mask, plot_pareto, plot_predictions
 from nas.predict.problem import Constraint, ModelProblem, SearchProblem
 from nas.predict.search_setup import SearchSettings, build_constraints, build_problem
-from nas.report import build_report, write_report
+from nas.report import MODEL, Measurement, build_report, latency_remedies, write_report
 from nas.run import RunDir
 from nas.strategy import Progress, Strategy, no_progress
 
@@ -89,7 +88,7 @@ class PredictorStrategy(Strategy):
         if isinstance(problem, ModelProblem) and settings.export != "none" and winner is not None:
             exports = _export(run, problem, history, constraints, winner, settings, emit)
             detail["export"] = exports
-        report = _report(settings, problem, history, winner, exports, detail)
+        report = _report(settings, problem, history, winner, exports, detail, run)
         return write_report(run, report)
 
 
@@ -300,10 +299,10 @@ def _export(run: RunDir, problem: ModelProblem, history: History, constraints: l
         seen.add(history.rows[i]["key"])
         cand = problem.joint.candidate(history.genomes[i])
         emit("export", {"constraint": c.label, "epochs": cand.recipe.epochs})
-        with torch_threads(1):  # see TrainEvaluator: oneDNN heap corruption with 2 threads on some small archs
-            rep = train_export_measure(space, cand.arch, problem.data, cand.recipe, run, device=device,
-                                       prefix=prefix, predict_ms=lambda a: lm.predict(space, a),
-                                       on_epoch=lambda e, row: emit("export_epoch", {"epoch": e, **row}))
+        rep = train_export_measure(space, cand.arch, problem.data, cand.recipe, run, device=device,
+                                   prefix=prefix, predict_ms=lambda a: lm.predict(space, a),
+                                   on_epoch=lambda e, row: emit("export_epoch", {"epoch": e, **row}),
+                                   table=lm.table, note=note)
         run.write_json(f"{prefix}recipe.json", cand.recipe.model_dump())
         rep.update({"constraint": c.label, "device": device_id, "measurement_note": note,
                     "predicted_ms_per_device": {d: float(problem.costs.latency_ms(history.genomes[i][None])[0, j])
@@ -314,8 +313,9 @@ def _export(run: RunDir, problem: ModelProblem, history: History, constraints: l
 
 
 def _report(settings: SearchSettings, problem: SearchProblem, history: History,
-            winner: tuple[Constraint, int] | None, exports: list[dict], detail: dict) -> dict:
-    """The shared keys from the winner: its exported model's figures, or (no model) its evaluated figures."""
+            winner: tuple[Constraint, int] | None, exports: list[dict], detail: dict, run: RunDir) -> dict:
+    """The shared keys from the winner: its exported model's figures (judged on its measurement), or (no model)
+    its evaluated figures."""
     device = problem.devices[0] if problem.devices else None
     target_ms = predicted_ms = accuracy = None
     if winner is not None:
@@ -328,9 +328,12 @@ def _report(settings: SearchSettings, problem: SearchProblem, history: History,
     first = exports[0] if exports else {}
     if first:
         accuracy, predicted_ms = first["accuracy"], first["predicted_ms"]
+    remedies = None
+    if device is not None:
+        remedies = latency_remedies(device, tables_dir=settings.tables_dir, model_path=run.file(MODEL),
+                                    space=problem.joint.space if isinstance(problem, ModelProblem) else None)
     return build_report(settings.strategy, device=device, accuracy=accuracy, predicted_ms=predicted_ms,
                         measured_ms=first.get("measured_ms"), onnx_max_abs_diff=first.get("onnx_max_abs_diff"),
-                        target_ms=target_ms,
-                        within_target=None if target_ms is None else bool(predicted_ms <= target_ms + 1e-12),
-                        detail=detail, winner="arch.json" if winner is not None else None,
-                        model="model.onnx" if first else None)
+                        target_ms=target_ms, detail=detail, warnings=detail["warnings"], remedies=remedies,
+                        measurement=Measurement.from_dict(first["measurement"]) if first else None,
+                        winner="arch.json" if winner is not None else None, model=MODEL if first else None)

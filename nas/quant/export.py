@@ -4,8 +4,10 @@ training data, only the chosen layers' nodes quantized), every other layer left 
 Layers whose grid is narrower than 8 bits are exported on their own grid and *stored and executed as int8*: the
 weights are quantized with per-channel scales ``max|w_c| / (2^(b-1)-1)``, so the stored int8 values lie in
 ``[-(2^(b-1)-1), 2^(b-1)-1]``; activations use a ``b``-bit scale and zero point from the same calibration, held
-in uint8 (values beyond the calibrated range saturate at 255 rather than 2^b - 1). ONNX Runtime has no
-sub-8-bit kernels on CPU, so these layers take int8 time and int8 memory; their *effective* size counts b bits.
+in uint8 (values beyond the calibrated range saturate at 255 rather than 2^b - 1, as the fake-quant model
+emulates). ONNX Runtime has no sub-8-bit kernels on CPU, so these layers take int8 time and int8 memory; their
+*effective* size counts b bits. Biases are stored as int32 by ``onnxruntime.quantization``; the fake-quant model
+adds the same rounding (``nas.quant.mixed``), so the exported model computes what the search ranked.
 """
 
 from __future__ import annotations
@@ -69,7 +71,9 @@ def _reader(x: np.ndarray, batch_size: int):
 
 def quant_overrides(model: onnx.ModelProto, graph: QuantGraph, assignment: list[BitOption],
                     tensor_ranges: dict[str, tuple[float, float]]) -> dict:
-    """TensorQuantOverrides for sub-8-bit grids: per-channel weight scales, per-tensor activation scale and zero point."""
+    """TensorQuantOverrides that put the fake quantizer's grids in the file: per-channel scales of sub-8-bit weights,
+    and the scale and zero point of every quantized activation tensor (from ``tensor_ranges``, the torch model's
+    calibration: ONNX Runtime's own, computed in its float arithmetic, can land an ulp away and flip roundings)."""
     weights = {init.name: init for init in model.graph.initializer}
     nodes = {n.name: n for n in model.graph.node}
     overrides: dict[str, list[dict]] = {}
@@ -82,18 +86,25 @@ def quant_overrides(model: onnx.ModelProto, graph: QuantGraph, assignment: list[
                                             not any(a.name == "transB" and a.i for a in node.attribute)):
                 axis = 1
             per_channel = np.abs(np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)).max(axis=1)
-            scales = np.maximum(per_channel, 1e-12) / weight_qmax(option.w_bits)
+            scales = np.maximum(per_channel.astype(np.float64), 1e-12) / weight_qmax(option.w_bits)
             overrides[node.input[1]] = [{"axis": axis, "scale": np.array(scales[0], dtype=np.float32),
                                          "zero_point": np.array(0, dtype=np.int8)}] + \
                 [{"scale": np.array(sc, dtype=np.float32), "zero_point": np.array(0, dtype=np.int8)}
                  for sc in scales[1:]]
     bits = tensor_bits(graph, [o.runs_int8 for o in assignment], [o.a_bits for o in assignment])
+    # QOperator folds a layer's ReLU into its QLinearConv, whose output is then the Conv's (pre-ReLU) tensor: it
+    # takes the ReLU output's grid too.
+    pre_relu = {layer.output_tensor: nodes[layer.node].output[0] for layer in graph.layers if layer.relu}
     for name, b in bits.items():
-        if b < 8:
-            if name not in tensor_ranges:
+        if name not in tensor_ranges:  # ONNX Runtime calibrates it (timing-only models pass no ranges)
+            if b < 8:
                 raise SearchError(f"tensor {name}: a {b}-bit grid needs its calibrated range")
-            scale, zp = activation_qparams(*tensor_ranges[name], b)
-            overrides[name] = [{"scale": np.array(scale, dtype=np.float32), "zero_point": np.array(zp, dtype=np.uint8)}]
+            continue
+        scale, zp = activation_qparams(*tensor_ranges[name], b)
+        grid = [{"scale": np.array(scale, dtype=np.float32), "zero_point": np.array(zp, dtype=np.uint8)}]
+        overrides[name] = grid
+        if name in pre_relu:
+            overrides[pre_relu[name]] = grid
     return overrides
 
 

@@ -7,6 +7,12 @@
 
 Rounding passes gradients straight through; values clipped by the activation range get no gradient.
 ``bits >= 32`` means float: the tensor is returned unchanged.
+
+What the exported model computes beyond these grids, and the fixed (shipped) layers emulate:
+- a sub-8-bit activation grid is held in uint8, so values above the calibrated range saturate at 255, not 2^b - 1
+  (``stored_bits=8``);
+- a layer's bias (with its BatchNorm folded in) is stored as int32 on the scale ``input scale x weight scale``
+  (``int32_bias_error``): coarse when the weight grid is coarse, so it is part of the model, not noise.
 """
 
 from __future__ import annotations
@@ -55,14 +61,28 @@ def activation_qparams(lo: float, hi: float, bits: int) -> tuple[float, int]:
     return float(scale), max(0, min(levels, zero_point))
 
 
-def fake_quantize_activation(x: torch.Tensor, lo: float, hi: float, bits: int) -> torch.Tensor:
-    """Quantize ``x`` per tensor to a ``bits``-bit unsigned grid over ``[lo, hi]`` and back (STE inside the range)."""
+def fake_quantize_activation(x: torch.Tensor, lo: float, hi: float, bits: int,
+                             stored_bits: int | None = None) -> torch.Tensor:
+    """Quantize ``x`` per tensor to a ``bits``-bit unsigned grid over ``[lo, hi]`` and back (STE inside the range).
+
+    ``stored_bits``: the integer type the grid is held in (8: ONNX Runtime's uint8), which sets where values above
+    the range saturate; by default the grid's own ``bits``.
+    """
     if bits >= FLOAT_BITS:
         return x
     scale, zero_point = activation_qparams(lo, hi, bits)
-    levels = 2 ** bits - 1
+    levels = 2 ** max(bits, stored_bits or bits) - 1
     q = torch.clamp(round_ste(x / scale) + zero_point, 0, levels)
     return (q - zero_point) * scale
+
+
+def int32_bias_error(bias: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``round(bias / scale) * scale - bias``: what storing ``bias`` as int32 on per-channel ``scale`` adds
+    (ONNX Runtime's ``quantize_bias_static_impl``, computed in float64). Zero where the scale is zero."""
+    b, s = bias.detach().double(), scale.detach().double()
+    safe = torch.where(s > 0, s, torch.ones_like(s))
+    err = torch.round(b / safe) * safe - b
+    return torch.where(s > 0, err, torch.zeros_like(err)).to(bias.dtype)
 
 
 class RangeObserver(nn.Module):

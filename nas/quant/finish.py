@@ -1,9 +1,12 @@
 """One assignment, delivered: quantization-aware fine-tuning, calibration, ONNX export in QDQ and QOperator,
-accuracy in torch and ONNX Runtime, and the measured latency of every candidate file (the faster format is kept)."""
+accuracy in torch and ONNX Runtime (with the largest logit difference over the test set and a warning when ONNX
+Runtime is more than a point below torch), the file's size on disk, and the measured latency of every candidate
+file (the faster format is kept)."""
 
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,9 +25,10 @@ from nas.quant.graph import QuantGraph, attach_onnx, layer_io_bits
 from nas.quant.mixed import BitOption, MixedPrecisionNet
 from nas.recipe import Recipe
 from nas.run import RunDir
-from nas.training import accuracy, fit_input, train_model
+from nas.training import fit_input, predict_logits, train_model
 
 Progress = Callable[[str, int], ContextManager[Callable[..., None]]]  # (stage, total) -> advance(n=1, note="")
+ACCURACY_GAP = 0.01  # an exported model this far below its torch twin is reported as a warning
 
 
 @contextmanager
@@ -67,7 +71,10 @@ def finish(net: MixedPrecisionNet, graph: QuantGraph, assignment: list[BitOption
     net.fix(assignment, ins, outs)
     calib = data.x_train[:settings.calibration_samples]
     net.calibrate(fit_input(calib, net))
-    acc_torch = accuracy(net, data.x_test, data.y_test)
+    with torch.no_grad():
+        ref = predict_logits(net, data.x_test)
+    acc_torch = float((ref.argmax(1) == data.y_test).float().mean())
+    ref = ref.numpy()
     float_path = run.file(f"{name}_float.onnx")
     export_onnx(net.float_model(assignment), net.input_shape, float_path)
     g = attach_onnx(copy.deepcopy(graph.layers), float_path)
@@ -88,11 +95,10 @@ def finish(net: MixedPrecisionNet, graph: QuantGraph, assignment: list[BitOption
         candidates["fp32"] = str(float_path)
     formats = {}
     for fmt, path in candidates.items():
-        pred = run_onnx(path, x_test).argmax(1)
-        with torch.no_grad():
-            ref = net(x_test[:64]).numpy()
-        formats[fmt] = {"accuracy_onnx": float((pred == data.y_test.numpy()).mean()),
-                        "onnx_max_abs_diff": float(np.abs(run_onnx(path, x_test[:64]) - ref).max())}
+        out = run_onnx(path, x_test)
+        formats[fmt] = {"accuracy_onnx": float((out.argmax(1) == data.y_test.numpy()).mean()),
+                        "onnx_max_abs_diff": float(np.abs(out - ref).max()),
+                        "file_mb": os.path.getsize(path) / 1e6}
     figures = {
         "accuracy_torch": acc_torch,
         "predicted_ms": cost_ms.of(assignment) if cost_ms is not None else None,
@@ -112,17 +118,29 @@ def finish(net: MixedPrecisionNet, graph: QuantGraph, assignment: list[BitOption
 
 def measure_and_choose(models: list[Finished], run: RunDir, device: Device) -> None:
     """Time every candidate file of every model together on ``device`` (interleaved rounds), keep each model's
-    faster format as its output file, and fill in ``format``, ``measured_ms``, ``accuracy_onnx`` and
-    ``onnx_max_abs_diff``."""
+    faster format as its output file, and fill in ``format``, ``measured_ms``, ``accuracy_onnx``,
+    ``onnx_max_abs_diff`` and ``file_mb`` (the output file's size on disk)."""
     files = [(m, fmt, path) for m in models for fmt, path in m.candidates.items()]
     stats = device.time_files([path for _, _, path in files])
     for (m, fmt, _), st in zip(files, stats):
         m.figures["formats"][fmt]["measured_ms"] = st.p50_ms
+        m.figures["formats"][fmt]["latency_stats"] = st.to_dict()
     for m in models:
         formats = m.figures["formats"]
         chosen = min(formats, key=lambda f: formats[f]["measured_ms"])
         with atomic_path(run.file(m.out_name)) as tmp:
             shutil.copyfile(m.candidates[chosen], tmp)
-        m.figures.update({"format": chosen, "measured_ms": formats[chosen]["measured_ms"],
-                          "accuracy_onnx": formats[chosen]["accuracy_onnx"],
-                          "onnx_max_abs_diff": formats[chosen]["onnx_max_abs_diff"]})
+        m.figures.update({key: formats[chosen][key] for key in ("measured_ms", "latency_stats", "accuracy_onnx",
+                                                                 "onnx_max_abs_diff")},
+                         format=chosen, file_mb=os.path.getsize(run.file(m.out_name)) / 1e6)
+
+
+def onnx_accuracy_warning(label: str, figures: dict) -> str | None:
+    """A warning when the exported model's accuracy is more than ``ACCURACY_GAP`` below the fake-quant torch
+    model's (the model the search and the fine-tuning saw), else None."""
+    torch_acc, onnx_acc = figures["accuracy_torch"], figures["accuracy_onnx"]
+    if onnx_acc >= torch_acc - ACCURACY_GAP:
+        return None
+    return (f"{label}: ONNX Runtime accuracy {onnx_acc:.4f} is {100 * (torch_acc - onnx_acc):.1f} points below the "
+            f"fake-quant torch model's {torch_acc:.4f} (largest logit difference "
+            f"{figures['onnx_max_abs_diff']:.3g}): the shipped file does not compute what was searched and trained")

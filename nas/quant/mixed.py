@@ -1,9 +1,13 @@
 """The bit-width supernet (Wu et al. 2018, arXiv 1812.00090): every conv and linear layer chooses (weight bits,
 activation bits) through a Gumbel-softmax over fake-quantized branches that share one weight tensor.
 
-A branch is ``layer(Qa(x), Qw(W))``. Branches with the same activation bits are linear in the weight, so they run
-as one conv with the probability-weighted sum of their quantized weights: a layer costs one conv per distinct
-activation precision, not one per option.
+A branch is ``layer(Qa(x), Qw(W))`` plus what the exported int8 layer adds: its bias (BatchNorm folded in) rounded
+to int32 on the scale ``input scale x weight scale``, and activation grids held in uint8 (``nas.quant.fake``), so
+the model the search ranks and fine-tunes computes what ONNX Runtime computes. A fixed assignment in evaluation
+runs its int8 layers in ONNX Runtime's integer arithmetic (``nas.quant.integer``): the accuracy reported for the
+torch model is the shipped model's, rounding for rounding. Branches with the same activation bits are linear in
+the weight, so they run as one conv with the probability-weighted sum of their quantized weights: a layer costs
+one conv per distinct activation precision, not one per option.
 """
 
 from __future__ import annotations
@@ -15,9 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas.gumbel import soft_weights
+from nas.conv import conv2d
 from nas.errors import SearchError
-from nas.quant.fake import FLOAT_BITS, RangeObserver, fake_quantize_activation, fake_quantize_weight
+from nas.gumbel import soft_weights
+from nas.quant.fake import FLOAT_BITS, RangeObserver, activation_qparams, fake_quantize_activation, \
+    fake_quantize_weight, int32_bias_error, weight_scale
+from nas.quant.integer import folded_batchnorm, integer_output
+
+STORED_BITS = 8  # ONNX Runtime holds every integer grid in (u)int8
 
 QUANTIZABLE = (nn.Conv2d, nn.Linear)
 
@@ -93,12 +102,15 @@ class MixedPrecisionLayer(nn.Module):
         self.float_mode = False  # float activations (calibration, like ONNX Runtime's float calibration model)
         self.tau = 1.0
         self.mixture: torch.Tensor | None = None  # Gumbel-softmax weights of the current step
+        # The BatchNorm that ONNX export folds into this layer (set by MixedPrecisionNet); a list, so that it is not
+        # registered as a second parent's submodule.
+        self.folded_bn: list[nn.BatchNorm2d | nn.BatchNorm1d] = []
 
     def _run(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         layer = self.layer
         if isinstance(layer, nn.Linear):
             return F.linear(x, w)
-        return F.conv2d(x, w, None, layer.stride, layer.padding, layer.dilation, layer.groups)
+        return conv2d(x, w, None, layer.stride, layer.padding, layer.dilation, layer.groups)
 
     def _bias(self, y: torch.Tensor) -> torch.Tensor:
         b = self.layer.bias
@@ -108,7 +120,26 @@ class MixedPrecisionLayer(nn.Module):
 
     def _branch_input(self, x: torch.Tensor, a_bits: int) -> torch.Tensor:
         lo, hi = self.observer.range()
-        return fake_quantize_activation(x, lo, hi, a_bits)
+        return fake_quantize_activation(x, lo, hi, a_bits, STORED_BITS)
+
+    @torch.no_grad()
+    def int32_bias_correction(self, option: BitOption, a_bits: int) -> torch.Tensor:
+        """What the exported layer's int32 bias adds to this layer's output (per channel, before the BatchNorm).
+
+        ONNX Runtime stores the folded bias ``s b + t`` on the scale ``input scale x |s| x weight scale`` per
+        channel; the rounding error, mapped back through the BatchNorm, is ``error / s``.
+        """
+        if not option.runs_int8:
+            return self.layer.weight.new_zeros(self.layer.weight.shape[0])
+        s, t = folded_batchnorm(self.folded_bn[0] if self.folded_bn else None, self.layer.weight)
+        b = self.layer.bias.detach() if self.layer.bias is not None else torch.zeros_like(s)
+        in_scale = activation_qparams(*self.observer.range(), a_bits)[0]
+        scale = in_scale * s.abs() * weight_scale(self.layer.weight, option.w_bits).flatten()
+        err = int32_bias_error(s * b + t, scale)
+        return torch.where(s != 0, err / torch.where(s != 0, s, torch.ones_like(s)), torch.zeros_like(err))
+
+    def _shift(self, y: torch.Tensor, correction: torch.Tensor) -> torch.Tensor:
+        return y + (correction if isinstance(self.layer, nn.Linear) else correction.view(1, -1, 1, 1))
 
     def sample_mixture(self) -> torch.Tensor:
         self.mixture = soft_weights(self.theta, self.tau)
@@ -124,14 +155,19 @@ class MixedPrecisionLayer(nn.Module):
         if self.fixed is not None:
             opt = self.options[self.fixed]
             a_bits = self.in_bits if self.in_bits is not None else opt.a_bits
-            return self._bias(self._run(self._branch_input(x, a_bits), fake_quantize_weight(w, opt.w_bits)))
+            if not self.training and opt.runs_int8 and self.out_bits is not None:  # evaluation: what ships
+                return integer_output(self.layer, self.folded_bn[0] if self.folded_bn else None, x, opt.w_bits,
+                                      self.observer.range(), a_bits, self.out_observer.range(), self.out_bits)
+            y = self._bias(self._run(self._branch_input(x, a_bits), fake_quantize_weight(w, opt.w_bits)))
+            return self._shift(y, self.int32_bias_correction(opt, a_bits))
         g = self.mixture if self.mixture is not None else F.softmax(self.theta, 0)
         out = 0
         for a_bits in sorted({o.a_bits for o in self.options}):
             wsum = sum(g[i] * fake_quantize_weight(w, o.w_bits) for i, o in enumerate(self.options)
                        if o.a_bits == a_bits)
             out = out + self._run(self._branch_input(x, a_bits), wsum)
-        return self._bias(out)
+        correction = sum(g[i].detach() * self.int32_bias_correction(o, o.a_bits) for i, o in enumerate(self.options))
+        return self._shift(self._bias(out), correction)
 
     def quantize_output(self, y: torch.Tensor) -> torch.Tensor:
         """Observe the layer's output; in fixed int8 mode, store it on its grid as ONNX Runtime does."""
@@ -140,7 +176,7 @@ class MixedPrecisionLayer(nn.Module):
         if self.fixed is None or self.out_bits is None or self.float_mode:
             return y
         lo, hi = self.out_observer.range()
-        return fake_quantize_activation(y, lo, hi, self.out_bits)
+        return fake_quantize_activation(y, lo, hi, self.out_bits, STORED_BITS)
 
     def probabilities(self) -> torch.Tensor:
         return F.softmax(self.theta.detach(), 0)
@@ -164,10 +200,12 @@ class MixedPrecisionNet(nn.Module):
         self.options = list(options)
         self.names = order
         self.taps = output_taps(model, order)
-        for name in order:
+        for name, bn in zip(order, folded_batchnorms(model, order)):
             parent, _, attr = name.rpartition(".")
             owner = model.get_submodule(parent) if parent else model
-            setattr(owner, attr, MixedPrecisionLayer(getattr(owner, attr), options))
+            layer = MixedPrecisionLayer(getattr(owner, attr), options)
+            layer.folded_bn = [bn] if bn is not None else []
+            setattr(owner, attr, layer)
         self._hooks: list = []
         self._register_taps()
 
@@ -275,21 +313,38 @@ class MixedPrecisionNet(nn.Module):
         return plain
 
 
+def _followers(model: nn.Module, name: str) -> list[tuple[str, nn.Module]]:
+    """The modules after layer ``name`` in its parent ``nn.Sequential``, with their full names (none if the parent is
+    not a Sequential)."""
+    parent, _, attr = name.rpartition(".")
+    owner = model.get_submodule(parent) if parent else model
+    if not isinstance(owner, nn.Sequential):
+        return []
+    keys = list(owner._modules)
+    return [(f"{parent}.{k}" if parent else k, owner._modules[k]) for k in keys[keys.index(attr) + 1:]]
+
+
+def folded_batchnorms(model: nn.Module, names: list[str]) -> list[nn.Module | None]:
+    """For each layer, the BatchNorm that directly follows it in its ``nn.Sequential`` (ONNX export folds it into
+    the layer's weight and bias), or None."""
+    found = []
+    for name in names:
+        after = _followers(model, name)[:1]
+        found.append(after[0][1] if after and isinstance(after[0][1], (nn.BatchNorm2d, nn.BatchNorm1d)) else None)
+    return found
+
+
 def output_taps(model: nn.Module, names: list[str]) -> list[str]:
     """For each layer, the module whose output is the layer's output tensor in the exported graph: the last of the
     BatchNorm / ReLU modules that directly follow it in its ``nn.Sequential`` (BN folds into the conv on export),
     or the layer itself."""
     taps = []
     for name in names:
-        parent, _, attr = name.rpartition(".")
-        owner = model.get_submodule(parent) if parent else model
         tap = name
-        if isinstance(owner, nn.Sequential):
-            keys = list(owner._modules)
-            for key in keys[keys.index(attr) + 1:]:
-                if not isinstance(owner._modules[key], (nn.BatchNorm2d, nn.BatchNorm1d, nn.ReLU)):
-                    break
-                tap = f"{parent}.{key}" if parent else key
+        for follower, module in _followers(model, name):
+            if not isinstance(module, (nn.BatchNorm2d, nn.BatchNorm1d, nn.ReLU)):
+                break
+            tap = follower
         taps.append(tap)
     return taps
 

@@ -1,0 +1,182 @@
+"""Drift: a table measured hours ago can be off by the machine's drift, not by the model's error.
+
+Calibration (``nas.latency.calibrate.calibrate_models``) keeps a few of the whole models it timed as **reference
+models** (``reference/<id>.onnx`` in the device folder, listed in ``reference/references.json`` with the latency
+measured then). ``check_drift`` re-times them now on the table's own ``Device`` (interleaved, with a shipped model
+alongside when one is given) and reports the drift: the median over the references of measured now / measured at
+calibration (times the correction's ``rescale``) - 1, in per cent. ``recalibrate`` folds that ratio into the
+correction as one global rescale (base, scales and per-block terms), keeping the old correction in its
+``history``; a later refit from the stored measurements starts again from ``rescale`` 1. Searches call
+``measure_shipped``: the drift check, then the shipped model's own timing, as one ``nas.report.Measurement``.
+Bundles carry the calibration models (``nas.latency.bundle``), so a remote device is re-timed with its
+``measure.py``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from nas.errors import LatencyTableError
+from nas.files import atomic_path, write_json
+from nas.latency.correction import Correction
+from nas.latency.device import Device
+from nas.latency.table import LatencyTable
+from nas.latency.timing import LatencyStats, TimingConfig
+from nas.report import Measurement
+
+REFERENCE_DIR = "reference"
+REFERENCE_INDEX = "references.json"
+REFERENCE_MODELS = 3
+
+
+# ---- the stored reference models --------------------------------------------------------------------------------
+def reference_dir(folder: Path) -> Path:
+    return Path(folder) / REFERENCE_DIR
+
+
+def read_references(folder: Path) -> list[dict]:
+    """The device's reference models: ``model_id``, ``file`` (in ``reference/``), ``measured_ms`` at calibration,
+    ``timestamp``; only those whose file is there."""
+    path = reference_dir(folder) / REFERENCE_INDEX
+    if not path.is_file():
+        return []
+    try:
+        refs = json.loads(path.read_text())["models"]
+        return [r for r in refs if (reference_dir(folder) / r["file"]).is_file() and float(r["measured_ms"]) > 0]
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise LatencyTableError(f"{path}: corrupt reference list; delete the folder {path.parent} and rerun the "
+                                f"calibration (`hwnas latency profile`)") from None
+
+
+def pick_references(measured_ms: list[float], count: int = REFERENCE_MODELS) -> list[int]:
+    """Indices of ``count`` models spread over the measured range, around the quartiles (not the largest file, not
+    the one dominated by call overhead)."""
+    order = [int(i) for i in np.argsort(measured_ms)]
+    n = len(order)
+    if n <= count:
+        return order
+    ranks = {int(round(q * (n - 1))) for q in np.linspace(0.25, 0.75, count)}
+    nearest_middle = sorted(set(range(n)) - ranks, key=lambda r: abs(r - (n - 1) / 2))
+    return [order[r] for r in sorted(ranks | set(nearest_middle[:count - len(ranks)]))]
+
+
+def store_references(folder: Path, models: list[tuple[str, Path, float]]) -> list[dict]:
+    """Keep a few of the (model_id, ONNX file, measured ms) just calibrated as the device's reference models,
+    unless it has them already (a drift baseline must stay the same over time)."""
+    refs = read_references(folder)
+    if refs or not models:
+        return refs
+    out = reference_dir(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+    for i in pick_references([ms for _, _, ms in models]):
+        model_id, path, ms = models[i]
+        name = hashlib.sha1(model_id.encode()).hexdigest()[:16] + ".onnx"
+        with atomic_path(out / name) as tmp:
+            shutil.copyfile(path, tmp)
+        refs.append({"model_id": model_id, "file": name, "measured_ms": float(ms), "timestamp": stamp})
+    write_json(out / REFERENCE_INDEX, {"models": refs})
+    return refs
+
+
+# ---- the check ----------------------------------------------------------------------------------------------------
+@dataclass
+class DriftCheck:
+    """The reference models re-timed now against their calibration (and a shipped model timed with them)."""
+
+    device: str
+    drift_pct: float  # median over the models of now / expected - 1, in per cent
+    rescale: float  # the correction's rescale the expectation includes
+    models: list[dict]  # model_id, file, calibrated_ms, expected_ms, measured_ms, p90_ms, stable, drift_pct
+    model: dict | None = None  # the extra model's LatencyStats (``check_drift(model=...)``)
+    checked: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S"))
+
+    @property
+    def stable(self) -> bool:
+        return all(m["stable"] for m in self.models)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def local_device(table: LatencyTable) -> Device:
+    """The table's Device, when this machine is that device; LatencyTableError otherwise."""
+    device = Device.from_manifest(table.manifest)
+    if device.remote or not device.runs_here:
+        raise LatencyTableError(f"device {table.device_id!r} was measured elsewhere ({device.provider}"
+                                f"{', a bundle' if device.remote else ''}): re-time its calibration models there "
+                                f"with the bundle's measure.py")
+    return device
+
+
+def check_drift(table: LatencyTable, *, model: str | Path | None = None, timing: TimingConfig | None = None
+                ) -> DriftCheck:
+    """Re-time the device's reference models (and ``model``, interleaved with them) on the table's Device."""
+    refs = read_references(table.folder)
+    if not refs:
+        raise LatencyTableError(f"device {table.device_id!r} has no reference models ({reference_dir(table.folder)}):"
+                                f" rerun its calibration (`hwnas latency profile ... --device {table.device_id}`, "
+                                f"measured blocks are skipped) to store them")
+    device = local_device(table)
+    correction = Correction.load(table.folder) or Correction()
+    paths = [reference_dir(table.folder) / r["file"] for r in refs] + ([Path(model)] if model else [])
+    stats: list[LatencyStats] = device.time_files(paths, timing)
+    rows = []
+    for r, st in zip(refs, stats):
+        expected = float(r["measured_ms"]) * correction.rescale
+        rows.append({"model_id": r["model_id"], "file": r["file"], "calibrated_ms": float(r["measured_ms"]),
+                     "expected_ms": expected, "measured_ms": st.p50_ms, "p90_ms": st.p90_ms, "stable": st.stable,
+                     "drift_pct": 100.0 * (st.p50_ms / expected - 1)})
+    drift = float(np.median([r["drift_pct"] for r in rows]))
+    return DriftCheck(table.device_id, drift, correction.rescale, rows, stats[-1].to_dict() if model else None)
+
+
+def recalibrate(table: LatencyTable, check: DriftCheck) -> Correction:
+    """Fold the drift into the device's correction (one global rescale) and save it; the old correction goes to
+    its ``history``."""
+    correction = Correction.load(table.folder) or Correction()
+    factor = 1.0 + check.drift_pct / 100.0
+    if not factor > 0:
+        raise LatencyTableError(f"device {table.device_id!r}: drift {check.drift_pct:+.1f}% cannot be a rescale")
+    old = {k: v for k, v in asdict(correction).items() if k != "history"}
+    new = replace(correction, base_ms=correction.base_ms * factor, scale=correction.scale * factor,
+                  per_block_ms=correction.per_block_ms * factor,
+                  family_scale={f: s * factor for f, s in correction.family_scale.items()},
+                  family_per_block_ms={f: s * factor for f, s in correction.family_per_block_ms.items()},
+                  precision=replace(correction.precision,
+                                    per_transition_ms=correction.precision.per_transition_ms * factor),
+                  rescale=correction.rescale * factor,
+                  history=[*correction.history, {"replaced": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                                 "reason": f"latency check --recalibrate: drift "
+                                                           f"{check.drift_pct:+.2f}%", "correction": old}])
+    new.save(table.folder)
+    return new
+
+
+# ---- the searches' final measurement ------------------------------------------------------------------------------
+def drift_before_measuring(table: LatencyTable | None, device: Device) -> DriftCheck | None:
+    """The drift check a search runs before timing what it ships: None when the table holds no reference models or
+    ``device`` is not the table's own set-up here."""
+    if table is None or not read_references(table.folder):
+        return None
+    try:
+        if local_device(table) != device:
+            return None
+    except LatencyTableError:
+        return None
+    return check_drift(table)
+
+
+def measure_shipped(path: str | Path, device: Device, *, table: LatencyTable | None = None, note: str = "",
+                    timing: TimingConfig | None = None) -> Measurement:
+    """Time the shipped model on ``device`` right after the drift check on ``table``'s reference models (skipped
+    when ``note`` says the device is not the table's own)."""
+    drift = None if note else drift_before_measuring(table, device)
+    return Measurement.from_stats(device.time_file(path, timing), note=note, drift=drift)
