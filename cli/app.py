@@ -9,13 +9,14 @@ from typing import Iterator
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
     TimeRemainingColumn
 
 from nas.files import finite_json
 
 app = typer.Typer(name="hwnas", help="Hardware-aware neural architecture search.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
+                  pretty_exceptions_enable=False, add_completion=True)
 space_app = typer.Typer(help="Inspect and sample search spaces.", no_args_is_help=True)
 latency_app = typer.Typer(help="Measure, inspect and validate per-device latency tables.", no_args_is_help=True)
 search_app = typer.Typer(help="Search architectures under a latency budget.", no_args_is_help=True)
@@ -23,7 +24,33 @@ app.add_typer(space_app, name="space")
 app.add_typer(latency_app, name="latency")
 app.add_typer(search_app, name="search")
 
-console = Console(stderr=True)  # progress and messages; stdout is kept for results (--json)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from nas import __version__
+
+        typer.echo(f"hwnas {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                          help="print the version and exit")) -> None:
+    """Hardware-aware neural architecture search."""
+
+
+console = Console(stderr=True)  # progress and messages; stdout is kept for results (tables, --json)
+def print_table(table) -> None:
+    """Write a rich table to stdout at its natural width: cells (op names, keys) are never cut or wrapped."""
+    natural = Console(width=100_000).measure(table).maximum
+    Console(width=max(natural, Console().width), highlight=False).print(table)
+
+
+def print_warnings(warnings: list[str]) -> None:
+    """One yellow ``warning:`` line on stderr per warning."""
+    for warning in warnings:
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
 
 
 def print_json(obj) -> None:
@@ -67,14 +94,32 @@ def progress_bars() -> Iterator[callable]:
             bars.stop()
 
 
+ARCH_SEARCHES = ("dnas", "dmasking", "nars", "chamnet", "optuna")  # winners are arch JSONs `latency predict` reads
+
+
+def next_step(report: dict, out: Path) -> str:
+    """The line every search ends with: the model to ship and the command that checks it."""
+    model = out / report["model"] if report.get("model") and (out / report["model"]).is_file() else None
+    winner = out / report["winner"] if report.get("winner") and (out / report["winner"]).is_file() else None
+    if model is None:
+        return f"next step: the winner is in {winner or out / 'report.json'} (no model was exported)"
+    if winner and report.get("device") and report["method"] in ARCH_SEARCHES:
+        return (f"next step: deploy {model} (ONNX Runtime); check its latency with: hwnas latency predict {winner} "
+                f"--device {report['device']}")
+    return f"next step: deploy {model} (ONNX Runtime); its figures and warnings: {out / 'report.json'}"
+
+
 def run_strategy(name: str, config, out: Path | None) -> tuple[dict, Path]:
     """Prepare, open the run directory, run: the registered strategy ``name`` on ``config``, with progress bars.
     Returns the report and the run directory."""
+    from nas.mismatch import mismatch_warnings
     from nas.strategy import get_strategy, open_run
 
     strategy = get_strategy(name)(config)
     with progress_bars() as progress:
         prepared = strategy.prepare(progress)  # bad input fails here: one line, exit 2, nothing written
+        data, space = getattr(prepared, "data", None), getattr(prepared, "space", None)  # model searches
+        print_warnings(mismatch_warnings(data, space) if data is not None and space is not None else [])
         run = open_run(strategy, prepared, out)
         console.print(f"{prepared.summary()} -> {run.path}" + (" (resuming)" if run.resumed else ""))
         report = strategy.run(prepared, run, progress)

@@ -7,9 +7,9 @@ from typing import Optional
 
 import typer
 
-from cli.app import app, console, latency_app, print_json, print_verdict, progress_bar, run_strategy, search_app
-from cli.cmd_latency import correction_line, correction_summary
-from nas.report import detail_key
+from cli.app import app, console, latency_app, next_step, print_json, print_verdict, progress_bar, run_strategy, \
+    search_app
+from cli.cmd_latency import correction_line, correction_summary, table_clock
 from nas.strategy import STRATEGIES
 
 SPACE_OPT = typer.Option("vit_capacity", "--space", help="vit_capacity space name or YAML")
@@ -26,33 +26,43 @@ def train_dynamic_cmd(space: str = SPACE_OPT, dataset: str = DATASET_OPT,
                       seed: int = typer.Option(0, help="data split and training seed"),
                       torch_threads: int = typer.Option(1, "--torch-threads",
                                                         help="torch CPU threads (1 is fastest on a shared machine)"),
+                      accelerator: str = typer.Option("auto", help="auto | cpu | cuda (auto: cuda when a GPU is "
+                                                      "present)"),
+                      precision: str = typer.Option("32", help="32 | bf16 | 16-mixed (16-mixed needs a GPU)"),
+                      workers: int = typer.Option(0, help="DataLoader worker processes that decode streamed data"),
                       as_json: bool = typer.Option(False, "--json", help="print the report as JSON")):
     """Train a dynamic-capacity ViT once-for-all (keep ratios and MoE capacity sampled per batch)."""
     import pandas as pd
     import torch
+
+    from nas.engine import engine_for
 
     from nas.capacity.checkpoint import save_checkpoint
     from nas.capacity.config import capacity_factor_plan
     from nas.capacity.task import load_capacity_data
     from nas.capacity.training import plan_accuracy, train_dynamic
     from nas.capacity.vit import DynamicViT
+    from nas.learning_curve import plot_learning_curve
     from nas.run import RunDir, default_run_path
 
+    engine = engine_for(accelerator, precision, torch_threads, workers)
     data, sp = load_capacity_data(space, dataset, seed)
     recipe = sp.recipe().model_copy(update={"seed": seed, **({"epochs": epochs} if epochs else {})})
     out = out or default_run_path("train-dynamic", sp.name)
     run = RunDir(out, {"command": "train-dynamic", "space": sp.name, "space_fingerprint": sp.fingerprint(),
-                       "dataset": dataset, "recipe": recipe.model_dump(), "shift": shift, "seed": seed})
+                       "dataset": dataset, "recipe": recipe.model_dump(), "shift": shift, "seed": seed,
+                       "accelerator": engine.accelerator.kind, "precision": engine.accelerator.precision})
     console.print(f"training {sp.name} once-for-all on {dataset} {data.sizes()} at {sp.resolution}px "
-                  f"({sp.tokens} tokens) -> {out}")
-    torch.set_num_threads(max(1, torch_threads))
+                  f"({sp.tokens} tokens) on {engine.accelerator.describe()} -> {out}")
     torch.manual_seed(seed)
     model = DynamicViT(sp)
     with progress_bar("train", recipe.epochs) as advance:
-        result = train_dynamic(model, data, recipe, shift_pixels=shift, checkpoint=run.file("train_state.pt"),
+        result = train_dynamic(model, data, recipe, engine=engine, shift_pixels=shift,
+                               checkpoint=run.file("train_state.pt"),
                                on_epoch=lambda e, row: advance(note=f"loss {row['train_loss']:.3f} val full "
                                                                     f"{row['val_accuracy_full']:.3f}"))
     run.write_csv("train_history.csv", pd.DataFrame(result.history))
+    plot_learning_curve(result.history, run.file("learning_curve.png"), f"{sp.name} once-for-all on {dataset}")
     weights = save_checkpoint(result.model, run.file("model.pt"),
                               {"dataset": dataset, "seed": seed, "epochs": recipe.epochs})
     stages = len(sp.stages)
@@ -62,7 +72,8 @@ def train_dynamic_cmd(space: str = SPACE_OPT, dataset: str = DATASET_OPT,
               "val_accuracy": {name: plan_accuracy(result.model, plan, data.x_val, data.y_val)
                                for name, plan in checks.items()},
               "test_accuracy": {name: plan_accuracy(result.model, plan, data.x_test, data.y_test)
-                                for name, plan in checks.items()}}
+                                for name, plan in checks.items()},
+              "training": engine.record()}
     run.write_json("report.json", report)
     if as_json:
         print_json(report)
@@ -78,7 +89,8 @@ def profile_capacity(space: str = SPACE_OPT, device: str = DEVICE_OPT,
                      in_channels: Optional[int] = typer.Option(None, "--in-channels", help="input channels"),
                      classes: Optional[int] = typer.Option(None, help="number of classes"),
                      threads: int = typer.Option(1, help="intra-op threads"),
-                     clock: str = typer.Option("wall", help="wall | cpu (calling thread's CPU time; 1 thread)"),
+                     clock: Optional[str] = typer.Option(None, help="wall | cpu (calling thread's CPU time; 1 "
+                                                         "thread); default: the device table's, else wall"),
                      calibration: int = typer.Option(8, help="whole models measured to refit the correction (0: none)"),
                      tables_dir: Optional[Path] = TABLES_OPT,
                      as_json: bool = typer.Option(False, "--json", help="print the summary as JSON")):
@@ -87,9 +99,9 @@ def profile_capacity(space: str = SPACE_OPT, device: str = DEVICE_OPT,
     from nas.capacity.latency import calibrate_capacity, capacity_profile_items
     from nas.capacity.space import load_capacity_space
     from nas.latency.profile import profile_items
-    from nas.latency.timing import TimingConfig, check_clock
+    from nas.latency.timing import TimingConfig
 
-    check_clock(clock, threads)
+    clock = table_clock(clock, device, tables_dir, threads)
     args = (read_sidecar(checkpoint).get("space_args") or {}) if checkpoint else {}
     sp = load_capacity_space(space, in_channels=in_channels or args.get("in_channels"),
                              classes=classes or args.get("classes"))
@@ -139,9 +151,12 @@ def search_capacity_cmd(space: str = SPACE_OPT,
         return
     typer.echo(f"chosen {_summary(report)}; target {target_ms:g} ms -> {out}")
     print_verdict(report)
+    typer.echo(next_step(report, out))
 
 
 def _summary(report: dict) -> str:
+    from nas.report import detail_key
+
     d = report[detail_key(report["method"])]
     c = d["config"]
     return ("keep " + ",".join(f"{r:g}" for r in c["keep_ratios"]) + f" threshold {c['threshold']:g}: "

@@ -9,8 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from cli.app import console, latency_app, print_json, progress_bar
-from nas.space import load_space
+from cli.app import console, latency_app, print_json, print_table, progress_bar
 
 SPACE_OPT = typer.Option(..., "--space", help="space name or YAML")
 MAX_VALIDATION_SAMPLES = 10_000  # random archs built and timed by `latency validate` (hours of timing already)
@@ -29,6 +28,8 @@ def advance_to(advance):
 
 
 def _space(space: str, resolution, width, classes, in_channels):
+    from nas.space import load_space
+
     return load_space(space, resolution=resolution, width_multiplier=width, classes=classes, in_channels=in_channels)
 
 
@@ -50,21 +51,14 @@ def profile(space: str = SPACE_OPT, device: str = DEVICE_OPT,
                                                                   "or ./latency_tables)"),
             as_json: bool = typer.Option(False, "--json", help="print the summary as JSON")):
     """Measure every block of a space on this machine into a device table (resumable; safe to run twice)."""
-    from nas.errors import LatencyTableError
     from nas.latency.calibrate import calibrate
     from nas.latency.device import check_provider
     from nas.latency.profile import profile_items, space_profile_items
-    from nas.latency.table import DeviceManifest, read_manifest, tables_root
-    from nas.latency.timing import TimingConfig, check_clock
+    from nas.latency.table import DeviceManifest
+    from nas.latency.timing import TimingConfig
 
-    tables_root(tables_dir)  # a file in the way is an error, not a device without a table
-    if clock is None:  # adding to an existing table (e.g. one a search profiled): time it the same way
-        try:
-            clock = read_manifest(device, tables_dir).clock
-        except LatencyTableError:
-            clock = "wall"
+    clock = table_clock(clock, device, tables_dir, threads)
     check_provider(provider)
-    check_clock(clock, threads)
     DeviceManifest.for_this_machine(device, provider, threads, optimization)  # validates id, threads, level
     sp = _space(space, resolution, width, classes, in_channels)
     items = space_profile_items(sp, bits=(32, 8) if int8 else (32,))
@@ -90,6 +84,23 @@ def profile(space: str = SPACE_OPT, device: str = DEVICE_OPT,
                       f"a stable median (a busy machine? try --clock cpu, or profile again on a quiet one)")
     if calibration > 0 and corr.fitted_on:
         typer.echo(correction_line(corr))
+
+
+def table_clock(clock: str | None, device: str, tables_dir: Path | None, threads: int) -> str:
+    """The clock to profile with: the one given, else the device table's (adding to a table, e.g. one a search
+    profiled, times it the same way), else wall; checked against ``threads``."""
+    from nas.errors import LatencyTableError
+    from nas.latency.table import read_manifest, tables_root
+    from nas.latency.timing import check_clock
+
+    tables_root(tables_dir)  # a file in the way is an error, not a device without a table
+    if clock is None:
+        try:
+            clock = read_manifest(device, tables_dir).clock
+        except LatencyTableError:
+            clock = "wall"
+    check_clock(clock, threads)
+    return clock
 
 
 def correction_summary(corr) -> dict:
@@ -159,7 +170,7 @@ def show(device: Optional[str] = typer.Argument(None, help="device id (omit to l
     grid = Table("kind / bits", "rows")
     for name, n in info["rows_by_kind"].items():
         grid.add_row(name, str(n))
-    console.print(grid)
+    print_table(grid)
     typer.echo(f"  {len(table)} rows ({info['unstable_rows']} did not reach a stable median); correction: base "
                f"{lm.base_ms:.3f} ms, scale {lm.correction.scale:.3f}, per block "
                f"{lm.correction.per_block_ms:+.4f} ms, fitted on {lm.correction.fitted_on} whole models")
@@ -227,7 +238,8 @@ def bundle(space: str = SPACE_OPT,
            classes: Optional[int] = typer.Option(None, help="number of classes"),
            in_channels: Optional[int] = typer.Option(None, "--in-channels", help="input channels"),
            int8: bool = typer.Option(False, "--int8", help="also bundle static QDQ int8 blocks (bits=8)"),
-           calibration: int = typer.Option(8, help="whole calibration models to include")):
+           calibration: int = typer.Option(8, help="whole calibration models to include"),
+           as_json: bool = typer.Option(False, "--json", help="print the summary as JSON")):
     """Write a zip (block ONNX files, manifest, measure.py) to profile a device that cannot run hwnas."""
     from nas.latency.bundle import write_bundle
     from nas.latency.profile import space_profile_items
@@ -237,6 +249,10 @@ def bundle(space: str = SPACE_OPT,
     with progress_bar("bundle", len(space_profile_items(sp, bits)) + max(calibration, 0)) as advance:
         manifest = write_bundle(sp, out, bits=bits, calibration=calibration,
                                 on_progress=lambda d, t, note: advance(note=note))
+    if as_json:
+        print_json({"bundle": str(out), "space": sp.name, **sp.space_args(), "blocks": len(manifest["blocks"]),
+                    "calibration_models": len(manifest["models"])})
+        return
     typer.echo(f"wrote {out}: {len(manifest['blocks'])} blocks, {len(manifest['models'])} calibration models. "
                f"On the device: python measure.py {out.name} --device ID --out results.json; "
                f"then: hwnas latency import results.json")
@@ -290,7 +306,7 @@ def predict(ref: str = typer.Argument(..., help="arch JSON, or a space / model n
     grid = Table("block", "ms", "")
     for b in blocks:
         grid.add_row(b["key"], f"{b['cost_ms']:.4f}", "estimated" if b["estimated"] else "")
-    console.print(grid)
+    print_table(grid)
     for w in pred.warnings:
         console.print(f"[yellow]warning:[/yellow] {w}")
     typer.echo(f"predicted {pred.ms:.3f} ms on {device} (base {lm.base_ms:.3f} ms + {len(keys)} blocks"

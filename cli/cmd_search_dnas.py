@@ -7,8 +7,7 @@ from typing import Optional
 
 import typer
 
-from cli.app import print_json, print_verdict, run_strategy, search_app
-from nas.recipe import load_recipe
+from cli.app import next_step, print_json, print_verdict, run_strategy, search_app
 from nas.strategy import strategies
 
 DEFAULT_SPACE = {"dnas": "fbnet", "dmasking": "fbnet_v2"}
@@ -51,11 +50,23 @@ def _make_command(method: str):
         allow_estimated: bool = typer.Option(False, "--allow-estimated", help="search even if some blocks "
                                              "are missing from the table (the fallback regressor estimates "
                                              "them)"),
+        accelerator: str = typer.Option("auto", help="auto | cpu | cuda (auto: cuda when a GPU is present)"),
+        precision: str = typer.Option("32", help="32 | bf16 | 16-mixed (16-mixed needs a GPU)"),
+        threads: Optional[int] = typer.Option(None, help="torch threads for the final training (default: all "
+                                              "cores); the supernet search runs on 1 until the multi-thread "
+                                              "heap corruption is fixed"),
+        workers: int = typer.Option(0, help="DataLoader worker processes that decode streamed data"),
+        skip_bad_images: bool = typer.Option(False, "--skip-bad-images", help="folder: train without the "
+                                             "images that cannot be read (default: refuse)"),
         as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
     ):
+        from nas.distributed import FollowerDone
         from nas.dnas.search import SearchSettings
+        from nas.recipe import load_recipe
         from nas.dnas.strategy import SearchJob
+        from nas.engine import engine_for
 
+        engine = engine_for(accelerator, precision, threads, workers)
         rec = load_recipe(recipe)
         rec = rec.model_copy(update={"seed": seed, **({"epochs": final_epochs} if final_epochs else {})})
         settings = SearchSettings(
@@ -64,8 +75,11 @@ def _make_command(method: str):
             op_paths=1 if sampled_path else None, channel_paths=None,
             resolution_paths=None if soft_resolution else 1)
         job = SearchJob(method, space, device, dataset, target_ms, resolution, width, seed, settings, rec,
-                        str(tables_dir) if tables_dir else None, profile, allow_estimated)
-        report, out_dir = run_strategy(method, job, out)
+                        str(tables_dir) if tables_dir else None, profile, allow_estimated, engine, skip_bad_images)
+        try:
+            report, out_dir = run_strategy(method, job, out)
+        except FollowerDone:  # torchrun: ranks above 0 trained their share; rank 0 reports
+            return
         if as_json:
             print_json(report)
             return
@@ -74,6 +88,7 @@ def _make_command(method: str):
                    f" ms ({report['prediction_error_pct']:+.1f}%), test accuracy {report['accuracy']:.4f}, onnx max "
                    f"abs diff {report['onnx_max_abs_diff']:.2e} -> {out_dir}")
         print_verdict(report)
+        typer.echo(next_step(report, out_dir))
 
     return command
 

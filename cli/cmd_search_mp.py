@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cli.app import print_json, print_verdict, run_strategy, search_app
+from cli.app import next_step, print_json, print_verdict, run_strategy, search_app
 from nas.strategy import STRATEGIES
 
 
@@ -49,10 +49,18 @@ def mixed_precision(
     tables_dir: Optional[Path] = typer.Option(None, "--tables-dir", help="base folder of latency tables "
                                               "(default $HWNAS_LATENCY_TABLES or ./latency_tables)"),
     out: Optional[Path] = typer.Option(None, help="run directory (rerun with the same one to resume)"),
+    accelerator: str = typer.Option("auto", help="auto | cpu | cuda (auto: cuda when a GPU is present)"),
+    precision: str = typer.Option("32", help="32 | bf16 | 16-mixed (16-mixed needs a GPU)"),
+    threads: Optional[int] = typer.Option(None, help="torch threads while training (default: all cores; on a "
+                                          "shared machine 1 can be much faster)"),
+    workers: int = typer.Option(0, help="DataLoader worker processes that decode streamed data"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
 ):
+    from nas.engine import engine_for
     from nas.quant.prepare import MixedPrecisionConfig, MixedPrecisionJob
     from nas.quant.search import SearchConfig
+
+    engine = engine_for(accelerator, precision, threads, workers)
 
     default_w = "8,32" if cost == "latency" else "2,4,8,32"
     cfg = MixedPrecisionConfig(
@@ -61,7 +69,7 @@ def mixed_precision(
         pretrain_epochs=pretrain_epochs, search=SearchConfig(epochs=epochs, alpha=alpha, beta=beta, seed=seed),
         finetune_epochs=finetune_epochs, latency_fit_models=fit_models)
     job = MixedPrecisionJob(arch, device, dataset, resolution, width, seed, str(tables_dir) if tables_dir else None,
-                            cfg)
+                            cfg, engine)
     report, out = run_strategy("mixed-precision", job, out)
     if as_json:
         print_json(report)
@@ -83,3 +91,4 @@ def mixed_precision(
                    f"Runtime; size_mb is their effective size, model.onnx takes {m['mixed']['file_mb']:.4g} MB")
     typer.echo(f"-> {out}")
     print_verdict(report)
+    typer.echo(next_step(report, out))

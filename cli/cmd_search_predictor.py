@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from cli.app import console, print_json, print_verdict, run_strategy, search_app
+from cli.app import next_step, print_json, print_table, print_verdict, run_strategy, search_app
 from nas.strategy import strategies
 
 def _make_command(strategy: str):
@@ -16,9 +16,9 @@ def _make_command(strategy: str):
         space: str = typer.Option(..., "--space", help="space name or YAML, or table:PATH.csv (a user's table)"),
         device: Optional[List[str]] = typer.Option(None, "--device", help="device id of a latency table "
                                                    "(repeat for several devices)"),
-        latency_ms: Optional[List[str]] = typer.Option(None, "--latency-ms", help="latency bound: MS for every "
-                                                       "device, or DEVICE=MS[,DEVICE=MS]; repeat for a Pareto "
-                                                       "family (default: 25/50/75th percentiles)"),
+        latency_ms: Optional[List[str]] = typer.Option(None, "--target-ms", "--latency-ms", help="latency bound: "
+                                                       "MS for every device, or DEVICE=MS[,DEVICE=MS]; repeat for "
+                                                       "a Pareto family (default: 25/50/75th percentiles)"),
         budget: int = typer.Option(100, help="expensive evaluations (trainings or table lookups)"),
         seed: int = typer.Option(0, help="random seed (search, data split, training)"),
         out: Optional[Path] = typer.Option(None, help="run directory (rerun with the same one to resume)"),
@@ -100,7 +100,7 @@ def _print_summary(report: dict, out: Path) -> None:
             continue
         lat = ", ".join(f"{d} {v:.4g}" for d, v in w["latency_ms"].items())
         table.add_row(w["constraint"], f"{w[obj]:.4f}", lat, str(w["eval"]))
-    console.print(table)
+    print_table(table)
     pred = detail.get("predictor")
     if pred:
         typer.echo(f"predictor: held-out Kendall tau {_num(pred['heldout_kendall_tau'])} (predictions made before "
@@ -120,6 +120,7 @@ def _print_summary(report: dict, out: Path) -> None:
                    f"{e['predicted_ms']:.4f} ms")
     typer.echo(f"-> {out} (arch.json, history.csv, pareto.csv, report.json, pareto.png)")
     print_verdict(report)
+    typer.echo(next_step(report, out))
 
 
 @search_app.command("status")

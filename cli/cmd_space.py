@@ -5,14 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import typer
 from rich.table import Table
 
-from cli.app import console, print_json, space_app
-from nas.builder import build_block, count_macs, count_params
-from nas.files import write_json
-from nas.space import arch_document, builtin_spaces, load_space, resolve_model_ref
+from cli.app import console, print_json, print_table, space_app
 
 
 @space_app.command("show")
@@ -22,6 +18,9 @@ def show(ref: str = typer.Argument(..., help="space name, space YAML, or arch JS
          classes: Optional[int] = typer.Option(None, help="number of classes"),
          as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
     """Print the layers, MACs and params of a model (a space shows its largest arch)."""
+    from nas.builder import build_block, count_macs, count_params
+    from nas.space import resolve_model_ref
+
     space, arch = resolve_model_ref(ref, resolution=resolution, width_multiplier=width, classes=classes)
     rows, total_macs, total_params = [], 0, 0
     for b in space.resolve(arch):
@@ -42,20 +41,30 @@ def show(ref: str = typer.Argument(..., help="space name, space YAML, or arch JS
     for i, r in enumerate(rows):
         table.add_row(str(i), r["role"], r["op"], str(r["c_in"]), str(r["c_out"]), str(r["stride"]),
                       str(r["resolution"]), f"{r['macs'] / 1e6:.2f}", f"{r['params']:,}")
-    console.print(table)
+    print_table(table)
     typer.echo(f"{space.name}: {total_macs / 1e6:.1f} M MACs, {total_params / 1e6:.3f} M params")
 
 
 @space_app.command("list")
-def list_spaces():
+def list_spaces(as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
     """List the built-in spaces."""
+    from nas.space import builtin_spaces, load_space
+
+    rows = {}
     for name, kind in builtin_spaces().items():
         if kind != "conv":
-            typer.echo(f"{name:12s} {kind} space")
+            rows[name] = {"kind": kind, "searchable_layers": None, "fixed": False}
             continue
         space = load_space(name)
-        kind = "fixed model" if space.is_fixed else f"{len(space.layers)} searchable layers"
-        typer.echo(f"{name:12s} {kind}")
+        rows[name] = {"kind": kind, "searchable_layers": 0 if space.is_fixed else len(space.layers),
+                      "fixed": space.is_fixed}
+    if as_json:
+        print_json({"spaces": rows})
+        return
+    for name, r in rows.items():
+        shown = f"{r['kind']} space" if r["searchable_layers"] is None else \
+            "fixed model" if r["fixed"] else f"{r['searchable_layers']} searchable layers"
+        typer.echo(f"{name:12s} {shown}")
 
 
 @space_app.command("sample")
@@ -63,9 +72,15 @@ def sample(name: str = typer.Argument(..., help="space name or YAML"),
            seed: int = typer.Option(0, help="random seed"),
            resolution: Optional[int] = typer.Option(None), width: Optional[float] = typer.Option(None),
            classes: Optional[int] = typer.Option(None),
+           in_channels: Optional[int] = typer.Option(None, "--in-channels", help="input channels (1: grey images)"),
            out: Optional[Path] = typer.Option(None, help="write the arch JSON here (default: stdout)")):
     """Draw a random arch from a space."""
-    space = load_space(name, resolution=resolution, width_multiplier=width, classes=classes)
+    import numpy as np
+
+    from nas.files import write_json
+    from nas.space import arch_document, load_space
+
+    space = load_space(name, resolution=resolution, width_multiplier=width, classes=classes, in_channels=in_channels)
     doc = arch_document(space, space.sample(np.random.default_rng(seed)))
     if out is None:
         print_json(doc)

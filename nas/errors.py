@@ -35,3 +35,7 @@ class TrainingError(HwnasError):
 
 class OutputError(HwnasError):
     """An output path (``--out``, a report, a table folder) cannot be written."""
+
+
+class AcceleratorError(HwnasError):
+    """The accelerator, precision, thread count or world size asked for cannot be used here."""

@@ -16,25 +16,32 @@ from nas.onnx_io import export_onnx, onnx_max_abs_diff, run_onnx
 from nas.recipe import Recipe
 from nas.run import RunDir
 from nas.space import Arch, Space, arch_document
-from nas.training import EpochCallback, accuracy, fit_input, train_model
+from nas.distributed import FollowerDone
+from nas.engine import Engine, EpochCallback
+from nas.training import accuracy, fit_input, train_model
 
 
 def train_export_measure(space: Space, arch: Arch, data: Dataset, recipe: Recipe, run: RunDir, *,
                          device: Device, on_epoch: EpochCallback | None = None,
                          predict_ms: Callable[[Arch], float] | None = None, prefix: str = "",
-                         table: LatencyTable | None = None, note: str = "") -> dict:
-    """Train ``arch`` (resumable through ``run``), export ``model.onnx``, time it on ``device`` (after the drift
-    check on ``table``'s reference models; ``note``: ``measuring_device``'s) and return the figures.
+                         table: LatencyTable | None = None, note: str = "",
+                         engine: Engine | None = None) -> dict:
+    """Train ``arch`` (resumable through ``run``) with ``engine``, export ``model.onnx``, time it on ``device``
+    (after the drift check on ``table``'s reference models; ``note``: ``measuring_device``'s) and return the
+    figures. Under torchrun, ranks above 0 stop after training (``FollowerDone``).
 
     ``prefix`` names the files (``{prefix}model.onnx`` ...) so that a run can hold several models.
     """
     run.write_json(f"{prefix}arch.json", arch_document(space, arch))
     torch.manual_seed(recipe.seed)  # the initial weights depend on the seed alone, not on what ran before
     model = build_model(space, arch, dropout=recipe.dropout)
-    result = train_model(model, data, recipe, on_epoch=on_epoch, checkpoint=run.file(f"{prefix}checkpoint.pt"))
+    result = train_model(model, data, recipe, engine=engine, on_epoch=on_epoch,
+                         checkpoint=run.file(f"{prefix}checkpoint.pt"))
+    if engine is not None and not engine.world.is_writer:
+        raise FollowerDone(f"rank {engine.world.rank} trained its share")
     run.write_csv(f"{prefix}train_history.csv", pd.DataFrame(result.history))
     model = result.model
-    onnx_path = export_onnx(model, model.input_shape, run.file(f"{prefix}model.onnx"))
+    onnx_path = export_onnx(model, model.input_shape, run.file(f"{prefix}model.onnx"), normalization=data.normalization)
     x_test = fit_input(data.x_test, model)
     onnx_pred = run_onnx(onnx_path, x_test).argmax(1)
     measurement = measure_shipped(onnx_path, device, table=table, note=note)
@@ -51,6 +58,7 @@ def train_export_measure(space: Space, arch: Arch, data: Dataset, recipe: Recipe
         "params": count_params(model),
         "timing": device.to_dict(),
         "onnx": onnx_path.name,
+        "normalization": data.normalization,
     }
     if predict_ms is not None:
         report["predicted_ms"] = predict_ms(arch)

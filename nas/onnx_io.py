@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from pathlib import Path
@@ -17,8 +18,13 @@ from nas.latency import remote_measure
 OPSET = 17
 
 
-def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path, dynamic_batch: bool = True) -> Path:
-    """Export ``model`` (eval mode) with input ``input`` of shape (batch, *input_shape) to ``path`` atomically."""
+def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path, dynamic_batch: bool = True,
+                normalization: dict | None = None) -> Path:
+    """Export ``model`` (eval mode) with input ``input`` of shape (batch, *input_shape) to ``path`` atomically.
+
+    ``normalization`` ({"mean": [...], "std": [...]}, per channel, of [0, 1] pixels) is recorded in the model's
+    metadata_props as ``normalization_mean`` and ``normalization_std`` (JSON lists): what a deployment applies
+    to its images before feeding the model."""
     model.eval()
     example = torch.zeros(1, *input_shape)
     with atomic_path(path) as tmp, warnings.catch_warnings():
@@ -26,7 +32,19 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path
         torch.onnx.export(model, (example,), str(tmp), input_names=["input"], output_names=["output"],
                           opset_version=OPSET, dynamo=False,
                           dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None)
+        if normalization is not None:
+            record_normalization(tmp, normalization)
     return Path(path)
+
+
+def record_normalization(path: str | Path, normalization: dict) -> None:
+    """Write the input normalisation into an ONNX file's metadata_props (in place)."""
+    import onnx
+    proto = onnx.load(str(path))
+    for key in ("mean", "std"):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = f"normalization_{key}", json.dumps([float(v) for v in normalization[key]])
+    onnx.save(proto, str(path))
 
 
 def run_onnx(session_or_path, x: np.ndarray | torch.Tensor, batch_size: int = 256) -> np.ndarray:

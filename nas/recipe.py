@@ -27,6 +27,7 @@ class Recipe(BaseModel):
     dropout: float | None = Field(None, ge=0, lt=1)  # None: the space's dropout
     ema: float = Field(0.0, ge=0, lt=1)  # EMA decay of the weights; 0 disables
     mixup: float = Field(0.0, ge=0)  # Beta(alpha, alpha) mixup; 0 disables
+    augment: Literal["none", "light", "standard"] = "none"  # batch augmentation (nas.augment) while training
     seed: int = 0
 
 

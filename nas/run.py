@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+from nas.distributed import current_world
 from nas.errors import OutputError, SearchError
 from nas.files import finite_json, write_csv, write_json
 
@@ -43,9 +44,14 @@ class RunDir:
                 shown = "; ".join(f"{k}: was {stored.get(k)!r}, now {fresh.get(k)!r}" for k in diff[:3])
                 raise SearchError(f"{self.path} was started with other settings ({shown}); "
                                   f"rerun with the same settings to resume, or choose a new --out")
-        else:
+        elif self.writer:
             write_json(stored_file, config)
         self.config = config
+
+    @property
+    def writer(self) -> bool:
+        """Under torchrun only rank 0 writes the run directory; the other ranks' writes are skipped."""
+        return current_world().is_writer
 
     def _has_outputs(self) -> bool:
         """Whether the folder holds anything besides config.json (and the temp files of interrupted writes)."""
@@ -55,9 +61,11 @@ class RunDir:
         return self.path / name
 
     def write_json(self, name: str, obj) -> Path:
-        write_json(self.file(name), obj)
+        if self.writer:
+            write_json(self.file(name), obj)
         return self.file(name)
 
     def write_csv(self, name: str, frame) -> Path:
-        write_csv(self.file(name), frame)
+        if self.writer:
+            write_csv(self.file(name), frame)
         return self.file(name)

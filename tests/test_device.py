@@ -79,6 +79,7 @@ def test_every_search_times_a_model_with_the_tables_setup(tmp_path, monkeypatch)
     same ONNX file with the same provider, threads, optimisation level and the table's clock."""
     from nas.capacity.export import measure_onnx_ms
     from nas.data import load_dataset
+    from nas.datasets import TensorSplit
     from nas.finalize import train_export_measure
     from nas.quant.finish import Finished, measure_and_choose
     from nas.recipe import Recipe
@@ -99,7 +100,7 @@ def test_every_search_times_a_model_with_the_tables_setup(tmp_path, monkeypatch)
     monkeypatch.setattr(Device, "time_sessions", time_sessions)
 
     data = load_dataset("digits", resolution=16, seed=0)
-    data = dataclasses.replace(data, x_train=data.x_train[:64], y_train=data.y_train[:64])
+    data = dataclasses.replace(data, train=TensorSplit(data.x_train[:64], data.y_train[:64]))
     space = load_space("fbnet_a", resolution=16, width_multiplier=0.25, classes=10, in_channels=1)
     run = RunDir(tmp_path / "run", {"test": "device"})
     seen.clear()

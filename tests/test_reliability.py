@@ -61,7 +61,7 @@ def one_line_error(r, *fragments):
 def tiny_data(n=60, classes=3, size=8) -> Dataset:
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(n, 1, size, size, generator=g), torch.arange(n) % classes
-    return Dataset("tiny", x, y, x[:12], y[:12], x[:12], y[:12], classes)
+    return Dataset.from_tensors("tiny", x, y, x[:12], y[:12], x[:12], y[:12], classes)
 
 
 # ---- 1. reproducible -----------------------------------------------------------------------------------------------
@@ -261,13 +261,13 @@ def test_measure_py_with_a_corrupt_bundle_or_resume_file_exits_with_an_error_lin
 
 
 def test_a_truncated_search_checkpoint_says_it_is_corrupt_and_how_to_restart(tmp_path):
-    from nas.dnas.search import load_search_checkpoint
+    from nas.engine import load_checkpoint
 
     path = tmp_path / "search_checkpoint.pt"
     torch.save({"supernet": {"w": torch.randn(100, 100)}, "history": "[]"}, path)
     path.write_bytes(path.read_bytes()[:20_000])
     with pytest.raises(SearchError, match="corrupt search checkpoint .*delete it to restart"):
-        load_search_checkpoint(path)
+        load_checkpoint(path, "search", SearchError)
 
 
 def test_latency_predict_refuses_bits_it_cannot_cost(hwnas):

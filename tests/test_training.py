@@ -4,6 +4,7 @@ import torch
 
 from nas.builder import build_model
 from nas.data import load_dataset
+from nas.datasets import TensorSplit
 from nas.recipe import Recipe, parse_recipe
 from nas.space import load_space
 from nas.training import accuracy, train_model
@@ -14,7 +15,7 @@ import pytest
 
 def _setup():
     data = load_dataset("digits", resolution=16, seed=0)
-    data = dataclasses.replace(data, x_train=data.x_train[:256], y_train=data.y_train[:256])  # resume needs no more
+    data = dataclasses.replace(data, train=TensorSplit(data.x_train[:256], data.y_train[:256]))  # resume needs no more
     space = load_space("fbnet_a", resolution=16, width_multiplier=0.25, classes=10, in_channels=1)
     return data, space
 

@@ -23,11 +23,9 @@ import torch.nn.functional as F
 from nas.capacity.config import StaticPlan, capacity_factor_plan
 from nas.capacity.vit import ConfiguredViT, DynamicViT
 from nas.data import Dataset
-from nas.files import atomic_path
+from nas.engine import Engine, EpochCallback
 from nas.recipe import Recipe
-from nas.training import accuracy, lr_factor, make_optimizer, restored_history
-
-EpochCallback = Callable[[int, dict], None]
+from nas.training import accuracy, lr_factor, make_optimizer
 MONITOR_KEEP_RATIO = 0.7  # the pruned config reported per epoch
 
 
@@ -72,73 +70,83 @@ def plan_accuracy(model: DynamicViT, plan: StaticPlan, x: torch.Tensor, y: torch
     return accuracy(ConfiguredViT(model, plan), x, y)
 
 
-def train_dynamic(model: DynamicViT, data: Dataset, recipe: Recipe, *, shift_pixels: int = 2,
-                  checkpoint: str | Path | None = None, on_epoch: EpochCallback | None = None,
-                  on_step: Callable[[], None] | None = None) -> DynamicTrainResult:
-    """Train ``model`` once-for-all on the train split; report validation accuracy at two configs per epoch."""
-    dyn = model.space.spec.dynamic_training
-    torch.manual_seed(recipe.seed)
-    opt = make_optimizer(model.parameters(), recipe)
-    steps_per_epoch = math.ceil(len(data.y_train) / recipe.batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(recipe, s, steps_per_epoch))
-    history: list[dict] = []
-    ckpt = Path(checkpoint) if checkpoint else None
-    if ckpt is not None and ckpt.is_file():
-        state = torch.load(ckpt, weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        history = restored_history(state)
-    stages = len(model.space.stages)
-    full_only = full_only_epochs(model, recipe.epochs)
-    monitor = capacity_factor_plan(model.space, [MONITOR_KEEP_RATIO] * stages, 1.0)
-    full = capacity_factor_plan(model.space, [1.0] * stages, 1.0)
-    for epoch in range(len(history), recipe.epochs):
+class DynamicTraining:
+    """One once-for-all epoch (an ``nas.engine.EpochTask``); its randomness is seeded by (seed, epoch)."""
+
+    def __init__(self, model: DynamicViT, data: Dataset, recipe: Recipe, engine: Engine, shift_pixels: int,
+                 on_step: Callable[[], None] | None):
+        self.model = engine.place(model, channels_last=False)  # a ViT gains nothing from channels-last
+        self.data, self.recipe, self.engine = data, recipe, engine
+        self.shift_pixels, self.on_step = shift_pixels, on_step
+        self.opt = make_optimizer(model.parameters(), recipe)
+        steps_per_epoch = math.ceil(len(data.train) / recipe.batch_size)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(recipe, s, steps_per_epoch))
+        stages = len(model.space.stages)
+        self.full_only = full_only_epochs(model, recipe.epochs)
+        self.monitor = capacity_factor_plan(model.space, [MONITOR_KEEP_RATIO] * stages, 1.0)
+        self.full = capacity_factor_plan(model.space, [1.0] * stages, 1.0)
+
+    def state(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict()}
+
+    def load(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+
+    def epoch(self, epoch: int) -> dict:
+        model, recipe, engine = self.model, self.recipe, self.engine
+        dyn = model.space.spec.dynamic_training
+        stages = len(model.space.stages)
         gen = torch.Generator().manual_seed(recipe.seed * 100_003 + epoch)
         rng = np.random.default_rng([recipe.seed, epoch])
         model.train()
-        order = torch.randperm(len(data.y_train), generator=gen)
         total, aux_total, seen = 0.0, 0.0, 0
-        for i in range(0, len(order), recipe.batch_size):
-            idx = order[i:i + recipe.batch_size]
-            x, y = random_shift(data.x_train[idx], shift_pixels, gen), data.y_train[idx]
-            ratios, capacity = sample_config(model, rng, epoch, full_only)
-            logits, aux = model.forward_train(x, ratios, capacity, gen)
-            loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
+        for x, y in engine.batches(self.data.train, recipe.batch_size, gen):
+            x = random_shift(x, self.shift_pixels, gen)
+            ratios, capacity = sample_config(model, rng, epoch, self.full_only)
             full_capacity = model.space.spec.moe.train_capacity[1]
-            if dyn.distill and (min(ratios, default=1.0) < 1.0 or (model.space.moe_blocks and capacity < full_capacity)):
-                full_logits, full_aux = model.forward_train(x, [1.0] * stages, full_capacity, gen)
-                loss = loss + F.cross_entropy(full_logits, y, label_smoothing=recipe.label_smoothing) + \
-                    F.kl_div(F.log_softmax(logits, -1), F.log_softmax(full_logits.detach(), -1),
-                             log_target=True, reduction="batchmean")
-                aux = aux + full_aux
-            total_loss = loss + dyn.predictor_loss_weight * aux
-            opt.zero_grad(set_to_none=True)
+            with engine.autocast():
+                logits, aux = model.forward_train(x, ratios, capacity, gen)
+                loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
+                if dyn.distill and (min(ratios, default=1.0) < 1.0
+                                    or (model.space.moe_blocks and capacity < full_capacity)):
+                    full_logits, full_aux = model.forward_train(x, [1.0] * stages, full_capacity, gen)
+                    loss = loss + F.cross_entropy(full_logits, y, label_smoothing=recipe.label_smoothing) + \
+                        F.kl_div(F.log_softmax(logits, -1), F.log_softmax(full_logits.detach(), -1),
+                                 log_target=True, reduction="batchmean")
+                    aux = aux + full_aux
+                total_loss = loss + dyn.predictor_loss_weight * aux
+            self.opt.zero_grad(set_to_none=True)
             if torch.isfinite(total_loss):  # a non-finite step is skipped, not applied
-                total_loss.backward()
-                if dyn.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), dyn.grad_clip)
-                opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
-            aux_total += float(aux.detach()) * len(idx)
-            seen += len(idx)
-            if on_step is not None:
-                on_step()
+                engine.backward_step(total_loss, self.opt, clip_params=model.parameters(), clip_norm=dyn.grad_clip)
+            self.sched.step()
+            total += loss.item() * len(y)
+            aux_total += float(aux.detach()) * len(y)
+            seen += len(y)
+            if self.on_step is not None:
+                self.on_step()
         model.eval()
-        row = {"epoch": epoch + 1, "train_loss": total / seen, "predictor_loss": aux_total / seen,
-               "lr": opt.param_groups[0]["lr"],
-               "val_accuracy_full": plan_accuracy(model, full, data.x_val, data.y_val),
-               f"val_accuracy_keep{MONITOR_KEEP_RATIO:g}": plan_accuracy(model, monitor, data.x_val, data.y_val)}
-        history.append(row)
-        if ckpt is not None:
-            keys = list(history[0])
-            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                     "history_keys": keys,
-                     "history": torch.tensor([[r[k] for k in keys] for r in history], dtype=torch.float64)}
-            with atomic_path(ckpt) as tmp:
-                torch.save(state, tmp)
-        if on_epoch is not None:
-            on_epoch(epoch + 1, row)
+        return {"epoch": epoch + 1, "train_loss": total / seen, "predictor_loss": aux_total / seen,
+                "lr": self.opt.param_groups[0]["lr"],
+                "val_accuracy_full": plan_accuracy(model, self.full, self.data.x_val, self.data.y_val),
+                f"val_accuracy_keep{MONITOR_KEEP_RATIO:g}": plan_accuracy(model, self.monitor, self.data.x_val,
+                                                                          self.data.y_val)}
+
+
+def train_dynamic(model: DynamicViT, data: Dataset, recipe: Recipe, *, engine: Engine | None = None,
+                  shift_pixels: int = 2, checkpoint: str | Path | None = None,
+                  on_epoch: EpochCallback | None = None,
+                  on_step: Callable[[], None] | None = None) -> DynamicTrainResult:
+    """Train ``model`` once-for-all on the train split through ``engine``; report validation accuracy at two
+    configs per epoch. The model comes back on the CPU."""
+    torch.manual_seed(recipe.seed)
+    engine = engine or Engine()
+    task = DynamicTraining(model, data, recipe, engine, shift_pixels, on_step)
+    try:
+        history = engine.run(task, recipe.epochs, checkpoint=checkpoint, on_epoch=on_epoch)
+    finally:
+        model.cpu()
     model.eval()
     return DynamicTrainResult(model, history)

@@ -79,7 +79,7 @@ class ArchDistribution(nn.Module):
         perturbed = gumbel_perturb(self.logits + self.padding)
         soft = torch.softmax(perturbed / tau, -1)
         index = perturbed.detach().argmax(-1)
-        run_one = torch.tensor([p == 1 or k == 1 for p, k in zip(paths, self.sizes)])
+        run_one = torch.tensor([p == 1 or k == 1 for p, k in zip(paths, self.sizes)], device=self.logits.device)
         hard = torch.zeros_like(soft).scatter_(1, index[:, None], 1.0)
         weights = torch.where(run_one[:, None], hard - soft.detach() + soft, soft)
         picked, one = index.tolist(), run_one.tolist()
@@ -122,7 +122,7 @@ class ArchDistribution(nn.Module):
 
     def log_probs(self) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
         with torch.no_grad():
-            lp = torch.log_softmax(self.logits + self.padding, -1).numpy().astype(np.float64)
+            lp = torch.log_softmax(self.logits + self.padding, -1).cpu().numpy().astype(np.float64)
         ops, channels, res = self.rows(lp)
         return list(ops), list(channels), res
 
@@ -131,7 +131,7 @@ class ArchDistribution(nn.Module):
         with torch.no_grad():
             lp = torch.log_softmax(self.logits + self.padding, -1)
             ent = -(lp.exp() * lp.nan_to_num(neginf=0.0)).sum(-1)
-        many = torch.tensor([k > 1 for k in self.sizes])
+        many = torch.tensor([k > 1 for k in self.sizes], device=ent.device)
         return float(ent[many].mean()) if bool(many.any()) else 0.0
 
     # ---- history ----------------------------------------------------------------------------------------------

@@ -38,6 +38,11 @@ class LatencyTerms:
         self.base_ms = float(lm.base_ms)
         self._torch_costs = [torch.tensor(t.cost_ms, dtype=torch.float32) for t in self.terms]
 
+    def to(self, device) -> "LatencyTerms":
+        """Keep the cost tensors on ``device`` (where the logits are): expected latency stays differentiable there."""
+        self._torch_costs = [c.to(device) for c in self._torch_costs]
+        return self
+
     # ---- queries ----------------------------------------------------------------------------------------------
     def keys(self) -> list[OpKey]:
         """Every unique key the search can touch."""

@@ -21,8 +21,12 @@ def _pyplot():
 
 def plot_search(history: list[dict], dist: ArchDistribution, folder: str | Path, *, target_ms: float | None = None,
                 attainable: tuple[float, float] | None = None) -> list[Path]:
-    """Write ``search_trajectory.png`` and ``arch_probabilities.png`` into ``folder``; return their paths."""
+    """Write ``search_trajectory.png`` and ``arch_probabilities.png`` into ``folder``; return their paths.
+
+    The channel / resolution panel is drawn only when the search chose channels or resolution (not for DNAS);
+    epoch and layer ticks are integers; the attainable range's lines are labelled."""
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
     folder = Path(folder)
     epochs = [r["epoch"] for r in history]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
@@ -32,8 +36,8 @@ def plot_search(history: list[dict], dist: ArchDistribution, folder: str | Path,
     if target_ms is not None:
         ax.axhspan(0.9 * target_ms, 1.1 * target_ms, color="green", alpha=0.15, label="target +-10%")
     if attainable is not None:
-        for bound in attainable:
-            ax.axhline(bound, color="grey", linewidth=0.8, linestyle=":")
+        for bound, name in zip(attainable, ("fastest", "slowest")):
+            ax.axhline(bound, color="grey", linewidth=0.8, linestyle=":", label=f"{name} attainable ({bound:.3g} ms)")
     ax.set(xlabel="epoch", ylabel="predicted latency (ms)", title="latency")
     ax.legend(fontsize=8)
     ax = axes[1]
@@ -47,6 +51,8 @@ def plot_search(history: list[dict], dist: ArchDistribution, folder: str | Path,
     ax.plot(epochs, [max(r["entropy"], 1e-3) for r in history], label="mean entropy (nats)")
     ax.set(xlabel="epoch", title="alpha, temperature, entropy")
     ax.legend(fontsize=8)
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     paths = [save_figure(fig, folder / "search_trajectory.png", dpi=90)]
 
@@ -60,11 +66,24 @@ def plot_search(history: list[dict], dist: ArchDistribution, folder: str | Path,
              if len(o) > 1]
     if len(dist.resolution_options) > 1:
         extra.append(("resolution", dist.resolution_options, probs.resolution))
-    fig, axes = plt.subplots(1, 2, figsize=(15, 4.5), gridspec_kw={"width_ratios": [3, 2]})
+    if extra:
+        fig, axes = plt.subplots(1, 2, figsize=(15, 4.5), gridspec_kw={"width_ratios": [3, 2]})
+    else:
+        fig, ax = plt.subplots(figsize=(9, 4.5))
+        axes = [ax]
     image = axes[0].imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1)
     axes[0].set(yticks=range(len(ops)), yticklabels=ops, xlabel="layer", title="final op probabilities")
+    axes[0].set_xticks(range(len(dist.op_options)))
     fig.colorbar(image, ax=axes[0])
-    ax = axes[1]
+    if extra:
+        _plot_choices(axes[1], extra)
+    fig.tight_layout()
+    paths.append(save_figure(fig, folder / "arch_probabilities.png", dpi=90))
+    return paths
+
+
+def _plot_choices(ax, extra: list[tuple[str, list, object]]) -> None:
+    """Horizontal bars of the channel / resolution probabilities."""
     y = 0
     for name, options, p in extra:
         for option, value in zip(options, p.detach().numpy()):
@@ -73,7 +92,4 @@ def plot_search(history: list[dict], dist: ArchDistribution, folder: str | Path,
             y += 1
         y += 0.5
     ax.set(xlim=(0, 1.3), yticks=[], xlabel="probability", title="channel / resolution probabilities")
-    fig.tight_layout()
-    paths.append(save_figure(fig, folder / "arch_probabilities.png", dpi=90))
-    return paths
 

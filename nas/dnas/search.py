@@ -2,7 +2,8 @@
 
 Every epoch: a temperature from FBNet's schedule; the supernet weights train on the train split (CE, one Gumbel
 sample per batch); after the warm-up, the architecture logits train on the validation split with the latency-aware
-loss (weights frozen). State is saved atomically after every epoch, so an interrupted search resumes where it was.
+loss (weights frozen). The engine (``nas.engine``) saves the state after every epoch, so an interrupted search
+resumes where it was.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from nas.data import Dataset
 from nas.dnas.distribution import ArchDistribution
 from nas.gumbel import temperature
 from nas.dnas.latency_terms import LatencyTerms
+from nas.engine import Engine
 from nas.errors import SearchError
-from nas.files import atomic_path
 from nas.latency.loss import TargetController, latency_factor
 from nas.recipe import Recipe
 from nas.training import finite_loss, lr_factor, make_optimizer
@@ -56,30 +57,19 @@ class SearchSettings:
         return asdict(self)
 
 
-def corrupt_checkpoint(path: Path, reason: str) -> SearchError:
-    return SearchError(f"{path}: corrupt search checkpoint ({reason}); delete it to restart the search from "
-                       f"epoch 1 in the same --out, or choose a new --out")
-
-
-def load_search_checkpoint(path: Path) -> dict:
-    """The state saved by an interrupted search; SearchError saying how to restart when it cannot be read."""
-    try:
-        state = torch.load(path, weights_only=True)
-    except Exception as e:  # truncated zip, unpickling refusal, not a torch file
-        raise corrupt_checkpoint(path, " ".join(str(e).split()) or type(e).__name__) from None
-    if not isinstance(state, dict):
-        raise corrupt_checkpoint(path, "not a saved search state")
-    return state
-
-
 class SupernetSearch:
+    """One search epoch at a time (an ``nas.engine.EpochTask``); the engine places the supernet, the logits and
+    the latency cost tensors on its device, feeds the batches and keeps the checkpoint."""
+
     def __init__(self, supernet: nn.Module, dist: ArchDistribution, terms: LatencyTerms, data: Dataset,
-                 settings: SearchSettings, recipe: Recipe, min_ms: float):
-        self.supernet, self.dist, self.terms, self.data = supernet, dist, terms, data
+                 settings: SearchSettings, recipe: Recipe, min_ms: float, engine: Engine | None = None):
+        self.engine = engine or Engine()
+        self.supernet, self.dist, self.terms, self.data = self.engine.place(supernet), dist, terms, data
+        dist.to(self.engine.device)
+        terms.to(self.engine.device)
         self.settings, self.recipe, self.min_ms = settings, recipe, min_ms
-        self.supernet.to(memory_format=torch.channels_last)
         self.weight_opt = make_optimizer(supernet.parameters(), recipe)
-        self.steps_per_epoch = math.ceil(len(data.y_train) / recipe.batch_size)
+        self.steps_per_epoch = math.ceil(len(data.train) / recipe.batch_size)
         schedule = recipe.model_copy(update={"epochs": settings.epochs})
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.weight_opt, lambda s: lr_factor(schedule, s, self.steps_per_epoch))
@@ -96,8 +86,7 @@ class SupernetSearch:
                 "weight_opt": self.weight_opt.state_dict(), "arch_opt": self.arch_opt.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "alpha": self.alpha,
                 "controller": json.dumps(self.controller.state() if self.controller else None),
-                "history": json.dumps(self.history), "shuffle_rng": self.shuffle.get_state(),
-                "torch_rng": torch.get_rng_state()}
+                "shuffle_rng": self.shuffle.get_state()}
 
     def load(self, state: dict) -> None:
         self.supernet.load_state_dict(state["supernet"])
@@ -108,55 +97,38 @@ class SupernetSearch:
         self.alpha = float(state["alpha"])
         if self.controller is not None:
             self.controller.load(json.loads(state["controller"]))
-        self.history = json.loads(state["history"])
+        self.history = json.loads(state["history"])  # the engine's copy of the rows
         self.shuffle.set_state(state["shuffle_rng"])
-        torch.set_rng_state(state["torch_rng"])
 
     # ---- the loop -----------------------------------------------------------------------------------------------
     def run(self, checkpoint: str | Path | None = None, on_epoch: EpochCallback | None = None) -> list[dict]:
-        """Search (one PyTorch thread: the masked supernet's backward corrupted the heap with several intra-op
-        threads in this PyTorch build, and small models gain nothing from more threads on a shared machine)."""
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
+        """Search, resuming from ``checkpoint``, on the engine's accelerator and threads."""
+        torch.manual_seed(self.recipe.seed)
         try:
-            return self._run(checkpoint, on_epoch)
+            self.engine.run(self, self.settings.epochs, checkpoint=checkpoint, on_epoch=on_epoch,
+                            what="search", error=SearchError)
         finally:
-            torch.set_num_threads(threads)
-
-    def _run(self, checkpoint: str | Path | None, on_epoch: EpochCallback | None) -> list[dict]:
-        ckpt = Path(checkpoint) if checkpoint else None
-        if ckpt is not None and ckpt.is_file():
-            try:
-                self.load(load_search_checkpoint(ckpt))
-            except (KeyError, TypeError, ValueError, RuntimeError) as e:  # a state of another shape
-                raise corrupt_checkpoint(ckpt, f"{type(e).__name__}: {' '.join(str(e).split())[:200]}") from None
-        else:
-            torch.manual_seed(self.recipe.seed)
-        s = self.settings
-        for epoch in range(len(self.history), s.epochs):
-            start = time.perf_counter()
-            tau = temperature(epoch, s.initial_temperature, s.temperature_decay)
-            row = {"epoch": epoch + 1, "phase": "warmup" if epoch < s.warmup else "search", "temperature": tau}
-            row.update(self._train_weights(tau))
-            row.update(self._train_arch(tau) if epoch >= s.warmup else self._evaluate(tau))
-            with torch.no_grad():
-                row.update({"alpha": self.alpha, "expected_ms": float(self.terms.expected_ms().detach()),
-                            "argmax_ms": self.terms.argmax_ms(), "entropy": self.dist.entropy(),
-                            "lr": self.weight_opt.param_groups[0]["lr"], "seconds": time.perf_counter() - start})
-            row.update(self.dist.probability_row())
-            self.history.append(row)
-            if ckpt is not None:
-                with atomic_path(ckpt) as tmp:
-                    torch.save(self.state(), tmp)
-            if on_epoch is not None:
-                on_epoch(epoch + 1, row)
+            for part in (self.supernet, self.dist, self.terms):
+                part.to("cpu")
         return self.history
 
-    def _batches(self, x: torch.Tensor, y: torch.Tensor):
-        order = torch.randperm(len(y), generator=self.shuffle)
-        for i in range(0, len(order), self.recipe.batch_size):
-            idx = order[i:i + self.recipe.batch_size]
-            yield x[idx].contiguous(memory_format=torch.channels_last), y[idx]
+    def epoch(self, epoch: int) -> dict:
+        s = self.settings
+        start = time.perf_counter()
+        tau = temperature(epoch, s.initial_temperature, s.temperature_decay)
+        row = {"epoch": epoch + 1, "phase": "warmup" if epoch < s.warmup else "search", "temperature": tau}
+        row.update(self._train_weights(tau))
+        row.update(self._train_arch(tau) if epoch >= s.warmup else self._evaluate(tau))
+        with torch.no_grad():
+            row.update({"alpha": self.alpha, "expected_ms": float(self.terms.expected_ms().detach()),
+                        "argmax_ms": self.terms.argmax_ms(), "entropy": self.dist.entropy(),
+                        "lr": self.weight_opt.param_groups[0]["lr"], "seconds": time.perf_counter() - start})
+        row.update(self.dist.probability_row())
+        self.history.append(row)
+        return row
+
+    def _batches(self, split):
+        yield from self.engine.batches(split, self.recipe.batch_size, self.shuffle, "none")
 
     def _sample(self, tau: float):
         s = self.settings
@@ -165,15 +137,15 @@ class SupernetSearch:
     def _train_weights(self, tau: float) -> dict:
         self.supernet.train()
         total, correct, seen = 0.0, 0, 0
-        for x, y in self._batches(self.data.x_train, self.data.y_train):
+        for x, y in self._batches(self.data.train):
             with torch.no_grad():
                 sample = self._sample(tau)
-            out = self.supernet(x, sample)
-            loss = F.cross_entropy(out, y, label_smoothing=self.recipe.label_smoothing)
+            with self.engine.autocast():
+                out = self.supernet(x, sample)
+                loss = F.cross_entropy(out, y, label_smoothing=self.recipe.label_smoothing)
             value = finite_loss(loss, len(self.history) + 1, self.weight_opt.param_groups[0]["lr"])
             self.weight_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.weight_opt.step()
+            self.engine.backward_step(loss, self.weight_opt)
             self.scheduler.step()
             total += value * len(y)
             correct += int((out.argmax(1) == y).sum())
@@ -188,14 +160,14 @@ class SupernetSearch:
             p.requires_grad_(False)
         total, correct, seen = 0.0, 0, 0
         try:
-            for x, y in self._batches(self.data.x_val, self.data.y_val):
-                out = self.supernet(x, self._sample(tau))
-                ce = F.cross_entropy(out, y)
+            for x, y in self._batches(self.data.val):
+                with self.engine.autocast():
+                    out = self.supernet(x, self._sample(tau))
+                    ce = F.cross_entropy(out, y)
                 lat = self.terms.expected_ms()
-                loss = ce * latency_factor(lat, self.min_ms, self.alpha, s.beta)
+                loss = ce.float() * latency_factor(lat, self.min_ms, self.alpha, s.beta)
                 self.arch_opt.zero_grad(set_to_none=True)
-                loss.backward()
-                self.arch_opt.step()
+                self.engine.backward_step(loss, self.arch_opt)
                 if self.controller is not None:  # steer by the arch the search would return now
                     self.alpha = self.controller.update(self.terms.argmax_ms())
                 total += float(ce.detach()) * len(y)
@@ -211,8 +183,9 @@ class SupernetSearch:
         """Validation loss / accuracy of sampled archs (warm-up epochs, where the arch does not train)."""
         self.supernet.train()  # batch statistics, as in the search steps
         total, correct, seen = 0.0, 0, 0
-        for x, y in self._batches(self.data.x_val, self.data.y_val):
-            out = self.supernet(x, self._sample(tau))
+        for x, y in self._batches(self.data.val):
+            with self.engine.autocast():
+                out = self.supernet(x, self._sample(tau))
             total += float(F.cross_entropy(out, y)) * len(y)
             correct += int((out.argmax(1) == y).sum())
             seen += len(y)

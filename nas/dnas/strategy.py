@@ -21,6 +21,7 @@ from nas.dnas.dmasking_supernet import DMaskingSupernet
 from nas.dnas.dnas_supernet import DNASSupernet
 from nas.dnas.latency_terms import LatencyTerms
 from nas.dnas.search import SearchSettings, SupernetSearch
+from nas.engine import Engine
 from nas.errors import LatencyTableError, SearchError
 from nas.finalize import measuring_device, train_export_measure
 from nas.latency.device import Device
@@ -52,13 +53,17 @@ class SearchJob:
     tables_dir: str | None = None
     profile: bool = False
     allow_estimated: bool = False
+    engine: Engine = field(default_factory=Engine)  # where the supernet and the winner train
+    skip_bad_images: bool = False
 
     def config(self, space: Space) -> dict:
         """Everything that determines the result (what a resumed run must match), flat so that a mismatch names
         the setting (``search.epochs``, ``recipe.lr``)."""
         return {"command": f"search {self.method}", "space": self.space, "dataset": self.dataset,
                 "device": self.device, "space_args": space.space_args(), "target_ms": self.target_ms,
-                "seed": self.seed, **{f"search.{k}": v for k, v in self.settings.to_dict().items()},
+                "seed": self.seed, "accelerator": self.engine.accelerator.kind,
+                "precision": self.engine.accelerator.precision, "world_size": self.engine.world.size,
+                **{f"search.{k}": v for k, v in self.settings.to_dict().items()},
                 **{f"recipe.{k}": v for k, v in self.recipe.model_dump().items()}}
 
 
@@ -82,7 +87,8 @@ class PreparedSearch:
     def summary(self) -> str:
         s = self.space
         return (f"{self.job.method} on {s.name} @ {s.resolution}px x{s.width_multiplier:g}, {self.job.dataset} "
-                f"{self.data.sizes()}, device {self.job.device}: attainable {self.min_ms:.4g}-{self.max_ms:.4g} ms")
+                f"{self.data.sizes()}, device {self.job.device}: attainable {self.min_ms:.4g}-{self.max_ms:.4g} ms; "
+                f"training on {self.job.engine.accelerator.describe()}, the search loop on 1 thread")
 
 
 def profile_command(job: SearchJob, space: Space) -> str:
@@ -120,7 +126,7 @@ def _prepare(job: SearchJob, progress: Progress = no_progress) -> PreparedSearch
     if job.settings.epochs < 2:
         raise SearchError(f"--epochs must be at least 2 (one warm-up epoch, then search), got {job.settings.epochs}")
     data, space = load_search_task(job.dataset, job.space, resolution=job.resolution, width=job.width,
-                                   seed=job.seed)
+                                   seed=job.seed, skip_bad_images=job.skip_bad_images)
     masks = job.method == "dmasking"
     if not (any(len(layer.candidates) > 1 for layer in space.layers)
             or masks and (space.searches_channels or space.searches_resolution)):
@@ -185,7 +191,8 @@ def _run(prep: PreparedSearch, run: RunDir, progress: Progress = no_progress) ->
     job, space, lm = prep.job, prep.space, prep.lm
     torch.manual_seed(job.seed)  # the supernet's initial weights: the same command and seed give the same arch
     supernet = build_supernet(prep)
-    search = SupernetSearch(supernet, prep.dist, prep.terms, prep.data, job.settings, job.recipe, prep.min_ms)
+    search = SupernetSearch(supernet, prep.dist, prep.terms, prep.data, job.settings, job.recipe, prep.min_ms,
+                            job.engine)
     start = time.perf_counter()
     epochs = job.settings.epochs
 
@@ -206,7 +213,7 @@ def _run(prep: PreparedSearch, run: RunDir, progress: Progress = no_progress) ->
 
     device, note = measuring_device(lm.device)
     figures = train_export_measure(space, arch, prep.data, job.recipe, run, device=device, on_epoch=trained,
-                                   table=lm.table, note=note)
+                                   table=lm.table, note=note, engine=job.engine)
     shared = {k: figures.pop(k) for k in ("accuracy", "measured_ms", "onnx_max_abs_diff")}
     report = build_report(
         job.method, device=job.device, predicted_ms=predicted, target_ms=job.target_ms, **shared,
@@ -216,7 +223,8 @@ def _run(prep: PreparedSearch, run: RunDir, progress: Progress = no_progress) ->
             **figures, "measurement_note": note, "attainable_ms": [prep.min_ms, prep.max_ms], **selection,
             "search_epochs": epochs, "search_seconds": search_seconds,
             "supernet_val_accuracy": history[-1]["val_accuracy"], "final_alpha": history[-1]["alpha"],
-            "estimated_keys": len(prep.terms.estimated_keys()), "space_args": space.space_args()})
+            "estimated_keys": len(prep.terms.estimated_keys()), "space_args": space.space_args(),
+            "training": job.engine.record()})
     write_report(run, report)
     from nas.dnas.plots import plot_search
     plot_search(history, prep.dist, run.path, target_ms=job.target_ms, attainable=(prep.min_ms, prep.max_ms))

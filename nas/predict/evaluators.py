@@ -24,8 +24,9 @@ from nas.builder import build_model, count_macs, count_params
 from nas.data import Dataset
 from nas.latency.device import Device
 from nas.predict.joint_space import Candidate, JointSpace
-from nas.predict.predictors import torch_threads
-from nas.training import EpochCallback, accuracy, train_model
+from nas.accelerator import Accelerator
+from nas.engine import Engine, EpochCallback
+from nas.training import accuracy, train_model
 
 
 class TrainEvaluator:
@@ -35,16 +36,15 @@ class TrainEvaluator:
 
     def __init__(self, joint: JointSpace, data: Dataset, *, max_epochs: int | None = None,
                  checkpoint_dir: str | Path | None = None, on_epoch: EpochCallback | None = None,
-                 measure_on: Device | None = None, threads: int = 1):
+                 measure_on: Device | None = None, engine: Engine | None = None):
         self.joint, self.data = joint, data
         self.max_epochs = max_epochs
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.on_epoch = on_epoch
         self.measure_on = measure_on  # when set, also export and time each model on this device (measured_ms)
-        # torch threads while training. 1 by default: on this machine class, torch 2.13's oneDNN convolutions
-        # corrupted the heap (double free) training some small archs with 2 threads, and many tiny models
-        # train about as fast on one thread.
-        self.threads = threads
+        # the training engine. One CPU thread by default: the predictor searches train many tiny models, which run
+        # about as fast on one thread, and local workers each take a core.
+        self.engine = engine or Engine(Accelerator(threads=1))
 
     def _checkpoint(self, candidate: Candidate) -> Path | None:
         if self.checkpoint_dir is None:
@@ -61,8 +61,7 @@ class TrainEvaluator:
         model = build_model(space, candidate.arch, dropout=recipe.dropout)
         ckpt = self._checkpoint(candidate)
         start = time.perf_counter()
-        with torch_threads(self.threads):
-            result = train_model(model, self.data, recipe, on_epoch=self.on_epoch, checkpoint=ckpt)
+        result = train_model(model, self.data, recipe, engine=self.engine, on_epoch=self.on_epoch, checkpoint=ckpt)
         seconds = time.perf_counter() - start
         trained = result.model
         metrics = {

@@ -71,15 +71,20 @@ def plot_pareto(path: str | Path, history: History, constraints: list[Constraint
     mask = pareto_mask(history.scores(), x[:, None])
     order = np.argsort(x[mask])
     ax.step(x[mask][order], y[mask][order], where="post", color="k", lw=1, label="Pareto front")
-    for k, c in enumerate(constraints):
+    winners: dict[int, list[str]] = {}  # one label per winner: constraints sharing a winner share its label
+    for c in constraints:
         i = history.best_under(c)
         bound = c.bound(problem.devices)[0] if problem.devices else np.inf
         if np.isfinite(bound):
             ax.axvline(bound, color="gray", ls="--", lw=0.8)
         if i is not None:
-            ax.scatter([x[i]], [y[i]], s=140, facecolors="none", edgecolors="red", linewidths=1.5)
-            ax.annotate(c.label, (x[i], y[i]), textcoords="offset points", xytext=(4, 6 + 9 * k), fontsize=7,
-                        color="red")
+            winners.setdefault(int(i), []).append(c.label)
+    for rank, (i, labels) in enumerate(sorted(winners.items(), key=lambda item: (x[item[0]], y[item[0]]))):
+        ax.scatter([x[i]], [y[i]], s=140, facecolors="none", edgecolors="red", linewidths=1.5)
+        # neighbours alternate above and below their point, so that labels of close winners do not overlap
+        ax.annotate(", ".join(labels), (x[i], y[i]), textcoords="offset points", fontsize=7, color="red",
+                    xytext=(6, 8 if rank % 2 == 0 else -14), bbox={"boxstyle": "round,pad=0.15", "fc": "white",
+                                                                    "ec": "none", "alpha": 0.7})
     ax.set_xlabel(xlabel)
     ax.set_ylabel(obj)
     ax.set_title(title or f"{len(frame)} evaluations; red: best under each constraint", fontsize=9)

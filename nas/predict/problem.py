@@ -5,7 +5,7 @@ LatencyModel); ``TableProblem`` is a user's table (latency from its latency colu
 (``nas.capacity.search``) is a trained dynamic-capacity ViT's keep ratios x threshold. Each holds an
 ``Evaluator``. The searches (NARS, GP-BO, evolution, Optuna) see only this interface, so each runs on all.
 
-Latency constraints (``--latency-ms``): ``5`` bounds every device at 5 ms; ``phone=5,server=2`` bounds each
+Latency constraints (``--target-ms``): ``5`` bounds every device at 5 ms; ``phone=5,server=2`` bounds each
 named device. Several constraints give a Pareto family (one winner per constraint).
 """
 
@@ -85,16 +85,16 @@ def parse_constraint(text: str, devices: list[str]) -> Constraint:
     for term in str(text).split(","):
         m = _TERM.match(term)
         if not m:
-            raise SearchError(f"--latency-ms {text!r}: use a number of ms, or DEVICE=MS[,DEVICE=MS]")
+            raise SearchError(f"--target-ms {text!r}: use a number of ms, or DEVICE=MS[,DEVICE=MS]")
         try:
             ms = float(m.group("ms"))
         except ValueError:
-            raise SearchError(f"--latency-ms {text!r}: {m.group('ms')!r} is not a number") from None
+            raise SearchError(f"--target-ms {text!r}: {m.group('ms')!r} is not a number") from None
         if not ms > 0:
-            raise SearchError(f"--latency-ms {text!r}: a latency bound must be positive")
+            raise SearchError(f"--target-ms {text!r}: a latency bound must be positive")
         dev = m.group("dev")
         if dev is not None and dev not in devices:
-            raise SearchError(f"--latency-ms {text!r}: device {dev!r} is not one of the searched devices "
+            raise SearchError(f"--target-ms {text!r}: device {dev!r} is not one of the searched devices "
                               f"({', '.join(devices)})")
         limits.append((dev, ms))
     return Constraint(tuple(limits))

@@ -36,7 +36,8 @@ class PreparedSearch:
     constraints_auto: bool
 
     def run_config(self) -> dict:
-        return self.settings.config()
+        return {**self.settings.config(), **({"table_decisions": self.problem.table.decision_rule}
+                                             if self.settings.is_table else {})}
 
     def run_name(self) -> str:
         return Path(self.settings.space.split(":", 1)[-1]).stem
@@ -44,7 +45,8 @@ class PreparedSearch:
     def summary(self) -> str:
         auto = " (automatic)" if self.constraints_auto else ""
         return (f"{self.settings.strategy} on {self.settings.space}: objective {self.problem.objective}, "
-                f"constraints {', '.join(c.label for c in self.constraints)}{auto}")
+                f"constraints {', '.join(c.label for c in self.constraints)}{auto}"
+                + (f"\n{self.problem.table.decision_line()}" if self.settings.is_table else ""))
 
 
 class PredictorStrategy(Strategy):

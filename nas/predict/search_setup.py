@@ -142,11 +142,11 @@ def build_constraints(settings: SearchSettings, problem: SearchProblem) -> tuple
     """
     if settings.latency_ms:
         if not problem.devices:
-            raise SearchError("--latency-ms needs a latency: --device for a model space, --latency-column for "
+            raise SearchError("--target-ms needs a latency: --device for a model space, --latency-column for "
                               "a table")
         out = [parse_constraint(t, problem.devices) for t in settings.latency_ms]
         if len({c.label for c in out}) != len(out):
-            raise SearchError("--latency-ms: a constraint is given twice")
+            raise SearchError("--target-ms: a constraint is given twice")
         return out, False
     if not problem.devices:
         return [Constraint(())], True

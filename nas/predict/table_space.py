@@ -5,7 +5,13 @@ measurements they already have. The objective column is the expensive metric: a 
 ``TableEvaluator.evaluate`` (a lookup), which counts against the budget exactly like training a model. The latency
 columns (one per device) play the role of the LatencyModel: free, known for every row, used to filter by the
 constraint. ``--proxy COL`` names further free columns (e.g. MACs) that the MLP predictor pretrains on.
-Every other column is a decision unless ``--metric COL`` marks it as a metric reported with each lookup.
+
+Which columns are decisions: the ones named with ``--decision`` when any are; otherwise every column that is not
+named as the objective, a latency, proxy or metric column and is not *result-like*: a numeric column whose name
+contains ``accuracy``, ``latency``, ``loss``, ``seconds``, ``params``, ``macs``, ``flops``, ``error`` or ``steps``,
+or ends in ``_ms`` (``RESULT_LIKE``). So a table's test accuracy, training time, MACs or another device's latency are
+never decisions by accident, while recipe columns (lr, epochs, batch_size) are. ``TableSpace.decision_rule`` holds
+the outcome (which columns are decisions, which are not and why); searches print it and record it in config.json.
 
 Decision columns become decisions: text columns categorical, numeric columns with few distinct values ordinal,
 other numeric columns a float range (log scale when positive and spanning two decades or more).
@@ -14,6 +20,7 @@ Rows with identical decisions are merged (their metrics averaged) and counted in
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -24,6 +31,21 @@ from nas.errors import SpaceError
 from nas.predict.decisions import Decision, DecisionSpace
 
 MAX_ORDINAL_VALUES = 24
+RESULT_LIKE = re.compile(r"accuracy|latency|loss|seconds|params|macs|flops|error|steps|_ms$", re.IGNORECASE)
+
+
+def infer_decisions(frame: pd.DataFrame, named: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The default rule: the columns of ``frame`` that are decisions, and why each other column is not one.
+    ``named`` are the objective, latency, proxy and metric columns."""
+    decisions, not_decisions = [], {}
+    for column in frame.columns:
+        if column in named:
+            not_decisions[column] = "named"
+        elif RESULT_LIKE.search(column) and pd.to_numeric(frame[column], errors="coerce").notna().all():
+            not_decisions[column] = "result-like name"
+        else:
+            decisions.append(column)
+    return decisions, not_decisions
 
 
 def _numeric_column(frame: pd.DataFrame, column: str, path: Path) -> np.ndarray:
@@ -79,7 +101,13 @@ class TableSpace(DecisionSpace):
                 row = int(np.flatnonzero(numeric[c] < 0)[0])
                 raise SpaceError(f"{self.path}: latency column {c!r}, row {row + 1}: negative latency "
                                  f"{numeric[c][row]}")
-        names = decision_columns or [c for c in frame.columns if c not in measured]
+        if decision_columns:
+            names = list(decision_columns)
+            not_decisions = {c: "not named by --decision" for c in frame.columns if c not in names}
+        else:
+            names, not_decisions = infer_decisions(frame, measured)
+        self.decision_rule = {"rule": "--decision" if decision_columns else "inferred", "decisions": names,
+                              "not_decisions": not_decisions}
         overlap = set(names) & set(measured)
         if overlap:
             raise SpaceError(f"{self.path}: column(s) {', '.join(sorted(overlap))} cannot be both a decision and "
@@ -94,7 +122,7 @@ class TableSpace(DecisionSpace):
             columns.append(column)
         if not decisions:
             raise SpaceError(f"{self.path}: no decision column varies (decision columns: "
-                             f"{', '.join(names) or 'none'}); every other column is a metric")
+                             f"{', '.join(names) or 'none'}); name them with --decision COLUMN")
         super().__init__(decisions)
         genomes = np.column_stack(columns)
         # merge rows with identical decisions (e.g. repeated seeds): average their metrics
@@ -119,6 +147,13 @@ class TableSpace(DecisionSpace):
         self._index = {k: i for i, k in enumerate(self.keys(self.genomes))}
 
     # ---- free columns --------------------------------------------------------------------------------------
+    def decision_line(self) -> str:
+        """The decision rule's outcome in one line (printed when a search starts)."""
+        r = self.decision_rule
+        skipped = [c for c, why in r["not_decisions"].items() if why == "result-like name"]
+        return (f"decisions ({r['rule']}): {', '.join(r['decisions'])}"
+                + (f"; not decisions (result-like): {', '.join(skipped)}" if skipped else ""))
+
     def latency_ms(self, rows: np.ndarray) -> np.ndarray:
         return np.column_stack([self.values[c][rows] for c in self.latency_columns]) if self.latency_columns \
             else np.zeros((len(rows), 0))

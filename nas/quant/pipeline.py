@@ -17,6 +17,7 @@ from dataclasses import asdict
 
 import pandas as pd
 
+from nas.engine import Engine
 from nas.builder import build_model
 from nas.latency.drift import drift_before_measuring
 from nas.latency.precision import int8_speedups
@@ -103,12 +104,14 @@ def run_mixed_precision(prep: Prepared, run: RunDir, *, progress: Progress = no_
     options, graph, lm, cost_ms, device_settings = prep.options, prep.graph, prep.lm, prep.cost_ms, \
         prep.device_settings
     no_table = prep.no_table
+    engine = prep.job.engine if prep.job is not None else Engine()
     staged = functools.partial(stage, progress)  # (name, total) -> a counter, as nas.quant.finish takes it
     latency_fit = None
     if cost_ms is not None and cfg.latency_fit_models > 0:  # latency does not depend on the weights: fit first
         fit_net = MixedPrecisionNet(build_model(space, arch), [FP32, INT8])
         with staged("fit latency cost", cfg.latency_fit_models + 1) as advance:
-            latency_fit = fit_latency_cost(cost_ms, fit_net, fit_input(data.x_train[:cfg.calibration_samples], fit_net),
+            samples = fit_input(data.train.first(cfg.calibration_samples), fit_net)
+            latency_fit = fit_latency_cost(cost_ms, fit_net, samples,
                                            lambda files: [s.p50_ms for s in device_settings.time_files(files)],
                                            lm.table.folder,
                                            count=cfg.latency_fit_models, seed=cfg.search.seed,
@@ -122,7 +125,7 @@ def run_mixed_precision(prep: Prepared, run: RunDir, *, progress: Progress = no_
         recipe = Recipe(epochs=cfg.pretrain_epochs, lr=cfg.pretrain_lr, batch_size=cfg.search.batch_size,
                         seed=cfg.search.seed)
         with staged("pretrain fp32", cfg.pretrain_epochs) as advance:
-            train_model(plain, data, recipe, checkpoint=run.file("pretrain.pt"),
+            train_model(plain, data, recipe, engine=engine, checkpoint=run.file("pretrain.pt"),
                         on_epoch=lambda e, row: advance(note=f"val {row['val_accuracy']:.3f}"))
     pretrained = copy.deepcopy(plain.state_dict())
 
@@ -138,7 +141,7 @@ def run_mixed_precision(prep: Prepared, run: RunDir, *, progress: Progress = no_
         settings["init_float_prob"] = 0.8  # see search.init_logits: the uniform start is a saddle of the transitions
     scfg = SearchConfig(**{**settings, "target": target})
     with staged("search bits", scfg.epochs) as advance:
-        result = search_bits(net, data, cost, scfg, checkpoint=run.file("search.pt"),
+        result = search_bits(net, data, cost, scfg, engine=engine, checkpoint=run.file("search.pt"),
                              on_epoch=lambda e, row: advance(note=f"{cost.name} {row['argmax_cost']:.4g} "
                                                                   f"val {row['argmax_val_accuracy']:.3f}"))
     run.write_csv("history.csv", pd.DataFrame(result.history))

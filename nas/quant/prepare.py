@@ -8,6 +8,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from nas.engine import Engine
 from nas.builder import build_model
 from nas.data import Dataset
 from nas.errors import LatencyTableError, SearchError
@@ -145,6 +146,7 @@ class MixedPrecisionJob:
     seed: int = 0
     tables_dir: str | None = None
     settings: MixedPrecisionConfig = field(default_factory=MixedPrecisionConfig)
+    engine: Engine = field(default_factory=Engine)  # where pretraining and the bit search train
 
 
 @dataclass
@@ -168,7 +170,9 @@ class Prepared:
         job = self.job
         return {"command": "search mixed-precision", "arch_ref": job.arch, "arch": self.arch.to_dict(),
                 "dataset": job.dataset, "device": self.device, "space_args": self.space.space_args(),
-                "seed": job.seed, **self.cfg.to_dict()}
+                "seed": job.seed, "accelerator": job.engine.accelerator.kind,
+                "precision": job.engine.accelerator.precision, "world_size": job.engine.world.size,
+                **self.cfg.to_dict()}
 
     def run_name(self) -> str:
         return self.space.name

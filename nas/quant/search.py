@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from nas.data import Dataset
+from nas.engine import Engine
 from nas.errors import SearchError
-from nas.files import atomic_path
 from nas.latency.loss import TargetController, latency_factor
 from nas.quant.costs import Cost
 from nas.quant.mixed import BitOption, MixedPrecisionNet
@@ -66,12 +66,6 @@ def temperature(config: SearchConfig, epoch: int) -> float:
     return config.tau_start * (config.tau_end / config.tau_start) ** (epoch / (config.epochs - 1))
 
 
-def _batches(n: int, batch_size: int, gen: torch.Generator):
-    order = torch.randperm(n, generator=gen)
-    for i in range(0, n, batch_size):
-        yield order[i:i + batch_size]
-
-
 @torch.no_grad()
 def assignment_accuracy(net: MixedPrecisionNet, assignment: list[BitOption], x, y) -> float:
     net.fix(assignment)
@@ -83,32 +77,35 @@ def assignment_accuracy(net: MixedPrecisionNet, assignment: list[BitOption], x, 
     return float((preds == y).float().mean())
 
 
-def search_bits(net: MixedPrecisionNet, data: Dataset, cost: Cost, config: SearchConfig, *,
-                checkpoint: str | Path | None = None,
-                on_epoch: Callable[[int, dict], None] | None = None) -> SearchResult:
-    """Run the bit-width search; with ``checkpoint`` it saves after every epoch and resumes from it."""
-    floor = cost.lower_bound()
-    if config.init_float_prob is not None:
-        init_logits(net, config.init_float_prob)
-    w_opt = torch.optim.AdamW(net.weight_parameters(), lr=config.weight_lr, weight_decay=1e-4)
-    a_opt = torch.optim.Adam(net.arch_parameters(), lr=config.arch_lr, betas=(0.9, 0.999),
-                             weight_decay=config.arch_weight_decay)
-    history: list[dict] = []
-    alpha = config.alpha
-    controller = TargetController(config.target, alpha, config.target_gain) if config.target is not None else None
-    start = 0
-    ckpt = Path(checkpoint) if checkpoint else None
-    if ckpt is not None and ckpt.is_file():
-        state = torch.load(ckpt, weights_only=True)
-        net.load_state_dict(state["net"])
-        w_opt.load_state_dict(state["weight_optimizer"])
-        a_opt.load_state_dict(state["arch_optimizer"])
-        history = json.loads(state["history"])
-        alpha = float(state["alpha"])
-        if controller is not None:
-            controller.alpha = alpha
-        start = len(history)
-    for epoch in range(start, config.epochs):
+class BitSearch:
+    """One epoch of the bit-width search (an ``nas.engine.EpochTask``): weights on the train split, then (after
+    the warm-up) the choice logits on the validation split with the cost-aware loss."""
+
+    def __init__(self, net: MixedPrecisionNet, data: Dataset, cost: Cost, config: SearchConfig, engine: Engine):
+        self.net = engine.place(net, channels_last=False)  # the layout the bit search always trained in
+        self.data, self.cost, self.config, self.engine = data, cost, config, engine
+        self.floor = cost.lower_bound()
+        self.w_opt = torch.optim.AdamW(net.weight_parameters(), lr=config.weight_lr, weight_decay=1e-4)
+        self.a_opt = torch.optim.Adam(net.arch_parameters(), lr=config.arch_lr, betas=(0.9, 0.999),
+                                      weight_decay=config.arch_weight_decay)
+        self.alpha = config.alpha
+        self.controller = TargetController(config.target, self.alpha, config.target_gain) \
+            if config.target is not None else None
+
+    def state(self) -> dict:
+        return {"net": self.net.state_dict(), "weight_optimizer": self.w_opt.state_dict(),
+                "arch_optimizer": self.a_opt.state_dict(), "alpha": self.alpha}
+
+    def load(self, state: dict) -> None:
+        self.net.load_state_dict(state["net"])
+        self.w_opt.load_state_dict(state["weight_optimizer"])
+        self.a_opt.load_state_dict(state["arch_optimizer"])
+        self.alpha = float(state["alpha"])
+        if self.controller is not None:
+            self.controller.alpha = self.alpha
+
+    def epoch(self, epoch: int) -> dict:
+        config, net, cost, engine = self.config, self.net, self.cost, self.engine
         torch.manual_seed(config.seed * 10_007 + epoch)
         gen = torch.Generator().manual_seed(config.seed * 10_007 + epoch)
         tau = temperature(config, epoch)
@@ -116,53 +113,60 @@ def search_bits(net: MixedPrecisionNet, data: Dataset, cost: Cost, config: Searc
         net.fix(None)
         net.train()
         train_loss, seen = 0.0, 0
-        for idx in _batches(len(data.y_train), config.batch_size, gen):
-            x, y = fit_input(data.x_train[idx], net), data.y_train[idx]
-            loss = F.cross_entropy(net(x), y)
-            w_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            w_opt.step()
-            train_loss += loss.item() * len(idx)
-            seen += len(idx)
+        for x, y in engine.batches(self.data.train, config.batch_size, gen):
+            with engine.autocast():
+                loss = F.cross_entropy(net(fit_input(x, net)), y)
+            self.w_opt.zero_grad(set_to_none=True)
+            engine.backward_step(loss, self.w_opt)
+            train_loss += loss.item() * len(y)
+            seen += len(y)
         row = {"epoch": epoch + 1, "temperature": tau, "train_loss": train_loss / seen}
         if epoch >= config.warmup_epochs:
             ce_sum, factor_sum, steps = 0.0, 0.0, 0
-            for idx in _batches(len(data.y_val), config.batch_size, gen):
-                x, y = fit_input(data.x_val[idx], net), data.y_val[idx]
-                ce = F.cross_entropy(net(x), y)
-                expected = cost.expected([F.softmax(t, 0) for t in net.arch_parameters()])
-                factor = latency_factor(expected, floor, alpha, config.beta)
-                loss = ce * factor
-                a_opt.zero_grad(set_to_none=True)
-                w_opt.zero_grad(set_to_none=True)
-                loss.backward()
-                a_opt.step()
-                if controller is not None:
-                    alpha = controller.update(float(expected.detach()))
+            for x, y in engine.batches(self.data.val, config.batch_size, gen):
+                with engine.autocast():
+                    ce = F.cross_entropy(net(fit_input(x, net)), y).float()
+                expected = cost.expected([F.softmax(t, 0).cpu() for t in net.arch_parameters()])
+                factor = latency_factor(expected, self.floor, self.alpha, config.beta)
+                loss = ce * factor.to(ce.device)
+                self.a_opt.zero_grad(set_to_none=True)
+                self.w_opt.zero_grad(set_to_none=True)
+                engine.backward_step(loss, self.a_opt)
+                if self.controller is not None:
+                    self.alpha = self.controller.update(float(expected.detach()))
                 ce_sum, factor_sum, steps = ce_sum + ce.item(), factor_sum + factor.item(), steps + 1
             row |= {"arch_ce": ce_sum / steps, "cost_factor": factor_sum / steps}
         probs = [p.tolist() for p in net.probabilities()]
         argmax = net.argmax_assignment()
         row["expected_cost"] = float(cost.expected([torch.tensor(p) for p in probs]))
         row["argmax_cost"] = cost.of(argmax)
-        row["argmax_val_accuracy"] = assignment_accuracy(net, argmax, data.x_val, data.y_val)
+        row["argmax_val_accuracy"] = assignment_accuracy(net, argmax, self.data.x_val, self.data.y_val)
         row["argmax"] = " ".join(o.label for o in argmax)
-        row["alpha"] = alpha
+        row["alpha"] = self.alpha
         row["probabilities"] = json.dumps([[round(v, 4) for v in p] for p in probs])
-        history.append(row)
-        if ckpt is not None:
-            with atomic_path(ckpt) as tmp:
-                torch.save({"net": net.state_dict(), "weight_optimizer": w_opt.state_dict(),
-                            "arch_optimizer": a_opt.state_dict(), "history": json.dumps(history),
-                            "alpha": alpha}, tmp)
-        if on_epoch is not None:
-            on_epoch(epoch + 1, row)
+        return row
+
+
+def search_bits(net: MixedPrecisionNet, data: Dataset, cost: Cost, config: SearchConfig, *,
+                engine: Engine | None = None, checkpoint: str | Path | None = None,
+                on_epoch: Callable[[int, dict], None] | None = None) -> SearchResult:
+    """Run the bit-width search through ``engine``; with ``checkpoint`` it saves after every epoch and resumes
+    from it. The net comes back on the CPU."""
+    if config.init_float_prob is not None:
+        init_logits(net, config.init_float_prob)
+    engine = engine or Engine()
+    task = BitSearch(net, data, cost, config, engine)
+    try:
+        history = engine.run(task, config.epochs, checkpoint=checkpoint, on_epoch=on_epoch, what="search",
+                             error=SearchError)
+    finally:
+        net.cpu()
     assignment = net.argmax_assignment()
     probabilities = [p.tolist() for p in net.probabilities()]
     repaired: list[str] = []
     if config.target is not None and cost.of(assignment) > config.target:
         assignment, repaired = fit_to_target(net, cost, assignment, probabilities, config.target)
-    return SearchResult(assignment, probabilities, history, alpha, repaired)
+    return SearchResult(assignment, probabilities, history, task.alpha, repaired)
 
 
 def init_logits(net: MixedPrecisionNet, float_prob: float) -> None:

@@ -1,0 +1,63 @@
+"""Data parallelism: two gloo processes, spawned here, search a tiny supernet and must agree on everything."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from test_dnas_support import TINY, digits_npz, profiled_space, tiny_space
+
+DEVICE_ID = "test-ddp"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _search_rank(rank: int, size: int, port: int, space_path, tables, data_path, out) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(size),
+                      LOCAL_RANK=str(rank))
+    from nas.dnas.decode import attainable_range_ms
+    from nas.dnas.distribution import ArchDistribution
+    from nas.dnas.dnas_supernet import DNASSupernet
+    from nas.dnas.latency_terms import LatencyTerms
+    from nas.dnas.search import SearchSettings, SupernetSearch
+    from nas.engine import engine_for
+    from nas.latency.model import LatencyModel
+    from nas.recipe import Recipe
+    from nas.task import load_search_task
+
+    engine = engine_for("cpu", "32", 1, 0)
+    assert engine.world.size == size and engine.world.rank == rank
+    data, _ = load_search_task(f"npz:{data_path}", str(space_path), resolution=16, width=1.0)
+    data.train.labels = data.train.labels[:150]  # a few steps are enough
+    torch.manual_seed(0)
+    space = tiny_space(space_path)
+    arch_dist = ArchDistribution(space, search_channels=False, search_resolution=False)
+    terms = LatencyTerms(arch_dist, LatencyModel.load(DEVICE_ID, tables))
+    supernet = DNASSupernet(arch_dist)
+    search = SupernetSearch(supernet, arch_dist, terms, data, SearchSettings(epochs=2, warmup_epochs=1),
+                            Recipe(batch_size=32, dropout=0.1), attainable_range_ms(terms)[0], engine)
+    search.run(out / "search.pt")
+    torch.save({"logits": arch_dist.logits.detach(), "weights": dict(supernet.named_parameters())},
+               out / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_agree_on_architecture_logits_and_weights(tmp_path_factory, tmp_path):
+    space_path, tables, _ = profiled_space(tmp_path_factory, TINY, "tiny_ddp", DEVICE_ID)
+    data_path = digits_npz(space_path.parent)
+    mp.spawn(_search_rank, args=(2, free_port(), space_path, tables, data_path, tmp_path), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert torch.equal(ranks[0]["logits"], ranks[1]["logits"])
+    assert not torch.equal(ranks[0]["logits"], torch.zeros_like(ranks[0]["logits"]))  # the logits did train
+    assert ranks[0]["weights"].keys() == ranks[1]["weights"].keys()
+    assert all(torch.equal(ranks[0]["weights"][k], ranks[1]["weights"][k]) for k in ranks[0]["weights"])
+    state = torch.load(tmp_path / "search.pt", weights_only=True)  # written by rank 0 alone
+    assert state["world_size"] == 2

@@ -1,0 +1,106 @@
+"""The README's tour runs as written: every `hwnas ...` and `python ...` line of its code blocks is run, shrunk.
+
+The lines are parsed from README.md itself, so the docs and the code cannot drift. Each line runs in a temporary
+folder (with ``benchmarks/`` and ``examples/`` linked in and ``$HWNAS_LATENCY_TABLES`` pointing at a fresh tables
+folder), in README order, so that later lines use what earlier ones made (arch.json, my.npz, the local-cpu table,
+results/vit/model.pt). The only rewrite is ``SHRINK``: options *appended* to a line (fewer epochs, a smaller budget,
+a tiny width and resolution) -- typer takes the last value of a repeated option. A line that is not run at all is
+listed in ``NOT_RUN`` with its reason; the test fails on any other line it does not know.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import ROOT
+
+README = ROOT / "README.md"
+TINY = ("--resolution", "32", "--width", "0.25")
+# (the words a line starts with, options appended to it); the first matching rule applies
+SHRINK: list[tuple[tuple[str, ...], tuple[str, ...]]] = [
+    (("hwnas", "train"), ("--epochs", "1")),
+    # searches keep their width: the README's latency targets are for the default width
+    (("hwnas", "search", "dnas"), ("--epochs", "2", "--final-epochs", "1")),
+    (("hwnas", "search", "dmasking"), ("--epochs", "2", "--final-epochs", "1")),
+    (("hwnas", "search", "nars"), ("--budget", "3", "--max-epochs", "1", "--pool", "64", "--generations", "2",
+                                   "--population", "64", "--export", "none")),
+    (("hwnas", "search", "chamnet"), ("--budget", "3", "--max-epochs", "1", "--pool", "64", "--generations", "2",
+                                      "--population", "64", "--export", "none")),
+    (("hwnas", "search", "optuna"), ("--budget", "6")),
+    (("hwnas", "train-dynamic"), ("--epochs", "1")),
+    (("hwnas", "latency", "profile-capacity"), ("--calibration", "0")),
+    (("hwnas", "search", "capacity"), ("--trials", "3", "--no-measure")),
+    (("hwnas", "latency", "profile", "--space", "fbnet_a"), ("--calibration", "2")),
+    (("hwnas", "latency", "profile"), (*TINY, "--calibration", "4")),
+    (("hwnas", "latency", "predict"), TINY),
+    (("hwnas", "latency", "validate"), (*TINY, "--samples", "3")),
+    (("hwnas", "latency", "bundle"), (*TINY, "--calibration", "2")),
+]
+MIXED_PRECISION = ("a bit-width search trains the model four times (pretrain, search, two uniform baselines): over "
+                   "ten minutes on 2 busy cores even shrunk; tests/test_quant_cli.py runs `search mixed-precision` "
+                   "--cost latency and --cost size end to end on a tiny space")
+NOT_RUN = {
+    "hwnas search mixed-precision --arch fbnet_a --width 0.5 --dataset digits --device local-cpu --cost latency":
+        MIXED_PRECISION,
+    "hwnas search mixed-precision --arch fbnet_a --width 0.5 --dataset digits --device local-cpu --cost size "
+    "--target-mb 0.4": MIXED_PRECISION,
+    "hwnas latency import results.json --device phone":
+        "needs results.json, measured on the device by the bundle's measure.py (tests/test_latency_remote.py runs "
+        "bundle -> measure.py -> import)",
+}
+
+
+def tour_lines(text: str) -> list[str]:
+    """The command lines of the README's fenced code blocks (continuations joined, comments dropped)."""
+    lines, block, pending = [], False, ""
+    for raw in text.splitlines():
+        if raw.startswith("```"):
+            block = not block
+            continue
+        if not block:
+            continue
+        line = pending + raw.strip()
+        if line.endswith("\\"):
+            pending = line[:-1].rstrip() + " "
+            continue
+        pending = ""
+        if line.split(" ", 1)[0] in ("hwnas", "python"):  # other blocks (the layout) are not commands
+            lines.append(" ".join(shlex.split(line, comments=True)))
+    return lines
+
+
+def shrunk(words: list[str]) -> list[str]:
+    for prefix, extra in SHRINK:
+        if tuple(words[:len(prefix)]) == prefix:
+            return words + list(extra)
+    return words
+
+
+def test_the_tour_is_parsed_and_every_line_is_accounted_for():
+    lines = tour_lines(README.read_text())
+    assert any(line.startswith("hwnas search dnas") for line in lines) and len(lines) >= 25
+    assert set(NOT_RUN) <= set(lines), "NOT_RUN names a line the README no longer has"
+
+
+def test_the_readme_tour_runs(tmp_path):
+    for folder in ("benchmarks", "examples"):
+        (tmp_path / folder).symlink_to(ROOT / folder)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HWNAS_LATENCY_TABLES": str(tmp_path / "latency_tables"),
+           "COLUMNS": "200"}
+    timings = []
+    for line in tour_lines(README.read_text()):
+        if line in NOT_RUN:
+            continue
+        words = shrunk(shlex.split(line))
+        argv = [sys.executable, "-m", "cli.main", *words[1:]] if words[0] == "hwnas" else [sys.executable, *words[1:]]
+        start = time.perf_counter()
+        r = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        timings.append((time.perf_counter() - start, line))
+        assert r.returncode == 0, f"README line failed: {line}\n(run as: {' '.join(words)})\n{r.stderr[-3000:]}"
+    print("\n".join(f"{s:6.1f} s  {line}" for s, line in timings))
