@@ -149,7 +149,7 @@ def status(
         table.add_row(b["constraint"], str(b["trial"]) if b["trial"] is not None else "none yet",
                       "" if value is None else f"{value:.4f}",
                       ", ".join(f"{v:.4g}" for v in b.get("latency_ms", [])))
-    console.print(table)
+    print_table(table)
     typer.echo(f"workers seen in the last 5 minutes: {', '.join(info['workers_recent']) or 'none'} "
                f"({info['workers_seen']} seen in all)")
 
