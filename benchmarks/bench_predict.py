@@ -106,7 +106,8 @@ def _random_search(problem, constraint, budget, seed, aware):
 def search_quality(seeds: int, budget: int, quantiles: list[int], optuna_seeds: int) -> None:
     from nas.predict.history import History
     from nas.predict.nars import NarsConfig, run_nars
-    from nas.predict.optuna_search import OptunaConfig, evaluated_trials, open_study, run_optuna
+    from nas.predict.optuna_search import OptunaConfig, run_optuna
+    from nas.predict.study import evaluated_trials, load_study
     from nas.predict.problem import Constraint
 
     problem = _problem()
@@ -139,8 +140,9 @@ def search_quality(seeds: int, budget: int, quantiles: list[int], optuna_seeds: 
                     cfg = OptunaConfig(budget=budget, seed=seed, sampler=sampler,
                                        storage=f"sqlite:///{tmp}/s.db", study="bench")
                     p = _problem()
-                    run_optuna(p, None, [c], cfg)
-                    vals = [tr.user_attrs["metrics"]["val_accuracy"] for tr in evaluated_trials(open_study(cfg, p))]
+                    run_optuna(p, [c], cfg)
+                    vals = [tr.user_attrs["metrics"]["val_accuracy"] for tr in
+                            evaluated_trials(load_study(cfg.storage, cfg.study))]
                 results[name].append(max(vals))
                 seconds[name] += time.perf_counter() - start
             results["random (any row)"].append(_random_search(problem, c, budget, seed, aware=False))

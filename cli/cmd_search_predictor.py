@@ -51,9 +51,11 @@ def _make_command(strategy: str):
         pretrain: bool = typer.Option(True, "--pretrain/--no-pretrain", help="nars: pretrain the MLP on "
                                       "free proxies"),
         sampler: str = typer.Option("nsga2", help="optuna: nsga2 or tpe"),
-        storage: Optional[str] = typer.Option(None, help="optuna: RDB URL (default sqlite:///RUN/study.db)"),
-        study: str = typer.Option("hwnas", help="optuna: study name"),
-        workers: int = typer.Option(1, help="optuna: processes sharing the study"),
+        storage: Optional[str] = typer.Option(None, help="Optuna storage URL holding the search's study (default "
+                                              "sqlite:///RUN/study.db; postgresql://USER@HOST/DB for many "
+                                              "machines: start `hwnas worker` on them)"),
+        study: str = typer.Option("hwnas", help="study name in the storage"),
+        workers: int = typer.Option(1, help="worker processes on this machine evaluating the study's trials"),
         export: str = typer.Option("first", help="model spaces: export the winner of the first constraint, "
                                    "of all, or none"),
         as_json: bool = typer.Option(False, "--json", help="print report.json"),
@@ -85,6 +87,10 @@ def _num(v) -> str:
 def _print_summary(report: dict, out: Path) -> None:
     detail = report[report["method"]]
     obj = detail["objective"]
+    study = detail.get("optuna") or detail.get("study") or {}
+    if study.get("nothing_to_do"):
+        typer.echo(f"nothing to do: study {study['study']!r} already has its {detail['evaluations']} evaluations; "
+                   f"the results below are read from it")
     table = Table(title=f"best under each constraint ({detail['evaluations']} evaluations)")
     for col in ("constraint", obj, "latency (ms)", "eval"):
         table.add_column(col)
@@ -106,6 +112,8 @@ def _print_summary(report: dict, out: Path) -> None:
     if "optuna" in detail:
         typer.echo(f"optuna: {detail['optuna']['evaluations']} evaluations in {detail['optuna']['trials']} "
                    f"trials; dashboard: {detail['optuna']['dashboard']}")
+    elif "study" in detail:
+        typer.echo(f"study: {detail['study']['trials']} trials; dashboard: {detail['study']['dashboard']}")
     for e in detail.get("export", []):
         typer.echo(f"exported {e['onnx']} ({e['constraint']}): test accuracy {e['accuracy']:.4f}, onnx max abs "
                    f"diff {e['onnx_max_abs_diff']:.2e}, measured {e['measured_ms']:.4f} ms vs predicted "
@@ -113,6 +121,37 @@ def _print_summary(report: dict, out: Path) -> None:
     typer.echo(f"-> {out} (arch.json, history.csv, pareto.csv, report.json, pareto.png)")
     print_verdict(report)
     typer.echo(next_step(report, out))
+
+
+@search_app.command("status")
+def status(
+    storage: str = typer.Option(..., "--storage", help="the study's Optuna storage URL"),
+    study: str = typer.Option("hwnas", "--study", help="study name"),
+    as_json: bool = typer.Option(False, "--json", help="print the status as JSON"),
+):
+    """Progress of a search's study: evaluations done / running / waiting / failed, the best under each
+    constraint, and the workers seen recently."""
+    from nas.predict.study import load_study, study_status
+
+    info = study_status(load_study(storage, study))
+    if as_json:
+        print_json(info)
+        return
+    budget = info["budget"] if info["budget"] is not None else "?"
+    typer.echo(f"{info['strategy'] or 'study'} {info['study']}: {info['done']} of {budget} done, "
+               f"{info['running']} running, {info['waiting']} waiting, {info['failed']} failed "
+               f"({info['retried']} retried)")
+    table = Table(title="best under each constraint")
+    for col in ("constraint", "trial", "objective", "latency (ms)"):
+        table.add_column(col)
+    for b in info["best"]:
+        value = next((v for k, v in b.items() if k not in ("constraint", "trial", "latency_ms")), None)
+        table.add_row(b["constraint"], str(b["trial"]) if b["trial"] is not None else "none yet",
+                      "" if value is None else f"{value:.4f}",
+                      ", ".join(f"{v:.4g}" for v in b.get("latency_ms", [])))
+    print_table(table)
+    typer.echo(f"workers seen in the last 5 minutes: {', '.join(info['workers_recent']) or 'none'} "
+               f"({info['workers_seen']} seen in all)")
 
 
 for _entry in strategies(options="predictor"):

@@ -7,15 +7,15 @@ import subprocess
 import sys
 
 import numpy as np
-import optuna
 import pandas as pd
 import pytest
 
 from nas.errors import SearchError
 from nas.predict.history import History
 from nas.predict.nars import NarsConfig, run_nars
-from nas.predict.optuna_search import (OptunaConfig, claimed, evaluated_trials, open_study, recover_stale_trials,
-                                       run_optuna, run_worker)
+from nas.predict.optuna_search import OptunaConfig, open_job, run_optuna
+from nas.predict.study import claims, evaluated_trials
+from nas.predict.worker import run_worker
 from nas.predict.problem import TableProblem, parse_constraint
 from nas.predict.table_space import TableEvaluator, TableSpace
 from test_predict_fixtures import BENCH_TABLE, profiled_devices, tiny_space_file  # noqa: F401
@@ -98,58 +98,48 @@ def test_a_killed_nars_search_resumes_without_repeating_evaluations(tmp_path):
     assert len(pd.read_csv(path)) == 16
 
 
-def test_optuna_study_resumes_and_recovers_trials_of_a_dead_process(tmp_path):
+def test_optuna_study_resumes_to_a_larger_budget(tmp_path):
+    """A killed worker's trial is recovered by Optuna's heartbeat (tests/test_distributed_search.py kills one);
+    a rerun with a larger budget continues the same study to exactly that many evaluations."""
     problem = _problem()
     c = _median_constraint(problem)
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    cfg = OptunaConfig(budget=6, storage=url, lock_path=str(tmp_path / "lock"))
-    run_optuna(problem, None, [c], cfg)
-    study = open_study(cfg, problem)
-    assert claimed(study) == 6 and len(evaluated_trials(study)) == 6
-    # a worker killed mid-evaluation leaves a RUNNING trial that claimed budget
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    op_0 = problem.space.decisions[0]
-    trial = study.ask({op_0.name: optuna.distributions.CategoricalDistribution(list(op_0.options))})
-    trial.set_user_attr("claimed", True)
-    trial.set_user_attr("pid", dead.pid)
-    assert claimed(study) == 7
-    assert recover_stale_trials(study) == 1
-    states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
-    assert states[trial.number] == optuna.trial.TrialState.FAIL
-    assert optuna.trial.TrialState.WAITING in states.values()  # its parameters, enqueued again
-    # a worker whose parent search is gone (killed) stops at once instead of running on as an orphan
-    orphan = run_worker(problem, [c], OptunaConfig(budget=10, storage=url, lock_path=str(tmp_path / "lock")),
-                        worker=1, parent_pid=dead.pid)
-    assert orphan["proposals"] == 0 and len(evaluated_trials(open_study(cfg, problem))) == 6
-    # resuming with a larger budget continues the same study to exactly that many evaluations
-    run_worker(problem, [c], OptunaConfig(budget=10, storage=url, lock_path=str(tmp_path / "lock")))
-    assert len(evaluated_trials(open_study(cfg, problem))) == 10
+    cfg = OptunaConfig(budget=6, storage=url)
+    run_optuna(problem, [c], cfg)
+    study = open_job(cfg, problem, [c]).study
+    assert len(claims(study)) == 6 and len(evaluated_trials(study)) == 6
+    # a worker whose search is gone stops at once instead of running on as an orphan
+    orphan = run_worker(open_job(OptunaConfig(budget=10, storage=url), problem, [c]), stop=lambda: True)
+    assert orphan["trials"] == 0 and len(evaluated_trials(study)) == 6
+    run_worker(open_job(OptunaConfig(budget=10, storage=url), problem, [c]))
+    assert len(evaluated_trials(study)) == 10
 
 
 def test_optuna_on_a_table_never_spends_a_proposal_on_a_known_row(tmp_path):
-    """A sampler re-proposing an evaluated row is moved to the nearest unevaluated one, so that proposals are
-    evaluations (or infeasible); a budget beyond the table stops when every row is evaluated."""
+    """A sampler proposal that is not an untaken row is repaired: the nearest untaken row is enqueued as its own
+    trial, so that every evaluation is a new row (and its params are that row's); a budget beyond the table stops
+    when every row is evaluated."""
     frame = pd.read_csv(BENCH_TABLE).head(30)
     small = tmp_path / "small.csv"
     frame.to_csv(small, index=False)
     table = TableSpace(small, "val_accuracy", ["latency_ms"])
     problem = TableProblem(table, CountingEvaluator(TableEvaluator(table)))
     cfg = OptunaConfig(budget=table.rows + 10, storage=f"sqlite:///{tmp_path / 's.db'}", sampler="tpe")
-    stats = run_optuna(problem, None, [], cfg)
-    keys = [t.user_attrs["key"] for t in evaluated_trials(open_study(cfg, problem))]
+    stats = run_optuna(problem, [], cfg)
+    study = open_job(cfg, problem, []).study
+    keys = [t.user_attrs["key"] for t in evaluated_trials(study)]
     assert len(keys) == len(set(keys)) == table.rows == problem.evaluator.calls
-    assert stats["workers"][0]["proposals"] == table.rows + 1  # the last one finds no row left
-    assert not any("cached_from" in t.user_attrs for t in open_study(cfg, problem).get_trials(deepcopy=False))
+    assert stats["evaluations"] == table.rows and not stats["workers"][0]["gave_up"]
+    assert not any("cached_from" in t.user_attrs for t in study.get_trials(deepcopy=False))
     # with a bound, only the rows that meet it are proposed, each once
     bound = parse_constraint(f"{np.median(table.values['latency_ms']):.4f}", problem.devices)
     meets = int(bound.feasible(table.latency_ms(np.arange(table.rows)), problem.devices).sum())
     cfg = OptunaConfig(budget=table.rows, storage=f"sqlite:///{tmp_path / 'b.db'}", sampler="nsga2")
-    stats = run_optuna(problem, None, [bound], cfg)
-    trials = evaluated_trials(open_study(cfg, problem))
+    stats = run_optuna(problem, [bound], cfg)
+    trials = evaluated_trials(open_job(cfg, problem, [bound]).study)
     assert len({t.user_attrs["key"] for t in trials}) == len(trials) == meets
     assert all(t.user_attrs["violation_ms"] == 0 for t in trials)
-    assert stats["workers"][0] == {"worker": 0, "proposals": meets + 1, "infeasible": 0, "gave_up": False}
+    assert stats["workers"][0]["infeasible"] == 0 and not stats["workers"][0]["gave_up"]
 
 
 def _one_line_error(r, *fragments):

@@ -307,7 +307,7 @@ def test_validate_samples_is_bounded(hwnas, tmp_path):
 
 # ---- 7. secrets and permissions -------------------------------------------------------------------------------------
 def test_a_storage_password_is_masked_in_errors_and_in_the_config():
-    from nas.predict.optuna_search import masked_url, open_storage
+    from nas.predict.study import masked_url, open_storage
     from nas.predict.search_setup import SearchSettings
 
     url = "postgresql+psycopg2://alice:s3cret@127.0.0.1:1/db"

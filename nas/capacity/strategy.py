@@ -100,13 +100,14 @@ class CapacityStrategy(Strategy):
 
     def run(self, prepared: PreparedCapacity, run: RunDir, progress: Progress = no_progress) -> dict:
         from nas.capacity.plots import plot_search
-        from nas.predict.optuna_search import OptunaConfig, default_storage_url
+        from nas.predict.optuna_search import OptunaConfig
+        from nas.predict.study import default_storage_url
         from nas.predict.runner import optuna_history
 
         job, problem = prepared.job, prepared.problem
         constraint = Constraint(((None, job.target_ms),))
         config = OptunaConfig(budget=job.trials, seed=prepared.seed, sampler="tpe", study=STUDY,
-                              storage=default_storage_url(run.path), lock_path=str(run.file(".budget.lock")))
+                              storage=default_storage_url(run.path))
 
         def emit(kind: str, info: dict) -> None:
             if kind == "progress":

@@ -15,7 +15,12 @@ Modules (one idea each):
 - ``history``: ``History``, the budgeted evaluation log (``history.csv``) that makes searches resumable.
 - ``evolution``: vectorised predictor-driven evolutionary search for several constraints at once.
 - ``nars``: ``run_nars``: NARS (MLP) and GP-BO (GP + EI) constrained iterative optimisation.
-- ``optuna_search``: multi-objective Optuna (NSGA-II / TPE) with storage, resume and worker processes.
+- ``study``: the Optuna study every search keeps its evaluations in: storage URLs and drivers, heartbeats,
+  the fingerprint workers compare, ``study_status``.
+- ``worker``: ``evaluate_trial`` / ``run_worker`` (``hwnas worker``), the budget claimed in the storage, and
+  ``StudyEvaluations`` (a proposer's batches as enqueued trials).
+- ``optuna_search``: opening or joining a search's study, local worker processes, multi-objective Optuna
+  (NSGA-II / TPE).
 - ``pareto``: non-dominated sets, the family of winners (``pareto.csv``) and plots.
 - ``search_setup``: ``SearchSettings`` -> problem and constraints; ``runner``: ``PredictorStrategy``
   (``nas.strategy``; the run directory behind ``hwnas search nars|chamnet|optuna``) and ``optuna_history``.

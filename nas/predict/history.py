@@ -5,7 +5,9 @@ Every expensive evaluation (training a candidate, or a lookup in a user's table)
 decisions, the predicted figures the strategy had before evaluating (predicted objective, its std, the free
 predicted latency per device) and the actual metrics. A rerun of the same search replays it: searches are
 deterministic for a seed, and an evaluation found in the stored history is returned from there instead of being
-run again, so a killed search resumes where it stopped.
+run again, so a killed search resumes where it stopped. ``History.evaluate_batch`` evaluates a strategy's batch
+here one at a time, or all at once through ``evaluations`` (a search's Optuna study and its workers:
+``nas.predict.worker.StudyEvaluations``), recording the rows in the batch's order either way.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from nas.files import write_csv
 from nas.predict.problem import Constraint, SearchProblem
 
 EvalCallback = Callable[[dict], None]
+# evaluates a batch of genomes elsewhere (an Optuna study's workers): (metrics, seconds) per genome, in order
+BatchEvaluations = Callable[[np.ndarray, str], list[tuple[dict, float]]]
 
 
 class BudgetExhausted(Exception):
@@ -30,12 +34,14 @@ class BudgetExhausted(Exception):
 
 class History:
     def __init__(self, problem: SearchProblem, budget: int, constraints: list[Constraint],
-                 path: str | Path | None = None, on_eval: EvalCallback | None = None):
+                 path: str | Path | None = None, on_eval: EvalCallback | None = None,
+                 evaluations: BatchEvaluations | None = None):
         if budget < 1:
             raise SearchError(f"--budget must be at least 1 (got {budget})")
         self.problem, self.budget, self.constraints = problem, budget, constraints
         self.path = Path(path) if path else None
         self.on_eval = on_eval
+        self.evaluations = evaluations  # None: evaluate here, one at a time
         self.rows: list[dict[str, Any]] = []
         self.genomes: list[np.ndarray] = []
         self._stored: dict[str, dict] = {}  # key -> row of a previous (interrupted) run
@@ -87,20 +93,40 @@ class History:
     def evaluate(self, genome: np.ndarray, phase: str, predicted: float | None = None,
                  predicted_std: float | None = None) -> dict[str, Any]:
         """Evaluate once (or replay a stored evaluation); returns the history row. BudgetExhausted when spent."""
+        return self.evaluate_batch(genome[None, :], phase, None if predicted is None else [predicted],
+                                   None if predicted_std is None else [predicted_std])[0]
+
+    def evaluate_batch(self, genomes: np.ndarray, phase: str, predicted=None, predicted_std=None) -> list[dict]:
+        """Evaluate a batch (all at once through ``evaluations``, or here one at a time); returns the rows in the
+        batch's order (an evaluated candidate's existing row). Records at most the remaining budget's worth, then
+        raises BudgetExhausted if candidates were left."""
         problem = self.problem
-        key = problem.space.keys(genome[None, :])[0]
-        if key in self._done:
-            return self.rows[self._done[key]]
-        if self.remaining <= 0:
+        keys = problem.space.keys(genomes)
+        todo: list[int] = []
+        for i, key in enumerate(keys):
+            if key not in self._done and key not in {keys[j] for j in todo}:
+                todo.append(i)
+        left = len(todo) > self.remaining
+        todo = todo[:max(self.remaining, 0)]
+        fresh = [i for i in todo if keys[i] not in self._stored]
+        results = dict(zip(fresh, self.evaluations(genomes[fresh], phase))) \
+            if self.evaluations is not None and fresh else {}
+        for i in todo:
+            pred = None if predicted is None else predicted[i]
+            std = None if predicted_std is None else predicted_std[i]
+            stored = self._stored.get(keys[i])
+            if stored is not None:  # replay: the metrics come from the interrupted run
+                metrics = {k[len("m:"):]: _float(v) for k, v in stored.items() if k.startswith("m:")}
+                self.record(genomes[i], phase, metrics, _float(stored.get("seconds", np.nan)), pred, std,
+                            replayed=True)
+                continue
+            if i not in results:
+                start = time.perf_counter()
+                results[i] = (problem.evaluate(genomes[i]), time.perf_counter() - start)
+            self.record(genomes[i], phase, results[i][0], results[i][1], pred, std)
+        if left:
             raise BudgetExhausted()
-        stored = self._stored.get(key)
-        if stored is not None:  # replay: the metrics come from the interrupted run
-            metrics = {k[len("m:"):]: _float(v) for k, v in stored.items() if k.startswith("m:")}
-            return self.record(genome, phase, metrics, _float(stored.get("seconds", np.nan)), predicted,
-                               predicted_std, replayed=True)
-        start = time.perf_counter()
-        metrics = problem.evaluate(genome)
-        return self.record(genome, phase, metrics, time.perf_counter() - start, predicted, predicted_std)
+        return [self.rows[self._done[k]] for k in keys]
 
     def record(self, genome: np.ndarray, phase: str, metrics: dict[str, float], seconds: float,
                predicted: float | None = None, predicted_std: float | None = None, replayed: bool = False,

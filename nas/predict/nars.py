@@ -5,12 +5,15 @@
 2. Evaluate an initial space-filling sample of it (round robin over the constraints).
 3. Repeat until the budget is spent: fit the predictor on every evaluation so far, then evaluate the candidates
    it likes best under each constraint: the top predicted (FBNetV3's MLP, ``predictor="mlp"``), or the best
-   expected improvement over the best feasible so far (ChamNet's GP, ``predictor="gp"``). The predictions made
+   expected improvement over the best feasible so far (ChamNet's GP, ``predictor="gp"``; a batch is chosen with
+   the constant liar, so that it keeps several workers busy with distinct candidates). The predictions made
    before each batch is evaluated give the held-out Kendall tau of every fit.
 4. Fit once more and run the predictor-driven evolutionary search for all constraints at once; evaluate the
    winner of each constraint (the last ``final`` evaluations of the budget are kept for this).
 
-The best *evaluated* candidate under each constraint is the result (``History.best_under``).
+Each step's candidates are one batch (``History.evaluate_batch``): evaluated here, or enqueued in the search's
+Optuna study for its workers; the next fit waits for the whole batch, so a seed gives the same search with any
+number of workers. The best *evaluated* candidate under each constraint is the result (``History.best_under``).
 """
 
 from __future__ import annotations
@@ -103,16 +106,21 @@ def run_nars(problem: SearchProblem, constraints: list[Constraint], history: His
         # 2. initial space-filling sample, round robin over the constraints (Sobol order within each)
         emit("phase", {"name": "init", "note": f"{init} Sobol candidates"})
         taken = np.zeros(len(pool), dtype=bool)
-        j = 0
-        while history.used < init:
+        picks, keys, j = [], set(history.evaluated_keys()), 0
+        pool_keys = space.keys(pool)
+        while history.used + len(picks) < init:
             idx = np.flatnonzero(masks[j] & ~taken)
             if len(idx):
                 i = idx[0]
                 taken[i] = True
-                history.evaluate(pool[i], "init")
+                if pool_keys[i] not in keys:
+                    keys.add(pool_keys[i])
+                    picks.append(i)
             elif not (masks.any(axis=0) & ~taken).any():
                 break
             j = (j + 1) % n_c
+        if picks:
+            history.evaluate_batch(pool[picks], "init")
         # 3. rounds: fit, pick the best predicted (or best EI) per constraint, evaluate
         predicted_all, actual_all = [], []
         rnd = 0
@@ -127,13 +135,15 @@ def run_nars(problem: SearchProblem, constraints: list[Constraint], history: His
             mean, std = _predict(predictor, x_pool[fresh])
             cand, cand_masks = pool[fresh], masks[:, fresh]
             n_pick = min(batch, history.remaining - final)
-            picks = _pick(config.predictor, mean, std, cand_masks, [history.best_score_under(c) for c in constraints],
-                          y_train, n_pick)
+            best = [history.best_score_under(c) for c in constraints]
+            if config.predictor == "gp":
+                picks = _pick_gp_batch(predictor, x_train, y_train, x_pool[fresh], cand_masks, best, n_pick)
+                predictor.fit(x_train, y_train)  # back to the real evaluations only
+            else:
+                picks = _pick("mlp", mean, std, cand_masks, best, y_train, n_pick)
             used_before = history.used
-            rows = []
-            for i in picks:
-                rows.append(history.evaluate(cand[i], f"round {rnd}", problem.sign() * mean[i],
-                                             std[i] if std is not None else None))
+            rows = history.evaluate_batch(cand[picks], f"round {rnd}", problem.sign() * mean[picks],
+                                          std[picks] if std is not None else None) if picks else []
             if history.used == used_before:  # no progress: refitting on the same data would pick nothing again
                 result.stopped = (f"round {rnd} added no evaluation (the predictor gave no finite score to any of "
                                   f"{int(fresh.sum())} unevaluated candidates); the search ends at "
@@ -168,18 +178,24 @@ def run_nars(problem: SearchProblem, constraints: list[Constraint], history: His
                              generations=config.generations, init=seeds,
                              on_generation=lambda g, best: emit("generation", {"generation": g, "best": best}))
             result.evolution = evo
+            chosen: list[tuple[dict, np.ndarray, float]] = []  # per constraint: its fresh winner, one batch
             for j, c in enumerate(constraints):
                 entry = {"constraint": c.label}
-                fresh = [i for i, g in enumerate(evo.genomes[j]) if not history.is_evaluated(g)]
+                taken_keys = {space.keys(g[None, :])[0] for _, g, _ in chosen}
+                fresh = [i for i, g in enumerate(evo.genomes[j]) if not history.is_evaluated(g)
+                         and space.keys(g[None, :])[0] not in taken_keys]
                 if len(evo.genomes[j]):
                     entry["predicted_best"] = float(problem.sign() * evo.scores[j][0])
                     entry["predicted_best_evaluated_before"] = bool(history.is_evaluated(evo.genomes[j][0]))
-                if fresh and history.remaining > 0:
+                if fresh and history.remaining > len(chosen):
                     i = fresh[0]
-                    row = history.evaluate(evo.genomes[j][i], "evolution", problem.sign() * evo.scores[j][i])
-                    entry.update({"eval": row["eval"], "predicted": float(problem.sign() * evo.scores[j][i]),
-                                  "actual": row[problem.objective]})
+                    chosen.append((entry, evo.genomes[j][i], float(problem.sign() * evo.scores[j][i])))
                 result.predicted_winners.append(entry)
+            if chosen:
+                rows = history.evaluate_batch(np.stack([g for _, g, _ in chosen]), "evolution",
+                                              [p for _, _, p in chosen])
+                for (entry, _, predicted), row in zip(chosen, rows):
+                    entry.update({"eval": row["eval"], "predicted": predicted, "actual": row[problem.objective]})
     except BudgetExhausted:
         pass
     # held-out tau over everything at the end (k-fold)
@@ -197,8 +213,29 @@ def _predict(predictor, x):
     return predictor.predict(x), None
 
 
+def _pick_gp_batch(predictor: GPPredictor, x_train: np.ndarray, y_train: np.ndarray, x_cand: np.ndarray,
+                   masks: np.ndarray, best: list[float], n: int) -> list[int]:
+    """``n`` distinct candidates for ``n`` workers at once (constant liar): after each pick, the GP is refitted
+    with that candidate believed to score the worst seen so far, so that the next pick looks elsewhere."""
+    chosen: list[int] = []
+    x_aug, y_aug = x_train, y_train
+    lie = float(np.min(y_train))
+    for step in range(n):
+        mean, std = predictor.predict_mean_std(x_cand)
+        order = np.roll(np.arange(len(masks)), -step)  # round robin over the constraints
+        picks = _pick("gp", mean, std, masks[order], [best[j] for j in order], y_aug, 1, exclude=chosen)
+        if not picks:
+            break
+        chosen.append(picks[0])
+        if step + 1 < n:
+            x_aug = np.concatenate([x_aug, x_cand[picks[0]][None, :]])
+            y_aug = np.append(y_aug, lie)
+            predictor.fit(x_aug, y_aug)
+    return chosen
+
+
 def _pick(kind: str, mean: np.ndarray, std: np.ndarray | None, masks: np.ndarray, best: list[float],
-          y_train: np.ndarray, n: int) -> list[int]:
+          y_train: np.ndarray, n: int, exclude: list[int] = ()) -> list[int]:
     """``n`` distinct candidates, round robin over the constraints, each the top acquisition among those
     meeting the constraint: the predicted score (MLP) or expected improvement (GP)."""
     acq = []
@@ -211,6 +248,7 @@ def _pick(kind: str, mean: np.ndarray, std: np.ndarray | None, masks: np.ndarray
         acq.append(np.where(masks[j], a, -np.inf))
     chosen: list[int] = []
     used = np.zeros(len(mean), dtype=bool)
+    used[list(exclude)] = True
     j, misses = 0, 0
     while len(chosen) < n and misses < len(masks):
         a = np.where(used, -np.inf, acq[j])

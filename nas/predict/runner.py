@@ -4,14 +4,14 @@ Writes ``config.json``, ``history.csv`` (every evaluation in order, predicted an
 (the best evaluated candidate under each latency constraint), ``arch.json`` (the winner: the best under the first
 constraint met; for a table, its row, decisions and metrics), ``best/<constraint>/`` (``arch.json`` and
 ``recipe.json`` for model spaces, ``candidate.json`` for tables), ``report.json``, ``pareto.png`` and
-``predictions.png``; for Optuna also ``study.db``. On model spaces the winner (or, with ``export="all"``, the best
+``predictions.png``, and ``study.db`` (the Optuna study every strategy keeps its evaluations in, unless
+``--storage`` names another; ``nas.predict.optuna_search``). On model spaces the winner (or, with ``export="all"``, the best
 under every constraint) is trained with its recipe, exported to ``model.onnx``, checked for output parity and its
 latency measured (``nas.finalize.train_export_measure``).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,8 +64,8 @@ class PredictorStrategy(Strategy):
         problem = build_problem(settings)
         constraints, auto = build_constraints(settings, problem)
         problem.check_constraints(constraints, _probe(settings, problem))
-        if settings.strategy == "optuna" and settings.storage:
-            from nas.predict.optuna_search import open_storage
+        if settings.storage:
+            from nas.predict.study import open_storage
             open_storage(settings.storage)
         return PreparedSearch(settings, problem, constraints, auto)
 
@@ -127,19 +127,55 @@ def _progress_events(settings: SearchSettings, problem: SearchProblem, progress:
     return emit
 
 
+def _study_config(settings: SearchSettings, run: RunDir):
+    from nas.predict.optuna_search import OptunaConfig
+    from nas.predict.study import default_storage_url
+
+    return OptunaConfig(budget=settings.budget, seed=settings.seed, sampler=settings.sampler,
+                        storage=settings.storage or default_storage_url(run.path), study=settings.study,
+                        workers=settings.workers, proposer=settings.strategy != "optuna")
+
+
+def _study_detail(config, stats: dict) -> dict:
+    from nas.predict.study import masked_url
+
+    return {**stats, "storage": masked_url(config.storage), "study": config.study,
+            "dashboard": f"optuna-dashboard {masked_url(config.storage)}"}
+
+
 def _run_nars(settings, problem, constraints, run, emit, detail) -> History:
+    from nas.predict.optuna_search import LocalWorkers, open_job
+    from nas.predict.study import PROPOSER_DONE_ATTR, evaluated_trials
+    from nas.predict.worker import StudyEvaluations, run_worker
+
+    config = _study_config(settings, run)
+    job = open_job(config, problem, constraints, settings)
+    stored = len(evaluated_trials(job.study))
+    if stored >= settings.budget:
+        emit("phase", {"name": "nothing to do", "note": f"the study has its {stored} evaluations"})
+    workers = LocalWorkers(config.storage, config.study, config.workers - 1)
+    evaluations = StudyEvaluations(job, work=lambda: run_worker(job, wait=False))
     history = History(problem, settings.budget, constraints, run.file("history.csv"),
-                      on_eval=lambda row: emit("eval", row))
-    if history.resumed:
-        emit("resume", {"stored": history.resumed})
-    config = NarsConfig(budget=settings.budget, seed=settings.seed,
-                        predictor="gp" if settings.strategy == "chamnet" else "mlp", init=settings.init,
-                        batch=settings.batch, pool=settings.pool, pretrain=settings.pretrain,
-                        population=settings.population, generations=settings.generations)
-    result = run_nars(problem, constraints, history, config, on_event=emit)
+                      on_eval=lambda row: emit("eval", row), evaluations=evaluations)
+    if history.resumed or stored:
+        emit("resume", {"stored": max(history.resumed, stored)})
+    nars_config = NarsConfig(budget=settings.budget, seed=settings.seed,
+                             predictor="gp" if settings.strategy == "chamnet" else "mlp", init=settings.init,
+                             batch=settings.batch, pool=settings.pool, pretrain=settings.pretrain,
+                             population=settings.population, generations=settings.generations)
+    try:
+        result = run_nars(problem, constraints, history, nars_config, on_event=emit)
+        job.study.set_user_attr(PROPOSER_DONE_ATTR, True)
+        stats = workers.close(wait=True)
+    finally:
+        workers.close(wait=False)
+    detail["study"] = _study_detail(config, {"nothing_to_do": stored >= settings.budget,
+                                             "workers": [job.counts] + stats,
+                                             "trials": len(job.study.get_trials(deepcopy=False))})
     detail["predictor"] = {
-        "kind": "FBNetV3 MLP (ArchRecipePredictor)" if config.predictor == "mlp" else "ChamNet GP (gpytorch)",
-        "pretrained_on_proxies": bool(config.predictor == "mlp" and config.pretrain and problem.proxy_names),
+        "kind": "FBNetV3 MLP (ArchRecipePredictor)" if nars_config.predictor == "mlp" else "ChamNet GP (gpytorch)",
+        "pretrained_on_proxies": bool(nars_config.predictor == "mlp" and nars_config.pretrain and
+                                      problem.proxy_names),
         "proxies": problem.proxy_names, "pretrain_loss": result.pretrain_loss,
         "heldout_kendall_tau": result.heldout_tau, "cv_kendall_tau": result.cv_tau, "rounds": result.rounds}
     detail["pool"] = {"size": result.pool_size, "feasible": result.pool_feasible}
@@ -153,13 +189,8 @@ def _run_nars(settings, problem, constraints, run, emit, detail) -> History:
 
 
 def _run_optuna(settings, problem, constraints, run, emit, detail) -> History:
-    from nas.predict.optuna_search import OptunaConfig, default_storage_url
-
-    url = settings.storage or default_storage_url(run.path)
-    config = OptunaConfig(budget=settings.budget, seed=settings.seed, sampler=settings.sampler, storage=url,
-                          study=settings.study, lock_path=str(run.file(".budget.lock")), workers=settings.workers)
-    factory = functools.partial(build_problem, settings, run.path)
-    history, detail["optuna"] = optuna_history(problem, constraints, run, config, factory, emit)
+    config = _study_config(settings, run)
+    history, detail["optuna"] = optuna_history(problem, constraints, run, config, settings, emit)
     if detail["optuna"]["evaluations"] < settings.budget:
         detail["warnings"].append(f"Optuna stopped at {detail['optuna']['evaluations']} of {settings.budget} "
                                   f"evaluations: its sampler kept proposing candidates that break the constraint "
@@ -167,30 +198,31 @@ def _run_optuna(settings, problem, constraints, run, emit, detail) -> History:
     return history
 
 
-def optuna_history(problem: SearchProblem, constraints: list[Constraint], run: RunDir, config, factory=None,
+def optuna_history(problem: SearchProblem, constraints: list[Constraint], run: RunDir, config, settings=None,
                    emit=None, enqueue: list[dict] | None = None) -> tuple[History, dict]:
     """Run (or resume) the Optuna study of ``config`` (``nas.predict.optuna_search.OptunaConfig``) to its budget,
-    then its evaluations as a History written to history.csv; returns it and the study's figures. ``enqueue``:
-    decision values the study evaluates first (when it has no trials yet)."""
-    from nas.predict.optuna_search import evaluated_trials, open_study, run_optuna
+    then its evaluations as a History written to history.csv; returns it and the study's figures. ``settings``:
+    the search's, stored in the study for workers; ``enqueue``: decision values the study evaluates first (when
+    it has no trials yet)."""
+    from nas.predict.optuna_search import open_job, run_optuna
+    from nas.predict.study import evaluated_trials
 
     emit = emit or (lambda kind, info: None)
     if enqueue:
-        study = open_study(config, problem)
+        study = open_job(config, problem, constraints, settings).study
         if not study.get_trials(deepcopy=False):
             for values in enqueue:
-                study.enqueue_trial(values, skip_if_exists=True)
-    stats = run_optuna(problem, factory, constraints, config, on_progress=lambda n: emit("progress", {"done": n}))
-    study = open_study(config, problem)
+                study.enqueue_trial(values, user_attrs={"proposed": "anchor"}, skip_if_exists=True)
+    stats = run_optuna(problem, constraints, config, settings, on_progress=lambda n: emit("progress", {"done": n}))
+    study = open_job(config, problem, constraints).study
     history = History(problem, config.budget, constraints, None)
     for t in evaluated_trials(study):
         genome = np.asarray(t.user_attrs["genome"], float)
-        history.record(genome, "optuna", t.user_attrs["metrics"], float(t.user_attrs.get("seconds", np.nan)),
-                       extra={"trial": t.number})
+        history.record(genome, t.user_attrs.get("proposed", "optuna"), t.user_attrs["metrics"],
+                       float(t.user_attrs.get("seconds", np.nan)), extra={"trial": t.number})
     history.path = run.file("history.csv")
     history.save()
-    return history, {**stats, "sampler": config.sampler, "storage": config.storage, "study": config.study,
-                     "dashboard": f"optuna-dashboard {config.storage}"}
+    return history, _study_detail(config, {**stats, "sampler": config.sampler})
 
 
 def _probe(settings: SearchSettings, problem: SearchProblem) -> np.ndarray:

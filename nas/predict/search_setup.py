@@ -32,6 +32,8 @@ class SearchSettings:
     proxy_columns: list[str] = field(default_factory=list)
     metric_columns: list[str] = field(default_factory=list)
     decision_columns: list[str] = field(default_factory=list)
+    sleep_column: str | None = None  # rehearsing a distributed run: each lookup sleeps this column's seconds
+    sleep_scale: float = 1.0  # ... times this
     # model spaces
     resolution: int | None = None
     width: float | None = None
@@ -60,7 +62,7 @@ class SearchSettings:
         """What must match to resume a run directory (the worker count may change between runs)."""
         d = asdict(self)
         d.pop("workers")
-        from nas.predict.optuna_search import masked_url
+        from nas.predict.study import masked_url
         return {"command": f"search {self.strategy}", **d, "storage": self.storage and masked_url(self.storage)}
 
     def validate(self) -> None:
@@ -74,8 +76,6 @@ class SearchSettings:
             raise SearchError(f"--workers must be at least 1 (got {self.workers})")
         if self.strategy == "optuna" and self.sampler not in SAMPLERS:
             raise SearchError(f"--sampler {self.sampler!r}: use {' or '.join(SAMPLERS)}")
-        if self.workers > 1 and self.strategy != "optuna":
-            raise SearchError("--workers applies to `hwnas search optuna` only")
         if self.export not in ("first", "all", "none"):
             raise SearchError(f"--export must be first, all or none (got {self.export!r})")
         if self.max_epochs is not None and self.max_epochs < 1:
@@ -108,7 +108,8 @@ def build_problem(settings: SearchSettings, run_path: str | Path | None = None) 
         table = TableSpace(settings.space[len(TABLE_PREFIX):], settings.objective, settings.latency_columns,
                            proxy_columns=settings.proxy_columns, metric_columns=settings.metric_columns,
                            decision_columns=settings.decision_columns or None)
-        return TableProblem(table, TableEvaluator(table), maximize=settings.direction == "max")
+        return TableProblem(table, TableEvaluator(table, settings.sleep_column, settings.sleep_scale),
+                            maximize=settings.direction == "max")
     from nas.finalize import measuring_device
     from nas.predict.evaluators import TrainEvaluator
     from nas.predict.joint_space import JointSpace

@@ -21,6 +21,7 @@ Rows with identical decisions are merged (their metrics averaged) and counted in
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -224,13 +225,21 @@ def _plain(v):
 
 
 class TableEvaluator:
-    """An evaluation on a table space is a row lookup: the objective and the metric columns of that row."""
+    """An evaluation on a table space is a row lookup: the objective and the metric columns of that row.
+    ``sleep_column``: each lookup also sleeps that column's value (e.g. ``train_seconds``) times ``sleep_scale``
+    seconds, to rehearse a distributed search at the cost of real evaluations."""
 
-    def __init__(self, table: TableSpace):
+    def __init__(self, table: TableSpace, sleep_column: str | None = None, sleep_scale: float = 1.0):
         self.table = table
+        if sleep_column is not None and sleep_column not in table.values:
+            raise SpaceError(f"{table.path}: the sleep column {sleep_column!r} is not a metric, latency or proxy "
+                             f"column")
+        self.sleep_column, self.sleep_scale = sleep_column, sleep_scale
 
     def evaluate(self, row: int) -> dict[str, float]:
         t = self.table
+        if self.sleep_column is not None:
+            time.sleep(max(0.0, float(t.values[self.sleep_column][row]) * self.sleep_scale))
         out = {c: float(t.values[c][row]) for c in t.metric_columns}
         out.update({c: float(t.values[c][row]) for c in t.latency_columns + t.proxy_columns})
         return out

@@ -1,0 +1,226 @@
+"""The Optuna study that holds a predictor-guided search's state: storage URLs and drivers, opening and checking a
+study, the fingerprint workers compare, and the progress summary of ``hwnas search status``.
+
+Every evaluation is a trial (its decisions as params, the objective and free latencies as values, metrics in user
+attrs). SQLite in the run directory is the default; ``--storage postgresql://...`` (or mysql://) lets workers on
+other machines join the same study. Storages beat a heartbeat: a worker that dies mid-trial has its trial failed
+after ``GRACE_S`` and its candidate enqueued again (``optuna.storages.RetryHeartbeatStaleTrialCallback``).
+``optuna-dashboard URL`` opens the same study.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import re
+import time
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from nas.errors import SearchError
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+HEARTBEAT_S = 2  # a running trial's heartbeat
+GRACE_S = 10  # a trial whose heartbeat is older than this is failed and its candidate enqueued again
+SETTINGS_ATTR = "hwnas_settings"  # the search settings workers rebuild the problem from
+FINGERPRINT_ATTR = "hwnas_fingerprint"  # what a worker's space, data and code must match
+PROPOSER_DONE_ATTR = "hwnas_proposer_done"  # the proposer enqueues nothing more: idle workers stop
+EXHAUSTED_ATTR = "hwnas_exhausted"  # every candidate of a table is evaluated or taken
+RECENT_S = 300  # workers seen within this many seconds are "recent" in the status
+# driver of each plain URL scheme, and the extra that installs it
+DRIVERS = {"postgresql": ("postgresql+psycopg2", "psycopg2", "postgres"),
+           "postgres": ("postgresql+psycopg2", "psycopg2", "postgres"),
+           "mysql": ("mysql+pymysql", "pymysql", "mysql")}
+
+
+def masked_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (``postgresql://user:***@host/db``), for showing or storing."""
+    return re.sub(r"(//[^/:@]*:)[^/?#]*@", r"\1***@", url)
+
+
+def default_storage_url(run_path: str | Path) -> str:
+    return f"sqlite:///{Path(run_path).resolve() / 'study.db'}"
+
+
+def driver_url(url: str) -> str:
+    """``url`` with a plain ``postgresql://`` (or ``mysql://``) scheme mapped to its driver; SearchError naming
+    the extra to install when that driver is missing."""
+    scheme, sep, rest = url.partition("://")
+    base = scheme.split("+")[0]
+    if base not in DRIVERS or not sep:
+        return url
+    dialect, module, extra = DRIVERS[base]
+    driver = scheme.split("+")[1] if "+" in scheme else module
+    if importlib.util.find_spec(driver) is None:
+        raise SearchError(f"storage {masked_url(url)!r} needs the {driver} driver: pip install 'hwnas[{extra}]'")
+    return url if "+" in scheme else f"{dialect}://{rest}"
+
+
+def _sqlite_engine(url: str) -> dict:
+    """SQLite in WAL mode without a sync per commit (every user attr is a commit: 16 ms each otherwise; a crash
+    of the machine may lose the last trials, which a rerun evaluates again), and with transactions that take the
+    write lock when they begin (``_serialize``), so that two workers never pop the same waiting trial."""
+    import sqlite3
+
+    path = url[len("sqlite:///"):]
+    if not path or path == ":memory:" or "?" in path:
+        return {"connect_args": {"timeout": 60}}
+
+    def connect():
+        conn = sqlite3.connect(path, timeout=60, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
+
+    return {"creator": connect}
+
+
+def _serialize(storage: optuna.storages.RDBStorage) -> None:
+    """SQLite: every transaction begins with ``BEGIN IMMEDIATE`` (pysqlite's own deferred BEGIN lets two workers
+    read a trial as waiting and both take it; SQLAlchemy's recipe for serializable pysqlite)."""
+    import sqlalchemy
+
+    if storage.engine.name == "sqlite":
+        sqlalchemy.event.listen(storage.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+
+
+def _host(url: str) -> str:
+    m = re.search(r"//(?:[^/@]*@)?([^/:?#]*)", url)
+    return (m.group(1) if m else "") or "localhost"
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """The RDB storage at ``url``, with heartbeats and retries of dead workers' trials; SearchError naming the host
+    and the driver's reason when it cannot be opened."""
+    real = driver_url(url)
+    try:
+        kwargs = _sqlite_engine(real) if real.startswith("sqlite") else \
+            {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}} if real.startswith("postgresql") else \
+            {"pool_pre_ping": True}
+        with warnings.catch_warnings():  # heartbeats and retries are marked experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = optuna.storages.RDBStorage(
+                real, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback())
+        _serialize(storage)
+        return storage
+    except Exception as e:  # sqlalchemy raises many kinds (bad dialect, unreachable host, unwritable file)
+        text = " ".join(str(getattr(e, "orig", None) or e).split()) or type(e).__name__
+        reason = re.sub(r"\s*\(Background on this error.*$", "", text).replace(real, masked_url(url))
+        where = "" if real.startswith("sqlite") else f" (host {_host(url)})"
+        raise SearchError(f"cannot open the Optuna storage {masked_url(url)!r}{where}: "
+                          f"{reason.replace(url, masked_url(url))}") from None
+
+
+def fingerprint(settings) -> dict:
+    """What every worker of a study must share: the space (and its file's content), the data, the objective,
+    the latency columns or devices, and the code version."""
+    import nas
+
+    space_file = settings.space[len("table:"):] if settings.is_table else settings.space
+    path = Path(space_file)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else "built-in"
+    return {"space": settings.space, "space_sha256": digest, "dataset": None if settings.is_table else
+            settings.dataset, "objective": settings.objective, "devices": list(settings.devices),
+            "latency_columns": list(settings.latency_columns), "decisions": list(settings.decision_columns),
+            "code": nas.__version__}
+
+
+def check_fingerprint(study: optuna.Study, mine: dict, where: str) -> None:
+    stored = study.user_attrs.get(FINGERPRINT_ATTR)
+    if stored is None:
+        return
+    diff = [k for k in sorted(set(stored) | set(mine)) if stored.get(k) != mine.get(k)]
+    if diff:
+        k = diff[0]
+        raise SearchError(f"study {where} was made with {k} {stored.get(k)!r}, this one has {mine.get(k)!r}; "
+                          f"use the same {k} or another --study")
+
+
+def open_study(url: str, name: str, directions: list[str], metric_names: list[str],
+               sampler: optuna.samplers.BaseSampler | None = None, storage=None) -> optuna.Study:
+    """Create or load study ``name`` (in ``storage``, else in a new one at ``url``); SearchError when it exists
+    with other objectives."""
+    storage = storage or open_storage(url)
+    where = f"{name!r} in {masked_url(url)}"
+    try:
+        study = optuna.create_study(storage=storage, study_name=name, load_if_exists=True, directions=directions,
+                                    sampler=sampler)
+    except ValueError as e:  # an existing study with other directions
+        raise SearchError(f"study {where}: {e}") from None
+    if [d.name.lower() for d in study.directions] != directions or \
+            study.metric_names not in (None, metric_names):
+        raise SearchError(f"study {where} has other objectives ({', '.join(study.metric_names or [])}); "
+                          f"use another --study")
+    if study.metric_names is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(metric_names)
+    return study
+
+
+def load_study(url: str, name: str, sampler: optuna.samplers.BaseSampler | None = None,
+               storage=None) -> optuna.Study:
+    """An existing study (for a worker or the status); SearchError when there is none of that name."""
+    storage = storage or open_storage(url)
+    try:
+        return optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+    except KeyError:
+        names = ", ".join(s.study_name for s in optuna.get_all_study_summaries(storage)) or "none"
+        raise SearchError(f"no study {name!r} in {masked_url(url)} (studies: {names})") from None
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Fail the trials of workers whose heartbeat stopped; the storage's callback enqueues them again."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def claims(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Evaluations finished or under way: trials that claimed a unit of the budget."""
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.COMPLETE))
+            if t.user_attrs.get("claimed")]
+
+
+def evaluated_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Finished evaluations, in the order they finished."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.user_attrs.get("claimed")]
+    return sorted(done, key=lambda t: (t.datetime_complete, t.number))
+
+
+def study_status(study: optuna.Study, now: float | None = None) -> dict:
+    """Progress of a study: done / running / waiting / failed evaluations, the best per constraint and the
+    workers seen in the last ``RECENT_S`` seconds."""
+    now = time.time() if now is None else now
+    trials = study.get_trials(deepcopy=False)
+    settings = study.user_attrs.get(SETTINGS_ATTR, {})
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("claimed")]
+    running = [t for t in trials if t.state == TrialState.RUNNING]
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    objective = (study.metric_names or ["objective"])[0]
+    maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+    best = []
+    for c in study.user_attrs.get("hwnas_constraints", [{"label": "any latency", "limits": []}]):
+        ok = [t for t in done if all(t.user_attrs["latency_ms"][i] <= ms for i, ms in c.get("index_limits", []))]
+        if ok:
+            t = (max if maximize else min)(ok, key=lambda t: t.values[0])
+            best.append({"constraint": c["label"], "trial": t.number, objective: t.values[0],
+                         "latency_ms": t.user_attrs["latency_ms"]})
+        else:
+            best.append({"constraint": c["label"], "trial": None})
+    seen: dict[str, float] = {}
+    for t in trials:
+        w, at = t.user_attrs.get("worker"), t.user_attrs.get("last_seen")
+        if w and at:
+            seen[w] = max(seen.get(w, 0.0), float(at))
+    return {"study": study.study_name, "budget": settings.get("budget"), "strategy": settings.get("strategy"),
+            "done": len(done), "running": len(running),
+            "waiting": sum(t.state == TrialState.WAITING for t in trials),
+            "failed": len(failed), "retried": sum("failed_trial" in t.system_attrs for t in trials),
+            "best": best, "workers_recent": sorted(w for w, at in seen.items() if now - at <= RECENT_S),
+            "workers_seen": len(seen)}
