@@ -8,7 +8,6 @@ Runtime timing lives with ``nas.latency.device``; training uses the cores it is 
 from __future__ import annotations
 
 import os
-import platform
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Iterator
@@ -16,6 +15,7 @@ from typing import Iterator
 import torch
 
 from nas.errors import AcceleratorError
+from nas.latency.remote_measure import cpu_model
 
 ACCELERATORS = ("auto", "cpu", "cuda")
 PRECISIONS = ("32", "bf16", "16-mixed")
@@ -65,17 +65,6 @@ class Accelerator:
         return f"{self.kind} ({self.threads} thread{'s' if self.threads != 1 else ''}, {precision})"
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def resolve_accelerator(accelerator: str = "auto", precision: str = "32", threads: int | None = None
                         ) -> Accelerator:
     """Check ``accelerator`` and ``precision`` against this machine; ``auto`` is cuda when a GPU is present.
@@ -100,5 +89,5 @@ def resolve_accelerator(accelerator: str = "auto", precision: str = "32", thread
     if kind == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
         raise AcceleratorError(f"--precision bf16: {torch.cuda.get_device_name()} cannot do bfloat16; "
                                f"use 16-mixed or 32")
-    name = torch.cuda.get_device_name() if kind == "cuda" else cpu_name()
+    name = torch.cuda.get_device_name() if kind == "cuda" else cpu_model()
     return Accelerator(kind, precision, threads or available_cores(), name)

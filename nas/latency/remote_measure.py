@@ -86,7 +86,8 @@ def time_interleaved(runs, timing=None, on_round=None):
 
 
 # ---- the standalone script -----------------------------------------------------------------------------------
-def _cpu_model():
+def cpu_model():
+    """The CPU's model name (hwnas's device manifests and accelerator records use this too)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -161,7 +162,7 @@ def main(argv=None):
         sys.exit(f"error: {args.bundle}: corrupt bundle (its manifest lacks bundle_id, overhead, blocks or models)")
     device_id = args.device or "".join(c if c.isalnum() or c in "._-" else "-" for c in platform.node()) or "remote"
     setup = {"device_id": device_id, "provider": args.provider, "threads": args.threads,
-             "graph_optimization": args.optimization, "clock": args.clock, "cpu_model": _cpu_model(),
+             "graph_optimization": args.optimization, "clock": args.clock, "cpu_model": cpu_model(),
              "cores": os.cpu_count() or 0, "os": f"{platform.system()} {platform.release()}",
              "machine": platform.machine(), "python": platform.python_version(),
              "onnxruntime_version": ort.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

@@ -27,6 +27,7 @@ import onnxruntime as ort
 
 from nas.errors import LatencyTableError
 from nas.files import write_json
+from nas.latency import remote_measure
 from nas.latency.opkey import OpKey
 
 TABLES_ENV = "HWNAS_LATENCY_TABLES"
@@ -68,16 +69,6 @@ def device_dir(device_id: str, tables_dir: str | Path | None = None) -> Path:
 
 
 # ---- manifest -----------------------------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 @dataclass
 class DeviceManifest:
     """Where and how a table was measured. ``remote`` tables were measured elsewhere from a bundle."""
@@ -105,7 +96,7 @@ class DeviceManifest:
                                     f"{', '.join(OPTIMIZATION_LEVELS)}")
         if threads < 1:
             raise LatencyTableError(f"threads must be >= 1, got {threads}")
-        return cls(check_device_id(device_id), provider, threads, graph_optimization, clock, cpu_model(),
+        return cls(check_device_id(device_id), provider, threads, graph_optimization, clock, remote_measure.cpu_model(),
                    os.cpu_count() or 0, f"{platform.system()} {platform.release()}", platform.machine(),
                    platform.python_version(), ort.__version__, time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 
