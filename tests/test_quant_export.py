@@ -42,7 +42,7 @@ def task():
     torch.manual_seed(0)
     x = torch.randn(608, 1, 16, 16)
     y = _labels(x)
-    data = Dataset("random", x[:96], y[:96], x[96:160], y[96:160], x[160:], y[160:], 4)
+    data = Dataset.from_tensors("random", x[:96], y[:96], x[96:160], y[96:160], x[160:], y[160:], 4)
     model = Tiny()
     net = MixedPrecisionNet(model, SEARCHABLE)
     opt = torch.optim.Adam(net.weight_parameters(), lr=0.01)
