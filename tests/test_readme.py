@@ -36,20 +36,18 @@ SHRINK: list[tuple[tuple[str, ...], tuple[str, ...]]] = [
     (("hwnas", "train-dynamic"), ("--epochs", "1")),
     (("hwnas", "latency", "profile-capacity"), ("--calibration", "0")),
     (("hwnas", "search", "capacity"), ("--trials", "3", "--no-measure")),
+    (("hwnas", "search", "mixed-precision"), ("--epochs", "1", "--pretrain-epochs", "1", "--finetune-epochs", "0",
+                                              "--fit-models", "0")),
     (("hwnas", "latency", "profile", "--space", "fbnet_a"), ("--calibration", "2")),
     (("hwnas", "latency", "profile"), (*TINY, "--calibration", "4")),
     (("hwnas", "latency", "predict"), TINY),
     (("hwnas", "latency", "validate"), (*TINY, "--samples", "3")),
     (("hwnas", "latency", "bundle"), (*TINY, "--calibration", "2")),
 ]
-MIXED_PRECISION = ("a bit-width search trains the model four times (pretrain, search, two uniform baselines): over "
-                   "ten minutes on 2 busy cores even shrunk; tests/test_quant_cli.py runs `search mixed-precision` "
-                   "--cost latency and --cost size end to end on a tiny space")
 NOT_RUN = {
-    "hwnas search mixed-precision --arch fbnet_a --width 0.5 --dataset digits --device local-cpu --cost latency":
-        MIXED_PRECISION,
-    "hwnas search mixed-precision --arch fbnet_a --width 0.5 --dataset digits --device local-cpu --cost size "
-    "--target-mb 0.4": MIXED_PRECISION,
+    "hwnas train fbnet_a --dataset folder:~/images --accelerator cuda --precision bf16 --workers 8 --recipe r.yaml":
+        "an example for a GPU and the user's own image folder (tests/test_engine.py streams a generated folder: "
+        "with 2 workers and trains bf16 on the CPU; its CUDA test runs where a GPU is present)",
     "hwnas latency import results.json --device phone":
         "needs results.json, measured on the device by the bundle's measure.py (tests/test_latency_remote.py runs "
         "bundle -> measure.py -> import)",
