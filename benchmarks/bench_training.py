@@ -7,8 +7,7 @@
   through the DataLoader path (the same images as a memory-mapped ``npz:``, ``--workers`` processes); target
   streamed >= 0.9x the in-memory speed. The median of ``--epochs`` epochs each, interleaved.
 - threads: seconds per supernet step (weights and architecture) with 1 and with 2 torch threads, interleaved
-  (SupernetSearch pins its own loop to 1 thread until the multi-thread heap corruption is fixed; this times the
-  same step function outside that pin).
+  (several threads are safe since nas/conv.py works around oneDNN's strided 1x1 weight-gradient overflow).
 The device table is profiled on first use (as ``--profile`` does). Timings are noisy on a shared machine.
 """
 
