@@ -88,7 +88,7 @@ class PreparedSearch:
         s = self.space
         return (f"{self.job.method} on {s.name} @ {s.resolution}px x{s.width_multiplier:g}, {self.job.dataset} "
                 f"{self.data.sizes()}, device {self.job.device}: attainable {self.min_ms:.4g}-{self.max_ms:.4g} ms; "
-                f"training on {self.job.engine.accelerator.describe()}, the search loop on 1 thread")
+                f"search and training on {self.job.engine.accelerator.describe()}")
 
 
 def profile_command(job: SearchJob, space: Space) -> str:
