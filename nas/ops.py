@@ -10,9 +10,9 @@ pattern, and that one ``register_op`` call gives
 - its latency family (``FAMILIES``), the group of the device correction (``nas.latency.correction``);
 - whether a key of it is an identity (costs nothing, never measured) and its masked (DMasking) variant, if any.
 
-A pattern is the op name with integer placeholders ``{K}`` (kernel, odd), ``{E}`` (expansion) and ``{G}`` (groups),
+A pattern is the op name with integer fields ``{K}`` (kernel, odd), ``{E}`` (expansion) and ``{G}`` (groups),
 and optional parts in brackets: ``ir_k{K}_e{E}[_g{G}]`` matches ``ir_k3_e6`` and ``ir_k5_e1_g2``. The op's kind is
-the pattern's first word when it has placeholders (``ir``), else the whole name (``pool_fc``). ``options`` are
+the pattern's first word when it has fields (``ir``), else the whole name (``pool_fc``). ``options`` are
 settings that are not in the key (``dropout`` of a classifier, ``pool`` of an expert unit); a registration ignores
 the ones it does not use.
 
