@@ -1,6 +1,8 @@
 """Shared fixtures of the predictor-search tests (test_predict.py, test_predict_search.py): a tiny model space
 profiled for real on two devices, and the shipped benchmark table (real trainings and timings)."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -48,3 +50,22 @@ def profiled_devices(tiny_space_file, tmp_path_factory):
     for device in ("dev-a", "dev-b"):
         profile_items(device, space_profile_items(space), tables_dir=tables, timing=timing)
     return tables, space
+
+
+class InProcess:
+    """The CLI's main() in this process: exit code, stdout and stderr as a user sees them (saves a subprocess's
+    import time per case)."""
+
+    def __init__(self, capsys, monkeypatch):
+        self.capsys, self.monkeypatch = capsys, monkeypatch
+
+    def __call__(self, *args):
+        from cli.main import main
+        self.monkeypatch.setattr(sys, "argv", ["hwnas", *map(str, args)])
+        code = 0
+        try:
+            main()
+        except SystemExit as e:
+            code = e.code
+        out, err = self.capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)

@@ -3,8 +3,6 @@ bad input through the CLI (one line, exit 2), and a model-space search that expo
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -18,7 +16,7 @@ from nas.predict.study import claims, evaluated_trials
 from nas.predict.worker import run_worker
 from nas.predict.problem import TableProblem, parse_constraint
 from nas.predict.table_space import TableEvaluator, TableSpace
-from test_predict_fixtures import BENCH_TABLE, profiled_devices, tiny_space_file  # noqa: F401
+from test_predict_fixtures import BENCH_TABLE, InProcess, profiled_devices, tiny_space_file  # noqa: F401
 
 FAST_MLP = {"epochs": 120, "ensemble": 1, "pretrain_epochs": 10}
 TABLE_ARGS = ["--objective", "val_accuracy", "--latency-column", "latency_ms", "--proxy", "macs", "--proxy",
@@ -148,24 +146,6 @@ def _one_line_error(r, *fragments):
     assert len(lines) == 1, r.stderr
     for f in fragments:
         assert f in lines[0], lines[0]
-
-
-class InProcess:
-    """The CLI's main() in this process (saves the import time of a subprocess per case)."""
-
-    def __init__(self, capsys, monkeypatch):
-        self.capsys, self.monkeypatch = capsys, monkeypatch
-
-    def __call__(self, *args):
-        from cli.main import main
-        self.monkeypatch.setattr(sys, "argv", ["hwnas", *args])
-        code = 0
-        try:
-            main()
-        except SystemExit as e:
-            code = e.code
-        out, err = self.capsys.readouterr()
-        return subprocess.CompletedProcess(args, code, out, err)
 
 
 def test_cli_table_search_writes_the_run_directory_for_several_devices(tmp_path, capsys, monkeypatch):

@@ -4,8 +4,6 @@ no poisoned run directory, no search that spins without progress, no secret in a
 import json
 import os
 import random
-import subprocess
-import sys
 import zipfile
 
 import numpy as np
@@ -24,25 +22,7 @@ from nas.predict.table_space import TableEvaluator, TableSpace
 from nas.recipe import Recipe
 from nas.run import RunDir
 from nas.training import train_model
-from test_predict_fixtures import BENCH_TABLE, TINY_SPACE_YAML
-
-
-class InProcess:
-    """The CLI's main() in this process: one line on stderr and the exit code, as a user sees them."""
-
-    def __init__(self, capsys, monkeypatch):
-        self.capsys, self.monkeypatch = capsys, monkeypatch
-
-    def __call__(self, *args):
-        from cli.main import main
-        self.monkeypatch.setattr(sys, "argv", ["hwnas", *map(str, args)])
-        code = 0
-        try:
-            main()
-        except SystemExit as e:
-            code = e.code
-        out, err = self.capsys.readouterr()
-        return subprocess.CompletedProcess(args, code, out, err)
+from test_predict_fixtures import BENCH_TABLE, TINY_SPACE_YAML, InProcess
 
 
 @pytest.fixture
