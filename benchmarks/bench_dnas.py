@@ -43,7 +43,6 @@ from nas.dnas.strategy import SearchJob, SupernetStrategy, build_supernet  # noq
 from nas.strategy import open_run  # noqa: E402
 from nas.recipe import Recipe  # noqa: E402
 from nas.space import load_space  # noqa: E402
-from nas.training import accuracy, train_model  # noqa: E402
 
 WIDE_SPACE = """
 name: wide_options
@@ -180,12 +179,14 @@ def bench_memory(args) -> None:
           f"{grow:.3f}x (growth during the steps)")
 
 
-def _job(args, **kw) -> SearchJob:
+def _job(args, engine=None, **kw) -> SearchJob:
     settings = SearchSettings(epochs=args.epochs, **{k: v for k, v in kw.items() if k != "target_ms"},
                               target_ms=kw.get("target_ms"))
-    return SearchJob("dmasking", "fbnet_v2", args.device, resolution=args.resolution, width=args.width,
-                     target_ms=kw.get("target_ms"), tables_dir=args.tables_dir, profile=True, settings=settings,
-                     recipe=Recipe(epochs=args.final_epochs))
+    return SearchJob("dmasking", "fbnet_v2", args.device, dataset=args.dataset, resolution=args.resolution,
+                     width=args.width, target_ms=kw.get("target_ms"), tables_dir=args.tables_dir, profile=True,
+                     settings=settings, recipe=Recipe(epochs=args.final_epochs, batch_size=args.batch,
+                                                      augment=args.augment),
+                     **({"engine": engine} if engine is not None else {}))
 
 
 def bench_alpha(args) -> None:
@@ -208,28 +209,79 @@ def bench_alpha(args) -> None:
           f"{spearmanr(args.alphas, found)[0]:+.2f})")
 
 
-def _train_test(space, arch, data, recipe) -> float:
-    result = train_model(build_model(space, arch, dropout=recipe.dropout), data, recipe, evaluate_val=False)
-    return accuracy(result.model, data.x_test, data.y_test)
+def _train_measure(prep, space, arch, out: Path, prefix: str) -> dict:
+    """Train ``arch`` with the search's recipe and engine, export it, check parity and time it: the same path as
+    the search's winner (``train_export_measure``); adds the child's training images/s."""
+    from nas.finalize import measuring_device, train_export_measure
+    from nas.run import RunDir
+
+    device, note = measuring_device(prep.lm.device)
+    start = time.perf_counter()
+    rep = train_export_measure(space, arch, prep.data, prep.job.recipe, RunDir(out, {"bench": "quality"}),
+                               device=device, prefix=prefix, table=prep.lm.table, note=note, engine=prep.job.engine)
+    rep["seconds"] = time.perf_counter() - start
+    rep["images_per_s"] = _median_images_per_s(out / f"{prefix}train_history.csv")
+    return rep
+
+
+def _median_images_per_s(train_history: Path) -> float:
+    import pandas as pd
+
+    return float(pd.read_csv(train_history)["images_per_s"].median())
+
+
+def _fbnet_a_at(prep, measured_ms: float, widths: list[float]) -> tuple[float, float]:
+    """The width of FBNet-A (at the search's resolution and data) whose exported model measures closest to
+    ``measured_ms`` on the search's device, and its measured ms."""
+    from nas.onnx_io import export_onnx
+    from nas.finalize import measuring_device
+
+    device, _ = measuring_device(prep.lm.device)
+    found = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for w in widths:
+            space = load_space("fbnet_a", resolution=prep.space.resolution, width_multiplier=w,
+                               classes=prep.space.classes, in_channels=prep.space.in_channels)
+            model = build_model(space, space.fixed_arch()).eval()
+            path = export_onnx(model, model.input_shape, Path(tmp) / f"fbnet_a_{w:g}.onnx")
+            found.append((w, device.time_file(path).p50_ms))
+            print(f"  FBNet-A x{w:g}: measured {found[-1][1]:.4f} ms", flush=True)
+    return min(found, key=lambda f: abs(np.log(f[1] / measured_ms)))
 
 
 def bench_quality(args) -> None:
-    print(f"== quality: DMasking at a target vs random archs at the same predicted latency (digits, "
-          f"{args.resolution}px x{args.width:g}, recipe {args.final_epochs} epochs, seed 0)")
-    probe = SupernetStrategy(_job(args)).prepare()
+    from nas.accelerator import resolve_accelerator
+    from nas.engine import Engine
+
+    begin = time.perf_counter()
+    engine = Engine(resolve_accelerator("cpu", "32", args.threads), workers=args.loader_workers)
+    print(f"== quality: DMasking at a target vs random archs at the same predicted latency and FBNet-A scaled to it "
+          f"({args.dataset}, {args.resolution}px x{args.width:g}, {args.epochs} search epochs, recipe "
+          f"{args.final_epochs} epochs, seed 0, {engine.accelerator.threads} threads, {args.loader_workers} "
+          f"DataLoader workers)")
+    probe = SupernetStrategy(_job(args, engine=engine)).prepare()
     rng = np.random.default_rng(0)
     lat = [probe.lm.predict(probe.space, probe.space.sample(rng)) for _ in range(400)]
     target = args.target_ms or float(np.quantile(lat, 0.25))
-    prep = SupernetStrategy(_job(args, target_ms=target)).prepare()
+    prep = SupernetStrategy(_job(args, target_ms=target, engine=engine)).prepare()
+    sizes = {k: len(getattr(prep.data, k)) for k in ("train", "val", "test")}
+    print(f"  data: {sizes['train']} train / {sizes['val']} val / {sizes['test']} test images")
     out = Path(args.out or tempfile.mkdtemp(prefix="bench-dnas-"))
     t = time.perf_counter()
     strategy = SupernetStrategy(prep.job)
     report = strategy.run(prep, open_run(strategy, prep, out))
-    print(f"  target {target:.4f} ms (attainable {prep.min_ms:.4f}-{prep.max_ms:.4f}); search + retrain "
-          f"{time.perf_counter() - t:.0f} s -> {out}")
+    detail = report[report["method"]]
+    epoch_s = [row["seconds"] for row in _search_history(out)]
+    supernet_ips = (sizes["train"] + sizes["val"]) / float(np.median(epoch_s))
+    print(f"  target {target:.4f} ms (attainable {prep.min_ms:.4f}-{prep.max_ms:.4f}); search "
+          f"{detail['search_seconds']:.0f} s, search + retrain + export {time.perf_counter() - t:.0f} s -> {out}")
+    print(f"  supernet: {supernet_ips:.0f} images/s (weights on train + architecture on val, median epoch "
+          f"{np.median(epoch_s):.1f} s)")
+    winner_ips = _median_images_per_s(out / "train_history.csv")
     print(f"  found arch: predicted {report['predicted_ms']:.4f} ms, measured {report['measured_ms']:.4f} ms "
-          f"({report['prediction_error_pct']:+.1f}%, clock {report[report['method']]['timing']['clock']}), test accuracy "
-          f"{report['accuracy']:.4f}, onnx max abs diff {report['onnx_max_abs_diff']:.1e}")
+          f"({report['prediction_error_pct']:+.1f}%, clock {detail['timing']['clock']}), test accuracy "
+          f"{report['accuracy']:.4f}, onnx max abs diff {report['onnx_max_abs_diff']:.1e}; child training "
+          f"{winner_ips:.0f} images/s")
     lo, hi = 0.9 * report["predicted_ms"], 1.1 * report["predicted_ms"]
     randoms = []
     for _ in range(20000):
@@ -243,14 +295,29 @@ def bench_quality(args) -> None:
             prep.dist.logits.normal_()
         found = most_probable_in_band(prep.terms, lo, hi)
         randoms.append(prep.dist.arch_from_indices(*found))
-    recipe = prep.job.recipe
     accs = []
-    for arch in randoms:
-        accs.append(_train_test(prep.space, arch, prep.data, recipe))
-        print(f"  random arch {len(accs)}: predicted {prep.lm.predict(prep.space, arch):.4f} ms, test accuracy "
-              f"{accs[-1]:.4f}", flush=True)
-    print(f"  DMasking arch {report['accuracy']:.4f} vs random archs mean {np.mean(accs):.4f} "
-          f"(std {np.std(accs):.4f}, n={len(accs)}): beats the mean: {report['accuracy'] > np.mean(accs)}")
+    for i, arch in enumerate(randoms):
+        rep = _train_measure(prep, prep.space, arch, out / "randoms", f"random{i}_")
+        accs.append(rep["accuracy"])
+        print(f"  random arch {i + 1}: predicted {prep.lm.predict(prep.space, arch):.4f} ms, measured {rep['measured_ms']:.4f} ms, "
+              f"test accuracy {rep['accuracy']:.4f}, {rep['images_per_s']:.0f} images/s", flush=True)
+    width, fbnet_ms = _fbnet_a_at(prep, report["measured_ms"], args.fbnet_a_widths)
+    space_a = load_space("fbnet_a", resolution=prep.space.resolution, width_multiplier=width,
+                         classes=prep.space.classes, in_channels=prep.space.in_channels)
+    rep_a = _train_measure(prep, space_a, space_a.fixed_arch(), out / "fbnet_a", "")
+    print(f"  FBNet-A x{width:g} (measured {fbnet_ms:.4f} ms untrained, {rep_a['measured_ms']:.4f} ms trained): "
+          f"test accuracy {rep_a['accuracy']:.4f}, {rep_a['images_per_s']:.0f} images/s")
+    print(f"  DMasking arch {report['accuracy']:.4f} @ {report['measured_ms']:.4f} ms vs random archs mean "
+          f"{np.mean(accs):.4f} (std {np.std(accs):.4f}, best {np.max(accs):.4f}, n={len(accs)}) and FBNet-A "
+          f"x{width:g} {rep_a['accuracy']:.4f} @ {rep_a['measured_ms']:.4f} ms; beats the random mean: "
+          f"{report['accuracy'] > np.mean(accs)}, beats FBNet-A: {report['accuracy'] > rep_a['accuracy']}")
+    print(f"  took {time.perf_counter() - begin:.0f} s in all")
+
+
+def _search_history(out: Path) -> list[dict]:
+    import pandas as pd
+
+    return pd.read_csv(out / "history.csv").to_dict("records")
 
 
 def main() -> None:
@@ -269,6 +336,12 @@ def main() -> None:
     ap.add_argument("--target-ms", type=float, default=None, help="quality target (default: the 25th percentile "
                                                                     "of random archs' latency)")
     ap.add_argument("--randoms", type=int, default=5)
+    ap.add_argument("--dataset", default="digits", help="quality: digits, npz:FILE or folder:DIR (Fashion-MNIST: "
+                                                        "benchmarks/make_fashion_mnist.py --all)")
+    ap.add_argument("--augment", default="none", help="quality: the recipe's augmentation")
+    ap.add_argument("--threads", type=int, default=None, help="quality: training threads (default: all cores)")
+    ap.add_argument("--loader-workers", type=int, default=0, help="quality: DataLoader processes")
+    ap.add_argument("--fbnet-a-widths", type=float, nargs="+", default=[0.25, 0.35, 0.5, 0.75, 1.0])
     ap.add_argument("--out", default=None)
     ap.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()

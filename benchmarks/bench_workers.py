@@ -9,7 +9,12 @@ On the table space (benchmarks/data/digits_joint.csv), each lookup sleeps the ro
 
     python benchmarks/bench_workers.py                       # budget 100, 5 seeds, scale 0.1 (minutes)
     python benchmarks/bench_workers.py --budget 20 --seeds 1 --scale 0.02 --kills 1   # smoke test
+- ``--real``: real trainings instead: NARS on the fbnet space with digits (``--real-budget`` evaluations of at most
+  ``--real-epochs`` epochs each, one CPU thread per worker) with 1 and 2 local workers; wall time, speed-up, and
+  the storage's overhead per trial (a trial's time in the study less its evaluation's own time).
 Use ``--storage postgresql://USER@HOST/DB`` to run on PostgreSQL instead of SQLite files.
+
+    python benchmarks/bench_workers.py --real --storage postgresql://postgres@127.0.0.1:54331/bench
 """
 
 from __future__ import annotations
@@ -128,6 +133,40 @@ def faults(args, bound: str) -> None:
               f"{status['failed']} trials failed and {status['retried']} retried; proposer exit {proposer.returncode}")
 
 
+def real(args) -> None:
+    from nas.predict.search_setup import SearchSettings
+    from nas.predict.study import evaluated_trials, load_study
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tables = Path(tmp) / "tables"
+        subprocess.run([sys.executable, "-m", "cli.main", "latency", "profile", "--space", "fbnet", "--device",
+                        "bench-cpu", "--resolution", "8", "--classes", "10", "--in-channels", "1", "--calibration",
+                        "0", "--tables-dir", str(tables)], cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+        walls = {}
+        for n in args.workers_list[:2]:
+            tag = f"real-w{n}-{uuid.uuid4().hex[:6]}"
+            url = storage_url(args.storage, Path(tmp), tag)
+            settings = SearchSettings(strategy="nars", space="fbnet", dataset="digits", devices=["bench-cpu"],
+                                      tables_dir=str(tables), budget=args.real_budget, seed=0,
+                                      max_epochs=args.real_epochs, pool=512, population=256, generations=10,
+                                      storage=url, study=tag, workers=n, export="none")
+            walls[n], _ = run_search(settings, Path(tmp) / tag)
+            trials = evaluated_trials(load_study(url, tag))
+            spans = np.array([(t.datetime_complete - t.datetime_start).total_seconds() for t in trials])
+            own = np.array([float(t.user_attrs["seconds"]) for t in trials])
+            print(f"[real] {n} worker(s): {len(trials)} trainings in {walls[n]:.1f} s (speed-up "
+                  f"{walls[args.workers_list[0]] / walls[n]:.2f}x); a training {np.median(own):.2f} s median; "
+                  f"storage overhead per trial {np.mean(spans - own) * 1000:.0f} ms mean, "
+                  f"{np.median(spans - own) * 1000:.0f} ms median ({masked(url)})", flush=True)
+
+
+def masked(url: str) -> str:
+    from nas.predict.study import masked_url
+
+    return masked_url(url).split("///")[0] if url.startswith("sqlite") else masked_url(url)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budget", type=int, default=100)
@@ -137,7 +176,13 @@ def main() -> None:
     ap.add_argument("--kills", type=int, default=5)
     ap.add_argument("--fault-workers", type=int, default=4)
     ap.add_argument("--storage", default=None, help="an RDB URL (default: a SQLite file per run)")
+    ap.add_argument("--real", action="store_true", help="real trainings on digits instead of the table")
+    ap.add_argument("--real-budget", type=int, default=24)
+    ap.add_argument("--real-epochs", type=int, default=3)
     args = ap.parse_args()
+    if args.real:
+        real(args)
+        return
     import pandas as pd
 
     bound = f"{float(np.median(pd.read_csv(TABLE)['latency_ms'])):.4f}"

@@ -6,6 +6,9 @@ four ``*-idx*-ubyte.gz`` files (github.com/zalandoresearch/fashion-mnist, or Deb
 package, which installs them in /usr/share/datasets/fashion-mnist).
 
     .venv/bin/python benchmarks/make_fashion_mnist.py --idx-dir DIR [--per-class 500] [--out results/fashion_mnist.npz]
+    .venv/bin/python benchmarks/make_fashion_mnist.py --idx-dir DIR --all --out results/fashion_mnist_70k.npz
+
+``--all`` writes all 70,000 images (the 60,000 training and 10,000 test images; hwnas makes its own splits).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--idx-dir", required=True, type=Path)
     ap.add_argument("--per-class", type=int, default=500, help="images per class (from the 60,000 training images)")
+    ap.add_argument("--all", action="store_true", help="all 70,000 images (training and t10k files)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("results/fashion_mnist.npz"))
     args = ap.parse_args(argv)
@@ -42,9 +46,17 @@ def main(argv=None) -> int:
             raise SystemExit(f"not found: {p}")
     x, y = read_idx(images), read_idx(labels)
     rng = np.random.default_rng(args.seed)
-    pick = np.concatenate([rng.choice(np.flatnonzero(y == c), args.per_class, replace=False)
-                           for c in range(int(y.max()) + 1)])
-    pick = rng.permutation(pick)
+    if args.all:
+        test = [args.idx_dir / "t10k-images-idx3-ubyte.gz", args.idx_dir / "t10k-labels-idx1-ubyte.gz"]
+        for p in test:
+            if not p.is_file():
+                raise SystemExit(f"not found: {p}")
+        x, y = np.concatenate([x, read_idx(test[0])]), np.concatenate([y, read_idx(test[1])])
+        pick = rng.permutation(len(y))
+    else:
+        pick = np.concatenate([rng.choice(np.flatnonzero(y == c), args.per_class, replace=False)
+                               for c in range(int(y.max()) + 1)])
+        pick = rng.permutation(pick)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".tmp.npz")
     np.savez_compressed(tmp, x=x[pick], y=y[pick].astype(np.int64))

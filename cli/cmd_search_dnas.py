@@ -52,9 +52,9 @@ def _make_command(method: str):
                                              "them)"),
         accelerator: str = typer.Option("auto", help="auto | cpu | cuda (auto: cuda when a GPU is present)"),
         precision: str = typer.Option("32", help="32 | bf16 | 16-mixed (16-mixed needs a GPU)"),
-        threads: Optional[int] = typer.Option(None, help="torch threads for the final training (default: all "
-                                              "cores); the supernet search runs on 1 until the multi-thread "
-                                              "heap corruption is fixed"),
+        threads: Optional[int] = typer.Option(None, help="torch threads for the supernet search and the final "
+                                              "training (default: all cores; on a shared machine 1 can be much "
+                                              "faster)"),
         workers: int = typer.Option(0, help="DataLoader worker processes that decode streamed data"),
         skip_bad_images: bool = typer.Option(False, "--skip-bad-images", help="folder: train without the "
                                              "images that cannot be read (default: refuse)"),

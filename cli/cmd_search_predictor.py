@@ -56,6 +56,14 @@ def _make_command(strategy: str):
                                               "machines: start `hwnas worker` on them)"),
         study: str = typer.Option("hwnas", help="study name in the storage"),
         workers: int = typer.Option(1, help="worker processes on this machine evaluating the study's trials"),
+        accelerator: str = typer.Option("auto", help="where evaluations and the winner train: auto | cpu | cuda "
+                                        "(auto: cuda when a GPU is present)"),
+        precision: str = typer.Option("32", help="32 | bf16 | 16-mixed (16-mixed needs a GPU)"),
+        threads: Optional[int] = typer.Option(None, help="torch threads per evaluation (default 1 on the CPU: "
+                                              "each worker takes a core; the winner's training takes all)"),
+        asynchronous: bool = typer.Option(True, "--async/--sync", help="nars, chamnet with several workers: "
+                                          "refit and propose as each result comes in (--sync: wait for whole "
+                                          "batches, the same search for a seed with any number of workers)"),
         export: str = typer.Option("first", help="model spaces: export the winner of the first constraint, "
                                    "of all, or none"),
         as_json: bool = typer.Option(False, "--json", help="print report.json"),
@@ -70,7 +78,8 @@ def _make_command(strategy: str):
             width=width, recipe=str(recipe) if recipe else None, max_epochs=max_epochs,
             tables_dir=str(tables_dir) if tables_dir else None, measure_each=measure_each, pool=pool, init=init,
             batch=batch, generations=generations, population=population, pretrain=pretrain, sampler=sampler,
-            storage=storage, study=study, workers=workers, export=export)
+            storage=storage, study=study, workers=workers, asynchronous=asynchronous, accelerator=accelerator,
+            precision=precision, threads=threads, export=export)
         report, out = run_strategy(strategy, settings, out)
         if as_json:
             print_json(report)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import typer
 
 from cli.app import app, console, print_json
@@ -13,6 +15,9 @@ def worker(
                                 "mysql://..., or sqlite:///RUN/study.db on this machine)"),
     study: str = typer.Option("hwnas", "--study", help="study name (the search's --study)"),
     workers: int = typer.Option(1, "--workers", help="worker processes on this machine"),
+    accelerator: str = typer.Option("auto", help="auto | cpu | cuda (auto: cuda when a GPU is present)"),
+    precision: str = typer.Option("32", help="32 | bf16 | 16-mixed (16-mixed needs a GPU)"),
+    threads: Optional[int] = typer.Option(None, help="torch threads per worker (default 1 on the CPU)"),
     as_json: bool = typer.Option(False, "--json", help="print the workers' counts as JSON"),
 ):
     """Take the next waiting trial of a search's study, evaluate it (training on this machine's accelerator) and
@@ -23,10 +28,14 @@ def worker(
 
     if workers < 1:
         raise SearchError(f"--workers must be at least 1 (got {workers})")
+    from nas.accelerator import resolve_accelerator
+    resolve_accelerator(accelerator, precision, threads)  # this machine can train so: checked before joining
+    machine = {"accelerator": accelerator, "precision": precision, "threads": threads}
     console.print(f"worker on study {study!r} in {masked_url(storage)}", soft_wrap=True, highlight=False)
-    others = LocalWorkers(storage, study, workers - 1)
+    others = LocalWorkers(storage, study, workers - 1, machine)
     try:
-        stats = [work(storage, study, on_trial=lambda n: console.print(f"{n} evaluations in the study"))]
+        stats = [work(storage, study, on_trial=lambda n: console.print(f"{n} evaluations in the study"),
+                      machine=machine)]
         stats += others.close(wait=True)
     finally:
         others.close(wait=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
@@ -149,7 +150,7 @@ class ChildTraining:
     def epoch(self, index: int) -> dict:
         model, recipe, engine = self.model, self.recipe, self.engine
         model.train()
-        total_loss, seen = 0.0, 0
+        total_loss, seen, start = 0.0, 0, time.perf_counter()
         for x, y in engine.batches(self.data.train, recipe.batch_size, self.shuffle, recipe.augment):
             x = fit_input(x, model)
             with engine.autocast():
@@ -169,7 +170,8 @@ class ChildTraining:
                 self.ema.update_parameters(model)
             total_loss += loss_value * len(y)
             seen += len(y)
-        row = {"epoch": index + 1, "train_loss": total_loss / seen, "lr": self.opt.param_groups[0]["lr"]}
+        row = {"epoch": index + 1, "train_loss": total_loss / seen, "lr": self.opt.param_groups[0]["lr"],
+               "images_per_s": seen / (time.perf_counter() - start)}
         if self.evaluate_val:
             row["val_accuracy"] = split_accuracy(self.final_model, self.data.val, engine)
         return row

@@ -206,6 +206,11 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
                     "--budget must be at least 1")
     _one_line_error(run("search", "nars", "--space", "fbnet", "--device", "no-such-device", "--tables-dir",
                         str(tmp_path)), "no-such-device")
+    _one_line_error(run("search", "nars", "--space", "fbnet", "--device", "no-such-device", "--precision", "fp8",
+                        "--out", str(tmp_path / "r4")), "--precision 'fp8'")
+    _one_line_error(run("worker", "--storage", f"sqlite:///{tmp_path / 'w.db'}", "--precision", "16-mixed",
+                        "--accelerator", "cpu"), "16-mixed needs a CUDA GPU")
+    assert not (tmp_path / "r4").exists() and not (tmp_path / "w.db").exists()
 
 
 def test_cli_model_space_search_exports_the_winner(tmp_path, capsys, monkeypatch, tiny_space_file,
@@ -215,10 +220,11 @@ def test_cli_model_space_search_exports_the_winner(tmp_path, capsys, monkeypatch
     out = tmp_path / "run"
     r = cli("search", "nars", "--space", str(tiny_space_file), "--device", "dev-a", "--device", "dev-b",
             "--tables-dir", str(tables), "--budget", "3", "--init", "2", "--pool", "64", "--generations", "3",
-            "--population", "64", "--out", str(out), "--json")
+            "--population", "64", "--precision", "bf16", "--threads", "1", "--out", str(out), "--json")
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)["nars"]
     assert report["evaluations"] == 3 and report["devices"] == ["dev-a", "dev-b"]
+    assert report["training"]["precision"] == "bf16" and report["training"]["threads"] == 1
     assert report["constraints_chosen_automatically"] and len(report["constraints"]) == 3
     export = report["export"][0]
     assert (out / "model.onnx").is_file() and (out / "arch.json").is_file() and (out / "recipe.json").is_file()

@@ -42,8 +42,8 @@ class TrainEvaluator:
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.on_epoch = on_epoch
         self.measure_on = measure_on  # when set, also export and time each model on this device (measured_ms)
-        # the training engine. One CPU thread by default: the predictor searches train many tiny models, which run
-        # about as fast on one thread, and local workers each take a core.
+        # the training engine (``search_setup.evaluation_engine``). One CPU thread by default: the predictor
+        # searches train many tiny models, which run about as fast on one thread, and local workers each take a core.
         self.engine = engine or Engine(Accelerator(threads=1))
 
     def _checkpoint(self, candidate: Candidate) -> Path | None:

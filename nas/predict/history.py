@@ -7,14 +7,16 @@ predicted latency per device) and the actual metrics. A rerun of the same search
 deterministic for a seed, and an evaluation found in the stored history is returned from there instead of being
 run again, so a killed search resumes where it stopped. ``History.evaluate_batch`` evaluates a strategy's batch
 here one at a time, or all at once through ``evaluations`` (a search's Optuna study and its workers:
-``nas.predict.worker.StudyEvaluations``), recording the rows in the batch's order either way.
+``nas.predict.worker.StudyEvaluations``), recording the rows in the batch's order either way. ``History.submit`` and ``History.collect`` do the same without
+waiting for a whole batch (``AsyncEvaluations``): the strategy proposes more while the workers evaluate, and the
+rows are recorded in the order the evaluations finished.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import pandas as pd
@@ -26,6 +28,18 @@ from nas.predict.problem import Constraint, SearchProblem
 EvalCallback = Callable[[dict], None]
 # evaluates a batch of genomes elsewhere (an Optuna study's workers): (metrics, seconds) per genome, in order
 BatchEvaluations = Callable[[np.ndarray, str], list[tuple[dict, float]]]
+
+
+class AsyncEvaluations(Protocol):
+    """Evaluations that run while the strategy goes on (a study's workers): ``submit`` starts them, ``finished``
+    waits until at most ``unfinished`` of ``keys`` are not done and returns the done ones' (metrics, seconds), in
+    the order they finished; ``slots()`` is how many run at once."""
+
+    def submit(self, genomes: np.ndarray, phase: str) -> None: ...
+
+    def finished(self, keys: list[str], unfinished: int) -> dict[str, tuple[dict, float]]: ...
+
+    def slots(self) -> int: ...
 
 
 class BudgetExhausted(Exception):
@@ -46,6 +60,7 @@ class History:
         self.genomes: list[np.ndarray] = []
         self._stored: dict[str, dict] = {}  # key -> row of a previous (interrupted) run
         self._done: dict[str, int] = {}  # key -> index in rows
+        self._submitted: dict[str, tuple] = {}  # key -> (genome, phase, predicted, std): started, not recorded
         if self.path is not None and self.path.is_file():
             try:
                 stored = pd.read_csv(self.path, keep_default_na=False, dtype={"key": str})
@@ -81,13 +96,63 @@ class History:
 
     @property
     def remaining(self) -> int:
-        return self.budget - self.used
+        """Budget not yet recorded or started."""
+        return self.budget - self.used - len(self._submitted)
+
+    @property
+    def pending(self) -> int:
+        """Evaluations submitted and not finished."""
+        return len(self._submitted)
+
+    def slots(self) -> int:
+        """How many evaluations run at once: 1 unless the evaluations are asynchronous (``submit``)."""
+        return self.evaluations.slots() if hasattr(self.evaluations, "slots") else 1
 
     def is_evaluated(self, genome: np.ndarray) -> bool:
         return self.problem.space.keys(genome[None, :])[0] in self._done
 
     def evaluated_keys(self) -> set[str]:
         return set(self._done)
+
+    def pending_genomes(self) -> np.ndarray:
+        return np.stack([g for g, *_ in self._submitted.values()]) if self._submitted else \
+            np.zeros((0, self.problem.space.dims))
+
+    def taken_keys(self) -> set[str]:
+        """Evaluated or under way."""
+        return set(self._done) | set(self._submitted)
+
+    def submit(self, genomes: np.ndarray, phase: str, predicted=None, predicted_std=None) -> None:
+        """Start evaluating ``genomes`` (at most the remaining budget's worth; evaluated or started ones are
+        skipped) without waiting: asynchronous evaluations only. Stored evaluations of an interrupted run are
+        recorded at once."""
+        keys = self.problem.space.keys(genomes)
+        fresh: list[int] = []
+        for i, key in enumerate(keys):
+            if key in self._done or key in self._submitted or self.remaining <= 0:
+                continue
+            pred = None if predicted is None else predicted[i]
+            std = None if predicted_std is None else predicted_std[i]
+            stored = self._stored.get(key)
+            if stored is not None:
+                self._replay(genomes[i], phase, stored, pred, std)
+                continue
+            self._submitted[key] = (np.asarray(genomes[i], float), phase, pred, std)
+            fresh.append(i)
+        if fresh:
+            self.evaluations.submit(genomes[fresh], phase)
+
+    def collect(self, unfinished: int = 0) -> list[dict]:
+        """Wait until at most ``unfinished`` submitted evaluations are not finished; record the finished ones in
+        the order they finished and return their rows."""
+        if not self._submitted:
+            return []
+        done = self.evaluations.finished(list(self._submitted), unfinished)
+        rows = []
+        for key, (metrics, seconds) in done.items():
+            genome, phase, pred, std = self._submitted.pop(key)
+            rows.append(self.record(genome, phase, metrics, seconds, pred, std))
+        return rows
 
     # ---- evaluating ----------------------------------------------------------------------------------------------
     def evaluate(self, genome: np.ndarray, phase: str, predicted: float | None = None,
@@ -115,10 +180,8 @@ class History:
             pred = None if predicted is None else predicted[i]
             std = None if predicted_std is None else predicted_std[i]
             stored = self._stored.get(keys[i])
-            if stored is not None:  # replay: the metrics come from the interrupted run
-                metrics = {k[len("m:"):]: _float(v) for k, v in stored.items() if k.startswith("m:")}
-                self.record(genomes[i], phase, metrics, _float(stored.get("seconds", np.nan)), pred, std,
-                            replayed=True)
+            if stored is not None:
+                self._replay(genomes[i], phase, stored, pred, std)
                 continue
             if i not in results:
                 start = time.perf_counter()
@@ -127,6 +190,12 @@ class History:
         if left:
             raise BudgetExhausted()
         return [self.rows[self._done[k]] for k in keys]
+
+    def _replay(self, genome: np.ndarray, phase: str, stored: dict, predicted, predicted_std) -> dict:
+        """Record an evaluation of the interrupted run (its metrics from history.csv)."""
+        metrics = {k[len("m:"):]: _float(v) for k, v in stored.items() if k.startswith("m:")}
+        return self.record(genome, phase, metrics, _float(stored.get("seconds", np.nan)), predicted, predicted_std,
+                           replayed=True)
 
     def record(self, genome: np.ndarray, phase: str, metrics: dict[str, float], seconds: float,
                predicted: float | None = None, predicted_std: float | None = None, replayed: bool = False,

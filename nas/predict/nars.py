@@ -11,13 +11,19 @@
 4. Fit once more and run the predictor-driven evolutionary search for all constraints at once; evaluate the
    winner of each constraint (the last ``final`` evaluations of the budget are kept for this).
 
-Each step's candidates are one batch (``History.evaluate_batch``): evaluated here, or enqueued in the search's
-Optuna study for its workers; the next fit waits for the whole batch, so a seed gives the same search with any
-number of workers. The best *evaluated* candidate under each constraint is the result (``History.best_under``).
+With one worker (or ``asynchronous=False`` in the search's settings), each step's candidates are one batch
+(``History.evaluate_batch``), evaluated here or enqueued in the search's Optuna study for its workers, and the next
+fit waits for the whole batch: a seed gives the same search with any number of workers. With more workers the
+rounds are asynchronous (``History.submit``/``collect``): every worker busy and half as many candidates waiting;
+when a worker is about to be free, the predictor is refitted on every result so far and the next candidates
+proposed (the GP believing the running ones score the worst seen: constant liar), so that no worker waits for the
+slowest evaluation of a batch. The order results arrive in then decides the search, which is no longer the same
+for a seed. The best *evaluated* candidate under each constraint is the result (``History.best_under``).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -119,46 +125,70 @@ def run_nars(problem: SearchProblem, constraints: list[Constraint], history: His
             elif not (masks.any(axis=0) & ~taken).any():
                 break
             j = (j + 1) % n_c
+        asynchronous = history.slots() > 1
         if picks:
-            history.evaluate_batch(pool[picks], "init")
+            if asynchronous:
+                history.submit(pool[picks], "init")
+                history.collect(history.slots())
+            else:
+                history.evaluate_batch(pool[picks], "init")
         # 3. rounds: fit, pick the best predicted (or best EI) per constraint, evaluate
         predicted_all, actual_all = [], []
-        rnd = 0
+        rnd, turn, refit_s = 0, 0, 0.0
         while history.remaining > final:
             rnd += 1
+            asynchronous = history.pending > 0 or history.slots() > 1  # workers elsewhere may join at any time
+            start, fit_start = turn if asynchronous else 0, time.perf_counter()
             x_train, y_train = space.encode(history.genome_array()), history.scores()
             predictor.fit(x_train, y_train)
-            done = history.evaluated_keys()
-            fresh = np.asarray([k not in done for k in space.keys(pool)])
+            taken = history.taken_keys()
+            fresh = np.asarray([k not in taken for k in space.keys(pool)])
             if not fresh.any():
                 break
             mean, std = _predict(predictor, x_pool[fresh])
             cand, cand_masks = pool[fresh], masks[:, fresh]
             n_pick = min(batch, history.remaining - final)
+            if asynchronous:  # every slot busy and enough waiting to last through a refit
+                n_pick = min(n_pick, max(1, _queue_target(history, refit_s) - history.pending))
             best = [history.best_score_under(c) for c in constraints]
             if config.predictor == "gp":
-                picks = _pick_gp_batch(predictor, x_train, y_train, x_pool[fresh], cand_masks, best, n_pick)
+                x_pending = space.encode(history.pending_genomes())
+                picks = _pick_gp_batch(predictor, x_train, y_train, x_pool[fresh], cand_masks, best, n_pick,
+                                       x_pending, start)
                 predictor.fit(x_train, y_train)  # back to the real evaluations only
             else:
-                picks = _pick("mlp", mean, std, cand_masks, best, y_train, n_pick)
-            used_before = history.used
-            rows = history.evaluate_batch(cand[picks], f"round {rnd}", problem.sign() * mean[picks],
-                                          std[picks] if std is not None else None) if picks else []
-            if history.used == used_before:  # no progress: refitting on the same data would pick nothing again
+                picks = _pick("mlp", mean, std, cand_masks, best, y_train, n_pick, start=start)
+            turn += len(picks)
+            refit_s = time.perf_counter() - fit_start
+            used_before = history.used + history.pending
+            pred, pred_std = problem.sign() * mean[picks], std[picks] if std is not None else None
+            if asynchronous:  # wait for a free slot (or, having picked nothing, for any result)
+                if picks:
+                    history.submit(cand[picks], f"round {rnd}", pred, pred_std)
+                rows = history.collect(history.slots() if picks else max(0, history.pending - 1))
+            else:
+                rows = history.evaluate_batch(cand[picks], f"round {rnd}", pred, pred_std) if picks else []
+            if history.used + history.pending == used_before and not rows:  # the same data would pick nothing
                 result.stopped = (f"round {rnd} added no evaluation (the predictor gave no finite score to any of "
                                   f"{int(fresh.sum())} unevaluated candidates); the search ends at "
                                   f"{history.used} of {history.budget} evaluations")
                 result.rounds.append({"round": rnd, "stopped": result.stopped})
                 emit("phase", {"name": "stopped", "note": result.stopped})
                 break
-            tau = kendall_tau(mean[picks], [problem.sign() * r[problem.objective] for r in rows])
-            predicted_all.extend(mean[picks])
-            actual_all.extend(problem.sign() * r[problem.objective] for r in rows)
+            scored = [r for r in rows if np.isfinite(r[f"predicted_{problem.objective}"])]
+            predicted = [problem.sign() * r[f"predicted_{problem.objective}"] for r in scored]
+            actual = [problem.sign() * r[problem.objective] for r in scored]
+            tau = kendall_tau(predicted, actual)
+            predicted_all.extend(predicted)
+            actual_all.extend(actual)
             info = {"round": rnd, "n_train": len(y_train), "batch": len(picks), "batch_tau": tau,
                     "heldout_tau": kendall_tau(predicted_all, actual_all),
                     "best": [problem.sign() * history.best_score_under(c) for c in constraints]}
+            if asynchronous:
+                info["finished"], info["running"] = len(rows), history.pending
             result.rounds.append(info)
             emit("fit", info)
+        history.collect(0)
         result.heldout_tau = kendall_tau(predicted_all, actual_all)
         # 4. final fit and the evolutionary search for every constraint at once
         if config.evolution and history.used and result.stopped is None:
@@ -207,6 +237,17 @@ def run_nars(problem: SearchProblem, constraints: list[Constraint], history: His
     return result
 
 
+def _queue_target(history: History, refit_s: float) -> int:
+    """Evaluations to keep submitted: one per slot, plus enough waiting that the slots stay busy while the
+    proposer refits (the slots' results expected during one refit, from the median evaluation time so far),
+    at least half a slot's worth and at most one per slot."""
+    slots = history.slots()
+    seconds = [r["seconds"] for r in history.rows if np.isfinite(r["seconds"]) and not r["replayed"]]
+    eval_s = float(np.median(seconds)) if seconds else float("inf")
+    during_refit = int(np.ceil(slots * refit_s / eval_s)) if eval_s > 0 else slots
+    return slots + min(slots, max(1, slots // 2, during_refit))
+
+
 def _predict(predictor, x):
     if isinstance(predictor, GPPredictor):
         return predictor.predict_mean_std(x)
@@ -214,15 +255,22 @@ def _predict(predictor, x):
 
 
 def _pick_gp_batch(predictor: GPPredictor, x_train: np.ndarray, y_train: np.ndarray, x_cand: np.ndarray,
-                   masks: np.ndarray, best: list[float], n: int) -> list[int]:
+                   masks: np.ndarray, best: list[float], n: int, x_pending: np.ndarray | None = None,
+                   start: int = 0) -> list[int]:
     """``n`` distinct candidates for ``n`` workers at once (constant liar): after each pick, the GP is refitted
-    with that candidate believed to score the worst seen so far, so that the next pick looks elsewhere."""
+    with that candidate believed to score the worst seen so far, so that the next pick looks elsewhere. Candidates
+    still being evaluated (``x_pending``) are believed to score that too. ``start``: the constraint to pick for
+    first (round robin)."""
     chosen: list[int] = []
-    x_aug, y_aug = x_train, y_train
     lie = float(np.min(y_train))
+    x_aug, y_aug = x_train, y_train
+    if x_pending is not None and len(x_pending):
+        x_aug = np.concatenate([x_train, x_pending])
+        y_aug = np.append(y_train, np.full(len(x_pending), lie))
+        predictor.fit(x_aug, y_aug)
     for step in range(n):
         mean, std = predictor.predict_mean_std(x_cand)
-        order = np.roll(np.arange(len(masks)), -step)  # round robin over the constraints
+        order = np.roll(np.arange(len(masks)), -(start + step))  # round robin over the constraints
         picks = _pick("gp", mean, std, masks[order], [best[j] for j in order], y_aug, 1, exclude=chosen)
         if not picks:
             break
@@ -235,9 +283,9 @@ def _pick_gp_batch(predictor: GPPredictor, x_train: np.ndarray, y_train: np.ndar
 
 
 def _pick(kind: str, mean: np.ndarray, std: np.ndarray | None, masks: np.ndarray, best: list[float],
-          y_train: np.ndarray, n: int, exclude: list[int] = ()) -> list[int]:
-    """``n`` distinct candidates, round robin over the constraints, each the top acquisition among those
-    meeting the constraint: the predicted score (MLP) or expected improvement (GP)."""
+          y_train: np.ndarray, n: int, exclude: list[int] = (), start: int = 0) -> list[int]:
+    """``n`` distinct candidates, round robin over the constraints from constraint ``start``, each the top
+    acquisition among those meeting the constraint: the predicted score (MLP) or expected improvement (GP)."""
     acq = []
     for j in range(len(masks)):
         if kind == "gp":
@@ -249,7 +297,7 @@ def _pick(kind: str, mean: np.ndarray, std: np.ndarray | None, masks: np.ndarray
     chosen: list[int] = []
     used = np.zeros(len(mean), dtype=bool)
     used[list(exclude)] = True
-    j, misses = 0, 0
+    j, misses = start % len(masks), 0
     while len(chosen) < n and misses < len(masks):
         a = np.where(used, -np.inf, acq[j])
         i = int(np.argmax(a))

@@ -91,9 +91,10 @@ def open_job(config: OptunaConfig, problem: SearchProblem, constraints: list[Con
     return StudyJob(study, storage, problem, constraints, config.budget, proposer=config.proposer)
 
 
-def join_job(url: str, name: str) -> StudyJob:
+def join_job(url: str, name: str, machine: dict | None = None) -> StudyJob:
     """A worker's job on an existing study: the problem rebuilt from the stored settings, checked against the
-    stored fingerprint (space, data, code version)."""
+    stored fingerprint (space, data, code version); ``machine``: where this worker trains (``accelerator``,
+    ``precision``, ``threads``: ``search_setup.MACHINE_SETTINGS``)."""
     from nas.predict.search_setup import SearchSettings, build_constraints, build_problem
 
     storage = open_storage(url)
@@ -102,7 +103,7 @@ def join_job(url: str, name: str) -> StudyJob:
     if not stored:
         raise SearchError(f"study {name!r} in {masked_url(url)} was not made by `hwnas search` (no settings)")
     known = SearchSettings.__dataclass_fields__  # settings of another code version: its fingerprint says so
-    settings = SearchSettings(**{k: v for k, v in stored.items() if k in known})
+    settings = SearchSettings(**{k: v for k, v in stored.items() if k in known}, **(machine or {}))
     check_fingerprint(study, fingerprint(settings), f"{name!r} in {masked_url(url)}")
     problem = build_problem(settings)
     constraints, _ = build_constraints(settings, problem)
@@ -115,34 +116,43 @@ def join_job(url: str, name: str) -> StudyJob:
 
 
 def work(url: str, name: str, stop: Callable[[], bool] = lambda: False,
-         on_trial: Callable[[int], None] | None = None) -> dict:
+         on_trial: Callable[[int], None] | None = None, machine: dict | None = None) -> dict:
     """``hwnas worker``: join the study and evaluate its trials until its budget is reached."""
-    job = join_job(url, name)
+    job = join_job(url, name, machine)
     if job.finished():
         return {"nothing_to_do": True, **job.counts}
     return {"nothing_to_do": False, **run_worker(job, wait=True, stop=stop, on_trial=on_trial)}
 
 
-def _worker_main(url: str, name: str, parent_pid: int, queue) -> None:
+def machine_settings(settings) -> dict | None:
+    """What local workers take from the search's settings besides the study: where they train."""
+    from nas.predict.search_setup import MACHINE_SETTINGS
+
+    if settings is None:
+        return None
+    return {k: getattr(settings, k) for k in MACHINE_SETTINGS if k not in ("workers", "asynchronous")}
+
+
+def _worker_main(url: str, name: str, parent_pid: int, queue, machine: dict | None) -> None:
     try:
         if os.getppid() == parent_pid:
-            queue.put(("done", work(url, name, stop=lambda: os.getppid() != parent_pid)))
+            queue.put(("done", work(url, name, stop=lambda: os.getppid() != parent_pid, machine=machine)))
     except Exception as e:  # reported by the parent, which raises it as one line
         queue.put(("error", f"worker {os.getpid()}: {type(e).__name__}: {e}"))
 
 
 class LocalWorkers:
-    """``n`` worker processes on this machine (spawned, so each has its own torch state); they stop when the
-    process that started them dies."""
+    """``n`` worker processes on this machine (spawned, so each has its own torch state), training where
+    ``machine`` says (``join_job``); they stop when the process that started them dies."""
 
-    def __init__(self, url: str, name: str, n: int):
+    def __init__(self, url: str, name: str, n: int, machine: dict | None = None):
         self.procs, self.queue = [], None
         if n < 1:
             return
         ctx = multiprocessing.get_context("spawn")
         self.queue = ctx.Queue()
         for _ in range(n):
-            p = ctx.Process(target=_worker_main, args=(url, name, os.getpid(), self.queue), daemon=True)
+            p = ctx.Process(target=_worker_main, args=(url, name, os.getpid(), self.queue, machine), daemon=True)
             p.start()
             self.procs.append(p)
 
@@ -175,7 +185,8 @@ def run_optuna(problem: SearchProblem, constraints: list[Constraint], config: Op
     if config.workers > 1 and settings is None:
         raise SearchError("--workers > 1 needs search settings that worker processes can rebuild the problem from")
     nothing_to_do = job.finished()
-    workers = LocalWorkers(config.storage, config.study, 0 if nothing_to_do else config.workers - 1)
+    workers = LocalWorkers(config.storage, config.study, 0 if nothing_to_do else config.workers - 1,
+                           machine_settings(settings))
     try:
         stats = [run_worker(job, wait=True, on_trial=on_progress)]
         stats += workers.close(wait=True)

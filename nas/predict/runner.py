@@ -80,6 +80,8 @@ class PredictorStrategy(Strategy):
                         "constraints": [c.to_dict() for c in constraints],
                         "constraints_chosen_automatically": prepared.constraints_auto,
                         "warnings": list(getattr(problem.space, "warnings", []))}
+        if isinstance(problem, ModelProblem):
+            detail["training"] = problem.evaluator.engine.record()  # this machine's; workers choose their own
         if settings.strategy == "optuna":
             history = _run_optuna(settings, problem, constraints, run, emit, detail)
         else:
@@ -144,7 +146,7 @@ def _study_detail(config, stats: dict) -> dict:
 
 
 def _run_nars(settings, problem, constraints, run, emit, detail) -> History:
-    from nas.predict.optuna_search import LocalWorkers, open_job
+    from nas.predict.optuna_search import LocalWorkers, machine_settings, open_job
     from nas.predict.study import PROPOSER_DONE_ATTR, evaluated_trials
     from nas.predict.worker import StudyEvaluations, run_worker
 
@@ -153,8 +155,13 @@ def _run_nars(settings, problem, constraints, run, emit, detail) -> History:
     stored = len(evaluated_trials(job.study))
     if stored >= settings.budget:
         emit("phase", {"name": "nothing to do", "note": f"the study has its {stored} evaluations"})
-    workers = LocalWorkers(config.storage, config.study, config.workers - 1)
-    evaluations = StudyEvaluations(job, work=lambda: run_worker(job, wait=False))
+    if settings.asynchronous and config.workers > 1:  # this process proposes; the workers evaluate
+        workers = LocalWorkers(config.storage, config.study, config.workers, machine_settings(settings))
+        evaluations = StudyEvaluations(job, work=None, local=config.workers, asynchronous=True)
+    else:
+        workers = LocalWorkers(config.storage, config.study, config.workers - 1, machine_settings(settings))
+        evaluations = StudyEvaluations(job, work=lambda: run_worker(job, wait=False), local=config.workers - 1,
+                                       asynchronous=settings.asynchronous)
     history = History(problem, settings.budget, constraints, run.file("history.csv"),
                       on_eval=lambda row: emit("eval", row), evaluations=evaluations)
     if history.resumed or stored:
@@ -286,6 +293,7 @@ def _export(run: RunDir, problem: ModelProblem, history: History, constraints: l
     """Train, export and time the winner (``model.onnx``), and with ``export="all"`` the best under every other
     constraint (``<constraint>_model.onnx``)."""
     from nas.finalize import measuring_device, train_export_measure
+    from nas.predict.search_setup import evaluation_engine
 
     space = problem.joint.space
     device_id = problem.devices[0]
@@ -304,7 +312,7 @@ def _export(run: RunDir, problem: ModelProblem, history: History, constraints: l
         rep = train_export_measure(space, cand.arch, problem.data, cand.recipe, run, device=device,
                                    prefix=prefix, predict_ms=lambda a: lm.predict(space, a),
                                    on_epoch=lambda e, row: emit("export_epoch", {"epoch": e, **row}),
-                                   table=lm.table, note=note)
+                                   table=lm.table, note=note, engine=evaluation_engine(settings, winner=True))
         run.write_json(f"{prefix}recipe.json", cand.recipe.model_dump())
         rep.update({"constraint": c.label, "device": device_id, "measurement_note": note,
                     "predicted_ms_per_device": {d: float(problem.costs.latency_ms(history.genomes[i][None])[0, j])

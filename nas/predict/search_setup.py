@@ -16,6 +16,9 @@ STRATEGIES = ("nars", "chamnet", "optuna")
 SAMPLERS = ("nsga2", "tpe")
 
 
+MACHINE_SETTINGS = ("workers", "asynchronous", "accelerator", "precision", "threads")  # may differ between runs
+
+
 @dataclass
 class SearchSettings:
     strategy: str
@@ -52,6 +55,11 @@ class SearchSettings:
     storage: str | None = None
     study: str = "hwnas"
     workers: int = 1
+    asynchronous: bool = True  # nars/chamnet with several workers: refit as results come (False: whole batches)
+    # where this machine's evaluations train (per machine: not stored in the study, workers choose their own)
+    accelerator: str = "auto"
+    precision: str = "32"
+    threads: int | None = None  # per worker; default one CPU thread (many small models: a core per worker)
     export: str = "first"  # first | all | none
 
     @property
@@ -59,9 +67,11 @@ class SearchSettings:
         return self.space.startswith(TABLE_PREFIX)
 
     def config(self) -> dict:
-        """What must match to resume a run directory (the worker count may change between runs)."""
+        """What must match to resume a run directory and what workers rebuild the problem from (the workers,
+        their scheduling and where they train may change between runs and machines)."""
         d = asdict(self)
-        d.pop("workers")
+        for per_run in MACHINE_SETTINGS:
+            d.pop(per_run)
         from nas.predict.study import masked_url
         return {"command": f"search {self.strategy}", **d, "storage": self.storage and masked_url(self.storage)}
 
@@ -89,6 +99,8 @@ class SearchSettings:
             if not self.objective:
                 raise SearchError("a table space needs --objective COLUMN (the metric to optimise)")
         else:
+            from nas.accelerator import resolve_accelerator
+            resolve_accelerator(self.accelerator, self.precision, self.threads)  # this machine can train so
             if not self.devices:
                 raise SearchError("a model space needs --device DEVICE_ID (a latency table; "
                                   "`hwnas latency profile` makes one)")
@@ -100,9 +112,20 @@ class SearchSettings:
             raise SearchError("--device: a device is named twice")
 
 
+def evaluation_engine(settings: SearchSettings, winner: bool = False):
+    """Where a model space's evaluations train: ``settings.accelerator`` and ``precision``, on ``threads`` torch
+    threads (default 1 on the CPU: the searches train many small models, and each local worker takes a core; the
+    ``winner``'s final training, alone, takes every core); AcceleratorError when this machine cannot do it."""
+    from nas.accelerator import resolve_accelerator
+    from nas.engine import Engine
+
+    threads = settings.threads or (None if winner else 1)
+    return Engine(resolve_accelerator(settings.accelerator, settings.precision, threads))
+
+
 def build_problem(settings: SearchSettings, run_path: str | Path | None = None) -> SearchProblem:
     """The problem the settings describe (loads the table, or the data, space and latency models); a model space's
-    evaluations checkpoint under ``run_path/evals``."""
+    evaluations checkpoint under ``run_path/evals`` and train on ``evaluation_engine``."""
     if settings.is_table:
         from nas.predict.table_space import TableEvaluator, TableSpace
         table = TableSpace(settings.space[len(TABLE_PREFIX):], settings.objective, settings.latency_columns,
@@ -126,7 +149,7 @@ def build_problem(settings: SearchSettings, run_path: str | Path | None = None) 
     measure_on = measuring_device(latency_models[settings.devices[0]].device)[0] if settings.measure_each else None
     checkpoints = Path(run_path) / "evals" if run_path else None
     evaluator = TrainEvaluator(joint, data, max_epochs=settings.max_epochs, checkpoint_dir=checkpoints,
-                               measure_on=measure_on)
+                               measure_on=measure_on, engine=evaluation_engine(settings))
     objective = settings.objective or "val_accuracy"
     if objective not in TrainEvaluator.metrics:
         raise SearchError(f"--objective {objective!r}: a model space reports {', '.join(TrainEvaluator.metrics)}")

@@ -26,7 +26,8 @@ from optuna.trial import TrialState
 from nas.errors import SearchError
 from nas.predict.decisions import Decision
 from nas.predict.problem import Constraint, SearchProblem
-from nas.predict.study import EXHAUSTED_ATTR, PROPOSER_DONE_ATTR, claims, evaluated_trials, fail_stale_trials
+from nas.predict.study import (EXHAUSTED_ATTR, PROPOSER_DONE_ATTR, RECENT_S, claims, evaluated_trials,
+                              fail_stale_trials)
 
 POLL_S = 0.2
 
@@ -215,35 +216,57 @@ def run_worker(job: StudyJob, wait: bool = True, stop: Callable[[], bool] = lamb
 
 class StudyEvaluations:
     """A proposer's evaluations (``History``'s backend): each candidate becomes an enqueued trial; its result comes
-    back from whichever worker evaluated it (this process too, while it waits). Candidates evaluated before (a
-    rerun resuming from the storage) are not enqueued again."""
+    back from whichever worker evaluated it. Candidates evaluated before (a rerun resuming from the storage) are not
+    enqueued again. ``work``: this process evaluates waiting trials too while it waits (None: it only proposes).
+    ``asynchronous``: the proposer may go on while its trials run (``History.submit``), using ``slots()``: this
+    process if it works, plus the ``local`` worker processes it started or, if more, the other workers seen
+    recently."""
 
-    def __init__(self, job: StudyJob, work: Callable[[], None]):
-        self.job, self.work = job, work
+    def __init__(self, job: StudyJob, work: Callable[[], None] | None, local: int = 0, asynchronous: bool = False):
+        self.job, self.work, self.local, self.asynchronous = job, work, local, asynchronous
 
     def __call__(self, genomes: np.ndarray, phase: str) -> list[tuple[dict, float]]:
+        keys = self.job.problem.space.keys(genomes)
+        self.submit(genomes, phase)
+        done = self.finished(keys, 0)
+        return [done[k] for k in keys]
+
+    def submit(self, genomes: np.ndarray, phase: str) -> None:
         study, space = self.job.study, self.job.problem.space
-        keys = space.keys(genomes)
         active = {t.user_attrs.get("key") for t in study.get_trials(deepcopy=False)
                   if t.state in (TrialState.WAITING, TrialState.RUNNING)} | \
             {t.user_attrs.get("key") for t in evaluated_trials(study)}
-        for g, k in zip(genomes, keys):
+        for g, k in zip(genomes, space.keys(genomes)):
             if k not in active:
                 study.enqueue_trial(space.describe(g), user_attrs={"proposed": phase, "key": k})
                 active.add(k)
+
+    def finished(self, keys: list[str], unfinished: int) -> dict[str, tuple[dict, float]]:
+        """Wait until at most ``unfinished`` of ``keys`` are not evaluated; the evaluated ones' (metrics, seconds)
+        in the order they finished. SearchError when one failed with an error and is not retried."""
+        study = self.job.study
         while True:
             trials = study.get_trials(deepcopy=False)
-            done = {t.user_attrs["key"]: t for t in trials if t.state == TrialState.COMPLETE and
-                    t.user_attrs.get("claimed")}
-            if all(k in done for k in keys):
-                return [(done[k].user_attrs["metrics"], float(done[k].user_attrs.get("seconds", np.nan)))
-                        for k in keys]
+            done = {t.user_attrs["key"]: t for t in evaluated_trials(study) if t.user_attrs["key"] in keys}
+            if len(set(keys) - set(done)) <= unfinished:
+                return {k: (t.user_attrs["metrics"], float(t.user_attrs.get("seconds", np.nan)))
+                        for k, t in done.items()}
             pending = {t.user_attrs.get("key") for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)}
             broken = next((t for t in trials if t.state == TrialState.FAIL and "error" in t.user_attrs and
                            t.user_attrs.get("key") in set(keys) - set(done) - pending), None)
             if broken is not None:
                 raise SearchError(f"trial {broken.number} failed on worker {broken.user_attrs.get('worker')}: "
                                   f"{broken.user_attrs['error']}")
-            self.work()
+            if self.work is not None:
+                self.work()
             fail_stale_trials(study)
             time.sleep(POLL_S)
+
+    def slots(self) -> int:
+        if not self.asynchronous:
+            return 1
+        me, now = worker_id(), time.time()
+        others = {t.user_attrs.get("worker") for t in self.job.study.get_trials(deepcopy=False)
+                  if t.user_attrs.get("worker") not in (None, me) and
+                  (t.state == TrialState.RUNNING or now - float(t.user_attrs.get("last_seen", 0)) <= RECENT_S)}
+        return (self.work is not None) + max(self.local, len(others))
