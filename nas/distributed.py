@@ -1,7 +1,9 @@
 """Data parallelism under torchrun: one process per device, gradients averaged across them with torch.distributed
 (gloo on the CPU, nccl on CUDA). Every rank holds the same weights, architecture logits and random streams: it
 starts from the same seed, takes an equal share of every global batch (so each draws the same random numbers),
-and applies the same averaged gradients. Only rank 0 writes the run directory, measures latency and exports.
+and applies the same averaged gradients. Batch-norm running statistics, which each rank gathers from its own share,
+are averaged after every epoch (``Engine`` does it for every model it placed). Only rank 0 writes the run directory,
+measures latency and exports.
 
 Gradients are all-reduced explicitly after ``backward`` rather than through ``DistributedDataParallel``: a
 supernet leaves the unsampled paths without gradients every step, which DDP handles only with
@@ -54,6 +56,25 @@ class World:
         for g in grads:
             g.copy_(flat[offset:offset + g.numel()].view_as(g))
             offset += g.numel()
+
+
+    def average_buffers(self, module: torch.nn.Module) -> None:
+        """Replace ``module``'s floating-point buffers (batch-norm running means and variances) by their mean over
+        the ranks: each rank's statistics come from its share of the batches, and rank 0 ships the model. (The
+        mean of the per-rank variances leaves out the spread between the ranks' means: small with shuffled
+        shares.)"""
+        if self.size == 1:
+            return
+        buffers = [b for b in module.buffers() if b.is_floating_point()]
+        if not buffers:
+            return
+        flat = torch.cat([b.detach().reshape(-1).float() for b in buffers])
+        dist.all_reduce(flat)
+        flat /= self.size
+        offset = 0
+        for b in buffers:
+            b.copy_(flat[offset:offset + b.numel()].view_as(b))
+            offset += b.numel()
 
 
 def current_world() -> World:

@@ -10,6 +10,7 @@ precision (autocast, fp16 loss scaling), the torch threads, the batches (in memo
 from __future__ import annotations
 
 import json
+import weakref
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
@@ -62,6 +63,7 @@ class Engine:
         self.workers = workers
         self.world = world or current_world()
         self.scaler = self.accelerator.grad_scaler()
+        self._placed: list[weakref.ref] = []  # under data parallelism: models whose buffers the ranks average
 
     @property
     def device(self) -> torch.device:
@@ -74,6 +76,8 @@ class Engine:
     def place(self, model: nn.Module, channels_last: bool = True) -> nn.Module:
         """Move ``model`` to the device, by default in channels-last layout (depthwise-heavy CNNs train 2.5-4x
         faster so on the CPU, measured here)."""
+        if self.world.size > 1:
+            self._placed.append(weakref.ref(model))
         if channels_last:
             return model.to(self.device, memory_format=torch.channels_last)
         return model.to(self.device)
@@ -131,6 +135,7 @@ class Engine:
             torch.set_rng_state(state["torch_rng"])
         for index in range(len(history), epochs):
             row = task.epoch(index)
+            self._average_buffers()
             history.append(row)
             if ckpt is not None and self.world.is_writer:
                 state = {**task.state(), "history": json.dumps(history), "torch_rng": torch.get_rng_state(),
@@ -140,6 +145,13 @@ class Engine:
             if on_epoch is not None and self.world.is_writer:
                 on_epoch(index + 1, row)
         return history
+
+    def _average_buffers(self) -> None:
+        """Every rank's placed models get the ranks' mean batch-norm statistics (in placing order: the same on
+        every rank)."""
+        self._placed = [ref for ref in self._placed if ref() is not None]
+        for ref in self._placed:
+            self.world.average_buffers(ref())
 
     def _check_resume(self, ckpt: Path, state: dict, error: type[HwnasError]) -> None:
         size, kind = int(state.get("world_size", 1)), state.get("accelerator", "cpu")

@@ -45,7 +45,8 @@ def _search_rank(rank: int, size: int, port: int, space_path, tables, data_path,
     search = SupernetSearch(supernet, arch_dist, terms, data, SearchSettings(epochs=2, warmup_epochs=1),
                             Recipe(batch_size=32, dropout=0.1), attainable_range_ms(terms)[0], engine)
     search.run(out / "search.pt")
-    torch.save({"logits": arch_dist.logits.detach(), "weights": dict(supernet.named_parameters())},
+    torch.save({"logits": arch_dist.logits.detach(), "weights": dict(supernet.named_parameters()),
+                "buffers": {k: b for k, b in supernet.named_buffers() if b.is_floating_point()}},
                out / f"rank{rank}.pt")
     dist.destroy_process_group()
 
@@ -59,5 +60,9 @@ def test_two_gloo_ranks_agree_on_architecture_logits_and_weights(tmp_path_factor
     assert not torch.equal(ranks[0]["logits"], torch.zeros_like(ranks[0]["logits"]))  # the logits did train
     assert ranks[0]["weights"].keys() == ranks[1]["weights"].keys()
     assert all(torch.equal(ranks[0]["weights"][k], ranks[1]["weights"][k]) for k in ranks[0]["weights"])
+    # batch-norm statistics, gathered by each rank from its own share of the batches, are averaged
+    assert ranks[0]["buffers"] and ranks[0]["buffers"].keys() == ranks[1]["buffers"].keys()
+    assert all(torch.equal(ranks[0]["buffers"][k], ranks[1]["buffers"][k]) for k in ranks[0]["buffers"])
+    assert any(not torch.equal(b, torch.zeros_like(b)) for k, b in ranks[0]["buffers"].items() if "mean" in k)
     state = torch.load(tmp_path / "search.pt", weights_only=True)  # written by rank 0 alone
     assert state["world_size"] == 2

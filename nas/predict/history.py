@@ -7,9 +7,9 @@ predicted latency per device) and the actual metrics. A rerun of the same search
 deterministic for a seed, and an evaluation found in the stored history is returned from there instead of being
 run again, so a killed search resumes where it stopped. ``History.evaluate_batch`` evaluates a strategy's batch
 here one at a time, or all at once through ``evaluations`` (a search's Optuna study and its workers:
-``nas.predict.worker.StudyEvaluations``), recording the rows in the batch's order either way. ``History.submit`` and ``History.collect`` do the same without
-waiting for a whole batch (``AsyncEvaluations``): the strategy proposes more while the workers evaluate, and the
-rows are recorded in the order the evaluations finished.
+``nas.predict.worker.StudyEvaluations``), recording the rows in the batch's order either way. ``History.submit``
+and ``History.collect`` do the same without waiting for a whole batch (``AsyncEvaluations``): the strategy
+proposes more while the workers evaluate, and the rows are recorded in the order the evaluations finished.
 """
 
 from __future__ import annotations
@@ -33,7 +33,10 @@ BatchEvaluations = Callable[[np.ndarray, str], list[tuple[dict, float]]]
 class AsyncEvaluations(Protocol):
     """Evaluations that run while the strategy goes on (a study's workers): ``submit`` starts them, ``finished``
     waits until at most ``unfinished`` of ``keys`` are not done and returns the done ones' (metrics, seconds), in
-    the order they finished; ``slots()`` is how many run at once."""
+    the order they finished; ``slots()`` is how many run at once. Called with a batch, they evaluate it whole
+    (``BatchEvaluations``)."""
+
+    def __call__(self, genomes: np.ndarray, phase: str) -> list[tuple[dict, float]]: ...
 
     def submit(self, genomes: np.ndarray, phase: str) -> None: ...
 
@@ -49,7 +52,7 @@ class BudgetExhausted(Exception):
 class History:
     def __init__(self, problem: SearchProblem, budget: int, constraints: list[Constraint],
                  path: str | Path | None = None, on_eval: EvalCallback | None = None,
-                 evaluations: BatchEvaluations | None = None):
+                 evaluations: BatchEvaluations | AsyncEvaluations | None = None):
         if budget < 1:
             raise SearchError(f"--budget must be at least 1 (got {budget})")
         self.problem, self.budget, self.constraints = problem, budget, constraints

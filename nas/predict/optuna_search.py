@@ -116,9 +116,13 @@ def join_job(url: str, name: str, machine: dict | None = None) -> StudyJob:
 
 
 def work(url: str, name: str, stop: Callable[[], bool] = lambda: False,
-         on_trial: Callable[[int], None] | None = None, machine: dict | None = None) -> dict:
-    """``hwnas worker``: join the study and evaluate its trials until its budget is reached."""
+         on_trial: Callable[[int], None] | None = None, machine: dict | None = None,
+         on_ready: Callable[[], None] | None = None) -> dict:
+    """``hwnas worker``: join the study and evaluate its trials until its budget is reached (``on_ready`` once
+    joined)."""
     job = join_job(url, name, machine)
+    if on_ready is not None:
+        on_ready()
     if job.finished():
         return {"nothing_to_do": True, **job.counts}
     return {"nothing_to_do": False, **run_worker(job, wait=True, stop=stop, on_trial=on_trial)}
@@ -133,10 +137,15 @@ def machine_settings(settings) -> dict | None:
     return {k: getattr(settings, k) for k in MACHINE_SETTINGS if k not in ("workers", "asynchronous")}
 
 
-def _worker_main(url: str, name: str, parent_pid: int, queue, machine: dict | None) -> None:
+def _worker_main(url: str, name: str, parent_pid: int, queue, machine: dict | None, ready) -> None:
+    def joined():
+        with ready.get_lock():
+            ready.value += 1
+
     try:
         if os.getppid() == parent_pid:
-            queue.put(("done", work(url, name, stop=lambda: os.getppid() != parent_pid, machine=machine)))
+            queue.put(("done", work(url, name, stop=lambda: os.getppid() != parent_pid, machine=machine,
+                                    on_ready=joined)))
     except Exception as e:  # reported by the parent, which raises it as one line
         queue.put(("error", f"worker {os.getpid()}: {type(e).__name__}: {e}"))
 
@@ -146,15 +155,21 @@ class LocalWorkers:
     ``machine`` says (``join_job``); they stop when the process that started them dies."""
 
     def __init__(self, url: str, name: str, n: int, machine: dict | None = None):
-        self.procs, self.queue = [], None
+        self.procs, self.queue, self._ready = [], None, None
         if n < 1:
             return
         ctx = multiprocessing.get_context("spawn")
-        self.queue = ctx.Queue()
+        self.queue, self._ready = ctx.Queue(), ctx.Value("i", 0)
         for _ in range(n):
-            p = ctx.Process(target=_worker_main, args=(url, name, os.getpid(), self.queue, machine), daemon=True)
+            p = ctx.Process(target=_worker_main, args=(url, name, os.getpid(), self.queue, machine, self._ready),
+                            daemon=True)
             p.start()
             self.procs.append(p)
+
+    def ready(self) -> bool:
+        """Every worker has started (imported, rebuilt the problem and joined the study): a process spawned with
+        torch takes seconds to get there."""
+        return self._ready is None or self._ready.value >= len(self.procs)
 
     def alive(self) -> bool:
         return any(p.is_alive() for p in self.procs)

@@ -155,9 +155,10 @@ def _run_nars(settings, problem, constraints, run, emit, detail) -> History:
     stored = len(evaluated_trials(job.study))
     if stored >= settings.budget:
         emit("phase", {"name": "nothing to do", "note": f"the study has its {stored} evaluations"})
-    if settings.asynchronous and config.workers > 1:  # this process proposes; the workers evaluate
-        workers = LocalWorkers(config.storage, config.study, config.workers, machine_settings(settings))
-        evaluations = StudyEvaluations(job, work=None, local=config.workers, asynchronous=True)
+    if settings.asynchronous and config.workers > 1:  # this process proposes (evaluating only while the workers
+        workers = LocalWorkers(config.storage, config.study, config.workers, machine_settings(settings))  # start)
+        evaluations = StudyEvaluations(job, work=lambda: run_worker(job, wait=False, stop=workers.ready),
+                                       local=config.workers, asynchronous=True)
     else:
         workers = LocalWorkers(config.storage, config.study, config.workers - 1, machine_settings(settings))
         evaluations = StudyEvaluations(job, work=lambda: run_worker(job, wait=False), local=config.workers - 1,

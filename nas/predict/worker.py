@@ -217,10 +217,10 @@ def run_worker(job: StudyJob, wait: bool = True, stop: Callable[[], bool] = lamb
 class StudyEvaluations:
     """A proposer's evaluations (``History``'s backend): each candidate becomes an enqueued trial; its result comes
     back from whichever worker evaluated it. Candidates evaluated before (a rerun resuming from the storage) are not
-    enqueued again. ``work``: this process evaluates waiting trials too while it waits (None: it only proposes).
-    ``asynchronous``: the proposer may go on while its trials run (``History.submit``), using ``slots()``: this
-    process if it works, plus the ``local`` worker processes it started or, if more, the other workers seen
-    recently."""
+    enqueued again. ``work``: this process evaluates waiting trials too while it waits (until ``work`` returns:
+    with ``local`` worker processes, only while they start). ``asynchronous``: the proposer may go on while its
+    trials run (``History.submit``), using ``slots()``: this process when it started no worker processes, plus
+    the ``local`` ones it started or, if more, the other workers seen recently."""
 
     def __init__(self, job: StudyJob, work: Callable[[], None] | None, local: int = 0, asynchronous: bool = False):
         self.job, self.work, self.local, self.asynchronous = job, work, local, asynchronous
@@ -269,4 +269,4 @@ class StudyEvaluations:
         others = {t.user_attrs.get("worker") for t in self.job.study.get_trials(deepcopy=False)
                   if t.user_attrs.get("worker") not in (None, me) and
                   (t.state == TrialState.RUNNING or now - float(t.user_attrs.get("last_seen", 0)) <= RECENT_S)}
-        return (self.work is not None) + max(self.local, len(others))
+        return (self.work is not None and not self.local) + max(self.local, len(others))
