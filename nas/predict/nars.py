@@ -13,12 +13,13 @@
 
 With one worker (or ``asynchronous=False`` in the search's settings), each step's candidates are one batch
 (``History.evaluate_batch``), evaluated here or enqueued in the search's Optuna study for its workers, and the next
-fit waits for the whole batch: a seed gives the same search with any number of workers. With more workers the
-rounds are asynchronous (``History.submit``/``collect``): every worker busy and half as many candidates waiting;
-when a worker is about to be free, the predictor is refitted on every result so far and the next candidates
-proposed (the GP believing the running ones score the worst seen: constant liar), so that no worker waits for the
-slowest evaluation of a batch. The order results arrive in then decides the search, which is no longer the same
-for a seed. The best *evaluated* candidate under each constraint is the result (``History.best_under``).
+fit waits for the whole batch: a seed gives the same search with any number of workers. With more workers the rounds
+are asynchronous (``History.submit``/``collect``): every worker busy and a few candidates waiting; when a
+worker is about to be free, the predictor is refitted on every result so far and the next candidates proposed (the
+GP believing the running ones score the worst seen: constant liar), so that no worker waits for the slowest
+evaluation of a batch (``_queue_target``: how many wait). The order results arrive in then decides the search, which
+is no longer the same for a seed. The best *evaluated* candidate under each constraint is the result
+(``History.best_under``).
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ def run_nars(problem: SearchProblem, constraints: list[Constraint], history: His
             cand, cand_masks = pool[fresh], masks[:, fresh]
             n_pick = min(batch, history.remaining - final)
             if asynchronous:  # every slot busy and enough waiting to last through a refit
-                n_pick = min(n_pick, max(1, _queue_target(history, refit_s) - history.pending))
+                n_pick = min(n_pick, max(1, _queue_target(history, refit_s, batch) - history.pending))
             best = [history.best_score_under(c) for c in constraints]
             if config.predictor == "gp":
                 x_pending = space.encode(history.pending_genomes())
@@ -237,15 +238,16 @@ def run_nars(problem: SearchProblem, constraints: list[Constraint], history: His
     return result
 
 
-def _queue_target(history: History, refit_s: float) -> int:
+def _queue_target(history: History, refit_s: float, batch: int) -> int:
     """Evaluations to keep submitted: one per slot, plus enough waiting that the slots stay busy while the
-    proposer refits (the slots' results expected during one refit, from the median evaluation time so far),
-    at least half a slot's worth and at most one per slot."""
+    proposer refits (the slots' results expected during one refit, from the median evaluation time so far):
+    at least half a slot's worth, and at most a synchronous round's ``batch`` (or a slot's worth, if more), so
+    that no candidate waits on an older fit than a synchronous round's would."""
     slots = history.slots()
     seconds = [r["seconds"] for r in history.rows if np.isfinite(r["seconds"]) and not r["replayed"]]
     eval_s = float(np.median(seconds)) if seconds else float("inf")
     during_refit = int(np.ceil(slots * refit_s / eval_s)) if eval_s > 0 else slots
-    return slots + min(slots, max(1, slots // 2, during_refit))
+    return slots + min(max(slots, batch), max(1, slots // 2, during_refit))
 
 
 def _predict(predictor, x):

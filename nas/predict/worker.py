@@ -29,7 +29,8 @@ from nas.predict.problem import Constraint, SearchProblem
 from nas.predict.study import (EXHAUSTED_ATTR, PROPOSER_DONE_ATTR, RECENT_S, claims, evaluated_trials,
                               fail_stale_trials)
 
-POLL_S = 0.2
+POLL_S = 0.2  # a worker waiting for a trial
+PROPOSER_POLL_S = 0.05  # a proposer waiting for results (its next proposal keeps workers busy)
 
 
 def worker_id() -> str:
@@ -260,7 +261,7 @@ class StudyEvaluations:
             if self.work is not None:
                 self.work()
             fail_stale_trials(study)
-            time.sleep(POLL_S)
+            time.sleep(PROPOSER_POLL_S)
 
     def slots(self) -> int:
         if not self.asynchronous:
