@@ -69,9 +69,9 @@ def train_dynamic_cmd(space: str = SPACE_OPT, dataset: str = DATASET_OPT,
     checks = {f"keep{r:g}": capacity_factor_plan(sp, [r] * stages, 1.0)
               for r in sorted({1.0, 0.7, min(sp.spec.pruning.keep_ratio_options)}, reverse=True)}
     report = {"space": sp.name, "dataset": dataset, "checkpoint": str(weights), "epochs": recipe.epochs,
-              "val_accuracy": {name: plan_accuracy(result.model, plan, data.x_val, data.y_val)
+              "val_accuracy": {name: plan_accuracy(result.model, plan, data.val, engine)
                                for name, plan in checks.items()},
-              "test_accuracy": {name: plan_accuracy(result.model, plan, data.x_test, data.y_test)
+              "test_accuracy": {name: plan_accuracy(result.model, plan, data.test, engine)
                                 for name, plan in checks.items()},
               "training": engine.record()}
     run.write_json("report.json", report)

@@ -46,26 +46,15 @@ class Dataset:
     def normalization(self) -> dict:
         return {"mean": self.mean, "std": self.std}
 
-    # whole splits as tensors, for evaluation and calibration (a streamed split is decoded here, once)
-    @property
-    def x_train(self) -> torch.Tensor:
-        return self.train.tensors()[0]
-
+    # the labels of each split (every kind of split holds them in memory); the images stream: evaluate with
+    # ``nas.training.split_accuracy`` / ``nas.onnx_io.split_parity``, sample with ``Split.first``
     @property
     def y_train(self) -> torch.Tensor:
         return self.train.labels
 
     @property
-    def x_val(self) -> torch.Tensor:
-        return self.val.tensors()[0]
-
-    @property
     def y_val(self) -> torch.Tensor:
         return self.val.labels
-
-    @property
-    def x_test(self) -> torch.Tensor:
-        return self.test.tensors()[0]
 
     @property
     def y_test(self) -> torch.Tensor:

@@ -12,13 +12,13 @@ from nas.data import Dataset
 from nas.latency.device import Device
 from nas.latency.drift import measure_shipped
 from nas.latency.table import LatencyTable
-from nas.onnx_io import export_onnx, onnx_max_abs_diff, run_onnx
+from nas.onnx_io import export_onnx, split_parity
 from nas.recipe import Recipe
 from nas.run import RunDir
 from nas.space import Arch, Space, arch_document
 from nas.distributed import FollowerDone
 from nas.engine import Engine, EpochCallback
-from nas.training import accuracy, fit_input, train_model
+from nas.training import train_model
 
 
 def train_export_measure(space: Space, arch: Arch, data: Dataset, recipe: Recipe, run: RunDir, *,
@@ -26,7 +26,8 @@ def train_export_measure(space: Space, arch: Arch, data: Dataset, recipe: Recipe
                          predict_ms: Callable[[Arch], float] | None = None, prefix: str = "",
                          table: LatencyTable | None = None, note: str = "",
                          engine: Engine | None = None) -> dict:
-    """Train ``arch`` (resumable through ``run``) with ``engine``, export ``model.onnx``, time it on ``device``
+    """Train ``arch`` (resumable through ``run``) with ``engine``, export ``model.onnx``, compare it with the torch
+    model over the test split (streamed: accuracy of both, largest output difference), time it on ``device``
     (after the drift check on ``table``'s reference models; ``note``: ``measuring_device``'s) and return the
     figures. Under torchrun, ranks above 0 stop after training (``FollowerDone``).
 
@@ -42,15 +43,14 @@ def train_export_measure(space: Space, arch: Arch, data: Dataset, recipe: Recipe
     run.write_csv(f"{prefix}train_history.csv", pd.DataFrame(result.history))
     model = result.model
     onnx_path = export_onnx(model, model.input_shape, run.file(f"{prefix}model.onnx"), normalization=data.normalization)
-    x_test = fit_input(data.x_test, model)
-    onnx_pred = run_onnx(onnx_path, x_test).argmax(1)
+    parity = split_parity(model, {"model": onnx_path}, data.test, engine=engine)
     measurement = measure_shipped(onnx_path, device, table=table, note=note)
     report = {
         "arch": arch.to_dict(),
-        "accuracy": accuracy(model, data.x_test, data.y_test),
+        "accuracy": parity.accuracy,
         "val_accuracy": result.val_accuracy,
-        "accuracy_onnx": float((onnx_pred == data.y_test.numpy()).mean()),
-        "onnx_max_abs_diff": onnx_max_abs_diff(model, onnx_path, x_test[:64]),
+        "accuracy_onnx": parity.files["model"]["accuracy_onnx"],
+        "onnx_max_abs_diff": parity.files["model"]["onnx_max_abs_diff"],
         "measured_ms": measurement.p50_ms,
         "measured_p90_ms": measurement.p90_ms,
         "measurement": measurement.to_dict(),

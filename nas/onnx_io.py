@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnxruntime as ort
@@ -14,6 +16,10 @@ from torch import nn
 
 from nas.files import atomic_path
 from nas.latency import remote_measure
+
+if TYPE_CHECKING:  # nas.training and the engine load torch's training stack: exporting and profiling need none of it
+    from nas.datasets import Split
+    from nas.engine import Engine
 
 OPSET = 17
 
@@ -47,14 +53,23 @@ def record_normalization(path: str | Path, normalization: dict) -> None:
     onnx.save(proto, str(path))
 
 
+def cpu_session(path: str | Path) -> ort.InferenceSession:
+    """A CPU session on all cores (accuracy, not timing)."""
+    return remote_measure.open_session(ort, str(path), "CPUExecutionProvider", os.cpu_count() or 1, "all")
+
+
 def run_onnx(session_or_path, x: np.ndarray | torch.Tensor, batch_size: int = 256) -> np.ndarray:
-    """Outputs of an ONNX model on ``x`` in batches; a path opens a CPU session on all cores (accuracy, not timing)."""
-    sess = session_or_path if isinstance(session_or_path, ort.InferenceSession) else remote_measure.open_session(
-        ort, str(session_or_path), "CPUExecutionProvider", os.cpu_count() or 1, "all")
+    """Outputs of an ONNX model on ``x`` in batches; a path opens a ``cpu_session``."""
+    sess = session_or_path if isinstance(session_or_path, ort.InferenceSession) else cpu_session(session_or_path)
     name = sess.get_inputs()[0].name
     x = x.numpy() if isinstance(x, torch.Tensor) else x
     return np.concatenate([sess.run(None, {name: x[i:i + batch_size].astype(np.float32)})[0]
                            for i in range(0, len(x), batch_size)])
+
+
+def max_abs_diff(out: np.ndarray, ref: np.ndarray) -> float:
+    """Largest |out - ref|; infinite where either is NaN (a NaN output fails parity)."""
+    return float(np.nan_to_num(np.abs(out - ref), nan=np.inf).max(initial=0.0))
 
 
 def onnx_max_abs_diff(model: nn.Module, path: str | Path, x: torch.Tensor) -> float:
@@ -62,4 +77,41 @@ def onnx_max_abs_diff(model: nn.Module, path: str | Path, x: torch.Tensor) -> fl
     model.eval()
     with torch.no_grad():
         ref = model(x).numpy()
-    return float(np.nan_to_num(np.abs(run_onnx(path, x) - ref), nan=np.inf).max())  # a NaN output fails parity
+    return max_abs_diff(run_onnx(path, x), ref)
+
+
+@dataclass
+class SplitParity:
+    """A torch model and its exported ONNX files, compared over one split."""
+
+    accuracy: float  # the torch model's
+    files: dict[str, dict[str, float]]  # per ONNX file: accuracy_onnx, onnx_max_abs_diff, onnx_top1_agreement
+
+
+def split_parity(model: nn.Module, onnx_files: dict[str, str | Path | ort.InferenceSession], split: Split, *,
+                 engine: Engine | None = None, batch_size: int | None = None) -> SplitParity:
+    """One streamed pass over ``split`` (``nas.training.evaluation_batches``: batches of ``batch_size`` images,
+    resized to the model's input, decoded once each and fed to torch and to every ONNX file): the torch model's
+    accuracy, and each file's accuracy, largest output difference from torch and top-1 agreement with it.
+    ``onnx_files`` maps names to sessions, or to paths (opened as a ``cpu_session``); ``engine`` lends its
+    DataLoader workers to decode a streamed split."""
+    from nas.training import EVAL_BATCH_SIZE, evaluation_batches
+
+    sessions = {name: s if isinstance(s, ort.InferenceSession) else cpu_session(s) for name, s in onnx_files.items()}
+    tally = {name: {"correct": 0, "agree": 0, "diff": 0.0} for name in sessions}
+    seen, correct = 0, 0
+    model.eval()
+    with torch.no_grad():
+        for x, y in evaluation_batches(model, split, engine, batch_size or EVAL_BATCH_SIZE):
+            logits = model(x).float()
+            correct += int((logits.argmax(1) == y).sum())
+            ref, labels, x = logits.cpu().numpy(), y.cpu().numpy(), x.cpu().numpy()
+            seen += len(labels)
+            for name, sess in sessions.items():
+                out = run_onnx(sess, x)
+                tally[name]["correct"] += int((out.argmax(1) == labels).sum())
+                tally[name]["agree"] += int((out.argmax(1) == ref.argmax(1)).sum())
+                tally[name]["diff"] = max(tally[name]["diff"], max_abs_diff(out, ref))
+    n = max(seen, 1)
+    return SplitParity(correct / n, {name: {"accuracy_onnx": t["correct"] / n, "onnx_max_abs_diff": t["diff"],
+                                            "onnx_top1_agreement": t["agree"] / n} for name, t in tally.items()})

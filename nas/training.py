@@ -8,6 +8,8 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -15,8 +17,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from nas.data import Dataset
-from nas.datasets import Split
-from nas.distributed import World
+from nas.datasets import Split, split_batches
 from nas.engine import Engine, EpochCallback
 from nas.errors import TrainingError
 from nas.recipe import Recipe
@@ -41,27 +42,29 @@ def model_device(model: nn.Module) -> torch.device:
     return next(iter(model.parameters()), torch.empty(0)).device
 
 
-@torch.no_grad()
-def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """Logits of ``x`` (on the CPU), computed in batches on the model's device."""
-    model.eval()
+EVAL_BATCH_SIZE = 512  # images per forward pass when evaluating
+
+
+def evaluation_batches(model: nn.Module, split: Split, engine: Engine | None = None,
+                       batch_size: int = EVAL_BATCH_SIZE) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The whole of ``split`` in order, as (x, y) batches on ``model``'s device with x resized to its input
+    (``fit_input``). A streamed split is decoded one batch at a time (in ``engine``'s DataLoader workers), never
+    whole; under data parallelism every rank reads all of it."""
     device = model_device(model)
-    return torch.cat([model(fit_input(x[i:i + batch_size].to(device), model)).float().cpu()
-                      for i in range(0, len(x), batch_size)])
-
-
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    return float((predict_logits(model, x).argmax(1) == y).float().mean())
+    for x, y in split_batches(split, batch_size, None, workers=engine.workers if engine is not None else 0,
+                              pin_memory=device.type == "cuda"):
+        yield fit_input(x.to(device, non_blocking=True), model), y.to(device, non_blocking=True)
 
 
 @torch.no_grad()
-def split_accuracy(model: nn.Module, split: Split, engine: Engine, batch_size: int = 512) -> float:
-    """Accuracy on a whole split, streamed through the engine's batches (every rank evaluates all of it)."""
+def split_accuracy(model: nn.Module, split: Split, engine: Engine | None = None,
+                   batch_size: int = EVAL_BATCH_SIZE) -> float:
+    """Top-1 accuracy of ``model`` (in eval mode) on a whole split, streamed batch by batch
+    (``evaluation_batches``)."""
     model.eval()
     correct = 0
-    single = Engine(engine.accelerator, workers=engine.workers, world=World())
-    for x, y in single.batches(split, batch_size):
-        correct += int((model(fit_input(x, model)).argmax(1) == y).sum())
+    for x, y in evaluation_batches(model, split, engine, batch_size):
+        correct += int((model(x).argmax(1) == y).sum())
     return correct / max(len(split), 1)
 
 

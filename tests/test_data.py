@@ -12,9 +12,10 @@ def test_digits_split_is_deterministic_and_stratified():
     c = load_dataset("digits", seed=2)
     assert a.sizes() == {"train": 1077, "val": 360, "test": 360}
     assert torch.equal(a.y_test, b.y_test) and not torch.equal(a.y_test, c.y_test)
-    assert a.x_train.shape[1:] == (1, 32, 32)  # 8x8 digits upsampled to the default minimum
+    x_train = a.train.tensors()[0]
+    assert x_train.shape[1:] == (1, 32, 32)  # 8x8 digits upsampled to the default minimum
     assert set(torch.bincount(a.y_test).tolist()) <= {35, 36, 37}
-    assert abs(float(a.x_train.mean())) < 0.05
+    assert abs(float(x_train.mean())) < 0.05
 
 
 def test_npz_layouts(tmp_path):
@@ -24,7 +25,7 @@ def test_npz_layouts(tmp_path):
                     "nhwc": rng.random((30, 12, 12, 3))}.items():
         np.savez(tmp_path / f"{name}.npz", x=x, y=y)
         data = load_dataset(f"npz:{tmp_path / name}.npz", resolution=16)
-        assert data.x_train.shape[1:] == ((1,) if name == "nhw" else (3,)) + (16, 16)
+        assert data.train.first(1).shape[1:] == ((1,) if name == "nhw" else (3,)) + (16, 16)
         assert data.classes == 3
 
 

@@ -100,7 +100,7 @@ def test_every_search_times_a_model_with_the_tables_setup(tmp_path, monkeypatch)
     monkeypatch.setattr(Device, "time_sessions", time_sessions)
 
     data = load_dataset("digits", resolution=16, seed=0)
-    data = dataclasses.replace(data, train=TensorSplit(data.x_train[:64], data.y_train[:64]))
+    data = dataclasses.replace(data, train=TensorSplit(data.train.first(64), data.y_train[:64]))
     space = load_space("fbnet_a", resolution=16, width_multiplier=0.25, classes=10, in_channels=1)
     run = RunDir(tmp_path / "run", {"test": "device"})
     seen.clear()

@@ -335,7 +335,6 @@ def test_export_of_an_all_float_assignment_copies_the_model(tmp_path):
 class _Data:
     def __init__(self, x, y):
         from nas.datasets import TensorSplit
-        self.x_train, self.y_train, self.x_val, self.y_val = x[:64], y[:64], x[64:], y[64:]
         self.train, self.val = TensorSplit(x[:64], y[:64]), TensorSplit(x[64:], y[64:])
 
 

@@ -93,7 +93,8 @@ def test_size_search_writes_a_run_that_resumes(hwnas, tmp_path):
     assert report["predicted_ms"] is None and "predicted_ms unavailable" in mp["latency_table"]
     assert abs(mp["mixed"]["accuracy_onnx"] - mp["mixed"]["accuracy_torch"]) <= 0.05
     data = load_dataset("digits", resolution=16, seed=0)
-    acc = float((run_onnx(out / "model.onnx", data.x_test).argmax(1) == data.y_test.numpy()).mean())
+    x_test, y_test = data.test.tensors()
+    acc = float((run_onnx(out / "model.onnx", x_test).argmax(1) == y_test.numpy()).mean())
     assert acc == pytest.approx(mp["mixed"]["accuracy_onnx"])
     history = pd.read_csv(out / "history.csv")
     assert len(history) == 2 and {"expected_cost", "argmax_cost", "temperature", "probabilities"} <= set(history)

@@ -48,7 +48,7 @@ def task():
     opt = torch.optim.Adam(net.weight_parameters(), lr=0.01)
     net.train()
     for _ in range(60):
-        loss = nn.functional.cross_entropy(net(data.x_train), data.y_train)
+        loss = nn.functional.cross_entropy(net(x[:96]), y[:96])
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -121,7 +121,7 @@ def test_int32_bias_is_part_of_the_fake_quant_model(task, tmp_path):
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     nodes = {n.name: n for n in model.graph.node}
     net.fix([BitOption(2, 8)] * 9)
-    net.calibrate(data.x_train)
+    net.calibrate(data.train.tensors()[0])
     checked = 0
     for info, layer in zip(graph.layers, net.layers):
         bias = nodes[info.node].input[2]

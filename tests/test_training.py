@@ -7,7 +7,7 @@ from nas.data import load_dataset
 from nas.datasets import TensorSplit
 from nas.recipe import Recipe, parse_recipe
 from nas.space import load_space
-from nas.training import accuracy, train_model
+from nas.training import split_accuracy, train_model
 from nas.errors import RecipeError
 
 import pytest
@@ -15,7 +15,7 @@ import pytest
 
 def _setup():
     data = load_dataset("digits", resolution=16, seed=0)
-    data = dataclasses.replace(data, train=TensorSplit(data.x_train[:256], data.y_train[:256]))  # resume needs no more
+    data = dataclasses.replace(data, train=TensorSplit(data.train.first(256), data.y_train[:256]))  # resume: no more
     space = load_space("fbnet_a", resolution=16, width_multiplier=0.25, classes=10, in_channels=1)
     return data, space
 
@@ -28,7 +28,7 @@ def test_training_learns_digits_with_ema_on_a_short_run():
     result = train_model(build_model(space, space.fixed_arch()), data, Recipe(epochs=5, lr=0.01, ema=0.999))
     assert len(result.history) == 5
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
-    assert accuracy(result.model, data.x_test, data.y_test) > 0.5  # chance is 0.1 (and where a cold EMA stays)
+    assert split_accuracy(result.model, data.test) > 0.5  # chance is 0.1 (and where a cold EMA stays)
 
 
 def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path):

@@ -26,8 +26,8 @@ CALIBRATION_IMAGES = 256
 
 
 def calibration_images(data: Dataset, count: int = CALIBRATION_IMAGES) -> torch.Tensor:
-    """Images the threshold is calibrated on: the first ``count`` of the training split (labels unused)."""
-    return data.x_train[:count]
+    """Images the threshold is calibrated on: the first ``count`` of the training split (only those are decoded)."""
+    return data.train.first(count)
 
 
 @dataclass
@@ -65,7 +65,7 @@ class CapacityEvaluator:
                "kept_patches": list(plan.kept_patches), "expert_tokens": list(plan.expert_tokens),
                "expert_loads": [round(x, 3) for x in loads],
                "tokens_per_block": space.block_tokens(list(plan.kept_patches)),
-               "val_accuracy": plan_accuracy(self.model, plan, self.data.x_val, self.data.y_val),
+               "val_accuracy": plan_accuracy(self.model, plan, self.data.val),
                "predicted_ms": prediction.ms, "estimated_keys": len(prediction.estimated)}
         if self.measure:
             with tempfile.TemporaryDirectory(prefix="hwnas-capacity-") as tmp:

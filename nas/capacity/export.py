@@ -11,14 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from nas.capacity.config import StaticPlan
 from nas.capacity.vit import ConfiguredViT, DynamicViT
+from nas.datasets import Split
+from nas.engine import Engine
 from nas.latency.device import Device
 from nas.latency.table import DeviceManifest
 from nas.latency.timing import TimingConfig
-from nas.onnx_io import export_onnx, run_onnx
+from nas.onnx_io import export_onnx, split_parity
 
 
 def export_plan(model: DynamicViT, plan: StaticPlan, path: str | Path) -> Path:
@@ -63,15 +64,10 @@ def interleaved_ms(paths: dict[str, Path], manifest: DeviceManifest | None = Non
     return result
 
 
-def onnx_parity(model: DynamicViT, plan: StaticPlan, path: str | Path, x: torch.Tensor,
-                y: torch.Tensor | None = None) -> dict:
-    """Largest |torch - ONNX Runtime| output difference, top-1 agreement, and ONNX accuracy when ``y`` is given."""
-    configured = ConfiguredViT(model, plan).eval()
-    with torch.no_grad():
-        ref = torch.cat([configured(x[i:i + 256]) for i in range(0, len(x), 256)]).numpy()
-    out = run_onnx(Device().session(path), x)  # one thread: parity, not speed
-    result = {"onnx_max_abs_diff": float(np.abs(out - ref).max()),
-              "onnx_top1_agreement": float((out.argmax(1) == ref.argmax(1)).mean())}
-    if y is not None:
-        result["accuracy_onnx"] = float((out.argmax(1) == y.numpy()).mean())
-    return result
+def onnx_parity(model: DynamicViT, plan: StaticPlan, path: str | Path, split: Split,
+                engine: Engine | None = None) -> dict:
+    """The model at ``plan`` against its ONNX file over a whole split, streamed (``nas.onnx_io.split_parity``; ONNX
+    Runtime on one thread: parity, not speed): ``accuracy`` (torch), ``accuracy_onnx``, ``onnx_max_abs_diff`` and
+    ``onnx_top1_agreement``."""
+    parity = split_parity(ConfiguredViT(model, plan), {"onnx": Device().session(path)}, split, engine=engine)
+    return {"accuracy": parity.accuracy, **parity.files["onnx"]}

@@ -17,7 +17,6 @@ from nas.capacity.config import CapacityConfig
 from nas.capacity.evaluate import CapacityEvaluator
 from nas.capacity.export import export_plan, onnx_parity
 from nas.capacity.latency import plan_keys, predict_plan, require_space_covered
-from nas.capacity.training import plan_accuracy
 from nas.errors import SearchError
 from nas.predict.decisions import Decision, DecisionSpace
 from nas.predict.problem import SearchProblem
@@ -121,7 +120,7 @@ def export_config(evaluator: CapacityEvaluator, config: CapacityConfig, run: Run
                                      "tokens_per_block": row["tokens_per_block"],
                                      "keys": [str(k) for k in plan_keys(space, plan)]})
     onnx_path = export_plan(model, plan, run.file("model.onnx"))
-    parity = onnx_parity(model, plan, onnx_path, data.x_test, data.y_test)
+    parity = onnx_parity(model, plan, onnx_path, data.test)
     device, note = measuring_device(evaluator.latency.device)
     measurement = measure_shipped(onnx_path, device, table=evaluator.latency.table, note=note)
     measured = measurement.p50_ms
@@ -137,7 +136,7 @@ def export_config(evaluator: CapacityEvaluator, config: CapacityConfig, run: Run
                "measured_vs_target_pct": None if target_ms is None else 100.0 * (measured / target_ms - 1),
                "latency_model": evaluator.latency.describe(), "warnings": prediction.warnings, **(detail or {})}
     return build_report(method, device=evaluator.latency.device_id,
-                        accuracy=plan_accuracy(model, plan, data.x_test, data.y_test),
+                        accuracy=parity["accuracy"],
                         predicted_ms=prediction.ms, measured_ms=measured,
                         onnx_max_abs_diff=parity["onnx_max_abs_diff"], target_ms=target_ms,
                         measurement=measurement, warnings=prediction.warnings, detail=figures,

@@ -23,9 +23,10 @@ import torch.nn.functional as F
 from nas.capacity.config import StaticPlan, capacity_factor_plan
 from nas.capacity.vit import ConfiguredViT, DynamicViT
 from nas.data import Dataset
+from nas.datasets import Split
 from nas.engine import Engine, EpochCallback
 from nas.recipe import Recipe
-from nas.training import accuracy, lr_factor, make_optimizer
+from nas.training import lr_factor, make_optimizer, split_accuracy
 MONITOR_KEEP_RATIO = 0.7  # the pruned config reported per epoch
 
 
@@ -66,8 +67,9 @@ def random_shift(x: torch.Tensor, pixels: int, gen: torch.Generator) -> torch.Te
     return torch.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offsets.tolist())])
 
 
-def plan_accuracy(model: DynamicViT, plan: StaticPlan, x: torch.Tensor, y: torch.Tensor) -> float:
-    return accuracy(ConfiguredViT(model, plan), x, y)
+def plan_accuracy(model: DynamicViT, plan: StaticPlan, split: Split, engine: Engine | None = None) -> float:
+    """Accuracy of ``model`` at ``plan`` on a whole split, streamed (``nas.training.split_accuracy``)."""
+    return split_accuracy(ConfiguredViT(model, plan), split, engine)
 
 
 class DynamicTraining:
@@ -130,9 +132,9 @@ class DynamicTraining:
         model.eval()
         return {"epoch": epoch + 1, "train_loss": total / seen, "predictor_loss": aux_total / seen,
                 "lr": self.opt.param_groups[0]["lr"],
-                "val_accuracy_full": plan_accuracy(model, self.full, self.data.x_val, self.data.y_val),
-                f"val_accuracy_keep{MONITOR_KEEP_RATIO:g}": plan_accuracy(model, self.monitor, self.data.x_val,
-                                                                          self.data.y_val)}
+                "val_accuracy_full": plan_accuracy(model, self.full, self.data.val, engine),
+                f"val_accuracy_keep{MONITOR_KEEP_RATIO:g}": plan_accuracy(model, self.monitor, self.data.val,
+                                                                          engine)}
 
 
 def train_dynamic(model: DynamicViT, data: Dataset, recipe: Recipe, *, engine: Engine | None = None,

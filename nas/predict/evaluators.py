@@ -26,7 +26,7 @@ from nas.latency.device import Device
 from nas.predict.joint_space import Candidate, JointSpace
 from nas.accelerator import Accelerator
 from nas.engine import Engine, EpochCallback
-from nas.training import accuracy, train_model
+from nas.training import split_accuracy, train_model
 
 
 class TrainEvaluator:
@@ -66,7 +66,7 @@ class TrainEvaluator:
         trained = result.model
         metrics = {
             "val_accuracy": float(result.val_accuracy),
-            "test_accuracy": accuracy(trained, self.data.x_test, self.data.y_test),
+            "test_accuracy": split_accuracy(trained, self.data.test, self.engine),
             "macs": float(count_macs(trained, trained.input_shape)),
             "params": float(count_params(trained)),
             "epochs_trained": float(recipe.epochs),

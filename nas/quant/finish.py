@@ -13,19 +13,18 @@ from dataclasses import dataclass
 from typing import Callable, ContextManager
 
 import numpy as np
-import torch
 
 from nas.data import Dataset
 from nas.files import atomic_path
 from nas.latency.device import Device
-from nas.onnx_io import export_onnx, run_onnx
+from nas.onnx_io import export_onnx, split_parity
 from nas.quant.costs import LatencyCost, bitops_g, mean_weight_bits, size_mb
 from nas.quant.export import FORMATS, quantize_assignment
 from nas.quant.graph import QuantGraph, attach_onnx, layer_io_bits
 from nas.quant.mixed import BitOption, MixedPrecisionNet
 from nas.recipe import Recipe
 from nas.run import RunDir
-from nas.training import fit_input, predict_logits, train_model
+from nas.training import fit_input, train_model
 
 Progress = Callable[[str, int], ContextManager[Callable[..., None]]]  # (stage, total) -> advance(n=1, note="")
 ACCURACY_GAP = 0.01  # an exported model this far below its torch twin is reported as a warning
@@ -69,12 +68,8 @@ def finish(net: MixedPrecisionNet, graph: QuantGraph, assignment: list[BitOption
             train_model(net, data, recipe, checkpoint=run.file(f"{name}_finetune.pt"),
                         on_epoch=lambda e, row: advance(note=f"val {row['val_accuracy']:.3f}"))
     net.fix(assignment, ins, outs)
-    calib = data.x_train[:settings.calibration_samples]
+    calib = data.train.first(settings.calibration_samples)
     net.calibrate(fit_input(calib, net))
-    with torch.no_grad():
-        ref = predict_logits(net, data.x_test)
-    acc_torch = float((ref.argmax(1) == data.y_test).float().mean())
-    ref = ref.numpy()
     float_path = run.file(f"{name}_float.onnx")
     export_onnx(net.float_model(assignment), net.input_shape, float_path)
     g = attach_onnx(copy.deepcopy(graph.layers), float_path)
@@ -82,7 +77,6 @@ def finish(net: MixedPrecisionNet, graph: QuantGraph, assignment: list[BitOption
     for info, layer in zip(g.layers, net.layers):
         ranges.setdefault(info.input_tensor, layer.observer.range())
         ranges.setdefault(info.output_tensor, layer.out_observer.range())
-    x_test = fit_input(data.x_test, net)
     candidates: dict[str, str] = {}
     if any(int8):
         with progress(f"export {name}", len(settings.formats)) as advance:
@@ -93,14 +87,12 @@ def finish(net: MixedPrecisionNet, graph: QuantGraph, assignment: list[BitOption
                 advance(note=fmt)
     else:
         candidates["fp32"] = str(float_path)
-    formats = {}
-    for fmt, path in candidates.items():
-        out = run_onnx(path, x_test)
-        formats[fmt] = {"accuracy_onnx": float((out.argmax(1) == data.y_test.numpy()).mean()),
-                        "onnx_max_abs_diff": float(np.abs(out - ref).max()),
-                        "file_mb": os.path.getsize(path) / 1e6}
+    parity = split_parity(net, candidates, data.test)  # the fixed net in eval mode: observers are calibrated
+    formats = {fmt: {"accuracy_onnx": parity.files[fmt]["accuracy_onnx"],
+                     "onnx_max_abs_diff": parity.files[fmt]["onnx_max_abs_diff"],
+                     "file_mb": os.path.getsize(path) / 1e6} for fmt, path in candidates.items()}
     figures = {
-        "accuracy_torch": acc_torch,
+        "accuracy_torch": parity.accuracy,
         "predicted_ms": cost_ms.of(assignment) if cost_ms is not None else None,
         "size_mb": size_mb(graph, assignment),
         "storage_size_mb": size_mb(graph, assignment, storage=True),

@@ -20,12 +20,13 @@ import torch
 import torch.nn.functional as F
 
 from nas.data import Dataset
+from nas.datasets import Split
 from nas.engine import Engine
 from nas.errors import SearchError
 from nas.latency.loss import TargetController, latency_factor
 from nas.quant.costs import Cost
 from nas.quant.mixed import BitOption, MixedPrecisionNet
-from nas.training import fit_input
+from nas.training import fit_input, split_accuracy
 
 FP32_OPTION = BitOption(32, 32)
 
@@ -66,15 +67,14 @@ def temperature(config: SearchConfig, epoch: int) -> float:
     return config.tau_start * (config.tau_end / config.tau_start) ** (epoch / (config.epochs - 1))
 
 
-@torch.no_grad()
-def assignment_accuracy(net: MixedPrecisionNet, assignment: list[BitOption], x, y) -> float:
+def assignment_accuracy(net: MixedPrecisionNet, assignment: list[BitOption], split: Split,
+                        engine: Engine | None = None) -> float:
+    """Accuracy of ``net`` fixed to ``assignment`` on a whole split (streamed); the net is left unfixed."""
     net.fix(assignment)
-    net.eval()
     try:
-        preds = torch.cat([net(fit_input(x[i:i + 256], net)).argmax(1) for i in range(0, len(x), 256)])
+        return split_accuracy(net, split, engine, batch_size=256)
     finally:
         net.fix(None)
-    return float((preds == y).float().mean())
 
 
 class BitSearch:
@@ -140,7 +140,7 @@ class BitSearch:
         argmax = net.argmax_assignment()
         row["expected_cost"] = float(cost.expected([torch.tensor(p) for p in probs]))
         row["argmax_cost"] = cost.of(argmax)
-        row["argmax_val_accuracy"] = assignment_accuracy(net, argmax, self.data.x_val, self.data.y_val)
+        row["argmax_val_accuracy"] = assignment_accuracy(net, argmax, self.data.val, engine)
         row["argmax"] = " ".join(o.label for o in argmax)
         row["alpha"] = self.alpha
         row["probabilities"] = json.dumps([[round(v, 4) for v in p] for p in probs])
