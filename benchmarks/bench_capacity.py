@@ -193,7 +193,7 @@ def main(argv=None) -> int:
         sweep.append({"keep_ratio": rho, "tokens_per_block": space.block_tokens(list(plan.kept_patches)),
                       "expert_tokens": list(plan.expert_tokens), "macs": macs(model, plan),
                       "predicted_ms": predict_plan(lm, space, plan).ms,
-                      "val_accuracy": plan_accuracy(model, plan, data.x_val, data.y_val)})
+                      "val_accuracy": plan_accuracy(model, plan, data.val)})
     timed = interleaved(paths, manifest, args.rounds)
     for row in sweep:
         t = timed[f"{row['keep_ratio']:g}"]
@@ -283,11 +283,11 @@ def main(argv=None) -> int:
         plan, _ = plan_for_config(model, config, x_calib)
         name = f"dynamic {config.label()}"
         paths[name] = export_plan(model, plan, curve_dir / f"dyn{len(paths)}.onnx")
-        acc[name] = plan_accuracy(model, plan, data.x_test, data.y_test)
+        acc[name] = plan_accuracy(model, plan, data.test)
     for name, dmodel in dense_models.items():
         plan, _ = plan_for_config(dmodel, CapacityConfig((), 0.5), x_calib)
         paths[name] = export_plan(dmodel, plan, curve_dir / f"{name.replace(' ', '_')}.onnx")
-        acc[name] = plan_accuracy(dmodel, plan, data.x_test, data.y_test)
+        acc[name] = plan_accuracy(dmodel, plan, data.test)
     timed = interleaved(paths, manifest, args.rounds)
     dyn_curve = sorted((timed[n]["ms"], acc[n], n) for n in paths if n.startswith("dynamic"))
     dense_curve = sorted((timed[n]["ms"], acc[n], n) for n in paths if n.startswith("dense"))
