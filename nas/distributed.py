@@ -46,17 +46,7 @@ class World:
         """Replace every existing gradient by its mean over the ranks (one flattened all-reduce)."""
         if self.size == 1:
             return
-        grads = [p.grad for p in params if p.grad is not None]
-        if not grads:
-            return
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        flat /= self.size
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
-            offset += g.numel()
-
+        _average_in_place([p.grad for p in params if p.grad is not None], self.size)
 
     def average_buffers(self, module: torch.nn.Module) -> None:
         """Replace ``module``'s floating-point buffers (batch-norm running means and variances) by their mean over
@@ -65,16 +55,20 @@ class World:
         shares.)"""
         if self.size == 1:
             return
-        buffers = [b for b in module.buffers() if b.is_floating_point()]
-        if not buffers:
-            return
-        flat = torch.cat([b.detach().reshape(-1).float() for b in buffers])
-        dist.all_reduce(flat)
-        flat /= self.size
-        offset = 0
-        for b in buffers:
-            b.copy_(flat[offset:offset + b.numel()].view_as(b))
-            offset += b.numel()
+        _average_in_place([b for b in module.buffers() if b.is_floating_point()], self.size)
+
+
+def _average_in_place(tensors: list[torch.Tensor], size: int) -> None:
+    """Replace each tensor by its mean over the ``size`` ranks (one flattened all-reduce)."""
+    if not tensors:
+        return
+    flat = torch.cat([t.detach().reshape(-1).float() for t in tensors])
+    dist.all_reduce(flat)
+    flat /= size
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset:offset + t.numel()].view_as(t))
+        offset += t.numel()
 
 
 def current_world() -> World:

@@ -15,6 +15,7 @@ from typing import Callable, ContextManager
 import numpy as np
 
 from nas.data import Dataset
+from nas.engine import Engine
 from nas.files import atomic_path
 from nas.latency.device import Device
 from nas.onnx_io import export_onnx, split_parity
@@ -55,9 +56,9 @@ class Finished:
 
 def finish(net: MixedPrecisionNet, graph: QuantGraph, assignment: list[BitOption], name: str, data: Dataset,
            run: RunDir, settings: FinishSettings, epochs: int, out_name: str, *, cost_ms: LatencyCost | None,
-           progress: Progress) -> Finished:
-    """Quantization-aware fine-tuning of ``assignment``, then calibration, ONNX export in each format and accuracy
-    (torch and ONNX Runtime); ``measure_and_choose`` times the candidates."""
+           progress: Progress, engine: Engine | None = None) -> Finished:
+    """Quantization-aware fine-tuning of ``assignment`` (on ``engine``: the search's), then calibration, ONNX export
+    in each format and accuracy (torch and ONNX Runtime); ``measure_and_choose`` times the candidates."""
     int8 = [o.runs_int8 for o in assignment]
     ins, outs = layer_io_bits(graph, int8, [o.a_bits for o in assignment])
     net.fix(assignment, ins, outs)
@@ -65,7 +66,7 @@ def finish(net: MixedPrecisionNet, graph: QuantGraph, assignment: list[BitOption
         recipe = Recipe(epochs=epochs, lr=settings.lr, batch_size=settings.batch_size, ema=0.0,
                         seed=settings.seed, weight_decay=1e-4)
         with progress(f"fine-tune {name}", epochs) as advance:
-            train_model(net, data, recipe, checkpoint=run.file(f"{name}_finetune.pt"),
+            train_model(net, data, recipe, engine=engine, checkpoint=run.file(f"{name}_finetune.pt"),
                         on_epoch=lambda e, row: advance(note=f"val {row['val_accuracy']:.3f}"))
     net.fix(assignment, ins, outs)
     calib = data.train.first(settings.calibration_samples)
@@ -87,7 +88,8 @@ def finish(net: MixedPrecisionNet, graph: QuantGraph, assignment: list[BitOption
                 advance(note=fmt)
     else:
         candidates["fp32"] = str(float_path)
-    parity = split_parity(net, candidates, data.test)  # the fixed net in eval mode: observers are calibrated
+    parity = split_parity(net, candidates, data.test, engine=engine)  # the fixed net in eval mode: observers
+    # are calibrated
     formats = {fmt: {"accuracy_onnx": parity.files[fmt]["accuracy_onnx"],
                      "onnx_max_abs_diff": parity.files[fmt]["onnx_max_abs_diff"],
                      "file_mb": os.path.getsize(path) / 1e6} for fmt, path in candidates.items()}

@@ -154,7 +154,7 @@ def run_mixed_precision(prep: Prepared, run: RunDir, *, progress: Progress = no_
     # 3. fine-tune, export and measure the mixed model and the two uniform baselines
     settings = FinishSettings(cfg.finetune_lr, cfg.search.batch_size, cfg.search.seed, cfg.calibration_samples,
                               tuple(cfg.export_formats))
-    common = dict(data=data, run=run, settings=settings, cost_ms=cost_ms, progress=staged)
+    common = dict(data=data, run=run, settings=settings, cost_ms=cost_ms, progress=staged, engine=engine)
     # The chosen assignment keeps the supernet's weights, which the search trained on these very grids (starting
     # it from the pretrained fp32 weights instead was measured worse: 0.914 against 0.939 on digits at ~4 bits).
     mixed = finish(net, graph, result.assignment, "mixed", epochs=cfg.finetune_epochs, out_name="model.onnx",
