@@ -5,8 +5,10 @@ winner. Asserts nothing.
 
     .venv/bin/python benchmarks/bench_ddp.py [--epochs 6] [--final-epochs 3] [--nproc 2]
 
-Each process trains on its share of every global batch and the gradients are averaged, so 1 and N processes differ
-only by floating-point summation order (and batch-norm statistics, averaged over the ranks after each epoch).
+Each process trains on its share of every global batch and the gradients are averaged. 1 and N processes still
+differ: batch normalisation normalises each rank's share with that share's own statistics (1/N of the batch; torch's
+SyncBatchNorm, which would share them, runs on GPUs only), and floating-point sums run in another order. The running
+statistics are averaged over the ranks after every epoch.
 """
 
 from __future__ import annotations
@@ -67,7 +69,8 @@ def main() -> None:
         for column in ("train_loss", "val_loss", "val_accuracy", "expected_ms"):
             diff = (h1[column] - hn[column]).abs()
             print(f"[ddp] {column}: largest per-epoch difference {diff.max():.2e} "
-                  f"(relative {(diff / h1[column].abs()).max():.2e}); 1 process {h1[column].round(4).tolist()}")
+                  f"(relative {(diff / h1[column].abs()).max():.2e}); 1 process {h1[column].round(4).tolist()}, "
+                  f"{args.nproc} {hn[column].round(4).tolist()}")
         print(f"[ddp] retrained winner's test accuracy: {r1['accuracy']:.4f} vs {rn['accuracy']:.4f}")
 
 
