@@ -66,3 +66,39 @@ def test_two_gloo_ranks_agree_on_architecture_logits_and_weights(tmp_path_factor
     assert any(not torch.equal(b, torch.zeros_like(b)) for k, b in ranks[0]["buffers"].items() if "mean" in k)
     state = torch.load(tmp_path / "search.pt", weights_only=True)  # written by rank 0 alone
     assert state["world_size"] == 2
+
+
+def _train_rank(rank: int, size: int, port: int, out) -> None:
+    """A batch-norm-free model trained on digits with ``size`` processes (a world of one when ``size`` is 1)."""
+    if size > 1:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(size),
+                          LOCAL_RANK=str(rank))
+    from nas.data import load_dataset
+    from nas.datasets import TensorSplit
+    from nas.engine import engine_for
+    from nas.recipe import Recipe
+    from nas.training import train_model
+
+    engine = engine_for("cpu", "32", 1, 0)
+    data = load_dataset("digits", resolution=8)
+    data.train = TensorSplit(data.train.x[:1024], data.train.labels[:1024])  # every global batch splits evenly
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    result = train_model(model, data, Recipe(epochs=2, batch_size=32, lr=0.01, dropout=0.0), engine=engine,
+                         evaluate_val=False)
+    if rank == 0:
+        torch.save({"weights": result.model.state_dict(), "history": result.history}, out / f"world{size}.pt")
+    if size > 1:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_processes_train_a_batchnorm_free_model_like_one(tmp_path):
+    """Each rank takes its share of every global batch and the gradients are averaged: without batch norm (whose
+    statistics are per rank), 2 processes follow 1 process's trajectory up to floating-point summation order."""
+    _train_rank(0, 1, 0, tmp_path)
+    mp.spawn(_train_rank, args=(2, free_port(), tmp_path), nprocs=2, join=True)
+    one, two = (torch.load(tmp_path / f"world{n}.pt", weights_only=True) for n in (1, 2))
+    for k, w in one["weights"].items():
+        assert torch.allclose(w, two["weights"][k], atol=1e-5), k
+    initial = torch.nn.Linear(64, 32)  # the weights moved: the comparison is not between two untrained models
+    assert not torch.allclose(one["weights"]["1.weight"], initial.weight)

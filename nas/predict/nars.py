@@ -14,10 +14,10 @@
 With one worker (or ``asynchronous=False`` in the search's settings), each step's candidates are one batch
 (``History.evaluate_batch``), evaluated here or enqueued in the search's Optuna study for its workers, and the next
 fit waits for the whole batch: a seed gives the same search with any number of workers. With more workers the rounds
-are asynchronous (``History.submit``/``collect``): every worker busy and a few candidates waiting; when a
-worker is about to be free, the predictor is refitted on every result so far and the next candidates proposed (the
-GP believing the running ones score the worst seen: constant liar), so that no worker waits for the slowest
-evaluation of a batch (``_queue_target``: how many wait). The order results arrive in then decides the search, which
+are asynchronous (``History.submit``/``collect``): each fit picks a batch as a synchronous round does, but the next batch is
+fitted and submitted while the last evaluations of the previous one still run (every worker busy and a few
+candidates waiting: ``_low_water``), the GP believing the running ones score the worst seen (constant liar), so that
+no worker waits for the slowest evaluation of a batch. The order results arrive in then decides the search, which
 is no longer the same for a seed. The best *evaluated* candidate under each constraint is the result
 (``History.best_under``).
 """
@@ -130,7 +130,7 @@ def run_nars(problem: SearchProblem, constraints: list[Constraint], history: His
         if picks:
             if asynchronous:
                 history.submit(pool[picks], "init")
-                history.collect(history.slots())
+                history.collect(_low_water(history, 0.0, batch))
             else:
                 history.evaluate_batch(pool[picks], "init")
         # 3. rounds: fit, pick the best predicted (or best EI) per constraint, evaluate
@@ -149,8 +149,9 @@ def run_nars(problem: SearchProblem, constraints: list[Constraint], history: His
             mean, std = _predict(predictor, x_pool[fresh])
             cand, cand_masks = pool[fresh], masks[:, fresh]
             n_pick = min(batch, history.remaining - final)
-            if asynchronous:  # every slot busy and enough waiting to last through a refit
-                n_pick = min(n_pick, max(1, _queue_target(history, refit_s, batch) - history.pending))
+            if asynchronous:  # a round's batch, or more if that would not lift the queue above its low-water mark
+                low = _low_water(history, refit_s, batch)
+                n_pick = min(history.remaining - final, max(batch, low + 1 - history.pending))
             best = [history.best_score_under(c) for c in constraints]
             if config.predictor == "gp":
                 x_pending = space.encode(history.pending_genomes())
@@ -163,10 +164,10 @@ def run_nars(problem: SearchProblem, constraints: list[Constraint], history: His
             refit_s = time.perf_counter() - fit_start
             used_before = history.used + history.pending
             pred, pred_std = problem.sign() * mean[picks], std[picks] if std is not None else None
-            if asynchronous:  # wait for a free slot (or, having picked nothing, for any result)
+            if asynchronous:  # wait down to the low-water mark (or, having picked nothing, for any result)
                 if picks:
                     history.submit(cand[picks], f"round {rnd}", pred, pred_std)
-                rows = history.collect(history.slots() if picks else max(0, history.pending - 1))
+                rows = history.collect(low if picks else max(0, history.pending - 1))
             else:
                 rows = history.evaluate_batch(cand[picks], f"round {rnd}", pred, pred_std) if picks else []
             if history.used + history.pending == used_before and not rows:  # the same data would pick nothing
@@ -238,11 +239,10 @@ def run_nars(problem: SearchProblem, constraints: list[Constraint], history: His
     return result
 
 
-def _queue_target(history: History, refit_s: float, batch: int) -> int:
-    """Evaluations to keep submitted: one per slot, plus enough waiting that the slots stay busy while the
-    proposer refits (the slots' results expected during one refit, from the median evaluation time so far):
-    at least half a slot's worth, and at most a synchronous round's ``batch`` (or a slot's worth, if more), so
-    that no candidate waits on an older fit than a synchronous round's would."""
+def _low_water(history: History, refit_s: float, batch: int) -> int:
+    """Evaluations still submitted when the proposer refits and submits its next batch: one per slot, plus enough
+    waiting that the slots stay busy through the refit (the results the slots give during one refit, at the median
+    evaluation time so far): at least half a slot's worth, at most a batch's (or a slot's worth, if more)."""
     slots = history.slots()
     seconds = [r["seconds"] for r in history.rows if np.isfinite(r["seconds"]) and not r["replayed"]]
     eval_s = float(np.median(seconds)) if seconds else float("inf")
