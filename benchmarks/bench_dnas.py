@@ -299,8 +299,9 @@ def bench_quality(args) -> None:
     for i, arch in enumerate(randoms):
         rep = _train_measure(prep, prep.space, arch, out / "randoms", f"random{i}_")
         accs.append(rep["accuracy"])
-        print(f"  random arch {i + 1}: predicted {prep.lm.predict(prep.space, arch):.4f} ms, measured {rep['measured_ms']:.4f} ms, "
-              f"test accuracy {rep['accuracy']:.4f}, {rep['images_per_s']:.0f} images/s", flush=True)
+        print(f"  random arch {i + 1}: predicted {prep.lm.predict(prep.space, arch):.4f} ms, measured "
+              f"{rep['measured_ms']:.4f} ms, test accuracy {rep['accuracy']:.4f}, {rep['images_per_s']:.0f} images/s",
+              flush=True)
     width, fbnet_ms = _fbnet_a_at(prep, report["measured_ms"], args.fbnet_a_widths)
     space_a = load_space("fbnet_a", resolution=prep.space.resolution, width_multiplier=width,
                          classes=prep.space.classes, in_channels=prep.space.in_channels)

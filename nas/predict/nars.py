@@ -14,11 +14,11 @@
 With one worker (or ``asynchronous=False`` in the search's settings), each step's candidates are one batch
 (``History.evaluate_batch``), evaluated here or enqueued in the search's Optuna study for its workers, and the next
 fit waits for the whole batch: a seed gives the same search with any number of workers. With more workers the rounds
-are asynchronous (``History.submit``/``collect``): each fit picks a batch as a synchronous round does, but the next batch is
-fitted and submitted while the last evaluations of the previous one still run (every worker busy and a few
+are asynchronous (``History.submit``/``collect``): each fit picks a batch as a synchronous round does, but the next
+batch is fitted and submitted while the last evaluations of the previous one still run (every worker busy and a few
 candidates waiting: ``_low_water``), the GP believing the running ones score the worst seen (constant liar), so that
-no worker waits for the slowest evaluation of a batch. The order results arrive in then decides the search, which
-is no longer the same for a seed. The best *evaluated* candidate under each constraint is the result
+no worker waits for the slowest evaluation of a batch. The order results arrive in then decides the search, which is
+no longer the same for a seed. The best *evaluated* candidate under each constraint is the result
 (``History.best_under``).
 """
 
