@@ -155,14 +155,13 @@ def _run_nars(settings, problem, constraints, run, emit, detail) -> History:
     stored = len(evaluated_trials(job.study))
     if stored >= settings.budget:
         emit("phase", {"name": "nothing to do", "note": f"the study has its {stored} evaluations"})
-    if settings.asynchronous and config.workers > 1:  # this process proposes (evaluating only while the workers
-        workers = LocalWorkers(config.storage, config.study, config.workers, machine_settings(settings))  # start)
-        evaluations = StudyEvaluations(job, work=lambda: run_worker(job, wait=False, stop=workers.ready),
-                                       local=config.workers, asynchronous=True)
-    else:
-        workers = LocalWorkers(config.storage, config.study, config.workers - 1, machine_settings(settings))
-        evaluations = StudyEvaluations(job, work=lambda: run_worker(job, wait=False), local=config.workers - 1,
-                                       asynchronous=settings.asynchronous)
+    # asynchronous with several workers: this process proposes, evaluating only while its workers start
+    proposes_only = settings.asynchronous and config.workers > 1
+    local = config.workers if proposes_only else config.workers - 1
+    workers = LocalWorkers(config.storage, config.study, local, machine_settings(settings))
+    stop = workers.ready if proposes_only else (lambda: False)
+    evaluations = StudyEvaluations(job, work=lambda: run_worker(job, wait=False, stop=stop), local=local,
+                                   asynchronous=settings.asynchronous)
     history = History(problem, settings.budget, constraints, run.file("history.csv"),
                       on_eval=lambda row: emit("eval", row), evaluations=evaluations)
     if history.resumed or stored:

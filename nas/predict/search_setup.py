@@ -55,7 +55,7 @@ class SearchSettings:
     storage: str | None = None
     study: str = "hwnas"
     workers: int = 1
-    asynchronous: bool = True  # nars/chamnet with several workers: refit as results come (False: whole batches)
+    asynchronous: bool = True  # nars/chamnet with several workers: next batch before the last ends (False: wait)
     # where this machine's evaluations train (per machine: not stored in the study, workers choose their own)
     accelerator: str = "auto"
     precision: str = "32"

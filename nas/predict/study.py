@@ -187,9 +187,11 @@ def claims(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
             if t.user_attrs.get("claimed")]
 
 
-def evaluated_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Finished evaluations, in the order they finished."""
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.user_attrs.get("claimed")]
+def evaluated_trials(study: optuna.Study, trials: list[optuna.trial.FrozenTrial] | None = None
+                     ) -> list[optuna.trial.FrozenTrial]:
+    """Finished evaluations (among ``trials`` when already read from the study), in the order they finished."""
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if trials is None else trials
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("claimed")]
     return sorted(done, key=lambda t: (t.datetime_complete, t.number))
 
 

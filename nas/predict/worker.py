@@ -234,9 +234,9 @@ class StudyEvaluations:
 
     def submit(self, genomes: np.ndarray, phase: str) -> None:
         study, space = self.job.study, self.job.problem.space
-        active = {t.user_attrs.get("key") for t in study.get_trials(deepcopy=False)
-                  if t.state in (TrialState.WAITING, TrialState.RUNNING)} | \
-            {t.user_attrs.get("key") for t in evaluated_trials(study)}
+        trials = study.get_trials(deepcopy=False)
+        active = {t.user_attrs.get("key") for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)} | \
+            {t.user_attrs.get("key") for t in evaluated_trials(study, trials)}
         for g, k in zip(genomes, space.keys(genomes)):
             if k not in active:
                 study.enqueue_trial(space.describe(g), user_attrs={"proposed": phase, "key": k})
@@ -245,16 +245,16 @@ class StudyEvaluations:
     def finished(self, keys: list[str], unfinished: int) -> dict[str, tuple[dict, float]]:
         """Wait until at most ``unfinished`` of ``keys`` are not evaluated; the evaluated ones' (metrics, seconds)
         in the order they finished. SearchError when one failed with an error and is not retried."""
-        study = self.job.study
+        study, wanted = self.job.study, set(keys)
         while True:
             trials = study.get_trials(deepcopy=False)
-            done = {t.user_attrs["key"]: t for t in evaluated_trials(study) if t.user_attrs["key"] in keys}
-            if len(set(keys) - set(done)) <= unfinished:
+            done = {t.user_attrs["key"]: t for t in evaluated_trials(study, trials) if t.user_attrs["key"] in wanted}
+            if len(wanted - set(done)) <= unfinished:
                 return {k: (t.user_attrs["metrics"], float(t.user_attrs.get("seconds", np.nan)))
                         for k, t in done.items()}
             pending = {t.user_attrs.get("key") for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)}
             broken = next((t for t in trials if t.state == TrialState.FAIL and "error" in t.user_attrs and
-                           t.user_attrs.get("key") in set(keys) - set(done) - pending), None)
+                           t.user_attrs.get("key") in wanted - set(done) - pending), None)
             if broken is not None:
                 raise SearchError(f"trial {broken.number} failed on worker {broken.user_attrs.get('worker')}: "
                                   f"{broken.user_attrs['error']}")
