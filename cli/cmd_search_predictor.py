@@ -62,8 +62,9 @@ def _make_command(strategy: str):
         threads: Optional[int] = typer.Option(None, help="torch threads per evaluation (default 1 on the CPU: "
                                               "each worker takes a core; the winner's training takes all)"),
         asynchronous: bool = typer.Option(True, "--async/--sync", help="nars, chamnet with several workers: "
-                                          "refit and propose as each result comes in (--sync: wait for whole "
-                                          "batches, the same search for a seed with any number of workers)"),
+                                          "propose the next batch while the last one's final evaluations run "
+                                          "(--sync: wait for whole batches, the same search for a seed with any "
+                                          "number of workers)"),
         export: str = typer.Option("first", help="model spaces: export the winner of the first constraint, "
                                    "of all, or none"),
         as_json: bool = typer.Option(False, "--json", help="print report.json"),
