@@ -89,6 +89,7 @@ def _train_rank(rank: int, size: int, port: int, out) -> None:
     if rank == 0:
         torch.save({"weights": result.model.state_dict(), "history": result.history}, out / f"world{size}.pt")
     if size > 1:
+        dist.barrier()  # both ranks tear the group down together (a rank leaving early can abort the other)
         dist.destroy_process_group()
 
 
