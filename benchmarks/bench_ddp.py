@@ -5,10 +5,10 @@ winner. Asserts nothing.
 
     .venv/bin/python benchmarks/bench_ddp.py [--epochs 6] [--final-epochs 3] [--nproc 2]
 
-Each process trains on its share of every global batch and the gradients are averaged. 1 and N processes still
-differ: batch normalisation normalises each rank's share with that share's own statistics (1/N of the batch; torch's
-SyncBatchNorm, which would share them, runs on GPUs only), and floating-point sums run in another order. The running
-statistics are averaged over the ranks after every epoch.
+Each process trains on its share of every global batch and the gradients are averaged; batch norm normalises with
+the whole global batch's moments and dropout applies the process's rows of one mask for the whole batch
+(``nas.shares``). What is left between 1 and N processes: floating-point sums in another order, and the last global
+batch of an epoch, of which N processes leave out the samples that do not split evenly (at most N - 1).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Data parallelism under torchrun: one process per device, gradients averaged across them with torch.distributed
 (gloo on the CPU, nccl on CUDA). Every rank holds the same weights, architecture logits and random streams: it
 starts from the same seed, takes an equal share of every global batch (so each draws the same random numbers),
-and applies the same averaged gradients. Batch-norm running statistics, which each rank gathers from its own share,
-are averaged after every epoch (``Engine`` does it for every model it placed). Only rank 0 writes the run directory,
-measures latency and exports.
+and applies the same averaged gradients. Batch norm and dropout act on the whole global batch (``nas.shares``), so
+the ranks together follow one process's trajectory. Only rank 0 writes the run directory, measures latency and
+exports.
 
 Gradients are all-reduced explicitly after ``backward`` rather than through ``DistributedDataParallel``: a
 supernet leaves the unsampled paths without gradients every step, which DDP handles only with
@@ -44,31 +44,26 @@ class World:
 
     def average_gradients(self, params: Iterable[torch.nn.Parameter]) -> None:
         """Replace every existing gradient by its mean over the ranks (one flattened all-reduce)."""
-        if self.size == 1:
+        grads = [p.grad for p in params if p.grad is not None]
+        if self.size == 1 or not grads:
             return
-        _average_in_place([p.grad for p in params if p.grad is not None], self.size)
+        flat = torch.cat([g.detach().reshape(-1).float() for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.size
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
 
-    def average_buffers(self, module: torch.nn.Module) -> None:
-        """Replace ``module``'s floating-point buffers (batch-norm running means and variances) by their mean over
-        the ranks: each rank's statistics come from its share of the batches, and rank 0 ships the model. (The
-        mean of the per-rank variances leaves out the spread between the ranks' means: small with shuffled
-        shares.)"""
+    def total(self, *values: float) -> tuple[float, ...]:
+        """``values`` summed over the ranks (an epoch's loss sums and counts, so that rank 0 reports the whole
+        epoch's figures rather than its share's)."""
         if self.size == 1:
-            return
-        _average_in_place([b for b in module.buffers() if b.is_floating_point()], self.size)
-
-
-def _average_in_place(tensors: list[torch.Tensor], size: int) -> None:
-    """Replace each tensor by its mean over the ``size`` ranks (one flattened all-reduce)."""
-    if not tensors:
-        return
-    flat = torch.cat([t.detach().reshape(-1).float() for t in tensors])
-    dist.all_reduce(flat)
-    flat /= size
-    offset = 0
-    for t in tensors:
-        t.copy_(flat[offset:offset + t.numel()].view_as(t))
-        offset += t.numel()
+            return values
+        device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+        summed = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(summed)
+        return tuple(summed.tolist())
 
 
 def current_world() -> World:

@@ -4,7 +4,8 @@ A trainer is an ``EpochTask``: it trains one epoch and returns that epoch's row,
 state (weights, optimisers, random streams). The ``Engine`` owns everything around it: the accelerator and its
 precision (autocast, fp16 loss scaling), the torch threads, the batches (in memory, or streamed through a
 ``DataLoader`` with workers, moved to the device, augmented there), the per-epoch checkpoint written atomically
-(a rerun resumes from it), and data parallelism (``nas.distributed``: only rank 0 writes).
+(a rerun resumes from it), and data parallelism (``nas.distributed``: only rank 0 writes; ``nas.shares``: the
+ranks act as slices of one process).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from nas.accelerator import Accelerator, resolve_accelerator
+from nas import shares
 from nas.augment import augment_batch
 from nas.datasets import Split, split_batches
 from nas.distributed import World, current_world, join_process_group
@@ -63,7 +65,7 @@ class Engine:
         self.workers = workers
         self.world = world or current_world()
         self.scaler = self.accelerator.grad_scaler()
-        self._placed: list[weakref.ref] = []  # under data parallelism: models whose buffers the ranks average
+        self._placed: list[weakref.ref] = []  # under data parallelism: the models shared across the ranks
 
     @property
     def device(self) -> torch.device:
@@ -134,8 +136,8 @@ class Engine:
             history = json.loads(state["history"])
             torch.set_rng_state(state["torch_rng"])
         for index in range(len(history), epochs):
-            row = task.epoch(index)
-            self._average_buffers()
+            with shares.sharing(self.world, self._placed_models()):
+                row = task.epoch(index)
             history.append(row)
             if ckpt is not None and self.world.is_writer:
                 state = {**task.state(), "history": json.dumps(history), "torch_rng": torch.get_rng_state(),
@@ -146,12 +148,10 @@ class Engine:
                 on_epoch(index + 1, row)
         return history
 
-    def _average_buffers(self) -> None:
-        """Every rank's placed models get the ranks' mean batch-norm statistics (in placing order: the same on
-        every rank)."""
-        self._placed = [ref for ref in self._placed if ref() is not None]
-        for ref in self._placed:
-            self.world.average_buffers(ref())
+    def _placed_models(self) -> list[nn.Module]:
+        models = [ref() for ref in self._placed]
+        self._placed = [ref for ref, model in zip(self._placed, models) if model is not None]
+        return [model for model in models if model is not None]
 
     def _check_resume(self, ckpt: Path, state: dict, error: type[HwnasError]) -> None:
         size, kind = int(state.get("world_size", 1)), state.get("accelerator", "cpu")

@@ -173,6 +173,7 @@ class ChildTraining:
                 self.ema.update_parameters(model)
             total_loss += loss_value * len(y)
             seen += len(y)
+        total_loss, seen = engine.world.total(total_loss, seen)
         row = {"epoch": index + 1, "train_loss": total_loss / seen, "lr": self.opt.param_groups[0]["lr"],
                "images_per_s": seen / (time.perf_counter() - start)}
         if self.evaluate_val:

@@ -129,6 +129,7 @@ class DynamicTraining:
             seen += len(y)
             if self.on_step is not None:
                 self.on_step()
+        total, aux_total, seen = engine.world.total(total, aux_total, seen)
         model.eval()
         return {"epoch": epoch + 1, "train_loss": total / seen, "predictor_loss": aux_total / seen,
                 "lr": self.opt.param_groups[0]["lr"],

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nas import shares
 from nas.conv import conv2d
 from nas.gumbel import DecisionSample
 
@@ -44,7 +45,8 @@ def batch_norm(x: torch.Tensor, bn: nn.BatchNorm2d, omega: torch.Tensor | None =
     ``channels``: ``x`` holds only the first ``channels`` of ``bn``'s channels (a slice of a wider block).
     With ``omega`` (H x W position weights summing to 1 per image) and in training mode, the statistics are the
     ``omega``-weighted mean and variance over positions (the pixels of the resolution options), as a child network
-    at that resolution computes them.
+    at that resolution computes them. Under data parallelism the statistics span every rank's share
+    (``nas.shares``).
     """
     gamma, beta, running_mean, running_var = bn.weight, bn.bias, bn.running_mean, bn.running_var
     if channels is not None and channels < bn.num_features:  # (no slice otherwise: its backward costs a copy)
@@ -52,26 +54,14 @@ def batch_norm(x: torch.Tensor, bn: nn.BatchNorm2d, omega: torch.Tensor | None =
         gamma, beta, running_mean, running_var = gamma[:c], beta[:c], running_mean[:c], running_var[:c]
     if channel_scale is not None:
         gamma, beta = gamma * channel_scale, beta * channel_scale
-    if omega is None or not bn.training:
+    if not bn.training or (omega is None and shares.active() is None):
         y = F.batch_norm(x, running_mean, running_var, gamma, beta, bn.training,
                          bn.momentum if bn.momentum is not None else 0.1, bn.eps)
         if bn.training:
             bn.num_batches_tracked += 1
-        return torch.relu_(y) if relu else y  # in place: batch norm's backward does not need its output
-    n = x.shape[0]
-    weights = omega.reshape(1, *omega.shape[-2:]).to(x.dtype)
-    mean = (x.sum(0) * weights).sum((1, 2)) / n
-    var = ((x * x).sum(0) * weights).sum((1, 2)) / n - mean * mean
-    var = var.clamp_min(0.0)
-    with torch.no_grad():
-        count = n / float((omega * omega).sum())  # effective number of positions in the batch
-        m = bn.momentum if bn.momentum is not None else 0.1
-        running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
-        running_var.mul_(1 - m).add_(var.detach() * (count / max(count - 1.0, 1.0)), alpha=m)
-        bn.num_batches_tracked += 1
-    scale = gamma * torch.rsqrt(var + bn.eps)
-    y = torch.addcmul((beta - mean * scale).view(1, -1, 1, 1), x, scale.view(1, -1, 1, 1))
-    return torch.relu_(y) if relu else y  # in place: addcmul's backward does not need its output
+    else:  # moments weighted by the positions, or over every rank's share
+        y = shares.batch_norm_training(x, bn, gamma, beta, running_mean, running_var, omega)
+    return torch.relu_(y) if relu else y  # in place: neither backward needs its output
 
 
 class ResolutionPlan(nn.Module):

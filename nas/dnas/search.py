@@ -150,6 +150,7 @@ class SupernetSearch:
             total += value * len(y)
             correct += int((out.argmax(1) == y).sum())
             seen += len(y)
+        total, correct, seen = self.engine.world.total(total, correct, seen)
         return {"train_loss": total / seen, "train_accuracy": correct / seen}
 
     def _train_arch(self, tau: float) -> dict:
@@ -176,6 +177,7 @@ class SupernetSearch:
         finally:
             for p in frozen:
                 p.requires_grad_(True)
+        total, correct, seen = self.engine.world.total(total, correct, seen)
         return {"val_loss": total / seen, "val_accuracy": correct / seen}
 
     @torch.no_grad()
@@ -189,4 +191,5 @@ class SupernetSearch:
             total += float(F.cross_entropy(out, y)) * len(y)
             correct += int((out.argmax(1) == y).sum())
             seen += len(y)
+        total, correct, seen = self.engine.world.total(total, correct, seen)
         return {"val_loss": total / seen, "val_accuracy": correct / seen}

@@ -120,6 +120,7 @@ class BitSearch:
             engine.backward_step(loss, self.w_opt)
             train_loss += loss.item() * len(y)
             seen += len(y)
+        train_loss, seen = engine.world.total(train_loss, seen)
         row = {"epoch": epoch + 1, "temperature": tau, "train_loss": train_loss / seen}
         if epoch >= config.warmup_epochs:
             ce_sum, factor_sum, steps = 0.0, 0.0, 0
@@ -135,6 +136,7 @@ class BitSearch:
                 if self.controller is not None:
                     self.alpha = self.controller.update(float(expected.detach()))
                 ce_sum, factor_sum, steps = ce_sum + ce.item(), factor_sum + factor.item(), steps + 1
+            ce_sum, factor_sum, steps = engine.world.total(ce_sum, factor_sum, steps)
             row |= {"arch_ce": ce_sum / steps, "cost_factor": factor_sum / steps}
         probs = [p.tolist() for p in net.probabilities()]
         argmax = net.argmax_assignment()
