@@ -62,19 +62,22 @@ class ChannelShuffle(nn.Module):
 
 
 class InvertedResidual(nn.Module):
-    """mobile-vision's IRF block: pw (absent when expansion is 1) -> dw -> pwl, residual when shapes match."""
+    """mobile-vision's IRF block: pw (absent when expansion is 1) -> dw -> pwl, residual when shapes match. Its
+    convs have no bias, as in mobile-vision: batch norm follows each, and a bias there would have no gradient but
+    floating-point noise, which an adaptive optimiser turns into steps (a random walk that makes a training
+    depend on summation order: thread counts, data-parallel ranks)."""
 
-    def __init__(self, spec: OpSpec, c_in: int, c_out: int, stride: int, bias: bool = True):
+    def __init__(self, spec: OpSpec, c_in: int, c_out: int, stride: int):
         super().__init__()
         mid = mid_channels(spec, c_in)
         g = spec.groups
         for c in (c_in, mid, c_out):
             if c % g:
                 raise ArchError(f"op {spec.name}: {c} channels are not divisible into {g} groups")
-        self.pw = ConvBNReLU(c_in, mid, 1, groups=g, bias=bias) if mid != c_in else None
+        self.pw = ConvBNReLU(c_in, mid, 1, groups=g) if mid != c_in else None
         self.shuffle = ChannelShuffle(g) if g > 1 and self.pw is not None else None
-        self.dw = ConvBNReLU(mid, mid, spec.kernel, stride, groups=mid, bias=bias)
-        self.pwl = ConvBNReLU(mid, c_out, 1, groups=g, relu=False, bias=bias)
+        self.dw = ConvBNReLU(mid, mid, spec.kernel, stride, groups=mid)
+        self.pwl = ConvBNReLU(mid, c_out, 1, groups=g, relu=False)
         self.residual = stride == 1 and c_in == c_out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

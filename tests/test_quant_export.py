@@ -47,7 +47,7 @@ def task():
     net = MixedPrecisionNet(model, SEARCHABLE)
     opt = torch.optim.Adam(net.weight_parameters(), lr=0.01)
     net.train()
-    for _ in range(60):
+    for _ in range(150):
         loss = nn.functional.cross_entropy(net(x[:96]), y[:96])
         opt.zero_grad()
         loss.backward()

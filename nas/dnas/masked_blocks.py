@@ -79,8 +79,6 @@ def copy_conv_bn(src: ConvBNReLU, dst: ConvBNReLU, out_c: int, in_c: int | None 
     s_conv, d_conv = _conv(src), _conv(dst)
     w = s_conv.weight if weight is None else weight
     d_conv.weight.copy_(w[:out_c] if in_c is None else w[:out_c, :in_c])
-    if d_conv.bias is not None:
-        d_conv.bias.copy_(s_conv.bias[:out_c])
     s_bn, d_bn = src[1], dst[1]
     for name in ("weight", "bias", "running_mean", "running_var"):
         getattr(d_bn, name).copy_(getattr(s_bn, name)[:out_c])
@@ -113,9 +111,9 @@ class SuperIR(nn.Module):
         mids = [[mid_channels(spec, a) for a in shape.in_options] for spec in self.specs]  # op x input option
         self.op_mid = [m[-1] for m in mids]  # at the largest input
         mid_max = max(max(m) for m in mids)
-        self.pw = ConvBNReLU(a_max, mid_max, 1, bias=True) if any(s.expansion > 1 for s in self.specs) else None
-        self.dw = ConvBNReLU(mid_max, mid_max, self.kernel, shape.stride, groups=mid_max, bias=True)
-        self.pwl = ConvBNReLU(mid_max, b_max, 1, relu=False, bias=True)
+        self.pw = ConvBNReLU(a_max, mid_max, 1) if any(s.expansion > 1 for s in self.specs) else None
+        self.dw = ConvBNReLU(mid_max, mid_max, self.kernel, shape.stride, groups=mid_max)
+        self.pwl = ConvBNReLU(mid_max, b_max, 1, relu=False)
         k = self.kernel
         kernels = torch.zeros(len(ops), k, k)
         for o, spec in enumerate(self.specs):
@@ -181,20 +179,20 @@ class SuperIR(nn.Module):
         mid_mask = (v @ self.mid_masks[o])[:m]
         if spec.expansion > 1:
             conv = _conv(self.pw)
-            y = F.conv2d(x, conv.weight[:m], conv.bias[:m])
+            y = F.conv2d(x, conv.weight[:m])
             y = batch_norm(y, self.pw[1], om_in, mid_mask, relu=True, channels=m)
         else:
             y = x
         conv, lo = _conv(self.dw), (self.kernel - spec.kernel) // 2
         weight = conv.weight[:m, :, lo:lo + spec.kernel, lo:lo + spec.kernel]
-        y = _spatial(y, weight, conv.bias[:m], sh.stride, spec.kernel // 2, m, res, sh.level_in, sh.level_out)
+        y = _spatial(y, weight, sh.stride, spec.kernel // 2, m, res, sh.level_in, sh.level_out)
         y = batch_norm(y, self.dw[1], om_out, mid_mask, relu=True, channels=m)
         conv = _conv(self.pwl)
         weight = conv.weight[:, :m]
         if spec.groups > 1:
             weight = weight * self._group_mask(spec.groups, v, u)[:, :m, None, None]
         out_mask = channel_mask(u, self.out_prefix).reshape(-1)
-        y = batch_norm(F.conv2d(y, weight, conv.bias), self.pwl[1], om_out,
+        y = batch_norm(F.conv2d(y, weight), self.pwl[1], om_out,
                        out_mask if scale is None else out_mask * scale)
         return self._residual(y, x, v, u, scale)
 
@@ -217,7 +215,7 @@ class SuperIR(nn.Module):
                 y = torch.addcmul(y, _fit_channels(x, mid_max), (q * (1 - self.expands)).sum().reshape(1, 1, 1, 1))
         conv = _conv(self.dw)
         weight = conv.weight * (q @ self.kernel_masks).view(self.kernel, self.kernel)
-        y = _spatial(y, weight, conv.bias, sh.stride, self.kernel // 2, mid_max, res, sh.level_in, sh.level_out)
+        y = _spatial(y, weight, sh.stride, self.kernel // 2, mid_max, res, sh.level_in, sh.level_out)
         y = batch_norm(y, self.dw[1], om_out, q @ mids, relu=True)
         conv = _conv(self.pwl)
         weight = conv.weight
@@ -227,7 +225,7 @@ class SuperIR(nn.Module):
                 mix = mix + (q * getattr(self, f"ops_with_groups{g}")).sum() * self._group_mask(g, v, u)
             weight = weight * mix[:, :, None, None]
         out_mask = channel_mask(u, self.out_prefix).reshape(-1)
-        y = batch_norm(F.conv2d(y, weight, conv.bias), self.pwl[1], om_out,
+        y = batch_norm(F.conv2d(y, weight), self.pwl[1], om_out,
                        out_mask if scale is None else out_mask * scale)
         return self._residual(y, x, v, u, scale, identity_weight)
 
@@ -259,10 +257,10 @@ def _group_members(options: list[int], g: int, width: int) -> torch.Tensor:
     return members
 
 
-def _spatial(x, weight, bias, stride, padding, groups, res: ResolutionState | None, level_in, level_out):
+def _spatial(x, weight, stride, padding, groups, res: ResolutionState | None, level_in, level_out):
     if res is not None and (weight.shape[-1] > 1 or stride > 1):
-        return res.spatial_conv(x, weight, bias, stride, padding, groups, level_in, level_out)
-    return conv2d(x, weight, bias, stride, padding, 1, groups)
+        return res.spatial_conv(x, weight, None, stride, padding, groups, level_in, level_out)
+    return conv2d(x, weight, None, stride, padding, 1, groups)
 
 
 class MaskedSkip(nn.Module):
