@@ -4,15 +4,15 @@
 Two layers see more than their own rows, and the ranks would otherwise part from one process there:
 
 - batch normalisation (training mode) normalises with the moments of the whole global batch: every rank's per-channel
-  sums are all-reduced (and their gradients on the way back), so outputs, gradients and running statistics are those
-  of one process;
+  sums (for the mean, then for the variance about it) are all-reduced, and their gradients on the way back, so
+  outputs, gradients and running statistics are those of one process;
 - dropout draws one mask for the whole global batch (every rank draws the same one: the ranks share a random stream)
   and applies its rows.
 
 Gradients are averaged by the engine, which gives one process's gradient of the batch mean. So N processes follow one
 process's trajectory up to floating-point summation order. torch's ``SyncBatchNorm`` shares batch-norm moments on
 GPUs only, and not the weighted moments of the resolution supernet's functional batch norm; this module does both on
-any backend (gloo or nccl), with one all-reduce per batch-norm layer.
+any backend (gloo or nccl), with two small all-reduces per batch-norm layer and pass.
 
 ``sharing`` turns this on while an engine trains (``Engine.run``): it swaps the class of the ``nn.BatchNorm2d`` and
 ``nn.Dropout`` modules of the placed models for the shared ones below and back again afterwards; functional batch
@@ -111,24 +111,34 @@ def batch_moments(x: torch.Tensor, positions: torch.Tensor | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Per-channel mean and (biased) variance of ``x`` (N x C x H x W) over its images and positions, and the
     effective number of values behind them (for the unbiased running variance). ``positions`` (H x W, summing to 1)
-    weights the positions; None: all alike. Under ``sharing``, over the whole global batch. Computed in float32."""
+    weights the positions; None: all alike. Under ``sharing``, over the whole global batch.
+
+    Two passes in float32 (the mean, then the mean squared deviation from it): the one-pass ``E[x^2] - E[x]^2``
+    loses the variance of a channel whose mean is large against its spread (relative error 1e-3 at mean 3, std
+    0.05, against 1.4e-7 in two passes; measured)."""
     xf = x.float()
     if positions is None:
         area = x.shape[2] * x.shape[3]
-        sums = torch.cat([xf.sum((0, 2, 3)) / area, (xf * xf).sum((0, 2, 3)) / area])
+
+        def per_channel(t: torch.Tensor) -> torch.Tensor:
+            return t.sum((0, 2, 3)) / area
         per_image = float(area)
     else:
         w = positions.reshape(1, *positions.shape[-2:]).float()
-        sums = torch.cat([(xf.sum(0) * w).sum((1, 2)), ((xf * xf).sum(0) * w).sum((1, 2))])
-        per_image = 1.0 / float((positions * positions).sum())
-    images = x.shape[0]
-    if _active is not None:
-        sums = _SumOverRanks.apply(sums)
-        images *= _active.size
-    c = x.shape[1]
-    mean = sums[:c] / images
-    var = (sums[c:] / images - mean * mean).clamp_min(0.0)
+
+        def per_channel(t: torch.Tensor) -> torch.Tensor:
+            return (t.sum(0) * w).sum((1, 2))
+        per_image = 1.0 / float((positions.detach() ** 2).sum())
+    images = x.shape[0] * (_active.size if _active is not None else 1)
+    mean = _over_ranks(per_channel(xf)) / images
+    centred = xf - mean.view(1, -1, 1, 1)
+    var = _over_ranks(per_channel(centred * centred)) / images
     return mean, var, images * per_image
+
+
+def _over_ranks(t: torch.Tensor) -> torch.Tensor:
+    """``t`` summed over the ranks under ``sharing`` (gradients flow back to every rank's share); else ``t``."""
+    return _SumOverRanks.apply(t) if _active is not None else t
 
 
 def batch_norm_training(x: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm, gamma: torch.Tensor,

@@ -114,6 +114,8 @@ class SuperIR(nn.Module):
         self.pw = ConvBNReLU(a_max, mid_max, 1) if any(s.expansion > 1 for s in self.specs) else None
         self.dw = ConvBNReLU(mid_max, mid_max, self.kernel, shape.stride, groups=mid_max)
         self.pwl = ConvBNReLU(mid_max, b_max, 1, relu=False)
+        if shape.stride == 1 and shape.tied:  # always residual: starts as the identity (see InvertedResidual)
+            nn.init.zeros_(self.pwl[1].weight)
         k = self.kernel
         kernels = torch.zeros(len(ops), k, k)
         for o, spec in enumerate(self.specs):

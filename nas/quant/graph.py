@@ -119,6 +119,10 @@ def attach_onnx(layers: list[LayerInfo], onnx_path: str | Path) -> QuantGraph:
         pass
     graph = model.graph
     weights = {init.name: init for init in graph.initializer}
+    # the exporter stores equal constants once and feeds the copies through Identity nodes (all-zero weights of a
+    # fresh residual block, whose last batch norm starts at zero, fold to equal tensors)
+    weights.update({n.output[0]: weights[n.input[0]] for n in graph.node
+                    if n.op_type == "Identity" and n.input[0] in weights})
     nodes = [n for n in graph.node if n.op_type in LAYER_OPS and len(n.input) > 1 and n.input[1] in weights]
     if len(nodes) != len(layers):
         raise SearchError(f"{onnx_path}: {len(nodes)} conv/linear nodes but the model has {len(layers)} "
