@@ -136,8 +136,12 @@ class Engine:
             history = json.loads(state["history"])
             torch.set_rng_state(state["torch_rng"])
         for index in range(len(history), epochs):
+            if self.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(self.device)
             with shares.sharing(self.world, self._placed_models()):
                 row = task.epoch(index)
+            if self.device.type == "cuda":  # the epoch's peak, for the history's readers
+                row["gpu_memory_gib"] = torch.cuda.max_memory_allocated(self.device) / 2 ** 30
             history.append(row)
             if ckpt is not None and self.world.is_writer:
                 state = {**task.state(), "history": json.dumps(history), "torch_rng": torch.get_rng_state(),
