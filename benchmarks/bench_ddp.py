@@ -4,7 +4,7 @@ another order). Prints each run's final architecture, whether it matches the 1-p
 difference of the per-epoch training and validation losses and of the expected-latency curve, and the test accuracy
 of the retrained winner. Asserts nothing.
 
-    .venv/bin/python benchmarks/bench_ddp.py [--epochs 6] [--final-epochs 3] [--nproc 2]
+    .venv/bin/python benchmarks/bench_ddp.py [--epochs 6] [--final-epochs 3] [--nproc 2] [--seed 0]
 
 Each process trains on its share of every global batch and the gradients are averaged; batch norm normalises with
 the whole global batch's moments and dropout applies the process's rows of one mask for the whole batch
@@ -34,7 +34,7 @@ def search(out: Path, nproc: int, threads: int, args) -> float:
     """Run the search (under torchrun when ``nproc`` > 1, each process on ``threads`` threads); its wall seconds."""
     command = ["search", "dmasking", "--space", "fbnet_v2", "--dataset", args.dataset, "--width", str(args.width),
                "--device", args.device, "--profile", "--epochs", str(args.epochs), "--final-epochs",
-               str(args.final_epochs), "--accelerator", "cpu", "--threads", str(threads), "--seed", "0",
+               str(args.final_epochs), "--accelerator", "cpu", "--threads", str(threads), "--seed", str(args.seed),
                "--out", str(out)]
     if args.tables_dir:
         command += ["--tables-dir", args.tables_dir]
@@ -49,6 +49,7 @@ def search(out: Path, nproc: int, threads: int, args) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nproc", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--final-epochs", type=int, default=3)
     ap.add_argument("--dataset", default="digits")
