@@ -115,3 +115,22 @@ def test_two_gloo_processes_train_like_one_with_batch_norm_and_dropout(tmp_path)
     initial = torch.nn.Linear(8 * 64, 10)  # the weights moved: the comparison is not between two untrained models
     assert not torch.allclose(one["state"]["5.weight"], initial.weight, atol=1e-2)
     assert not torch.equal(one["state"]["1.running_mean"], torch.zeros(8))
+
+
+def test_batch_moments_keep_the_variance_of_a_channel_far_from_zero():
+    """Two passes: a channel at mean 3 and std 0.05 keeps its variance to float precision (``E[x^2] - E[x]^2`` in
+    float32 is off by about 1e-3 there); position weights give the weighted moments."""
+    from nas.shares import batch_moments
+
+    torch.manual_seed(0)
+    x = (torch.randn(64, 6, 16, 16) * 0.05 + 3.0).contiguous(memory_format=torch.channels_last)
+    mean, var, count = batch_moments(x)
+    ref_var, ref_mean = torch.var_mean(x.double(), (0, 2, 3), unbiased=False)
+    assert torch.allclose(var.double(), ref_var, rtol=1e-5) and torch.allclose(mean.double(), ref_mean, rtol=1e-6)
+    assert count == 64 * 16 * 16
+    positions = torch.zeros(16, 16)
+    positions[::2, ::2] = 1 / 64  # the pixels of an 8 x 8 option inside the 16 x 16 map
+    mean, var, count = batch_moments(x, positions)
+    ref_var, ref_mean = torch.var_mean(x[:, :, ::2, ::2].double(), (0, 2, 3), unbiased=False)
+    assert torch.allclose(var.double(), ref_var, rtol=1e-5) and torch.allclose(mean.double(), ref_mean, rtol=1e-6)
+    assert count == pytest.approx(64 * 64)

@@ -121,7 +121,9 @@ class DynamicTraining:
                     aux = aux + full_aux
                 total_loss = loss + dyn.predictor_loss_weight * aux
             self.opt.zero_grad(set_to_none=True)
-            if torch.isfinite(total_loss):  # a non-finite step is skipped, not applied
+            # a non-finite step is skipped, not applied; by every rank or none (a lone rank would wait in the
+            # gradients' all-reduce)
+            if engine.world.total(float(not torch.isfinite(total_loss)))[0] == 0:
                 engine.backward_step(total_loss, self.opt, clip_params=model.parameters(), clip_norm=dyn.grad_clip)
             self.sched.step()
             total += loss.item() * len(y)
