@@ -44,8 +44,10 @@ class World:
 
     def average_gradients(self, params: Iterable[torch.nn.Parameter]) -> None:
         """Replace every existing gradient by its mean over the ranks (one flattened all-reduce)."""
+        if self.size == 1:
+            return
         grads = [p.grad for p in params if p.grad is not None]
-        if self.size == 1 or not grads:
+        if not grads:
             return
         flat = torch.cat([g.detach().reshape(-1).float() for g in grads])
         dist.all_reduce(flat)
