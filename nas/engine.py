@@ -18,8 +18,8 @@ from typing import Callable, Iterator, Protocol
 import torch
 from torch import nn
 
-from nas.accelerator import Accelerator, resolve_accelerator
 from nas import shares
+from nas.accelerator import Accelerator, resolve_accelerator
 from nas.augment import augment_batch
 from nas.datasets import Split, split_batches
 from nas.distributed import World, current_world, join_process_group

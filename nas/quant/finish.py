@@ -88,8 +88,8 @@ def finish(net: MixedPrecisionNet, graph: QuantGraph, assignment: list[BitOption
                 advance(note=fmt)
     else:
         candidates["fp32"] = str(float_path)
-    parity = split_parity(net, candidates, data.test, engine=engine)  # the fixed net in eval mode: observers
-    # are calibrated
+    # the fixed net in eval mode: its observers are calibrated
+    parity = split_parity(net, candidates, data.test, engine=engine)
     formats = {fmt: {"accuracy_onnx": parity.files[fmt]["accuracy_onnx"],
                      "onnx_max_abs_diff": parity.files[fmt]["onnx_max_abs_diff"],
                      "file_mb": os.path.getsize(path) / 1e6} for fmt, path in candidates.items()}
