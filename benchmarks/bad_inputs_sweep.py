@@ -20,9 +20,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 from test_predict_fixtures import BENCH_TABLE, TINY_SPACE_YAML  # noqa: E402
 
 from cli.main import main  # noqa: E402
+from nas.arch.space import load_space  # noqa: E402
 from nas.latency.profile import profile_items, space_profile_items  # noqa: E402
 from nas.latency.timing import TimingConfig  # noqa: E402
-from nas.space import load_space  # noqa: E402
+
 
 def make_cases() -> list[tuple]:
     """The inputs, with the files they name written under a temporary folder (a tiny device profiled there)."""

@@ -36,26 +36,26 @@ import pandas as pd
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from nas.capacity.checkpoint import load_checkpoint, save_checkpoint
-from nas.capacity.config import CapacityConfig, capacity_factor_plan
-from nas.capacity.evaluate import CapacityEvaluator, calibration_images
-from nas.capacity.export import export_plan, interleaved_ms
-from nas.capacity.latency import calibrate_capacity, capacity_profile_items, predict_plan
-from nas.capacity.planning import plan_for_config
-from nas.capacity.plots import plot_curves
-from nas.capacity.search import CapacityProblem
-from nas.capacity.strategy import CapacityJob, CapacityStrategy, PreparedCapacity
-from nas.predict.pareto import pareto_mask
-from nas.capacity.space import dense_variant
-from nas.capacity.task import load_capacity_data
-from nas.capacity.training import plan_accuracy, train_dynamic
-from nas.capacity.vit import ConfiguredViT, DynamicViT
 from nas.files import write_json
 from nas.latency.model import LatencyModel
 from nas.latency.profile import profile_items
 from nas.latency.table import LatencyTable
 from nas.latency.timing import TimingConfig
 from nas.run import RunDir
+from nas.search.blackbox.pareto import pareto_mask
+from nas.search.capacity.checkpoint import load_checkpoint, save_checkpoint
+from nas.search.capacity.config import CapacityConfig, capacity_factor_plan
+from nas.search.capacity.evaluate import CapacityEvaluator, calibration_images
+from nas.search.capacity.export import export_plan, interleaved_ms
+from nas.search.capacity.latency import calibrate_capacity, capacity_profile_items, predict_plan
+from nas.search.capacity.planning import plan_for_config
+from nas.search.capacity.plots import plot_curves
+from nas.search.capacity.search import CapacityProblem
+from nas.search.capacity.space import dense_variant
+from nas.search.capacity.strategy import CapacityJob, CapacityStrategy, PreparedCapacity
+from nas.search.capacity.task import load_capacity_data
+from nas.search.capacity.training import plan_accuracy, train_dynamic
+from nas.search.capacity.vit import ConfiguredViT, DynamicViT
 
 
 def log(msg: str) -> None:
@@ -101,7 +101,7 @@ def macs(model: DynamicViT, plan) -> int:
 
 
 def interleaved(paths: dict[str, Path], manifest, rounds: int) -> dict[str, dict]:
-    """Median over interleaved rounds (nas.capacity.export.interleaved_ms), keyed ``ms``."""
+    """Median over interleaved rounds (nas.search.capacity.export.interleaved_ms), keyed ``ms``."""
     return {n: {"ms": r["measured_ms"], "min_ms": r["measured_min_ms"], "max_ms": r["measured_max_ms"]}
             for n, r in interleaved_ms(paths, manifest, rounds).items()}
 

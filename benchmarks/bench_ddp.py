@@ -8,7 +8,7 @@ of the retrained winner. Asserts nothing.
 
 Each process trains on its share of every global batch and the gradients are averaged; batch norm normalises with
 the whole global batch's moments and dropout applies the process's rows of one mask for the whole batch
-(``nas.shares``). What is left between 1 and N processes: floating-point sums in another order, and the last global
+(``nas.train.sync_layers``). What is left between 1 and N processes: floating-point sums in another order, and the last global
 batch of an epoch, of which N processes leave out the samples that do not split evenly (at most N - 1). The control
 shows how far summation order alone moves a search.
 """

@@ -33,16 +33,16 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from nas.builder import build_model  # noqa: E402
-from nas.dnas.decode import most_probable_in_band  # noqa: E402
-from nas.dnas.distribution import ArchDistribution  # noqa: E402
-from nas.dnas.dmasking_supernet import DMaskingSupernet  # noqa: E402
-from nas.dnas.dnas_supernet import DNASSupernet  # noqa: E402
-from nas.dnas.search import SearchSettings, SupernetSearch  # noqa: E402
-from nas.dnas.strategy import SearchJob, SupernetStrategy, build_supernet  # noqa: E402
-from nas.strategy import open_run  # noqa: E402
-from nas.recipe import Recipe  # noqa: E402
-from nas.space import load_space  # noqa: E402
+from nas.arch.space import load_space  # noqa: E402
+from nas.models.builder import build_model  # noqa: E402
+from nas.search.dnas.decode import most_probable_in_band  # noqa: E402
+from nas.search.dnas.distribution import ArchDistribution  # noqa: E402
+from nas.search.dnas.dmasking_supernet import DMaskingSupernet  # noqa: E402
+from nas.search.dnas.dnas_supernet import DNASSupernet  # noqa: E402
+from nas.search.dnas.search import SearchSettings, SupernetSearch  # noqa: E402
+from nas.search.dnas.strategy import SearchJob, SupernetStrategy, build_supernet  # noqa: E402
+from nas.search.strategy import open_run  # noqa: E402
+from nas.train.recipe import Recipe  # noqa: E402
 
 WIDE_SPACE = """
 name: wide_options
@@ -212,8 +212,8 @@ def bench_alpha(args) -> None:
 def _train_measure(prep, space, arch, out: Path, prefix: str) -> dict:
     """Train ``arch`` with the search's recipe and engine, export it, check parity and time it: the same path as
     the search's winner (``train_export_measure``); adds the child's training images/s."""
-    from nas.finalize import measuring_device, train_export_measure
     from nas.run import RunDir
+    from nas.search.finalize import measuring_device, train_export_measure
 
     device, note = measuring_device(prep.lm.device)
     start = time.perf_counter()
@@ -233,8 +233,8 @@ def _median_images_per_s(train_history: Path) -> float:
 def _fbnet_a_at(prep, measured_ms: float, widths: list[float]) -> tuple[float, float]:
     """The width of FBNet-A (at the search's resolution and data) whose exported model measures closest to
     ``measured_ms`` on the search's device, and its measured ms."""
-    from nas.onnx_io import export_onnx
-    from nas.finalize import measuring_device
+    from nas.models.onnx_io import export_onnx
+    from nas.search.finalize import measuring_device
 
     device, _ = measuring_device(prep.lm.device)
     found = []
@@ -250,8 +250,8 @@ def _fbnet_a_at(prep, measured_ms: float, widths: list[float]) -> tuple[float, f
 
 
 def bench_quality(args) -> None:
-    from nas.accelerator import resolve_accelerator
-    from nas.engine import Engine
+    from nas.train.accelerator import resolve_accelerator
+    from nas.train.engine import Engine
 
     begin = time.perf_counter()
     engine = Engine(resolve_accelerator("cpu", "32", args.threads), workers=args.loader_workers)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from nas.arch.space import load_space  # noqa: E402
 from nas.latency.calibrate import calibrate  # noqa: E402
 from nas.latency.device import Device  # noqa: E402
 from nas.latency.drift import check_drift, recalibrate  # noqa: E402
@@ -33,7 +34,6 @@ from nas.latency.table import LatencyTable  # noqa: E402
 from nas.latency.timing import TimingConfig  # noqa: E402
 from nas.latency.validate import validate  # noqa: E402
 from nas.run import RunDir  # noqa: E402
-from nas.space import load_space  # noqa: E402
 
 
 @contextmanager

@@ -23,13 +23,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from nas.arch.space import load_space  # noqa: E402
 from nas.latency.calibrate import calibrate  # noqa: E402
 from nas.latency.model import FallbackRegressor, LatencyModel  # noqa: E402
 from nas.latency.profile import profile_items, space_profile_items  # noqa: E402
 from nas.latency.timing import TimingConfig  # noqa: E402
 from nas.latency.validate import validate  # noqa: E402
 from nas.run import RunDir  # noqa: E402
-from nas.space import load_space  # noqa: E402
 
 
 def fallback_cv_mape(lm: LatencyModel, folds: int = 5) -> float:

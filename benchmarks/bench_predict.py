@@ -36,14 +36,14 @@ TABLE = ROOT / "benchmarks" / "data" / "digits_joint.csv"
 
 
 def throughput(quick: bool) -> None:
+    from nas.arch.space import load_space
     from nas.latency.profile import profile_items, space_profile_items
     from nas.latency.timing import TimingConfig
-    from nas.predict.evolution import evolve
-    from nas.predict.joint_space import JointSpace
-    from nas.predict.model_costs import ModelSpaceCosts, load_latency_models
-    from nas.predict.predictors import ArchRecipePredictor
-    from nas.predict.problem import Constraint
-    from nas.space import load_space
+    from nas.search.blackbox.evolution import evolve
+    from nas.search.blackbox.problem import Constraint
+    from nas.search.predict.joint_space import JointSpace
+    from nas.search.predict.model_costs import ModelSpaceCosts, load_latency_models
+    from nas.search.predict.predictors import ArchRecipePredictor
 
     space = load_space("fbnet_v2", resolution=32, width_multiplier=0.25, classes=10, in_channels=1)
     joint = JointSpace(space)
@@ -84,8 +84,8 @@ ALL_PROXIES = ["macs", "params", "train_steps"]  # + the recipe's free proxy (op
 
 
 def _problem(proxies=ALL_PROXIES):
-    from nas.predict.problem import TableProblem
-    from nas.predict.table_space import TableEvaluator, TableSpace
+    from nas.search.blackbox.problem import TableProblem
+    from nas.search.predict.table_space import TableEvaluator, TableSpace
 
     metrics = [c for c in ["test_accuracy", "predicted_latency_ms", "train_seconds", *ALL_PROXIES] if c not in proxies]
     table = TableSpace(TABLE, "val_accuracy", ["latency_ms"], proxy_columns=list(proxies), metric_columns=metrics)
@@ -104,11 +104,11 @@ def _random_search(problem, constraint, budget, seed, aware):
 
 
 def search_quality(seeds: int, budget: int, quantiles: list[int], optuna_seeds: int) -> None:
-    from nas.predict.history import History
-    from nas.predict.nars import NarsConfig, run_nars
-    from nas.predict.optuna_search import OptunaConfig, run_optuna
-    from nas.predict.study import evaluated_trials, load_study
-    from nas.predict.problem import Constraint
+    from nas.search.blackbox.history import History
+    from nas.search.predict.optuna_search import OptunaConfig, run_optuna
+    from nas.search.blackbox.problem import Constraint
+    from nas.search.blackbox.study import evaluated_trials, load_study
+    from nas.search.predict.nars import NarsConfig, run_nars
 
     problem = _problem()
     t = problem.table
@@ -169,7 +169,7 @@ def search_quality(seeds: int, budget: int, quantiles: list[int], optuna_seeds: 
 
 
 def pretraining(seeds: int, labels: list[int]) -> None:
-    from nas.predict.predictors import ArchRecipePredictor, kendall_tau
+    from nas.search.predict.predictors import ArchRecipePredictor, kendall_tau
 
     variants = {"FBNetV3 proxies": _problem(FBNETV3_PROXIES), "+ train_steps": _problem(ALL_PROXIES)}
     problem = variants["FBNetV3 proxies"]

@@ -5,7 +5,7 @@ How it is built (all real, nothing synthetic):
    stage, and a training-recipe space: lr, epochs, weight decay, label smoothing, batch size) on scikit-learn's
    digits at 16 px.
 2. ``--archs`` architectures are drawn uniformly at random (seed 0), each with ``--recipes`` recipes drawn
-   uniformly from the recipe ranges. Each (arch, recipe) row is trained with ``nas.training.train_model`` (seed 0,
+   uniformly from the recipe ranges. Each (arch, recipe) row is trained with ``nas.train.training.train_model`` (seed 0,
    one CPU thread) and scored on the validation split (``val_accuracy``, the search objective) and the test
    split (``test_accuracy``).
 3. Each distinct architecture is exported to ONNX and its batch-1 latency measured with ONNX Runtime
@@ -56,7 +56,7 @@ def _rows_plan(joint, archs: int, recipes: int, seed: int) -> np.ndarray:
 
 
 def train_pass(joint, data, plan: np.ndarray, partial: Path) -> pd.DataFrame:
-    from nas.predict.evaluators import TrainEvaluator
+    from nas.search.predict.evaluators import TrainEvaluator
     done = pd.read_csv(partial) if partial.is_file() else pd.DataFrame()
     if len(done):
         done = done[done["row"] < len(plan)]
@@ -81,11 +81,11 @@ def train_pass(joint, data, plan: np.ndarray, partial: Path) -> pd.DataFrame:
 
 
 def latency_pass(joint, frame: pd.DataFrame, device: str, tables_dir: Path, chunk: int = 32) -> pd.DataFrame:
-    from nas.builder import build_model
     from nas.latency.model import LatencyModel
     from nas.latency.profile import profile_items, space_profile_items
     from nas.latency.timing import TimingConfig
-    from nas.onnx_io import export_onnx
+    from nas.models.builder import build_model
+    from nas.models.onnx_io import export_onnx
 
     # per-thread CPU clock, one thread, interleaved rounds: robust to the other processes of a shared machine
     timing = TimingConfig(clock="cpu", max_seconds=2.0)
@@ -129,9 +129,9 @@ def main() -> None:
     ap.add_argument("--device", default="bench-cpu1")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    from nas.data import load_dataset
-    from nas.predict.joint_space import JointSpace
-    from nas.space import load_space
+    from nas.arch.space import load_space
+    from nas.data.dataset import load_dataset
+    from nas.search.predict.joint_space import JointSpace
 
     data = load_dataset("digits", resolution=RESOLUTION, seed=0)
     joint = JointSpace(load_space(str(SPACE), resolution=RESOLUTION, classes=10, in_channels=1))

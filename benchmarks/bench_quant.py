@@ -30,24 +30,24 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from nas.arch.space import resolve_model_ref  # noqa: E402
+from nas.data.task import load_task  # noqa: E402
 from nas.files import write_json  # noqa: E402
 from nas.latency.calibrate import calibrate  # noqa: E402
-from nas.latency.profile import profile_items, space_profile_items  # noqa: E402
-from nas.latency.timing import TimingConfig  # noqa: E402
-from nas.builder import build_model  # noqa: E402
 from nas.latency.precision import int8_speedups  # noqa: E402
+from nas.latency.profile import profile_items, space_profile_items  # noqa: E402
 from nas.latency.table import LatencyTable  # noqa: E402
-from nas.onnx_io import export_onnx  # noqa: E402
-from nas.quant.costs import SizeCost  # noqa: E402
-from nas.quant.graph import attach_onnx, trace_layers  # noqa: E402
-from nas.quant.mixed import BitOption, MixedPrecisionNet  # noqa: E402
-from nas.quant.profile import layer_items, precision_graph  # noqa: E402
-from nas.space import resolve_model_ref  # noqa: E402
-from nas.quant.pipeline import run_mixed_precision  # noqa: E402
-from nas.quant.prepare import MixedPrecisionConfig, prepare_mixed_precision  # noqa: E402
-from nas.quant.search import SearchConfig  # noqa: E402
+from nas.latency.timing import TimingConfig  # noqa: E402
+from nas.models.builder import build_model  # noqa: E402
+from nas.models.onnx_io import export_onnx  # noqa: E402
 from nas.run import RunDir  # noqa: E402
-from nas.task import load_task  # noqa: E402
+from nas.search.quant.costs import SizeCost  # noqa: E402
+from nas.search.quant.graph import attach_onnx, trace_layers  # noqa: E402
+from nas.search.quant.mixed import BitOption, MixedPrecisionNet  # noqa: E402
+from nas.search.quant.pipeline import run_mixed_precision  # noqa: E402
+from nas.search.quant.prepare import MixedPrecisionConfig, prepare_mixed_precision  # noqa: E402
+from nas.search.quant.profile import layer_items, precision_graph  # noqa: E402
+from nas.search.quant.search import SearchConfig  # noqa: E402
 
 
 @contextmanager

@@ -26,13 +26,13 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from nas.accelerator import resolve_accelerator  # noqa: E402
-from nas.data import load_dataset  # noqa: E402
-from nas.dnas.dmasking_supernet import DMaskingSupernet  # noqa: E402
-from nas.dnas.search import SearchSettings, SupernetSearch  # noqa: E402
-from nas.dnas.strategy import SearchJob, SupernetStrategy  # noqa: E402
-from nas.engine import Engine  # noqa: E402
-from nas.recipe import Recipe  # noqa: E402
+from nas.data.dataset import load_dataset  # noqa: E402
+from nas.search.dnas.dmasking_supernet import DMaskingSupernet  # noqa: E402
+from nas.search.dnas.search import SearchSettings, SupernetSearch  # noqa: E402
+from nas.search.dnas.strategy import SearchJob, SupernetStrategy  # noqa: E402
+from nas.train.accelerator import resolve_accelerator  # noqa: E402
+from nas.train.engine import Engine  # noqa: E402
+from nas.train.recipe import Recipe  # noqa: E402
 
 
 def prepared(args, dataset: str):

@@ -39,7 +39,7 @@ TABLE = ROOT / "benchmarks" / "data" / "digits_joint.csv"
 
 
 def settings_for(storage: str, study: str, budget: int, seed: int, scale: float, workers: int, bound: str):
-    from nas.predict.search_setup import SearchSettings
+    from nas.search.predict.search_setup import SearchSettings
 
     return SearchSettings(strategy="nars", space=f"table:{TABLE}", objective="val_accuracy",
                           latency_columns=["latency_ms"], metric_columns=["test_accuracy", "train_seconds"],
@@ -49,8 +49,8 @@ def settings_for(storage: str, study: str, budget: int, seed: int, scale: float,
 
 def run_search(settings, out: Path) -> tuple[float, float]:
     """Wall seconds and the best val_accuracy under the bound."""
-    from nas.predict.runner import PredictorStrategy
-    from nas.strategy import open_run
+    from nas.search.predict.runner import PredictorStrategy
+    from nas.search.strategy import open_run
 
     strategy = PredictorStrategy(settings)
     prepared = strategy.prepare()
@@ -86,9 +86,9 @@ def speedup(args, bound: str) -> None:
 
 
 def faults(args, bound: str) -> None:
-    from nas.predict.optuna_search import OptunaConfig, open_job
-    from nas.predict.search_setup import build_constraints, build_problem
-    from nas.predict.study import evaluated_trials, study_status
+    from nas.search.predict.optuna_search import OptunaConfig, open_job
+    from nas.search.blackbox.study import evaluated_trials, study_status
+    from nas.search.predict.search_setup import build_constraints, build_problem
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with tempfile.TemporaryDirectory() as tmp:
@@ -106,7 +106,7 @@ def faults(args, bound: str) -> None:
 
         workers = [worker() for _ in range(args.fault_workers)]
         proposer = subprocess.Popen([sys.executable, "-c", "import json,sys; from benchmarks.bench_workers import "
-                                     "run_search; from nas.predict.search_setup import SearchSettings; "
+                                     "run_search; from nas.search.predict.search_setup import SearchSettings; "
                                      "print(run_search(SearchSettings(**json.loads(sys.argv[1])), sys.argv[2]))",
                                      json.dumps(s.__dict__), str(Path(tmp) / "run")], cwd=ROOT, env=env)
         rng, kills = random.Random(0), 0
@@ -134,8 +134,8 @@ def faults(args, bound: str) -> None:
 
 
 def real(args) -> None:
-    from nas.predict.search_setup import SearchSettings
-    from nas.predict.study import evaluated_trials, load_study
+    from nas.search.blackbox.study import evaluated_trials, load_study
+    from nas.search.predict.search_setup import SearchSettings
 
     with tempfile.TemporaryDirectory() as tmp:
         tables = Path(tmp) / "tables"
@@ -162,7 +162,7 @@ def real(args) -> None:
 
 
 def masked(url: str) -> str:
-    from nas.predict.study import masked_url
+    from nas.search.blackbox.study import masked_url
 
     return masked_url(url).split("///")[0] if url.startswith("sqlite") else masked_url(url)
 

@@ -10,8 +10,7 @@ from typing import Iterator
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-    TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from nas.files import finite_json
 
@@ -76,7 +75,7 @@ def progress_bar(description: str, total: int | None) -> Iterator[callable]:
 
 @contextmanager
 def progress_bars() -> Iterator[callable]:
-    """The adapter of ``nas.strategy.Progress``: one bar per stage, shown from the first report on."""
+    """The adapter of ``nas.progress.Progress``: one bar per stage, shown from the first report on."""
     bars = Progress(*COLUMNS, console=console, transient=False)
     tasks: dict[str, int] = {}
 
@@ -112,8 +111,8 @@ def next_step(report: dict, out: Path) -> str:
 def run_strategy(name: str, config, out: Path | None) -> tuple[dict, Path]:
     """Prepare, open the run directory, run: the registered strategy ``name`` on ``config``, with progress bars.
     Returns the report and the run directory."""
-    from nas.mismatch import mismatch_warnings
-    from nas.strategy import get_strategy, open_run
+    from nas.data.mismatch import mismatch_warnings
+    from nas.search.strategy import get_strategy, open_run
 
     strategy = get_strategy(name)(config)
     with progress_bars() as progress:

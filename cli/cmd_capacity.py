@@ -7,10 +7,19 @@ from typing import Optional
 
 import typer
 
-from cli.app import app, console, latency_app, next_step, print_json, print_verdict, progress_bar, run_strategy, \
-    search_app
+from cli.app import (
+    app,
+    console,
+    latency_app,
+    next_step,
+    print_json,
+    print_verdict,
+    progress_bar,
+    run_strategy,
+    search_app,
+)
 from cli.cmd_latency import correction_line, correction_summary, table_clock
-from nas.strategy import STRATEGIES
+from nas.search.strategy import STRATEGIES
 
 SPACE_OPT = typer.Option("vit_capacity", "--space", help="vit_capacity space name or YAML")
 DATASET_OPT = typer.Option("digits", help="digits | npz:PATH | folder:PATH")
@@ -20,7 +29,8 @@ TABLES_OPT = typer.Option(None, "--tables-dir", help="base folder (default $HWNA
 
 @app.command("train-dynamic")
 def train_dynamic_cmd(space: str = SPACE_OPT, dataset: str = DATASET_OPT,
-                      out: Optional[Path] = typer.Option(None, help="run directory (rerun with the same one to resume)"),
+                      out: Optional[Path] = typer.Option(None,
+                                                         help="run directory (rerun with the same one to resume)"),
                       epochs: Optional[int] = typer.Option(None, help="override the space recipe's epochs"),
                       shift: int = typer.Option(2, help="random-shift augmentation in pixels (0: none)"),
                       seed: int = typer.Option(0, help="data split and training seed"),
@@ -35,15 +45,14 @@ def train_dynamic_cmd(space: str = SPACE_OPT, dataset: str = DATASET_OPT,
     import pandas as pd
     import torch
 
-    from nas.engine import engine_for
-
-    from nas.capacity.checkpoint import save_checkpoint
-    from nas.capacity.config import capacity_factor_plan
-    from nas.capacity.task import load_capacity_data
-    from nas.capacity.training import plan_accuracy, train_dynamic
-    from nas.capacity.vit import DynamicViT
-    from nas.learning_curve import plot_learning_curve
     from nas.run import RunDir, default_run_path
+    from nas.search.capacity.checkpoint import save_checkpoint
+    from nas.search.capacity.config import capacity_factor_plan
+    from nas.search.capacity.task import load_capacity_data
+    from nas.search.capacity.training import plan_accuracy, train_dynamic
+    from nas.search.capacity.vit import DynamicViT
+    from nas.train.engine import engine_for
+    from nas.train.learning_curve import plot_learning_curve
 
     engine = engine_for(accelerator, precision, torch_threads, workers)
     data, sp = load_capacity_data(space, dataset, seed)
@@ -95,11 +104,11 @@ def profile_capacity(space: str = SPACE_OPT, device: str = DEVICE_OPT,
                      tables_dir: Optional[Path] = TABLES_OPT,
                      as_json: bool = typer.Option(False, "--json", help="print the summary as JSON")):
     """Measure every token-count unit of a vit_capacity space into a device table (resumable)."""
-    from nas.capacity.checkpoint import read_sidecar
-    from nas.capacity.latency import calibrate_capacity, capacity_profile_items
-    from nas.capacity.space import load_capacity_space
     from nas.latency.profile import profile_items
     from nas.latency.timing import TimingConfig
+    from nas.search.capacity.checkpoint import read_sidecar
+    from nas.search.capacity.latency import calibrate_capacity, capacity_profile_items
+    from nas.search.capacity.space import load_capacity_space
 
     clock = table_clock(clock, device, tables_dir, threads)
     args = (read_sidecar(checkpoint).get("space_args") or {}) if checkpoint else {}
@@ -141,7 +150,7 @@ def search_capacity_cmd(space: str = SPACE_OPT,
                                                          help="fail on a unit the table lacks instead of estimating"),
                         tables_dir: Optional[Path] = TABLES_OPT,
                         as_json: bool = typer.Option(False, "--json", help="print the report as JSON")):
-    from nas.capacity.strategy import CapacityJob
+    from nas.search.capacity.strategy import CapacityJob
 
     job = CapacityJob(space, str(checkpoint), device, target_ms, dataset, trials, seed, measure, not no_fallback,
                       str(tables_dir) if tables_dir else None)
@@ -155,7 +164,7 @@ def search_capacity_cmd(space: str = SPACE_OPT,
 
 
 def _summary(report: dict) -> str:
-    from nas.report import detail_key
+    from nas.search.report import detail_key
 
     d = report[detail_key(report["method"])]
     c = d["config"]
@@ -180,13 +189,18 @@ def export_capacity_cmd(space: str = SPACE_OPT,
                         tables_dir: Optional[Path] = TABLES_OPT,
                         as_json: bool = typer.Option(False, "--json", help="print the report as JSON")):
     """Export one config to ONNX with a parity check, and measure its latency against the prediction."""
-    from nas.capacity.config import CapacityConfig, CapacityConfigError, load_config_file, parse_keep_ratios, \
-        validate_config
-    from nas.capacity.search import export_config
-    from nas.capacity.space import load_capacity_space
-    from nas.capacity.strategy import load_evaluator
-    from nas.report import write_report
     from nas.run import RunDir
+    from nas.search.capacity.config import (
+        CapacityConfig,
+        CapacityConfigError,
+        load_config_file,
+        parse_keep_ratios,
+        validate_config,
+    )
+    from nas.search.capacity.search import export_config
+    from nas.search.capacity.space import load_capacity_space
+    from nas.search.capacity.strategy import load_evaluator
+    from nas.search.report import write_report
 
     if (config is None) == (keep is None):
         raise CapacityConfigError("give exactly one of --config capacity.json or --keep RATIOS")

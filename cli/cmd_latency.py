@@ -28,7 +28,7 @@ def advance_to(advance):
 
 
 def _space(space: str, resolution, width, classes, in_channels):
-    from nas.space import load_space
+    from nas.arch.space import load_space
 
     return load_space(space, resolution=resolution, width_multiplier=width, classes=classes, in_channels=in_channels)
 
@@ -196,8 +196,8 @@ def validate(space: str = SPACE_OPT, device: str = DEVICE_OPT,
              as_json: bool = typer.Option(False, "--json", help="print the summary as one JSON object")):
     """Measure random whole models end to end and compare them with the device's predictions."""
     from nas.errors import LatencyTableError
-    from nas.latency.model import LatencyModel
     from nas.latency.device import check_provider
+    from nas.latency.model import LatencyModel
     from nas.latency.validate import validate as run_validation
     from nas.run import RunDir, default_run_path
 
@@ -288,9 +288,9 @@ def predict(ref: str = typer.Argument(..., help="arch JSON, or a space / model n
             tables_dir: Optional[Path] = typer.Option(None, help="base folder of device tables"),
             as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
     """Predict an arch's latency on a device, block by block."""
+    from nas.arch.space import resolve_model_ref
     from nas.errors import LatencyTableError
     from nas.latency.model import LatencyModel
-    from nas.space import resolve_model_ref
 
     if bits not in (32, 8):
         raise LatencyTableError(f"--bits must be 32 (fp32) or 8 (int8), got {bits}")
@@ -323,9 +323,10 @@ def check(device: str = typer.Argument(..., help="device id: the folder latency_
           tables_dir: Optional[Path] = typer.Option(None, "--tables-dir", help="base folder of device tables"),
           as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
     """Re-time the device's reference models (kept at calibration) and report its drift since then."""
-    from nas.latency.drift import check_drift, recalibrate as fold_drift
+    from nas.latency.drift import check_drift
+    from nas.latency.drift import recalibrate as fold_drift
     from nas.latency.table import LatencyTable
-    from nas.report import DRIFT_WARN_PCT
+    from nas.search.report import DRIFT_WARN_PCT
 
     table = LatencyTable.open(device, tables_dir)
     result = check_drift(table, model=model)

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from cli.app import next_step, print_json, print_verdict, run_strategy, search_app
-from nas.strategy import strategies
+from nas.search.strategy import strategies
 
 DEFAULT_SPACE = {"dnas": "fbnet", "dmasking": "fbnet_v2"}
 
@@ -60,11 +60,11 @@ def _make_command(method: str):
                                              "images that cannot be read (default: refuse)"),
         as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
     ):
-        from nas.distributed import FollowerDone
-        from nas.dnas.search import SearchSettings
-        from nas.recipe import load_recipe
-        from nas.dnas.strategy import SearchJob
-        from nas.engine import engine_for
+        from nas.search.dnas.search import SearchSettings
+        from nas.search.dnas.strategy import SearchJob
+        from nas.train.distributed import FollowerDone
+        from nas.train.engine import engine_for
+        from nas.train.recipe import load_recipe
 
         engine = engine_for(accelerator, precision, threads, workers)
         rec = load_recipe(recipe)

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from cli.app import next_step, print_json, print_verdict, run_strategy, search_app
-from nas.strategy import STRATEGIES
+from nas.search.strategy import STRATEGIES
 
 
 def _bits(text: str, flag: str) -> list[int]:
@@ -56,9 +56,9 @@ def mixed_precision(
     workers: int = typer.Option(0, help="DataLoader worker processes that decode streamed data"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
 ):
-    from nas.engine import engine_for
-    from nas.quant.prepare import MixedPrecisionConfig, MixedPrecisionJob
-    from nas.quant.search import SearchConfig
+    from nas.search.quant.prepare import MixedPrecisionConfig, MixedPrecisionJob
+    from nas.search.quant.search import SearchConfig
+    from nas.train.engine import engine_for
 
     engine = engine_for(accelerator, precision, threads, workers)
 

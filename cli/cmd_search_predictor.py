@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 
 from cli.app import next_step, print_json, print_table, print_verdict, run_strategy, search_app
-from nas.strategy import strategies
+from nas.search.strategy import strategies
+
 
 def _make_command(strategy: str):
     def command(
@@ -69,7 +70,7 @@ def _make_command(strategy: str):
                                    "of all, or none"),
         as_json: bool = typer.Option(False, "--json", help="print report.json"),
     ):
-        from nas.predict.search_setup import SearchSettings
+        from nas.search.predict.search_setup import SearchSettings
 
         settings = SearchSettings(
             strategy=strategy, space=space, devices=list(device or []), latency_ms=list(latency_ms or []),
@@ -141,7 +142,7 @@ def status(
 ):
     """Progress of a search's study: evaluations done / running / waiting / failed, the best under each
     constraint, and the workers seen recently."""
-    from nas.predict.study import load_study, study_status
+    from nas.search.blackbox.study import load_study, study_status
 
     info = study_status(load_study(storage, study))
     if as_json:

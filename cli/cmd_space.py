@@ -18,8 +18,8 @@ def show(ref: str = typer.Argument(..., help="space name, space YAML, or arch JS
          classes: Optional[int] = typer.Option(None, help="number of classes"),
          as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
     """Print the layers, MACs and params of a model (a space shows its largest arch)."""
-    from nas.builder import build_block, count_macs, count_params
-    from nas.space import resolve_model_ref
+    from nas.arch.space import resolve_model_ref
+    from nas.models.builder import build_block, count_macs, count_params
 
     space, arch = resolve_model_ref(ref, resolution=resolution, width_multiplier=width, classes=classes)
     rows, total_macs, total_params = [], 0, 0
@@ -48,7 +48,8 @@ def show(ref: str = typer.Argument(..., help="space name, space YAML, or arch JS
 @space_app.command("list")
 def list_spaces(as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
     """List the built-in spaces."""
-    from nas.space import builtin_spaces, load_space
+    from nas.arch.space import load_space
+    from nas.arch.spec import builtin_spaces
 
     rows = {}
     for name, kind in builtin_spaces().items():
@@ -77,8 +78,8 @@ def sample(name: str = typer.Argument(..., help="space name or YAML"),
     """Draw a random arch from a space."""
     import numpy as np
 
+    from nas.arch.space import arch_document, load_space
     from nas.files import write_json
-    from nas.space import arch_document, load_space
 
     space = load_space(name, resolution=resolution, width_multiplier=width, classes=classes, in_channels=in_channels)
     doc = arch_document(space, space.sample(np.random.default_rng(seed)))

@@ -31,15 +31,15 @@ def train(ref: str = typer.Argument(..., help="model name (fbnet_a ...), space n
           out: Optional[Path] = typer.Option(None, help="run directory (rerun with the same one to resume)"),
           as_json: bool = typer.Option(False, "--json", help="print the report as JSON")):
     """Train a model, test it, export model.onnx, check parity and measure its latency."""
-    from nas.distributed import FollowerDone
-    from nas.engine import engine_for
-    from nas.finalize import train_export_measure
+    from nas.data.mismatch import mismatch_warnings
+    from nas.data.task import load_task
     from nas.latency.device import Device
-    from nas.learning_curve import plot_learning_curve
-    from nas.mismatch import mismatch_warnings
-    from nas.recipe import load_recipe
     from nas.run import RunDir, default_run_path
-    from nas.task import load_task
+    from nas.search.finalize import train_export_measure
+    from nas.train.distributed import FollowerDone
+    from nas.train.engine import engine_for
+    from nas.train.learning_curve import plot_learning_curve
+    from nas.train.recipe import load_recipe
 
     if measure_threads < 1:
         raise HwnasError(f"--measure-threads must be at least 1 (ONNX Runtime threads for the latency "

@@ -23,12 +23,12 @@ def worker(
     """Take the next waiting trial of a search's study, evaluate it (training on this machine's accelerator) and
     record it, until the study's budget is reached. Start as many as you like, on any machine."""
     from nas.errors import SearchError
-    from nas.predict.optuna_search import LocalWorkers, work
-    from nas.predict.study import masked_url
+    from nas.search.predict.optuna_search import LocalWorkers, work
+    from nas.search.blackbox.study import masked_url
 
     if workers < 1:
         raise SearchError(f"--workers must be at least 1 (got {workers})")
-    from nas.accelerator import resolve_accelerator
+    from nas.train.accelerator import resolve_accelerator
     resolve_accelerator(accelerator, precision, threads)  # this machine can train so: checked before joining
     machine = {"accelerator": accelerator, "precision": precision, "threads": threads}
     console.print(f"worker on study {study!r} in {masked_url(storage)}", soft_wrap=True, highlight=False)

@@ -50,9 +50,9 @@ class RunDir:
     @property
     def writer(self) -> bool:
         """Under torchrun only rank 0 writes the run directory; the other ranks' writes are skipped."""
-        from nas.distributed import current_world  # torch: imported when a run is written, not by `--help`
+        import torch.distributed as dist  # torch: imported when a run is written, not by `--help`
 
-        return current_world().is_writer
+        return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
     def _has_outputs(self) -> bool:
         """Whether the folder holds anything besides config.json (and the temp files of interrupted writes)."""

@@ -1,1 +1,1 @@
-"""Built-in search spaces, as YAML files beside this module (see nas.space.load_space)."""
+"""Built-in search spaces, as YAML files beside this module (see nas.arch.space.load_space)."""

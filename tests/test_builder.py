@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from nas.builder import build_model, count_macs, count_params
-from nas.space import load_space
+from nas.arch.space import load_space
+from nas.models.builder import build_model, count_macs, count_params
 
 # mobile-vision model zoo figures at 224x224, 1000 classes
 PUBLISHED = {"fbnet_a": (244.5e6, 4.3e6), "fbnet_b": (291.1e6, 4.8e6), "fbnet_c": (378.2e6, 5.5e6)}
@@ -27,8 +27,8 @@ def test_model_shapes_follow_resolved_blocks():
 
 
 def test_grouped_op_needs_divisible_channels():
-    from nas.blocks import make_block
     from nas.errors import ArchError
+    from nas.models.blocks import make_block
     with pytest.raises(ArchError, match="not divisible into 2 groups"):
         make_block("ir_k3_e1_g2", 9, 9, 1)
 
@@ -36,8 +36,8 @@ def test_grouped_op_needs_divisible_channels():
 def test_residual_blocks_start_as_the_identity():
     """Zero-gamma: a fresh residual block's last batch norm scale is zero, so the block passes its input through
     (in training mode too); a block without a residual is not silenced."""
-    from nas.blocks import InvertedResidual
-    from nas.space import parse_op
+    from nas.arch.space import parse_op
+    from nas.models.blocks import InvertedResidual
 
     x = torch.randn(4, 16, 8, 8)
     for op in ("ir_k3_e1", "ir_k5_e6", "ir_k3_e1_g2"):

@@ -9,24 +9,31 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from nas.capacity.blocks import AttentionBlock, gumbel_topk_keep, masked_softmax
-from nas.capacity.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from nas.capacity.config import CapacityConfig, CapacityConfigError, StaticPlan, capacity_factor_plan, \
-    full_plan, validate_config
-from nas.capacity.export import export_plan, onnx_parity
-from nas.capacity.latency import calibrate_capacity, capacity_profile_items, plan_keys, predict_plan, space_keys
-from nas.capacity.planning import plan_for_config
-from nas.capacity.space import load_capacity_space
-from nas.capacity.training import train_dynamic
-from nas.capacity.vit import ConfiguredViT, DynamicViT
-from nas.data import load_dataset
-from nas.datasets import TensorSplit
+from nas.arch.space import load_space
+from nas.arch.spec import builtin_spaces
+from nas.data.dataset import load_dataset
+from nas.data.splits import TensorSplit
 from nas.errors import LatencyTableError, SpaceError
 from nas.latency.model import LatencyModel
 from nas.latency.profile import profile_items
 from nas.latency.timing import TimingConfig
-from nas.recipe import Recipe
-from nas.space import builtin_spaces, load_space
+from nas.search.capacity.blocks import AttentionBlock, gumbel_topk_keep, masked_softmax
+from nas.search.capacity.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from nas.search.capacity.config import (
+    CapacityConfig,
+    CapacityConfigError,
+    StaticPlan,
+    capacity_factor_plan,
+    full_plan,
+    validate_config,
+)
+from nas.search.capacity.export import export_plan, onnx_parity
+from nas.search.capacity.latency import calibrate_capacity, capacity_profile_items, plan_keys, predict_plan, space_keys
+from nas.search.capacity.planning import plan_for_config
+from nas.search.capacity.space import load_capacity_space
+from nas.search.capacity.training import train_dynamic
+from nas.search.capacity.vit import ConfiguredViT, DynamicViT
+from nas.train.recipe import Recipe
 
 TINY = """\
 kind: vit_capacity

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from nas.space import Arch, load_space
+from nas.arch.space import Arch, load_space
 from tests.conftest import ROOT, run_cli
 
 

@@ -8,24 +8,29 @@ import random
 import numpy as np
 import pytest
 import torch
+from test_dnas_support import (
+    TINY_V2,
+    all_archs,
+    one_torch_thread,  # noqa: F401  (autouse fixture)
+    profiled_space,
+    tiny_space,
+)
 
-from nas.builder import build_model
-from nas.dnas.distribution import ArchDistribution
-from nas.dnas.latency_terms import LatencyTerms
+from nas.arch.opkey import OpKey
 from nas.latency.calibrate import append_precision_row, fit_precision, refit_precision
 from nas.latency.correction import Correction, PrecisionTerms
-from nas.latency.opkey import OpKey
 from nas.latency.profile import space_layer_keys
-from nas.onnx_io import export_onnx
-from nas.predict.block_costs import BlockCostTable
-from nas.predict.joint_space import JointSpace
-from nas.predict.model_costs import ModelSpaceCosts
-from nas.quant.graph import attach_onnx, trace_layers
-from nas.quant.mixed import BitOption, MixedPrecisionNet
-from nas.quant.pipeline import make_cost
-from nas.quant.profile import layer_key, precision_graph, transition_key
-from test_dnas_support import TINY_V2, all_archs, profiled_space, tiny_space
-from test_dnas_support import one_torch_thread  # noqa: F401  (autouse fixture)
+from nas.models.builder import build_model
+from nas.models.onnx_io import export_onnx
+from nas.search.dnas.distribution import ArchDistribution
+from nas.search.dnas.latency_terms import LatencyTerms
+from nas.search.predict.block_costs import BlockCostTable
+from nas.search.predict.joint_space import JointSpace
+from nas.search.predict.model_costs import ModelSpaceCosts
+from nas.search.quant.graph import attach_onnx, trace_layers
+from nas.search.quant.mixed import BitOption, MixedPrecisionNet
+from nas.search.quant.pipeline import make_cost
+from nas.search.quant.profile import layer_key, precision_graph, transition_key
 
 FP32, INT8 = BitOption(32, 32), BitOption(8, 8)
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from nas.data import load_dataset
+from nas.data.dataset import load_dataset
 from nas.errors import DataError
 
 

@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
 from test_dnas_support import TINY, digits_npz, profiled_space, tiny_space
 
 DEVICE_ID = "test-ddp"
@@ -24,15 +23,15 @@ def free_port() -> int:
 def _search_rank(rank: int, size: int, port: int, space_path, tables, data_path, out) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(size),
                       LOCAL_RANK=str(rank))
-    from nas.dnas.decode import attainable_range_ms
-    from nas.dnas.distribution import ArchDistribution
-    from nas.dnas.dnas_supernet import DNASSupernet
-    from nas.dnas.latency_terms import LatencyTerms
-    from nas.dnas.search import SearchSettings, SupernetSearch
-    from nas.engine import engine_for
+    from nas.data.task import load_search_task
     from nas.latency.model import LatencyModel
-    from nas.recipe import Recipe
-    from nas.task import load_search_task
+    from nas.search.dnas.decode import attainable_range_ms
+    from nas.search.dnas.distribution import ArchDistribution
+    from nas.search.dnas.dnas_supernet import DNASSupernet
+    from nas.search.dnas.latency_terms import LatencyTerms
+    from nas.search.dnas.search import SearchSettings, SupernetSearch
+    from nas.train.engine import engine_for
+    from nas.train.recipe import Recipe
 
     engine = engine_for("cpu", "32", 1, 0)
     assert engine.world.size == size and engine.world.rank == rank
@@ -77,11 +76,11 @@ def _train_rank(rank: int, size: int, port: int, out) -> None:
                           LOCAL_RANK=str(rank))
     from torch import nn
 
-    from nas.data import load_dataset
-    from nas.datasets import TensorSplit
-    from nas.engine import engine_for
-    from nas.recipe import Recipe
-    from nas.training import train_model
+    from nas.data.dataset import load_dataset
+    from nas.data.splits import TensorSplit
+    from nas.train.engine import engine_for
+    from nas.train.recipe import Recipe
+    from nas.train.training import train_model
 
     engine = engine_for("cpu", "32", 1, 0)
     data = load_dataset("digits", resolution=8)
@@ -103,8 +102,8 @@ def _train_rank(rank: int, size: int, port: int, out) -> None:
 
 def test_two_gloo_processes_train_like_one_with_batch_norm_and_dropout(tmp_path):
     """Each rank takes its share of every global batch; batch norm normalises with the whole batch's moments and
-    dropout applies the rank's rows of one mask for the whole batch (nas.shares): 2 processes follow 1 process's
-    trajectory up to floating-point summation order, running statistics and the reported loss included."""
+    dropout applies the rank's rows of one mask for the whole batch (nas.train.sync_layers): 2 processes follow 1
+    process's trajectory up to floating-point summation order, running statistics and the reported loss included."""
     _train_rank(0, 1, 0, tmp_path)
     mp.spawn(_train_rank, args=(2, free_port(), tmp_path), nprocs=2, join=True)
     one, two = (torch.load(tmp_path / f"world{n}.pt", weights_only=True) for n in (1, 2))
@@ -120,7 +119,7 @@ def test_two_gloo_processes_train_like_one_with_batch_norm_and_dropout(tmp_path)
 def test_batch_moments_keep_the_variance_of_a_channel_far_from_zero():
     """Two passes: a channel at mean 3 and std 0.05 keeps its variance to float precision (``E[x^2] - E[x]^2`` in
     float32 is off by about 1e-3 there); position weights give the weighted moments."""
-    from nas.shares import batch_moments
+    from nas.train.sync_layers import batch_moments
 
     torch.manual_seed(0)
     x = (torch.randn(64, 6, 16, 16) * 0.05 + 3.0).contiguous(memory_format=torch.channels_last)

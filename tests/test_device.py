@@ -4,15 +4,16 @@ import dataclasses
 from dataclasses import asdict, replace
 
 import pytest
+from test_latency_support import FAST
 
 from nas.errors import LatencyTableError
-from nas.finalize import measuring_device
 from nas.latency import remote_measure
 from nas.latency.device import Device
 from nas.latency.model import LatencyModel
+from nas.latency.overhead import passthrough_model
 from nas.latency.table import DeviceManifest, LatencyTable
-from nas.latency.timing import TimingConfig, passthrough_model
-from test_latency_support import FAST
+from nas.latency.timing import TimingConfig
+from nas.search.finalize import measuring_device
 
 
 def _manifest(device_id="clk", **setup) -> DeviceManifest:
@@ -77,14 +78,14 @@ def test_time_files_gives_one_stats_per_file(tmp_path):
 def test_every_search_times_a_model_with_the_tables_setup(tmp_path, monkeypatch):
     """The DNAS winner (finalize, with lm.device), mixed precision's candidates and the capacity export time the
     same ONNX file with the same provider, threads, optimisation level and the table's clock."""
-    from nas.capacity.export import measure_onnx_ms
-    from nas.data import load_dataset
-    from nas.datasets import TensorSplit
-    from nas.finalize import train_export_measure
-    from nas.quant.finish import Finished, measure_and_choose
-    from nas.recipe import Recipe
+    from nas.arch.space import load_space
+    from nas.data.dataset import load_dataset
+    from nas.data.splits import TensorSplit
     from nas.run import RunDir
-    from nas.space import load_space
+    from nas.search.capacity.export import measure_onnx_ms
+    from nas.search.finalize import train_export_measure
+    from nas.search.quant.finish import Finished, measure_and_choose
+    from nas.train.recipe import Recipe
 
     manifest = _manifest("table-clock", graph_optimization="extended", clock="cpu")
     LatencyTable.open_for_writing(manifest, tmp_path / "tables")

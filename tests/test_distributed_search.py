@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
+from test_predict_fixtures import BENCH_TABLE
 
 from nas.errors import SearchError
-from nas.predict.history import History
-from nas.predict.nars import NarsConfig, run_nars
-from nas.predict.optuna_search import OptunaConfig, open_job, run_optuna
-from nas.predict.search_setup import SearchSettings, build_constraints, build_problem
-from nas.predict.study import evaluated_trials, load_study, open_storage, study_status
-from test_predict_fixtures import BENCH_TABLE
+from nas.search.blackbox.history import History
+from nas.search.predict.optuna_search import OptunaConfig, open_job, run_optuna
+from nas.search.blackbox.study import evaluated_trials, load_study, open_storage, study_status
+from nas.search.predict.nars import NarsConfig, run_nars
+from nas.search.predict.search_setup import SearchSettings, build_constraints, build_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 POSTGRES = os.environ.get("HWNAS_TEST_POSTGRES_URL")
@@ -30,9 +30,9 @@ BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.skipif(
     not POSTGRES, reason="HWNAS_TEST_POSTGRES_URL is not set (.ci/run starts a PostgreSQL server)"))]
 PROPOSER = """
 import json, sys
-from nas.predict.runner import PredictorStrategy
-from nas.predict.search_setup import SearchSettings
-from nas.strategy import open_run
+from nas.search.predict.runner import PredictorStrategy
+from nas.search.predict.search_setup import SearchSettings
+from nas.search.strategy import open_run
 strategy = PredictorStrategy(SearchSettings(**json.loads(sys.argv[1])))
 prepared = strategy.prepare()
 report = strategy.run(prepared, open_run(strategy, prepared, sys.argv[2]))
@@ -130,8 +130,8 @@ def test_a_proposer_and_three_workers_survive_a_sigkill(storage, tmp_path):
 
 
 def _run(settings: SearchSettings, out: Path) -> dict:
-    from nas.predict.runner import PredictorStrategy
-    from nas.strategy import open_run
+    from nas.search.predict.runner import PredictorStrategy
+    from nas.search.strategy import open_run
 
     strategy = PredictorStrategy(settings)
     prepared = strategy.prepare()

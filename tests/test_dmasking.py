@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
-import json
-
-import numpy as np
 import pytest
 import torch
+from test_dnas_support import (
+    TINY,
+    TINY_V2,
+    all_archs,
+    digits_npz,
+    one_torch_thread,  # noqa: F401  (autouse fixture)
+    profiled_space,
+    randomize_bn,
+    rng,
+    tiny_space,
+    write_space,
+)
 from torch.utils.flop_counter import FlopCounterMode
 
-from nas.dnas.distribution import ArchDistribution
-from nas.dnas.dmasking_supernet import DMaskingSupernet
-from nas.dnas.search import SearchSettings
-from nas.dnas.strategy import SearchJob, SupernetStrategy
-from nas.strategy import open_run
-from nas.recipe import Recipe
-from nas.space import load_space
-from nas.training import fit_input, set_dropout
-from test_dnas_support import TINY, TINY_V2, all_archs, digits_npz, profiled_space, randomize_bn, rng, tiny_space, \
-    write_space
-from test_dnas_support import one_torch_thread  # noqa: F401  (autouse fixture)
+from nas.arch.space import load_space
+from nas.search.dnas.distribution import ArchDistribution
+from nas.search.dnas.dmasking_supernet import DMaskingSupernet
+from nas.search.dnas.search import SearchSettings
+from nas.search.dnas.strategy import SearchJob, SupernetStrategy
+from nas.search.strategy import open_run
+from nas.train.evaluation import fit_input
+from nas.train.recipe import Recipe
+from nas.train.training import set_dropout
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,8 @@
 """Searches and trainings on several torch threads: the strided 1x1 convolution that corrupted the heap.
 
 oneDNN's multi-threaded weight gradient of a strided 1x1 convolution (channels-last input, < 16 channels, an odd
-batch) writes past its buffers in this torch build (``nas.conv``). A DMasking search hits it in the ``skip`` op of a
-down-sampling layer on the last, partial batch of an epoch. These runs crash within a few steps without the
+batch) writes past its buffers in this torch build (``nas.models.conv``). A DMasking search hits it in the ``skip`` op
+of a down-sampling layer on the last, partial batch of an epoch. These runs crash within a few steps without the
 work-around, so they run in a subprocess, and the test asserts that it exits cleanly.
 """
 
@@ -17,9 +17,9 @@ import onnx
 import torch
 import torch.nn.functional as F
 
-from nas.blocks import ConvBNReLU
-from nas.conv import Conv2d, conv2d
-from nas.onnx_io import export_onnx
+from nas.models.blocks import ConvBNReLU
+from nas.models.conv import Conv2d, conv2d
+from nas.models.onnx_io import export_onnx
 
 # a space whose down-sampling layers have a strided 1x1 skip conv of 8 channels
 STRIDED_SKIP = """
@@ -43,11 +43,11 @@ import sys
 import torch
 import torch.nn.functional as F
 torch.set_num_threads(2)
-from nas.builder import build_model
-from nas.conv import conv2d
-from nas.dnas.distribution import ArchDistribution
-from nas.dnas.dmasking_supernet import DMaskingSupernet
-from nas.space import Arch, load_space
+from nas.models.builder import build_model
+from nas.models.conv import conv2d
+from nas.search.dnas.distribution import ArchDistribution
+from nas.search.dnas.dmasking_supernet import DMaskingSupernet
+from nas.arch.space import Arch, load_space
 
 torch.manual_seed(0)
 for n in (3, 53):  # the bare pattern: channels-last, 8 channels, odd batch, weight gradient

@@ -7,23 +7,32 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_dnas_support import (
+    TINY,
+    TINY_V2,
+    all_archs,
+    arch_log_prob,
+    digits_npz,
+    one_torch_thread,  # noqa: F401  (autouse fixture)
+    profiled_space,
+    randomize_bn,
+    rng,
+    tiny_space,
+)
 
-from nas.builder import build_model
-from nas.dnas.decode import attainable_range_ms, most_probable_in_band
-from nas.dnas.distribution import ArchDistribution
-from nas.dnas.dnas_supernet import DNASSupernet
-from nas.gumbel import sample_decision, temperature
-from nas.dnas.latency_terms import LatencyTerms
-from nas.latency.loss import TargetController, latency_factor
-from nas.dnas.search import SearchSettings, SupernetSearch
-from nas.dnas.strategy import SearchJob, SupernetStrategy
-from nas.strategy import open_run
+from nas.data.task import load_search_task
 from nas.errors import DataError, LatencyTableError, SearchError
-from nas.recipe import Recipe
-from nas.task import load_search_task
-from test_dnas_support import TINY, TINY_V2, all_archs, arch_log_prob, digits_npz, profiled_space, randomize_bn, \
-    rng, tiny_space
-from test_dnas_support import one_torch_thread  # noqa: F401  (autouse fixture)
+from nas.models.builder import build_model
+from nas.search.dnas.decode import attainable_range_ms, most_probable_in_band
+from nas.search.dnas.distribution import ArchDistribution
+from nas.search.dnas.dnas_supernet import DNASSupernet
+from nas.search.dnas.latency_terms import LatencyTerms
+from nas.search.dnas.search import SearchSettings, SupernetSearch
+from nas.search.dnas.strategy import SearchJob, SupernetStrategy
+from nas.search.gumbel import sample_decision, temperature
+from nas.search.latency_loss import TargetController, latency_factor
+from nas.search.strategy import open_run
+from nas.train.recipe import Recipe
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from nas.arch.space import Arch, Space, load_space
 from nas.latency.model import LatencyModel
 from nas.latency.profile import profile_items, space_profile_items
 from nas.latency.timing import TimingConfig
-from nas.space import Arch, Space, load_space
 
 FAST = TimingConfig(warmup=2, round_ms=1.0, min_runs=3, max_runs=10, min_rounds=2, max_rounds=3, max_seconds=0.2)
 

@@ -8,14 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from nas.accelerator import resolve_accelerator
-from nas.augment import augment_batch
-from nas.data import Dataset, load_dataset
-from nas.engine import Engine, engine_for
+from nas.data.augment import augment_batch
+from nas.data.dataset import Dataset, load_dataset
 from nas.errors import AcceleratorError, DataError
-from nas.onnx_io import export_onnx
-from nas.recipe import Recipe
-from nas.training import train_model
+from nas.models.onnx_io import export_onnx
+from nas.train.accelerator import resolve_accelerator
+from nas.train.engine import Engine, engine_for
+from nas.train.recipe import Recipe
+from nas.train.training import train_model
 
 
 def tiny_data(n=60, classes=3, size=8) -> Dataset:

@@ -6,21 +6,21 @@ import itertools
 
 import numpy as np
 import torch
+from test_dnas_support import FAST
 from torch import nn
 
-from nas.accelerator import resolve_accelerator
-from nas.capacity.evaluate import calibration_images
-from nas.data import load_dataset
-from nas.datasets import Normalised, Split, TensorSplit
-from nas.engine import Engine
-from nas.finalize import train_export_measure
+from nas.arch.space import load_space
+from nas.data.dataset import load_dataset
+from nas.data.splits import Normalised, Split, TensorSplit
 from nas.latency.device import Device
-from nas.onnx_io import export_onnx, run_onnx, split_parity
-from nas.recipe import Recipe
+from nas.models.onnx_io import export_onnx, run_onnx
 from nas.run import RunDir
-from nas.space import load_space
-from nas.training import split_accuracy
-from test_dnas_support import FAST
+from nas.search.capacity.evaluate import calibration_images
+from nas.search.finalize import train_export_measure
+from nas.train.accelerator import resolve_accelerator
+from nas.train.engine import Engine
+from nas.train.evaluation import split_accuracy, split_parity
+from nas.train.recipe import Recipe
 
 
 class StreamedSplit(Split):

@@ -13,17 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_latency_support import FAST, SMALL_SPACE  # noqa: E402
 
+from nas.arch.opkey import OpKey
+from nas.arch.space import load_space
 from nas.errors import LatencyTableError
 from nas.latency.calibrate import calibrate
 from nas.latency.model import LatencyModel
-from nas.latency.opkey import OpKey
 from nas.latency.profile import key_is_identity, profile_items, space_layer_keys, space_profile_items
 from nas.latency.table import LatencyTable
-from nas.latency.timing import TimingConfig
-from nas.space import load_space
-
-from test_latency_support import FAST, SMALL_SPACE  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +167,7 @@ PROFILER = """
 import sys
 from nas.latency.profile import profile_items, space_profile_items
 from nas.latency.timing import TimingConfig
-from nas.space import load_space
+from nas.arch.space import load_space
 space = load_space(sys.argv[1])
 items = space_profile_items(space)
 if sys.argv[3] == "reverse":

@@ -12,15 +12,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from test_latency_support import FAST, SMALL_SPACE  # noqa: E402
 
+from nas.arch.space import load_space
 from nas.errors import LatencyTableError
 from nas.latency.bundle import import_results, write_bundle
 from nas.latency.model import LatencyModel
 from nas.latency.profile import profile_items, space_profile_items
 from nas.latency.table import LatencyTable
-from nas.space import load_space
 
-from test_latency_support import FAST, SMALL_SPACE  # noqa: E402
 # the measuring script must run with nothing but the standard library, numpy and onnxruntime
 ONLY_NUMPY_ORT = """
 import runpy, sys
@@ -56,7 +56,7 @@ def test_int8_format_and_granularity_come_from_the_key(tmp_path):
 
     import onnx
 
-    from nas.latency.opkey import OpKey, format_extra
+    from nas.arch.opkey import OpKey, format_extra
     from nas.latency.profile import block_item, item_onnx
 
     def op_types(extra):

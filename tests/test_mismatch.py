@@ -7,9 +7,9 @@ import json
 import numpy as np
 from PIL import Image
 
-from nas.data import load_dataset
-from nas.mismatch import mismatch_warnings
-from nas.space import arch_document, load_space
+from nas.arch.space import arch_document, load_space
+from nas.data.dataset import load_dataset
+from nas.data.mismatch import mismatch_warnings
 
 
 def test_a_224px_3_channel_arch_on_8px_grey_digits_warns_twice(tmp_path):

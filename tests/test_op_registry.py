@@ -6,17 +6,18 @@ import pytest
 import torch
 from torch import nn
 
-from nas.blocks import ConvBNReLU, make_block
-from nas.capacity.latency import space_keys
-from nas.capacity.space import load_capacity_space
-from nas.dnas.masked_blocks import LayerShape, SuperLayer
+from nas.arch.opkey import OpKey
+from nas.arch.ops import known_ops, parse_op, register_op, unregister_op
+from nas.arch.space import load_space
+from nas.arch.spec import builtin_spaces
 from nas.errors import ArchError, SearchError
 from nas.latency.correction import key_family
 from nas.latency.features import FEATURE_NAMES, key_features
-from nas.latency.opkey import OpKey
 from nas.latency.profile import block_item, key_is_identity, space_layer_keys
-from nas.ops import known_ops, parse_op, register_op, unregister_op
-from nas.space import builtin_spaces, load_space
+from nas.models.blocks import ConvBNReLU, make_block
+from nas.search.capacity.latency import space_keys
+from nas.search.capacity.space import load_capacity_space
+from nas.search.dnas.masked_blocks import LayerShape, SuperLayer
 
 
 def _dw_cost(spec, key):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from PIL import Image
 
-from nas.dnas.distribution import ArchDistribution
-from nas.dnas.plots import plot_search
-from nas.learning_curve import plot_learning_curve
-from nas.space import load_space
+from nas.arch.space import load_space
+from nas.search.dnas.distribution import ArchDistribution
+from nas.search.dnas.plots import plot_search
+from nas.train.learning_curve import plot_learning_curve
 
 HISTORY = [{"epoch": e, "expected_ms": 0.1, "argmax_ms": 0.11, "train_accuracy": 0.5, "val_accuracy": 0.4,
             "alpha": 1.0, "temperature": 5.0, "entropy": 1.0} for e in range(1, 4)]

@@ -4,23 +4,23 @@ predictors (MLP with proxy pretraining, gpytorch GP) and the evolutionary search
 import numpy as np
 import pandas as pd
 import pytest
-
-from nas.builder import build_model, count_macs, count_params
-from nas.errors import SpaceError
-from nas.predict.block_costs import BlockCostTable, block_macs, block_params
-from nas.predict.decisions import Decision, DecisionSpace
-from nas.predict.evolution import evolve, rank_all
-from nas.predict.gp import GPPredictor, expected_improvement
-from nas.predict.joint_space import JointSpace
-from nas.predict.predictors import ArchRecipePredictor, cross_validated_tau, kendall_tau
-from nas.predict.problem import Constraint, parse_constraint
-from nas.predict.recipe_space import parse_recipe_space
-from nas.predict.table_space import TableSpace
-from nas.space import load_space
 from test_predict_fixtures import BENCH_TABLE, profiled_devices, tiny_space_file  # noqa: F401
 
+from nas.arch.space import load_space
+from nas.errors import SpaceError
+from nas.models.builder import build_model, count_macs, count_params
+from nas.search.blackbox.decisions import Decision, DecisionSpace
+from nas.search.blackbox.evolution import evolve, rank_all
+from nas.search.blackbox.problem import Constraint, parse_constraint
+from nas.search.predict.block_costs import BlockCostTable, block_macs, block_params
+from nas.search.predict.gp import GPPredictor, expected_improvement
+from nas.search.predict.joint_space import JointSpace
+from nas.search.predict.predictors import ArchRecipePredictor, cross_validated_tau, kendall_tau
+from nas.search.predict.recipe_space import parse_recipe_space
+from nas.search.predict.table_space import TableSpace
 
-# ---- decisions -------------------------------------------------------------------------------------------------
+
+# ---- decisions ----
 def _space():
     return DecisionSpace([Decision("op", "cat", ("a", "b", "c")), Decision("ch", "ord", (8, 16, 32)),
                           Decision("lr", "float", low=1e-3, high=1e-1, log=True),
@@ -60,7 +60,7 @@ def test_sampling_sobol_and_mutation_stay_in_the_space():
     assert counts.min() >= 19
 
 
-# ---- recipe ranges ----------------------------------------------------------------------------------------------
+# ---- recipe ranges ----
 def test_recipe_space_parses_ranges_choices_and_fixed_values():
     decisions, fixed = parse_recipe_space({"lr": {"low": 0.001, "high": 0.1, "log": True}, "epochs": {"low": 2,
                                            "high": 5}, "batch_size": [128, 32, 64], "optimizer": "sgd",
@@ -91,7 +91,7 @@ def test_builtin_spaces_declare_valid_recipe_spaces():
             set(joint.recipe_names)
 
 
-# ---- joint space and vectorised costs -------------------------------------------------------------------------------
+# ---- joint space and vectorised costs ----
 def test_joint_encoding_matches_space_encode_and_costs_match_the_built_model():
     space = load_space("fbnet_v2", resolution=16, width_multiplier=0.25, classes=10, in_channels=1)
     joint = JointSpace(space)
@@ -109,7 +109,7 @@ def test_joint_encoding_matches_space_encode_and_costs_match_the_built_model():
 
 def test_vectorised_latency_equals_the_latency_model(profiled_devices):
     from nas.latency.model import LatencyModel
-    from nas.predict.model_costs import ModelSpaceCosts, load_latency_models
+    from nas.search.predict.model_costs import ModelSpaceCosts, load_latency_models
 
     tables, space = profiled_devices
     joint = JointSpace(space)
@@ -125,7 +125,7 @@ def test_vectorised_latency_equals_the_latency_model(profiled_devices):
     assert costs.proxies(genomes).shape == (40, 4)
 
 
-# ---- constraints ------------------------------------------------------------------------------------------------------
+# ---- constraints ----
 def test_constraints_bound_every_or_named_devices():
     lat = np.asarray([[1.0, 5.0], [3.0, 1.0], [2.0, 2.0]])
     assert parse_constraint("2.5", ["a", "b"]).feasible(lat, ["a", "b"]).tolist() == [False, False, True]
@@ -141,7 +141,7 @@ def test_constraints_bound_every_or_named_devices():
         parse_constraint("0", ["a"])
 
 
-# ---- tables -----------------------------------------------------------------------------------------------------------
+# ---- tables ----
 def _table(tmp_path, frame, **kw):
     path = tmp_path / "t.csv"
     frame.to_csv(path, index=False)
@@ -174,7 +174,7 @@ def test_table_space_errors_name_the_column_and_row(tmp_path, edit, message):
         _table(tmp_path, frame)
 
 
-# ---- predictors -------------------------------------------------------------------------------------------------------
+# ---- predictors ----
 def _learnable(n, seed):
     rng = np.random.default_rng(seed)
     x = rng.random((n, 12)).astype(np.float32)
@@ -210,7 +210,7 @@ def test_gp_mean_std_and_expected_improvement():
     assert ei[1] > ei[0] > 0 and ei[2] == pytest.approx(0.5)
 
 
-# ---- evolutionary search ------------------------------------------------------------------------------------------------
+# ---- evolutionary search ----
 def test_evolution_finds_the_constrained_optimum_of_a_known_function():
     space = DecisionSpace([Decision(f"x{i}", "cat", ("a", "b", "c", "d")) for i in range(12)])
     value = np.asarray([0.0, 1.0, 2.0, 3.0])
@@ -233,12 +233,12 @@ def test_evolution_finds_the_constrained_optimum_of_a_known_function():
     assert (latency(exact.genomes[0]) <= 12).all() and np.all(np.diff(exact.scores[0]) <= 0)
 
 
-# ---- train-and-test evaluator ---------------------------------------------------------------------------------------
+# ---- train-and-test evaluator ----
 def test_train_evaluator_depends_on_the_candidate_alone(tiny_space_file):
     import torch
 
-    from nas.data import load_dataset
-    from nas.predict.evaluators import TrainEvaluator
+    from nas.data.dataset import load_dataset
+    from nas.search.predict.evaluators import TrainEvaluator
 
     joint = JointSpace(load_space(str(tiny_space_file)))
     data = load_dataset("digits", resolution=8, seed=0)

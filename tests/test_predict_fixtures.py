@@ -40,9 +40,9 @@ def tiny_space_file(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def profiled_devices(tiny_space_file, tmp_path_factory):
     """Latency tables of the tiny space for devices ``dev-a`` and ``dev-b`` (real ONNX Runtime timings, short)."""
+    from nas.arch.space import load_space
     from nas.latency.profile import profile_items, space_profile_items
     from nas.latency.timing import TimingConfig
-    from nas.space import load_space
 
     tables = tmp_path_factory.mktemp("tables")
     space = load_space(str(tiny_space_file))

@@ -2,21 +2,19 @@
 bad input through the CLI (one line, exit 2), and a model-space search that exports a winner to ONNX."""
 
 import json
-import os
 
 import numpy as np
 import pandas as pd
 import pytest
-
-from nas.errors import SearchError
-from nas.predict.history import History
-from nas.predict.nars import NarsConfig, run_nars
-from nas.predict.optuna_search import OptunaConfig, open_job, run_optuna
-from nas.predict.study import claims, evaluated_trials
-from nas.predict.worker import run_worker
-from nas.predict.problem import TableProblem, parse_constraint
-from nas.predict.table_space import TableEvaluator, TableSpace
 from test_predict_fixtures import BENCH_TABLE, InProcess, profiled_devices, tiny_space_file  # noqa: F401
+
+from nas.search.blackbox.history import History
+from nas.search.predict.optuna_search import OptunaConfig, open_job, run_optuna
+from nas.search.blackbox.problem import TableProblem, parse_constraint
+from nas.search.blackbox.study import claims, evaluated_trials
+from nas.search.blackbox.worker import run_worker
+from nas.search.predict.nars import NarsConfig, run_nars
+from nas.search.predict.table_space import TableEvaluator, TableSpace
 
 FAST_MLP = {"epochs": 120, "ensemble": 1, "pretrain_epochs": 10}
 TABLE_ARGS = ["--objective", "val_accuracy", "--latency-column", "latency_ms", "--proxy", "macs", "--proxy",

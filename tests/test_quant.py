@@ -10,19 +10,19 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from nas.blocks import ConvBNReLU, InvertedResidual, PoolClassifier, parse_op
 from nas.errors import SearchError
-from nas.onnx_io import export_onnx, run_onnx
 from nas.latency.correction import PrecisionTerms
 from nas.latency.precision import PrecisionCostTable
-from nas.quant.costs import BitopsCost, LatencyCost, SizeCost, mean_weight_bits, size_mb
-from nas.quant.export import quantize_assignment
-from nas.quant.fake import activation_qparams, fake_quantize_activation, fake_quantize_weight
-from nas.quant.graph import attach_onnx, layer_io_bits, tensor_bits, trace_layers
-from nas.quant.mixed import BitOption, MixedPrecisionNet, bit_options, forward_order
-from nas.quant.prepare import check_options
-from nas.quant.profile import precision_graph
-from nas.quant.search import SearchConfig, fit_to_target, search_bits
+from nas.models.blocks import ConvBNReLU, InvertedResidual, PoolClassifier, parse_op
+from nas.models.onnx_io import export_onnx, run_onnx
+from nas.search.quant.costs import BitopsCost, LatencyCost, SizeCost, mean_weight_bits, size_mb
+from nas.search.quant.export import quantize_assignment
+from nas.search.quant.fake import activation_qparams, fake_quantize_activation, fake_quantize_weight
+from nas.search.quant.graph import attach_onnx, layer_io_bits, tensor_bits, trace_layers
+from nas.search.quant.mixed import BitOption, MixedPrecisionNet, bit_options, forward_order
+from nas.search.quant.prepare import check_options
+from nas.search.quant.profile import precision_graph
+from nas.search.quant.search import SearchConfig, fit_to_target, search_bits
 
 FP32, W8, W4, W2 = BitOption(32, 32), BitOption(8, 8), BitOption(4, 8), BitOption(2, 8)
 
@@ -334,7 +334,7 @@ def test_export_of_an_all_float_assignment_copies_the_model(tmp_path):
 # ---- search ------------------------------------------------------------------------------------------------------
 class _Data:
     def __init__(self, x, y):
-        from nas.datasets import TensorSplit
+        from nas.data.splits import TensorSplit
         self.train, self.val = TensorSplit(x[:64], y[:64]), TensorSplit(x[64:], y[64:])
 
 
@@ -381,8 +381,8 @@ def test_forward_order_follows_execution_not_definition():
 
 
 def test_float_start_and_front_check():
-    from nas.quant.pipeline import _dominated
-    from nas.quant.search import init_logits
+    from nas.search.quant.pipeline import _dominated
+    from nas.search.quant.search import init_logits
 
     net = tiny_net([W8, FP32])
     init_logits(net, 0.8)
@@ -400,7 +400,7 @@ def test_float_start_and_front_check():
 def test_latency_fit_exports_real_models_recovers_coefficients_and_resumes(tmp_path):
     import onnx as onnx_
 
-    from nas.quant.latency_fit import calibration_assignments, fit_latency_cost
+    from nas.search.quant.latency_fit import calibration_assignments, fit_latency_cost
 
     net = tiny_net([W8, FP32])
     graph, _ = tiny_graph(net, tmp_path)

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nas.data import load_dataset
-from nas.onnx_io import run_onnx
+from nas.data.dataset import load_dataset
+from nas.models.onnx_io import run_onnx
 
 TINY = """name: qtiny
 resolution: 16

@@ -9,14 +9,14 @@ from onnx import numpy_helper
 from test_quant import Tiny, tiny_graph  # noqa: F401  (pytest puts tests/ on the path)
 from torch import nn
 
-from nas.data import Dataset
-from nas.quant.fake import int32_bias_error
-from nas.quant.graph import attach_onnx, trace_layers
-from nas.quant.integer import folded_batchnorm
-from nas.quant.finish import FinishSettings, finish, onnx_accuracy_warning
-from nas.quant.mixed import BitOption, MixedPrecisionNet
-from nas.quant.pipeline import size_verdict
+from nas.data.dataset import Dataset
 from nas.run import RunDir
+from nas.search.quant.fake import int32_bias_error
+from nas.search.quant.finish import FinishSettings, finish, onnx_accuracy_warning
+from nas.search.quant.graph import attach_onnx, trace_layers
+from nas.search.quant.integer import folded_batchnorm
+from nas.search.quant.mixed import BitOption, MixedPrecisionNet
+from nas.search.quant.pipeline import size_verdict
 
 FP32, W8 = BitOption(32, 32), BitOption(8, 8)
 SEARCHABLE = [BitOption(2, 2), BitOption(2, 8), BitOption(4, 4), BitOption(4, 8), W8, FP32]

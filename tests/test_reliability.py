@@ -10,19 +10,19 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_predict_fixtures import BENCH_TABLE, TINY_SPACE_YAML, InProcess
 from torch import nn
 
-from nas.data import Dataset, load_dataset
+from nas.data.dataset import Dataset, load_dataset
 from nas.errors import DataError, HwnasError, OutputError, SearchError, TrainingError
 from nas.files import write_json
-from nas.predict.history import History
-from nas.predict.nars import NarsConfig, run_nars
-from nas.predict.problem import TableProblem, parse_constraint
-from nas.predict.table_space import TableEvaluator, TableSpace
-from nas.recipe import Recipe
 from nas.run import RunDir
-from nas.training import train_model
-from test_predict_fixtures import BENCH_TABLE, TINY_SPACE_YAML, InProcess
+from nas.search.blackbox.history import History
+from nas.search.blackbox.problem import TableProblem, parse_constraint
+from nas.search.predict.nars import NarsConfig, run_nars
+from nas.search.predict.table_space import TableEvaluator, TableSpace
+from nas.train.recipe import Recipe
+from nas.train.training import train_model
 
 
 @pytest.fixture
@@ -89,7 +89,7 @@ def test_no_json_file_ever_holds_nan_or_infinity(tmp_path):
 
 
 def test_the_parity_check_treats_a_nan_output_as_a_failure(tmp_path):
-    from nas.onnx_io import export_onnx, onnx_max_abs_diff
+    from nas.models.onnx_io import export_onnx, onnx_max_abs_diff
 
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2)).eval()
     path = export_onnx(model, (1, 2, 2), tmp_path / "m.onnx")
@@ -147,7 +147,7 @@ class NanPredictor:
 
 
 def test_a_nars_round_that_adds_no_evaluation_ends_the_search(monkeypatch):
-    import nas.predict.nars as nars
+    import nas.search.predict.nars as nars
 
     monkeypatch.setattr(nars, "make_predictor", lambda kind, seed, **kw: NanPredictor())
     problem, c = _table_problem()
@@ -241,7 +241,7 @@ def test_measure_py_with_a_corrupt_bundle_or_resume_file_exits_with_an_error_lin
 
 
 def test_a_truncated_search_checkpoint_says_it_is_corrupt_and_how_to_restart(tmp_path):
-    from nas.engine import load_checkpoint
+    from nas.train.engine import load_checkpoint
 
     path = tmp_path / "search_checkpoint.pt"
     torch.save({"supernet": {"w": torch.randn(100, 100)}, "history": "[]"}, path)
@@ -255,7 +255,7 @@ def test_latency_predict_refuses_bits_it_cannot_cost(hwnas):
 
 
 def test_a_binary_capacity_checkpoint_sidecar_is_a_checkpoint_error(tmp_path):
-    from nas.capacity.checkpoint import CheckpointError, read_sidecar
+    from nas.search.capacity.checkpoint import CheckpointError, read_sidecar
 
     checkpoint = tmp_path / "model.json"  # the sidecar of model.json is itself
     checkpoint.write_bytes(bytes(range(256)) * 4)
@@ -287,8 +287,8 @@ def test_validate_samples_is_bounded(hwnas, tmp_path):
 
 # ---- 7. secrets and permissions -------------------------------------------------------------------------------------
 def test_a_storage_password_is_masked_in_errors_and_in_the_config():
-    from nas.predict.study import masked_url, open_storage
-    from nas.predict.search_setup import SearchSettings
+    from nas.search.blackbox.study import masked_url, open_storage
+    from nas.search.predict.search_setup import SearchSettings
 
     url = "postgresql+psycopg2://alice:s3cret@127.0.0.1:1/db"
     assert masked_url(url) == "postgresql+psycopg2://alice:***@127.0.0.1:1/db"
@@ -384,7 +384,7 @@ def _mutate(rng: random.Random, text: str) -> bytes:
 
 
 def _latency_table_folder(tmp_path):
-    from nas.latency.opkey import OpKey
+    from nas.arch.opkey import OpKey
     from nas.latency.table import COLUMNS, MANIFEST_FILE, DeviceManifest, encode_row
 
     folder = tmp_path / "dev"
@@ -398,16 +398,16 @@ def _latency_table_folder(tmp_path):
 
 
 def _some_keys():
+    from nas.arch.space import load_space
     from nas.latency.profile import space_profile_items
-    from nas.space import load_space
 
     return [str(item.key) for item in space_profile_items(load_space("fbnet", resolution=32))[:3]]
 
 
 def test_random_malformed_inputs_to_the_loaders_give_a_typed_error_or_success(tmp_path):
+    from nas.arch.space import load_arch, load_space
     from nas.latency.table import TABLE_FILE, LatencyTable
-    from nas.recipe import load_recipe
-    from nas.space import load_arch, load_space
+    from nas.train.recipe import load_recipe
 
     history_path, c = _history_file(tmp_path)
     history_text = history_path.read_text()

@@ -1,31 +1,37 @@
 """Every registered search, run through the Strategy protocol on a tiny case, writes a report.json with the one
-shared schema (nas.report.SharedReport), its method's detail under its own key, and the winner in arch.json."""
+shared schema (nas.search.report.SharedReport), its method's detail under its own key, and the winner in arch.json."""
 
 import json
 
 import pytest
 import torch
-
-from nas.errors import SearchError
-from nas.report import SHARED_KEYS, SharedReport, detail_key
-from nas.strategy import STRATEGIES, get_strategy, open_run
-from test_capacity import FAST_TIMING, TINY as VIT_TINY
-from test_dnas_support import TINY, TINY_V2, digits_npz, profiled_space
-from test_dnas_support import one_torch_thread  # noqa: F401  (autouse fixture)
+from test_capacity import FAST_TIMING
+from test_capacity import TINY as VIT_TINY
+from test_dnas_support import (
+    TINY,
+    TINY_V2,
+    digits_npz,
+    one_torch_thread,  # noqa: F401  (autouse fixture)
+    profiled_space,
+)
 from test_predict_fixtures import BENCH_TABLE
 from test_quant_cli import TINY as QUANT_TINY
+
+from nas.errors import SearchError
+from nas.search.report import SHARED_KEYS, SharedReport, detail_key
+from nas.search.strategy import STRATEGIES, get_strategy, open_run
 
 
 @pytest.fixture(scope="module")
 def capacity_case(tmp_path_factory):
     """A tiny dynamic-capacity ViT trained one epoch, and its token-count units profiled (fast timing)."""
-    from nas.capacity.checkpoint import save_checkpoint
-    from nas.capacity.latency import capacity_profile_items
-    from nas.capacity.space import load_capacity_space
-    from nas.capacity.training import train_dynamic
-    from nas.capacity.vit import DynamicViT
-    from nas.data import load_dataset
+    from nas.data.dataset import load_dataset
     from nas.latency.profile import profile_items
+    from nas.search.capacity.checkpoint import save_checkpoint
+    from nas.search.capacity.latency import capacity_profile_items
+    from nas.search.capacity.space import load_capacity_space
+    from nas.search.capacity.training import train_dynamic
+    from nas.search.capacity.vit import DynamicViT
 
     folder = tmp_path_factory.mktemp("capacity")
     (folder / "vit_tiny.yaml").write_text(VIT_TINY)
@@ -40,9 +46,9 @@ def capacity_case(tmp_path_factory):
 
 def _config(name: str, tmp_path_factory, capacity_case):
     if name in ("dnas", "dmasking"):
-        from nas.dnas.search import SearchSettings
-        from nas.dnas.strategy import SearchJob
-        from nas.recipe import Recipe
+        from nas.search.dnas.search import SearchSettings
+        from nas.search.dnas.strategy import SearchJob
+        from nas.train.recipe import Recipe
 
         text, device = (TINY, "test-tiny") if name == "dnas" else (TINY_V2, "test-v2")
         path, tables, _ = profiled_space(tmp_path_factory, text, name, device)
@@ -50,14 +56,14 @@ def _config(name: str, tmp_path_factory, capacity_case):
                          tables_dir=str(tables), settings=SearchSettings(epochs=2, op_paths=1),
                          recipe=Recipe(epochs=1, batch_size=64))
     if name in ("nars", "chamnet", "optuna"):
-        from nas.predict.search_setup import SearchSettings
+        from nas.search.predict.search_setup import SearchSettings
 
         return SearchSettings(strategy=name, space=f"table:{BENCH_TABLE}", objective="val_accuracy",
                               latency_columns=["latency_ms"], budget=8, init=4, batch=2, pool=64, generations=3,
                               population=64)
     if name == "mixed-precision":
-        from nas.quant.prepare import MixedPrecisionConfig, MixedPrecisionJob
-        from nas.quant.search import SearchConfig
+        from nas.search.quant.prepare import MixedPrecisionConfig, MixedPrecisionJob
+        from nas.search.quant.search import SearchConfig
 
         folder = tmp_path_factory.mktemp("quant")
         (folder / "qtiny.yaml").write_text(QUANT_TINY)
@@ -65,7 +71,7 @@ def _config(name: str, tmp_path_factory, capacity_case):
                                  settings=MixedPrecisionConfig(pretrain_epochs=1, search=SearchConfig(epochs=2),
                                                                finetune_epochs=1, latency_fit_models=0))
     if name == "capacity":
-        from nas.capacity.strategy import CapacityJob
+        from nas.search.capacity.strategy import CapacityJob
 
         folder, ckpt = capacity_case
         return CapacityJob(str(folder / "vit_tiny.yaml"), str(ckpt), "vit-dev", target_ms=1e3, trials=3,

@@ -3,8 +3,9 @@ import json
 import numpy as np
 import pytest
 
+from nas.arch.space import Arch, arch_document, load_arch, load_space
+from nas.arch.spec import builtin_spaces
 from nas.errors import ArchError, SpaceError
-from nas.space import Arch, arch_document, builtin_spaces, load_arch, load_space
 
 
 def test_builtin_spaces_load_and_fbnet_shape():

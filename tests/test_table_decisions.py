@@ -8,7 +8,7 @@ import pandas as pd
 from typer.testing import CliRunner
 
 from cli.main import app
-from nas.predict.table_space import TableSpace
+from nas.search.predict.table_space import TableSpace
 from tests.test_predict_fixtures import BENCH_TABLE
 
 

@@ -1,16 +1,16 @@
 import dataclasses
 
+import pytest
 import torch
 
-from nas.builder import build_model
-from nas.data import load_dataset
-from nas.datasets import TensorSplit
-from nas.recipe import Recipe, parse_recipe
-from nas.space import load_space
-from nas.training import split_accuracy, train_model
+from nas.arch.space import load_space
+from nas.data.dataset import load_dataset
+from nas.data.splits import TensorSplit
 from nas.errors import RecipeError
-
-import pytest
+from nas.models.builder import build_model
+from nas.train.evaluation import split_accuracy
+from nas.train.recipe import Recipe, parse_recipe
+from nas.train.training import train_model
 
 
 def _setup():

@@ -7,23 +7,31 @@ import shutil
 from pathlib import Path
 
 import pytest
+from test_dnas_support import (
+    FAST,
+    TINY,
+    all_archs,
+    digits_npz,
+    one_torch_thread,  # noqa: F401  (autouse fixture)
+    profile_tiny,
+    tiny_space,
+    write_space,
+)
 from typer.testing import CliRunner
 
-from nas.dnas.search import SearchSettings
 from nas.errors import LatencyTableError
-from nas.dnas.strategy import SearchJob, SupernetStrategy
 from nas.latency.calibrate import calibrate
 from nas.latency.device import Device
-from nas.latency.drift import check_drift, read_references, recalibrate, reference_dir
+from nas.latency.drift import check_drift, read_references, reference_dir
+from nas.latency.measurement import Measurement
 from nas.latency.model import LatencyModel
 from nas.latency.table import LatencyTable
 from nas.latency.timing import LatencyStats
-from nas.recipe import Recipe
-from nas.report import Measurement, SharedReport, build_report, latency_remedies
-from nas.strategy import open_run
-
-from test_dnas_support import FAST, TINY, all_archs, digits_npz, profile_tiny, tiny_space, write_space
-from test_dnas_support import one_torch_thread  # noqa: F401  (autouse fixture)
+from nas.search.dnas.search import SearchSettings
+from nas.search.dnas.strategy import SearchJob, SupernetStrategy
+from nas.search.report import SharedReport, build_report, latency_remedies
+from nas.search.strategy import open_run
+from nas.train.recipe import Recipe
 
 DEVICE = "verdict-dev"
 
@@ -42,7 +50,7 @@ def _report(measured: float, target: float | None = 1.0, predicted: float = 0.9,
                         **kw)
 
 
-# ---- the verdict (nas.report) -------------------------------------------------------------------------------------
+# ---- the verdict (nas.search.report) ----
 def test_a_measurement_over_the_bound_is_not_within_target_and_names_the_options():
     report = _report(1.68, target=1.0, predicted=0.9)
     SharedReport.model_validate(report)
@@ -107,7 +115,7 @@ def test_a_target_that_is_not_a_latency_keeps_its_own_verdict():
         _report(2.0, target=1.0, within_target=True)
 
 
-# ---- drift (nas.latency.drift, hwnas latency check) ------------------------------------------------------------------
+# ---- drift (nas.latency.drift, hwnas latency check) ----
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory):
     """The tiny space profiled and calibrated (4 whole models) once for the module."""

@@ -15,11 +15,12 @@ Files in ``latency_tables/<device-id>/`` (base folder ``$HWNAS_LATENCY_TABLES`` 
 ``correction.json`` (fitted ``base_ms``, ``scale``, ``per_block_ms`` and the ``precision`` terms).
 
 Modules:
-- ``opkey``: ``OpKey``, the identity of one measured thing (the table's primary key).
 - ``table``: ``LatencyTable`` (lock-safe appends, CRC-checked rows, truncation detection), ``DeviceManifest``.
 - ``device``: ``Device`` (provider, threads, optimisation, clock from a table's manifest): opens sessions and times
   ONNX files; every ``measured_ms`` comes from it.
-- ``timing``: ``TimingConfig`` (wall or per-thread CPU clock), ``LatencyStats``, interleaved timing, ``CallOverhead``.
+- ``timing``: ``TimingConfig`` (wall or per-thread CPU clock), ``LatencyStats``, interleaved timing.
+- ``overhead``: ``CallOverhead``, the fixed and per-byte cost of one ``session.run``, fitted on pass-through graphs.
+- ``measurement``: ``Measurement``, a shipped model timed on its device (what a verdict is judged on).
 - ``remote_measure``: the interleaved timing algorithm, and the standalone ``measure.py`` shipped in bundles.
 - ``profile``: ``ProfileItem``, ``profile_items`` (resumable, concurrent-safe, skips identity blocks),
   ``space_profile_items``, ``space_layer_keys``, ``block_item``.
@@ -35,7 +36,56 @@ Modules:
   ``expected_ms``, ``precision_costs``), ``PositionCosts``, ``Prediction``, ``FallbackRegressor``.
 - ``precision``: a quantisable model as keys (``PrecisionGraph``: layers at fp32 / int8, edges with their transition
   keys), its ``PrecisionCostTable`` (the one mixed-precision formula, exact and differentiable), ``int8_speedups``.
-- ``loss``: the latency-aware search loss and the latency-target controller (DNAS and mixed precision).
 - ``validate``: random archs measured end to end against predictions (within_10pct, MAPE, Kendall tau).
 - ``bundle``: ``write_bundle`` (zip for a remote device) and ``import_results`` (its results as a new device).
 """
+
+from nas import lazy_exports
+
+_EXPORTS = {
+    "CalibrationModel": "nas.latency.calibrate",
+    "Device": "nas.latency.device",
+    "DeviceManifest": "nas.latency.table",
+    "FEATURE_NAMES": "nas.latency.features",
+    "FallbackRegressor": "nas.latency.model",
+    "LatencyModel": "nas.latency.model",
+    "LatencyTable": "nas.latency.table",
+    "Measurement": "nas.latency.measurement",
+    "PrecisionCostTable": "nas.latency.precision",
+    "PrecisionEdge": "nas.latency.precision",
+    "PrecisionGraph": "nas.latency.precision",
+    "PrecisionLayer": "nas.latency.precision",
+    "PrecisionTerms": "nas.latency.correction",
+    "Prediction": "nas.latency.model",
+    "ProfileItem": "nas.latency.profile",
+    "TimingConfig": "nas.latency.timing",
+    "append_precision_row": "nas.latency.calibrate",
+    "block_item": "nas.latency.profile",
+    "calibrate": "nas.latency.calibrate",
+    "calibrate_models": "nas.latency.calibrate",
+    "check_clock": "nas.latency.timing",
+    "check_drift": "nas.latency.drift",
+    "check_provider": "nas.latency.device",
+    "cpu_model": "nas.latency.remote_measure",
+    "drift_before_measuring": "nas.latency.drift",
+    "import_results": "nas.latency.bundle",
+    "int8_speedups": "nas.latency.precision",
+    "key_family": "nas.latency.correction",
+    "key_features": "nas.latency.features",
+    "key_is_identity": "nas.latency.profile",
+    "list_devices": "nas.latency.table",
+    "measure_shipped": "nas.latency.drift",
+    "precision_terms_matrix": "nas.latency.calibrate",
+    "profile_items": "nas.latency.profile",
+    "read_manifest": "nas.latency.table",
+    "read_precision_rows": "nas.latency.calibrate",
+    "recalibrate": "nas.latency.drift",
+    "refit_precision": "nas.latency.calibrate",
+    "space_layer_keys": "nas.latency.profile",
+    "space_profile_items": "nas.latency.profile",
+    "tables_root": "nas.latency.table",
+    "validate": "nas.latency.validate",
+    "write_bundle": "nas.latency.bundle",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -21,18 +21,27 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable
 
-from nas.builder import build_model
+from nas.arch.opkey import OpKey
+from nas.arch.space import Space
 from nas.errors import LatencyTableError
 from nas.files import atomic_path, current_umask, write_json
 from nas.latency import remote_measure
 from nas.latency.calibrate import _model_id, append_calibration, calibration_archs, refit_correction
-from nas.latency.opkey import OpKey
+from nas.latency.overhead import fit_call_overhead, passthrough_mb, passthrough_model
 from nas.latency.profile import ExportedItem, item_onnx, single_thread_torch, space_profile_items
-from nas.latency.table import COLUMNS, MANIFEST_FILE, TABLE_FILE, DeviceManifest, LatencyTable, check_device_id, \
-    device_dir, encode_row, tables_root
-from nas.latency.timing import fit_call_overhead, passthrough_mb, passthrough_model
-from nas.onnx_io import export_onnx
-from nas.space import Space
+from nas.latency.table import (
+    COLUMNS,
+    MANIFEST_FILE,
+    TABLE_FILE,
+    DeviceManifest,
+    LatencyTable,
+    check_device_id,
+    device_dir,
+    encode_row,
+    tables_root,
+)
+from nas.models.builder import build_model
+from nas.models.onnx_io import export_onnx
 
 OVERHEAD_SIZES = (1, 50_000, 200_000, 600_000)
 

@@ -25,18 +25,25 @@ from typing import Callable
 
 import numpy as np
 
-from nas.builder import build_model
+from nas.arch.opkey import OpKey
+from nas.arch.space import Arch, Space
 from nas.errors import LatencyTableError
-from nas.latency.correction import CalibrationPoint, Correction, PrecisionTerms, fit_correction, key_family, \
-    net_block_ms
+from nas.latency.correction import (
+    CalibrationPoint,
+    Correction,
+    PrecisionTerms,
+    fit_correction,
+    key_family,
+    net_block_ms,
+)
 from nas.latency.device import Device, check_provider
 from nas.latency.drift import pick_references, read_references, store_references
-from nas.latency.opkey import OpKey
+from nas.latency.overhead import CallOverhead
 from nas.latency.profile import key_is_identity, single_thread_torch
 from nas.latency.table import LatencyTable, _locked, _read_from
-from nas.latency.timing import CallOverhead, LatencyStats, TimingConfig
-from nas.onnx_io import export_onnx
-from nas.space import Arch, Space
+from nas.latency.timing import LatencyStats, TimingConfig
+from nas.models.builder import build_model
+from nas.models.onnx_io import export_onnx
 
 CALIBRATION_FILE = "calibration.csv"
 CALIBRATION_COLUMNS = ("model_id", "space", "space_args", "arch", "keys", "measured_ms", "p90_ms", "count",

@@ -6,7 +6,7 @@ Inside a whole model the blocks run back to back, caches are shared and the call
 
     whole_ms = base_ms + sum_blocks (scale[f] * net_ms + per_block_ms[f])
 
-where ``f`` is the block's latency family, registered with its op (``nas.ops.FAMILIES``: ``conv`` for the block
+where ``f`` is the block's latency family, registered with its op (``nas.arch.ops.FAMILIES``: ``conv`` for the block
 vocabulary, ``token`` for transformer units and single quantised layers), fitted by least squares on the relative
 error of whole models measured on the device during profiling (the calibration set). A family without enough
 calibration models shares the device-wide fit. The form stays additive over keys, so a supernet's expected latency
@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from nas.arch.opkey import OpKey
+from nas.arch.ops import FAMILIES, parse_op
 from nas.errors import LatencyTableError
 from nas.files import write_json
-from nas.latency.opkey import OpKey
-from nas.ops import FAMILIES, parse_op
 
 CORRECTION_FILE = "correction.json"
 

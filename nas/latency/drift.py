@@ -7,9 +7,9 @@ alongside when one is given) and reports the drift: the median over the referenc
 calibration (times the correction's ``rescale``) - 1, in per cent. ``recalibrate`` folds that ratio into the
 correction as one global rescale (base, scales and per-block terms), keeping the old correction in its
 ``history``; a later refit from the stored measurements starts again from ``rescale`` 1. Searches call
-``measure_shipped``: the drift check, then the shipped model's own timing, as one ``nas.report.Measurement``.
-Bundles carry the calibration models (``nas.latency.bundle``), so a remote device is re-timed with its
-``measure.py``.
+``measure_shipped``: the drift check, then the shipped model's own timing, as one
+``nas.latency.measurement.Measurement``. Bundles carry the calibration models (``nas.latency.bundle``), so a remote
+device is re-timed with its ``measure.py``.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from nas.errors import LatencyTableError
 from nas.files import atomic_path, write_json
 from nas.latency.correction import Correction
 from nas.latency.device import Device
+from nas.latency.measurement import Measurement
 from nas.latency.table import LatencyTable
 from nas.latency.timing import LatencyStats, TimingConfig
-from nas.report import Measurement
 
 REFERENCE_DIR = "reference"
 REFERENCE_INDEX = "references.json"

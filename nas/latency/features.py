@@ -1,6 +1,6 @@
 """Features of an op key for the fallback regressor: MACs, params and memory traffic, computed from the key.
 
-Each op's registration (``nas.ops``) gives its analytic cost (the block vocabulary's in ``nas.blocks``); ops
+Each op's registration (``nas.arch.ops``) gives its analytic cost (the block vocabulary's in ``nas.models.blocks``); ops
 registered without one (transformer units, single quantised layers) use the MACs/params their table rows
 recorded, else a shape guess. An unregistered op raises ``ArchError``.
 """
@@ -11,8 +11,8 @@ import math
 
 import numpy as np
 
-from nas.latency.opkey import OpKey
-from nas.ops import parse_op
+from nas.arch.opkey import OpKey
+from nas.arch.ops import parse_op
 
 KINDS = ("conv", "ir", "skip", "pool_fc", "other")  # one-hot of the op's kind; every other kind is "other"
 FEATURE_NAMES = ("log_macs", "log_params", "log_traffic", "log_in", "log_out", "log_dw_macs", "log_pw_macs",

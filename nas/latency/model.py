@@ -7,7 +7,7 @@ correction.per_block_ms``), 0 for identity blocks, or, for a key the table lacks
 estimate fitted on the table's rows (flagged in ``Prediction.estimated``; with ``allow_fallback=False`` a
 missing key raises ``LatencyTableError`` naming it). ``total_ms`` is the one place where ``base_ms`` is added to
 block costs: one arch's (``predict_keys``), a population's (an n x blocks array) or a supernet's expectation (a
-tensor). ``cost_table`` turns a space's block positions (``nas.positions``) into cost arrays, one axis per
+tensor). ``cost_table`` turns a space's block positions (``nas.arch.positions``) into cost arrays, one axis per
 decision, which DNAS's expected latency and the predictor searches' population costs are views of. Every search
 calls this; none re-implements it. ``precision_costs`` does the same for a quantisable model's layers at fp32 and
 int8 and the precision transitions between them (``nas.latency.precision``: the mixed-precision cost and its one
@@ -23,16 +23,16 @@ from typing import TYPE_CHECKING, Iterable
 import numpy as np
 import torch
 
+from nas.arch.opkey import OpKey
+from nas.arch.positions import BlockPosition
+from nas.arch.space import Arch, Space
 from nas.errors import LatencyTableError
 from nas.latency.correction import Correction, key_family, net_block_ms
 from nas.latency.features import key_features
-from nas.latency.opkey import OpKey
+from nas.latency.overhead import CallOverhead
 from nas.latency.precision import PrecisionCostTable, PrecisionGraph
 from nas.latency.profile import key_is_identity
 from nas.latency.table import LatencyTable
-from nas.latency.timing import CallOverhead
-from nas.positions import BlockPosition
-from nas.space import Arch, Space
 
 if TYPE_CHECKING:
     from nas.latency.device import Device

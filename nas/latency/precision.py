@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from nas.arch.opkey import OpKey
 from nas.latency.correction import PrecisionTerms
-from nas.latency.opkey import OpKey
 from nas.latency.table import LatencyTable
 
 

@@ -23,15 +23,16 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from nas.arch.opkey import OpKey
+from nas.arch.ops import parse_op
+from nas.arch.space import Space
 from nas.errors import LatencyTableError
 from nas.latency.device import Device, check_provider
-from nas.latency.opkey import OpKey
+from nas.latency.overhead import CallOverhead, measure_call_overhead
 from nas.latency.quantize import int8_options, quantize_int8
 from nas.latency.table import DeviceManifest, LatencyTable
-from nas.latency.timing import CallOverhead, TimingConfig, measure_call_overhead
-from nas.onnx_io import OPSET
-from nas.ops import parse_op
-from nas.space import Space
+from nas.latency.timing import TimingConfig
+from nas.models.onnx_io import OPSET
 
 ProgressCallback = Callable[[int, int, str], None]  # (done, total, note)
 
@@ -50,7 +51,7 @@ def key_is_identity(key: OpKey) -> bool:
 
 
 def block_item(key: OpKey, **options) -> ProfileItem:
-    """The item of any registered op's key: its builder and input shapes from the op registry (``nas.ops``)."""
+    """The item of any registered op's key: its builder and input shapes from the op registry (``nas.arch.ops``)."""
     spec = parse_op(key.op)
     return ProfileItem(key, lambda: spec.build(key, **options), spec.input_shapes(key, **options))
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from nas.arch.opkey import OpKey
 from nas.errors import LatencyTableError
-from nas.latency.opkey import OpKey
 
 QFORMATS = ("qdq", "qop")
 QOPS = ("all", "pw")

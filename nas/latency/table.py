@@ -25,10 +25,10 @@ from typing import Iterator
 
 import onnxruntime as ort
 
+from nas.arch.opkey import OpKey
 from nas.errors import LatencyTableError
 from nas.files import write_json
 from nas.latency import remote_measure
-from nas.latency.opkey import OpKey
 
 TABLES_ENV = "HWNAS_LATENCY_TABLES"
 TABLE_FILE = "table.csv"

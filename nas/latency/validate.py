@@ -16,14 +16,14 @@ import numpy as np
 import pandas as pd
 from scipy.stats import kendalltau
 
-from nas.blocks import make_block
-from nas.builder import count_macs
+from nas.arch.space import Arch, Space
 from nas.latency.calibrate import measure_archs
 from nas.latency.model import LatencyModel
 from nas.latency.profile import key_is_identity, single_thread_torch
 from nas.latency.timing import TimingConfig
+from nas.models.blocks import make_block
+from nas.models.builder import count_macs
 from nas.run import RunDir
-from nas.space import Arch, Space
 
 VALIDATION_FILE = "validation.csv"
 

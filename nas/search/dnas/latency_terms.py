@@ -1,0 +1,88 @@
+"""A space's expected latency: the device's cost table of its block positions, weighted by decision probabilities.
+
+The latency model is additive (``base_ms + sum of block costs``), so the expected latency of a factorised arch
+distribution is exact: each block position contributes ``sum(joint_probs * costs)``, where the joint is the outer
+product of the probabilities of the decisions the block depends on (``BlockPosition.dims``: its op, input and output
+channel stages, the resolution). The costs are ``lm.cost_table`` of ``space.block_positions``, and the sum is
+``lm.total_ms``: this module is a view of the LatencyModel, with no costing of its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from nas.arch.opkey import OpKey
+from nas.arch.positions import Dim
+from nas.search.dnas.distribution import ArchDistribution, ArchProbs
+
+
+@dataclass
+class LatencyTerm:
+    name: str
+    dims: list[Dim]
+    cost_ms: np.ndarray  # float64, one axis per dim
+    keys: np.ndarray = field(repr=False)  # the OpKey of every entry (object array, same shape)
+
+
+class LatencyTerms:
+    """The expected latency of an ``ArchDistribution`` on one device, differentiable in its logits."""
+
+    def __init__(self, dist: ArchDistribution, lm):
+        self.dist, self.lm = dist, lm
+        positions = dist.space.block_positions(dist.channel_options, dist.resolution_options)
+        self.terms = [LatencyTerm(f"L{c.position.layer}" if c.position.role == "layer" else c.position.role,
+                                  c.position.dims, c.cost_ms, c.keys) for c in lm.cost_table(positions)]
+        self.base_ms = float(lm.base_ms)
+        self._torch_costs = [torch.tensor(t.cost_ms, dtype=torch.float32) for t in self.terms]
+
+    def to(self, device) -> "LatencyTerms":
+        """Keep the cost tensors on ``device`` (where the logits are): expected latency stays differentiable there."""
+        self._torch_costs = [c.to(device) for c in self._torch_costs]
+        return self
+
+    # ---- queries ----------------------------------------------------------------------------------------------
+    def keys(self) -> list[OpKey]:
+        """Every unique key the search can touch."""
+        seen: dict[str, OpKey] = {}
+        for t in self.terms:
+            for k in t.keys.flat:
+                seen.setdefault(str(k), k)
+        return list(seen.values())
+
+    def estimated_keys(self) -> list[OpKey]:
+        return [k for k in self.keys() if self.lm.is_estimated(k)]
+
+    def _vector(self, probs: ArchProbs, dim: Dim) -> torch.Tensor:
+        kind = dim[0]
+        if kind == "op":
+            return probs.ops[dim[1]]
+        if kind == "ch":
+            return probs.channels[dim[1]]
+        return probs.resolution
+
+    def expected_ms(self, probs: ArchProbs | None = None) -> torch.Tensor:
+        """E[latency] under ``probs`` (default: the distribution's), differentiable in the logits."""
+        probs = probs or self.dist.probs()
+        joints = [outer([self._vector(probs, d) for d in t.dims]) for t in self.terms]
+        return self.lm.expected_ms(joints, self._torch_costs)
+
+    def arch_ms(self, ops: list[int], channels: list[int], res: int) -> float:
+        """Latency of the arch with these decision indices (equals ``lm.predict`` of that arch)."""
+        pick = {"op": ops, "ch": channels}
+        return float(self.lm.total_ms([float(t.cost_ms[tuple(res if d[0] == "res" else pick[d[0]][d[1]]
+                                                             for d in t.dims)]) for t in self.terms]))
+
+    def argmax_ms(self) -> float:
+        return self.arch_ms(*self.dist.argmax_indices())
+
+
+def outer(vectors: list[torch.Tensor]) -> torch.Tensor:
+    """Outer product of 1-D tensors: shape (len(v0), len(v1), ...)."""
+    out = vectors[0]
+    for v in vectors[1:]:
+        out = out.unsqueeze(-1) * v
+    return out
+

@@ -1,0 +1,45 @@
+"""Predictor-guided architecture x training-recipe search: FBNetV3 NARS, ChamNet GP-BO, Optuna, on the black-box
+engine (``nas.search.blackbox``).
+
+Modules (one idea each):
+- ``recipe_space``: the ``recipe_space:`` section of a space YAML (ranges of ``nas.train.recipe.Recipe`` fields).
+- ``joint_space``: ``JointSpace`` (arch decisions of a ``Space`` x recipe decisions) and ``Candidate``.
+- ``block_costs``: ``BlockCostTable``, vectorised additive per-block costs (MACs, params, latency) of populations.
+- ``model_costs``: ``ModelSpaceCosts``, free proxies of a joint space (MACs, params, predicted latency per device).
+- ``table_space``: ``TableSpace`` / ``TableEvaluator``, a user's CSV as a space (``--space table:PATH.csv``).
+- ``evaluators``: ``TrainEvaluator`` (train-and-test; the ``Evaluator`` protocol is in ``blackbox.problem``).
+- ``predictors``: ``ArchRecipePredictor`` (FBNetV3 MLP with proxy pretraining), ``kendall_tau``.
+- ``gp``: ``GPPredictor`` (ChamNet exact GP with gpytorch, ARD kernel, ``predict_std``), ``expected_improvement``.
+- ``nars``: ``run_nars``: NARS (MLP) and GP-BO (GP + EI) constrained iterative optimisation.
+- ``optuna_search``: opening or joining a search's study (workers rebuild the problem from its settings), local
+  worker processes, multi-objective Optuna (NSGA-II / TPE).
+- ``search_setup``: ``SearchSettings`` -> problem and constraints; ``runner``: ``PredictorStrategy``
+  (``nas.search.strategy``; the run directory behind ``hwnas search nars|chamnet|optuna``) and ``optuna_history``.
+"""
+
+from nas import lazy_exports
+
+_EXPORTS = {
+    "ArchRecipePredictor": "nas.search.predict.predictors",
+    "JointSpace": "nas.search.predict.joint_space",
+    "LocalWorkers": "nas.search.predict.optuna_search",
+    "ModelSpaceCosts": "nas.search.predict.model_costs",
+    "NarsConfig": "nas.search.predict.nars",
+    "OptunaConfig": "nas.search.predict.optuna_search",
+    "PredictorStrategy": "nas.search.predict.runner",
+    "SearchSettings": "nas.search.predict.search_setup",
+    "TableEvaluator": "nas.search.predict.table_space",
+    "TableSpace": "nas.search.predict.table_space",
+    "TrainEvaluator": "nas.search.predict.evaluators",
+    "build_constraints": "nas.search.predict.search_setup",
+    "build_problem": "nas.search.predict.search_setup",
+    "kendall_tau": "nas.search.predict.predictors",
+    "load_latency_models": "nas.search.predict.model_costs",
+    "open_job": "nas.search.predict.optuna_search",
+    "optuna_history": "nas.search.predict.runner",
+    "run_nars": "nas.search.predict.nars",
+    "run_optuna": "nas.search.predict.optuna_search",
+    "work": "nas.search.predict.optuna_search",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,0 +1,107 @@
+"""ChamNet's Gaussian-process accuracy predictor (Dai et al. 2019) with gpytorch, and expected improvement.
+
+An exact GP with a constant mean and a scaled Matern-5/2 kernel with one lengthscale per feature (ARD), its
+hyperparameters fitted by maximising the exact marginal log likelihood. ``predict`` is the posterior mean,
+``predict_std`` the posterior standard deviation of the latent function, for acquisition functions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import gpytorch
+import numpy as np
+import torch
+from scipy.stats import norm
+
+from nas.search.predict.predictors import torch_threads
+
+
+class _ExactGP(gpytorch.models.ExactGP):
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, likelihood, nu: float):
+        super().__init__(x, y, likelihood)
+        self.mean_module = gpytorch.means.ConstantMean()
+        self.covar_module = gpytorch.kernels.ScaleKernel(
+            gpytorch.kernels.MaternKernel(nu=nu, ard_num_dims=x.shape[1]))
+
+    def forward(self, x: torch.Tensor):
+        return gpytorch.distributions.MultivariateNormal(self.mean_module(x), self.covar_module(x))
+
+
+class GPPredictor:
+    """Exact GP regression (ARD Matern kernel) with scikit-learn style ``fit``/``predict``/``predict_std``."""
+
+    def __init__(self, *, iterations: int = 100, lr: float = 0.1, nu: float = 2.5, seed: int = 0):
+        self.iterations, self.lr, self.nu, self.seed = iterations, lr, nu, seed
+        self._model: _ExactGP | None = None
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> "GPPredictor":
+        with torch_threads(1):
+            return self._fit(x, y)
+
+    def _fit(self, x: np.ndarray, y: np.ndarray) -> "GPPredictor":
+        torch.manual_seed(self.seed)
+        x_t = torch.as_tensor(np.asarray(x), dtype=torch.float64)
+        y = np.asarray(y, np.float64)
+        self._mean, self._std = float(y.mean()), float(max(y.std(), 1e-9))
+        y_t = torch.as_tensor((y - self._mean) / self._std, dtype=torch.float64)
+        likelihood = gpytorch.likelihoods.GaussianLikelihood(noise_constraint=gpytorch.constraints.GreaterThan(1e-4))
+        model = _ExactGP(x_t, y_t, likelihood, self.nu).double()
+        # start lengthscales near the feature scale: features are in [0, 1], one-hot or positions
+        model.covar_module.base_kernel.lengthscale = torch.full((1, x_t.shape[1]), math.sqrt(x_t.shape[1]) / 2,
+                                                                dtype=torch.float64)
+        model.train()
+        likelihood.train()
+        opt = torch.optim.Adam(model.parameters(), lr=self.lr)
+        mll = gpytorch.mlls.ExactMarginalLogLikelihood(likelihood, model)
+        for _ in range(self.iterations):
+            opt.zero_grad(set_to_none=True)
+            loss = -mll(model(x_t), y_t)
+            loss.backward()
+            opt.step()
+        model.eval()
+        likelihood.eval()
+        self._model, self._likelihood = model, likelihood
+        self.final_mll = float(-loss.detach())
+        return self
+
+    @torch.no_grad()
+    def _posterior(self, x: np.ndarray, batch: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+        if self._model is None:
+            raise RuntimeError("GPPredictor.predict called before fit")
+        x = np.asarray(x)
+        means, stds = [], []
+        with gpytorch.settings.fast_pred_var():
+            for i in range(0, len(x), batch):
+                post = self._model(torch.as_tensor(x[i:i + batch], dtype=torch.float64))
+                means.append(post.mean.numpy())
+                stds.append(post.variance.clamp_min(0).sqrt().numpy())
+        mean = np.concatenate(means) if means else np.zeros(0)
+        std = np.concatenate(stds) if stds else np.zeros(0)
+        return mean * self._std + self._mean, std * self._std
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self._posterior(x)[0]
+
+    def predict_std(self, x: np.ndarray) -> np.ndarray:
+        return self._posterior(x)[1]
+
+    def predict_mean_std(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self._posterior(x)
+
+    @property
+    def lengthscales(self) -> np.ndarray:
+        return self._model.covar_module.base_kernel.lengthscale.detach().numpy().ravel()
+
+    def clone_unfitted(self) -> "GPPredictor":
+        return GPPredictor(iterations=self.iterations, lr=self.lr, nu=self.nu, seed=self.seed)
+
+
+def expected_improvement(mean: np.ndarray, std: np.ndarray, best: float, xi: float = 0.0) -> np.ndarray:
+    """EI of maximising: E[max(f - best - xi, 0)] under N(mean, std^2); reduces to the gain when std is 0."""
+    mean, std = np.asarray(mean, float), np.asarray(std, float)
+    gain = mean - best - xi
+    safe = np.maximum(std, 1e-12)
+    z = gain / safe
+    ei = gain * norm.cdf(z) + safe * norm.pdf(z)
+    return np.where(std > 1e-12, ei, np.maximum(gain, 0.0))

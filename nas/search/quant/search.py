@@ -1,0 +1,220 @@
+"""Bit-width DNAS (Wu et al. 2018): weights train on the train split, the per-layer choice logits on the
+validation split, Gumbel-softmax temperature annealed, with the paper's ``CE * alpha * (log COST) ** beta`` in the
+form the DNAS search uses (``nas.search.latency_loss``): ``CE * (1 + alpha * log(COST / COST_min)) ** beta``, where COST
+is the expected cost under the choice probabilities and COST_min its lower bound, so ``alpha`` is the trade-off.
+
+With a target, ``alpha`` is steered after every architecture step (``nas.search.latency_loss.TargetController``) so that
+the expected cost approaches the target. If the final argmax assignment still misses it, layers are lowered one at a
+time, each time the change that loses least log-probability per unit of cost saved, until it fits.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from nas.data.dataset import Dataset
+from nas.data.splits import Split
+from nas.errors import SearchError
+from nas.search.latency_loss import TargetController, latency_factor
+from nas.search.quant.costs import Cost
+from nas.search.quant.mixed import BitOption, MixedPrecisionNet
+from nas.train.engine import Engine
+from nas.train.evaluation import fit_input, split_accuracy
+
+FP32_OPTION = BitOption(32, 32)
+
+
+@dataclass
+class SearchConfig:
+    epochs: int = 8
+    warmup_epochs: int = 1  # weights only, choices sampled uniformly at the start temperature
+    batch_size: int = 64
+    weight_lr: float = 1e-3
+    arch_lr: float = 0.05
+    arch_weight_decay: float = 5e-4
+    tau_start: float = 5.0
+    tau_end: float = 0.5
+    alpha: float = 1.0
+    beta: float = 0.6
+    target_gain: float = 0.3  # alpha <- alpha * (E[COST] / target) ** gain after each architecture step
+    init_float_prob: float | None = None  # initial probability of the fp32 option (None: uniform over options)
+    target: float | None = None  # in the cost's unit (ms, MB, G bit-ops)
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SearchResult:
+    assignment: list[BitOption]
+    probabilities: list[list[float]]
+    history: list[dict] = field(default_factory=list)
+    alpha: float = 0.0
+    repaired_layers: list[str] = field(default_factory=list)
+
+
+def temperature(config: SearchConfig, epoch: int) -> float:
+    if config.epochs <= 1:
+        return config.tau_end
+    return config.tau_start * (config.tau_end / config.tau_start) ** (epoch / (config.epochs - 1))
+
+
+def assignment_accuracy(net: MixedPrecisionNet, assignment: list[BitOption], split: Split,
+                        engine: Engine | None = None) -> float:
+    """Accuracy of ``net`` fixed to ``assignment`` on a whole split (streamed); the net is left unfixed."""
+    net.fix(assignment)
+    try:
+        return split_accuracy(net, split, engine, batch_size=256)
+    finally:
+        net.fix(None)
+
+
+class BitSearch:
+    """One epoch of the bit-width search (an ``nas.train.engine.EpochTask``): weights on the train split, then (after
+    the warm-up) the choice logits on the validation split with the cost-aware loss."""
+
+    def __init__(self, net: MixedPrecisionNet, data: Dataset, cost: Cost, config: SearchConfig, engine: Engine):
+        self.net = engine.place(net, channels_last=False)  # the layout the bit search always trained in
+        self.data, self.cost, self.config, self.engine = data, cost, config, engine
+        self.floor = cost.lower_bound()
+        self.w_opt = torch.optim.AdamW(net.weight_parameters(), lr=config.weight_lr, weight_decay=1e-4)
+        self.a_opt = torch.optim.Adam(net.arch_parameters(), lr=config.arch_lr, betas=(0.9, 0.999),
+                                      weight_decay=config.arch_weight_decay)
+        self.alpha = config.alpha
+        self.controller = TargetController(config.target, self.alpha, config.target_gain) \
+            if config.target is not None else None
+
+    def state(self) -> dict:
+        return {"net": self.net.state_dict(), "weight_optimizer": self.w_opt.state_dict(),
+                "arch_optimizer": self.a_opt.state_dict(), "alpha": self.alpha}
+
+    def load(self, state: dict) -> None:
+        self.net.load_state_dict(state["net"])
+        self.w_opt.load_state_dict(state["weight_optimizer"])
+        self.a_opt.load_state_dict(state["arch_optimizer"])
+        self.alpha = float(state["alpha"])
+        if self.controller is not None:
+            self.controller.alpha = self.alpha
+
+    def epoch(self, epoch: int) -> dict:
+        config, net, cost, engine = self.config, self.net, self.cost, self.engine
+        torch.manual_seed(config.seed * 10_007 + epoch)
+        gen = torch.Generator().manual_seed(config.seed * 10_007 + epoch)
+        tau = temperature(config, epoch)
+        net.set_temperature(tau)
+        net.fix(None)
+        net.train()
+        train_loss, seen = 0.0, 0
+        for x, y in engine.batches(self.data.train, config.batch_size, gen):
+            with engine.autocast():
+                loss = F.cross_entropy(net(fit_input(x, net)), y)
+            self.w_opt.zero_grad(set_to_none=True)
+            engine.backward_step(loss, self.w_opt)
+            train_loss += loss.item() * len(y)
+            seen += len(y)
+        train_loss, seen = engine.world.total(train_loss, seen)
+        row = {"epoch": epoch + 1, "temperature": tau, "train_loss": train_loss / seen}
+        if epoch >= config.warmup_epochs:
+            ce_sum, factor_sum, steps = 0.0, 0.0, 0
+            for x, y in engine.batches(self.data.val, config.batch_size, gen):
+                with engine.autocast():
+                    ce = F.cross_entropy(net(fit_input(x, net)), y).float()
+                expected = cost.expected([F.softmax(t, 0).cpu() for t in net.arch_parameters()])
+                factor = latency_factor(expected, self.floor, self.alpha, config.beta)
+                loss = ce * factor.to(ce.device)
+                self.a_opt.zero_grad(set_to_none=True)
+                self.w_opt.zero_grad(set_to_none=True)
+                engine.backward_step(loss, self.a_opt)
+                if self.controller is not None:
+                    self.alpha = self.controller.update(float(expected.detach()))
+                ce_sum, factor_sum, steps = ce_sum + ce.item(), factor_sum + factor.item(), steps + 1
+            ce_sum, factor_sum, steps = engine.world.total(ce_sum, factor_sum, steps)
+            row |= {"arch_ce": ce_sum / steps, "cost_factor": factor_sum / steps}
+        probs = [p.tolist() for p in net.probabilities()]
+        argmax = net.argmax_assignment()
+        row["expected_cost"] = float(cost.expected([torch.tensor(p) for p in probs]))
+        row["argmax_cost"] = cost.of(argmax)
+        row["argmax_val_accuracy"] = assignment_accuracy(net, argmax, self.data.val, engine)
+        row["argmax"] = " ".join(o.label for o in argmax)
+        row["alpha"] = self.alpha
+        row["probabilities"] = json.dumps([[round(v, 4) for v in p] for p in probs])
+        return row
+
+
+def search_bits(net: MixedPrecisionNet, data: Dataset, cost: Cost, config: SearchConfig, *,
+                engine: Engine | None = None, checkpoint: str | Path | None = None,
+                on_epoch: Callable[[int, dict], None] | None = None) -> SearchResult:
+    """Run the bit-width search through ``engine``; with ``checkpoint`` it saves after every epoch and resumes
+    from it. The net comes back on the CPU."""
+    if config.init_float_prob is not None:
+        init_logits(net, config.init_float_prob)
+    engine = engine or Engine()
+    task = BitSearch(net, data, cost, config, engine)
+    try:
+        history = engine.run(task, config.epochs, checkpoint=checkpoint, on_epoch=on_epoch, what="search",
+                             error=SearchError)
+    finally:
+        net.cpu()
+    assignment = net.argmax_assignment()
+    probabilities = [p.tolist() for p in net.probabilities()]
+    repaired: list[str] = []
+    if config.target is not None and cost.of(assignment) > config.target:
+        assignment, repaired = fit_to_target(net, cost, assignment, probabilities, config.target)
+    return SearchResult(assignment, probabilities, history, task.alpha, repaired)
+
+
+def init_logits(net: MixedPrecisionNet, float_prob: float) -> None:
+    """Start every layer with probability ``float_prob`` on its fp32 option and the rest shared by the others.
+
+    With transition costs the uniform start is a saddle: at p(int8) = 1/2 for every layer, a layer's expected
+    transitions do not change with its own choice, so only its compute term acts, which sends pointwise layers to int8
+    and depthwise ones to fp32, the most transitions there are. Starting from the float model (the pretrained one),
+    a layer moves to int8 only where it pays, transitions included.
+    """
+    with torch.no_grad():
+        for layer in net.layers:
+            if FP32_OPTION not in layer.options or len(layer.options) < 2:
+                continue
+            others = (1 - float_prob) / (len(layer.options) - 1)
+            probs = torch.tensor([float_prob if o == FP32_OPTION else others for o in layer.options])
+            layer.theta.copy_(torch.log(probs))
+
+
+def fit_to_target(net: MixedPrecisionNet, cost: Cost, assignment: list[BitOption], probabilities: list[list[float]],
+                  target: float) -> tuple[list[BitOption], list[str]]:
+    """Lower layers one at a time, each time the change that loses least log-probability per unit of cost saved,
+    until the assignment meets ``target``. SearchError if no assignment reachable this way does."""
+    current = list(assignment)
+    value = cost.of(current)
+    changed: list[str] = []
+    while value > target:
+        best = None
+        for i, layer_probs in enumerate(probabilities):
+            options = net.layers[i].options
+            p_now = layer_probs[options.index(current[i])]
+            for j, option in enumerate(options):
+                if option == current[i]:
+                    continue
+                trial = current[:i] + [option] + current[i + 1:]
+                saved = value - cost.of(trial)
+                if saved <= 0:
+                    continue
+                lost = math.log(max(p_now, 1e-12)) - math.log(max(layer_probs[j], 1e-12))
+                score = lost / saved
+                if best is None or score < best[0]:
+                    best = (score, i, option, value - saved)
+        if best is None:
+            raise SearchError(f"target {target:.4g} {cost.unit} cannot be met: the cheapest assignment found costs "
+                              f"{value:.4g} {cost.unit}")
+        _, i, option, value = best
+        current[i] = option
+        changed.append(net.names[i])
+    return current, changed

@@ -1,0 +1,29 @@
+"""Training: the one engine (``engine``: accelerator, precision, the loop, checkpoints, data parallelism under
+torchrun), the accelerator (``accelerator``), the process group (``distributed``), batch norm and dropout over the
+whole global batch (``sync_layers``), the DataLoader (``loader``), recipes (``recipe``), training a plain model
+(``training``), evaluation and ONNX parity over a streamed split (``evaluation``) and the learning-curve plot.
+"""
+
+from nas import lazy_exports
+
+_EXPORTS = {
+    "Accelerator": "nas.train.accelerator",
+    "Engine": "nas.train.engine",
+    "EpochCallback": "nas.train.engine",
+    "FollowerDone": "nas.train.distributed",
+    "Recipe": "nas.train.recipe",
+    "engine_for": "nas.train.engine",
+    "finite_loss": "nas.train.training",
+    "fit_input": "nas.train.evaluation",
+    "load_recipe": "nas.train.recipe",
+    "lr_factor": "nas.train.training",
+    "make_optimizer": "nas.train.training",
+    "parse_recipe": "nas.train.recipe",
+    "plot_learning_curve": "nas.train.learning_curve",
+    "resolve_accelerator": "nas.train.accelerator",
+    "split_accuracy": "nas.train.evaluation",
+    "split_parity": "nas.train.evaluation",
+    "train_model": "nas.train.training",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
