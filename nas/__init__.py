@@ -24,6 +24,13 @@ from typing import Callable
 __version__ = "0.1.0"
 
 
+def import_reference(reference: str) -> object:
+    """The object a ``"package.module:name"`` reference names, its module imported now (plug-in registries name
+    their code this way, so that registering imports nothing)."""
+    module, _, name = reference.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def lazy_exports(package: str, exports: dict[str, str]) -> tuple[Callable[[str], object], Callable[[], list[str]]]:
     """A package's ``__getattr__`` and ``__dir__`` (PEP 562) that import each public name from its module on first
     use: ``exports`` maps names to the modules that define them."""

@@ -1,13 +1,16 @@
 """The layout's promise: nas/ is layered, nothing imports upward, and no two modules import each other.
 
 Every import in nas/ counts, wherever it sits (module top, inside a function, under ``TYPE_CHECKING``): an import
-deferred to keep start-up fast still ties the two modules together. Registries that name a module by string
-(``nas.arch.ops.OP_LIBRARIES``, ``nas.search.strategy``'s registrations) are the one allowed way for a lower
+deferred to keep start-up fast still ties the two modules together. Registries that name code by string
+(``nas.arch.builtin_ops``' builders, ``nas.search.strategy``'s registrations) are the one allowed way for a lower
 layer to reach a higher one: they are plug-in points, read at run time."""
 
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -138,6 +141,27 @@ def test_top_level_holds_only_the_foundation():
 def test_arch_layer_imports_no_torch(package):
     modules = {n: p for n, p in all_modules().items() if n == package or n.startswith(package + ".")}
     assert {n: "torch" for n, p in modules.items() if "torch" in runtime_imports(p)} == {}
+
+
+TORCH_FREE_RUN = """
+import sys
+import numpy as np
+from nas.arch import load_space
+for name in ("fbnet", "fbnet_v2"):
+    space = load_space(name, resolution=32, width_multiplier=0.5, classes=10, in_channels=1)
+    arch = space.sample(np.random.default_rng(0))
+    assert space.resolve(arch), name
+assert "torch" not in sys.modules, sorted(m for m in sys.modules if m.startswith("torch"))[:5]
+print("no torch")
+"""
+
+
+def test_loading_spaces_and_resolving_archs_loads_no_torch():
+    """The op registry declares its built-in ops without torch (builders by reference): parsing the ops of a space
+    imports none of the torch modules that build them."""
+    done = subprocess.run([sys.executable, "-c", TORCH_FREE_RUN], cwd=NAS.parent, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(NAS.parent)})
+    assert done.returncode == 0 and done.stdout.strip() == "no torch", done.stderr[-2000:]
 
 
 def test_cycle_finder_finds_a_cycle():  # the checks above pass only if this one can fail

@@ -61,6 +61,18 @@ def test_registration_rejects_a_taken_pattern_and_an_unknown_family():
     with pytest.raises(ValueError, match="latency family must be one of conv, token"):
         register_op("gpu_only", family="gpu", build=lambda spec, key, **options: nn.Identity())
     assert "gpu_only" not in known_ops()
+    with pytest.raises(ValueError, match="build must be a callable or 'package.module:function'"):
+        register_op("dotted", family="conv", build="nas.models.blocks.build_conv")
+    assert "dotted" not in known_ops()
+
+
+def test_a_builder_given_by_reference_is_imported_on_the_first_build():
+    register_op("ref_k{K}", family="conv", build="nas.models.blocks:build_conv")
+    try:
+        block = make_block("ref_k3", 8, 16, stride=2)
+        assert isinstance(block, ConvBNReLU) and block(torch.zeros(1, 8, 8, 8)).shape == (1, 16, 4, 4)
+    finally:
+        unregister_op("ref_k{K}")
 
 
 def test_an_unknown_op_lists_the_known_ones():

@@ -1,4 +1,5 @@
-"""The architecture vocabulary, without torch: the op registry (``ops``: mobile-vision's ``PRIMITIVES``), op keys
+"""The architecture vocabulary, without torch: the op registry (``ops``: mobile-vision's ``PRIMITIVES``) and the
+built-in op families (``builtin_ops``: everything but their torch builders, which are named by reference), op keys
 (``opkey``: what a latency table measures), search spaces from YAML (``spec``: the schema and reading a file;
 ``space``: ``Space``, ``Arch``, ``load_space``), the block positions every cost walks (``positions``) and channel
 rounding (``channels``).
@@ -22,6 +23,7 @@ _EXPORTS = {
     "load_arch": "nas.arch.space",
     "load_space": "nas.arch.space",
     "make_divisible": "nas.arch.channels",
+    "mid_channels": "nas.arch.channels",
     "parse_op": "nas.arch.ops",
     "read_space_yaml": "nas.arch.spec",
     "register_op": "nas.arch.ops",

@@ -52,6 +52,10 @@ class OpKey:
         """The ``extra`` string as a dict (``"dim=64;heads=4"`` -> ``{"dim": "64", "heads": "4"}``)."""
         return dict(part.split("=", 1) for part in self.extra.split(";") if "=" in part)
 
+    def int_arg(self, name: str) -> int:
+        """One integer of ``extra`` (``"heads=4"``: ``int_arg("heads") == 4``); KeyError when it is absent."""
+        return int(self.extra_args()[name])
+
     def with_bits(self, bits: int) -> "OpKey":
         return OpKey(**{f.name: getattr(self, f.name) for f in fields(self)} | {"bits": bits})
 

@@ -3,7 +3,8 @@
 In the style of mobile-vision's ``PRIMITIVES`` (``blocks_factory.py``), an op family is registered once, by a name
 pattern, and that one ``register_op`` call gives
 
-- its builder: ``build(spec, key, **options) -> nn.Module`` (the model builder, the profiler, DMasking children);
+- its builder: ``build(spec, key, **options) -> nn.Module`` (the model builder, the profiler, DMasking children),
+  a callable or a ``"package.module:function"`` reference, imported on the first build;
 - its profiling input shapes: ``input_shapes(spec, key, **options)``, batch 1 included (what the profiler times);
 - its key features: ``cost(spec, key) -> {"macs", "params", "traffic"[, "dw_macs", "pw_macs"]}`` for the fallback
   regressor (``nas.latency.features``); without one the measured row's MACs/params and a shape guess are used;
@@ -16,17 +17,20 @@ the pattern's first word when it has fields (``ir``), else the whole name (``poo
 settings that are not in the key (``dropout`` of a classifier, ``pool`` of an expert unit); a registration ignores
 the ones it does not use.
 
-The built-in families register in ``OP_LIBRARIES``, imported on the first lookup. An unknown name raises
-``ArchError`` listing the known patterns.
+The built-in families are declared in ``nas.arch.builtin_ops`` (the ``OP_LIBRARIES``, imported on the first lookup)
+with their builders by reference, so that parsing a space or an arch imports no torch: the torch modules load on
+the first build. An unknown name raises ``ArchError`` listing the known patterns.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
+from nas import import_reference
 from nas.errors import ArchError
 
 if TYPE_CHECKING:
@@ -36,7 +40,8 @@ if TYPE_CHECKING:
 
 FAMILIES = ("conv", "token")  # conv: the FBNet block vocabulary; token: transformer units, single quantised layers
 MASKED_PATHS = ("ir", "skip")  # DMasking: one shared-weight SuperIR for a layer's ir ops; the masked skip path
-OP_LIBRARIES = ("nas.models.blocks", "nas.search.capacity.units", "nas.search.quant.layers")
+OP_LIBRARIES = ("nas.arch.builtin_ops",)  # modules that register ops, imported on the first lookup
+_REFERENCE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")  # "package.module:function"
 _PLACEHOLDERS = {"K": "kernel", "E": "expansion", "G": "groups"}
 
 Shapes = tuple[tuple[int, ...], ...]
@@ -53,7 +58,7 @@ class OpDef:
 
     pattern: str
     family: str
-    build: Callable[..., "nn.Module"]
+    build: Callable[..., "nn.Module"] | str  # the builder, or "package.module:function" (see ``builder``)
     input_shapes: Callable[..., Shapes] = image_input_shapes
     cost: Callable[["OpSpec", "OpKey"], dict] | None = None
     identity: Callable[["OpSpec", "OpKey"], bool] | None = None
@@ -67,6 +72,10 @@ class OpDef:
         text = re.sub(r"\\\{([KEG])\\\}", lambda m: f"(?P<{m.group(1)}>\\d+)", text)
         object.__setattr__(self, "kind", kind)
         object.__setattr__(self, "regex", re.compile(f"^{text}$"))
+
+    def builder(self) -> Callable[..., "nn.Module"]:
+        """The builder; a reference is imported on the first call (loading the module that defines it)."""
+        return _import_builder(self.build) if isinstance(self.build, str) else self.build
 
 
 @dataclass(frozen=True)
@@ -89,7 +98,7 @@ class OpSpec:
         return self.definition.masked
 
     def build(self, key: "OpKey", **options) -> "nn.Module":
-        return self.definition.build(self, key, **options)
+        return self.definition.builder()(self, key, **options)
 
     def input_shapes(self, key: "OpKey", **options) -> Shapes:
         return self.definition.input_shapes(self, key, **options)
@@ -107,17 +116,20 @@ _parsed: dict[str, OpSpec] = {}
 _libraries_loaded = False
 
 
-def register_op(pattern: str, *, family: str, build: Callable[..., "nn.Module"],
+def register_op(pattern: str, *, family: str, build: Callable[..., "nn.Module"] | str,
                 input_shapes: Callable[..., Shapes] = image_input_shapes,
                 cost: Callable[[OpSpec, "OpKey"], dict] | None = None,
                 identity: Callable[[OpSpec, "OpKey"], bool] | None = None, masked: str | None = None) -> OpDef:
-    """Register an op family by its name pattern; ValueError for a taken pattern or an unknown family."""
+    """Register an op family by its name pattern; ValueError for a taken pattern, an unknown family or a builder
+    that is neither callable nor a ``"package.module:function"`` reference."""
     if pattern in OPS:
         raise ValueError(f"op pattern {pattern!r} is already registered")
     if family not in FAMILIES:
         raise ValueError(f"op {pattern!r}: latency family must be one of {', '.join(FAMILIES)}, not {family!r}")
     if masked is not None and masked not in MASKED_PATHS:
         raise ValueError(f"op {pattern!r}: masked path must be one of {', '.join(MASKED_PATHS)}, not {masked!r}")
+    if not (callable(build) or isinstance(build, str) and _REFERENCE.match(build)):
+        raise ValueError(f"op {pattern!r}: build must be a callable or 'package.module:function', not {build!r}")
     definition = OpDef(pattern, family, build, input_shapes, cost, identity, masked)
     OPS[pattern] = definition
     _parsed.clear()
@@ -128,6 +140,11 @@ def unregister_op(pattern: str) -> None:
     """Remove a registration (tests that register an op of their own)."""
     OPS.pop(pattern)
     _parsed.clear()
+
+
+@functools.cache
+def _import_builder(reference: str) -> Callable[..., "nn.Module"]:
+    return import_reference(reference)
 
 
 def _load_libraries() -> None:

@@ -18,7 +18,6 @@ _EXPORTS = {
     "export_onnx": "nas.models.onnx_io",
     "make_block": "nas.models.blocks",
     "max_abs_diff": "nas.models.onnx_io",
-    "mid_channels": "nas.models.blocks",
     "run_onnx": "nas.models.onnx_io",
 }
 __all__ = sorted(_EXPORTS)

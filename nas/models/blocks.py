@@ -8,27 +8,21 @@ Op names follow mobile-vision's FBNet naming, with the expansion folded into the
 - ``skip``               identity; a 1x1 conv + BN + ReLU where stride or channels change (as mobile-vision's Identity)
 - ``pool_fc``            global average pool + dropout + linear classifier
 
-Each registration gives the op's builder, its analytic cost (MACs, params, fp32 bytes moved at batch 1: the
-fallback regressor's features) and the latency family ``conv``; ``ir`` and ``skip`` have masked DMasking variants.
+Their registrations (pattern, analytic cost, latency family ``conv``, masked DMasking variants) are declared without
+torch in ``nas.arch.builtin_ops``, which names the ``build_*`` functions here by reference.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
-from nas.arch.channels import make_divisible
+from nas.arch.builtin_ops import keeps_shape
+from nas.arch.channels import mid_channels
 from nas.arch.opkey import OpKey
-from nas.arch.ops import OpSpec, parse_op, register_op
+from nas.arch.ops import OpSpec, parse_op
 from nas.errors import ArchError
 from nas.models.conv import Conv2d
-
-
-def mid_channels(spec: OpSpec, c_in: int) -> int:
-    """Channels inside an inverted-residual block (after expansion)."""
-    return make_divisible(c_in * spec.expansion, 8) if spec.expansion > 1 else c_in
 
 
 class ConvBNReLU(nn.Sequential):
@@ -103,50 +97,18 @@ def make_block(op: str, c_in: int, c_out: int, stride: int = 1, *, dropout: floa
     return parse_op(op).build(OpKey(op, c_in, c_out, stride), dropout=dropout)
 
 
-# ---- registrations -------------------------------------------------------------------------------------------
-def _out_resolution(key: OpKey) -> int:
-    return math.ceil(key.resolution / key.stride) if key.resolution else 0
+# ---- the builders of the registered ops (``nas.arch.builtin_ops``) ---------------------------------------------
+def build_conv(spec: OpSpec, key: OpKey, **options) -> nn.Module:
+    return ConvBNReLU(key.c_in, key.c_out, spec.kernel, key.stride)
 
 
-def _conv_cost(kernel: int, key: OpKey) -> dict:
-    r, ro, cin, cout = key.resolution, _out_resolution(key), key.c_in, key.c_out
-    macs = kernel * kernel * cin * cout * ro * ro
-    return {"macs": macs, "pw_macs": macs, "params": kernel * kernel * cin * cout + cout,
-            "traffic": 4 * (cin * r * r + cout * ro * ro)}
+def build_inverted_residual(spec: OpSpec, key: OpKey, **options) -> nn.Module:
+    return InvertedResidual(spec, key.c_in, key.c_out, key.stride)
 
 
-def _ir_cost(spec: OpSpec, key: OpKey) -> dict:
-    r, ro, cin, cout = key.resolution, _out_resolution(key), key.c_in, key.c_out
-    mid, g = mid_channels(spec, cin), spec.groups
-    pw = cin * mid // g * r * r if mid != cin else 0
-    dw = spec.kernel ** 2 * mid * ro * ro
-    pwl = mid * cout // g * ro * ro
-    params = (cin * mid // g + mid if mid != cin else 0) + spec.kernel ** 2 * mid + mid + mid * cout // g + cout
-    traffic = 4 * (cin * r * r + (mid * r * r if mid != cin else 0) + mid * ro * ro + cout * ro * ro)
-    return {"macs": pw + dw + pwl, "dw_macs": dw, "pw_macs": pw + pwl, "params": params, "traffic": traffic}
+def build_skip(spec: OpSpec, key: OpKey, **options) -> nn.Module:
+    return nn.Identity() if keeps_shape(spec, key) else ConvBNReLU(key.c_in, key.c_out, 1, key.stride)
 
 
-def _pool_fc_cost(spec: OpSpec, key: OpKey) -> dict:
-    cin, cout, r = key.c_in, key.c_out, key.resolution
-    return {"macs": cin * cout + cin * r * r, "params": cin * cout + cout, "traffic": 4 * cin * r * r}
-
-
-def _keeps_shape(spec: OpSpec, key: OpKey) -> bool:
-    return key.stride == 1 and key.c_in == key.c_out
-
-
-def _build_skip(spec: OpSpec, key: OpKey, **options) -> nn.Module:
-    return nn.Identity() if _keeps_shape(spec, key) else ConvBNReLU(key.c_in, key.c_out, 1, key.stride)
-
-
-register_op("conv_k{K}", family="conv",
-            build=lambda spec, key, **options: ConvBNReLU(key.c_in, key.c_out, spec.kernel, key.stride),
-            cost=lambda spec, key: _conv_cost(spec.kernel, key))
-register_op("ir_k{K}_e{E}[_g{G}]", family="conv",
-            build=lambda spec, key, **options: InvertedResidual(spec, key.c_in, key.c_out, key.stride),
-            cost=_ir_cost, masked="ir")
-register_op("skip", family="conv", build=_build_skip, cost=lambda spec, key: _conv_cost(1, key),
-            identity=_keeps_shape, masked="skip")
-register_op("pool_fc", family="conv",
-            build=lambda spec, key, dropout=0.0, **options: PoolClassifier(key.c_in, key.c_out, dropout),
-            cost=_pool_fc_cost)
+def build_pool_fc(spec: OpSpec, key: OpKey, dropout: float = 0.0, **options) -> nn.Module:
+    return PoolClassifier(key.c_in, key.c_out, dropout)

@@ -17,12 +17,12 @@ CLI's option sets (``options``) parses its configuration.
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+from nas import import_reference
 from nas.errors import SearchError
 from nas.progress import Progress, no_progress
 from nas.run import RunDir, default_run_path
@@ -73,10 +73,7 @@ class Registered:
     options: str  # the CLI option set that parses its configuration (several strategies share one)
 
     def load(self) -> type[Strategy]:
-        if isinstance(self.target, str):
-            module, _, cls = self.target.partition(":")
-            return getattr(importlib.import_module(module), cls)
-        return self.target
+        return import_reference(self.target) if isinstance(self.target, str) else self.target
 
 
 STRATEGIES: dict[str, Registered] = {}

@@ -1,50 +1,43 @@
-"""The dynamic-capacity ViT's token-count-keyed latency units, registered in the op registry (``nas.arch.ops``).
+"""The builders of the dynamic-capacity ViT's token-count-keyed latency units (registered without torch in
+``nas.arch.builtin_ops``).
 
 Each unit is built from its key alone (dimension = ``c_in``, token count = ``tokens``, the rest in ``extra``; see
-``nas.search.capacity.latency`` for the keys), out of the model's own modules, so what is profiled is what runs. The
-experts unit also takes the ``pool`` of tokens its experts select from (default: its own token count). The units
-have no analytic cost (the fallback uses their measured MACs and params) and form the latency family ``token``.
+``nas.search.capacity.latency`` for the keys), out of the model's own modules, so what is profiled is what runs.
 """
 
 from __future__ import annotations
 
+from torch import nn
+
 from nas.arch.opkey import OpKey
-from nas.arch.ops import OpSpec, register_op
+from nas.arch.ops import OpSpec
 from nas.search.capacity.blocks import AttentionBlock, Head, MlpBlock, PatchEmbed, TokenScorer, TokenSelect
 from nas.search.capacity.moe import ExpertChoice, Experts, MoERoute
 
 
-def _arg(key: OpKey, name: str) -> int:
-    return int(key.extra_args()[name])
+def build_embed(spec: OpSpec, key: OpKey, **options) -> nn.Module:
+    return PatchEmbed(key.c_in, key.c_out, key.int_arg("patch"), key.tokens - 1, int(key.extra_args().get("stem", 0)))
 
 
-def _tokens(spec: OpSpec, key: OpKey, **options) -> tuple[tuple[int, ...], ...]:
-    return ((1, key.tokens, key.c_in),)
+def build_token_select(spec: OpSpec, key: OpKey, **options) -> nn.Module:
+    return TokenSelect(TokenScorer(key.c_in, key.int_arg("hidden")), key.int_arg("keep") - 1)
 
 
-def _embed(spec: OpSpec, key: OpKey, **options) -> PatchEmbed:
-    return PatchEmbed(key.c_in, key.c_out, _arg(key, "patch"), key.tokens - 1, int(key.extra_args().get("stem", 0)))
+def build_attention(spec: OpSpec, key: OpKey, **options) -> nn.Module:
+    return AttentionBlock(key.c_in, key.int_arg("heads"))
 
 
-def _experts(spec: OpSpec, key: OpKey, **options) -> ExpertChoice:
-    return ExpertChoice(Experts(_arg(key, "experts"), key.c_in, _arg(key, "hidden")), key.tokens)
+def build_mlp(spec: OpSpec, key: OpKey, **options) -> nn.Module:
+    return MlpBlock(key.c_in, key.int_arg("hidden"))
 
 
-def _experts_input(spec: OpSpec, key: OpKey, pool: int | None = None, **options) -> tuple[tuple[int, ...], ...]:
-    """Expert choice reads the routed tokens packed ``[h | gates | scores]``: ``dim + 2 * experts`` wide."""
-    return ((1, pool or key.tokens, key.c_in + 2 * _arg(key, "experts")),)
+def build_moe_route(spec: OpSpec, key: OpKey, **options) -> nn.Module:
+    return MoERoute(key.c_in, key.c_out, key.int_arg("hidden"))
 
 
-register_op("vit_embed", family="token", build=_embed)
-register_op("token_select", family="token", input_shapes=_tokens,
-            build=lambda spec, key, **options: TokenSelect(TokenScorer(key.c_in, _arg(key, "hidden")),
-                                                           _arg(key, "keep") - 1))
-register_op("vit_attn", family="token", input_shapes=_tokens,
-            build=lambda spec, key, **options: AttentionBlock(key.c_in, _arg(key, "heads")))
-register_op("vit_mlp", family="token", input_shapes=_tokens,
-            build=lambda spec, key, **options: MlpBlock(key.c_in, _arg(key, "hidden")))
-register_op("moe_route", family="token", input_shapes=_tokens,
-            build=lambda spec, key, **options: MoERoute(key.c_in, key.c_out, _arg(key, "hidden")))
-register_op("moe_expert", family="token", build=_experts, input_shapes=_experts_input)
-register_op("vit_head", family="token", input_shapes=lambda spec, key, **options: ((1, 1, key.c_in),),
-            build=lambda spec, key, **options: Head(key.c_in, key.c_out))
+def build_experts(spec: OpSpec, key: OpKey, **options) -> nn.Module:
+    return ExpertChoice(Experts(key.int_arg("experts"), key.c_in, key.int_arg("hidden")), key.tokens)
+
+
+def build_head(spec: OpSpec, key: OpKey, **options) -> nn.Module:
+    return Head(key.c_in, key.c_out)

@@ -18,9 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nas.arch.channels import mid_channels
 from nas.arch.ops import OPS, parse_op
 from nas.errors import SearchError
-from nas.models.blocks import ConvBNReLU, PoolClassifier, make_block, mid_channels
+from nas.models.blocks import ConvBNReLU, PoolClassifier, make_block
 from nas.models.conv import conv2d
 from nas.search.dnas.masks import ResolutionState, batch_norm, channel_mask, prefix_masks
 from nas.search.gumbel import DecisionSample

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from nas.arch.builtin_ops import TRANSITION_OP
 from nas.arch.opkey import OpKey, format_extra
 from nas.errors import LatencyTableError
 from nas.latency.precision import PrecisionEdge, PrecisionGraph, PrecisionLayer
@@ -22,7 +23,6 @@ from nas.latency.profile import ProfileItem, block_item, profile_items
 from nas.latency.table import read_manifest
 from nas.latency.timing import TimingConfig
 from nas.search.quant.graph import LayerInfo, QuantGraph, TensorInfo
-from nas.search.quant.layers import TRANSITION_OP
 
 
 def layer_key(layer: LayerInfo, bits: int) -> OpKey:
