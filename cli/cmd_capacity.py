@@ -46,7 +46,7 @@ def train_dynamic_cmd(space: str = SPACE_OPT, dataset: str = DATASET_OPT,
     import torch
 
     from nas.run import RunDir, default_run_path
-    from nas.search.capacity.checkpoint import save_checkpoint
+    from nas.search.capacity.checkpoint import save_dynamic_vit
     from nas.search.capacity.config import capacity_factor_plan
     from nas.search.capacity.task import load_capacity_data
     from nas.search.capacity.training import plan_accuracy, train_dynamic
@@ -72,8 +72,8 @@ def train_dynamic_cmd(space: str = SPACE_OPT, dataset: str = DATASET_OPT,
                                                                     f"{row['val_accuracy_full']:.3f}"))
     run.write_csv("train_history.csv", pd.DataFrame(result.history))
     plot_learning_curve(result.history, run.file("learning_curve.png"), f"{sp.name} once-for-all on {dataset}")
-    weights = save_checkpoint(result.model, run.file("model.pt"),
-                              {"dataset": dataset, "seed": seed, "epochs": recipe.epochs})
+    weights = save_dynamic_vit(result.model, run.file("model.pt"),
+                               {"dataset": dataset, "seed": seed, "epochs": recipe.epochs})
     stages = len(sp.stages)
     checks = {f"keep{r:g}": capacity_factor_plan(sp, [r] * stages, 1.0)
               for r in sorted({1.0, 0.7, min(sp.spec.pruning.keep_ratio_options)}, reverse=True)}
@@ -104,26 +104,26 @@ def profile_capacity(space: str = SPACE_OPT, device: str = DEVICE_OPT,
                      tables_dir: Optional[Path] = TABLES_OPT,
                      as_json: bool = typer.Option(False, "--json", help="print the summary as JSON")):
     """Measure every token-count unit of a vit_capacity space into a device table (resumable)."""
+    from nas.latency.device import Device
     from nas.latency.profile import profile_items
-    from nas.latency.timing import TimingConfig
     from nas.search.capacity.checkpoint import read_sidecar
     from nas.search.capacity.latency import calibrate_capacity, capacity_profile_items
     from nas.search.capacity.space import load_capacity_space
 
-    clock = table_clock(clock, device, tables_dir, threads)
+    measure_on = Device(threads=threads, clock=table_clock(clock, device, tables_dir, threads), device_id=device)
     args = (read_sidecar(checkpoint).get("space_args") or {}) if checkpoint else {}
     sp = load_capacity_space(space, in_channels=in_channels or args.get("in_channels"),
                              classes=classes or args.get("classes"))
     items = capacity_profile_items(sp)
     console.print(f"profiling {len(items)} token-count units of {sp.name} on device {device!r} "
-                  f"({threads} thread{'s' if threads > 1 else ''}, clock {clock})")
+                  f"({threads} thread{'s' if threads > 1 else ''}, clock {measure_on.clock})")
     with progress_bar("units", len(items)) as advance:
-        counts = profile_items(device, items, threads=threads, tables_dir=tables_dir,
-                               timing=TimingConfig(clock=clock), on_progress=lambda d, t, note: advance(note=note))
+        counts = profile_items(measure_on, items, tables_dir=tables_dir,
+                               on_progress=lambda d, t, note: advance(note=note))
     summary = {"device": device, "space": sp.name, **sp.space_args(), **counts}
     if calibration > 0:
         with progress_bar("calibration", calibration) as advance:
-            corr = calibrate_capacity(device, sp, models=calibration, tables_dir=tables_dir,
+            corr = calibrate_capacity(measure_on, sp, models=calibration, tables_dir=tables_dir,
                                       on_progress=lambda d, t, note: advance(note=note))
         summary |= correction_summary(corr)
     if as_json:
@@ -152,8 +152,9 @@ def search_capacity_cmd(space: str = SPACE_OPT,
                         as_json: bool = typer.Option(False, "--json", help="print the report as JSON")):
     from nas.search.capacity.strategy import CapacityJob
 
-    job = CapacityJob(space, str(checkpoint), device, target_ms, dataset, trials, seed, measure, not no_fallback,
-                      str(tables_dir) if tables_dir else None)
+    job = CapacityJob(space=space, checkpoint=str(checkpoint), device=device, target_ms=target_ms, dataset=dataset,
+                      trials=trials, seed=seed, measure=measure, allow_fallback=not no_fallback,
+                      tables_dir=str(tables_dir) if tables_dir else None)
     report, out = run_strategy("capacity", job, out)
     if as_json:
         print_json(report)

@@ -52,27 +52,25 @@ def profile(space: str = SPACE_OPT, device: str = DEVICE_OPT,
             as_json: bool = typer.Option(False, "--json", help="print the summary as JSON")):
     """Measure every block of a space on this machine into a device table (resumable; safe to run twice)."""
     from nas.latency.calibrate import calibrate
-    from nas.latency.device import check_provider
+    from nas.latency.device import Device, check_provider
     from nas.latency.profile import profile_items, space_profile_items
-    from nas.latency.table import DeviceManifest
-    from nas.latency.timing import TimingConfig
+    from nas.latency.table import check_device_id
 
     clock = table_clock(clock, device, tables_dir, threads)
     check_provider(provider)
-    DeviceManifest.for_this_machine(device, provider, threads, optimization)  # validates id, threads, level
+    measure_on = Device(provider, threads, optimization, clock, check_device_id(device))  # checks threads, level
     sp = _space(space, resolution, width, classes, in_channels)
     items = space_profile_items(sp, bits=(32, 8) if int8 else (32,))
     console.print(f"profiling {len(items)} keys of {sp.name} at {sp.resolution}px on device {device!r} "
                   f"({provider}, {threads} thread{'s' if threads > 1 else ''})")
     with progress_bar("blocks", len(items)) as advance:
-        counts = profile_items(device, items, provider=provider, threads=threads, tables_dir=tables_dir,
-                               optimization=optimization, timing=TimingConfig(clock=clock),
+        counts = profile_items(measure_on, items, tables_dir=tables_dir,
                                on_progress=lambda d, t, note: advance(note=note))
     summary = {"device": device, "space": sp.name, **sp.space_args(), **counts}
     if calibration > 0:
         with progress_bar("calibration", calibration) as advance:
-            corr = calibrate(device, sp, models=calibration, provider=provider, threads=threads,
-                             tables_dir=tables_dir, optimization=optimization, on_progress=advance_to(advance))
+            corr = calibrate(measure_on, sp, models=calibration, tables_dir=tables_dir,
+                             on_progress=advance_to(advance))
         summary |= correction_summary(corr)
     if as_json:
         print_json(summary)

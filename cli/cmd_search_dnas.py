@@ -60,7 +60,7 @@ def _make_command(method: str):
                                              "images that cannot be read (default: refuse)"),
         as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
     ):
-        from nas.search.dnas.search import SearchSettings
+        from nas.search.dnas.search import SupernetSearchSettings
         from nas.search.dnas.strategy import SearchJob
         from nas.train.distributed import FollowerDone
         from nas.train.engine import engine_for
@@ -69,13 +69,15 @@ def _make_command(method: str):
         engine = engine_for(accelerator, precision, threads, workers)
         rec = load_recipe(recipe)
         rec = rec.model_copy(update={"seed": seed, **({"epochs": final_epochs} if final_epochs else {})})
-        settings = SearchSettings(
+        settings = SupernetSearchSettings(
             epochs=epochs, warmup_epochs=warmup_epochs, arch_lr=arch_lr, initial_temperature=temperature,
             temperature_decay=temperature_decay, alpha=alpha, beta=beta, target_ms=target_ms,
             op_paths=1 if sampled_path else None, channel_paths=None,
             resolution_paths=None if soft_resolution else 1)
-        job = SearchJob(method, space, device, dataset, target_ms, resolution, width, seed, settings, rec,
-                        str(tables_dir) if tables_dir else None, profile, allow_estimated, engine, skip_bad_images)
+        job = SearchJob(method=method, space=space, device=device, dataset=dataset, target_ms=target_ms,
+                        resolution=resolution, width=width, seed=seed, settings=settings, recipe=rec,
+                        tables_dir=str(tables_dir) if tables_dir else None, profile=profile,
+                        allow_estimated=allow_estimated, engine=engine, skip_bad_images=skip_bad_images)
         try:
             report, out_dir = run_strategy(method, job, out)
         except FollowerDone:  # torchrun: ranks above 0 trained their share; rank 0 reports

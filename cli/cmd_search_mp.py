@@ -68,8 +68,8 @@ def mixed_precision(
         act_bits=_bits(act_bits or "8,32", "--act-bits"), target_ms=target_ms, target_mb=target_mb,
         pretrain_epochs=pretrain_epochs, search=SearchConfig(epochs=epochs, alpha=alpha, beta=beta, seed=seed),
         finetune_epochs=finetune_epochs, latency_fit_models=fit_models)
-    job = MixedPrecisionJob(arch, device, dataset, resolution, width, seed, str(tables_dir) if tables_dir else None,
-                            cfg, engine)
+    job = MixedPrecisionJob(arch=arch, device=device, dataset=dataset, resolution=resolution, width=width, seed=seed,
+                            tables_dir=str(tables_dir) if tables_dir else None, settings=cfg, engine=engine)
     report, out = run_strategy("mixed-precision", job, out)
     if as_json:
         print_json(report)

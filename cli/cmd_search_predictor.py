@@ -70,9 +70,9 @@ def _make_command(strategy: str):
                                    "of all, or none"),
         as_json: bool = typer.Option(False, "--json", help="print report.json"),
     ):
-        from nas.search.predict.search_setup import SearchSettings
+        from nas.search.predict.search_setup import PredictorSearchSettings
 
-        settings = SearchSettings(
+        settings = PredictorSearchSettings(
             strategy=strategy, space=space, devices=list(device or []), latency_ms=list(latency_ms or []),
             budget=budget, seed=seed, dataset=dataset, objective=objective, direction=direction,
             latency_columns=list(latency_column or []), proxy_columns=list(proxy or []),

@@ -34,6 +34,7 @@ def train(ref: str = typer.Argument(..., help="model name (fbnet_a ...), space n
     from nas.data.mismatch import mismatch_warnings
     from nas.data.task import load_task
     from nas.latency.device import Device
+    from nas.latency.measurement import MeasuringDevice
     from nas.run import RunDir, default_run_path
     from nas.search.finalize import train_export_measure
     from nas.train.distributed import FollowerDone
@@ -61,7 +62,8 @@ def train(ref: str = typer.Argument(..., help="model name (fbnet_a ...), space n
     try:
         with progress_bar("train", rec.epochs) as advance:
             report = train_export_measure(
-                space, arch, data, rec, run, device=Device(threads=measure_threads), engine=engine,
+                space, arch, data, rec, run, measure_on=MeasuringDevice(Device(threads=measure_threads)),
+                engine=engine,
                 on_epoch=lambda e, row: advance(note=f"loss {row['train_loss']:.3f} val {row['val_accuracy']:.3f} "
                                                      f"({engine.accelerator.threads} threads)"))
     except FollowerDone:  # torchrun: ranks above 0 trained their share; rank 0 exports and reports

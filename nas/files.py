@@ -104,12 +104,24 @@ def _jsonable(value):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
-    """Write a matplotlib figure to ``path`` as PNG, atomically, and close it."""
-    import matplotlib.pyplot as plt
+def new_figure(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float] | None = None,
+               dpi: float | None = None, **subplots):
+    """``(figure, axes)``: a matplotlib figure made without pyplot (no global state to close, no display) and its
+    axes (``Figure.subplots`` arguments: ``squeeze``, ``gridspec_kw``, ...); ``save_figure`` draws it."""
+    from matplotlib.figure import Figure
 
+    fig = Figure(figsize=figsize, dpi=dpi)
+    return fig, fig.subplots(nrows, ncols, **subplots)
+
+
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Lay a figure out (``tight_layout``) and write it to ``path`` as PNG, atomically. The one place hwnas chooses a
+    matplotlib backend: Agg, which draws without a display."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    fig.tight_layout()
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
-    plt.close(fig)
     return path

@@ -14,11 +14,12 @@ from nas.arch.spec import builtin_spaces
 from nas.data.dataset import load_dataset
 from nas.data.splits import TensorSplit
 from nas.errors import LatencyTableError, SpaceError
+from nas.latency.device import Device
 from nas.latency.model import LatencyModel
 from nas.latency.profile import profile_items
 from nas.latency.timing import TimingConfig
 from nas.search.capacity.blocks import AttentionBlock, gumbel_topk_keep, masked_softmax
-from nas.search.capacity.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from nas.search.capacity.checkpoint import CheckpointError, load_dynamic_vit, save_dynamic_vit
 from nas.search.capacity.config import (
     CapacityConfig,
     CapacityConfigError,
@@ -121,7 +122,8 @@ def trained(tiny, digits, one_thread, tmp_path_factory):
     """A tiny model trained 3 epochs once-for-all, saved as a checkpoint with its sidecar."""
     torch.manual_seed(0)
     result = train_dynamic(DynamicViT(tiny), digits, tiny.recipe())
-    path = save_checkpoint(result.model, tmp_path_factory.mktemp("ckpt") / "model.pt", {"dataset": "digits", "seed": 0})
+    path = save_dynamic_vit(result.model, tmp_path_factory.mktemp("ckpt") / "model.pt",
+                            {"dataset": "digits", "seed": 0})
     return result, path
 
 
@@ -129,8 +131,9 @@ def trained(tiny, digits, one_thread, tmp_path_factory):
 def tables(tiny, tmp_path_factory):
     """The tiny space's token-count units profiled into a fresh device table, with a whole-model correction."""
     root = tmp_path_factory.mktemp("tables")
-    counts = profile_items("tiny-dev", capacity_profile_items(tiny), tables_dir=root, timing=FAST_TIMING)
-    correction = calibrate_capacity("tiny-dev", tiny, models=4, tables_dir=root)
+    counts = profile_items(Device(device_id="tiny-dev"), capacity_profile_items(tiny), tables_dir=root,
+                           timing=FAST_TIMING)
+    correction = calibrate_capacity(Device(device_id="tiny-dev"), tiny, models=4, tables_dir=root)
     return root, counts, correction
 
 
@@ -280,24 +283,24 @@ def test_training_resumes_after_interruption(tiny, digits, one_thread, tmp_path)
 
 def test_checkpoint_round_trip_and_rejections(trained, tiny, tiny_path, tmp_path):
     result, path = trained
-    model, meta = load_checkpoint(path, str(tiny_path))
+    model, meta = load_dynamic_vit(path, str(tiny_path))
     x = torch.randn(2, *tiny.input_shape)
     with torch.no_grad():
         assert torch.equal(model(x), result.model.eval()(x))
     other = tmp_path / "other.yaml"
     other.write_text(TINY.replace("name: vit_tiny", "name: vit_other"))
     with pytest.raises(CheckpointError, match="checkpoint is from space 'vit_tiny', not 'vit_other'"):
-        load_checkpoint(path, str(other))
+        load_dynamic_vit(path, str(other))
     reshaped = tmp_path / "vit_tiny.yaml"
     reshaped.write_text(TINY.replace("dim: 32", "dim: 48"))
     with pytest.raises(CheckpointError, match="model shape changed"):
-        load_checkpoint(path, str(reshaped))
+        load_dynamic_vit(path, str(reshaped))
     with pytest.raises(CheckpointError, match="trained with classes=10, the data has 5"):
-        load_checkpoint(path, str(tiny_path), classes=5)
+        load_dynamic_vit(path, str(tiny_path), classes=5)
     bare = tmp_path / "bare.pt"
     torch.save(result.model.state_dict(), bare)
     with pytest.raises(CheckpointError, match="no sidecar bare.json"):
-        load_checkpoint(bare, str(tiny_path))
+        load_dynamic_vit(bare, str(tiny_path))
 
 
 # ---- latency tables ------------------------------------------------------------------------------------------
@@ -320,7 +323,8 @@ def test_token_count_tables_predict_additively(tiny, tables):
     estimated = predict_plan(LatencyModel.load("tiny-dev", tables_dir=root), tiny, odd)
     assert estimated.estimated and estimated.warnings and estimated.ms > 0
     # profiling again measures nothing new (resume)
-    again = profile_items("tiny-dev", capacity_profile_items(tiny), tables_dir=root, timing=FAST_TIMING)
+    again = profile_items(Device(device_id="tiny-dev"), capacity_profile_items(tiny), tables_dir=root,
+                          timing=FAST_TIMING)
     assert again["measured"] == 0 and again["skipped"] == counts["total"]
 
 
@@ -329,7 +333,7 @@ def test_search_capacity_cli_end_to_end_and_resume(cli, cli_inproc, trained, tin
     _, ckpt = trained
     root, _, _ = tables
     lm = LatencyModel.load("tiny-dev", tables_dir=root)
-    model, _ = load_checkpoint(ckpt, str(tiny_path))
+    model, _ = load_dynamic_vit(ckpt, str(tiny_path))
     # reachable whatever the noisy tiny table says: above the full plan and above the smallest keep ratios at the
     # largest expert capacity (an upper bound on the cheapest config, whatever its threshold calibrates to)
     smallest = capacity_factor_plan(tiny, [0.5, 0.5], float(tiny.spec.moe.experts))

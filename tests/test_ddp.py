@@ -29,7 +29,7 @@ def _search_rank(rank: int, size: int, port: int, space_path, tables, data_path,
     from nas.search.dnas.distribution import ArchDistribution
     from nas.search.dnas.dnas_supernet import DNASSupernet
     from nas.search.dnas.latency_terms import LatencyTerms
-    from nas.search.dnas.search import SearchSettings, SupernetSearch
+    from nas.search.dnas.search import SupernetSearch, SupernetSearchSettings
     from nas.train.engine import engine_for
     from nas.train.recipe import Recipe
 
@@ -42,7 +42,7 @@ def _search_rank(rank: int, size: int, port: int, space_path, tables, data_path,
     arch_dist = ArchDistribution(space, search_channels=False, search_resolution=False)
     terms = LatencyTerms(arch_dist, LatencyModel.load(DEVICE_ID, tables))
     supernet = DNASSupernet(arch_dist)
-    search = SupernetSearch(supernet, arch_dist, terms, data, SearchSettings(epochs=2, warmup_epochs=1),
+    search = SupernetSearch(supernet, arch_dist, terms, data, SupernetSearchSettings(epochs=2, warmup_epochs=1),
                             Recipe(batch_size=32, dropout=0.1), attainable_range_ms(terms)[0], engine)
     search.run(out / "search.pt")
     torch.save({"logits": arch_dist.logits.detach(), "weights": dict(supernet.named_parameters()),

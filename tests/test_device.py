@@ -9,11 +9,11 @@ from test_latency_support import FAST
 from nas.errors import LatencyTableError
 from nas.latency import remote_measure
 from nas.latency.device import Device
+from nas.latency.measurement import MeasuringDevice, measuring_device
 from nas.latency.model import LatencyModel
 from nas.latency.overhead import passthrough_model
 from nas.latency.table import DeviceManifest, LatencyTable
 from nas.latency.timing import TimingConfig
-from nas.search.finalize import measuring_device
 
 
 def _manifest(device_id="clk", **setup) -> DeviceManifest:
@@ -60,9 +60,11 @@ def test_unavailable_provider_names_the_available_ones(tmp_path):
     with pytest.raises(LatencyTableError, match="'NoSuchExecutionProvider' is not available here "
                                                 r"\(available: .*CPUExecutionProvider"):
         device.time_files(_onnx_files(tmp_path, (8,)))
-    local, note = measuring_device(device)
-    assert (local.provider, local.threads) == ("CPUExecutionProvider", 1) and local.runs_here
-    assert "not available here" in note and measuring_device(Device()) == (Device(), "")
+    local = measuring_device(device)
+    assert (local.device.provider, local.device.threads) == ("CPUExecutionProvider", 1) and local.device.runs_here
+    assert not local.on_device and "not available here" in local.note
+    assert measuring_device(Device()) == MeasuringDevice(Device(), on_device=True, note="")
+    assert not measuring_device(Device(device_id="phone", remote=True)).on_device
 
 
 def test_time_files_gives_one_stats_per_file(tmp_path):
@@ -106,7 +108,7 @@ def test_every_search_times_a_model_with_the_tables_setup(tmp_path, monkeypatch)
     run = RunDir(tmp_path / "run", {"test": "device"})
     seen.clear()
     report = train_export_measure(space, space.fixed_arch(), data, Recipe(epochs=1, batch_size=64), run,
-                                  device=lm.device)
+                                  measure_on=measuring_device(lm.device))
     dnas = list(seen)
     assert report["timing"]["clock"] == "cpu" and report["measured_ms"] > 0
 

@@ -22,7 +22,7 @@ from nas.search.blackbox.history import History
 from nas.search.predict.optuna_search import OptunaConfig, open_job, run_optuna
 from nas.search.blackbox.study import evaluated_trials, load_study, open_storage, study_status
 from nas.search.predict.nars import NarsConfig, run_nars
-from nas.search.predict.search_setup import SearchSettings, build_constraints, build_problem
+from nas.search.predict.search_setup import PredictorSearchSettings, build_constraints, build_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 POSTGRES = os.environ.get("HWNAS_TEST_POSTGRES_URL")
@@ -31,9 +31,9 @@ BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.skipif(
 PROPOSER = """
 import json, sys
 from nas.search.predict.runner import PredictorStrategy
-from nas.search.predict.search_setup import SearchSettings
+from nas.search.predict.search_setup import PredictorSearchSettings
 from nas.search.strategy import open_run
-strategy = PredictorStrategy(SearchSettings(**json.loads(sys.argv[1])))
+strategy = PredictorStrategy(PredictorSearchSettings(**json.loads(sys.argv[1])))
 prepared = strategy.prepare()
 report = strategy.run(prepared, open_run(strategy, prepared, sys.argv[2]))
 print(json.dumps(report[report["method"]]["winners"]))
@@ -54,11 +54,11 @@ def storage(request, tmp_path):
         pass
 
 
-def _settings(url, name, **kw) -> SearchSettings:
+def _settings(url, name, **kw) -> PredictorSearchSettings:
     base = dict(strategy="nars", space=f"table:{BENCH_TABLE}", objective="val_accuracy",
                 latency_columns=["latency_ms"], metric_columns=["test_accuracy", "train_seconds"], budget=16,
                 init=8, batch=4, latency_ms=["0.07"], storage=url, study=name)
-    return SearchSettings(**{**base, **kw})
+    return PredictorSearchSettings(**{**base, **kw})
 
 
 def _env():
@@ -70,7 +70,7 @@ def _hwnas(*args, **kw):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
-def _reference(settings: SearchSettings) -> History:
+def _reference(settings: PredictorSearchSettings) -> History:
     """The same search with one process and no storage."""
     problem = build_problem(settings)
     constraints, _ = build_constraints(settings, problem)
@@ -129,7 +129,7 @@ def test_a_proposer_and_three_workers_survive_a_sigkill(storage, tmp_path):
     assert status["best"][0][study.metric_names[0]] == pytest.approx(winners[0]["val_accuracy"])
 
 
-def _run(settings: SearchSettings, out: Path) -> dict:
+def _run(settings: PredictorSearchSettings, out: Path) -> dict:
     from nas.search.predict.runner import PredictorStrategy
     from nas.search.strategy import open_run
 

@@ -21,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from nas.arch.space import load_space
 from nas.search.dnas.distribution import ArchDistribution
 from nas.search.dnas.dmasking_supernet import DMaskingSupernet
-from nas.search.dnas.search import SearchSettings
+from nas.search.dnas.search import SupernetSearchSettings
 from nas.search.dnas.strategy import SearchJob, SupernetStrategy
 from nas.search.strategy import open_run
 from nas.train.evaluation import fit_input
@@ -132,9 +132,9 @@ def test_dmasking_search_lands_within_ten_percent_of_the_target(tiny_v2, tmp_pat
     space = tiny_v2["space"]
     lat = sorted(lm.predict(space, a) for a in all_archs(space))
     target = lat[len(lat) // 3]
-    job = SearchJob("dmasking", str(tiny_v2["path"]), "test-v2", dataset=f"npz:{tiny_v2['digits']}", resolution=16,
-                    width=1.0, target_ms=target, tables_dir=str(tiny_v2["tables"]),
-                    settings=SearchSettings(epochs=3, warmup_epochs=1, target_ms=target),
+    job = SearchJob(method="dmasking", space=str(tiny_v2["path"]), device="test-v2", dataset=f"npz:{tiny_v2['digits']}",
+                    resolution=16, width=1.0, target_ms=target, tables_dir=str(tiny_v2["tables"]),
+                    settings=SupernetSearchSettings(epochs=3, warmup_epochs=1, target_ms=target),
                     recipe=Recipe(epochs=1, batch_size=64))
     strategy = SupernetStrategy(job)
     prep = strategy.prepare()
@@ -153,14 +153,24 @@ def test_dmasking_search_lands_within_ten_percent_of_the_target(tiny_v2, tmp_pat
         assert (tmp_path / "run" / name).stat().st_size > 0
 
 
-def test_profile_flag_measures_a_missing_table(tmp_path):
+def test_profile_flag_measures_a_missing_table_reading_its_manifest_once_per_step(tmp_path, monkeypatch):
+    """--profile on a new device, then on new keys of it: the table is profiled, calibrated and loaded once each, so
+    device.json is read once per step (it was read 4 and 8 times), and the LatencyModel loaded once."""
+    import nas.latency.table as table_module
+
+    reads = []
+    read = table_module._read_manifest_file
+    monkeypatch.setattr(table_module, "_read_manifest_file", lambda path: reads.append(path) or read(path))
     space_path = write_space(tmp_path, TINY, "tiny")
-    job = SearchJob("dmasking", str(space_path), "fresh-device", resolution=16, width=1.0,
-                    tables_dir=str(tmp_path / "tables"), profile=True,
-                    settings=SearchSettings(epochs=2))
-    prep = SupernetStrategy(job).prepare()
-    assert (tmp_path / "tables" / "fresh-device" / "device.json").is_file()
-    assert prep.terms.estimated_keys() == [] and prep.min_ms < prep.max_ms
+    for width, most_reads in ((1.0, 2), (0.5, 3)):  # a new device: calibrate + load; new keys: + profile
+        reads.clear()
+        job = SearchJob(method="dmasking", space=str(space_path), device="fresh-device", resolution=16, width=width,
+                        tables_dir=str(tmp_path / "tables"), profile=True, settings=SupernetSearchSettings(epochs=2))
+        prep = SupernetStrategy(job).prepare()
+        assert (tmp_path / "tables" / "fresh-device" / "device.json").is_file()
+        assert prep.terms.estimated_keys() == [] and prep.min_ms < prep.max_ms
+        assert len(reads) == most_reads, reads
+    assert prep.lm.correction.fitted_on > 0  # the refreshed model carries the refitted correction
 
 
 def test_cli_target_out_of_range_is_one_line_and_writes_nothing(cli, tiny_v2, tmp_path):

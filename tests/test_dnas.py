@@ -27,9 +27,9 @@ from nas.search.dnas.decode import attainable_range_ms, most_probable_in_band
 from nas.search.dnas.distribution import ArchDistribution
 from nas.search.dnas.dnas_supernet import DNASSupernet
 from nas.search.dnas.latency_terms import LatencyTerms
-from nas.search.dnas.search import SearchSettings, SupernetSearch
+from nas.search.dnas.search import SupernetSearch, SupernetSearchSettings
 from nas.search.dnas.strategy import SearchJob, SupernetStrategy
-from nas.search.gumbel import sample_decision, temperature
+from nas.search.gumbel import TemperatureSchedule, sample_decision
 from nas.search.latency_loss import TargetController, latency_factor
 from nas.search.strategy import open_run
 from nas.train.recipe import Recipe
@@ -79,9 +79,12 @@ def test_hard_samples_follow_the_distribution():
     assert np.allclose(counts / 3000, [0.7, 0.2, 0.1], atol=0.04)
 
 
-def test_temperature_schedule_is_fbnets():
-    assert temperature(0) == pytest.approx(5.0)
-    assert temperature(10) == pytest.approx(5.0 * 0.956 ** 10)
+def test_temperature_schedule_is_fbnets_and_the_bit_searchs_is_the_same_curve():
+    fbnet = TemperatureSchedule()
+    assert fbnet.at(0) == pytest.approx(5.0) and fbnet.at(10) == pytest.approx(5.0 * 0.956 ** 10)
+    bits = TemperatureSchedule.between(5.0, 0.5, 8)  # the mixed-precision search: tau_start to tau_end
+    assert bits.at(0) == pytest.approx(5.0) and bits.at(7) == pytest.approx(0.5) and bits.at(3) < bits.at(2)
+    assert TemperatureSchedule.between(5.0, 0.5, 1).at(0) == 0.5
 
 
 # ---- supernet --------------------------------------------------------------------------------------------------
@@ -193,7 +196,7 @@ def _search(tiny, data, epochs, checkpoint=None, on_epoch=None, **settings):
     terms = LatencyTerms(dist, lm)
     lo, _ = attainable_range_ms(terms)
     s = SupernetSearch(DNASSupernet(dist), dist, terms, data,
-                       SearchSettings(epochs=epochs, warmup_epochs=1, **settings), Recipe(batch_size=64), lo)
+                       SupernetSearchSettings(epochs=epochs, warmup_epochs=1, **settings), Recipe(batch_size=64), lo)
     return s, s.run(checkpoint, on_epoch)
 
 
@@ -223,8 +226,8 @@ def test_search_with_alpha_moves_toward_faster_archs(tiny):
 
 # ---- bad input -------------------------------------------------------------------------------------------------
 def test_target_outside_the_attainable_range_names_the_range(tiny):
-    job = SearchJob("dnas", str(tiny["path"]), "test-tiny", resolution=16, width=1.0, target_ms=1e-6,
-                    tables_dir=str(tiny["tables"]))
+    job = SearchJob(method="dnas", space=str(tiny["path"]), device="test-tiny", resolution=16, width=1.0,
+                    target_ms=1e-6, tables_dir=str(tiny["tables"]))
     with pytest.raises(SearchError, match=r"below the fastest arch .* attainable [0-9.]+-[0-9.]+ ms"):
         SupernetStrategy(job).prepare()
     job.target_ms = 1e6
@@ -232,8 +235,20 @@ def test_target_outside_the_attainable_range_names_the_range(tiny):
         SupernetStrategy(job).prepare()
 
 
+def test_big_settings_objects_take_keywords_only():
+    """A 15-field job built positionally silently shifts every value after a new field; these refuse it."""
+    from nas.search.capacity.strategy import CapacityJob
+    from nas.search.quant.prepare import MixedPrecisionJob
+
+    for job, args in ((SearchJob, ("dnas", "fbnet", "dev")), (MixedPrecisionJob, ("fbnet_a", "dev")),
+                      (CapacityJob, ("vit", "model.pt", "dev", 1.0))):
+        with pytest.raises(TypeError, match="positional"):
+            job(*args)
+    assert SearchJob(method="dnas", space="fbnet", device="dev").settings.epochs == 20
+
+
 def test_missing_table_offers_the_profile_command(tiny, tmp_path):
-    job = SearchJob("dnas", str(tiny["path"]), "no-such-device", resolution=16, width=1.0,
+    job = SearchJob(method="dnas", space=str(tiny["path"]), device="no-such-device", resolution=16, width=1.0,
                     tables_dir=str(tmp_path))
     with pytest.raises(LatencyTableError, match=r"hwnas latency profile --space .* --device no-such-device "
                                                 r"--resolution 16 --width 1 --classes 10 --in-channels 1"):
@@ -242,7 +257,7 @@ def test_missing_table_offers_the_profile_command(tiny, tmp_path):
 
 def test_dataset_too_small_for_the_split(tiny, tmp_path):
     np.savez(tmp_path / "small.npz", x=np.random.rand(12, 8, 8).astype(np.float32), y=np.arange(12) % 4)
-    job = SearchJob("dnas", str(tiny["path"]), "test-tiny", dataset=f"npz:{tmp_path / 'small.npz'}",
+    job = SearchJob(method="dnas", space=str(tiny["path"]), device="test-tiny", dataset=f"npz:{tmp_path / 'small.npz'}",
                     resolution=16, tables_dir=str(tiny["tables"]))
     with pytest.raises(DataError, match="too small"):
         SupernetStrategy(job).prepare()
@@ -267,9 +282,9 @@ def test_cli_dnas_end_to_end_then_resume_checks(cli, tiny, tmp_path):
     arch = json.loads((out / "arch.json").read_text())
     assert arch["ops"] == report["dnas"]["arch"]["ops"]
     before = (out / "config.json").read_text()
-    job = SearchJob("dnas", str(tiny["path"]), "test-tiny", dataset=f"npz:{tiny['digits']}", resolution=16,
-                    width=1.0, tables_dir=str(tiny["tables"]),
-                    settings=SearchSettings(epochs=3, op_paths=1), recipe=Recipe(epochs=1))
+    job = SearchJob(method="dnas", space=str(tiny["path"]), device="test-tiny", dataset=f"npz:{tiny['digits']}",
+                    resolution=16, width=1.0, tables_dir=str(tiny["tables"]),
+                    settings=SupernetSearchSettings(epochs=3, op_paths=1), recipe=Recipe(epochs=1))
     with pytest.raises(SearchError, match=r"other settings .*epochs") as e:  # the CLI prints it as one line, exit 2
         open_run(SupernetStrategy(job), SupernetStrategy(job).prepare(), out)
     assert "\n" not in str(e.value)
@@ -280,9 +295,9 @@ def test_same_seed_gives_the_same_search(tiny, tmp_path):
     """The supernet is seeded before it is built: rerunning a search in the same process repeats it exactly."""
     import pandas as pd
 
-    job = SearchJob("dnas", str(tiny["path"]), "test-tiny", dataset=f"npz:{tiny['digits']}", resolution=16,
-                    width=1.0, tables_dir=str(tiny["tables"]), settings=SearchSettings(epochs=2, op_paths=1),
-                    recipe=Recipe(epochs=1))
+    job = SearchJob(method="dnas", space=str(tiny["path"]), device="test-tiny", dataset=f"npz:{tiny['digits']}",
+                    resolution=16, width=1.0, tables_dir=str(tiny["tables"]),
+                    settings=SupernetSearchSettings(epochs=2, op_paths=1), recipe=Recipe(epochs=1))
     runs = []
     for name in ("a", "b"):
         strategy = SupernetStrategy(job)

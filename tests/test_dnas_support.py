@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from nas.arch.space import Arch, Space, load_space
+from nas.latency.device import Device
 from nas.latency.model import LatencyModel
 from nas.latency.profile import profile_items, space_profile_items
 from nas.latency.timing import TimingConfig
@@ -93,7 +94,7 @@ def tiny_space(path: Path, **args) -> Space:
 
 def profile_tiny(space: Space, device: str, tables: Path) -> LatencyModel:
     """Measure every key of ``space`` (fast timing) into ``tables``; no whole-model calibration."""
-    profile_items(device, space_profile_items(space), tables_dir=tables, timing=FAST)
+    profile_items(Device(device_id=device), space_profile_items(space), tables_dir=tables, timing=FAST)
     return LatencyModel.load(device, tables)
 
 

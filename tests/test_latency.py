@@ -19,6 +19,7 @@ from nas.arch.opkey import OpKey
 from nas.arch.space import load_space
 from nas.errors import LatencyTableError
 from nas.latency.calibrate import calibrate
+from nas.latency.device import Device
 from nas.latency.model import LatencyModel
 from nas.latency.profile import key_is_identity, profile_items, space_layer_keys, space_profile_items
 from nas.latency.table import LatencyTable
@@ -40,8 +41,8 @@ def tiny_fbnet():
 def tiny_tables(tmp_path_factory, tiny_fbnet) -> Path:
     """fbnet at 32 px, width 0.25, profiled and calibrated once for the module."""
     root = tmp_path_factory.mktemp("tables")
-    profile_items("tiny", space_profile_items(tiny_fbnet), tables_dir=root, timing=FAST)
-    calibrate("tiny", tiny_fbnet, models=4, tables_dir=root, timing=FAST)
+    profile_items(Device(device_id="tiny"), space_profile_items(tiny_fbnet), tables_dir=root, timing=FAST)
+    calibrate(Device(device_id="tiny"), tiny_fbnet, models=4, tables_dir=root, timing=FAST)
     return root
 
 
@@ -155,16 +156,17 @@ def test_interrupted_profile_resumes_with_only_missing_keys(small_space_file, tm
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        profile_items("dev", items, tables_dir=tmp_path, timing=FAST, on_progress=stop_after_four)
+        profile_items(Device(device_id="dev"), items, tables_dir=tmp_path, timing=FAST, on_progress=stop_after_four)
     assert len(LatencyTable.open("dev", tmp_path)) == 4
-    counts = profile_items("dev", items, tables_dir=tmp_path, timing=FAST)
+    counts = profile_items(Device(device_id="dev"), items, tables_dir=tmp_path, timing=FAST)
     assert (counts["measured"], counts["skipped"]) == (len(items) - 4, 4)
-    again = profile_items("dev", items, tables_dir=tmp_path, timing=FAST)
+    again = profile_items(Device(device_id="dev"), items, tables_dir=tmp_path, timing=FAST)
     assert again["measured"] == 0 and len(LatencyTable.open("dev", tmp_path)) == len(items)
 
 
 PROFILER = """
 import sys
+from nas.latency.device import Device
 from nas.latency.profile import profile_items, space_profile_items
 from nas.latency.timing import TimingConfig
 from nas.arch.space import load_space
@@ -172,7 +174,7 @@ space = load_space(sys.argv[1])
 items = space_profile_items(space)
 if sys.argv[3] == "reverse":
     items = items[::-1]
-print(profile_items("dev", items, tables_dir=sys.argv[2], chunk=2,
+print(profile_items(Device(device_id="dev"), items, tables_dir=sys.argv[2], chunk=2,
                     timing=TimingConfig(warmup=2, round_ms=1.0, min_runs=3, max_runs=10, min_rounds=2,
                                                        max_rounds=3, max_seconds=0.2))["measured"])
 """
@@ -217,7 +219,7 @@ def test_kill_9_then_rerun_measures_only_what_is_missing(small_space_file, tmp_p
         f.write("ir_k3_e3|cin=8|cout=16|s=2|r=16|t=0|b=32|x=,ir_k3")
     with pytest.raises(LatencyTableError, match="truncated"):
         LatencyTable.open("dev", tmp_path)
-    counts = profile_items("dev", space_profile_items(space), tables_dir=tmp_path, timing=FAST)
+    counts = profile_items(Device(device_id="dev"), space_profile_items(space), tables_dir=tmp_path, timing=FAST)
     assert counts["measured"] == n - have and len(LatencyTable.open("dev", tmp_path)) == n
 
 
@@ -239,10 +241,11 @@ def test_corrupt_tables_and_bad_setups_are_named(tiny_tables, tmp_path, small_sp
         LatencyModel.load("nope", tables_dir=tmp_path)
     space = load_space(str(small_space_file))
     with pytest.raises(LatencyTableError, match="not available"):
-        profile_items("x", space_profile_items(space), provider="NoSuchExecutionProvider", tables_dir=tmp_path)
+        profile_items(Device("NoSuchExecutionProvider", device_id="x"), space_profile_items(space),
+                      tables_dir=tmp_path)
     assert not (tmp_path / "x").exists()
     with pytest.raises(LatencyTableError, match="another setup"):
-        profile_items("tiny", space_profile_items(space), threads=2, tables_dir=tiny_tables)
+        profile_items(Device(threads=2, device_id="tiny"), space_profile_items(space), tables_dir=tiny_tables)
 
 
 def test_other_onnxruntime_version_warns_in_predictions(tiny_tables, tmp_path, tiny_fbnet):

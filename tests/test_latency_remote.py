@@ -17,6 +17,7 @@ from test_latency_support import FAST, SMALL_SPACE  # noqa: E402
 from nas.arch.space import load_space
 from nas.errors import LatencyTableError
 from nas.latency.bundle import import_results, write_bundle
+from nas.latency.device import Device
 from nas.latency.model import LatencyModel
 from nas.latency.profile import profile_items, space_profile_items
 from nas.latency.table import LatencyTable
@@ -40,7 +41,7 @@ def space(tmp_path_factory):
 
 def test_int8_blocks_are_quantized_and_keyed_by_bits(space, tmp_path):
     items = space_profile_items(space, bits=(32, 8))
-    counts = profile_items("q", items, tables_dir=tmp_path, timing=FAST)
+    counts = profile_items(Device(device_id="q"), items, tables_dir=tmp_path, timing=FAST)
     assert counts["measured"] == len(items)
     table = LatencyTable.open("q", tmp_path)
     eight = [k for k in table.keys() if k.bits == 8]

@@ -41,6 +41,7 @@ def tiny_space_file(tmp_path_factory) -> Path:
 def profiled_devices(tiny_space_file, tmp_path_factory):
     """Latency tables of the tiny space for devices ``dev-a`` and ``dev-b`` (real ONNX Runtime timings, short)."""
     from nas.arch.space import load_space
+    from nas.latency.device import Device
     from nas.latency.profile import profile_items, space_profile_items
     from nas.latency.timing import TimingConfig
 
@@ -48,7 +49,7 @@ def profiled_devices(tiny_space_file, tmp_path_factory):
     space = load_space(str(tiny_space_file))
     timing = TimingConfig(warmup=2, min_rounds=2, max_rounds=3, max_seconds=0.3)
     for device in ("dev-a", "dev-b"):
-        profile_items(device, space_profile_items(space), tables_dir=tables, timing=timing)
+        profile_items(Device(device_id=device), space_profile_items(space), tables_dir=tables, timing=timing)
     return tables, space
 
 

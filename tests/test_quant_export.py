@@ -63,23 +63,12 @@ def _deliver(task, tmp_path, options, assignment):
     graph, _ = tiny_graph(net, tmp_path)
     run = RunDir(tmp_path / "run", {"test": True})
     return finish(net, graph, assignment, "m", data, run, FinishSettings(calibration_samples=96), epochs=0,
-                  out_name="model.onnx", cost_ms=None, progress=_no_progress)
+                  out_name="model.onnx", cost_ms=None)
 
 
 def _restricted(state: dict, options: int) -> dict:
     """The trained weights for a net with fewer options (the architecture logits ``theta`` are not reused)."""
     return {k: (torch.zeros(options) if k.endswith("theta") else v) for k, v in state.items()}
-
-
-class _no_progress:
-    def __init__(self, stage, total):
-        pass
-
-    def __enter__(self):
-        return lambda n=1, note="": None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _assert_parity(figures):

@@ -288,14 +288,14 @@ def test_validate_samples_is_bounded(hwnas, tmp_path):
 # ---- 7. secrets and permissions -------------------------------------------------------------------------------------
 def test_a_storage_password_is_masked_in_errors_and_in_the_config():
     from nas.search.blackbox.study import masked_url, open_storage
-    from nas.search.predict.search_setup import SearchSettings
+    from nas.search.predict.search_setup import PredictorSearchSettings
 
     url = "postgresql+psycopg2://alice:s3cret@127.0.0.1:1/db"
     assert masked_url(url) == "postgresql+psycopg2://alice:***@127.0.0.1:1/db"
     with pytest.raises(SearchError) as e:
         open_storage(url)
     assert "s3cret" not in str(e.value) and "alice:***@" in str(e.value)
-    config = SearchSettings(strategy="optuna", space="fbnet", storage=url).config()
+    config = PredictorSearchSettings(strategy="optuna", space="fbnet", storage=url).config()
     assert config["storage"] == masked_url(url) and "s3cret" not in json.dumps(config)
 
 

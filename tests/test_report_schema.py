@@ -26,8 +26,9 @@ from nas.search.strategy import STRATEGIES, get_strategy, open_run
 def capacity_case(tmp_path_factory):
     """A tiny dynamic-capacity ViT trained one epoch, and its token-count units profiled (fast timing)."""
     from nas.data.dataset import load_dataset
+    from nas.latency.device import Device
     from nas.latency.profile import profile_items
-    from nas.search.capacity.checkpoint import save_checkpoint
+    from nas.search.capacity.checkpoint import save_dynamic_vit
     from nas.search.capacity.latency import capacity_profile_items
     from nas.search.capacity.space import load_capacity_space
     from nas.search.capacity.training import train_dynamic
@@ -39,43 +40,45 @@ def capacity_case(tmp_path_factory):
     torch.manual_seed(0)
     result = train_dynamic(DynamicViT(space), load_dataset("digits", resolution=16, seed=0),
                            space.recipe().model_copy(update={"epochs": 1}))
-    ckpt = save_checkpoint(result.model, folder / "model.pt", {"dataset": "digits", "seed": 0})
-    profile_items("vit-dev", capacity_profile_items(space), tables_dir=folder / "tables", timing=FAST_TIMING)
+    ckpt = save_dynamic_vit(result.model, folder / "model.pt", {"dataset": "digits", "seed": 0})
+    profile_items(Device(device_id="vit-dev"), capacity_profile_items(space), tables_dir=folder / "tables",
+                  timing=FAST_TIMING)
     return folder, ckpt
 
 
 def _config(name: str, tmp_path_factory, capacity_case):
     if name in ("dnas", "dmasking"):
-        from nas.search.dnas.search import SearchSettings
+        from nas.search.dnas.search import SupernetSearchSettings
         from nas.search.dnas.strategy import SearchJob
         from nas.train.recipe import Recipe
 
         text, device = (TINY, "test-tiny") if name == "dnas" else (TINY_V2, "test-v2")
         path, tables, _ = profiled_space(tmp_path_factory, text, name, device)
-        return SearchJob(name, str(path), device, dataset=f"npz:{digits_npz(path.parent)}", resolution=16, width=1.0,
-                         tables_dir=str(tables), settings=SearchSettings(epochs=2, op_paths=1),
-                         recipe=Recipe(epochs=1, batch_size=64))
+        return SearchJob(method=name, space=str(path), device=device, dataset=f"npz:{digits_npz(path.parent)}",
+                         resolution=16, width=1.0, tables_dir=str(tables),
+                         settings=SupernetSearchSettings(epochs=2, op_paths=1), recipe=Recipe(epochs=1, batch_size=64))
     if name in ("nars", "chamnet", "optuna"):
-        from nas.search.predict.search_setup import SearchSettings
+        from nas.search.predict.search_setup import PredictorSearchSettings
 
-        return SearchSettings(strategy=name, space=f"table:{BENCH_TABLE}", objective="val_accuracy",
-                              latency_columns=["latency_ms"], budget=8, init=4, batch=2, pool=64, generations=3,
-                              population=64)
+        return PredictorSearchSettings(strategy=name, space=f"table:{BENCH_TABLE}", objective="val_accuracy",
+                                       latency_columns=["latency_ms"], budget=8, init=4, batch=2, pool=64,
+                                       generations=3, population=64)
     if name == "mixed-precision":
         from nas.search.quant.prepare import MixedPrecisionConfig, MixedPrecisionJob
         from nas.search.quant.search import SearchConfig
 
         folder = tmp_path_factory.mktemp("quant")
         (folder / "qtiny.yaml").write_text(QUANT_TINY)
-        return MixedPrecisionJob(str(folder / "qtiny.yaml"), "nowhere", resolution=16, tables_dir=str(folder),
+        return MixedPrecisionJob(arch=str(folder / "qtiny.yaml"), device="nowhere", resolution=16,
+                                 tables_dir=str(folder),
                                  settings=MixedPrecisionConfig(pretrain_epochs=1, search=SearchConfig(epochs=2),
                                                                finetune_epochs=1, latency_fit_models=0))
     if name == "capacity":
         from nas.search.capacity.strategy import CapacityJob
 
         folder, ckpt = capacity_case
-        return CapacityJob(str(folder / "vit_tiny.yaml"), str(ckpt), "vit-dev", target_ms=1e3, trials=3,
-                           measure=False, tables_dir=str(folder / "tables"))
+        return CapacityJob(space=str(folder / "vit_tiny.yaml"), checkpoint=str(ckpt), device="vit-dev", target_ms=1e3,
+                           trials=3, measure=False, tables_dir=str(folder / "tables"))
     raise AssertionError(f"no tiny case for strategy {name!r}")
 
 

@@ -23,11 +23,11 @@ from nas.errors import LatencyTableError
 from nas.latency.calibrate import calibrate
 from nas.latency.device import Device
 from nas.latency.drift import check_drift, read_references, reference_dir
-from nas.latency.measurement import Measurement
+from nas.latency.measurement import Measurement, measuring_device
 from nas.latency.model import LatencyModel
 from nas.latency.table import LatencyTable
 from nas.latency.timing import LatencyStats
-from nas.search.dnas.search import SearchSettings
+from nas.search.dnas.search import SupernetSearchSettings
 from nas.search.dnas.strategy import SearchJob, SupernetStrategy
 from nas.search.report import SharedReport, build_report, latency_remedies
 from nas.search.strategy import open_run
@@ -100,9 +100,9 @@ def test_a_drift_over_five_percent_warns_with_the_recalibrate_command():
 
 
 def test_a_model_timed_away_from_its_device_is_judged_on_the_prediction():
-    m = Measurement.from_stats(stats(2.0), note="device 'phone' was measured elsewhere: measured_ms is this "
-                                                "machine's")
+    m = Measurement.from_stats(stats(2.0), measuring_device(Device(device_id="phone", remote=True)))
     report = _report(2.0, target=1.0, predicted=0.9, measurement=m)
+    assert report["measurement"]["on_device"] is False and "measured elsewhere" in report["measurement"]["note"]
     assert report["within_target"] is True and report["judged_on"] == "predicted"
     assert any("judged on the prediction" in w for w in report["warnings"])
 
@@ -123,7 +123,7 @@ def calibrated(tmp_path_factory):
     path = write_space(folder, TINY, "tiny")
     space = tiny_space(path)
     profile_tiny(space, DEVICE, folder / "tables")
-    calibrate(DEVICE, space, models=4, tables_dir=folder / "tables", timing=FAST)
+    calibrate(Device(device_id=DEVICE), space, models=4, tables_dir=folder / "tables", timing=FAST)
     return {"path": path, "space": space, "tables": folder / "tables", "digits": digits_npz(folder)}
 
 
@@ -196,9 +196,9 @@ def test_a_search_checks_drift_and_judges_the_measured_model(calibrated, tmp_pat
     target = lat[len(lat) // 2]
     _slowdown(monkeypatch, LatencyTable.open(DEVICE, tables), 1.3)
     monkeypatch.setattr(Device, "time_file", lambda self, path, timing=None: stats(3 * target, 6 * target, False))
-    job = SearchJob("dnas", str(calibrated["path"]), DEVICE, dataset=f"npz:{calibrated['digits']}", resolution=16,
-                    width=1.0, target_ms=target, tables_dir=str(tables),
-                    settings=SearchSettings(epochs=2, warmup_epochs=1, target_ms=target, op_paths=1),
+    job = SearchJob(method="dnas", space=str(calibrated["path"]), device=DEVICE, dataset=f"npz:{calibrated['digits']}",
+                    resolution=16, width=1.0, target_ms=target, tables_dir=str(tables),
+                    settings=SupernetSearchSettings(epochs=2, warmup_epochs=1, target_ms=target, op_paths=1),
                     recipe=Recipe(epochs=1, batch_size=64))
     strategy = SupernetStrategy(job)
     prep = strategy.prepare()

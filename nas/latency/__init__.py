@@ -5,8 +5,9 @@ the CLI commands ``hwnas latency profile | show | predict | validate | bundle | 
 (a few seconds)::
 
     space = load_space("fbnet", resolution=32, width_multiplier=0.25, classes=10)
-    profile_items("t", space_profile_items(space), tables_dir=tmp_path)          # add bits=(32, 8) for int8
-    calibrate("t", space, models=4, tables_dir=tmp_path)                          # optional: fits correction.json
+    device = Device(device_id="t")                                   # provider, threads, optimisation, clock
+    profile_items(device, space_profile_items(space), tables_dir=tmp_path)       # add bits=(32, 8) for int8
+    calibrate(device, space, models=4, tables_dir=tmp_path)                       # optional: fits correction.json
     lm = LatencyModel.load("t", tables_dir=tmp_path)
 
 Files in ``latency_tables/<device-id>/`` (base folder ``$HWNAS_LATENCY_TABLES`` or ``./latency_tables``):
@@ -20,7 +21,9 @@ Modules:
   ONNX files; every ``measured_ms`` comes from it.
 - ``timing``: ``TimingConfig`` (wall or per-thread CPU clock), ``LatencyStats``, interleaved timing.
 - ``overhead``: ``CallOverhead``, the fixed and per-byte cost of one ``session.run``, fitted on pass-through graphs.
-- ``measurement``: ``Measurement``, a shipped model timed on its device (what a verdict is judged on).
+- ``measurement``: ``Measurement``, a shipped model timed (what a verdict is judged on), with its ``on_device`` flag;
+  ``measuring_device``: where a model is timed from here (``MeasuringDevice``: on the device itself, or on this CPU
+  with a note).
 - ``remote_measure``: the interleaved timing algorithm, and the standalone ``measure.py`` shipped in bundles.
 - ``profile``: ``ProfileItem``, ``profile_items`` (resumable, concurrent-safe, skips identity blocks),
   ``space_profile_items``, ``space_layer_keys``, ``block_item``.
@@ -51,6 +54,7 @@ _EXPORTS = {
     "LatencyModel": "nas.latency.model",
     "LatencyTable": "nas.latency.table",
     "Measurement": "nas.latency.measurement",
+    "MeasuringDevice": "nas.latency.measurement",
     "PrecisionCostTable": "nas.latency.precision",
     "PrecisionEdge": "nas.latency.precision",
     "PrecisionGraph": "nas.latency.precision",
@@ -75,6 +79,7 @@ _EXPORTS = {
     "key_is_identity": "nas.latency.profile",
     "list_devices": "nas.latency.table",
     "measure_shipped": "nas.latency.drift",
+    "measuring_device": "nas.latency.measurement",
     "precision_terms_matrix": "nas.latency.calibrate",
     "profile_items": "nas.latency.profile",
     "read_manifest": "nas.latency.table",

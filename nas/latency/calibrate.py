@@ -262,16 +262,23 @@ def arch_calibration_model(space: Space, arch: Arch) -> CalibrationModel:
                             lambda path: export_arch(space, arch, path))
 
 
-def calibrate(device: str, space: Space, *, models: int = 8, provider: str = "CPUExecutionProvider",
-              threads: int = 1, tables_dir: str | Path | None = None, optimization: str = "all",
+def calibrate(device: Device, space: Space, *, models: int = 8, tables_dir: str | Path | None = None,
               timing: TimingConfig | None = None, on_progress: Callable[[int, int, str], None] | None = None,
               ) -> Correction:
-    """Measure ``models`` whole models of ``space`` (skipping those already measured) and refit the correction."""
-    check_provider(provider)
-    table = LatencyTable.open(device, tables_dir)
-    m = table.manifest
-    if (m.provider, m.threads, m.graph_optimization) != (provider, threads, optimization):
-        raise LatencyTableError(f"device {device!r} was profiled with {m.provider}, {m.threads} threads, "
-                                f"optimisation {m.graph_optimization!r}; calibrate it with the same settings")
-    return calibrate_models(table, [arch_calibration_model(space, a) for a in calibration_archs(space, models)],
+    """Measure ``models`` whole models of ``space`` (skipping those already measured) on ``device``, the set-up its
+    table was profiled with, and refit the correction."""
+    return calibrate_models(profiled_table(device, tables_dir),
+                            [arch_calibration_model(space, a) for a in calibration_archs(space, models)],
                             timing=timing, on_progress=on_progress)
+
+
+def profiled_table(device: Device, tables_dir: str | Path | None = None) -> LatencyTable:
+    """The table of ``device`` (its ``device_id``) to calibrate here; LatencyTableError unless it was profiled with
+    this very set-up (provider, threads, optimisation, clock) and the provider runs here."""
+    check_provider(device.provider)
+    table = LatencyTable.open(device.device_id, tables_dir)
+    profiled = Device.from_manifest(table.manifest)
+    if profiled != device:
+        raise LatencyTableError(f"device {device.device_id!r} was profiled with {profiled.describe()}; calibrate it "
+                                f"with the same set-up, not {device.describe()}")
+    return table

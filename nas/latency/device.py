@@ -84,6 +84,11 @@ class Device:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def describe(self) -> str:
+        """The set-up in words: ``CPUExecutionProvider, 1 thread, optimisation 'all', wall clock``."""
+        return (f"{self.provider}, {self.threads} thread{'s' if self.threads > 1 else ''}, optimisation "
+                f"{self.optimization!r}, {self.clock} clock")
+
     def with_clock(self, clock: str) -> "Device":
         return replace(self, clock=clock)
 

@@ -27,7 +27,7 @@ from nas.errors import LatencyTableError
 from nas.files import atomic_path, write_json
 from nas.latency.correction import Correction
 from nas.latency.device import Device
-from nas.latency.measurement import Measurement
+from nas.latency.measurement import Measurement, MeasuringDevice
 from nas.latency.table import LatencyTable
 from nas.latency.timing import LatencyStats, TimingConfig
 
@@ -174,9 +174,9 @@ def drift_before_measuring(table: LatencyTable | None, device: Device) -> DriftC
     return check_drift(table)
 
 
-def measure_shipped(path: str | Path, device: Device, *, table: LatencyTable | None = None, note: str = "",
+def measure_shipped(path: str | Path, where: MeasuringDevice, *, table: LatencyTable | None = None,
                     timing: TimingConfig | None = None) -> Measurement:
-    """Time the shipped model on ``device`` right after the drift check on ``table``'s reference models (skipped
-    when ``note`` says the device is not the table's own)."""
-    drift = None if note else drift_before_measuring(table, device)
-    return Measurement.from_stats(device.time_file(path, timing), note=note, drift=drift)
+    """Time the shipped model ``where`` (``measurement.measuring_device``), right after the drift check on
+    ``table``'s reference models when it is timed on the device itself."""
+    drift = drift_before_measuring(table, where.device) if where.on_device else None
+    return Measurement.from_stats(where.device.time_file(path, timing), where, drift)

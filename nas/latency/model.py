@@ -93,12 +93,15 @@ class LatencyModel:
                  overhead: CallOverhead | None = None, allow_fallback: bool = True):
         self.table = table
         self.allow_fallback = allow_fallback
-        self.overhead = overhead
-        self.correction = correction or Correction(base_ms=overhead.fixed_ms if overhead else 0.0)
         self.warnings: list[str] = []
         if w := table.manifest.version_warning():
             self.warnings.append(w)
-        self._net_ms = {k: net_block_ms(r) for k, r in table.rows.items()}
+        self._use(correction, overhead)
+
+    def _use(self, correction: Correction | None, overhead: CallOverhead | None) -> None:
+        self.overhead = overhead
+        self.correction = correction or Correction(base_ms=overhead.fixed_ms if overhead else 0.0)
+        self._net_ms = {k: net_block_ms(r) for k, r in self.table.rows.items()}
         self._fallback: FallbackRegressor | None = None
         self._estimates: dict[str, float] = {}
 
@@ -108,6 +111,12 @@ class LatencyModel:
         """Load a device's table, correction and call overhead; LatencyTableError if missing or corrupt."""
         table = LatencyTable.open(device_id, tables_dir)
         return cls(table, Correction.load(table.folder), CallOverhead.load(table.folder), allow_fallback)
+
+    def refresh(self) -> None:
+        """Take in what was measured into the device's folder since loading (a search that profiles the blocks
+        its table lacks): the new rows, the refitted correction and the call overhead."""
+        self.table.refresh()
+        self._use(Correction.load(self.table.folder), CallOverhead.load(self.table.folder))
 
     @property
     def device_id(self) -> str:

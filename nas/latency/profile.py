@@ -136,22 +136,23 @@ def row_metadata(e: ExportedItem, overhead: CallOverhead) -> dict:
 
 
 # ---- profiling -----------------------------------------------------------------------------------------------
-def profile_items(device: str, items: list[ProfileItem], *, provider: str = "CPUExecutionProvider",
-                  threads: int = 1, tables_dir: str | Path | None = None,
-                  on_progress: ProgressCallback | None = None, optimization: str = "all",
-                  timing: TimingConfig | None = None, chunk: int = 32) -> dict:
-    """Measure every item whose key the device table lacks and append one row per key.
+def profile_items(device: Device, items: list[ProfileItem], *, tables_dir: str | Path | None = None,
+                  on_progress: ProgressCallback | None = None, timing: TimingConfig | None = None,
+                  chunk: int = 32) -> dict:
+    """Measure every item whose key the table of ``device`` (its ``device_id``) lacks, with the device's provider,
+    threads, graph optimisation and clock, and append one row per key.
 
     Items are exported and timed in chunks of ``chunk`` keys, interleaved (see ``timing``); each key's row is
     appended as soon as its chunk is timed. Returns counts ``{"total", "measured", "skipped", "identity",
     "seconds"}``; ``on_progress(done, total, note)`` is called per item. Safe to interrupt at any point (a
     rerun measures what is missing) and to run twice at once (a key is appended once).
     """
-    check_provider(provider)
-    timing = timing or TimingConfig()
-    measure_on = Device(provider, threads, optimization, timing.clock, device)
-    table = LatencyTable.open_for_writing(
-        DeviceManifest.for_this_machine(device, provider, threads, optimization, timing.clock), tables_dir)
+    if device.device_id is None:
+        raise ValueError("profile_items: the Device needs a device_id (the table it measures into)")
+    check_provider(device.provider)
+    timing = device.timing(timing)
+    table = LatencyTable.open_for_writing(DeviceManifest.for_this_machine(
+        device.device_id, device.provider, device.threads, device.optimization, device.clock), tables_dir)
     unique: dict[str, ProfileItem] = {}
     for item in items:
         unique.setdefault(str(item.key), item)
@@ -183,7 +184,7 @@ def profile_items(device: str, items: list[ProfileItem], *, provider: str = "CPU
         if not batch:
             continue
         if overhead is None:
-            overhead = measure_call_overhead(measure_on, timing)
+            overhead = measure_call_overhead(device, timing)
             overhead.save(table.folder)
         with tempfile.TemporaryDirectory(prefix="hwnas-profile-") as tmp:
             prepared = []
@@ -191,8 +192,8 @@ def profile_items(device: str, items: list[ProfileItem], *, provider: str = "CPU
                 folder = Path(tmp) / str(i)
                 folder.mkdir()
                 exported = item_onnx(item, folder)
-                prepared.append((item, measure_on.open(exported.path), exported))
-        stats = measure_on.time_sessions([p[1] for p in prepared], timing)
+                prepared.append((item, device.open(exported.path), exported))
+        stats = device.time_sessions([p[1] for p in prepared], timing)
         for (item, _, e), st in zip(prepared, stats):
             row = {**st.to_dict(), **row_metadata(e, overhead)}
             wrote = table.append(item.key, row)

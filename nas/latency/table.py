@@ -128,14 +128,18 @@ class DeviceManifest:
         return None
 
 
-def read_manifest(device_id: str, tables_dir: str | Path | None = None) -> DeviceManifest:
-    folder = device_dir(device_id, tables_dir)
-    path = folder / MANIFEST_FILE
+def manifest_path(device_id: str, tables_dir: str | Path | None = None) -> Path:
+    """The device's ``device.json``; LatencyTableError naming the known devices when there is none."""
+    path = device_dir(device_id, tables_dir) / MANIFEST_FILE
     if not path.is_file():
         known = list_devices(tables_dir)
         raise LatencyTableError(f"unknown device {device_id!r}: no {path} (known devices: "
                                 f"{', '.join(known) or 'none'}; run `hwnas latency profile --device {device_id}`)")
-    return _read_manifest_file(path)
+    return path
+
+
+def read_manifest(device_id: str, tables_dir: str | Path | None = None) -> DeviceManifest:
+    return _read_manifest_file(manifest_path(device_id, tables_dir))
 
 
 def _read_manifest_file(path: Path) -> DeviceManifest:
@@ -274,8 +278,7 @@ class LatencyTable:
     @classmethod
     def open(cls, device_id: str, tables_dir: str | Path | None = None) -> "LatencyTable":
         """Read a device's table; raise LatencyTableError if the device is unknown or the table corrupt."""
-        read_manifest(device_id, tables_dir)  # names the unknown device
-        return cls.open_folder(device_dir(device_id, tables_dir))
+        return cls.open_folder(manifest_path(device_id, tables_dir).parent)  # names an unknown device
 
     @classmethod
     def open_folder(cls, folder: Path) -> "LatencyTable":
@@ -290,8 +293,10 @@ class LatencyTable:
         if not data.startswith(_HEADER):
             raise LatencyTableError(f"{path}: corrupt table (missing or wrong header line)" if data
                                     else f"{path}: empty table (no header)")
-        rows, _ = _parse_rows(data, path)
-        return cls(folder, manifest, rows)
+        rows, parsed = _parse_rows(data, path)
+        table = cls(folder, manifest, rows)
+        table._offset, table._lines = parsed, data[:parsed].count(b"\n")  # ``refresh`` reads only what comes after
+        return table
 
     @classmethod
     def open_for_writing(cls, manifest: DeviceManifest, tables_dir: str | Path | None = None) -> "LatencyTable":

@@ -17,6 +17,7 @@ import pandas as pd
 from scipy.stats import kendalltau
 
 from nas.arch.space import Arch, Space
+from nas.files import new_figure, save_figure
 from nas.latency.calibrate import measure_archs
 from nas.latency.model import LatencyModel
 from nas.latency.profile import key_is_identity, single_thread_torch
@@ -113,14 +114,7 @@ def validate(lm: LatencyModel, space: Space, run: RunDir, *, samples: int = 50, 
 
 
 def plot_validation(frame: pd.DataFrame, summary: dict, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from nas.files import save_figure
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+    fig, axes = new_figure(1, 2, figsize=(10, 4.5))
     meas = frame["measured_ms"]
     lo, hi = float(meas.min()) * 0.85, float(meas.max()) * 1.15
     ax = axes[0]
@@ -135,5 +129,4 @@ def plot_validation(frame: pd.DataFrame, summary: dict, path: Path) -> Path:
     ax.legend(loc="upper left", fontsize=8)
     axes[1].scatter(frame["macs"] / 1e6, meas, s=14, c="tab:green")
     axes[1].set(xlabel="MMACs", ylabel="measured ms", title=f"FLOPs tau {summary['flops_kendall_tau']:.3f}")
-    fig.tight_layout()
     return save_figure(fig, path)

@@ -15,7 +15,6 @@ _EXPORTS = {
     "build_report": "nas.search.report",
     "detail_key": "nas.search.report",
     "get_strategy": "nas.search.strategy",
-    "measuring_device": "nas.search.finalize",
     "open_run": "nas.search.strategy",
     "register": "nas.search.strategy",
     "strategies": "nas.search.strategy",

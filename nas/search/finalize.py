@@ -9,8 +9,8 @@ import torch
 
 from nas.arch.space import Arch, Space, arch_document
 from nas.data.dataset import Dataset
-from nas.latency.device import Device
 from nas.latency.drift import measure_shipped
+from nas.latency.measurement import MeasuringDevice
 from nas.latency.table import LatencyTable
 from nas.models.builder import build_model, count_macs, count_params
 from nas.models.onnx_io import export_onnx
@@ -23,14 +23,13 @@ from nas.train.training import train_model
 
 
 def train_export_measure(space: Space, arch: Arch, data: Dataset, recipe: Recipe, run: RunDir, *,
-                         device: Device, on_epoch: EpochCallback | None = None,
+                         measure_on: MeasuringDevice, on_epoch: EpochCallback | None = None,
                          predict_ms: Callable[[Arch], float] | None = None, prefix: str = "",
-                         table: LatencyTable | None = None, note: str = "",
-                         engine: Engine | None = None) -> dict:
+                         table: LatencyTable | None = None, engine: Engine | None = None) -> dict:
     """Train ``arch`` (resumable through ``run``) with ``engine``, export ``model.onnx``, compare it with the torch
-    model over the test split (streamed: accuracy of both, largest output difference), time it on ``device``
-    (after the drift check on ``table``'s reference models; ``note``: ``measuring_device``'s) and return the
-    figures. Under torchrun, ranks above 0 stop after training (``FollowerDone``).
+    model over the test split (streamed: accuracy of both, largest output difference), time it ``measure_on``
+    (``nas.latency.measurement.measuring_device``; on the device itself, after the drift check on ``table``'s
+    reference models) and return the figures. Under torchrun, ranks above 0 stop after training (``FollowerDone``).
 
     ``prefix`` names the files (``{prefix}model.onnx`` ...) so that a run can hold several models.
     """
@@ -45,7 +44,7 @@ def train_export_measure(space: Space, arch: Arch, data: Dataset, recipe: Recipe
     model = result.model
     onnx_path = export_onnx(model, model.input_shape, run.file(f"{prefix}model.onnx"), normalization=data.normalization)
     parity = split_parity(model, {"model": onnx_path}, data.test, engine=engine)
-    measurement = measure_shipped(onnx_path, device, table=table, note=note)
+    measurement = measure_shipped(onnx_path, measure_on, table=table)
     report = {
         "arch": arch.to_dict(),
         "accuracy": parity.accuracy,
@@ -57,7 +56,7 @@ def train_export_measure(space: Space, arch: Arch, data: Dataset, recipe: Recipe
         "measurement": measurement.to_dict(),
         "macs": count_macs(model, model.input_shape),
         "params": count_params(model),
-        "timing": device.to_dict(),
+        "timing": measure_on.device.to_dict(),
         "onnx": onnx_path.name,
         "normalization": data.normalization,
     }
@@ -65,13 +64,3 @@ def train_export_measure(space: Space, arch: Arch, data: Dataset, recipe: Recipe
         report["predicted_ms"] = predict_ms(arch)
     return report
 
-
-def measuring_device(device: Device) -> tuple[Device, str]:
-    """The device to time a shipped model with here, and a note when its figures are not the device's own: the
-    table's provider is not available here (timed on this CPU instead), or the table was measured elsewhere."""
-    if not device.runs_here:
-        return Device(clock=device.clock, device_id=device.device_id), (
-            f"device {device.device_id!r} uses {device.provider}, not available here: measured on this CPU instead")
-    if device.remote:
-        return device, f"device {device.device_id!r} was measured elsewhere: measured_ms is this machine's"
-    return device, ""

@@ -1,4 +1,4 @@
-"""Gumbel-softmax relaxations of categorical choices, and FBNet's temperature schedule.
+"""Gumbel-softmax relaxations of categorical choices, and the one temperature schedule (exponential annealing).
 
 ``gumbel_perturb`` is the one place Gumbel noise is drawn (DNAS and DMasking decisions, the mixed-precision bit
 mixture, the capacity search's token top-k); the argmax (top-k) of perturbed logits is a sample (without
@@ -63,6 +63,21 @@ def one_hot_decision(size: int, index: int) -> DecisionSample:
     return DecisionSample(w, [index])
 
 
-def temperature(epoch: int, initial: float = 5.0, decay: float = 0.956) -> float:
-    """FBNet's schedule: ``initial * decay ** epoch`` (5.0 and 0.956 in the paper)."""
-    return float(initial * decay ** epoch)
+@dataclass(frozen=True)
+class TemperatureSchedule:
+    """The Gumbel-softmax temperature of every search: ``initial * decay ** epoch``, FBNet's schedule (5.0 and 0.956
+    in the paper); ``between`` gives the same curve from a start to an end temperature over a number of epochs (the
+    bit-width search's)."""
+
+    initial: float = 5.0
+    decay: float = 0.956
+
+    @classmethod
+    def between(cls, start: float, end: float, epochs: int) -> "TemperatureSchedule":
+        """``start`` at the first epoch, ``end`` at the last (``end`` throughout for a single epoch)."""
+        if epochs <= 1:
+            return cls(end, 1.0)
+        return cls(start, (end / start) ** (1.0 / (epochs - 1)))
+
+    def at(self, epoch: int) -> float:
+        return float(self.initial * self.decay ** epoch)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nas.files import save_figure
+from nas.files import new_figure, save_figure
 
 
 def plot_learning_curve(history: list[dict] | str | Path, path: str | Path, title: str = "") -> Path:
@@ -14,15 +14,11 @@ def plot_learning_curve(history: list[dict] | str | Path, path: str | Path, titl
         import pandas as pd
 
         history = pd.read_csv(history).to_dict("records")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
     epochs = [row["epoch"] for row in history]
     columns = sorted({k for row in history for k in row})
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = new_figure(figsize=(6.4, 4.2))
     accuracy_ax = ax.twinx()
     lines = []
     for col in columns:
@@ -36,5 +32,4 @@ def plot_learning_curve(history: list[dict] | str | Path, path: str | Path, titl
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(lines, [line.get_label() for line in lines], fontsize=8, loc="center right")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
     return save_figure(fig, path, dpi=100)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from nas.files import save_figure
+from nas.files import new_figure, save_figure
 from nas.search.blackbox.history import History
 from nas.search.blackbox.problem import Constraint
 
@@ -47,14 +47,10 @@ def family(history: History, constraints: list[Constraint]) -> pd.DataFrame:
 
 def plot_pareto(path: str | Path, history: History, constraints: list[Constraint], title: str = "") -> Path:
     """Objective against latency on the first device: every evaluation by phase, the front, the winners."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     problem = history.problem
     frame = history.frame()
     obj = problem.objective
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    fig, ax = new_figure(figsize=(7, 4.5), dpi=120)
     if problem.devices:
         dev = problem.devices[0]
         x = frame[f"latency_ms[{dev}]"].to_numpy(float)
@@ -90,23 +86,18 @@ def plot_pareto(path: str | Path, history: History, constraints: list[Constraint
     ax.set_title(title or f"{len(frame)} evaluations; red: best under each constraint", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
     return save_figure(fig, path, dpi=120)
 
 
 def plot_predictions(path: str | Path, history: History, title: str = "") -> Path | None:
     """Predicted (before evaluation) against actual objective, for the evaluations a predictor chose."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     obj = history.problem.objective
     frame = history.frame()
     col = f"predicted_{obj}"
     if col not in frame or frame[col].isna().all():
         return None
     sel = frame[col].notna()
-    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=120)
+    fig, ax = new_figure(figsize=(4.5, 4.5), dpi=120)
     ax.scatter(frame.loc[sel, col], frame.loc[sel, obj], s=14)
     lo = float(min(frame.loc[sel, col].min(), frame.loc[sel, obj].min()))
     hi = float(max(frame.loc[sel, col].max(), frame.loc[sel, obj].max()))
@@ -115,5 +106,4 @@ def plot_predictions(path: str | Path, history: History, title: str = "") -> Pat
     ax.set_ylabel(f"actual {obj}")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
     return save_figure(fig, path, dpi=120)

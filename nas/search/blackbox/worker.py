@@ -51,7 +51,7 @@ def suggest(trial: optuna.Trial, d: Decision):
     return trial.suggest_float(d.name, d.low, d.high, log=d.log)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class StudyJob:
     """A study and what evaluating its trials needs. ``proposer``: NARS/ChamNet enqueue every candidate (workers
     wait for them); otherwise the study's sampler proposes (Optuna)."""

@@ -42,8 +42,8 @@ _EXPORTS = {
     "interleaved_ms": "nas.search.capacity.export",
     "load_capacity_data": "nas.search.capacity.task",
     "load_capacity_space": "nas.search.capacity.space",
-    "load_checkpoint": "nas.search.capacity.checkpoint",
     "load_config_file": "nas.search.capacity.config",
+    "load_dynamic_vit": "nas.search.capacity.checkpoint",
     "load_evaluator": "nas.search.capacity.strategy",
     "parse_keep_ratios": "nas.search.capacity.config",
     "plan_accuracy": "nas.search.capacity.training",
@@ -51,7 +51,7 @@ _EXPORTS = {
     "plot_curves": "nas.search.capacity.plots",
     "predict_plan": "nas.search.capacity.latency",
     "read_sidecar": "nas.search.capacity.checkpoint",
-    "save_checkpoint": "nas.search.capacity.checkpoint",
+    "save_dynamic_vit": "nas.search.capacity.checkpoint",
     "train_dynamic": "nas.search.capacity.training",
     "validate_config": "nas.search.capacity.config",
 }

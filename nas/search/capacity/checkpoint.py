@@ -26,7 +26,7 @@ def sidecar_path(weights: str | Path) -> Path:
     return Path(weights).with_suffix(".json")
 
 
-def save_checkpoint(model: DynamicViT, path: str | Path, extra: dict | None = None) -> Path:
+def save_dynamic_vit(model: DynamicViT, path: str | Path, extra: dict | None = None) -> Path:
     """Write the weights and the sidecar atomically; returns the weights path."""
     path = Path(path)
     space = model.space
@@ -55,8 +55,8 @@ def read_sidecar(path: str | Path) -> dict:
     return meta
 
 
-def load_checkpoint(path: str | Path, space_ref: str, *, in_channels: int | None = None,
-                    classes: int | None = None) -> tuple[DynamicViT, dict]:
+def load_dynamic_vit(path: str | Path, space_ref: str, *, in_channels: int | None = None,
+                     classes: int | None = None) -> tuple[DynamicViT, dict]:
     """Load a checkpoint into the model of ``space_ref``; reject one trained on another space or data shape."""
     meta = read_sidecar(path)
     args = meta.get("space_args") or {}

@@ -22,6 +22,7 @@ import math
 
 from nas.arch.opkey import OpKey, format_extra
 from nas.errors import LatencyTableError
+from nas.latency.device import Device
 from nas.latency.model import LatencyModel, Prediction
 from nas.latency.profile import ProfileItem, block_item
 from nas.search.capacity.config import StaticPlan
@@ -185,8 +186,10 @@ def calibration_plans(space: CapacitySpace, count: int, seed: int = 12345) -> li
     return plans[:count]
 
 
-def calibrate_capacity(device: str, space: CapacitySpace, *, models: int = 10, tables_dir=None, on_progress=None):
-    """Measure ``models`` whole plans of ``space`` into the device's calibration set and refit its correction.
+def calibrate_capacity(device: Device, space: CapacitySpace, *, models: int = 10, tables_dir=None,
+                       on_progress=None):
+    """Measure ``models`` whole plans of ``space`` on ``device`` (the set-up its table was profiled with) into its
+    calibration set and refit its correction.
 
     The correction (``base + scale * net + per_block``, see ``nas.latency.correction``) is one per device,
     fitted over every calibration model of every space measured on it (``nas.latency.calibrate.calibrate_models``:
@@ -194,8 +197,7 @@ def calibrate_capacity(device: str, space: CapacitySpace, *, models: int = 10, t
     """
     import json
 
-    from nas.latency.calibrate import CalibrationModel, calibrate_models
-    from nas.latency.table import LatencyTable
+    from nas.latency.calibrate import CalibrationModel, calibrate_models, profiled_table
     from nas.search.capacity.export import export_plan
     from nas.search.capacity.vit import DynamicViT
 
@@ -205,4 +207,4 @@ def calibrate_capacity(device: str, space: CapacitySpace, *, models: int = 10, t
                    sort_keys=True),
         space.name, space.space_args(), plan.to_dict(), plan_keys(space, plan),
         lambda path, plan=plan: export_plan(model, plan, path)) for plan in calibration_plans(space, models)]
-    return calibrate_models(LatencyTable.open(device, tables_dir), to_measure, on_progress=on_progress)
+    return calibrate_models(profiled_table(device, tables_dir), to_measure, on_progress=on_progress)

@@ -4,25 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nas.files import save_figure
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from nas.files import new_figure, save_figure
 
 
 def plot_search(rows: list[dict], target_ms: float, winner: dict | None, folder: str | Path) -> list[Path]:
     """``pareto.png`` (validation accuracy vs predicted / measured ms) and ``predicted_vs_measured.png``."""
-    plt = _pyplot()
     folder = Path(folder)
     written = []
     measured = all("measured_ms" in r for r in rows)
-    fig, axes = plt.subplots(1, 2 if measured else 1, figsize=(11 if measured else 6, 4.2), squeeze=False)
+    fig, axes = new_figure(1, 2 if measured else 1, figsize=(11 if measured else 6, 4.2), squeeze=False)
     for ax, col, title in zip(axes[0], ("predicted_ms", "measured_ms"), ("predicted", "measured")):
         ax.scatter([r[col] for r in rows], [r["val_accuracy"] for r in rows], s=18, alpha=0.7, label="configs tried")
         if winner is not None:
@@ -32,10 +22,9 @@ def plot_search(rows: list[dict], target_ms: float, winner: dict | None, folder:
         ax.set_ylabel("validation accuracy")
         ax.set_title(f"accuracy vs {title} latency")
         ax.legend(fontsize=8)
-    fig.tight_layout()
     written.append(save_figure(fig, folder / "pareto.png"))
     if measured:
-        fig, ax = plt.subplots(figsize=(4.8, 4.4))
+        fig, ax = new_figure(figsize=(4.8, 4.4))
         p = [r["predicted_ms"] for r in rows]
         m = [r["measured_ms"] for r in rows]
         ax.scatter(p, m, s=18)
@@ -45,7 +34,6 @@ def plot_search(rows: list[dict], target_ms: float, winner: dict | None, folder:
         ax.set_xlabel("predicted ms")
         ax.set_ylabel("measured ms")
         ax.legend(fontsize=8)
-        fig.tight_layout()
         written.append(save_figure(fig, folder / "predicted_vs_measured.png"))
     return written
 
@@ -54,8 +42,7 @@ def plot_curves(curves: dict[str, list[tuple[float, float]]], path: str | Path, 
                 ylabel: str = "accuracy") -> Path:
     """Accuracy-latency points per family, with each family's Pareto front (best accuracy at or under each
     latency) drawn as a step line. Used by the benchmark: dynamic configs against dense models."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig, ax = new_figure(figsize=(6.4, 4.4))
     for name, points in curves.items():
         points = sorted(points)
         line = ax.scatter([p[0] for p in points], [p[1] for p in points], s=22, label=name)
@@ -70,5 +57,4 @@ def plot_curves(curves: dict[str, list[tuple[float, float]]], path: str | Path, 
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
-    fig.tight_layout()
     return save_figure(fig, path)

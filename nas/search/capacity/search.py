@@ -106,7 +106,7 @@ def export_config(evaluator: CapacityEvaluator, config: CapacityConfig, run: Run
     """``capacity.json``, ``model.onnx`` (parity-checked on the test split, timed on the table's device) and the
     report (returned; the caller writes it): measured against predicted, and against ``target_ms`` if given."""
     from nas.latency.drift import measure_shipped
-    from nas.search.finalize import measuring_device
+    from nas.latency.measurement import measuring_device
 
     model, data, space = evaluator.model, evaluator.data, evaluator.model.space
     row = evaluator.evaluate(config)
@@ -121,8 +121,8 @@ def export_config(evaluator: CapacityEvaluator, config: CapacityConfig, run: Run
                                      "keys": [str(k) for k in plan_keys(space, plan)]})
     onnx_path = export_plan(model, plan, run.file("model.onnx"))
     parity = onnx_parity(model, plan, onnx_path, data.test)
-    device, note = measuring_device(evaluator.latency.device)
-    measurement = measure_shipped(onnx_path, device, table=evaluator.latency.table, note=note)
+    measure_on = measuring_device(evaluator.latency.device)
+    measurement = measure_shipped(onnx_path, measure_on, table=evaluator.latency.table)
     measured = measurement.p50_ms
     error = measured / prediction.ms - 1
     tables_dir = evaluator.latency.table.folder.parent
@@ -131,7 +131,7 @@ def export_config(evaluator: CapacityEvaluator, config: CapacityConfig, run: Run
     figures = {"config": config.to_dict(), "plan": plan.to_dict(), "val_accuracy": row["val_accuracy"],
                "accuracy_onnx": parity["accuracy_onnx"], "onnx_top1_agreement": parity["onnx_top1_agreement"],
                "estimated_keys": [str(k) for k in prediction.estimated], "measured_p90_ms": measurement.p90_ms,
-               "timing": device.to_dict(), "measurement_note": note,
+               "timing": measure_on.device.to_dict(), "measurement_note": measure_on.note,
                "within_10pct_of_prediction": abs(error) <= 0.10,
                "measured_vs_target_pct": None if target_ms is None else 100.0 * (measured / target_ms - 1),
                "latency_model": evaluator.latency.describe(), "warnings": prediction.warnings, **(detail or {})}

@@ -29,7 +29,7 @@ from nas.search.strategy import Strategy
 STUDY = "capacity"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class CapacityJob:
     space: str
     checkpoint: str  # model.pt written by `hwnas train-dynamic`

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from nas.data.dataset import Dataset, load_dataset
-from nas.search.capacity.checkpoint import load_checkpoint, read_sidecar
+from nas.search.capacity.checkpoint import load_dynamic_vit, read_sidecar
 from nas.search.capacity.space import CapacitySpace, load_capacity_space
 from nas.search.capacity.vit import DynamicViT
 
@@ -26,5 +26,5 @@ def load_capacity_model(space_ref: str, dataset: str, checkpoint: str, seed: int
     if seed is None:
         seed = int(meta.get("seed", 0)) if meta.get("dataset") == dataset else 0
     data, space = load_capacity_data(space_ref, dataset, seed)
-    model, meta = load_checkpoint(checkpoint, space_ref, in_channels=space.in_channels, classes=space.classes)
+    model, meta = load_dynamic_vit(checkpoint, space_ref, in_channels=space.in_channels, classes=space.classes)
     return data, model, {**meta, "data_seed": seed}

@@ -6,17 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nas.files import save_figure
+from nas.files import new_figure, save_figure
 from nas.search.dnas.distribution import ArchDistribution
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def plot_search(history: list[dict], dist: ArchDistribution, folder: str | Path, *, target_ms: float | None = None,
@@ -25,11 +16,10 @@ def plot_search(history: list[dict], dist: ArchDistribution, folder: str | Path,
 
     The channel / resolution panel is drawn only when the search chose channels or resolution (not for DNAS);
     epoch and layer ticks are integers; the attainable range's lines are labelled."""
-    plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
     folder = Path(folder)
     epochs = [r["epoch"] for r in history]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, axes = new_figure(1, 3, figsize=(15, 4))
     ax = axes[0]
     ax.plot(epochs, [r["expected_ms"] for r in history], label="expected latency")
     ax.plot(epochs, [r["argmax_ms"] for r in history], label="argmax arch", linestyle="--")
@@ -53,7 +43,6 @@ def plot_search(history: list[dict], dist: ArchDistribution, folder: str | Path,
     ax.legend(fontsize=8)
     for ax in axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.tight_layout()
     paths = [save_figure(fig, folder / "search_trajectory.png", dpi=90)]
 
     probs = dist.probs()
@@ -67,9 +56,9 @@ def plot_search(history: list[dict], dist: ArchDistribution, folder: str | Path,
     if len(dist.resolution_options) > 1:
         extra.append(("resolution", dist.resolution_options, probs.resolution))
     if extra:
-        fig, axes = plt.subplots(1, 2, figsize=(15, 4.5), gridspec_kw={"width_ratios": [3, 2]})
+        fig, axes = new_figure(1, 2, figsize=(15, 4.5), gridspec_kw={"width_ratios": [3, 2]})
     else:
-        fig, ax = plt.subplots(figsize=(9, 4.5))
+        fig, ax = new_figure(figsize=(9, 4.5))
         axes = [ax]
     image = axes[0].imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1)
     axes[0].set(yticks=range(len(ops)), yticklabels=ops, xlabel="layer", title="final op probabilities")
@@ -77,7 +66,6 @@ def plot_search(history: list[dict], dist: ArchDistribution, folder: str | Path,
     fig.colorbar(image, ax=axes[0])
     if extra:
         _plot_choices(axes[1], extra)
-    fig.tight_layout()
     paths.append(save_figure(fig, folder / "arch_probabilities.png", dpi=90))
     return paths
 

@@ -23,7 +23,7 @@ from nas.data.dataset import Dataset
 from nas.errors import SearchError
 from nas.search.dnas.distribution import ArchDistribution
 from nas.search.dnas.latency_terms import LatencyTerms
-from nas.search.gumbel import temperature
+from nas.search.gumbel import TemperatureSchedule
 from nas.search.latency_loss import TargetController, latency_factor
 from nas.train.engine import Engine
 from nas.train.recipe import Recipe
@@ -33,7 +33,7 @@ EpochCallback = Callable[[int, dict], None]
 
 
 @dataclass
-class SearchSettings:
+class SupernetSearchSettings:
     epochs: int = 20
     warmup_epochs: int | None = None  # default: a fifth of the epochs, at least 1
     arch_lr: float = 0.1
@@ -46,6 +46,10 @@ class SearchSettings:
     op_paths: int | None = None  # None: soft, every candidate contributes; k: only the k sampled ones run
     channel_paths: int | None = None  # None: Gumbel-weighted sum of the channel masks (FBNetV2)
     resolution_paths: int | None = 1  # 1: one sampled resolution per step; None: weighted sum of all
+
+    @property
+    def temperature_schedule(self) -> TemperatureSchedule:
+        return TemperatureSchedule(self.initial_temperature, self.temperature_decay)
 
     @property
     def warmup(self) -> int:
@@ -62,7 +66,7 @@ class SupernetSearch:
     the latency cost tensors on its device, feeds the batches and keeps the checkpoint."""
 
     def __init__(self, supernet: nn.Module, dist: ArchDistribution, terms: LatencyTerms, data: Dataset,
-                 settings: SearchSettings, recipe: Recipe, min_ms: float, engine: Engine | None = None):
+                 settings: SupernetSearchSettings, recipe: Recipe, min_ms: float, engine: Engine | None = None):
         self.engine = engine or Engine()
         self.supernet, self.dist, self.terms, self.data = self.engine.place(supernet), dist, terms, data
         dist.to(self.engine.device)
@@ -115,7 +119,7 @@ class SupernetSearch:
     def epoch(self, epoch: int) -> dict:
         s = self.settings
         start = time.perf_counter()
-        tau = temperature(epoch, s.initial_temperature, s.temperature_decay)
+        tau = s.temperature_schedule.at(epoch)
         row = {"epoch": epoch + 1, "phase": "warmup" if epoch < s.warmup else "search", "temperature": tau}
         row.update(self._train_weights(tau))
         row.update(self._train_arch(tau) if epoch >= s.warmup else self._evaluate(tau))

@@ -19,7 +19,7 @@ from nas.data.dataset import Dataset
 from nas.data.task import load_search_task
 from nas.errors import LatencyTableError, SearchError
 from nas.latency.device import Device
-from nas.latency.measurement import Measurement
+from nas.latency.measurement import Measurement, measuring_device
 from nas.latency.model import LatencyModel
 from nas.latency.table import tables_root
 from nas.progress import Progress, no_progress
@@ -29,8 +29,8 @@ from nas.search.dnas.distribution import ArchDistribution
 from nas.search.dnas.dmasking_supernet import DMaskingSupernet
 from nas.search.dnas.dnas_supernet import DNASSupernet
 from nas.search.dnas.latency_terms import LatencyTerms
-from nas.search.dnas.search import SearchSettings, SupernetSearch
-from nas.search.finalize import measuring_device, train_export_measure
+from nas.search.dnas.search import SupernetSearch, SupernetSearchSettings
+from nas.search.finalize import train_export_measure
 from nas.search.report import MODEL, build_report, latency_remedies, write_report
 from nas.search.strategy import Strategy
 from nas.train.engine import Engine
@@ -40,7 +40,7 @@ METHODS = ("dnas", "dmasking")
 TARGET_TOLERANCE = 0.10  # the final arch's predicted latency lands within 10% under the target
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SearchJob:
     method: str  # "dnas" | "dmasking"
     space: str
@@ -50,7 +50,7 @@ class SearchJob:
     resolution: int | None = None
     width: float | None = None
     seed: int = 0
-    settings: SearchSettings = field(default_factory=SearchSettings)
+    settings: SupernetSearchSettings = field(default_factory=SupernetSearchSettings)
     recipe: Recipe = field(default_factory=Recipe)
     tables_dir: str | None = None
     profile: bool = False
@@ -69,8 +69,8 @@ class SearchJob:
                 **{f"recipe.{k}": v for k, v in self.recipe.model_dump().items()}}
 
 
-@dataclass
-class PreparedSearch:
+@dataclass(kw_only=True)
+class PreparedSupernetSearch:
     job: SearchJob
     data: Dataset
     space: Space
@@ -99,24 +99,36 @@ def profile_command(job: SearchJob, space: Space) -> str:
     return cmd + (f" --tables-dir {job.tables_dir}" if job.tables_dir else "")
 
 
-def _profile(job: SearchJob, space: Space, progress: Progress) -> None:
-    """Measure the space's missing keys on this machine, then (re)fit the table's correction."""
+def _profile(job: SearchJob, device: Device, space: Space, progress: Progress) -> None:
+    """Measure the space's missing keys on ``device`` (this machine), then (re)fit the table's correction."""
     from nas.latency.calibrate import calibrate
     from nas.latency.profile import profile_items, space_profile_items
-    from nas.latency.timing import TimingConfig
 
-    try:
-        device = Device.load(job.device, job.tables_dir)
-    except LatencyTableError:  # a new device: one thread, CPU-time clock (robust while others share the cores)
-        device = Device(clock="cpu", device_id=job.device)
-    settings = dict(provider=device.provider, threads=device.threads, tables_dir=job.tables_dir,
-                    optimization=device.optimization)
-    profile_items(job.device, space_profile_items(space), **settings, timing=TimingConfig(clock=device.clock),
+    profile_items(device, space_profile_items(space), tables_dir=job.tables_dir,
                   on_progress=lambda d, t, note: progress("profile", d, t, note))
-    calibrate(job.device, space, **settings, on_progress=lambda d, t, note: progress("calibrate", d, t, note))
+    calibrate(device, space, tables_dir=job.tables_dir,
+              on_progress=lambda d, t, note: progress("calibrate", d, t, note))
 
 
-def _prepare(job: SearchJob, progress: Progress = no_progress) -> PreparedSearch:
+def _load_or_profile(job: SearchJob, space: Space, progress: Progress) -> LatencyModel:
+    """The device's LatencyModel; with ``--profile``, a device without a usable table is profiled first (one
+    thread, CPU-time clock: robust while others share the cores)."""
+    try:
+        return LatencyModel.load(job.device, job.tables_dir)
+    except LatencyTableError as e:
+        if not job.profile:
+            raise LatencyTableError(f"no usable latency table for device {job.device!r} in "
+                                    f"{tables_root(job.tables_dir)} ({e}); measure it with "
+                                    f"`{profile_command(job, space)}` or rerun with --profile") from None
+    try:
+        device = Device.load(job.device, job.tables_dir)  # a table with a manifest but no rows yet keeps its set-up
+    except LatencyTableError:
+        device = Device(clock="cpu", device_id=job.device)
+    _profile(job, device, space, progress)
+    return LatencyModel.load(job.device, job.tables_dir)
+
+
+def _prepare(job: SearchJob, progress: Progress = no_progress) -> PreparedSupernetSearch:
     """Load and check everything; raise a one-line HwnasError for any bad input. Writes nothing but tables."""
     if job.method not in METHODS:
         raise SearchError(f"unknown method {job.method!r} (use {' or '.join(METHODS)})")
@@ -134,20 +146,12 @@ def _prepare(job: SearchJob, progress: Progress = no_progress) -> PreparedSearch
             or masks and (space.searches_channels or space.searches_resolution)):
         raise SearchError(f"space {space.name!r} has no choices for {job.method} to make (a fixed model?)")
     dist = ArchDistribution(space, search_channels=masks, search_resolution=masks)
-    try:
-        lm = LatencyModel.load(job.device, job.tables_dir)
-    except LatencyTableError as e:
-        if not job.profile:
-            raise LatencyTableError(f"no usable latency table for device {job.device!r} in "
-                                    f"{tables_root(job.tables_dir)} ({e}); measure it with "
-                                    f"`{profile_command(job, space)}` or rerun with --profile") from None
-        _profile(job, space, progress)
-        lm = LatencyModel.load(job.device, job.tables_dir)
+    lm = _load_or_profile(job, space, progress)
     terms = LatencyTerms(dist, lm)
     missing = terms.estimated_keys()
     if missing and job.profile:
-        _profile(job, space, progress)
-        lm = LatencyModel.load(job.device, job.tables_dir)
+        _profile(job, lm.device, space, progress)
+        lm.refresh()
         terms = LatencyTerms(dist, lm)
         missing = terms.estimated_keys()
     if missing and not job.allow_estimated:
@@ -160,17 +164,18 @@ def _prepare(job: SearchJob, progress: Progress = no_progress) -> PreparedSearch
         raise SearchError(f"target {job.target_ms:g} ms is {side} arch of {space.name} on device {job.device!r}: "
                           f"attainable {min_ms:.4g}-{max_ms:.4g} ms at {space.resolution}px, width "
                           f"{space.width_multiplier:g}")
-    return PreparedSearch(job, data, space, lm, dist, terms, min_ms, max_ms)
+    return PreparedSupernetSearch(job=job, data=data, space=space, lm=lm, dist=dist, terms=terms, min_ms=min_ms,
+                                  max_ms=max_ms)
 
 
-def build_supernet(prep: PreparedSearch) -> torch.nn.Module:
+def build_supernet(prep: PreparedSupernetSearch) -> torch.nn.Module:
     """DNAS: FBNet's supernet (a block per candidate). DMasking: the shared-weight masked supernet."""
     if prep.job.method == "dnas":
         return DNASSupernet(prep.dist, prep.job.recipe.dropout)
     return DMaskingSupernet(prep.dist, prep.job.recipe.dropout)
 
 
-def final_arch(prep: PreparedSearch) -> tuple[Arch, dict]:
+def final_arch(prep: PreparedSupernetSearch) -> tuple[Arch, dict]:
     """The argmax arch; with a target, the most probable arch predicted at most 10% under it (or, failing that, the
     most probable one predicted under it): the shipped model is judged on its measured latency against the target."""
     terms, dist, target = prep.terms, prep.dist, prep.job.target_ms
@@ -188,7 +193,7 @@ def final_arch(prep: PreparedSearch) -> tuple[Arch, dict]:
     return dist.arch_from_indices(*chosen), info
 
 
-def _run(prep: PreparedSearch, run: RunDir, progress: Progress = no_progress) -> dict:
+def _run(prep: PreparedSupernetSearch, run: RunDir, progress: Progress = no_progress) -> dict:
     """Search (resuming from ``run``), pick the final arch, retrain it with the recipe, export, measure, report."""
     job, space, lm = prep.job, prep.space, prep.lm
     torch.manual_seed(job.seed)  # the supernet's initial weights: the same command and seed give the same arch
@@ -213,16 +218,16 @@ def _run(prep: PreparedSearch, run: RunDir, progress: Progress = no_progress) ->
         progress("train", epoch, job.recipe.epochs, f"loss {row['train_loss']:.3f} val "
                                                     f"{row.get('val_accuracy', float('nan')):.3f}")
 
-    device, note = measuring_device(lm.device)
-    figures = train_export_measure(space, arch, prep.data, job.recipe, run, device=device, on_epoch=trained,
-                                   table=lm.table, note=note, engine=job.engine)
+    measure_on = measuring_device(lm.device)
+    figures = train_export_measure(space, arch, prep.data, job.recipe, run, measure_on=measure_on, on_epoch=trained,
+                                   table=lm.table, engine=job.engine)
     shared = {k: figures.pop(k) for k in ("accuracy", "measured_ms", "onnx_max_abs_diff")}
     report = build_report(
         job.method, device=job.device, predicted_ms=predicted, target_ms=job.target_ms, **shared,
         measurement=Measurement.from_dict(figures.pop("measurement")),
         remedies=latency_remedies(job.device, tables_dir=job.tables_dir, model_path=run.file(MODEL),
                                   reprofile=profile_command(job, space)), detail={
-            **figures, "measurement_note": note, "attainable_ms": [prep.min_ms, prep.max_ms], **selection,
+            **figures, "measurement_note": measure_on.note, "attainable_ms": [prep.min_ms, prep.max_ms], **selection,
             "search_epochs": epochs, "search_seconds": search_seconds,
             "supernet_val_accuracy": history[-1]["val_accuracy"], "final_alpha": history[-1]["alpha"],
             "estimated_keys": len(prep.terms.estimated_keys()), "space_args": space.space_args(),
@@ -240,8 +245,8 @@ class SupernetStrategy(Strategy):
         super().__init__(config)
         self.name = config.method
 
-    def prepare(self, progress: Progress = no_progress) -> PreparedSearch:
+    def prepare(self, progress: Progress = no_progress) -> PreparedSupernetSearch:
         return _prepare(self.config, progress)
 
-    def run(self, prepared: PreparedSearch, run: RunDir, progress: Progress = no_progress) -> dict:
+    def run(self, prepared: PreparedSupernetSearch, run: RunDir, progress: Progress = no_progress) -> dict:
         return _run(prepared, run, progress)

@@ -13,7 +13,7 @@ Modules (one idea each):
 - ``nars``: ``run_nars``: NARS (MLP) and GP-BO (GP + EI) constrained iterative optimisation.
 - ``optuna_search``: opening or joining a search's study (workers rebuild the problem from its settings), local
   worker processes, multi-objective Optuna (NSGA-II / TPE).
-- ``search_setup``: ``SearchSettings`` -> problem and constraints; ``runner``: ``PredictorStrategy``
+- ``search_setup``: ``PredictorSearchSettings`` -> problem and constraints; ``runner``: ``PredictorStrategy``
   (``nas.search.strategy``; the run directory behind ``hwnas search nars|chamnet|optuna``) and ``optuna_history``.
 """
 
@@ -26,8 +26,9 @@ _EXPORTS = {
     "ModelSpaceCosts": "nas.search.predict.model_costs",
     "NarsConfig": "nas.search.predict.nars",
     "OptunaConfig": "nas.search.predict.optuna_search",
+    "PredictorSearchSettings": "nas.search.predict.search_setup",
     "PredictorStrategy": "nas.search.predict.runner",
-    "SearchSettings": "nas.search.predict.search_setup",
+    "PreparedPredictorSearch": "nas.search.predict.runner",
     "TableEvaluator": "nas.search.predict.table_space",
     "TableSpace": "nas.search.predict.table_space",
     "TrainEvaluator": "nas.search.predict.evaluators",

@@ -97,22 +97,23 @@ def open_job(config: OptunaConfig, problem: SearchProblem, constraints: list[Con
         study.set_user_attr("hwnas_constraints", _constraint_attrs(problem, constraints))
     if config.proposer:
         study.set_user_attr(PROPOSER_DONE_ATTR, False)
-    return StudyJob(study, storage, problem, constraints, config.budget, proposer=config.proposer)
+    return StudyJob(study=study, storage=storage, problem=problem, constraints=constraints, budget=config.budget,
+                    proposer=config.proposer)
 
 
 def join_job(url: str, name: str, machine: dict | None = None) -> StudyJob:
     """A worker's job on an existing study: the problem rebuilt from the stored settings, checked against the
     stored fingerprint (space, data, code version); ``machine``: where this worker trains (``accelerator``,
     ``precision``, ``threads``: ``search_setup.MACHINE_SETTINGS``)."""
-    from nas.search.predict.search_setup import SearchSettings, build_constraints, build_problem
+    from nas.search.predict.search_setup import PredictorSearchSettings, build_constraints, build_problem
 
     storage = open_storage(url)
     study = load_study(url, name, storage=storage)
     stored = study.user_attrs.get(SETTINGS_ATTR)
     if not stored:
         raise SearchError(f"study {name!r} in {masked_url(url)} was not made by `hwnas search` (no settings)")
-    known = SearchSettings.__dataclass_fields__  # settings of another code version: its fingerprint says so
-    settings = SearchSettings(**{k: v for k, v in stored.items() if k in known}, **(machine or {}))
+    known = PredictorSearchSettings.__dataclass_fields__  # settings of another code version: its fingerprint says so
+    settings = PredictorSearchSettings(**{k: v for k, v in stored.items() if k in known}, **(machine or {}))
     check_fingerprint(study, fingerprint(settings), f"{name!r} in {masked_url(url)}")
     problem = build_problem(settings)
     constraints, _ = build_constraints(settings, problem)
@@ -120,8 +121,8 @@ def join_job(url: str, name: str, machine: dict | None = None) -> StudyJob:
                           study=name, proposer=settings.strategy != "optuna")
     sampler = optuna.samplers.RandomSampler() if config.proposer else \
         make_sampler(config.sampler, settings.seed * 100 + os.getpid() % 1000, settings.budget)
-    return StudyJob(load_study(url, name, sampler, storage), storage, problem, constraints, settings.budget,
-                    config.proposer)
+    return StudyJob(study=load_study(url, name, sampler, storage), storage=storage, problem=problem,
+                    constraints=constraints, budget=settings.budget, proposer=config.proposer)
 
 
 def work(url: str, name: str, stop: Callable[[], bool] = lambda: False,

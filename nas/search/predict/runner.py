@@ -25,14 +25,14 @@ from nas.search.blackbox.history import History
 from nas.search.blackbox.pareto import family, pareto_mask, plot_pareto, plot_predictions
 from nas.search.blackbox.problem import Constraint, ModelProblem, SearchProblem
 from nas.search.predict.nars import NarsConfig, run_nars
-from nas.search.predict.search_setup import SearchSettings, build_constraints, build_problem
+from nas.search.predict.search_setup import PredictorSearchSettings, build_constraints, build_problem
 from nas.search.report import MODEL, build_report, latency_remedies, write_report
 from nas.search.strategy import Strategy
 
 
 @dataclass
-class PreparedSearch:
-    settings: SearchSettings
+class PreparedPredictorSearch:
+    settings: PredictorSearchSettings
     problem: SearchProblem
     constraints: list[Constraint]
     constraints_auto: bool
@@ -54,11 +54,11 @@ class PreparedSearch:
 class PredictorStrategy(Strategy):
     """NARS, ChamNet or Optuna (``settings.strategy``) on a model or table space, as a ``Strategy``."""
 
-    def __init__(self, config: SearchSettings):
+    def __init__(self, config: PredictorSearchSettings):
         super().__init__(config)
         self.name = config.strategy
 
-    def prepare(self, progress: Progress = no_progress) -> PreparedSearch:
+    def prepare(self, progress: Progress = no_progress) -> PreparedPredictorSearch:
         """Validate everything a user can get wrong (settings, table, space, devices, constraints, storage);
         nothing is written."""
         settings = self.config
@@ -69,9 +69,9 @@ class PredictorStrategy(Strategy):
         if settings.storage:
             from nas.search.blackbox.study import open_storage
             open_storage(settings.storage)
-        return PreparedSearch(settings, problem, constraints, auto)
+        return PreparedPredictorSearch(settings, problem, constraints, auto)
 
-    def run(self, prepared: PreparedSearch, run: RunDir, progress: Progress = no_progress) -> dict:
+    def run(self, prepared: PreparedPredictorSearch, run: RunDir, progress: Progress = no_progress) -> dict:
         settings, problem, constraints = prepared.settings, prepared.problem, prepared.constraints
         emit = _progress_events(settings, problem, progress)
         if isinstance(problem, ModelProblem):
@@ -98,7 +98,7 @@ class PredictorStrategy(Strategy):
         return write_report(run, report)
 
 
-def _progress_events(settings: SearchSettings, problem: SearchProblem, progress: Progress):
+def _progress_events(settings: PredictorSearchSettings, problem: SearchProblem, progress: Progress):
     """The searches' events as ``progress`` calls: stage "evaluate" (done of the budget), then "train winner"."""
     state = {"done": 0, "epochs": None}
     budget = settings.budget
@@ -131,7 +131,7 @@ def _progress_events(settings: SearchSettings, problem: SearchProblem, progress:
     return emit
 
 
-def _study_config(settings: SearchSettings, run: RunDir):
+def _study_config(settings: PredictorSearchSettings, run: RunDir):
     from nas.search.predict.optuna_search import OptunaConfig
     from nas.search.blackbox.study import default_storage_url
 
@@ -234,7 +234,7 @@ def optuna_history(problem: SearchProblem, constraints: list[Constraint], run: R
     return history, _study_detail(config, {**stats, "sampler": config.sampler})
 
 
-def _probe(settings: SearchSettings, problem: SearchProblem) -> np.ndarray:
+def _probe(settings: PredictorSearchSettings, problem: SearchProblem) -> np.ndarray:
     """Candidates to check the constraints against: a table's rows, or the Sobol pool and the smallest archs."""
     if problem.finite:
         return problem.all_candidates()
@@ -291,16 +291,17 @@ def _write_outputs(run: RunDir, problem: SearchProblem, history: History, constr
 
 
 def _export(run: RunDir, problem: ModelProblem, history: History, constraints: list[Constraint],
-            winner: tuple[Constraint, int], settings: SearchSettings, emit) -> list[dict]:
+            winner: tuple[Constraint, int], settings: PredictorSearchSettings, emit) -> list[dict]:
     """Train, export and time the winner (``model.onnx``), and with ``export="all"`` the best under every other
     constraint (``<constraint>_model.onnx``)."""
-    from nas.search.finalize import measuring_device, train_export_measure
+    from nas.latency.measurement import measuring_device
+    from nas.search.finalize import train_export_measure
     from nas.search.predict.search_setup import evaluation_engine
 
     space = problem.joint.space
     device_id = problem.devices[0]
     lm = problem.costs.latency_models[device_id]
-    device, note = measuring_device(lm.device)
+    measure_on = measuring_device(lm.device)
     targets = [(winner[0], winner[1], "")]
     if settings.export == "all":
         targets += [(c, history.best_under(c), f"{c.slug}_") for c in constraints if c != winner[0]]
@@ -311,12 +312,12 @@ def _export(run: RunDir, problem: ModelProblem, history: History, constraints: l
         seen.add(history.rows[i]["key"])
         cand = problem.joint.candidate(history.genomes[i])
         emit("export", {"constraint": c.label, "epochs": cand.recipe.epochs})
-        rep = train_export_measure(space, cand.arch, problem.data, cand.recipe, run, device=device,
+        rep = train_export_measure(space, cand.arch, problem.data, cand.recipe, run, measure_on=measure_on,
                                    prefix=prefix, predict_ms=lambda a: lm.predict(space, a),
                                    on_epoch=lambda e, row: emit("export_epoch", {"epoch": e, **row}),
-                                   table=lm.table, note=note, engine=evaluation_engine(settings, winner=True))
+                                   table=lm.table, engine=evaluation_engine(settings, winner=True))
         run.write_json(f"{prefix}recipe.json", cand.recipe.model_dump())
-        rep.update({"constraint": c.label, "device": device_id, "measurement_note": note,
+        rep.update({"constraint": c.label, "device": device_id, "measurement_note": measure_on.note,
                     "predicted_ms_per_device": {d: float(problem.costs.latency_ms(history.genomes[i][None])[0, j])
                                                 for j, d in enumerate(problem.devices)},
                     "estimated_keys": problem.costs.estimated_keys(history.genomes[i])})
@@ -324,7 +325,7 @@ def _export(run: RunDir, problem: ModelProblem, history: History, constraints: l
     return json.loads(json.dumps(exports, default=float))
 
 
-def _report(settings: SearchSettings, problem: SearchProblem, history: History,
+def _report(settings: PredictorSearchSettings, problem: SearchProblem, history: History,
             winner: tuple[Constraint, int] | None, exports: list[dict], detail: dict, run: RunDir) -> dict:
     """The shared keys from the winner: its exported model's figures (judged on its measurement), or (no model)
     its evaluated figures."""

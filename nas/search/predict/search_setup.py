@@ -20,7 +20,7 @@ MACHINE_SETTINGS = ("workers", "asynchronous", "accelerator", "precision", "thre
 
 
 @dataclass
-class SearchSettings:
+class PredictorSearchSettings:
     strategy: str
     space: str
     devices: list[str] = field(default_factory=list)
@@ -112,7 +112,7 @@ class SearchSettings:
             raise SearchError("--device: a device is named twice")
 
 
-def evaluation_engine(settings: SearchSettings, winner: bool = False):
+def evaluation_engine(settings: PredictorSearchSettings, winner: bool = False):
     """Where a model space's evaluations train: ``settings.accelerator`` and ``precision``, on ``threads`` torch
     threads (default 1 on the CPU: the searches train many small models, and each local worker takes a core; the
     ``winner``'s final training, alone, takes every core); AcceleratorError when this machine cannot do it."""
@@ -123,7 +123,7 @@ def evaluation_engine(settings: SearchSettings, winner: bool = False):
     return Engine(resolve_accelerator(settings.accelerator, settings.precision, threads))
 
 
-def build_problem(settings: SearchSettings, run_path: str | Path | None = None) -> SearchProblem:
+def build_problem(settings: PredictorSearchSettings, run_path: str | Path | None = None) -> SearchProblem:
     """The problem the settings describe (loads the table, or the data, space and latency models); a model space's
     evaluations checkpoint under ``run_path/evals`` and train on ``evaluation_engine``."""
     if settings.is_table:
@@ -134,7 +134,7 @@ def build_problem(settings: SearchSettings, run_path: str | Path | None = None) 
         return TableProblem(table, TableEvaluator(table, settings.sleep_column, settings.sleep_scale),
                             maximize=settings.direction == "max")
     from nas.data.task import load_search_task
-    from nas.search.finalize import measuring_device
+    from nas.latency.measurement import measuring_device
     from nas.search.predict.evaluators import TrainEvaluator
     from nas.search.predict.joint_space import JointSpace
     from nas.search.predict.model_costs import ModelSpaceCosts, load_latency_models
@@ -146,7 +146,7 @@ def build_problem(settings: SearchSettings, run_path: str | Path | None = None) 
     joint = JointSpace(space, base_recipe=base)
     latency_models = load_latency_models(settings.devices, settings.tables_dir)
     costs = ModelSpaceCosts(joint, latency_models)
-    measure_on = measuring_device(latency_models[settings.devices[0]].device)[0] if settings.measure_each else None
+    measure_on = measuring_device(latency_models[settings.devices[0]].device).device if settings.measure_each else None
     checkpoints = Path(run_path) / "evals" if run_path else None
     evaluator = TrainEvaluator(joint, data, max_epochs=settings.max_epochs, checkpoint_dir=checkpoints,
                                measure_on=measure_on, engine=evaluation_engine(settings))
@@ -158,7 +158,7 @@ def build_problem(settings: SearchSettings, run_path: str | Path | None = None) 
     return problem
 
 
-def build_constraints(settings: SearchSettings, problem: SearchProblem) -> tuple[list[Constraint], bool]:
+def build_constraints(settings: PredictorSearchSettings, problem: SearchProblem) -> tuple[list[Constraint], bool]:
     """The constraints given, or (when none) the 25th/50th/75th percentiles of the pool's latency per device.
 
     Returns the constraints and whether they were chosen automatically.

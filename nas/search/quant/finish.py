@@ -8,9 +8,7 @@ from __future__ import annotations
 import copy
 import os
 import shutil
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, ContextManager
 
 import numpy as np
 
@@ -18,6 +16,7 @@ from nas.data.dataset import Dataset
 from nas.files import atomic_path
 from nas.latency.device import Device
 from nas.models.onnx_io import export_onnx
+from nas.progress import Progress, no_progress, stage
 from nas.run import RunDir
 from nas.search.quant.costs import LatencyCost, bitops_g, mean_weight_bits, size_mb
 from nas.search.quant.export import FORMATS, quantize_assignment
@@ -28,16 +27,10 @@ from nas.train.evaluation import fit_input, split_parity
 from nas.train.recipe import Recipe
 from nas.train.training import train_model
 
-Progress = Callable[[str, int], ContextManager[Callable[..., None]]]  # (stage, total) -> advance(n=1, note="")
 ACCURACY_GAP = 0.01  # an exported model this far below its torch twin is reported as a warning
 
 
-@contextmanager
-def no_progress(stage: str, total: int):
-    yield lambda n=1, note="": None
-
-
-@dataclass
+@dataclass(kw_only=True)
 class FinishSettings:
     lr: float = 5e-4  # fine-tuning learning rate
     batch_size: int = 64
@@ -57,7 +50,7 @@ class Finished:
 
 def finish(net: MixedPrecisionNet, graph: QuantGraph, assignment: list[BitOption], name: str, data: Dataset,
            run: RunDir, settings: FinishSettings, epochs: int, out_name: str, *, cost_ms: LatencyCost | None,
-           progress: Progress, engine: Engine | None = None) -> Finished:
+           progress: Progress = no_progress, engine: Engine | None = None) -> Finished:
     """Quantization-aware fine-tuning of ``assignment`` (on ``engine``: the search's), then calibration, ONNX export
     in each format and accuracy (torch and ONNX Runtime); ``measure_and_choose`` times the candidates."""
     int8 = [o.runs_int8 for o in assignment]
@@ -66,7 +59,7 @@ def finish(net: MixedPrecisionNet, graph: QuantGraph, assignment: list[BitOption
     if epochs > 0:
         recipe = Recipe(epochs=epochs, lr=settings.lr, batch_size=settings.batch_size, ema=0.0,
                         seed=settings.seed, weight_decay=1e-4)
-        with progress(f"fine-tune {name}", epochs) as advance:
+        with stage(progress, f"fine-tune {name}", epochs) as advance:
             train_model(net, data, recipe, engine=engine, checkpoint=run.file(f"{name}_finetune.pt"),
                         on_epoch=lambda e, row: advance(note=f"val {row['val_accuracy']:.3f}"))
     net.fix(assignment, ins, outs)
@@ -81,7 +74,7 @@ def finish(net: MixedPrecisionNet, graph: QuantGraph, assignment: list[BitOption
         ranges.setdefault(info.output_tensor, layer.out_observer.range())
     candidates: dict[str, str] = {}
     if any(int8):
-        with progress(f"export {name}", len(settings.formats)) as advance:
+        with stage(progress, f"export {name}", len(settings.formats)) as advance:
             for fmt in settings.formats:
                 path = run.file(f"{name}_{fmt}.onnx")
                 quantize_assignment(float_path, g, assignment, fit_input(calib, net), path, fmt, ranges)

@@ -11,9 +11,7 @@ Exported files: ``model.onnx`` (the mixed model, in the faster of QDQ and QOpera
 from __future__ import annotations
 
 import copy
-import functools
 import json
-from dataclasses import asdict
 
 import pandas as pd
 
@@ -22,6 +20,7 @@ from nas.data.task import load_task
 from nas.latency.drift import drift_before_measuring
 from nas.latency.measurement import Measurement
 from nas.latency.precision import int8_speedups
+from nas.latency.timing import LatencyStats
 from nas.models.builder import build_model
 from nas.progress import Progress, no_progress, stage
 from nas.run import RunDir
@@ -110,18 +109,16 @@ def run_mixed_precision(prep: Prepared, run: RunDir, *, progress: Progress = no_
     if run.file("report.json").is_file():
         return json.loads(run.file("report.json").read_text())
     space, arch, data, device, cfg = prep.space, prep.arch, prep.data, prep.device, prep.cfg
-    options, graph, lm, cost_ms, device_settings = prep.options, prep.graph, prep.lm, prep.cost_ms, \
-        prep.device_settings
+    options, graph, lm, cost_ms, measure_on = prep.options, prep.graph, prep.lm, prep.cost_ms, prep.measure_on
     no_table = prep.no_table
     engine = prep.job.engine if prep.job is not None else Engine()
-    staged = functools.partial(stage, progress)  # (name, total) -> a counter, as nas.search.quant.finish takes it
     latency_fit = None
     if cost_ms is not None and cfg.latency_fit_models > 0:  # latency does not depend on the weights: fit first
         fit_net = MixedPrecisionNet(build_model(space, arch), [FP32, INT8])
-        with staged("fit latency cost", cfg.latency_fit_models + 1) as advance:
+        with stage(progress, "fit latency cost", cfg.latency_fit_models + 1) as advance:
             samples = fit_input(data.train.first(cfg.calibration_samples), fit_net)
             latency_fit = fit_latency_cost(cost_ms, fit_net, samples,
-                                           lambda files: [s.p50_ms for s in device_settings.time_files(files)],
+                                           lambda files: [s.p50_ms for s in measure_on.device.time_files(files)],
                                            lm.table.folder,
                                            count=cfg.latency_fit_models, seed=cfg.search.seed,
                                            on_progress=lambda d, t, note: advance(note=note))
@@ -133,7 +130,7 @@ def run_mixed_precision(prep: Prepared, run: RunDir, *, progress: Progress = no_
     if cfg.pretrain_epochs > 0:
         recipe = Recipe(epochs=cfg.pretrain_epochs, lr=cfg.pretrain_lr, batch_size=cfg.search.batch_size,
                         seed=cfg.search.seed)
-        with staged("pretrain fp32", cfg.pretrain_epochs) as advance:
+        with stage(progress, "pretrain fp32", cfg.pretrain_epochs) as advance:
             train_model(plain, data, recipe, engine=engine, checkpoint=run.file("pretrain.pt"),
                         on_epoch=lambda e, row: advance(note=f"val {row['val_accuracy']:.3f}"))
     pretrained = copy.deepcopy(plain.state_dict())
@@ -149,7 +146,7 @@ def run_mixed_precision(prep: Prepared, run: RunDir, *, progress: Progress = no_
     if cfg.cost == "latency" and settings["init_float_prob"] is None:
         settings["init_float_prob"] = 0.8  # see search.init_logits: the uniform start is a saddle of the transitions
     scfg = SearchConfig(**{**settings, "target": target})
-    with staged("search bits", scfg.epochs) as advance:
+    with stage(progress, "search bits", scfg.epochs) as advance:
         result = search_bits(net, data, cost, scfg, engine=engine, checkpoint=run.file("search.pt"),
                              on_epoch=lambda e, row: advance(note=f"{cost.name} {row['argmax_cost']:.4g} "
                                                                   f"val {row['argmax_val_accuracy']:.3f}"))
@@ -161,9 +158,9 @@ def run_mixed_precision(prep: Prepared, run: RunDir, *, progress: Progress = no_
               f"{mean_weight_bits(graph, result.assignment):.2f}")
 
     # 3. fine-tune, export and measure the mixed model and the two uniform baselines
-    settings = FinishSettings(cfg.finetune_lr, cfg.search.batch_size, cfg.search.seed, cfg.calibration_samples,
-                              tuple(cfg.export_formats))
-    common = dict(data=data, run=run, settings=settings, cost_ms=cost_ms, progress=staged, engine=engine)
+    settings = FinishSettings(lr=cfg.finetune_lr, batch_size=cfg.search.batch_size, seed=cfg.search.seed,
+                              calibration_samples=cfg.calibration_samples, formats=tuple(cfg.export_formats))
+    common = dict(data=data, run=run, settings=settings, cost_ms=cost_ms, progress=progress, engine=engine)
     # The chosen assignment keeps the supernet's weights, which the search trained on these very grids (starting
     # it from the pretrained fp32 weights instead was measured worse: 0.914 against 0.939 on digits at ~4 bits).
     mixed = finish(net, graph, result.assignment, "mixed", epochs=cfg.finetune_epochs, out_name="model.onnx",
@@ -173,9 +170,10 @@ def run_mixed_precision(prep: Prepared, run: RunDir, *, progress: Progress = no_
     for name, option in (("fp32", FP32), ("int8", INT8)):
         finished.append(finish(fresh_net([option]), graph, [option] * len(graph.layers), f"uniform_{name}",
                                epochs=baseline_epochs, out_name=f"baseline_{name}.onnx", **common))
-    with staged("measure ONNX models", 1) as advance:
-        drift = drift_before_measuring(lm.table if lm is not None else None, device_settings)
-        measure_and_choose(finished, run, device_settings)
+    with stage(progress, "measure ONNX models", 1) as advance:
+        drift = drift_before_measuring(lm.table if lm is not None else None, measure_on.device) \
+            if measure_on.on_device else None
+        measure_and_choose(finished, run, measure_on.device)
         advance()
     baselines = {"fp32": finished[1].figures, "int8": finished[2].figures}
     same = [name for name, f in zip(("fp32", "int8"), finished[1:]) if f.assignment == result.assignment]
@@ -187,7 +185,7 @@ def run_mixed_precision(prep: Prepared, run: RunDir, *, progress: Progress = no_
                 if (w := onnx_accuracy_warning(label, f)) is not None] + verdict.pop("warnings")
     detail = {
         "space": space.name, "arch": arch.to_dict(), "space_args": space.space_args(), "dataset": data.name,
-        "timing": asdict(device_settings), "cost": cfg.cost,
+        "timing": measure_on.device.to_dict(), "cost": cfg.cost,
         "target": {"value": target, "unit": cost.unit} if target is not None else None,
         "cost_value": cost.of(result.assignment), "cost_unit": cost.unit, **verdict,
         "options": [o.label for o in options],
@@ -214,9 +212,7 @@ def run_mixed_precision(prep: Prepared, run: RunDir, *, progress: Progress = no_
     detail["report_note"] = ("accuracy is the exported model's (ONNX Runtime) test accuracy; accuracy_torch is the "
                              "fake-quant torch model's, accuracy_onnx the exported model's.")
     stats = mixed.figures["latency_stats"]
-    measurement = Measurement(stats["p50_ms"], stats["p90_ms"], stats["stable"], stats["spread"], drift_pct=None
-                              if drift is None else drift.drift_pct, drift_models=0 if drift is None else
-                              len(drift.models))
+    measurement = Measurement.from_stats(LatencyStats(**stats), measure_on, drift)
     report = build_report("mixed-precision", device=device, accuracy=mixed.figures["accuracy_onnx"],
                           predicted_ms=mixed.figures["predicted_ms"], measured_ms=mixed.figures["measured_ms"],
                           onnx_max_abs_diff=mixed.figures["onnx_max_abs_diff"],

@@ -4,23 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nas.files import save_figure
+from nas.files import new_figure, save_figure
 from nas.search.quant.graph import QuantGraph
 from nas.search.quant.mixed import BitOption
 
 
 def plot_bits(graph: QuantGraph, assignment: list[BitOption], path: str | Path, title: str = "") -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     n = len(graph.layers)
     xs = list(range(n))
     levels = sorted({o.w_bits for o in assignment} | {o.a_bits for o in assignment} | {2, 4, 8, 32})
     level = {b: i + 1 for i, b in enumerate(levels)}  # evenly spaced, whatever the bit-widths
     colours = {32: "#9e9e9e", 8: "#1f77b4", 4: "#ff7f0e", 2: "#d62728"}
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.22 * n + 2), 3.8))
+    fig, ax = new_figure(figsize=(max(6.0, 0.22 * n + 2), 3.8))
     for bits in sorted({o.w_bits for o in assignment}):
         idx = [i for i, o in enumerate(assignment) if o.w_bits == bits]
         ax.bar(idx, [level[bits]] * len(idx), color=colours.get(bits, "#2ca02c"),
@@ -35,5 +30,4 @@ def plot_bits(graph: QuantGraph, assignment: list[BitOption], path: str | Path, 
     ax.set_ylabel("bits")
     ax.set_title(title or "per-layer bits", fontsize=9)
     ax.legend(fontsize=7, loc="upper right", ncol=3)
-    fig.tight_layout()
     return save_figure(fig, path)

@@ -12,6 +12,7 @@ from nas.arch.space import Arch, Space
 from nas.data.dataset import Dataset
 from nas.errors import LatencyTableError, SearchError
 from nas.latency.device import Device
+from nas.latency.measurement import MeasuringDevice, measuring_device
 from nas.latency.model import LatencyModel
 from nas.models.builder import build_model
 from nas.models.onnx_io import export_onnx
@@ -133,7 +134,7 @@ def resolve_target(cfg: MixedPrecisionConfig, cost: Cost) -> float | None:
     return target
 
 
-@dataclass
+@dataclass(kw_only=True)
 class MixedPrecisionJob:
     """What ``hwnas search mixed-precision`` runs: a model (``arch``: model name, space name or arch JSON), its
     data, the device whose table times it, and the search settings."""
@@ -149,7 +150,7 @@ class MixedPrecisionJob:
     engine: Engine = field(default_factory=Engine)  # where pretraining and the bit search train
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Prepared:
     """Everything checked and costed before a run directory is touched."""
 
@@ -162,7 +163,7 @@ class Prepared:
     graph: QuantGraph
     lm: LatencyModel | None
     no_table: str | None
-    device_settings: Device
+    measure_on: MeasuringDevice  # where the candidate files are timed (``nas.latency.measurement``)
     cost_ms: LatencyCost | None
     job: MixedPrecisionJob | None = None
 
@@ -200,13 +201,14 @@ def prepare_mixed_precision(space: Space, arch: Arch, data: Dataset, device: str
     cost_ms: LatencyCost | None = None
     if lm is not None:
         with stage(progress, "profile layers", len(layer_items(graph))) as advance:
-            profile_layers(device, graph, tables_dir=tables_dir,
+            profile_layers(lm.device, graph, tables_dir=tables_dir,
                            on_progress=lambda done, total, note: advance(note=note[:40]))
-        lm = LatencyModel.load(device, tables_dir)
+        lm.refresh()
         cost_ms = make_cost("latency", graph, options, lm, space, arch)
     cost = cost_ms if cfg.cost == "latency" else make_cost(cfg.cost, graph, options, lm, space, arch)
     resolve_target(cfg, cost)  # with the table's latency terms; checked again after the latency fit
-    measure_on = lm.device if lm is not None else Device()
-    return Prepared(space, arch, data, device, cfg, options, graph, lm, no_table, measure_on, cost_ms)
+    measure_on = measuring_device(lm.device) if lm is not None else MeasuringDevice(Device())
+    return Prepared(space=space, arch=arch, data=data, device=device, cfg=cfg, options=options, graph=graph, lm=lm,
+                    no_table=no_table, measure_on=measure_on, cost_ms=cost_ms)
 
 

@@ -18,10 +18,9 @@ from typing import Callable
 from nas.arch.builtin_ops import TRANSITION_OP
 from nas.arch.opkey import OpKey, format_extra
 from nas.errors import LatencyTableError
+from nas.latency.device import Device
 from nas.latency.precision import PrecisionEdge, PrecisionGraph, PrecisionLayer
 from nas.latency.profile import ProfileItem, block_item, profile_items
-from nas.latency.table import read_manifest
-from nas.latency.timing import TimingConfig
 from nas.search.quant.graph import LayerInfo, QuantGraph, TensorInfo
 
 
@@ -51,13 +50,10 @@ def layer_items(graph: QuantGraph) -> list[ProfileItem]:
     return [block_item(key) for key in precision_graph(graph).keys()]
 
 
-def profile_layers(device: str, graph: QuantGraph, *, tables_dir=None,
+def profile_layers(device: Device, graph: QuantGraph, *, tables_dir=None,
                    on_progress: Callable[[int, int, str], None] | None = None) -> dict:
-    """Measure the keys of ``graph`` the device table lacks, with the device's own provider and threads."""
-    manifest = read_manifest(device, tables_dir)
-    if manifest.remote:
-        raise LatencyTableError(f"device {device!r} was imported from a remote device; its per-layer and "
+    """Measure the keys of ``graph`` the table of ``device`` (a table's own set-up, ``LatencyModel.device``) lacks."""
+    if device.remote:
+        raise LatencyTableError(f"device {device.device_id!r} was imported from a remote device; its per-layer and "
                                 f"transition costs cannot be measured here")
-    return profile_items(device, layer_items(graph), provider=manifest.provider, threads=manifest.threads,
-                         tables_dir=tables_dir, optimization=manifest.graph_optimization, on_progress=on_progress,
-                         timing=TimingConfig(clock=getattr(manifest, "clock", "wall")))
+    return profile_items(device, layer_items(graph), tables_dir=tables_dir, on_progress=on_progress)

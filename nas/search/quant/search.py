@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from nas.data.dataset import Dataset
 from nas.data.splits import Split
 from nas.errors import SearchError
+from nas.search.gumbel import TemperatureSchedule
 from nas.search.latency_loss import TargetController, latency_factor
 from nas.search.quant.costs import Cost
 from nas.search.quant.mixed import BitOption, MixedPrecisionNet
@@ -48,6 +49,11 @@ class SearchConfig:
     target: float | None = None  # in the cost's unit (ms, MB, G bit-ops)
     seed: int = 0
 
+    @property
+    def temperature_schedule(self) -> TemperatureSchedule:
+        """From ``tau_start`` at the first epoch to ``tau_end`` at the last."""
+        return TemperatureSchedule.between(self.tau_start, self.tau_end, self.epochs)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -59,12 +65,6 @@ class SearchResult:
     history: list[dict] = field(default_factory=list)
     alpha: float = 0.0
     repaired_layers: list[str] = field(default_factory=list)
-
-
-def temperature(config: SearchConfig, epoch: int) -> float:
-    if config.epochs <= 1:
-        return config.tau_end
-    return config.tau_start * (config.tau_end / config.tau_start) ** (epoch / (config.epochs - 1))
 
 
 def assignment_accuracy(net: MixedPrecisionNet, assignment: list[BitOption], split: Split,
@@ -108,7 +108,7 @@ class BitSearch:
         config, net, cost, engine = self.config, self.net, self.cost, self.engine
         torch.manual_seed(config.seed * 10_007 + epoch)
         gen = torch.Generator().manual_seed(config.seed * 10_007 + epoch)
-        tau = temperature(config, epoch)
+        tau = config.temperature_schedule.at(epoch)
         net.set_temperature(tau)
         net.fix(None)
         net.train()
