@@ -31,23 +31,23 @@ import sys
 import time
 from pathlib import Path
 
+import harness  # first: the repository on the import path
 import numpy as np
 import pandas as pd
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from nas.files import write_json
+from nas.latency.device import Device
 from nas.latency.model import LatencyModel
-from nas.latency.profile import profile_items
 from nas.latency.table import LatencyTable
-from nas.latency.timing import TimingConfig
 from nas.run import RunDir
 from nas.search.blackbox.pareto import pareto_mask
-from nas.search.capacity.checkpoint import load_checkpoint, save_checkpoint
+from nas.search.capacity.checkpoint import load_dynamic_vit, save_dynamic_vit
 from nas.search.capacity.config import CapacityConfig, capacity_factor_plan
 from nas.search.capacity.evaluate import CapacityEvaluator, calibration_images
 from nas.search.capacity.export import export_plan, interleaved_ms
-from nas.search.capacity.latency import calibrate_capacity, capacity_profile_items, predict_plan
+from nas.search.capacity.latency import predict_plan
 from nas.search.capacity.planning import plan_for_config
 from nas.search.capacity.plots import plot_curves
 from nas.search.capacity.search import CapacityProblem
@@ -81,7 +81,7 @@ def train_and_save(space, data, recipe, folder: Path, shift: int) -> DynamicViT:
                            on_epoch=lambda e, r: log(f"    epoch {e}/{recipe.epochs} loss {r['train_loss']:.3f} "
                                                      f"val (full) {r['val_accuracy_full']:.3f}") if e % 5 == 0 else None)
     pd.DataFrame(result.history).to_csv(folder / "train_history.csv", index=False)
-    save_checkpoint(result.model, folder / "model.pt", {"train_seconds": time.perf_counter() - t0})
+    save_dynamic_vit(result.model, folder / "model.pt", {"train_seconds": time.perf_counter() - t0})
     return result.model
 
 
@@ -150,26 +150,25 @@ def main(argv=None) -> int:
     weights = out / "dynamic" / "model.pt"
     if args.checkpoint:
         log(f"[1/5] once-for-all checkpoint {args.checkpoint} (trained by `hwnas train-dynamic`)")
-        model, meta = load_checkpoint(args.checkpoint, args.space, in_channels=space.in_channels,
-                                      classes=space.classes)
+        model, meta = load_dynamic_vit(args.checkpoint, args.space, in_channels=space.in_channels,
+                                       classes=space.classes)
         if meta.get("epochs"):
             recipe = recipe.model_copy(update={"epochs": int(meta["epochs"])})  # dense baselines get the same
     elif weights.is_file():
         log(f"[1/5] once-for-all training ({recipe.epochs} epochs): cached in {out / 'dynamic'}")
         check_cache(out / "dynamic", {"space": space.fingerprint(), "recipe": recipe.model_dump(), "shift": args.shift,
                                       "dynamic_training": space.spec.dynamic_training.model_dump()})
-        model, _ = load_checkpoint(weights, args.space, in_channels=space.in_channels, classes=space.classes)
+        model, _ = load_dynamic_vit(weights, args.space, in_channels=space.in_channels, classes=space.classes)
     else:
         log(f"[1/5] once-for-all training ({recipe.epochs} epochs) -> {out / 'dynamic'}")
         model = train_and_save(space, data, recipe, out / "dynamic", args.shift)
     model.eval()
 
     # ---- 2. token-count latency tables ------------------------------------------------------------------------
-    items = capacity_profile_items(space)
-    log(f"[2/5] profiling {len(items)} token-count units into device {device!r} (clock {args.clock})")
+    log(f"[2/5] profiling the token-count units of {space.name} into device {device!r} (clock {args.clock})")
     t0 = time.perf_counter()
-    counts = profile_items(device, items, tables_dir=args.tables_dir, timing=TimingConfig(clock=args.clock))
-    corr = calibrate_capacity(device, space, models=12, tables_dir=args.tables_dir)
+    counts, corr = harness.profile_table(Device(clock=args.clock, device_id=device), space,
+                                         tables_dir=args.tables_dir, calibration=12)
     log(f"    measured {counts['measured']} units (had {counts['skipped']}) in {time.perf_counter() - t0:.0f} s; "
         f"correction on {corr.fitted_on} models: base {corr.base_ms:.3f} ms, scale {corr.scale:.3f}, per unit "
         f"{corr.per_block_ms * 1000:+.1f} us; MAPE {corr.fit_mape or 0:.1f}% (uncorrected {corr.raw_mape or 0:.1f}%)")
@@ -230,7 +229,8 @@ def main(argv=None) -> int:
     run = RunDir(out / f"search-{device}", {"space": space.fingerprint(), "device": device, "target_ms": target,
                                   "trials": args.trials, "seed": args.seed, "epochs": recipe.epochs,
                                   "checkpoint": str(args.checkpoint or weights)})
-    job = CapacityJob(space.name, str(args.checkpoint or weights), device, target, trials=args.trials, seed=args.seed)
+    job = CapacityJob(space=space.name, checkpoint=str(args.checkpoint or weights), device=device, target_ms=target,
+                      trials=args.trials, seed=args.seed)
     report = CapacityStrategy(job).run(PreparedCapacity(job, CapacityProblem(evaluator), args.seed), run)
     rows = list(evaluator.cache.values())  # every config the search evaluated
     chosen = report["capacity"]

@@ -17,7 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import harness  # first: the repository on the import path
+
 
 
 def median_help_seconds(repo: Path, runs: int, args: tuple[str, ...] = ("--help",)) -> float:
@@ -37,8 +38,8 @@ def main() -> None:
     parser.add_argument("--compare", type=Path, help="another checkout to time the same way")
     parser.add_argument("--json", action="store_true")
     a = parser.parse_args()
-    result = {"runs": a.runs, "help_s": median_help_seconds(ROOT, a.runs),
-              "search_help_s": median_help_seconds(ROOT, a.runs, ("search", "nars", "--help"))}
+    result = {"runs": a.runs, "help_s": median_help_seconds(harness.ROOT, a.runs),
+              "search_help_s": median_help_seconds(harness.ROOT, a.runs, ("search", "nars", "--help"))}
     if a.compare:
         result["compare"] = str(a.compare)
         result["compare_help_s"] = median_help_seconds(a.compare.resolve(), a.runs)

@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import harness  # first: the repository on the import path
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
@@ -41,8 +40,8 @@ def search(out: Path, nproc: int, threads: int, args) -> float:
     launcher = [str(BIN / "torchrun"), "--standalone", "--nproc-per-node", str(nproc), "-m", "cli.main"] \
         if nproc > 1 else [sys.executable, "-m", "cli.main"]
     start = time.perf_counter()
-    subprocess.run(launcher + command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
-                   env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads)})
+    subprocess.run(launcher + command, cwd=harness.ROOT, check=True, stdout=subprocess.DEVNULL,
+                   env=harness.child_env(OMP_NUM_THREADS=str(threads)))
     return time.perf_counter() - start
 
 

@@ -26,12 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import harness  # first: the repository on the import path  # noqa: F401
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from nas.arch.space import load_space  # noqa: E402
 from nas.models.builder import build_model  # noqa: E402
@@ -39,7 +37,7 @@ from nas.search.dnas.decode import most_probable_in_band  # noqa: E402
 from nas.search.dnas.distribution import ArchDistribution  # noqa: E402
 from nas.search.dnas.dmasking_supernet import DMaskingSupernet  # noqa: E402
 from nas.search.dnas.dnas_supernet import DNASSupernet  # noqa: E402
-from nas.search.dnas.search import SearchSettings, SupernetSearch  # noqa: E402
+from nas.search.dnas.search import SupernetSearch, SupernetSearchSettings  # noqa: E402
 from nas.search.dnas.strategy import SearchJob, SupernetStrategy, build_supernet  # noqa: E402
 from nas.search.strategy import open_run  # noqa: E402
 from nas.train.recipe import Recipe  # noqa: E402
@@ -180,12 +178,12 @@ def bench_memory(args) -> None:
 
 
 def _job(args, engine=None, **kw) -> SearchJob:
-    settings = SearchSettings(epochs=args.epochs, **{k: v for k, v in kw.items() if k != "target_ms"},
-                              target_ms=kw.get("target_ms"))
-    return SearchJob("dmasking", "fbnet_v2", args.device, dataset=args.dataset, resolution=args.resolution,
-                     width=args.width, target_ms=kw.get("target_ms"), tables_dir=args.tables_dir, profile=True,
-                     settings=settings, recipe=Recipe(epochs=args.final_epochs, batch_size=args.batch,
-                                                      augment=args.augment),
+    settings = SupernetSearchSettings(epochs=args.epochs, **{k: v for k, v in kw.items() if k != "target_ms"},
+                                      target_ms=kw.get("target_ms"))
+    return SearchJob(method="dmasking", space="fbnet_v2", device=args.device, dataset=args.dataset,
+                     resolution=args.resolution, width=args.width, target_ms=kw.get("target_ms"),
+                     tables_dir=args.tables_dir, profile=True, settings=settings,
+                     recipe=Recipe(epochs=args.final_epochs, batch_size=args.batch, augment=args.augment),
                      **({"engine": engine} if engine is not None else {}))
 
 
@@ -213,12 +211,13 @@ def _train_measure(prep, space, arch, out: Path, prefix: str) -> dict:
     """Train ``arch`` with the search's recipe and engine, export it, check parity and time it: the same path as
     the search's winner (``train_export_measure``); adds the child's training images/s."""
     from nas.run import RunDir
-    from nas.search.finalize import measuring_device, train_export_measure
+    from nas.latency.measurement import measuring_device
+    from nas.search.finalize import train_export_measure
 
-    device, note = measuring_device(prep.lm.device)
     start = time.perf_counter()
     rep = train_export_measure(space, arch, prep.data, prep.job.recipe, RunDir(out, {"bench": "quality"}),
-                               device=device, prefix=prefix, table=prep.lm.table, note=note, engine=prep.job.engine)
+                               measure_on=measuring_device(prep.lm.device), prefix=prefix, table=prep.lm.table,
+                               engine=prep.job.engine)
     rep["seconds"] = time.perf_counter() - start
     rep["images_per_s"] = _median_images_per_s(out / f"{prefix}train_history.csv")
     return rep
@@ -234,9 +233,9 @@ def _fbnet_a_at(prep, measured_ms: float, widths: list[float]) -> tuple[float, f
     """The width of FBNet-A (at the search's resolution and data) whose exported model measures closest to
     ``measured_ms`` on the search's device, and its measured ms."""
     from nas.models.onnx_io import export_onnx
-    from nas.search.finalize import measuring_device
+    from nas.latency.measurement import measuring_device
 
-    device, _ = measuring_device(prep.lm.device)
+    device = measuring_device(prep.lm.device).device
     found = []
     with tempfile.TemporaryDirectory() as tmp:
         for w in widths:

@@ -15,21 +15,17 @@ is rescaled in place). Run it on a quiet machine.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import tempfile
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import harness  # first: the repository on the import path
 
 from nas.arch.space import load_space  # noqa: E402
-from nas.latency.calibrate import calibrate  # noqa: E402
 from nas.latency.device import Device  # noqa: E402
 from nas.latency.drift import check_drift, recalibrate  # noqa: E402
 from nas.latency.model import LatencyModel  # noqa: E402
-from nas.latency.profile import profile_items, space_profile_items  # noqa: E402
 from nas.latency.table import LatencyTable  # noqa: E402
 from nas.latency.timing import TimingConfig  # noqa: E402
 from nas.latency.validate import validate  # noqa: E402
@@ -68,8 +64,8 @@ def run(args) -> dict:
         root, device = Path(args.tables_dir) if args.tables_dir else None, args.device
     else:
         root, device = Path(tempfile.mkdtemp(prefix="bench-drift-tables-")), "bench-drift"
-        profile_items(device, space_profile_items(space), tables_dir=root, timing=timing)
-        calibrate(device, space, models=args.calibration, tables_dir=root, timing=timing)
+        harness.profile_table(Device(clock=args.clock, device_id=device), space, tables_dir=root, timing=timing,
+                              calibration=args.calibration)
         out["right_after_profiling"] = validation(device, root, space, args.samples, "fresh", timing)
     table = LatencyTable.open(device, root)
     with slower_machine(args.slowdown if not args.device else 1.0):
@@ -99,18 +95,20 @@ def main() -> None:
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     out = run(args)
-    if args.json:
-        print(json.dumps(out, indent=2))
-        return
-    print(f"{out['space']} at {out['resolution']}px x{out['width_multiplier']:g}, {out['samples']} random archs")
+    harness.print_figures(out, args.json, lines)
+
+
+def lines(out: dict) -> list[str]:
+    text = [f"{out['space']} at {out['resolution']}px x{out['width_multiplier']:g}, {out['samples']} random archs"]
     for phase in ("right_after_profiling", "before_recalibrate", "after_recalibrate"):
         if phase in out:
             v = out[phase]
-            print(f"  {phase:22s} {100 * v['within_10pct']:5.1f}% within +-10%, MAPE {v['mape']:.1f}%, "
-                  f"bias {v['bias_pct']:+.1f}%, Kendall tau {v['kendall_tau']:.3f}")
+            text.append(f"  {phase:22s} {100 * v['within_10pct']:5.1f}% within +-10%, MAPE {v['mape']:.1f}%, "
+                        f"bias {v['bias_pct']:+.1f}%, Kendall tau {v['kendall_tau']:.3f}")
     how = f"simulated slowdown x{out['simulated_slowdown']:g}" if out["simulated_slowdown"] else "real re-timing"
-    print(f"  drift read by `latency check` ({how}): {out['drift_pct']:+.1f}%; rescale {out['rescale']:.4f}; "
-          f"drift after --recalibrate {out['drift_after_pct']:+.1f}%")
+    text.append(f"  drift read by `latency check` ({how}): {out['drift_pct']:+.1f}%; rescale {out['rescale']:.4f}; "
+                f"drift after --recalibrate {out['drift_after_pct']:+.1f}%")
+    return text
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import statistics
 import subprocess
@@ -28,20 +27,17 @@ import tempfile
 import time
 from pathlib import Path
 
+import harness  # first: the repository on the import path
 import numpy as np
 import pandas as pd
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.make_cluttered_digits import cluttered_digits  # noqa: E402
+from make_cluttered_digits import cluttered_digits
 
 
 def hwnas(args: list[str]) -> tuple[float, str]:
     """Run the CLI; its wall seconds and output (a failure stops the script with the CLI's output)."""
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=ROOT, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "500"})
+    done = subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=harness.ROOT, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=harness.child_env(COLUMNS="500"))
     if done.returncode:
         sys.exit(f"[gpu] hwnas {' '.join(args)} failed:\n{done.stdout[-3000:]}")
     return time.perf_counter() - start, done.stdout

@@ -13,20 +13,16 @@ shared machine are noisy (``--clock cpu`` makes 1-thread figures robust to other
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import harness  # first: the repository on the import path
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from nas.arch.space import load_space  # noqa: E402
-from nas.latency.calibrate import calibrate  # noqa: E402
+from nas.latency.device import Device  # noqa: E402
 from nas.latency.model import FallbackRegressor, LatencyModel  # noqa: E402
-from nas.latency.profile import profile_items, space_profile_items  # noqa: E402
 from nas.latency.timing import TimingConfig  # noqa: E402
 from nas.latency.validate import validate  # noqa: E402
 from nas.run import RunDir  # noqa: E402
@@ -41,19 +37,19 @@ def fallback_cv_mape(lm: LatencyModel, folds: int = 5) -> float:
         test = idx[f::folds]
         train = np.setdiff1d(idx, test)
         reg = FallbackRegressor([keys[i] for i in train], [rows[i] for i in train], [net[i] for i in train])
-        errors += [abs(reg.predict_ms(keys[i]) - net[i]) / net[i] for i in test]
+        predicted = reg.predict_ms([keys[i] for i in test])  # one batched prediction per fold
+        errors += [abs(p - net[i]) / net[i] for p, i in zip(predicted, test)]
     return float(np.mean(errors) * 100)
 
 
 def run(space_name: str, resolution: int, samples: int, threads: int, clock: str, root: Path) -> dict:
     space = load_space(space_name, resolution=resolution)
     device = f"bench-{threads}t-{clock}"
-    timing = TimingConfig(clock=clock)
+    timing = TimingConfig()
     start = time.perf_counter()
-    counts = profile_items(device, space_profile_items(space), threads=threads, tables_dir=root, timing=timing)
-    blocks_s = time.perf_counter() - start
-    correction = calibrate(device, space, threads=threads, tables_dir=root, timing=timing)
-    profile_s = time.perf_counter() - start
+    counts, correction = harness.profile_table(Device(threads=threads, clock=clock, device_id=device), space,
+                                               tables_dir=root, timing=timing, calibration=8)
+    blocks_s, profile_s = counts["seconds"], time.perf_counter() - start
     lm = LatencyModel.load(device, tables_dir=root)
     run_dir = RunDir(root / f"validate-{device}", {"device": device, "samples": samples})
     summary = validate(lm, space, run_dir, samples=samples, seed=0, timing=timing)
@@ -74,26 +70,25 @@ def main() -> None:
     parser.add_argument("--clock", default="wall", choices=["wall", "cpu"])
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    results = []
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
-        for threads in args.threads:
-            clock = args.clock if threads == 1 else "wall"
-            r = run(args.space, args.resolution, args.samples, threads, clock, Path(tmp))
-            results.append(r)
-            if not args.json:
-                print(f"{args.space}@{args.resolution}, {threads} thread(s), clock {clock}: profiled {r['keys']} keys "
-                      f"in {r['profile_blocks_s']:.1f} s + calibration = {r['profile_total_s']:.1f} s wall")
-                print(f"  LatencyModel over {r['samples']} archs: within_10pct {r['within_10pct']:.2f}, "
-                      f"kendall_tau {r['kendall_tau']:.3f}, MAPE {r['mape']:.2f}%, bias {r['mean_bias_pct']:+.2f}%, "
-                      f"max error {r['max_abs_error_pct']:.1f}%")
-                print(f"  naive sum of p50s:          within_10pct {r.get('naive_within_10pct', float('nan')):.2f}, "
-                      f"kendall_tau {r.get('naive_kendall_tau', float('nan')):.3f}, "
-                      f"MAPE {r.get('naive_mape', float('nan')):.2f}%")
-                print(f"  FLOPs kendall_tau {r['flops_kendall_tau']:.3f}; measured {r['measured_ms_range'][0]:.2f}-"
-                      f"{r['measured_ms_range'][1]:.2f} ms; fallback regressor 5-fold MAPE per block "
-                      f"{r['fallback_cv_mape']:.1f}%", flush=True)
-    if args.json:
-        print(json.dumps(results, indent=2))
+        results = [run(args.space, args.resolution, args.samples, threads, args.clock if threads == 1 else "wall",
+                       Path(tmp)) for threads in args.threads]
+    harness.print_figures(results, args.json,
+                          lambda rs: [line for r in rs for line in lines(args.space, args.resolution, r)])
+
+
+def lines(space: str, resolution: int, r: dict) -> list[str]:
+    return [f"{space}@{resolution}, {r['threads']} thread(s), clock {r['clock']}: profiled {r['keys']} keys "
+            f"in {r['profile_blocks_s']:.1f} s + calibration = {r['profile_total_s']:.1f} s wall",
+            f"  LatencyModel over {r['samples']} archs: within_10pct {r['within_10pct']:.2f}, "
+            f"kendall_tau {r['kendall_tau']:.3f}, MAPE {r['mape']:.2f}%, bias {r['mean_bias_pct']:+.2f}%, "
+            f"max error {r['max_abs_error_pct']:.1f}%",
+            f"  naive sum of p50s:          within_10pct {r.get('naive_within_10pct', float('nan')):.2f}, "
+            f"kendall_tau {r.get('naive_kendall_tau', float('nan')):.3f}, "
+            f"MAPE {r.get('naive_mape', float('nan')):.2f}%",
+            f"  FLOPs kendall_tau {r['flops_kendall_tau']:.3f}; measured {r['measured_ms_range'][0]:.2f}-"
+            f"{r['measured_ms_range'][1]:.2f} ms; fallback regressor 5-fold MAPE per block "
+            f"{r['fallback_cv_mape']:.1f}%"]
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
    fbnet_v2 joint arch x recipe space (34 arch + 9 recipe decisions), with the vectorised LatencyModel of a real
    (short) profile of that space on this machine. Target: >= 100,000 per CPU-minute.
 2. Search quality on a table space built from real measurements (benchmarks/data/digits_joint.csv, see
-   benchmarks/bench_predict_table_build.py): with a budget of 100 evaluations, the best validation accuracy under
+   benchmarks/make_predict_table.py): with a budget of 100 evaluations, the best validation accuracy under
    a latency constraint found by NARS (MLP), GP-BO (ChamNet GP + EI), Optuna NSGA-II / TPE and random search,
    averaged over seeds (``--optuna-seeds N`` runs Optuna on the first N seeds only). Random search
    is shown twice: drawing any row (a draw over the bound is spent and useless) and drawing only rows that meet
@@ -22,22 +22,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import harness  # first: the repository on the import path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-TABLE = ROOT / "benchmarks" / "data" / "digits_joint.csv"
+TABLE = harness.JOINT_TABLE
 
 
 def throughput(quick: bool) -> None:
     from nas.arch.space import load_space
-    from nas.latency.profile import profile_items, space_profile_items
+    from nas.latency.device import Device
     from nas.latency.timing import TimingConfig
     from nas.search.blackbox.evolution import evolve
     from nas.search.blackbox.problem import Constraint
@@ -49,9 +47,9 @@ def throughput(quick: bool) -> None:
     joint = JointSpace(space)
     tables = Path(os.environ.get("BENCH_TABLES_DIR") or tempfile.mkdtemp(prefix="bench_predict_tables_"))
     t0 = time.perf_counter()
-    profile_items("bench-fbnet-v2", space_profile_items(space), tables_dir=tables,
-                  timing=TimingConfig(warmup=2, min_rounds=2, max_rounds=3, max_seconds=0.3))
-    print(f"[throughput] profiled fbnet_v2 @32px x0.25 ({len(space_profile_items(space))} keys) in "
+    counts, _ = harness.profile_table(Device(device_id="bench-fbnet-v2"), space, tables_dir=tables,
+                                      timing=TimingConfig(warmup=2, min_rounds=2, max_rounds=3, max_seconds=0.3))
+    print(f"[throughput] profiled fbnet_v2 @32px x0.25 ({counts['total']} keys) in "
           f"{time.perf_counter() - t0:.0f} s into {tables}")
     costs = ModelSpaceCosts(joint, load_latency_models(["bench-fbnet-v2"], tables))
     rng = np.random.default_rng(0)

@@ -20,24 +20,18 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
+import harness  # first: the repository on the import path
 import torch
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from nas.arch.space import resolve_model_ref  # noqa: E402
 from nas.data.task import load_task  # noqa: E402
 from nas.files import write_json  # noqa: E402
-from nas.latency.calibrate import calibrate  # noqa: E402
+from nas.latency.device import Device  # noqa: E402
 from nas.latency.precision import int8_speedups  # noqa: E402
-from nas.latency.profile import profile_items, space_profile_items  # noqa: E402
+from nas.latency.profile import profile_items  # noqa: E402
 from nas.latency.table import LatencyTable  # noqa: E402
-from nas.latency.timing import TimingConfig  # noqa: E402
 from nas.models.builder import build_model  # noqa: E402
 from nas.models.onnx_io import export_onnx  # noqa: E402
 from nas.run import RunDir  # noqa: E402
@@ -50,33 +44,16 @@ from nas.search.quant.profile import layer_items, precision_graph  # noqa: E402
 from nas.search.quant.search import SearchConfig  # noqa: E402
 
 
-@contextmanager
-def stage(name: str, total: int):
-    start = time.perf_counter()
-    state = {"done": 0}
-
-    def advance(n: int = 1, note: str = "") -> None:
-        state["done"] += n
-        print(f"\r  {name}: {state['done']}/{total} {note[:60]:60s}", end="", file=sys.stderr, flush=True)
-
-    yield advance
-    print(f"\r  {name}: done in {time.perf_counter() - start:.0f} s{'':50s}", file=sys.stderr, flush=True)
-
-
-def progress(name: str, done: int, total: int | None, note: str) -> None:
-    print(f"\r  {name}: {done}/{total} {note[:60]:60s}", end="", file=sys.stderr, flush=True)
-
-
 def run(kind: str, args, data, space, arch, tables: Path, out: Path, target_mb: float | None = None) -> dict:
     cfg = MixedPrecisionConfig(
         cost=kind, weight_bits=[8, 32] if kind == "latency" else [2, 4, 8, 32], act_bits=[8, 32],
         target_mb=target_mb, pretrain_epochs=args.pretrain_epochs, pretrain_lr=args.lr,
         search=SearchConfig(epochs=args.epochs, seed=args.seed), finetune_epochs=args.finetune_epochs,
         latency_fit_models=args.fit_models)
-    prep = prepare_mixed_precision(space, arch, data, args.device, cfg, tables_dir=tables, progress=progress)
+    prep = prepare_mixed_precision(space, arch, data, args.device, cfg, tables_dir=tables, progress=harness.progress)
     rundir = RunDir(out, {"bench": "quant", "cost": kind, "space_args": space.space_args(), "arch": arch.to_dict(),
                           "device": args.device, **cfg.to_dict()})
-    return run_mixed_precision(prep, rundir, progress=progress)["mixed_precision"]
+    return run_mixed_precision(prep, rundir, progress=harness.progress)["mixed_precision"]
 
 
 def speedups_at(args, tables: Path, resolution: int, width: float) -> dict:
@@ -93,9 +70,9 @@ def speedups_at(args, tables: Path, resolution: int, width: float) -> dict:
         export_onnx(net.float_model([BitOption(32, 32)] * len(layers)), net.input_shape, path)
         graph = attach_onnx(layers, path)
     items = layer_items(graph)
-    with stage(f"profile layers fp32+int8 at {resolution}px x{width:g}", len(items)) as advance:
-        profile_items(args.device, items, tables_dir=tables, timing=TimingConfig(clock=args.clock),
-                      on_progress=lambda d, t, note: advance(note=note))
+    name = f"profile layers fp32+int8 at {resolution}px x{width:g}"
+    profile_items(Device(clock=args.clock, device_id=args.device), items, tables_dir=tables,
+                  on_progress=lambda done, total, note: harness.progress(name, done, total, note))
     return int8_speedups(LatencyTable.open(args.device, tables), precision_graph(graph))
 
 
@@ -155,7 +132,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--clock", default="cpu", choices=["cpu", "wall"])
     p.add_argument("--device", default=None, help="device id (default: bench-quant-<clock>)")
-    p.add_argument("--out", type=Path, default=ROOT / "results" / "bench_quant")
+    p.add_argument("--out", type=Path, default=harness.ROOT / "results" / "bench_quant")
     p.add_argument("--only", choices=["size", "latency", "speedup"], default=None)
     p.add_argument("--speedup-resolution", type=int, default=112, help="size of the per-layer speed-up figures "
                    "(0: skip)")
@@ -168,11 +145,9 @@ def main() -> None:
     data, space, arch = load_task("digits", args.arch, resolution=args.resolution, width=args.width, seed=args.seed)
     print(f"{space.name} @ {space.resolution}px x{space.width_multiplier:g} on digits {data.sizes()}; device "
           f"{args.device} (CPUExecutionProvider, 1 thread, clock {args.clock}); tables in {tables}")
-    timing = TimingConfig(clock=args.clock)
-    with stage("profile blocks fp32+int8", 1) as advance:
-        profile_items(args.device, space_profile_items(space, bits=(32, 8)), tables_dir=tables, timing=timing,
-                      on_progress=lambda d, t, note: advance(0, f"{d}/{t} {note}"))
-        calibrate(args.device, space, models=1, tables_dir=tables, timing=timing)
+    harness.profile_table(Device(clock=args.clock, device_id=args.device), space, tables_dir=tables, bits=(32, 8),
+                          calibration=1, on_progress=lambda done, total, note: harness.progress(
+                              "profile blocks fp32+int8", done, total, note))
 
     reports = {}
     if args.only in (None, "size"):

@@ -15,20 +15,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import harness  # first: the repository on the import path  # noqa: F401
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
 from nas.data.dataset import load_dataset  # noqa: E402
 from nas.search.dnas.dmasking_supernet import DMaskingSupernet  # noqa: E402
-from nas.search.dnas.search import SearchSettings, SupernetSearch  # noqa: E402
+from nas.search.dnas.search import SupernetSearch, SupernetSearchSettings  # noqa: E402
 from nas.search.dnas.strategy import SearchJob, SupernetStrategy  # noqa: E402
 from nas.train.accelerator import resolve_accelerator  # noqa: E402
 from nas.train.engine import Engine  # noqa: E402
@@ -36,16 +33,17 @@ from nas.train.recipe import Recipe  # noqa: E402
 
 
 def prepared(args, dataset: str):
-    job = SearchJob("dmasking", args.space, args.device, dataset, None, args.resolution, args.width, 0,
-                    SearchSettings(epochs=2), Recipe(batch_size=args.batch_size), args.tables_dir, True)
+    job = SearchJob(method="dmasking", space=args.space, device=args.device, dataset=dataset,
+                    resolution=args.resolution, width=args.width, settings=SupernetSearchSettings(epochs=2),
+                    recipe=Recipe(batch_size=args.batch_size), tables_dir=args.tables_dir, profile=True)
     return SupernetStrategy(job).prepare()
 
 
 def make_search(prep, engine: Engine) -> SupernetSearch:
     torch.manual_seed(0)
     return SupernetSearch(DMaskingSupernet(prep.dist, None), prep.dist, prep.terms, prep.data,
-                          SearchSettings(epochs=2), Recipe(batch_size=prep.job.recipe.batch_size), prep.min_ms,
-                          engine)
+                          SupernetSearchSettings(epochs=2), Recipe(batch_size=prep.job.recipe.batch_size),
+                          prep.min_ms, engine)
 
 
 def timed(fn) -> float:

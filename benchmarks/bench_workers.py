@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import signal
 import subprocess
@@ -31,20 +30,20 @@ import time
 import uuid
 from pathlib import Path
 
+import harness  # first: the repository on the import path
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-TABLE = ROOT / "benchmarks" / "data" / "digits_joint.csv"
+ROOT = harness.ROOT
+TABLE = harness.JOINT_TABLE
 
 
 def settings_for(storage: str, study: str, budget: int, seed: int, scale: float, workers: int, bound: str):
-    from nas.search.predict.search_setup import SearchSettings
+    from nas.search.predict.search_setup import PredictorSearchSettings
 
-    return SearchSettings(strategy="nars", space=f"table:{TABLE}", objective="val_accuracy",
-                          latency_columns=["latency_ms"], metric_columns=["test_accuracy", "train_seconds"],
-                          budget=budget, seed=seed, latency_ms=[bound], storage=storage, study=study,
-                          workers=workers, sleep_column="train_seconds", sleep_scale=scale)
+    return PredictorSearchSettings(strategy="nars", space=f"table:{TABLE}", objective="val_accuracy",
+                                   latency_columns=["latency_ms"], metric_columns=["test_accuracy", "train_seconds"],
+                                   budget=budget, seed=seed, latency_ms=[bound], storage=storage, study=study,
+                                   workers=workers, sleep_column="train_seconds", sleep_scale=scale)
 
 
 def run_search(settings, out: Path) -> tuple[float, float]:
@@ -90,7 +89,7 @@ def faults(args, bound: str) -> None:
     from nas.search.blackbox.study import evaluated_trials, study_status
     from nas.search.predict.search_setup import build_constraints, build_problem
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = harness.child_env()
     with tempfile.TemporaryDirectory() as tmp:
         tag = f"faults-{uuid.uuid4().hex[:6]}"
         url = storage_url(args.storage, Path(tmp), tag)
@@ -105,9 +104,10 @@ def faults(args, bound: str) -> None:
                                     cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
         workers = [worker() for _ in range(args.fault_workers)]
-        proposer = subprocess.Popen([sys.executable, "-c", "import json,sys; from benchmarks.bench_workers import "
-                                     "run_search; from nas.search.predict.search_setup import SearchSettings; "
-                                     "print(run_search(SearchSettings(**json.loads(sys.argv[1])), sys.argv[2]))",
+        proposer = subprocess.Popen([sys.executable, "-c", "import json,sys; from bench_workers import "
+                                     "run_search; from nas.search.predict.search_setup import "
+                                     "PredictorSearchSettings as S; print(run_search(S(**json.loads(sys.argv[1])), "
+                                     "sys.argv[2]))",
                                      json.dumps(s.__dict__), str(Path(tmp) / "run")], cwd=ROOT, env=env)
         rng, kills = random.Random(0), 0
         try:
@@ -135,22 +135,22 @@ def faults(args, bound: str) -> None:
 
 def real(args) -> None:
     from nas.search.blackbox.study import evaluated_trials, load_study
-    from nas.search.predict.search_setup import SearchSettings
+    from nas.search.predict.search_setup import PredictorSearchSettings
 
     with tempfile.TemporaryDirectory() as tmp:
         tables = Path(tmp) / "tables"
         subprocess.run([sys.executable, "-m", "cli.main", "latency", "profile", "--space", "fbnet", "--device",
                         "bench-cpu", "--resolution", "8", "--classes", "10", "--in-channels", "1", "--calibration",
                         "0", "--tables-dir", str(tables)], cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+                       env=harness.child_env())
         walls = {}
         for n in args.workers_list[:2]:
             tag = f"real-w{n}-{uuid.uuid4().hex[:6]}"
             url = storage_url(args.storage, Path(tmp), tag)
-            settings = SearchSettings(strategy="nars", space="fbnet", dataset="digits", devices=["bench-cpu"],
-                                      tables_dir=str(tables), budget=args.real_budget, seed=0,
-                                      max_epochs=args.real_epochs, pool=512, population=256, generations=10,
-                                      storage=url, study=tag, workers=n, export="none")
+            settings = PredictorSearchSettings(strategy="nars", space="fbnet", dataset="digits",
+                                               devices=["bench-cpu"], tables_dir=str(tables), budget=args.real_budget,
+                                               seed=0, max_epochs=args.real_epochs, pool=512, population=256,
+                                               generations=10, storage=url, study=tag, workers=n, export="none")
             walls[n], _ = run_search(settings, Path(tmp) / tag)
             trials = evaluated_trials(load_study(url, tag))
             spans = np.array([(t.datetime_complete - t.datetime_start).total_seconds() for t in trials])

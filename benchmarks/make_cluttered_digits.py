@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import harness  # first: the repository on the import path  # noqa: F401
 import numpy as np
 from sklearn.datasets import load_digits
 

@@ -18,6 +18,7 @@ import gzip
 import sys
 from pathlib import Path
 
+import harness  # first: the repository on the import path  # noqa: F401
 import numpy as np
 
 

@@ -16,7 +16,7 @@ How it is built (all real, nothing synthetic):
    ``train_steps`` (epochs x batches per epoch) is the recipe's free proxy.
 
 The build is resumable (rows are appended as they finish). Run:
-    .venv/bin/python benchmarks/bench_predict_table_build.py [--archs 320 --recipes 2] [--rows N]
+    .venv/bin/python benchmarks/make_predict_table.py [--archs 320 --recipes 2] [--rows N]
 The shipped table was built with ``--rows 600`` (the first 300 archs x 2 recipes of the plan; about an hour of
 training on 2 shared cores).
 """
@@ -28,13 +28,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import harness  # first: the repository on the import path
 import numpy as np
 import pandas as pd
 import torch
 
-HERE = Path(__file__).resolve().parent
-SPACE = HERE / "data" / "digits_tiny.yaml"
-OUT = HERE / "data" / "digits_joint.csv"
+SPACE = harness.DATA / "digits_tiny.yaml"
+OUT = harness.JOINT_TABLE
 RESOLUTION = 16
 
 
@@ -81,16 +81,16 @@ def train_pass(joint, data, plan: np.ndarray, partial: Path) -> pd.DataFrame:
 
 
 def latency_pass(joint, frame: pd.DataFrame, device: str, tables_dir: Path, chunk: int = 32) -> pd.DataFrame:
+    from nas.latency.device import Device
     from nas.latency.model import LatencyModel
-    from nas.latency.profile import profile_items, space_profile_items
     from nas.latency.timing import TimingConfig
     from nas.models.builder import build_model
     from nas.models.onnx_io import export_onnx
 
     # per-thread CPU clock, one thread, interleaved rounds: robust to the other processes of a shared machine
-    timing = TimingConfig(clock="cpu", max_seconds=2.0)
+    timing = TimingConfig(max_seconds=2.0)
     space = joint.space
-    profile_items(device, space_profile_items(space), tables_dir=tables_dir, timing=timing)
+    harness.profile_table(Device(clock="cpu", device_id=device), space, tables_dir=tables_dir, timing=timing)
     lm = LatencyModel.load(device, tables_dir=tables_dir)
     arch_cols = joint.names[:joint.n_arch]
     archs: dict[tuple, object] = {}

@@ -3,7 +3,7 @@
 Each case runs the CLI's main() in this process. Clean means exit code 2 and exactly one `error:` line, no
 traceback, and no storage password echoed. Everything is written under a fresh temporary folder.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/bad_inputs_sweep.py
+    .venv/bin/python benchmarks/sweep_bad_inputs.py
 """
 import contextlib
 import io
@@ -13,15 +13,13 @@ import tempfile
 import traceback
 from pathlib import Path
 
+import harness  # first: the repository and tests/ on the import path
 import numpy as np
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
 from test_predict_fixtures import BENCH_TABLE, TINY_SPACE_YAML  # noqa: E402
 
 from cli.main import main  # noqa: E402
 from nas.arch.space import load_space  # noqa: E402
-from nas.latency.profile import profile_items, space_profile_items  # noqa: E402
+from nas.latency.device import Device  # noqa: E402
 from nas.latency.timing import TimingConfig  # noqa: E402
 
 
@@ -31,8 +29,8 @@ def make_cases() -> list[tuple]:
     space = T / "tiny.yaml"
     space.write_text(TINY_SPACE_YAML)
     tables = T / "tables"
-    profile_items("dev", space_profile_items(load_space(str(space))), tables_dir=tables,
-                  timing=TimingConfig(warmup=1, min_rounds=2, max_rounds=2, max_seconds=0.2))
+    harness.profile_table(Device(device_id="dev"), load_space(str(space)), tables_dir=tables,
+                          timing=TimingConfig(warmup=1, min_rounds=2, max_rounds=2, max_seconds=0.2))
     afile = T / "afile"
     afile.write_text("x")
     binary = T / "bin.json"
