@@ -13,6 +13,7 @@ from nas.arch.space import load_space
 from nas.data.dataset import load_dataset
 from nas.data.splits import Normalised, Split, TensorSplit
 from nas.latency.device import Device
+from nas.latency.measurement import MeasuringDevice
 from nas.models.onnx_io import export_onnx, run_onnx
 from nas.run import RunDir
 from nas.search.capacity.evaluate import calibration_images
@@ -130,7 +131,7 @@ def test_finalize_reports_accuracy_and_parity_of_a_streamed_test_split(tmp_path,
     monkeypatch.setattr(Device, "time_file", lambda self, path, timing=None: real_time_file(self, path, FAST))
     run = RunDir(tmp_path / "run", {"test": "streamed evaluation"})
     report = train_export_measure(space, space.fixed_arch(), data, Recipe(epochs=1, batch_size=64), run,
-                                  device=Device())
+                                  measure_on=MeasuringDevice(Device()))
     assert test.reads == len(y_test)  # one pass: torch and ONNX Runtime share every decoded batch
     in_memory = float((run_onnx(run.file("model.onnx"), x_test).argmax(1) == y_test.numpy()).mean())
     assert report["accuracy_onnx"] == in_memory
