@@ -12,6 +12,7 @@ _EXPORTS = {
     "DRIFT_WARN_PCT": "nas.search.report",
     "STRATEGIES": "nas.search.strategy",
     "Strategy": "nas.search.strategy",
+    "TemperatureSchedule": "nas.search.gumbel",
     "build_report": "nas.search.report",
     "detail_key": "nas.search.report",
     "get_strategy": "nas.search.strategy",
