@@ -61,7 +61,8 @@ def bench_dataloader(args, npz: Path) -> None:
     with engine.accelerator.threads_in_use(1):
         for _ in range(args.epochs):
             for name, search in searches.items():
-                seconds[name].append(timed(lambda: search._train_weights(1.0)))
+                seconds[name].append(timed(lambda: engine.train_pass(search.data.train, args.batch_size,
+                                                                     search.shuffle, [search.weight_step])))
     mem, dl = (statistics.median(seconds[k]) for k in ("in memory", "DataLoader"))
     print(f"dataloader: DMasking weight epoch on digits ({len(memory.data.train)} images, batch "
           f"{args.batch_size}, {args.workers} workers): in memory {mem:.2f} s, DataLoader {dl:.2f} s -> "
@@ -74,11 +75,10 @@ def bench_threads(args) -> None:
     search = make_search(prep, engine)
     x, y = next(engine.batches(prep.data.train, args.batch_size, torch.Generator().manual_seed(0)))
 
+    search.tau = 1.0
+
     def step():
-        out = search.supernet(x, search._sample(1.0))
-        loss = torch.nn.functional.cross_entropy(out, y)
-        search.weight_opt.zero_grad(set_to_none=True)
-        engine.backward_step(loss, search.weight_opt)
+        engine.train_step(search.weight_step, x, y)
 
     times: dict[int, list[float]] = {1: [], 2: []}
     for _ in range(3):

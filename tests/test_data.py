@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -27,6 +29,36 @@ def test_npz_layouts(tmp_path):
         data = load_dataset(f"npz:{tmp_path / name}.npz", resolution=16)
         assert data.train.first(1).shape[1:] == ((1,) if name == "nhw" else (3,)) + (16, 16)
         assert data.classes == 3
+
+
+def test_npz_images_are_read_from_the_file_as_stored_and_never_mapped(tmp_path):
+    """Every layout (and a Fortran-ordered array) reads back the stored values; a C-ordered file is read with pread,
+    so after a whole pass nothing of it is mapped into the process (a map's touched pages stay resident)."""
+    from nas.data.npz_cache import open_arrays
+    rng = np.random.default_rng(0)
+    for name, x in {"nhw": rng.random((30, 12, 12)), "nchw": (rng.random((30, 3, 12, 12)) * 255).astype(np.uint8),
+                    "nhwc": rng.random((30, 12, 12, 3)).astype(np.float32),
+                    "fortran": np.asfortranarray(rng.random((30, 3, 12, 12)))}.items():
+        np.savez(tmp_path / f"{name}.npz", x=x, y=np.repeat(np.arange(3), 10))
+        rows, y, scale = open_arrays(tmp_path / f"{name}.npz")
+        expected = x[:, None] if name == "nhw" else x.transpose(0, 3, 1, 2) if name == "nhwc" else x
+        assert rows.shape == expected.shape and scale == (1 / 255.0 if name == "nchw" else 1.0)
+        assert all(np.array_equal(rows[i], expected[i]) for i in range(30))
+        assert np.array_equal(rows.read(7, 19), expected[7:19])
+    if Path("/proc/self/maps").exists():
+        data = load_dataset(f"npz:{tmp_path / 'nchw.npz'}", resolution=16)
+        for split in (data.train, data.val, data.test):
+            _ = [split[i] for i in range(len(split))]
+        assert "nchw.npz.npy" not in Path("/proc/self/maps").read_text()
+
+
+def test_normalisation_statistics_of_a_sample_read_in_chunks_equal_the_whole_sample():
+    from nas.data.splits import STATISTICS_CHUNK, TensorSplit, channel_statistics
+    x = torch.rand(3 * STATISTICS_CHUNK + 5, 3, 6, 6, dtype=torch.float64) * 0.1 + torch.tensor([3.0, 0.5, 0.0]).view(
+        1, 3, 1, 1)
+    mean, std = channel_statistics(TensorSplit(x, torch.zeros(len(x))), sample=len(x))
+    assert np.allclose(mean, x.mean(dim=(0, 2, 3)).tolist(), rtol=1e-12)
+    assert np.allclose(std, x.std(dim=(0, 2, 3)).tolist(), rtol=1e-9)
 
 
 def test_folder_dataset(tmp_path):

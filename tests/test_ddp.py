@@ -133,3 +133,37 @@ def test_batch_moments_keep_the_variance_of_a_channel_far_from_zero():
     ref_var, ref_mean = torch.var_mean(x[:, :, ::2, ::2].double(), (0, 2, 3), unbiased=False)
     assert torch.allclose(var.double(), ref_var, rtol=1e-5) and torch.allclose(mean.double(), ref_mean, rtol=1e-6)
     assert count == pytest.approx(64 * 64)
+
+
+def _nan_rank(rank: int, size: int, port: int, out) -> None:
+    """A linear model trained on data with one NaN image, which lands in one rank's share of its batch."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(size),
+                      LOCAL_RANK=str(rank))
+    from torch import nn
+
+    from nas.data.dataset import Dataset
+    from nas.train.engine import engine_for
+    from nas.train.recipe import Recipe
+    from nas.train.training import train_model
+
+    engine = engine_for("cpu", "32", 1, 0)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 1, 4, 4, generator=g), torch.arange(64) % 2
+    val = x[:8].clone()
+    x[5] = float("nan")
+    data = Dataset.from_tensors("nan", x, y, val, y[:8], val, y[:8], 2)
+    torch.manual_seed(0)
+    result = train_model(nn.Sequential(nn.Flatten(), nn.Linear(16, 2)), data, Recipe(epochs=2, batch_size=16),
+                         engine=engine)
+    torch.save({"state": result.model.state_dict(), "skipped": [r["skipped_steps"] for r in result.history]},
+               out / f"nan{rank}.pt")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_a_non_finite_loss_on_one_rank_skips_the_step_on_every_rank(tmp_path):
+    mp.spawn(_nan_rank, args=(2, free_port(), tmp_path), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"nan{r}.pt", weights_only=True) for r in range(2)]
+    assert ranks[0]["skipped"] == ranks[1]["skipped"] == [1, 1]  # the batch with the NaN image, on both ranks
+    assert all(torch.equal(ranks[0]["state"][k], ranks[1]["state"][k]) for k in ranks[0]["state"])
+    assert all(torch.isfinite(w).all() for w in ranks[0]["state"].values())

@@ -101,7 +101,7 @@ def test_an_npz_split_streams_through_dataloader_workers_with_the_in_memory_accu
     digits = load_digits()
     np.savez(tmp_path / "digits.npz", x=(digits.images / 16.0).astype(np.float32), y=digits.target)
     data = load_dataset(f"npz:{tmp_path / 'digits.npz'}", resolution=16, seed=0)
-    assert isinstance(data.test, Normalised)  # memory-mapped, normalised as read
+    assert isinstance(data.test, Normalised)  # read from the file, normalised as read
     model = centroid_classifier(data.train)
     in_memory = split_accuracy(model, TensorSplit(*data.test.tensors()), batch_size=64)
 
@@ -111,6 +111,18 @@ def test_an_npz_split_streams_through_dataloader_workers_with_the_in_memory_accu
     monkeypatch.setattr(Normalised, "tensors", decoded_whole)
     engine = Engine(resolve_accelerator("cpu", "32", 1), workers=2)
     assert split_accuracy(model, data.test, engine, batch_size=64) == in_memory > 0.8
+
+
+def test_training_evaluates_in_batches_of_its_own_batch_size():
+    """Validation reads the split in the recipe's batches (never more images at once than a training step holds),
+    so the memory of evaluation does not grow with the split."""
+    from nas.train.training import train_model
+    data = digits16()
+    val = StreamedSplit(*data.val.tensors())
+    data = dataclasses.replace(data, train=TensorSplit(data.train.first(64), data.y_train[:64]), val=val)
+    probe = ReadsAtForward(nn.Sequential(nn.Flatten(), nn.Linear(256, 10)), val)
+    train_model(probe, data, Recipe(epochs=1, batch_size=16))
+    assert val.reads == len(val) == 360 and max(n for _, n in probe.seen) == 16
 
 
 def test_calibration_decodes_only_its_images():

@@ -1,5 +1,5 @@
 """Data: ``load_dataset`` (``digits``, ``npz:PATH``, ``folder:PATH``) into a ``Dataset`` of train / val / test
-``Split`` s (``dataset``, ``splits``: in memory, memory-mapped or decoded lazily), the npz cache, batch augmentation
+``Split`` s (``dataset``, ``splits``: in memory, read from an .npy row by row or decoded lazily), the npz cache, batch augmentation
 on the device (``augment``), the task (data plus the space fitted to it) and mismatch warnings.
 """
 

@@ -146,7 +146,8 @@ def _stream_folder(spec: str, path: Path, resolution: int | None, seed: int, val
 
 def _stream_npz(spec: str, path: Path, resolution: int | None, seed: int, val_fraction: float,
                 test_fraction: float) -> Dataset:
-    """Memory-mapped arrays (``nas.data.npz_cache``): each image is read and normalised when a batch needs it."""
+    """Arrays read row by row from their .npy file (``nas.data.npz_cache``): each image is read and normalised when a
+    batch needs it."""
     x, y, scale = open_arrays(path)
     classes, train, val, test = split_indices(spec, y, seed, val_fraction, test_fraction)
     size = resolution or max(MIN_DEFAULT_RESOLUTION, *x.shape[-2:])
@@ -163,7 +164,7 @@ def load_dataset(spec: str = "digits", resolution: int | None = None, seed: int 
 
     Images are resized to ``resolution``; by default to their own size (a folder's: its first image's), but at
     least 32 pixels.
-    ``digits`` is held in memory; ``npz:`` is memory-mapped and ``folder:`` decoded when read. A folder with
+    ``digits`` is held in memory; ``npz:`` is read from its file row by row and ``folder:`` decoded when read. A folder with
     unreadable images is a DataError unless ``skip_bad_images``.
     """
     if resolution is not None and resolution <= 0:

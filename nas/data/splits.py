@@ -1,9 +1,9 @@
-"""The splits a training engine reads: in memory (``digits``), memory-mapped arrays (``npz:``) and image folders
+"""The splits a training engine reads: in memory (``digits``), arrays read row by row (``npz:``) and image folders
 decoded lazily in DataLoader workers (``folder:``), each a torch ``Dataset`` of normalised C x H x W images.
 
-``split_batches`` cuts a split into (x, y) batches in the order a generator shuffles (the same order for every
+``nas.train.loader`` cuts a split into (x, y) batches in the order a generator shuffles (the same order for every
 rank; each rank takes its share of every global batch). In-memory splits are indexed directly (no DataLoader
-overhead); the others go through a ``DataLoader`` with ``workers`` processes and pinned memory on CUDA.
+overhead); the others go through a ``DataLoader`` whose ``workers`` processes persist between passes.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from nas.data.npz_cache import NpyRows
 
 EVAL_CROP_FRACTION = 0.875  # evaluation: resize the short side to resolution / 0.875, then centre-crop
 
@@ -66,9 +68,10 @@ class Normalised(Split):
 
 
 class ArraySplit(Split):
-    """Rows ``indices`` of a (memory-mapped) N x C x H x W array; uint8 arrays are scaled to [0, 1]."""
+    """Rows ``indices`` of an N x C x H x W array (``nas.data.npz_cache.NpyRows``: read from the file when asked
+    for); ``scale`` takes the pixels to [0, 1]."""
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, indices: np.ndarray, scale: float):
+    def __init__(self, x: NpyRows, y: np.ndarray, indices: np.ndarray, scale: float):
         self.x, self.indices, self.scale = x, indices, scale
         self.labels = torch.from_numpy(np.asarray(y[indices], dtype=np.int64))
 
@@ -103,11 +106,28 @@ class ImageFolderSplit(Split):
         return torch.from_numpy(decode_image(self.files[i], self.resolution)), self.labels[i]
 
 
+STATISTICS_CHUNK = 64  # images decoded at a time for the normalisation statistics
+
+
 def channel_statistics(split: Split, sample: int = 512, seed: int = 0) -> tuple[list[float], list[float]]:
-    """Per-channel mean and standard deviation of up to ``sample`` images of ``split`` (raw [0, 1] values)."""
+    """Per-channel mean and standard deviation of up to ``sample`` images of ``split`` (raw [0, 1] values), read
+    ``STATISTICS_CHUNK`` images at a time: each chunk's mean and squared deviations from it (float64) are merged
+    as Chan et al.'s parallel variance does, so memory holds one chunk, whatever the sample size."""
     n = len(split)
     idx = np.random.default_rng(seed).choice(n, size=min(sample, n), replace=False) if n > sample else range(n)
-    x = torch.stack([split[int(i)][0] for i in idx]).double()
-    mean = x.mean(dim=(0, 2, 3))
-    std = x.std(dim=(0, 2, 3)).clamp_min(1e-6)
+    idx = [int(i) for i in idx]
+    count, mean, squares = 0, torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
+    for start in range(0, len(idx), STATISTICS_CHUNK):
+        x = torch.stack([split[i][0] for i in idx[start:start + STATISTICS_CHUNK]]).double()
+        values = x.shape[0] * x.shape[2] * x.shape[3]
+        chunk_mean = x.mean(dim=(0, 2, 3))
+        chunk_squares = ((x - chunk_mean.view(1, -1, 1, 1)) ** 2).sum(dim=(0, 2, 3))
+        if count == 0:
+            count, mean, squares = values, chunk_mean, chunk_squares
+            continue
+        delta, total = chunk_mean - mean, count + values
+        mean = mean + delta * (values / total)
+        squares = squares + chunk_squares + delta * delta * (count * values / total)
+        count = total
+    std = (squares / max(count - 1, 1)).sqrt().clamp_min(1e-6)
     return [float(v) for v in mean], [float(v) for v in std]

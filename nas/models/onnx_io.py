@@ -47,9 +47,13 @@ def record_normalization(path: str | Path, normalization: dict) -> None:
 
 
 def cpu_session(path: str | Path) -> ort.InferenceSession:
-    """A CPU session on all cores (accuracy, not timing)."""
+    """A CPU session on all cores (accuracy, not timing), without ONNX Runtime's memory arena and pre-planned
+    memory pattern: they keep the largest batch's activations (and more: the arena grows in powers of two) for the
+    process's lifetime, 0.1-0.2 GB at 64 images of 160 px (measured)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = os.cpu_count() or 1
+    options.enable_cpu_mem_arena = False
+    options.enable_mem_pattern = False
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

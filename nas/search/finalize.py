@@ -43,7 +43,7 @@ def train_export_measure(space: Space, arch: Arch, data: Dataset, recipe: Recipe
     run.write_csv(f"{prefix}train_history.csv", pd.DataFrame(result.history))
     model = result.model
     onnx_path = export_onnx(model, model.input_shape, run.file(f"{prefix}model.onnx"), normalization=data.normalization)
-    parity = split_parity(model, {"model": onnx_path}, data.test, engine=engine)
+    parity = split_parity(model, {"model": onnx_path}, data.test, engine=engine, batch_size=recipe.batch_size)
     measurement = measure_shipped(onnx_path, measure_on, table=table)
     report = {
         "arch": arch.to_dict(),

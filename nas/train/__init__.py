@@ -1,5 +1,5 @@
-"""Training: the one engine (``engine``: accelerator, precision, the loop, checkpoints, data parallelism under
-torchrun), the accelerator (``accelerator``), the process group (``distributed``), batch norm and dropout over the
+"""Training: the one engine (``engine``: accelerator, precision, the loop of every trainer, checkpoints, data
+parallelism under torchrun), the accelerator (``accelerator``), the process group (``distributed``), batch norm and dropout over the
 whole global batch (``sync_layers``), the DataLoader (``loader``), recipes (``recipe``), training a plain model
 (``training``), evaluation and ONNX parity over a streamed split (``evaluation``) and the learning-curve plot.
 """
@@ -10,10 +10,11 @@ _EXPORTS = {
     "Accelerator": "nas.train.accelerator",
     "Engine": "nas.train.engine",
     "EpochCallback": "nas.train.engine",
+    "EpochTask": "nas.train.engine",
     "FollowerDone": "nas.train.distributed",
+    "OptimizerStep": "nas.train.engine",
     "Recipe": "nas.train.recipe",
     "engine_for": "nas.train.engine",
-    "finite_loss": "nas.train.training",
     "fit_input": "nas.train.evaluation",
     "load_recipe": "nas.train.recipe",
     "lr_factor": "nas.train.training",

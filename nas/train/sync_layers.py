@@ -14,16 +14,17 @@ process's trajectory up to floating-point summation order. torch's ``SyncBatchNo
 GPUs only, and not the weighted moments of the resolution supernet's functional batch norm; this module does both on
 any backend (gloo or nccl), with two small all-reduces per batch-norm layer and pass.
 
-``sharing`` turns this on while an engine trains (``Engine.run``): it swaps the class of the ``nn.BatchNorm2d`` and
-``nn.Dropout`` modules of the placed models for the shared ones below and back again afterwards; functional batch
-norm (``nas.search.dnas.masks``) asks ``active()``. Nothing changes in a world of one.
+``convert_shared_layers`` turns this on once, when the engine places a model on its device (``Engine.place``), as
+``nn.SyncBatchNorm.convert_sync_batchnorm`` does, and ``revert_shared_layers`` turns it off for export
+(``Engine.release``). Unlike ``convert_sync_batchnorm`` it converts the ``nn.BatchNorm2d`` and ``nn.Dropout`` modules
+in place (their class changes; the module objects, their parameters and buffers stay): other code holds references
+to them (the quantised layers' folded batch norms, an EMA copy), which new objects would leave behind. Functional
+batch norm (``nas.search.dnas.masks``) asks ``share_of`` its module. Nothing changes in a world of one.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -38,31 +39,28 @@ class Share:
     size: int
 
 
-_active: Share | None = None
-
-
-def active() -> Share | None:
-    """This rank's share while an engine trains under data parallelism; None otherwise."""
-    return _active
-
-
 class SharedBatchNorm2d(nn.BatchNorm2d):
-    """``nn.BatchNorm2d`` that, in training mode under ``sharing``, normalises with the whole global batch's moments."""
+    """``nn.BatchNorm2d`` that, in training mode, normalises with the whole global batch's moments (``share``: this
+    rank's)."""
+
+    share: Share
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or _active is None:
+        if not self.training:
             return super().forward(x)
         return batch_norm_training(x, self, self.weight, self.bias, self.running_mean, self.running_var)
 
 
 class SharedDropout(nn.Dropout):
-    """``nn.Dropout`` that, in training mode under ``sharing``, applies this rank's rows of one mask drawn for the
-    whole global batch: the mask one process would draw (as torch does on the CPU: ``bernoulli_(1 - p) / (1 - p)``)."""
+    """``nn.Dropout`` that, in training mode, applies this rank's rows (``share``) of one mask drawn for the whole
+    global batch: the mask one process would draw (as torch does on the CPU: ``bernoulli_(1 - p) / (1 - p)``)."""
+
+    share: Share
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0 or _active is None:
+        if not self.training or self.p == 0:
             return super().forward(x)
-        share = _active
+        share = self.share
         noise = x.new_empty((x.shape[0] * share.size, *x.shape[1:])).bernoulli_(1 - self.p).div_(1 - self.p)
         return x * noise[share.rank::share.size]
 
@@ -86,32 +84,41 @@ class _SumOverRanks(torch.autograd.Function):
 
 
 _SHARED = {nn.BatchNorm2d: SharedBatchNorm2d, nn.Dropout: SharedDropout}
+_PLAIN = {shared: plain for plain, shared in _SHARED.items()}
 
 
-@contextmanager
-def sharing(world: World, models: Iterable[nn.Module]) -> Iterator[None]:
-    """Within: ``world``'s ranks act as slices of one process on ``models`` (a world of one: nothing changes)."""
-    global _active
-    if world.size == 1:
-        yield
-        return
-    swapped = [(m, type(m)) for model in models for m in model.modules() if type(m) in _SHARED]
-    for m, cls in swapped:
-        m.__class__ = _SHARED[cls]
-    _active = Share(world.rank, world.size)
-    try:
-        yield
-    finally:
-        _active = None
-        for m, cls in swapped:
-            m.__class__ = cls
+def convert_shared_layers(model: nn.Module, world: World) -> nn.Module:
+    """``model`` with its batch norms and dropouts acting on ``world``'s whole global batch (converted in place;
+    a world of one: unchanged)."""
+    if world.size > 1:
+        share = Share(world.rank, world.size)
+        for m in model.modules():
+            if type(m) in _SHARED:
+                m.__class__ = _SHARED[type(m)]
+            if type(m) in _PLAIN:
+                m.share = share
+    return model
 
 
-def batch_moments(x: torch.Tensor, positions: torch.Tensor | None = None
+def revert_shared_layers(model: nn.Module) -> nn.Module:
+    """``model`` with plain ``nn.BatchNorm2d`` and ``nn.Dropout`` modules again (in place), for export."""
+    for m in model.modules():
+        if type(m) in _PLAIN:
+            m.__class__ = _PLAIN[type(m)]
+            del m.share
+    return model
+
+
+def share_of(bn: nn.Module) -> Share | None:
+    """The share of the global batch that ``bn`` normalises over; None for a plain batch norm."""
+    return bn.share if isinstance(bn, SharedBatchNorm2d) else None
+
+
+def batch_moments(x: torch.Tensor, positions: torch.Tensor | None = None, share: Share | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Per-channel mean and (biased) variance of ``x`` (N x C x H x W) over its images and positions, and the
     effective number of values behind them (for the unbiased running variance). ``positions`` (H x W, summing to 1)
-    weights the positions; None: all alike. Under ``sharing``, over the whole global batch.
+    weights the positions; None: all alike. With ``share``, over the whole global batch.
 
     Two passes in float32 (the mean, then the mean squared deviation from it): the one-pass ``E[x^2] - E[x]^2``
     loses the variance of a channel whose mean is large against its spread (relative error 1e-3 at mean 3, std
@@ -129,24 +136,25 @@ def batch_moments(x: torch.Tensor, positions: torch.Tensor | None = None
         def per_channel(t: torch.Tensor) -> torch.Tensor:
             return (t.sum(0) * w).sum((1, 2))
         per_image = 1.0 / float((positions.detach() ** 2).sum())
-    images = x.shape[0] * (_active.size if _active is not None else 1)
-    mean = _over_ranks(per_channel(xf)) / images
+    images = x.shape[0] * (share.size if share is not None else 1)
+    mean = _over_ranks(per_channel(xf), share) / images
     centred = xf - mean.view(1, -1, 1, 1)
-    var = _over_ranks(per_channel(centred * centred)) / images
+    var = _over_ranks(per_channel(centred * centred), share) / images
     return mean, var, images * per_image
 
 
-def _over_ranks(t: torch.Tensor) -> torch.Tensor:
-    """``t`` summed over the ranks under ``sharing`` (gradients flow back to every rank's share); else ``t``."""
-    return _SumOverRanks.apply(t) if _active is not None else t
+def _over_ranks(t: torch.Tensor, share: Share | None) -> torch.Tensor:
+    """``t`` summed over the ranks with a ``share`` (gradients flow back to every rank's share); else ``t``."""
+    return _SumOverRanks.apply(t) if share is not None else t
 
 
 def batch_norm_training(x: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm, gamma: torch.Tensor,
                         beta: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor,
                         positions: torch.Tensor | None = None) -> torch.Tensor:
     """Batch norm in training mode from ``batch_moments`` (``gamma`` ... ``running_var``: ``bn``'s, or slices of
-    them); updates the running statistics as ``nn.BatchNorm2d`` does (unbiased variance)."""
-    mean, var, count = batch_moments(x, positions)
+    them; over the global batch when ``bn`` is shared); updates the running statistics as ``nn.BatchNorm2d`` does
+    (unbiased variance)."""
+    mean, var, count = batch_moments(x, positions, share_of(bn))
     with torch.no_grad():
         m = bn.momentum if bn.momentum is not None else 0.1
         running_mean.mul_(1 - m).add_(mean.detach().to(running_mean.dtype), alpha=m)

@@ -1,5 +1,5 @@
 """Train and evaluate a plain model on a Dataset with a Recipe, through the engine (``nas.train.engine``); the
-recipe pieces every trainer shares (optimiser, learning-rate schedule, EMA, the finite-loss check)."""
+recipe pieces every trainer shares (optimiser, learning-rate schedule, EMA)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from nas.data.dataset import Dataset
-from nas.errors import TrainingError
-from nas.train.engine import Engine, EpochCallback
+from nas.train.engine import Engine, EpochCallback, OptimizerStep, StepLoss
 from nas.train.evaluation import fit_input, split_accuracy
 from nas.train.recipe import Recipe
 
@@ -50,15 +49,6 @@ def lr_factor(recipe: Recipe, step: int, steps_per_epoch: int) -> float:
     return 1.0
 
 
-def finite_loss(loss: torch.Tensor, epoch: int, lr: float) -> float:
-    """The loss as a float; TrainingError when it is NaN or infinite (training diverged or the data is bad)."""
-    value = float(loss.detach())
-    if not math.isfinite(value):
-        raise TrainingError(f"the training loss became {value} in epoch {epoch} (learning rate {lr:.3g}); "
-                            f"lower the recipe's lr or check the data")
-    return value
-
-
 def set_dropout(model: nn.Module, p: float) -> None:
     for m in model.modules():
         if isinstance(m, nn.Dropout):
@@ -89,6 +79,8 @@ class ChildTraining:
             if recipe.ema > 0 else None
         self.shuffle = torch.Generator().manual_seed(recipe.seed)
         self.mixup = np.random.default_rng(recipe.seed)
+        self.step = OptimizerStep(self.loss, self.opt, self.sched,
+                                  after=self._update_ema if self.ema is not None else None)
 
     def state(self) -> dict:
         state = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
@@ -107,38 +99,37 @@ class ChildTraining:
         self.shuffle.set_state(state["shuffle_rng"])
         self.mixup.bit_generator.state = json.loads(state["mixup_rng"])
 
+    def _update_ema(self) -> None:
+        self.ema.update_parameters(self.model)
+
     @property
     def final_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model
 
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> StepLoss:
+        """Cross-entropy of a batch (label smoothing; mixup with a partner drawn from the shuffle stream)."""
+        model, recipe = self.model, self.recipe
+        x = fit_input(x, model)
+        if recipe.mixup > 0 and len(y) > 1:
+            lam = float(self.mixup.beta(recipe.mixup, recipe.mixup))
+            perm = torch.randperm(len(y), generator=self.shuffle).to(y.device)
+            out = model(lam * x + (1 - lam) * x[perm])
+            loss = lam * F.cross_entropy(out, y, label_smoothing=recipe.label_smoothing) + \
+                (1 - lam) * F.cross_entropy(out, y[perm], label_smoothing=recipe.label_smoothing)
+        else:
+            loss = F.cross_entropy(model(x), y, label_smoothing=recipe.label_smoothing)
+        return loss, {"train_loss": float(loss.detach()) * len(y)}
+
     def epoch(self, index: int) -> dict:
-        model, recipe, engine = self.model, self.recipe, self.engine
-        model.train()
-        total_loss, seen, start = 0.0, 0, time.perf_counter()
-        for x, y in engine.batches(self.data.train, recipe.batch_size, self.shuffle, recipe.augment):
-            x = fit_input(x, model)
-            with engine.autocast():
-                if recipe.mixup > 0 and len(y) > 1:
-                    lam = float(self.mixup.beta(recipe.mixup, recipe.mixup))
-                    perm = torch.randperm(len(y), generator=self.shuffle).to(y.device)
-                    out = model(lam * x + (1 - lam) * x[perm])
-                    loss = lam * F.cross_entropy(out, y, label_smoothing=recipe.label_smoothing) + \
-                        (1 - lam) * F.cross_entropy(out, y[perm], label_smoothing=recipe.label_smoothing)
-                else:
-                    loss = F.cross_entropy(model(x), y, label_smoothing=recipe.label_smoothing)
-            loss_value = finite_loss(loss, index + 1, self.opt.param_groups[0]["lr"])
-            self.opt.zero_grad(set_to_none=True)
-            engine.backward_step(loss, self.opt)
-            self.sched.step()
-            if self.ema is not None:
-                self.ema.update_parameters(model)
-            total_loss += loss_value * len(y)
-            seen += len(y)
-        total_loss, seen = engine.world.total(total_loss, seen)
-        row = {"epoch": index + 1, "train_loss": total_loss / seen, "lr": self.opt.param_groups[0]["lr"],
-               "images_per_s": seen / (time.perf_counter() - start)}
+        recipe, engine = self.recipe, self.engine
+        self.model.train()
+        start = time.perf_counter()
+        figures = engine.train_pass(self.data.train, recipe.batch_size, self.shuffle, [self.step],
+                                    augment=recipe.augment)
+        row = {"epoch": index + 1, "train_loss": figures.get("train_loss", math.nan),
+               "lr": self.opt.param_groups[0]["lr"], "images_per_s": figures.samples / (time.perf_counter() - start)}
         if self.evaluate_val:
-            row["val_accuracy"] = split_accuracy(self.final_model, self.data.val, engine)
+            row["val_accuracy"] = split_accuracy(self.final_model, self.data.val, engine, recipe.batch_size)
         return row
 
 
@@ -155,7 +146,10 @@ def train_model(model: nn.Module, data: Dataset, recipe: Recipe, *, engine: Engi
     if recipe.dropout is not None:
         set_dropout(model, recipe.dropout)
     task = ChildTraining(model, data, recipe, engine, evaluate_val)
-    history = engine.run(task, recipe.epochs, checkpoint=checkpoint, on_epoch=on_epoch)
-    final = task.final_model.cpu()
+    try:
+        history = engine.run(task, recipe.epochs, checkpoint=checkpoint, on_epoch=on_epoch)
+    finally:
+        engine.release(task.model)
+    final = engine.release(task.final_model)
     final.eval()
     return TrainResult(final, history, history[-1].get("val_accuracy", float("nan")) if history else float("nan"))

@@ -24,7 +24,7 @@ from nas.data.dataset import Dataset
 from nas.data.splits import Split
 from nas.search.capacity.config import StaticPlan, capacity_factor_plan
 from nas.search.capacity.vit import ConfiguredViT, DynamicViT
-from nas.train.engine import Engine, EpochCallback
+from nas.train.engine import Engine, EpochCallback, OptimizerStep, StepLoss
 from nas.train.evaluation import split_accuracy
 from nas.train.recipe import Recipe
 from nas.train.training import lr_factor, make_optimizer
@@ -69,9 +69,10 @@ def random_shift(x: torch.Tensor, pixels: int, gen: torch.Generator) -> torch.Te
     return torch.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offsets.tolist())])
 
 
-def plan_accuracy(model: DynamicViT, plan: StaticPlan, split: Split, engine: Engine | None = None) -> float:
+def plan_accuracy(model: DynamicViT, plan: StaticPlan, split: Split, engine: Engine | None = None,
+                  batch_size: int = 64) -> float:
     """Accuracy of ``model`` at ``plan`` on a whole split, streamed (``nas.train.evaluation.split_accuracy``)."""
-    return split_accuracy(ConfiguredViT(model, plan), split, engine)
+    return split_accuracy(ConfiguredViT(model, plan), split, engine, batch_size)
 
 
 class DynamicTraining:
@@ -89,6 +90,9 @@ class DynamicTraining:
         self.full_only = full_only_epochs(model, recipe.epochs)
         self.monitor = capacity_factor_plan(model.space, [MONITOR_KEEP_RATIO] * stages, 1.0)
         self.full = capacity_factor_plan(model.space, [1.0] * stages, 1.0)
+        self.step = OptimizerStep(self.loss, self.opt, self.sched,
+                                  clip_norm=model.space.spec.dynamic_training.grad_clip)
+        self.epoch_index, self.gen, self.rng = 0, torch.Generator(), np.random.default_rng(0)
 
     def state(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
@@ -99,47 +103,39 @@ class DynamicTraining:
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
 
-    def epoch(self, epoch: int) -> dict:
-        model, recipe, engine = self.model, self.recipe, self.engine
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> StepLoss:
+        """A sampled config's cross-entropy (with ``distill``: plus the full config's, and the sampled one distilled
+        from it), plus the capacity predictors' loss."""
+        model, recipe = self.model, self.recipe
         dyn = model.space.spec.dynamic_training
         stages = len(model.space.stages)
-        gen = torch.Generator().manual_seed(recipe.seed * 100_003 + epoch)
-        rng = np.random.default_rng([recipe.seed, epoch])
+        x = random_shift(x, self.shift_pixels, self.gen)
+        ratios, capacity = sample_config(model, self.rng, self.epoch_index, self.full_only)
+        full_capacity = model.space.spec.moe.train_capacity[1]
+        logits, aux = model.forward_train(x, ratios, capacity, self.gen)
+        loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
+        if dyn.distill and (min(ratios, default=1.0) < 1.0 or (model.space.moe_blocks and capacity < full_capacity)):
+            full_logits, full_aux = model.forward_train(x, [1.0] * stages, full_capacity, self.gen)
+            loss = loss + F.cross_entropy(full_logits, y, label_smoothing=recipe.label_smoothing) + \
+                F.kl_div(F.log_softmax(logits, -1), F.log_softmax(full_logits.detach(), -1), log_target=True,
+                         reduction="batchmean")
+            aux = aux + full_aux
+        return loss + dyn.predictor_loss_weight * aux, {"train_loss": loss.item() * len(y),
+                                                        "predictor_loss": float(aux.detach()) * len(y)}
+
+    def epoch(self, epoch: int) -> dict:
+        model, recipe, engine = self.model, self.recipe, self.engine
+        self.epoch_index = epoch
+        self.gen = torch.Generator().manual_seed(recipe.seed * 100_003 + epoch)
+        self.rng = np.random.default_rng([recipe.seed, epoch])
         model.train()
-        total, aux_total, seen = 0.0, 0.0, 0
-        for x, y in engine.batches(self.data.train, recipe.batch_size, gen):
-            x = random_shift(x, self.shift_pixels, gen)
-            ratios, capacity = sample_config(model, rng, epoch, self.full_only)
-            full_capacity = model.space.spec.moe.train_capacity[1]
-            with engine.autocast():
-                logits, aux = model.forward_train(x, ratios, capacity, gen)
-                loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
-                if dyn.distill and (min(ratios, default=1.0) < 1.0
-                                    or (model.space.moe_blocks and capacity < full_capacity)):
-                    full_logits, full_aux = model.forward_train(x, [1.0] * stages, full_capacity, gen)
-                    loss = loss + F.cross_entropy(full_logits, y, label_smoothing=recipe.label_smoothing) + \
-                        F.kl_div(F.log_softmax(logits, -1), F.log_softmax(full_logits.detach(), -1),
-                                 log_target=True, reduction="batchmean")
-                    aux = aux + full_aux
-                total_loss = loss + dyn.predictor_loss_weight * aux
-            self.opt.zero_grad(set_to_none=True)
-            # a non-finite step is skipped, not applied; by every rank or none (a lone rank would wait in the
-            # gradients' all-reduce)
-            if engine.world.total(float(not torch.isfinite(total_loss)))[0] == 0:
-                engine.backward_step(total_loss, self.opt, clip_params=model.parameters(), clip_norm=dyn.grad_clip)
-            self.sched.step()
-            total += loss.item() * len(y)
-            aux_total += float(aux.detach()) * len(y)
-            seen += len(y)
-            if self.on_step is not None:
-                self.on_step()
-        total, aux_total, seen = engine.world.total(total, aux_total, seen)
+        figures = engine.train_pass(self.data.train, recipe.batch_size, self.gen, [self.step], on_batch=self.on_step)
         model.eval()
-        return {"epoch": epoch + 1, "train_loss": total / seen, "predictor_loss": aux_total / seen,
-                "lr": self.opt.param_groups[0]["lr"],
-                "val_accuracy_full": plan_accuracy(model, self.full, self.data.val, engine),
+        return {"epoch": epoch + 1, "train_loss": figures.get("train_loss", math.nan),
+                "predictor_loss": figures.get("predictor_loss", math.nan), "lr": self.opt.param_groups[0]["lr"],
+                "val_accuracy_full": plan_accuracy(model, self.full, self.data.val, engine, recipe.batch_size),
                 f"val_accuracy_keep{MONITOR_KEEP_RATIO:g}": plan_accuracy(model, self.monitor, self.data.val,
-                                                                          engine)}
+                                                                          engine, recipe.batch_size)}
 
 
 def train_dynamic(model: DynamicViT, data: Dataset, recipe: Recipe, *, engine: Engine | None = None,
@@ -154,6 +150,6 @@ def train_dynamic(model: DynamicViT, data: Dataset, recipe: Recipe, *, engine: E
     try:
         history = engine.run(task, recipe.epochs, checkpoint=checkpoint, on_epoch=on_epoch)
     finally:
-        model.cpu()
+        engine.release(model)
     model.eval()
     return DynamicTrainResult(model, history)

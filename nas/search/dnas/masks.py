@@ -54,7 +54,7 @@ def batch_norm(x: torch.Tensor, bn: nn.BatchNorm2d, omega: torch.Tensor | None =
         gamma, beta, running_mean, running_var = gamma[:c], beta[:c], running_mean[:c], running_var[:c]
     if channel_scale is not None:
         gamma, beta = gamma * channel_scale, beta * channel_scale
-    if not bn.training or (omega is None and shares.active() is None):
+    if not bn.training or (omega is None and shares.share_of(bn) is None):
         y = F.batch_norm(x, running_mean, running_var, gamma, beta, bn.training,
                          bn.momentum if bn.momentum is not None else 0.1, bn.eps)
         if bn.training:

@@ -2,8 +2,8 @@
 
 Every epoch: a temperature from FBNet's schedule; the supernet weights train on the train split (CE, one Gumbel
 sample per batch); after the warm-up, the architecture logits train on the validation split with the latency-aware
-loss (weights frozen). The engine (``nas.train.engine``) saves the state after every epoch, so an interrupted search
-resumes where it was.
+loss (weights frozen). The search supplies the two losses and their optimisers; the engine (``nas.train.engine``)
+runs the passes, and saves the state after every epoch, so an interrupted search resumes where it was.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from nas.search.dnas.distribution import ArchDistribution
 from nas.search.dnas.latency_terms import LatencyTerms
 from nas.search.gumbel import TemperatureSchedule
 from nas.search.latency_loss import TargetController, latency_factor
-from nas.train.engine import Engine
+from nas.train.engine import Engine, OptimizerStep, StepLoss
 from nas.train.recipe import Recipe
-from nas.train.training import finite_loss, lr_factor, make_optimizer
+from nas.train.training import lr_factor, make_optimizer
 
 EpochCallback = Callable[[int, dict], None]
 
@@ -83,6 +83,10 @@ class SupernetSearch:
         self.controller = TargetController(settings.target_ms, settings.alpha) if settings.target_ms else None
         self.shuffle = torch.Generator().manual_seed(recipe.seed)
         self.history: list[dict] = []
+        self.tau = settings.initial_temperature  # this epoch's
+        self.weight_step = OptimizerStep(self._weight_loss, self.weight_opt, self.scheduler)
+        self.arch_step = OptimizerStep(self._arch_loss, self.arch_opt, frozen=list(supernet.parameters()),
+                                       after=self._steer if self.controller is not None else None)
 
     # ---- checkpoints --------------------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -112,17 +116,25 @@ class SupernetSearch:
             self.engine.run(self, self.settings.epochs, checkpoint=checkpoint, on_epoch=on_epoch,
                             what="search", error=SearchError)
         finally:
-            for part in (self.supernet, self.dist, self.terms):
+            self.engine.release(self.supernet)
+            for part in (self.dist, self.terms):
                 part.to("cpu")
         return self.history
 
     def epoch(self, epoch: int) -> dict:
-        s = self.settings
+        s, engine, batch_size = self.settings, self.engine, self.recipe.batch_size
         start = time.perf_counter()
-        tau = s.temperature_schedule.at(epoch)
-        row = {"epoch": epoch + 1, "phase": "warmup" if epoch < s.warmup else "search", "temperature": tau}
-        row.update(self._train_weights(tau))
-        row.update(self._train_arch(tau) if epoch >= s.warmup else self._evaluate(tau))
+        self.tau = s.temperature_schedule.at(epoch)
+        row = {"epoch": epoch + 1, "phase": "warmup" if epoch < s.warmup else "search", "temperature": self.tau}
+        self.supernet.train()  # (batch statistics in every pass, the validation passes' included)
+        weights = engine.train_pass(self.data.train, batch_size, self.shuffle, [self.weight_step])
+        row.update({"train_loss": weights.get("train_loss", math.nan),
+                    "train_accuracy": weights.get("train_accuracy", math.nan)})
+        if epoch >= s.warmup:
+            val = engine.train_pass(self.data.val, batch_size, self.shuffle, [self.arch_step])
+        else:  # the warm-up: validation figures of sampled archs, the arch untrained
+            val = engine.evaluate_pass(self.data.val, batch_size, self.shuffle, self._val_figures)
+        row.update({"val_loss": val.get("val_loss", math.nan), "val_accuracy": val.get("val_accuracy", math.nan)})
         with torch.no_grad():
             row.update({"alpha": self.alpha, "expected_ms": float(self.terms.expected_ms().detach()),
                         "argmax_ms": self.terms.argmax_ms(), "entropy": self.dist.entropy(),
@@ -131,69 +143,31 @@ class SupernetSearch:
         self.history.append(row)
         return row
 
-    def _batches(self, split):
-        yield from self.engine.batches(split, self.recipe.batch_size, self.shuffle, "none")
-
-    def _sample(self, tau: float):
+    def _sample(self):
         s = self.settings
-        return self.dist.sample(tau, s.op_paths, s.channel_paths, s.resolution_paths)
+        return self.dist.sample(self.tau, s.op_paths, s.channel_paths, s.resolution_paths)
 
-    def _train_weights(self, tau: float) -> dict:
-        self.supernet.train()
-        total, correct, seen = 0.0, 0, 0
-        for x, y in self._batches(self.data.train):
-            with torch.no_grad():
-                sample = self._sample(tau)
-            with self.engine.autocast():
-                out = self.supernet(x, sample)
-                loss = F.cross_entropy(out, y, label_smoothing=self.recipe.label_smoothing)
-            value = finite_loss(loss, len(self.history) + 1, self.weight_opt.param_groups[0]["lr"])
-            self.weight_opt.zero_grad(set_to_none=True)
-            self.engine.backward_step(loss, self.weight_opt)
-            self.scheduler.step()
-            total += value * len(y)
-            correct += int((out.argmax(1) == y).sum())
-            seen += len(y)
-        total, correct, seen = self.engine.world.total(total, correct, seen)
-        return {"train_loss": total / seen, "train_accuracy": correct / seen}
+    def _weight_loss(self, x: torch.Tensor, y: torch.Tensor) -> StepLoss:
+        """Cross-entropy of one Gumbel sample of the supernet (the sample itself at full precision)."""
+        with torch.no_grad(), self.engine.full_precision():
+            sample = self._sample()
+        out = self.supernet(x, sample)
+        loss = F.cross_entropy(out, y, label_smoothing=self.recipe.label_smoothing)
+        return loss, {"train_loss": float(loss.detach()) * len(y), "train_accuracy": int((out.argmax(1) == y).sum())}
 
-    def _train_arch(self, tau: float) -> dict:
-        s = self.settings
-        self.supernet.train()
-        frozen = [p for p in self.supernet.parameters() if p.requires_grad]
-        for p in frozen:
-            p.requires_grad_(False)
-        total, correct, seen = 0.0, 0, 0
-        try:
-            for x, y in self._batches(self.data.val):
-                with self.engine.autocast():
-                    out = self.supernet(x, self._sample(tau))
-                    ce = F.cross_entropy(out, y)
-                lat = self.terms.expected_ms()
-                loss = ce.float() * latency_factor(lat, self.min_ms, self.alpha, s.beta)
-                self.arch_opt.zero_grad(set_to_none=True)
-                self.engine.backward_step(loss, self.arch_opt)
-                if self.controller is not None:  # steer by the arch the search would return now
-                    self.alpha = self.controller.update(self.terms.argmax_ms())
-                total += float(ce.detach()) * len(y)
-                correct += int((out.argmax(1) == y).sum())
-                seen += len(y)
-        finally:
-            for p in frozen:
-                p.requires_grad_(True)
-        total, correct, seen = self.engine.world.total(total, correct, seen)
-        return {"val_loss": total / seen, "val_accuracy": correct / seen}
+    def _arch_loss(self, x: torch.Tensor, y: torch.Tensor) -> StepLoss:
+        """FBNet's latency-aware loss of one sample: CE times the latency factor of the expected latency (at full
+        precision)."""
+        out = self.supernet(x, self._sample())
+        ce = F.cross_entropy(out, y)
+        with self.engine.full_precision():
+            loss = ce.float() * latency_factor(self.terms.expected_ms(), self.min_ms, self.alpha, self.settings.beta)
+        return loss, {"val_loss": float(ce.detach()) * len(y), "val_accuracy": int((out.argmax(1) == y).sum())}
 
-    @torch.no_grad()
-    def _evaluate(self, tau: float) -> dict:
-        """Validation loss / accuracy of sampled archs (warm-up epochs, where the arch does not train)."""
-        self.supernet.train()  # batch statistics, as in the search steps
-        total, correct, seen = 0.0, 0, 0
-        for x, y in self._batches(self.data.val):
-            with self.engine.autocast():
-                out = self.supernet(x, self._sample(tau))
-            total += float(F.cross_entropy(out, y)) * len(y)
-            correct += int((out.argmax(1) == y).sum())
-            seen += len(y)
-        total, correct, seen = self.engine.world.total(total, correct, seen)
-        return {"val_loss": total / seen, "val_accuracy": correct / seen}
+    def _steer(self) -> None:
+        """After an architecture step: the target controller steers alpha by the arch the search would return now."""
+        self.alpha = self.controller.update(self.terms.argmax_ms())
+
+    def _val_figures(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        out = self.supernet(x, self._sample())
+        return {"val_loss": float(F.cross_entropy(out, y)) * len(y), "val_accuracy": int((out.argmax(1) == y).sum())}

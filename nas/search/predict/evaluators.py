@@ -67,7 +67,7 @@ class TrainEvaluator:
         trained = result.model
         metrics = {
             "val_accuracy": float(result.val_accuracy),
-            "test_accuracy": split_accuracy(trained, self.data.test, self.engine),
+            "test_accuracy": split_accuracy(trained, self.data.test, self.engine, recipe.batch_size),
             "macs": float(count_macs(trained, trained.input_shape)),
             "params": float(count_params(trained)),
             "epochs_trained": float(recipe.epochs),

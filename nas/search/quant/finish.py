@@ -83,7 +83,7 @@ def finish(net: MixedPrecisionNet, graph: QuantGraph, assignment: list[BitOption
     else:
         candidates["fp32"] = str(float_path)
     # the fixed net in eval mode: its observers are calibrated
-    parity = split_parity(net, candidates, data.test, engine=engine)
+    parity = split_parity(net, candidates, data.test, engine=engine, batch_size=settings.batch_size)
     formats = {fmt: {"accuracy_onnx": parity.files[fmt]["accuracy_onnx"],
                      "onnx_max_abs_diff": parity.files[fmt]["onnx_max_abs_diff"],
                      "file_mb": os.path.getsize(path) / 1e6} for fmt, path in candidates.items()}

@@ -26,7 +26,7 @@ from nas.search.gumbel import TemperatureSchedule
 from nas.search.latency_loss import TargetController, latency_factor
 from nas.search.quant.costs import Cost
 from nas.search.quant.mixed import BitOption, MixedPrecisionNet
-from nas.train.engine import Engine
+from nas.train.engine import Engine, OptimizerStep, StepLoss
 from nas.train.evaluation import fit_input, split_accuracy
 
 FP32_OPTION = BitOption(32, 32)
@@ -68,18 +68,18 @@ class SearchResult:
 
 
 def assignment_accuracy(net: MixedPrecisionNet, assignment: list[BitOption], split: Split,
-                        engine: Engine | None = None) -> float:
+                        engine: Engine | None = None, batch_size: int = 64) -> float:
     """Accuracy of ``net`` fixed to ``assignment`` on a whole split (streamed); the net is left unfixed."""
     net.fix(assignment)
     try:
-        return split_accuracy(net, split, engine, batch_size=256)
+        return split_accuracy(net, split, engine, batch_size=batch_size)
     finally:
         net.fix(None)
 
 
 class BitSearch:
     """One epoch of the bit-width search (an ``nas.train.engine.EpochTask``): weights on the train split, then (after
-    the warm-up) the choice logits on the validation split with the cost-aware loss."""
+    the warm-up) the choice logits on the validation split with the cost-aware loss (the weights frozen)."""
 
     def __init__(self, net: MixedPrecisionNet, data: Dataset, cost: Cost, config: SearchConfig, engine: Engine):
         self.net = engine.place(net, channels_last=False)  # the layout the bit search always trained in
@@ -91,6 +91,10 @@ class BitSearch:
         self.alpha = config.alpha
         self.controller = TargetController(config.target, self.alpha, config.target_gain) \
             if config.target is not None else None
+        self.expected: torch.Tensor | None = None  # the last architecture step's expected cost
+        self.weight_step = OptimizerStep(self._weight_loss, self.w_opt)
+        self.arch_step = OptimizerStep(self._arch_loss, self.a_opt, frozen=list(net.weight_parameters()),
+                                       after=self._steer if self.controller is not None else None)
 
     def state(self) -> dict:
         return {"net": self.net.state_dict(), "weight_optimizer": self.w_opt.state_dict(),
@@ -112,41 +116,37 @@ class BitSearch:
         net.set_temperature(tau)
         net.fix(None)
         net.train()
-        train_loss, seen = 0.0, 0
-        for x, y in engine.batches(self.data.train, config.batch_size, gen):
-            with engine.autocast():
-                loss = F.cross_entropy(net(fit_input(x, net)), y)
-            self.w_opt.zero_grad(set_to_none=True)
-            engine.backward_step(loss, self.w_opt)
-            train_loss += loss.item() * len(y)
-            seen += len(y)
-        train_loss, seen = engine.world.total(train_loss, seen)
-        row = {"epoch": epoch + 1, "temperature": tau, "train_loss": train_loss / seen}
+        figures = engine.train_pass(self.data.train, config.batch_size, gen, [self.weight_step])
+        row = {"epoch": epoch + 1, "temperature": tau, "train_loss": figures.get("train_loss", math.nan)}
         if epoch >= config.warmup_epochs:
-            ce_sum, factor_sum, steps = 0.0, 0.0, 0
-            for x, y in engine.batches(self.data.val, config.batch_size, gen):
-                with engine.autocast():
-                    ce = F.cross_entropy(net(fit_input(x, net)), y).float()
-                expected = cost.expected([F.softmax(t, 0).cpu() for t in net.arch_parameters()])
-                factor = latency_factor(expected, self.floor, self.alpha, config.beta)
-                loss = ce * factor.to(ce.device)
-                self.a_opt.zero_grad(set_to_none=True)
-                self.w_opt.zero_grad(set_to_none=True)
-                engine.backward_step(loss, self.a_opt)
-                if self.controller is not None:
-                    self.alpha = self.controller.update(float(expected.detach()))
-                ce_sum, factor_sum, steps = ce_sum + ce.item(), factor_sum + factor.item(), steps + 1
-            ce_sum, factor_sum, steps = engine.world.total(ce_sum, factor_sum, steps)
-            row |= {"arch_ce": ce_sum / steps, "cost_factor": factor_sum / steps}
+            figures = engine.train_pass(self.data.val, config.batch_size, gen, [self.arch_step])
+            row |= {"arch_ce": figures.get("arch_ce", math.nan), "cost_factor": figures.get("cost_factor", math.nan)}
         probs = [p.tolist() for p in net.probabilities()]
         argmax = net.argmax_assignment()
         row["expected_cost"] = float(cost.expected([torch.tensor(p) for p in probs]))
         row["argmax_cost"] = cost.of(argmax)
-        row["argmax_val_accuracy"] = assignment_accuracy(net, argmax, self.data.val, engine)
+        row["argmax_val_accuracy"] = assignment_accuracy(net, argmax, self.data.val, engine, config.batch_size)
         row["argmax"] = " ".join(o.label for o in argmax)
         row["alpha"] = self.alpha
         row["probabilities"] = json.dumps([[round(v, 4) for v in p] for p in probs])
         return row
+
+    def _weight_loss(self, x: torch.Tensor, y: torch.Tensor) -> StepLoss:
+        loss = F.cross_entropy(self.net(fit_input(x, self.net)), y)
+        return loss, {"train_loss": loss.item() * len(y)}
+
+    def _arch_loss(self, x: torch.Tensor, y: torch.Tensor) -> StepLoss:
+        """Cross-entropy times the cost factor of the expected cost under the choice probabilities (at full
+        precision)."""
+        net, config = self.net, self.config
+        ce = F.cross_entropy(net(fit_input(x, net)), y).float()
+        with self.engine.full_precision():
+            self.expected = self.cost.expected([F.softmax(t, 0).cpu() for t in net.arch_parameters()])
+            factor = latency_factor(self.expected, self.floor, self.alpha, config.beta)
+        return ce * factor.to(ce.device), {"arch_ce": ce.item() * len(y), "cost_factor": factor.item() * len(y)}
+
+    def _steer(self) -> None:
+        self.alpha = self.controller.update(float(self.expected.detach()))
 
 
 def search_bits(net: MixedPrecisionNet, data: Dataset, cost: Cost, config: SearchConfig, *,
@@ -162,7 +162,7 @@ def search_bits(net: MixedPrecisionNet, data: Dataset, cost: Cost, config: Searc
         history = engine.run(task, config.epochs, checkpoint=checkpoint, on_epoch=on_epoch, what="search",
                              error=SearchError)
     finally:
-        net.cpu()
+        engine.release(net)
     assignment = net.argmax_assignment()
     probabilities = [p.tolist() for p in net.probabilities()]
     repaired: list[str] = []
