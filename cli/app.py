@@ -173,4 +173,4 @@ def renamed(old_flag: str, new_flag: str, old_value, new_value):
 
 
 TARGET_HELP = ("latency target: 2.5ms, pN (the Nth percentile of the space's predicted latency on the device: p40) "
-               "or Fx:MODEL (F times MODEL's predicted latency there: 0.8x:fbnet_a)")
+               "or Fx:MODEL (F times MODEL's predicted latency there: 0.8x:fbnet_c)")

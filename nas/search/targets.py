@@ -8,7 +8,7 @@ A target is one of:
   space's candidates are predicted faster. The candidates are each search's own, drawn with its seed: random archs
   of the space (DNAS, DMasking; NARS, ChamNet and Optuna take their Sobol pool), every row of a ``table:`` space
   (its latency column), random bit assignments (mixed precision), random configs (dynamic capacity);
-- ``0.8x:fbnet_a``: 0.8 times the predicted latency on the device of a named model (a fixed model, a space's
+- ``0.8x:fbnet_c``: 0.8 times the predicted latency on the device of a named model (a fixed model, a space's
   largest arch, or an arch JSON), built at the search's resolution, width, classes and input channels. Capacity
   searches name their own space (its full-capacity config); a ``table:`` space has no models to name.
 
@@ -89,7 +89,7 @@ def parse_target(text: str, flag: str = "--target") -> TargetForm:
         if not f > 0:
             raise SearchError(f"{flag} {raw!r}: the fraction must be positive")
         return TargetForm(f"{f:g}x:{m.group('model')}", "fraction", f, m.group("model"))
-    raise SearchError(f"{flag} {raw!r}: use {SYNTAX}, e.g. 2.5ms, p40 or 0.8x:fbnet_a")
+    raise SearchError(f"{flag} {raw!r}: use {SYNTAX}, e.g. 2.5ms, p40 or 0.8x:fbnet_c")
 
 
 def parse_bounds(text: str, devices: list[str] | None, flag: str = "--target"
