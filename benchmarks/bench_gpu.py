@@ -6,8 +6,8 @@ in bf16 than in fp32. One script for a machine with a GPU; prints figures, asser
 1. The README demo (`make demo`'s search, 32 px digits) with ``--accelerator cuda``: wall time, test accuracy,
    measured and predicted latency.
 2. A streamed ``folder:`` dataset (PNG files written here from scikit-learn's digits, each on a cluttered 64 x 64
-   canvas, decoded lazily at ``--resolution`` by ``--loader-workers`` DataLoader processes) and a DMasking search on it at
-   ``--resolution`` (fbnet_v2, ``--width``), once in fp32 and once in bf16: supernet images/s (training and
+   canvas, decoded lazily at ``--resolution`` by ``--loader-workers`` DataLoader processes) and a DMasking search on it
+   at ``--resolution`` (fbnet_v2, ``--width``), once in fp32 and once in bf16: supernet images/s (training and
    validation images per second of a search epoch, median over the epochs), peak GPU memory per epoch, and the
    retrained child's images/s.
 

@@ -67,8 +67,8 @@ def bench_dataloader(args, npz: Path) -> None:
                 seconds[name].append(timed(lambda: search._train_weights(1.0)))
     mem, dl = (statistics.median(seconds[k]) for k in ("in memory", "DataLoader"))
     print(f"dataloader: DMasking weight epoch on digits ({len(memory.data.train)} images, batch "
-          f"{args.batch_size}, {args.loader_workers} DataLoader processes): in memory {mem:.2f} s, DataLoader {dl:.2f} s -> "
-          f"speed {mem / dl:.2f}x of in-memory (target >= 0.9x)")
+          f"{args.batch_size}, {args.loader_workers} DataLoader processes): in memory {mem:.2f} s, DataLoader "
+          f"{dl:.2f} s -> speed {mem / dl:.2f}x of in-memory (target >= 0.9x)")
 
 
 def bench_threads(args) -> None:

@@ -149,7 +149,7 @@ def search_capacity_cmd(space: str = SPACE_OPT,
                         checkpoint: Path = typer.Option(..., help="model.pt written by `hwnas train-dynamic`"),
                         dataset: str = DATASET_OPT, device: str = DEVICE_OPT,
                         target: Optional[str] = typer.Option(None, "--target", help=TARGET_HELP.replace(
-                            "0.8x:fbnet_a", "0.5x:vit_capacity, the space's full-capacity config")),
+                            "0.8x:fbnet_c", "0.5x:vit_capacity, the space's full-capacity config")),
                         target_ms: Optional[float] = typer.Option(None, "--target-ms", help="latency budget in "
                                                                   "milliseconds (batch 1)"),
                         out: Optional[Path] = typer.Option(None, help="run directory (rerun the same to resume)"),

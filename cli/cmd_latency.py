@@ -16,10 +16,14 @@ MAX_VALIDATION_SAMPLES = 10_000  # random archs built and timed by `latency vali
 DEVICE_OPT = typer.Option(..., "--device", help="device id: the folder latency_tables/<device-id>/")
 
 
-def device_option(device: str | None, positional: str | None) -> str | None:
-    """``--device``, or the device given the old way, as the first argument (with a note saying what to use)."""
+def device_option(device: str | None, arguments: list[str]) -> str | None:
+    """``--device``, or the device given the old way, as the one argument (with a note saying what to use)."""
+    from nas.errors import LatencyTableError
+
+    if len(arguments) > 1:
+        raise LatencyTableError(f"unexpected arguments {' '.join(arguments)}: give the device as --device DEVICE")
+    positional = arguments[0] if arguments else None
     if positional is not None and device is not None and positional != device:
-        from nas.errors import LatencyTableError
         raise LatencyTableError(f"two devices given: {positional!r} and --device {device!r}")
     if positional is not None:
         console.print(f"[yellow]note:[/yellow] the device is now an option: --device {positional} (the old "
@@ -132,9 +136,12 @@ def correction_line(corr) -> str:
             f"(uncorrected sum {corr.raw_mape:.1f}%)")
 
 
-@latency_app.command("show")
-def show(device: Optional[str] = typer.Option(None, "--device", help="device id (omit to list devices)"),
-         positional: Optional[str] = typer.Argument(None, hidden=True, metavar=""),
+OLD_POSITIONAL = {"allow_extra_args": True}  # the device given the old way, as the first argument
+
+
+@latency_app.command("show", context_settings=OLD_POSITIONAL)
+def show(ctx: typer.Context,
+         device: Optional[str] = typer.Option(None, "--device", help="device id (omit to list devices)"),
          space: Optional[str] = typer.Option(None, "--space", help="also show coverage of this space's keys"),
          resolution: Optional[int] = typer.Option(None, help="space input resolution"),
          width: Optional[float] = typer.Option(None, help="space width multiplier"),
@@ -146,7 +153,7 @@ def show(device: Optional[str] = typer.Option(None, "--device", help="device id 
     """List devices, or one device's manifest, table, correction and coverage (measured vs estimated)."""
     from nas.latency.model import LatencyModel
 
-    device = device_option(device, positional)
+    device = device_option(device, ctx.args)
     from nas.latency.profile import key_is_identity, space_layer_keys
     from nas.latency.table import list_devices, tables_root
 
@@ -329,10 +336,10 @@ def predict(ref: str = typer.Argument(..., help="arch JSON, or a space / model n
                + (f", {len(pred.estimated)} estimated" if pred.estimated else "") + ")")
 
 
-@latency_app.command("check")
-def check(device: Optional[str] = typer.Option(None, "--device", help="device id: the folder "
+@latency_app.command("check", context_settings=OLD_POSITIONAL)
+def check(ctx: typer.Context,
+          device: Optional[str] = typer.Option(None, "--device", help="device id: the folder "
                                                                     "latency_tables/<device-id>/"),
-          positional: Optional[str] = typer.Argument(None, hidden=True, metavar=""),
           model: Optional[Path] = typer.Option(None, "--model", help="also re-time this ONNX file (a shipped "
                                                                      "model.onnx), interleaved with the references"),
           recalibrate: bool = typer.Option(False, "--recalibrate", help="fold the drift into the correction (one "
@@ -347,7 +354,7 @@ def check(device: Optional[str] = typer.Option(None, "--device", help="device id
     from nas.errors import LatencyTableError
     from nas.search.report import DRIFT_WARN_PCT
 
-    device = device_option(device, positional)
+    device = device_option(device, ctx.args)
     if device is None:
         raise LatencyTableError("latency check needs --device DEVICE (`hwnas latency show` lists them)")
     table = LatencyTable.open(device, tables_dir)

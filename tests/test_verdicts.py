@@ -94,7 +94,8 @@ def test_a_drift_over_five_percent_warns_with_the_recalibrate_command():
     m.drift_pct, m.drift_models = 7.5, 3
     report = _report(0.8, measurement=m)
     assert report["drift_pct"] == 7.5
-    assert any("+7.5%" in w and "hwnas latency check --device verdict-dev --recalibrate" in w for w in report["warnings"])
+    assert any("+7.5%" in w and "hwnas latency check --device verdict-dev --recalibrate" in w
+               for w in report["warnings"])
     m.drift_pct = 3.0
     assert _report(0.8, measurement=m)["warnings"] == []
 
@@ -178,7 +179,8 @@ def test_a_simulated_slowdown_reads_plus_twenty_percent_and_recalibrate_brings_p
     assert json.loads(checked.stdout)["drift_pct"] == pytest.approx(20.0, abs=0.01)
     plain = runner.invoke(app, ["latency", "check", "--device", DEVICE, "--tables-dir", str(tables)])
     assert f"hwnas latency check --device {DEVICE} --recalibrate --tables-dir {tables}" in plain.stdout
-    refit = runner.invoke(app, ["latency", "check", "--device", DEVICE, "--tables-dir", str(tables), "--recalibrate", "--json"])
+    refit = runner.invoke(app, ["latency", "check", "--device", DEVICE, "--tables-dir", str(tables), "--recalibrate",
+                                "--json"])
     assert refit.exit_code == 0, refit.output
     assert json.loads(refit.stdout)["correction"]["rescale"] == pytest.approx(1.2)
     after = [LatencyModel.load(DEVICE, tables).predict(space, a) for a in all_archs(space)[:5]]

@@ -5,8 +5,8 @@ LatencyModel); ``TableProblem`` is a user's table (latency from its latency colu
 (``nas.search.capacity.search``) is a trained dynamic-capacity ViT's keep ratios x threshold. Each holds an
 ``Evaluator``. The searches (NARS, GP-BO, evolution, Optuna) see only this interface, so each runs on all.
 
-Latency constraints (``--target``, ``nas.search.targets``): ``5ms`` bounds every device at 5 ms; ``phone=5ms,server=p40``
-bounds each named device; relative terms are resolved per device (``nas.search.predict.search_setup``). Several
+Latency constraints (``--target``, ``nas.search.targets``): ``5ms`` bounds every device at 5 ms;
+``phone=5ms,server=p40`` bounds each named device; relative terms are resolved per device (``nas.search.predict.search_setup``). Several
 constraints give a Pareto family (one winner per constraint).
 """
 

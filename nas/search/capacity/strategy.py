@@ -62,15 +62,16 @@ class PreparedCapacity:
         job = self.job
         return {"command": "search capacity", "space": sp.name, "space_fingerprint": sp.fingerprint(),
                 "checkpoint": job.checkpoint, "dataset": job.dataset, "device": job.device,
-                "target": job.target, "target_ms": job.target_ms, "trials": job.trials, "seed": self.seed, "measure": job.measure,
-                "allow_fallback": job.allow_fallback}
+                "target": job.target, "target_ms": job.target_ms, "trials": job.trials, "seed": self.seed,
+                "measure": job.measure, "allow_fallback": job.allow_fallback}
 
     def run_name(self) -> str:
         return self.problem.capacity_space.name
 
     def summary(self) -> str:
         job = self.job
-        return (f"searching {self.problem.capacity_space.name} configs for {self.target.describe()} on {job.device!r} "
+        target = self.target.describe() if self.target else f"{job.target_ms:g} ms"
+        return (f"searching {self.problem.capacity_space.name} configs for {target} on {job.device!r} "
                 f"({job.trials} trials{', measured' if job.measure else ''})")
 
 
@@ -128,7 +129,8 @@ class CapacityStrategy(Strategy):
         if best is None:
             raise SearchError(f"no config tried meets {job.target_ms:g} ms (predicted); raise --target-ms or --trials")
         report = export_config(prepared.evaluator, best["config"], run, method="capacity", target_ms=job.target_ms,
-                               target=job.target, detail={"trials": history.used, "optuna": study},
+                               target=job.target, detail={"trials": history.used, "optuna": study,
+                                                          "target_basis": prepared.target and prepared.target.basis},
                                warnings=prepared.target.warnings if prepared.target else ())
         plot_search(rows, job.target_ms, best, run.path)
         return write_report(run, report)

@@ -233,7 +233,8 @@ def _run(prep: PreparedSearch, run: RunDir, progress: Progress = no_progress) ->
         measurement=Measurement.from_dict(figures.pop("measurement")),
         remedies=latency_remedies(job.device, tables_dir=job.tables_dir, model_path=run.file(MODEL),
                                   reprofile=profile_command(job, space)), detail={
-            **figures, "measurement_note": note, "attainable_ms": [prep.min_ms, prep.max_ms], **selection,
+            **figures, "measurement_note": note, "attainable_ms": [prep.min_ms, prep.max_ms],
+            "target_basis": prep.target.basis if prep.target else None, **selection,
             "search_epochs": epochs, "search_seconds": search_seconds,
             "supernet_val_accuracy": history[-1]["val_accuracy"], "final_alpha": history[-1]["alpha"],
             "estimated_keys": len(prep.terms.estimated_keys()), "space_args": space.space_args(),
