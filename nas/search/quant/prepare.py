@@ -153,11 +153,10 @@ def resolve_latency_target(cfg: MixedPrecisionConfig, cost_ms: LatencyCost | Non
     if text is None or cfg.cost != "latency":
         return cfg
 
-    def random_assignments() -> np.ndarray:
+    def random_assignments() -> np.ndarray:  # each layer's option uniformly: its int8-or-fp32 row, costed
         rng = np.random.default_rng(cfg.search.seed)
-        n = len(cost_ms.graph.layers)
-        return np.asarray([cost_ms.of([cost_ms.options[i] for i in rng.integers(len(cost_ms.options), size=n)])
-                           for _ in range(RANDOM_ARCHS)])
+        picks = rng.integers(len(cost_ms.options), size=(RANDOM_ARCHS, len(cost_ms.graph.layers)))
+        return np.asarray([float(cost_ms.table.expected_ms(row)) for row in cost_ms.int8_mask[picks]])
 
     target = resolve_one(text, lambda: LatencyScale(
         device, f"{RANDOM_ARCHS} random bit assignments of {space.name}", random_assignments,
