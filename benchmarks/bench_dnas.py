@@ -1,4 +1,5 @@
-"""Figures for issue 4 (DNAS and DMaskingNAS). Prints, asserts nothing.
+"""Claims of DNAS and DMaskingNAS: a supernet step costs little more than its largest child, channel options cost
+no memory, alpha steers latency, and the searched arch beats random archs of its latency. Prints, asserts nothing.
 
     .venv/bin/python benchmarks/bench_dnas.py [--device local-cpu] [--only cost,memory,alpha,quality]
 

@@ -1,5 +1,5 @@
-"""Drift benchmark (issue 17): a table validated right after profiling, then after the machine drifted, before
-and after ``hwnas latency check --recalibrate`` (one global rescale).
+"""Claim: ``hwnas latency check --recalibrate`` (one global rescale) restores a drifted table's predictions. A table
+validated right after profiling, then after the machine drifted, before and after the rescale.
 
     .venv/bin/python benchmarks/bench_drift.py [--space fbnet] [--resolution 224] [--width 1.0] [--samples 30]
                                                [--slowdown 1.05 | --device ID --tables-dir DIR] [--json]

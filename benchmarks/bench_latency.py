@@ -1,7 +1,8 @@
-"""Latency-table benchmark (issue 3): profiling wall time and prediction accuracy on this machine.
+"""Claims of latency tables: a space profiles in under a minute, and the LatencyModel predicts whole models within
+10% (and ranks them better than FLOPs). Profiling wall time and prediction accuracy on this machine.
 
     .venv/bin/python benchmarks/bench_latency.py [--space fbnet] [--resolution 224] [--samples 50]
-                                                 [--threads 1 2] [--clock wall|cpu] [--json]
+                                                 [--ort-threads 1 2] [--clock wall|cpu] [--json]
 
 For each thread count it profiles the space into a fresh temporary device table (blocks + calibration,
 timed end to end: the "< 60 s" target), then measures ``--samples`` random archs end to end and prints
@@ -66,13 +67,13 @@ def main() -> None:
     parser.add_argument("--space", default="fbnet")
     parser.add_argument("--resolution", type=int, default=224)
     parser.add_argument("--samples", type=int, default=50)
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--ort-threads", type=int, nargs="+", default=[1, 2], help="ONNX Runtime threads")
     parser.add_argument("--clock", default="wall", choices=["wall", "cpu"])
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
         results = [run(args.space, args.resolution, args.samples, threads, args.clock if threads == 1 else "wall",
-                       Path(tmp)) for threads in args.threads]
+                       Path(tmp)) for threads in args.ort_threads]
     harness.print_figures(results, args.json,
                           lambda rs: [line for r in rs for line in lines(args.space, args.resolution, r)])
 

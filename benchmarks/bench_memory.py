@@ -2,14 +2,14 @@
 file offsets, evaluation and ONNX parity read batches of the recipe's size, normalisation statistics are computed
 chunk by chunk. Prints, asserts nothing.
 
-    .venv/bin/python benchmarks/bench_memory.py [--sizes 200,3200] [--workers 0,2] [--kinds folder,npz]
+    .venv/bin/python benchmarks/bench_memory.py [--sizes 200,3200] [--loader-workers 0,2] [--kinds folder,npz]
         [--data-dir DIR] [--repeats 1]
 
 For each kind of dataset, DataLoader worker count and dataset size it runs (``%M`` of GNU time: the largest
 resident set of the command's processes, which is the main process's, the workers being smaller)
 
     /usr/bin/time -f %M hwnas train fbnet_a --dataset KIND:DIR --resolution 160 --width 0.25 --epochs 1 \\
-        --workers N --threads 1
+        --loader-workers N --threads 1
 
 on generated 160 px PNGs in 4 classes (``npz:``: the same images as one uint8 N x H x W x C array), and prints the
 peaks and the growth from the smallest size to the largest (target: under 150 MB). The data is generated once into
@@ -66,7 +66,7 @@ def make_npz(root: Path, folder: Path, count: int) -> Path:
 def peak_mb(dataset: str, workers: int, out: Path) -> float:
     """The command's peak resident memory in MB (GNU time's %M)."""
     cmd = ["/usr/bin/time", "-f", "%M", sys.executable, "-m", "cli.main", "train", "fbnet_a", "--dataset", dataset,
-           "--resolution", str(RESOLUTION), "--width", "0.25", "--epochs", "1", "--workers", str(workers),
+           "--resolution", str(RESOLUTION), "--width", "0.25", "--epochs", "1", "--loader-workers", str(workers),
            "--threads", "1", "--out", str(out)]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if r.returncode != 0:
@@ -77,7 +77,7 @@ def peak_mb(dataset: str, workers: int, out: Path) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="200,3200")
-    ap.add_argument("--workers", default="0,2")
+    ap.add_argument("--loader-workers", default="0,2")
     ap.add_argument("--kinds", default="folder,npz")
     ap.add_argument("--data-dir", type=Path, default=None)
     ap.add_argument("--repeats", type=int, default=1)
@@ -93,7 +93,7 @@ def main() -> None:
             if "npz" in args.kinds:
                 datasets["npz", n] = f"npz:{make_npz(root, folder, n)}"
         for kind in args.kinds.split(","):
-            for workers in (int(w) for w in args.workers.split(",")):
+            for workers in (int(w) for w in args.loader_workers.split(",")):
                 peaks = {}
                 for n in sizes:
                     runs = [peak_mb(datasets[kind, n], workers, Path(tmp) / f"run-{kind}-{workers}-{n}-{i}")

@@ -1,4 +1,5 @@
-"""Predictor-guided search benchmark (issue 5 targets). Prints:
+"""Claims of predictor-guided search: the evolutionary search scores candidates fast, NARS and GP-BO beat random
+search at the same budget, and pretraining on free proxies helps the predictor. Prints:
 
 1. Evolutionary-search throughput: candidates scored per CPU-minute with a fitted FBNetV3 MLP predictor on the
    fbnet_v2 joint arch x recipe space (34 arch + 9 recipe decisions), with the vectorised LatencyModel of a real

@@ -1,4 +1,5 @@
-"""Mixed-precision search on digits: prints the issue's targets.
+"""Claims of mixed precision: the searched assignment is not dominated by uniform fp32 or int8, and the exported
+ONNX model keeps the fake-quant model's accuracy. A mixed-precision search on digits:
 
 1. Profiles the model's blocks (fp32 and int8) into a device table, then runs ``search mixed-precision`` twice:
    - cost ``size`` with a target of 4 mean weight bits (the size of the all-4-bit model);
@@ -12,7 +13,7 @@
 Timings are taken on a shared machine; ``--clock cpu`` (the default) times the calling thread's CPU time, which
 other processes do not inflate, but caches are still shared: expect a few percent of noise.
 
-    .venv/bin/python benchmarks/bench_quant.py [--arch fbnet_a --width 0.5 --resolution 32] [--out results/bench_quant]
+    .venv/bin/python benchmarks/bench_quant.py [--space fbnet_a --width 0.5 --resolution 32] [--out results/bench_quant]
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def speedups_at(args, tables: Path, resolution: int, width: float) -> dict:
     where layers are big enough for their own time, not the session-call overhead, to dominate."""
     import tempfile
 
-    space, arch = resolve_model_ref(args.arch, resolution=resolution, width_multiplier=width, classes=10,
+    space, arch = resolve_model_ref(args.space, resolution=resolution, width_multiplier=width, classes=10,
                                     in_channels=1)
     net = MixedPrecisionNet(build_model(space, arch), [BitOption(8, 8), BitOption(32, 32)])
     layers = trace_layers(net.model, net.names, net.input_shape)
@@ -121,7 +122,7 @@ def show(title: str, report: dict) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", default="fbnet_a")
+    p.add_argument("--space", default="fbnet_a", help="the model whose bits are searched")
     p.add_argument("--width", type=float, default=0.5)
     p.add_argument("--resolution", type=int, default=32)
     p.add_argument("--epochs", type=int, default=8, help="bit-search epochs")
@@ -142,7 +143,7 @@ def main() -> None:
     torch.set_num_threads(1)  # shared 2-core machine: oversubscribed torch threads are many times slower
 
     tables = args.out / "tables"
-    data, space, arch = load_task("digits", args.arch, resolution=args.resolution, width=args.width, seed=args.seed)
+    data, space, arch = load_task("digits", args.space, resolution=args.resolution, width=args.width, seed=args.seed)
     print(f"{space.name} @ {space.resolution}px x{space.width_multiplier:g} on digits {data.sizes()}; device "
           f"{args.device} (CPUExecutionProvider, 1 thread, clock {args.clock}); tables in {tables}")
     harness.profile_table(Device(clock=args.clock, device_id=args.device), space, tables_dir=tables, bits=(32, 8),
@@ -186,7 +187,7 @@ def main() -> None:
         print("  measured int8 vs fp32 speed-up per layer kind, the search's own layers (table rows; > 1: int8 faster):")
         print_speedups(r.get("int8_speedup_by_layer_kind", {}))
     if "speedup" in reports:
-        print(f"\n== measured int8 vs fp32 speed-up per layer kind, {args.arch} at {args.speedup_resolution}px "
+        print(f"\n== measured int8 vs fp32 speed-up per layer kind, {args.space} at {args.speedup_resolution}px "
               f"x{args.speedup_width:g} (no training) ==")
         print_speedups(reports["speedup"])
     for kind, r in reports.items():

@@ -1,10 +1,11 @@
-"""Figures for issue 13 (the training engine). Prints, asserts nothing.
+"""Claims of the training engine: streamed data trains as fast as data in memory, and more torch threads do not
+slow a supernet step. Prints, asserts nothing.
 
     .venv/bin/python benchmarks/bench_training.py [--device local-cpu] [--space fbnet_v2] [--width 0.25]
-        [--epochs 3] [--workers 0] [--tables-dir DIR]
+        [--epochs 3] [--loader-workers 0] [--tables-dir DIR]
 
 - dataloader: seconds per DMasking supernet weight epoch on digits, held in memory (``digits``) vs streamed
-  through the DataLoader path (the same images as a memory-mapped ``npz:``, ``--workers`` processes); target
+  through the DataLoader path (the same images as a memory-mapped ``npz:``, ``--loader-workers`` processes); target
   streamed >= 0.9x the in-memory speed. The median of ``--epochs`` epochs each, interleaved.
 - threads: seconds per supernet step (weights and architecture) with 1 and with 2 torch threads, interleaved
   (several threads are safe since nas/conv.py works around oneDNN's strided 1x1 weight-gradient overflow).
@@ -55,7 +56,7 @@ def timed(fn) -> float:
 def bench_dataloader(args, npz: Path) -> None:
     memory = prepared(args, "digits")
     streamed = prepared(args, f"npz:{npz}")
-    engine = Engine(resolve_accelerator("cpu", "32", 1), workers=args.workers)
+    engine = Engine(resolve_accelerator("cpu", "32", 1), workers=args.loader_workers)
     searches = {"in memory": make_search(memory, engine), "DataLoader": make_search(streamed, engine)}
     seconds: dict[str, list[float]] = {k: [] for k in searches}
     with engine.accelerator.threads_in_use(1):
@@ -65,8 +66,8 @@ def bench_dataloader(args, npz: Path) -> None:
                                                                      search.shuffle, [search.weight_step])))
     mem, dl = (statistics.median(seconds[k]) for k in ("in memory", "DataLoader"))
     print(f"dataloader: DMasking weight epoch on digits ({len(memory.data.train)} images, batch "
-          f"{args.batch_size}, {args.workers} workers): in memory {mem:.2f} s, DataLoader {dl:.2f} s -> "
-          f"speed {mem / dl:.2f}x of in-memory (target >= 0.9x)")
+          f"{args.batch_size}, {args.loader_workers} DataLoader processes): in memory {mem:.2f} s, DataLoader "
+          f"{dl:.2f} s -> speed {mem / dl:.2f}x of in-memory (target >= 0.9x)")
 
 
 def bench_threads(args) -> None:
@@ -101,7 +102,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--steps", type=int, default=15)
-    ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--loader-workers", type=int, default=0, help="DataLoader processes")
     ap.add_argument("--tables-dir", default=None)
     ap.add_argument("--only", default="dataloader,threads")
     args = ap.parse_args()

@@ -1,4 +1,5 @@
-"""Predictor-guided search with many workers on one Optuna study (issue 15's targets).
+"""Claims of many workers on one Optuna study: 2 workers finish a search about 1.8x and 4 workers about 3x faster
+than 1, at the same quality, and killed workers lose or repeat no evaluation.
 
 On the table space (benchmarks/data/digits_joint.csv), each lookup sleeps the row's measured training time
 (``train_seconds``) times ``--scale``, as a stand-in for training. Prints:
@@ -42,7 +43,7 @@ def settings_for(storage: str, study: str, budget: int, seed: int, scale: float,
 
     return PredictorSearchSettings(strategy="nars", space=f"table:{TABLE}", objective="val_accuracy",
                                    latency_columns=["latency_ms"], metric_columns=["test_accuracy", "train_seconds"],
-                                   budget=budget, seed=seed, latency_ms=[bound], storage=storage, study=study,
+                                   budget=budget, seed=seed, targets=[bound], storage=storage, study=study,
                                    workers=workers, sleep_column="train_seconds", sleep_scale=scale)
 
 

@@ -1,4 +1,5 @@
-"""Bad-input sweep (issue 16): a careless user's inputs to every command; prints how many end cleanly.
+"""Claim: every bad input ends with one error line and exit code 2. A careless user's inputs to every command;
+prints how many end cleanly.
 
 Each case runs the CLI's main() in this process. Clean means exit code 2 and exactly one `error:` line, no
 traceback, and no storage password echoed. Everything is written under a fresh temporary folder.
@@ -103,10 +104,10 @@ def make_cases() -> list[tuple]:
         ("latency", "profile", "--space", "fbnet", "--device", "d1", "--tables-dir", afile),
         ("latency", "profile", "--space", "fbnet", "--device", "bad/id"),
         ("latency", "profile", "--space", "fbnet", "--device", "dev\n"),
-        ("latency", "profile", "--space", "fbnet", "--device", "d1", "--threads", "0"),
+        ("latency", "profile", "--space", "fbnet", "--device", "d1", "--ort-threads", "0"),
         ("latency", "profile", "--space", "fbnet", "--device", "d1", "--optimization", "max"),
         ("latency", "profile", "--space", "fbnet", "--device", "d1", "--provider", "CUDAExecutionProvider"),
-        ("latency", "profile", "--space", "fbnet", "--device", "d1", "--clock", "cpu", "--threads", "2"),
+        ("latency", "profile", "--space", "fbnet", "--device", "d1", "--clock", "cpu", "--ort-threads", "2"),
         ("latency", "show", "nope", "--tables-dir", tables),
         ("latency", "show", "dev", "--tables-dir", afile),
         ("latency", "show", "dev\n", "--tables-dir", tables),
@@ -134,7 +135,7 @@ def make_cases() -> list[tuple]:
         ("search", "dnas", "--space", space, "--device", "dev", "--tables-dir", tables, "--out", afile),
         ("search", "dnas", "--space", "nope", "--device", "dev", "--tables-dir", tables),
         ("search", "dmasking", "--space", space, "--device", "nodev", "--tables-dir", tables),
-        ("search", "mixed-precision", "--arch", str(binary), "--device", "dev", "--tables-dir", tables),
+        ("search", "mixed-precision", "--space", str(binary), "--device", "dev", "--tables-dir", tables),
         ("search", "capacity", "--checkpoint", binary, "--device", "dev", "--tables-dir", tables, "--target-ms", "1"),
         ("search", "capacity", "--checkpoint", T / "none.pt", "--device", "dev", "--tables-dir", tables,
          "--target-ms", "1"),

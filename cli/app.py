@@ -93,18 +93,20 @@ def progress_bars() -> Iterator[callable]:
             bars.stop()
 
 
-ARCH_SEARCHES = ("dnas", "dmasking", "nars", "chamnet", "optuna")  # winners are arch JSONs `latency predict` reads
-
-
-def next_step(report: dict, out: Path) -> str:
-    """The line every search ends with: the model to ship and the command that checks it."""
+def next_step(report: dict, out: Path, tables_dir: Path | str | None = None) -> str:
+    """The line every search ends with: the model to ship and the command that measures it on the device."""
     model = out / report["model"] if report.get("model") and (out / report["model"]).is_file() else None
     winner = out / report["winner"] if report.get("winner") and (out / report["winner"]).is_file() else None
     if model is None:
         return f"next step: the winner is in {winner or out / 'report.json'} (no model was exported)"
-    if winner and report.get("device") and report["method"] in ARCH_SEARCHES:
-        return (f"next step: deploy {model} (ONNX Runtime); check its latency with: hwnas latency predict {winner} "
-                f"--device {report['device']}")
+    measured_elsewhere = (report.get("measurement") or {}).get("note")
+    if report.get("device") and measured_elsewhere:
+        return (f"next step: deploy {model} (ONNX Runtime) and time it on device {report['device']} itself: "
+                f"{measured_elsewhere}")
+    if report.get("device"):
+        tables = f" --tables-dir {tables_dir}" if tables_dir else ""
+        return (f"next step: deploy {model} (ONNX Runtime); measure it on the device again with: hwnas latency "
+                f"check --device {report['device']} --model {model}{tables}")
     return f"next step: deploy {model} (ONNX Runtime); its figures and warnings: {out / 'report.json'}"
 
 
@@ -137,7 +139,9 @@ def verdict_line(report: dict) -> str:
     line = ", ".join(figures) or "no latency figures"
     within, judged_on = report.get("within_target"), report.get("judged_on")
     if within is not None and target is not None:
-        line += (f": {'within' if within else 'OVER'} the target {target:g} ms"
+        given = report.get("target")
+        shown = f"{target:g} ms" if given in (None, f"{float(target)!r}ms") else f"{given} = {target:.4g} ms"
+        line += (f": {'within' if within else 'OVER'} the target {shown}"
                  + (f" (judged on the {judged_on} figure)" if judged_on != "measured" else ""))
         if not within and judged_on == "measured":
             line += ": re-measure quietly, tighten the target, or re-profile (commands in the warning)"
@@ -156,3 +160,17 @@ def print_verdict(report: dict) -> None:
     for w in report.get("warnings") or []:
         console.print(f"[yellow]warning:[/yellow] {escape(w)}", soft_wrap=True)
     typer.echo(verdict_line(report))
+
+
+def renamed(old_flag: str, new_flag: str, old_value, new_value):
+    """An option's old spelling, kept hidden: its value when given (with a note saying what to use instead), else
+    the new spelling's."""
+    if old_value is None:
+        return new_value
+    console.print(f"[yellow]note:[/yellow] {old_flag} is now {new_flag} (the old spelling still works; use "
+                  f"{new_flag})", highlight=False, soft_wrap=True)
+    return old_value
+
+
+TARGET_HELP = ("latency target: 2.5ms, pN (the Nth percentile of the space's predicted latency on the device: p40) "
+               "or Fx:MODEL (F times MODEL's predicted latency there: 0.8x:fbnet_c)")

@@ -13,8 +13,10 @@ from cli.app import (
     latency_app,
     next_step,
     print_json,
+    TARGET_HELP,
     print_verdict,
     progress_bar,
+    renamed,
     run_strategy,
     search_app,
 )
@@ -34,12 +36,15 @@ def train_dynamic_cmd(space: str = SPACE_OPT, dataset: str = DATASET_OPT,
                       epochs: Optional[int] = typer.Option(None, help="override the space recipe's epochs"),
                       shift: int = typer.Option(2, help="random-shift augmentation in pixels (0: none)"),
                       seed: int = typer.Option(0, help="data split and training seed"),
-                      torch_threads: int = typer.Option(1, "--torch-threads",
-                                                        help="torch CPU threads (1 is fastest on a shared machine)"),
+                      threads: int = typer.Option(1, "--threads", help="torch threads while training (1 is fastest "
+                                                  "on a shared machine)"),
+                      old_torch_threads: Optional[int] = typer.Option(None, "--torch-threads", hidden=True),
                       accelerator: str = typer.Option("auto", help="auto | cpu | cuda (auto: cuda when a GPU is "
                                                       "present)"),
                       precision: str = typer.Option("32", help="32 | bf16 | 16-mixed (16-mixed needs a GPU)"),
-                      workers: int = typer.Option(0, help="DataLoader worker processes that decode streamed data"),
+                      loader_workers: int = typer.Option(0, "--loader-workers", help="DataLoader processes that "
+                                                         "decode streamed data"),
+                      old_workers: Optional[int] = typer.Option(None, "--workers", hidden=True),
                       as_json: bool = typer.Option(False, "--json", help="print the report as JSON")):
     """Train a dynamic-capacity ViT once-for-all (keep ratios and MoE capacity sampled per batch)."""
     import pandas as pd
@@ -54,7 +59,9 @@ def train_dynamic_cmd(space: str = SPACE_OPT, dataset: str = DATASET_OPT,
     from nas.train.engine import engine_for
     from nas.train.learning_curve import plot_learning_curve
 
-    engine = engine_for(accelerator, precision, torch_threads, workers)
+    threads = renamed("--torch-threads", "--threads", old_torch_threads, threads)
+    loader_workers = renamed("--workers", "--loader-workers", old_workers, loader_workers)
+    engine = engine_for(accelerator, precision, threads, loader_workers)
     data, sp = load_capacity_data(space, dataset, seed)
     recipe = sp.recipe().model_copy(update={"seed": seed, **({"epochs": epochs} if epochs else {})})
     out = out or default_run_path("train-dynamic", sp.name)
@@ -97,7 +104,8 @@ def profile_capacity(space: str = SPACE_OPT, device: str = DEVICE_OPT,
                                                                           "this checkpoint's sidecar"),
                      in_channels: Optional[int] = typer.Option(None, "--in-channels", help="input channels"),
                      classes: Optional[int] = typer.Option(None, help="number of classes"),
-                     threads: int = typer.Option(1, help="intra-op threads"),
+                     ort_threads: int = typer.Option(1, "--ort-threads", help="ONNX Runtime intra-op threads"),
+                     old_threads: Optional[int] = typer.Option(None, "--threads", hidden=True),
                      clock: Optional[str] = typer.Option(None, help="wall | cpu (calling thread's CPU time; 1 "
                                                          "thread); default: the device table's, else wall"),
                      calibration: int = typer.Option(8, help="whole models measured to refit the correction (0: none)"),
@@ -110,6 +118,7 @@ def profile_capacity(space: str = SPACE_OPT, device: str = DEVICE_OPT,
     from nas.search.capacity.latency import calibrate_capacity, capacity_profile_items
     from nas.search.capacity.space import load_capacity_space
 
+    threads = renamed("--threads", "--ort-threads", old_threads, ort_threads)
     measure_on = Device(threads=threads, clock=table_clock(clock, device, tables_dir, threads), device_id=device)
     args = (read_sidecar(checkpoint).get("space_args") or {}) if checkpoint else {}
     sp = load_capacity_space(space, in_channels=in_channels or args.get("in_channels"),
@@ -139,7 +148,10 @@ def profile_capacity(space: str = SPACE_OPT, device: str = DEVICE_OPT,
 def search_capacity_cmd(space: str = SPACE_OPT,
                         checkpoint: Path = typer.Option(..., help="model.pt written by `hwnas train-dynamic`"),
                         dataset: str = DATASET_OPT, device: str = DEVICE_OPT,
-                        target_ms: float = typer.Option(..., "--target-ms", help="latency budget (batch 1, ms)"),
+                        target: Optional[str] = typer.Option(None, "--target", help=TARGET_HELP.replace(
+                            "0.8x:fbnet_c", "0.5x:vit_capacity, the space's full-capacity config")),
+                        target_ms: Optional[float] = typer.Option(None, "--target-ms", help="latency budget in "
+                                                                  "milliseconds (batch 1)"),
                         out: Optional[Path] = typer.Option(None, help="run directory (rerun the same to resume)"),
                         trials: int = typer.Option(40, help="configs to evaluate"),
                         seed: Optional[int] = typer.Option(None, help="data split (default: the checkpoint's) "
@@ -151,17 +163,19 @@ def search_capacity_cmd(space: str = SPACE_OPT,
                         tables_dir: Optional[Path] = TABLES_OPT,
                         as_json: bool = typer.Option(False, "--json", help="print the report as JSON")):
     from nas.search.capacity.strategy import CapacityJob
+    from nas.search.targets import given_targets
 
-    job = CapacityJob(space=space, checkpoint=str(checkpoint), device=device, target_ms=target_ms, dataset=dataset,
+    given = given_targets(target, target_ms)
+    job = CapacityJob(space=space, checkpoint=str(checkpoint), device=device, target_ms=None, dataset=dataset,
                       trials=trials, seed=seed, measure=measure, allow_fallback=not no_fallback,
-                      tables_dir=str(tables_dir) if tables_dir else None)
+                      tables_dir=str(tables_dir) if tables_dir else None, target=given[0] if given else None)
     report, out = run_strategy("capacity", job, out)
     if as_json:
         print_json(report)
         return
-    typer.echo(f"chosen {_summary(report)}; target {target_ms:g} ms -> {out}")
+    typer.echo(f"chosen {_summary(report)}; target {report['target']} = {report['target_ms']:.4g} ms -> {out}")
     print_verdict(report)
-    typer.echo(next_step(report, out))
+    typer.echo(next_step(report, out, tables_dir))
 
 
 def _summary(report: dict) -> str:

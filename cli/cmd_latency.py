@@ -9,11 +9,26 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from cli.app import console, latency_app, print_json, print_table, progress_bar
+from cli.app import console, latency_app, print_json, print_table, progress_bar, renamed
 
 SPACE_OPT = typer.Option(..., "--space", help="space name or YAML")
 MAX_VALIDATION_SAMPLES = 10_000  # random archs built and timed by `latency validate` (hours of timing already)
 DEVICE_OPT = typer.Option(..., "--device", help="device id: the folder latency_tables/<device-id>/")
+
+
+def device_option(device: str | None, arguments: list[str]) -> str | None:
+    """``--device``, or the device given the old way, as the one argument (with a note saying what to use)."""
+    from nas.errors import LatencyTableError
+
+    if len(arguments) > 1:
+        raise LatencyTableError(f"unexpected arguments {' '.join(arguments)}: give the device as --device DEVICE")
+    positional = arguments[0] if arguments else None
+    if positional is not None and device is not None and positional != device:
+        raise LatencyTableError(f"two devices given: {positional!r} and --device {device!r}")
+    if positional is not None:
+        console.print(f"[yellow]note:[/yellow] the device is now an option: --device {positional} (the old "
+                      f"spelling still works)", highlight=False, soft_wrap=True)
+    return device or positional
 
 
 def advance_to(advance):
@@ -40,7 +55,8 @@ def profile(space: str = SPACE_OPT, device: str = DEVICE_OPT,
             classes: Optional[int] = typer.Option(None, help="number of classes"),
             in_channels: Optional[int] = typer.Option(None, "--in-channels", help="input channels"),
             provider: str = typer.Option("CPUExecutionProvider", help="ONNX Runtime execution provider"),
-            threads: int = typer.Option(1, help="intra-op threads"),
+            ort_threads: int = typer.Option(1, "--ort-threads", help="ONNX Runtime intra-op threads"),
+            old_threads: Optional[int] = typer.Option(None, "--threads", hidden=True),
             int8: bool = typer.Option(False, "--int8", help="also profile static QDQ int8 blocks (bits=8)"),
             calibration: int = typer.Option(8, help="whole models measured to fit the correction (0: none)"),
             optimization: str = typer.Option("all", help="graph optimisation: none | basic | extended | all"),
@@ -56,6 +72,7 @@ def profile(space: str = SPACE_OPT, device: str = DEVICE_OPT,
     from nas.latency.profile import profile_items, space_profile_items
     from nas.latency.table import check_device_id
 
+    threads = renamed("--threads", "--ort-threads", old_threads, ort_threads)
     clock = table_clock(clock, device, tables_dir, threads)
     check_provider(provider)
     measure_on = Device(provider, threads, optimization, clock, check_device_id(device))  # checks threads, level
@@ -86,7 +103,7 @@ def profile(space: str = SPACE_OPT, device: str = DEVICE_OPT,
 
 def table_clock(clock: str | None, device: str, tables_dir: Path | None, threads: int) -> str:
     """The clock to profile with: the one given, else the device table's (adding to a table, e.g. one a search
-    profiled, times it the same way), else wall; checked against ``threads``."""
+    profiled, times it the same way), else wall; checked against ``threads`` (ONNX Runtime's)."""
     from nas.errors import LatencyTableError
     from nas.latency.table import read_manifest, tables_root
     from nas.latency.timing import check_clock
@@ -117,8 +134,12 @@ def correction_line(corr) -> str:
             f"(uncorrected sum {corr.raw_mape:.1f}%)")
 
 
-@latency_app.command("show")
-def show(device: Optional[str] = typer.Argument(None, help="device id (omit to list devices)"),
+OLD_POSITIONAL = {"allow_extra_args": True}  # the device given the old way, as the first argument
+
+
+@latency_app.command("show", context_settings=OLD_POSITIONAL)
+def show(ctx: typer.Context,
+         device: Optional[str] = typer.Option(None, "--device", help="device id (omit to list devices)"),
          space: Optional[str] = typer.Option(None, "--space", help="also show coverage of this space's keys"),
          resolution: Optional[int] = typer.Option(None, help="space input resolution"),
          width: Optional[float] = typer.Option(None, help="space width multiplier"),
@@ -129,6 +150,8 @@ def show(device: Optional[str] = typer.Argument(None, help="device id (omit to l
          as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
     """List devices, or one device's manifest, table, correction and coverage (measured vs estimated)."""
     from nas.latency.model import LatencyModel
+
+    device = device_option(device, ctx.args)
     from nas.latency.profile import key_is_identity, space_layer_keys
     from nas.latency.table import list_devices, tables_root
 
@@ -311,8 +334,10 @@ def predict(ref: str = typer.Argument(..., help="arch JSON, or a space / model n
                + (f", {len(pred.estimated)} estimated" if pred.estimated else "") + ")")
 
 
-@latency_app.command("check")
-def check(device: str = typer.Argument(..., help="device id: the folder latency_tables/<device-id>/"),
+@latency_app.command("check", context_settings=OLD_POSITIONAL)
+def check(ctx: typer.Context,
+          device: Optional[str] = typer.Option(None, "--device", help="device id: the folder "
+                                                                    "latency_tables/<device-id>/"),
           model: Optional[Path] = typer.Option(None, "--model", help="also re-time this ONNX file (a shipped "
                                                                      "model.onnx), interleaved with the references"),
           recalibrate: bool = typer.Option(False, "--recalibrate", help="fold the drift into the correction (one "
@@ -324,8 +349,12 @@ def check(device: str = typer.Argument(..., help="device id: the folder latency_
     from nas.latency.drift import check_drift
     from nas.latency.drift import recalibrate as fold_drift
     from nas.latency.table import LatencyTable
+    from nas.errors import LatencyTableError
     from nas.search.report import DRIFT_WARN_PCT
 
+    device = device_option(device, ctx.args)
+    if device is None:
+        raise LatencyTableError("latency check needs --device DEVICE (`hwnas latency show` lists them)")
     table = LatencyTable.open(device, tables_dir)
     result = check_drift(table, model=model)
     summary = result.to_dict()
@@ -353,7 +382,7 @@ def check(device: str = typer.Argument(..., help="device id: the folder latency_
                    f"{summary['correction']['rescale']:.4f}; the old correction is kept in its history)")
     elif abs(result.drift_pct) > DRIFT_WARN_PCT:
         typer.echo(f"device {device}: drift {result.drift_pct:+.1f}% against its calibration (over "
-                   f"{DRIFT_WARN_PCT:g}%): refit with `hwnas latency check {device} --recalibrate{tables}`")
+                   f"{DRIFT_WARN_PCT:g}%): refit with `hwnas latency check --device {device} --recalibrate{tables}`")
     else:
         typer.echo(f"device {device}: drift {result.drift_pct:+.1f}% against its calibration (within "
                    f"{DRIFT_WARN_PCT:g}%)")

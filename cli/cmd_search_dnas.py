@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cli.app import next_step, print_json, print_verdict, run_strategy, search_app
+from cli.app import TARGET_HELP, next_step, print_json, print_verdict, renamed, run_strategy, search_app
 from nas.search.strategy import strategies
 
 DEFAULT_SPACE = {"dnas": "fbnet", "dmasking": "fbnet_v2"}
@@ -19,8 +19,10 @@ def _make_command(method: str):
         dataset: str = typer.Option("digits", help="digits | npz:PATH | folder:PATH"),
         device: str = typer.Option(..., "--device", help="device id of the latency table "
                                                          "(latency_tables/<device-id>/)"),
-        target_ms: Optional[float] = typer.Option(None, "--target-ms", help="latency target: alpha is steered so "
-                                                  "that the final arch lands within +-10% of it"),
+        target: Optional[str] = typer.Option(None, "--target", help=TARGET_HELP + "; alpha is steered so that "
+                                             "the final arch lands at most 10% under it"),
+        target_ms: Optional[float] = typer.Option(None, "--target-ms", help="latency target in milliseconds "
+                                                  "(--target 2.5ms)"),
         alpha: float = typer.Option(1.0, help="latency trade-off: larger finds faster archs (0: ignore latency)"),
         beta: float = typer.Option(0.6, help="exponent of the latency factor (FBNet's beta)"),
         epochs: int = typer.Option(20, help="search epochs (the first fifth train weights only)"),
@@ -55,7 +57,9 @@ def _make_command(method: str):
         threads: Optional[int] = typer.Option(None, help="torch threads for the supernet search and the final "
                                               "training (default: all cores; on a shared machine 1 can be much "
                                               "faster)"),
-        workers: int = typer.Option(0, help="DataLoader worker processes that decode streamed data"),
+        loader_workers: int = typer.Option(0, "--loader-workers", help="DataLoader processes that decode "
+                                           "streamed data"),
+        old_workers: Optional[int] = typer.Option(None, "--workers", hidden=True),
         skip_bad_images: bool = typer.Option(False, "--skip-bad-images", help="folder: train without the "
                                              "images that cannot be read (default: refuse)"),
         as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
@@ -66,18 +70,23 @@ def _make_command(method: str):
         from nas.train.engine import engine_for
         from nas.train.recipe import load_recipe
 
-        engine = engine_for(accelerator, precision, threads, workers)
+        from nas.search.targets import given_targets
+
+        loader_workers = renamed("--workers", "--loader-workers", old_workers, loader_workers)
+        given = given_targets(target, target_ms)
+        engine = engine_for(accelerator, precision, threads, loader_workers)
         rec = load_recipe(recipe)
         rec = rec.model_copy(update={"seed": seed, **({"epochs": final_epochs} if final_epochs else {})})
         settings = SupernetSearchSettings(
             epochs=epochs, warmup_epochs=warmup_epochs, arch_lr=arch_lr, initial_temperature=temperature,
-            temperature_decay=temperature_decay, alpha=alpha, beta=beta, target_ms=target_ms,
+            temperature_decay=temperature_decay, alpha=alpha, beta=beta,
             op_paths=1 if sampled_path else None, channel_paths=None,
             resolution_paths=None if soft_resolution else 1)
-        job = SearchJob(method=method, space=space, device=device, dataset=dataset, target_ms=target_ms,
+        job = SearchJob(method=method, space=space, device=device, dataset=dataset, target_ms=None,
                         resolution=resolution, width=width, seed=seed, settings=settings, recipe=rec,
                         tables_dir=str(tables_dir) if tables_dir else None, profile=profile,
-                        allow_estimated=allow_estimated, engine=engine, skip_bad_images=skip_bad_images)
+                        allow_estimated=allow_estimated, engine=engine, skip_bad_images=skip_bad_images,
+                        target=given[0] if given else None)
         try:
             report, out_dir = run_strategy(method, job, out)
         except FollowerDone:  # torchrun: ranks above 0 trained their share; rank 0 reports
@@ -85,12 +94,12 @@ def _make_command(method: str):
         if as_json:
             print_json(report)
             return
-        target = f" (target {target_ms:g} ms)" if target_ms is not None else ""
-        typer.echo(f"{method}: predicted {report['predicted_ms']:.4g} ms{target}, measured {report['measured_ms']:.4g}"
+        shown = f" (target {report['target']} = {report['target_ms']:.4g} ms)" if report["target"] else ""
+        typer.echo(f"{method}: predicted {report['predicted_ms']:.4g} ms{shown}, measured {report['measured_ms']:.4g}"
                    f" ms ({report['prediction_error_pct']:+.1f}%), test accuracy {report['accuracy']:.4f}, onnx max "
                    f"abs diff {report['onnx_max_abs_diff']:.2e} -> {out_dir}")
         print_verdict(report)
-        typer.echo(next_step(report, out_dir))
+        typer.echo(next_step(report, out_dir, tables_dir))
 
     return command
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cli.app import next_step, print_json, print_verdict, run_strategy, search_app
+from cli.app import TARGET_HELP, next_step, print_json, print_verdict, renamed, run_strategy, search_app
 from nas.search.strategy import STRATEGIES
 
 
@@ -22,14 +22,18 @@ def _bits(text: str, flag: str) -> list[int]:
 
 @search_app.command("mixed-precision", help=STRATEGIES["mixed-precision"].help)
 def mixed_precision(
-    arch: str = typer.Option(..., "--arch", help="model name (fbnet_a ...), space name (its largest arch) or "
-                             "arch JSON"),
+    space: Optional[str] = typer.Option(None, "--space", help="the model whose bits are searched: a model name "
+                                        "(fbnet_a ...), a space name (its largest arch) or an arch JSON"),
+    old_arch: Optional[str] = typer.Option(None, "--arch", hidden=True),
     dataset: str = typer.Option("digits", help="digits | npz:PATH | folder:PATH"),
     device: str = typer.Option(..., "--device", help="device id of the latency table (latency_tables/<id>/); "
                                "its provider and threads time the exported models"),
     cost: str = typer.Option("size", help="latency (ms from the device's int8/fp32 table) | size (params x bits) "
                              "| bitops (MACs x w bits x a bits)"),
-    target_ms: Optional[float] = typer.Option(None, "--target-ms", help="latency target (with --cost latency)"),
+    target: Optional[str] = typer.Option(None, "--target", help=TARGET_HELP + " (with --cost latency; pN reads "
+                                         "random bit assignments of the model)"),
+    target_ms: Optional[float] = typer.Option(None, "--target-ms", help="latency target in milliseconds (with "
+                                              "--cost latency)"),
     target_mb: Optional[float] = typer.Option(None, "--target-mb", help="size target in MB (with --cost size)"),
     weight_bits: Optional[str] = typer.Option(None, "--weight-bits", help="weight bit options (32 = float); "
                                               "default 8,32 for latency, 2,4,8,32 otherwise"),
@@ -53,22 +57,32 @@ def mixed_precision(
     precision: str = typer.Option("32", help="32 | bf16 | 16-mixed (16-mixed needs a GPU)"),
     threads: Optional[int] = typer.Option(None, help="torch threads while training (default: all cores; on a "
                                           "shared machine 1 can be much faster)"),
-    workers: int = typer.Option(0, help="DataLoader worker processes that decode streamed data"),
+    loader_workers: int = typer.Option(0, "--loader-workers", help="DataLoader processes that decode streamed "
+                                       "data"),
+    old_workers: Optional[int] = typer.Option(None, "--workers", hidden=True),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
 ):
     from nas.search.quant.prepare import MixedPrecisionConfig, MixedPrecisionJob
     from nas.search.quant.search import SearchConfig
     from nas.train.engine import engine_for
 
-    engine = engine_for(accelerator, precision, threads, workers)
+    from nas.errors import SearchError
+    from nas.search.targets import given_targets
+
+    space = renamed("--arch", "--space", old_arch, space)
+    if space is None:
+        raise SearchError("search mixed-precision needs --space MODEL (a model name, a space name or an arch JSON)")
+    loader_workers = renamed("--workers", "--loader-workers", old_workers, loader_workers)
+    given = given_targets(target, target_ms)
+    engine = engine_for(accelerator, precision, threads, loader_workers)
 
     default_w = "8,32" if cost == "latency" else "2,4,8,32"
     cfg = MixedPrecisionConfig(
         cost=cost, weight_bits=_bits(weight_bits or default_w, "--weight-bits"),
-        act_bits=_bits(act_bits or "8,32", "--act-bits"), target_ms=target_ms, target_mb=target_mb,
+        act_bits=_bits(act_bits or "8,32", "--act-bits"), target=given[0] if given else None, target_mb=target_mb,
         pretrain_epochs=pretrain_epochs, search=SearchConfig(epochs=epochs, alpha=alpha, beta=beta, seed=seed),
         finetune_epochs=finetune_epochs, latency_fit_models=fit_models)
-    job = MixedPrecisionJob(arch=arch, device=device, dataset=dataset, resolution=resolution, width=width, seed=seed,
+    job = MixedPrecisionJob(arch=space, device=device, dataset=dataset, resolution=resolution, width=width, seed=seed,
                             tables_dir=str(tables_dir) if tables_dir else None, settings=cfg, engine=engine)
     report, out = run_strategy("mixed-precision", job, out)
     if as_json:
@@ -91,4 +105,4 @@ def mixed_precision(
                    f"Runtime; size_mb is their effective size, model.onnx takes {m['mixed']['file_mb']:.4g} MB")
     typer.echo(f"-> {out}")
     print_verdict(report)
-    typer.echo(next_step(report, out))
+    typer.echo(next_step(report, out, tables_dir))

@@ -8,7 +8,16 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from cli.app import next_step, print_json, print_table, print_verdict, run_strategy, search_app
+from cli.app import (
+    TARGET_HELP,
+    next_step,
+    print_json,
+    print_table,
+    print_verdict,
+    renamed,
+    run_strategy,
+    search_app,
+)
 from nas.search.strategy import strategies
 
 
@@ -17,9 +26,12 @@ def _make_command(strategy: str):
         space: str = typer.Option(..., "--space", help="space name or YAML, or table:PATH.csv (a user's table)"),
         device: Optional[List[str]] = typer.Option(None, "--device", help="device id of a latency table "
                                                    "(repeat for several devices)"),
-        latency_ms: Optional[List[str]] = typer.Option(None, "--target-ms", "--latency-ms", help="latency bound: "
-                                                       "MS for every device, or DEVICE=MS[,DEVICE=MS]; repeat for "
-                                                       "a Pareto family (default: 25/50/75th percentiles)"),
+        target: Optional[List[str]] = typer.Option(None, "--target", help=TARGET_HELP + ", for every device, "
+                                                   "or DEVICE=TARGET[,DEVICE=TARGET]; repeat for a Pareto family "
+                                                   "(default: p25, p50, p75)"),
+        target_ms: Optional[List[str]] = typer.Option(None, "--target-ms", help="latency bound in milliseconds: "
+                                                      "MS or DEVICE=MS[,DEVICE=MS]; repeatable"),
+        old_latency_ms: Optional[List[str]] = typer.Option(None, "--latency-ms", hidden=True),
         budget: int = typer.Option(100, help="expensive evaluations (trainings or table lookups)"),
         seed: int = typer.Option(0, help="random seed (search, data split, training)"),
         out: Optional[Path] = typer.Option(None, help="run directory (rerun with the same one to resume)"),
@@ -71,9 +83,11 @@ def _make_command(strategy: str):
         as_json: bool = typer.Option(False, "--json", help="print report.json"),
     ):
         from nas.search.predict.search_setup import PredictorSearchSettings
+        from nas.search.targets import given_targets
 
+        target_ms = renamed("--latency-ms", "--target-ms", old_latency_ms or None, target_ms)
         settings = PredictorSearchSettings(
-            strategy=strategy, space=space, devices=list(device or []), latency_ms=list(latency_ms or []),
+            strategy=strategy, space=space, devices=list(device or []), targets=given_targets(target, target_ms),
             budget=budget, seed=seed, dataset=dataset, objective=objective, direction=direction,
             latency_columns=list(latency_column or []), proxy_columns=list(proxy or []),
             metric_columns=list(metric or []), decision_columns=list(decision or []), resolution=resolution,
@@ -86,7 +100,7 @@ def _make_command(strategy: str):
         if as_json:
             print_json(report)
             return
-        _print_summary(report, out)
+        _print_summary(report, out, tables_dir)
 
     return command
 
@@ -95,7 +109,7 @@ def _num(v) -> str:
     return "n/a (too few evaluations)" if v is None else f"{v:.3f}"
 
 
-def _print_summary(report: dict, out: Path) -> None:
+def _print_summary(report: dict, out: Path, tables_dir: Path | None = None) -> None:
     detail = report[report["method"]]
     obj = detail["objective"]
     study = detail.get("optuna") or detail.get("study") or {}
@@ -106,11 +120,13 @@ def _print_summary(report: dict, out: Path) -> None:
     for col in ("constraint", obj, "latency (ms)", "eval"):
         table.add_column(col)
     for w in detail.get("winners", []):
+        given = w.get("target", w["constraint"])
+        shown = w["constraint"] if given == w["constraint"] else f"{given} ({w['constraint']})"
         if not w["found"]:
-            table.add_row(w["constraint"], "none evaluated meets it", "", "")
+            table.add_row(shown, "none evaluated meets it", "", "")
             continue
         lat = ", ".join(f"{d} {v:.4g}" for d, v in w["latency_ms"].items())
-        table.add_row(w["constraint"], f"{w[obj]:.4f}", lat, str(w["eval"]))
+        table.add_row(shown, f"{w[obj]:.4f}", lat, str(w["eval"]))
     print_table(table)
     pred = detail.get("predictor")
     if pred:
@@ -131,7 +147,7 @@ def _print_summary(report: dict, out: Path) -> None:
                    f"{e['predicted_ms']:.4f} ms")
     typer.echo(f"-> {out} (arch.json, history.csv, pareto.csv, report.json, pareto.png)")
     print_verdict(report)
-    typer.echo(next_step(report, out))
+    typer.echo(next_step(report, out, tables_dir))
 
 
 @search_app.command("status")

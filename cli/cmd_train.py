@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cli.app import app, console, print_json, print_warnings, progress_bar
+from cli.app import app, console, print_json, print_warnings, progress_bar, renamed
 from nas.errors import HwnasError
 
 
@@ -23,11 +23,14 @@ def train(ref: str = typer.Argument(..., help="model name (fbnet_a ...), space n
           precision: str = typer.Option("32", help="32 | bf16 | 16-mixed (16-mixed needs a GPU)"),
           threads: Optional[int] = typer.Option(None, help="torch threads while training (default: all cores; "
                                                 "on a shared machine 1 can be much faster)"),
-          workers: int = typer.Option(0, help="DataLoader worker processes that decode streamed data"),
+          loader_workers: int = typer.Option(0, "--loader-workers", help="DataLoader processes that decode "
+                                             "streamed data"),
+          old_workers: Optional[int] = typer.Option(None, "--workers", hidden=True),
           skip_bad_images: bool = typer.Option(False, "--skip-bad-images", help="folder: train without the "
                                                "images that cannot be read (default: refuse)"),
-          measure_threads: int = typer.Option(1, "--measure-threads", help="ONNX Runtime threads for the "
-                                              "latency measurement"),
+          ort_threads: int = typer.Option(1, "--ort-threads", help="ONNX Runtime threads for the latency "
+                                          "measurement"),
+          old_measure_threads: Optional[int] = typer.Option(None, "--measure-threads", hidden=True),
           out: Optional[Path] = typer.Option(None, help="run directory (rerun with the same one to resume)"),
           as_json: bool = typer.Option(False, "--json", help="print the report as JSON")):
     """Train a model, test it, export model.onnx, check parity and measure its latency."""
@@ -42,10 +45,12 @@ def train(ref: str = typer.Argument(..., help="model name (fbnet_a ...), space n
     from nas.train.learning_curve import plot_learning_curve
     from nas.train.recipe import load_recipe
 
+    loader_workers = renamed("--workers", "--loader-workers", old_workers, loader_workers)
+    measure_threads = renamed("--measure-threads", "--ort-threads", old_measure_threads, ort_threads)
     if measure_threads < 1:
-        raise HwnasError(f"--measure-threads must be at least 1 (ONNX Runtime threads for the latency "
+        raise HwnasError(f"--ort-threads must be at least 1 (ONNX Runtime threads for the latency "
                          f"measurement), got {measure_threads}")
-    engine = engine_for(accelerator, precision, threads, workers)
+    engine = engine_for(accelerator, precision, threads, loader_workers)
     data, space, arch = load_task(dataset, ref, resolution=resolution, width=width, seed=seed,
                                   skip_bad_images=skip_bad_images)
     print_warnings(mismatch_warnings(data, space, ref))

@@ -102,7 +102,7 @@ def test_profile_and_profile_capacity_keep_the_tables_clock(tmp_path):
     assert table_clock(None, "cpu-timed", tmp_path, 1) == "cpu"  # a search's --profile made it: keep its clock
     assert table_clock(None, "new-device", tmp_path, 1) == "wall"
     assert table_clock("wall", "cpu-timed", tmp_path, 1) == "wall"  # asked for explicitly (the table refuses it)
-    with pytest.raises(LatencyTableError, match="needs --threads 1"):
+    with pytest.raises(LatencyTableError, match="needs --ort-threads 1"):
         table_clock(None, "cpu-timed", tmp_path, 2)
     r = run_cli("latency", "profile-capacity", "--help", env={"COLUMNS": "200"})
     assert "default: the device table's" in " ".join(r.stdout.split())

@@ -20,7 +20,7 @@ from test_predict_fixtures import BENCH_TABLE
 from nas.errors import SearchError
 from nas.search.blackbox.history import History
 from nas.search.predict.optuna_search import OptunaConfig, open_job, run_optuna
-from nas.search.blackbox.study import evaluated_trials, load_study, open_storage, study_status
+from nas.search.blackbox.study import driver_url, evaluated_trials, load_study, open_storage, study_status
 from nas.search.predict.nars import NarsConfig, run_nars
 from nas.search.predict.search_setup import PredictorSearchSettings, build_constraints, build_problem
 
@@ -57,7 +57,7 @@ def storage(request, tmp_path):
 def _settings(url, name, **kw) -> PredictorSearchSettings:
     base = dict(strategy="nars", space=f"table:{BENCH_TABLE}", objective="val_accuracy",
                 latency_columns=["latency_ms"], metric_columns=["test_accuracy", "train_seconds"], budget=16,
-                init=8, batch=4, latency_ms=["0.07"], storage=url, study=name)
+                init=8, batch=4, targets=["0.07"], storage=url, study=name)
     return PredictorSearchSettings(**{**base, **kw})
 
 
@@ -120,7 +120,7 @@ def test_a_proposer_and_three_workers_survive_a_sigkill(storage, tmp_path):
     assert killed.number in [t.number for t in failed]
     assert any(t.system_attrs.get("failed_trial") == killed.number for t in study.get_trials(deepcopy=False))
     winners = json.loads(out.strip().splitlines()[-1])
-    bound = float(settings.latency_ms[0])
+    bound = float(settings.targets[0])
     best = max(t.values[0] for t in trials if t.user_attrs["latency_ms"][0] <= bound)
     assert winners[0]["val_accuracy"] == pytest.approx(best)  # the best evaluated under the constraint
     status = study_status(study)
@@ -221,8 +221,31 @@ def test_bad_studies_and_storages_are_one_line_and_exit_2(storage, tmp_path):
     assert "no study 'no-such-study'" in line
 
 
+def test_the_postgres_extra_installs_the_driver_sqlalchemy_picks_for_a_plain_url():
+    """optuna-dashboard and Optuna hand a plain postgresql:// URL to SQLAlchemy as it is: the driver its default
+    dialect imports must be the one the `postgres` extra installs, and the one hwnas maps the URL to."""
+    import sqlalchemy
+
+    dialect = sqlalchemy.engine.make_url("postgresql://alice@db.example/hwnas").get_dialect()
+    assert importlib.util.find_spec(dialect.driver) is not None, f"the postgres extra lacks {dialect.driver}"
+    assert driver_url("postgresql://alice@db.example/hwnas") == f"postgresql+{dialect.driver}://alice@db.example/hwnas"
+
+
+@pytest.mark.skipif(not POSTGRES, reason="HWNAS_TEST_POSTGRES_URL is not set (.ci/run starts a PostgreSQL server)")
+def test_a_plain_postgresql_url_opens_in_optuna_as_in_hwnas():
+    name = f"t{uuid.uuid4().hex[:10]}"
+    assert POSTGRES.startswith("postgresql://")  # plain: no +driver
+    made = optuna.create_study(study_name=name, storage=open_storage(POSTGRES))  # hwnas's way
+    made.enqueue_trial({"x": 1.0})
+    try:
+        study = optuna.load_study(study_name=name, storage=POSTGRES)  # Optuna's (and optuna-dashboard's) way
+        assert study.trials[0].params == {} and study.trials[0].system_attrs["fixed_params"] == {"x": 1.0}
+    finally:
+        optuna.delete_study(study_name=name, storage=POSTGRES)
+
+
 def test_an_unreachable_storage_names_the_host_and_the_reason():
-    pytest.importorskip("psycopg2")
+    pytest.importorskip("psycopg")
     with pytest.raises(SearchError) as e:
         open_storage("postgresql://alice:s3cret@127.0.0.1:1/db")
     assert "host 127.0.0.1" in str(e.value) and "refused" in str(e.value) and "s3cret" not in str(e.value)

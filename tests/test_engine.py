@@ -44,7 +44,7 @@ def test_bad_accelerator_precision_and_workers_are_one_line_errors():
         resolve_accelerator("cpu", "16-mixed")
     with pytest.raises(AcceleratorError, match="--precision 'fp8'"):
         resolve_accelerator("cpu", "fp8")
-    with pytest.raises(AcceleratorError, match="--workers must be 0 or more"):
+    with pytest.raises(AcceleratorError, match="--loader-workers must be 0 or more"):
         engine_for("cpu", "32", 1, -1)
     assert resolve_accelerator("auto", "32", 3).threads == 3
 
@@ -143,7 +143,7 @@ def test_resume_through_the_dataloader_sees_the_same_batches_as_an_uninterrupted
 @pytest.mark.parametrize("args, message", [
     (["--accelerator", "cuda"], "no CUDA GPU"),
     (["--precision", "16-mixed", "--accelerator", "cpu"], "16-mixed needs a CUDA GPU"),
-    (["--workers", "-1"], "--workers must be 0 or more"),
+    (["--loader-workers", "-1"], "--loader-workers must be 0 or more"),
     (["--dataset", "folder:BAD"], "1 of 17 images cannot be read"),
 ])
 def test_bad_training_input_is_one_line_exit_2_and_nothing_written(cli, tmp_path, args, message):

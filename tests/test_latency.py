@@ -285,6 +285,6 @@ def test_cli_show_predict_and_errors_exit_2_with_one_line(tiny_tables, monkeypat
     assert code == 2 and "no measurement for key" in err and len(err.strip().splitlines()) == 1
     # the installed console script: one red line on stderr, exit code 2
     hwnas_script = Path(sys.executable).parent / "hwnas"
-    r = subprocess.run([str(hwnas_script), "latency", "show", "nope"], capture_output=True, text=True,
+    r = subprocess.run([str(hwnas_script), "latency", "show", "--device", "nope"], capture_output=True, text=True,
                        env={**os.environ, "HWNAS_LATENCY_TABLES": str(tiny_tables)})
     assert r.returncode == 2 and "unknown device 'nope'" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -175,8 +175,8 @@ def test_cli_bad_input_one_line_exit_2(tmp_path, hwnas):
                            (["predict", "fbnet", "--device", "ghost"], "unknown device 'ghost'"),
                            (["import", str(bad)], "not an hwnas results file"),
                            (["profile", "--space", "fbnet", "--device", "bad/id"], "invalid device id"),
-                           (["profile", "--space", "fbnet", "--device", "d", "--threads", "2", "--clock", "cpu"],
-                            "needs --threads 1")):
+                           (["profile", "--space", "fbnet", "--device", "d", "--ort-threads", "2", "--clock", "cpu"],
+                            "needs --ort-threads 1")):
         code, out, err = hwnas("latency", *args)
         assert code == 2, (args, err)
         assert expected in err and len(err.strip().splitlines()) == 1, err

@@ -66,7 +66,7 @@ def one_error_line(r, message):
 
 def test_size_search_writes_a_run_that_resumes(hwnas, tmp_path):
     out = tmp_path / "run"
-    args = ("search", "mixed-precision", "--arch", str(tmp_path / "qtiny.yaml"), "--device", "nowhere",
+    args = ("search", "mixed-precision", "--space", str(tmp_path / "qtiny.yaml"), "--device", "nowhere",
             "--cost", "size", "--target-mb", "0.004", *FAST, "--out", str(out))
     r = hwnas(*args)
     assert r.returncode == 0, r.stderr
@@ -115,16 +115,19 @@ def test_latency_search_needs_the_int8_table_then_runs(hwnas, cli, env, tmp_path
     yaml = str(tmp_path / "qtiny.yaml")
     profile = ("latency", "profile", "--space", yaml, "--device", "cpu1", "--calibration", "0")
     assert hwnas(*profile).returncode == 0
-    args = ("search", "mixed-precision", "--arch", yaml, "--device", "cpu1", "--cost", "latency", *FAST,
+    args = ("search", "mixed-precision", "--space", yaml, "--device", "cpu1", "--cost", "latency", *FAST,
             "--fit-models", "4", "--out", str(tmp_path / "run"))
     one_error_line(hwnas(*args), "no int8 table rows")
     assert not (tmp_path / "run").exists()  # refused before any run directory is written
     assert hwnas(*profile, "--int8").returncode == 0
     one_error_line(hwnas(*args[:-2], "--target-ms", "0.0001", "--out", str(tmp_path / "run")), "is impossible")
     assert not (tmp_path / "run").exists()
-    r = cli(*args, "--json", env=env)  # a real `hwnas` process once
+    r = cli(*args, "--target", "p90", "--json", env=env)  # a real `hwnas` process once
     assert r.returncode == 0, r.stderr
-    report = json.loads(r.stdout)["mixed_precision"]
+    shared = json.loads(r.stdout)
+    assert shared["target"] == "p90" and shared["target_ms"] > 0  # 90% of random bit assignments are faster
+    assert shared["target_ms"] == shared["mixed_precision"]["target"]["value"]
+    report = shared["mixed_precision"]
     for figures in (report["mixed"], report["baselines"]["fp32"], report["baselines"]["int8"]):
         assert figures["predicted_ms"] > 0 and figures["measured_ms"] > 0
         assert figures["format"] in ("qdq", "qop", "fp32")
@@ -139,12 +142,12 @@ def test_latency_search_needs_the_int8_table_then_runs(hwnas, cli, env, tmp_path
     (("--cost", "latency", "--weight-bits", "4,8,32"), "ONNX Runtime runs only int8 and fp32"),
     (("--cost", "latency"), "unknown device"),
     (("--cost", "size", "--target-mb", "0.0001"), "is impossible"),
-    (("--cost", "size", "--target-ms", "1"), "--target-ms steers --cost latency"),
+    (("--cost", "size", "--target-ms", "1"), "--target and --target-ms steer --cost latency"),
     (("--cost", "speed"), "unknown cost 'speed'"),
     (("--cost", "size", "--weight-bits", "3,16"), "between 2 and 8"),
 ])
 def test_bad_input_is_one_line_and_exit_2(hwnas, tmp_path, extra, message):
-    r = hwnas("search", "mixed-precision", "--arch", str(tmp_path / "qtiny.yaml"), "--device", "nowhere",
+    r = hwnas("search", "mixed-precision", "--space", str(tmp_path / "qtiny.yaml"), "--device", "nowhere",
               "--resolution", "16", *extra, "--out", str(tmp_path / "run"))
     one_error_line(r, message)
     assert not (tmp_path / "run").exists()

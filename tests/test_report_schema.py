@@ -1,5 +1,7 @@
 """Every registered search, run through the Strategy protocol on a tiny case, writes a report.json with the one
-shared schema (nas.search.report.SharedReport), its method's detail under its own key, and the winner in arch.json."""
+shared schema (nas.search.report.SharedReport), its method's detail under its own key, and the winner in arch.json.
+Every search with a latency target is given one relative to the device (``nas.search.targets``), and its report
+keeps the form given (``target``) beside the milliseconds it resolved to (``target_ms``)."""
 
 import json
 
@@ -46,6 +48,9 @@ def capacity_case(tmp_path_factory):
     return folder, ckpt
 
 
+TARGETS: dict[str, str] = {}  # the target each tiny case is given (mixed precision: a size cost, no latency target)
+
+
 def _config(name: str, tmp_path_factory, capacity_case):
     if name in ("dnas", "dmasking"):
         from nas.search.dnas.search import SupernetSearchSettings
@@ -54,15 +59,18 @@ def _config(name: str, tmp_path_factory, capacity_case):
 
         text, device = (TINY, "test-tiny") if name == "dnas" else (TINY_V2, "test-v2")
         path, tables, _ = profiled_space(tmp_path_factory, text, name, device)
+        TARGETS[name] = "p50" if name == "dnas" else f"0.9x:{path}"  # a percentile; a fraction of the largest arch
         return SearchJob(method=name, space=str(path), device=device, dataset=f"npz:{digits_npz(path.parent)}",
                          resolution=16, width=1.0, tables_dir=str(tables),
-                         settings=SupernetSearchSettings(epochs=2, op_paths=1), recipe=Recipe(epochs=1, batch_size=64))
+                         settings=SupernetSearchSettings(epochs=2, op_paths=1), recipe=Recipe(epochs=1, batch_size=64),
+                         target=TARGETS[name])
     if name in ("nars", "chamnet", "optuna"):
         from nas.search.predict.search_setup import PredictorSearchSettings
 
+        TARGETS[name] = "p40"
         return PredictorSearchSettings(strategy=name, space=f"table:{BENCH_TABLE}", objective="val_accuracy",
                                        latency_columns=["latency_ms"], budget=8, init=4, batch=2, pool=64,
-                                       generations=3, population=64)
+                                       generations=3, population=64, targets=[TARGETS[name]])
     if name == "mixed-precision":
         from nas.search.quant.prepare import MixedPrecisionConfig, MixedPrecisionJob
         from nas.search.quant.search import SearchConfig
@@ -77,8 +85,9 @@ def _config(name: str, tmp_path_factory, capacity_case):
         from nas.search.capacity.strategy import CapacityJob
 
         folder, ckpt = capacity_case
-        return CapacityJob(space=str(folder / "vit_tiny.yaml"), checkpoint=str(ckpt), device="vit-dev", target_ms=1e3,
-                           trials=3, measure=False, tables_dir=str(folder / "tables"))
+        TARGETS[name] = "p50"
+        return CapacityJob(space=str(folder / "vit_tiny.yaml"), checkpoint=str(ckpt), device="vit-dev",
+                           target=TARGETS[name], trials=3, measure=False, tables_dir=str(folder / "tables"))
     raise AssertionError(f"no tiny case for strategy {name!r}")
 
 
@@ -94,6 +103,10 @@ def test_every_search_writes_the_shared_report_and_arch_json(name, tmp_path, tmp
     assert list(report)[:len(SHARED_KEYS)] == list(SHARED_KEYS) and report["method"] == name
     assert isinstance(report[detail_key(name)], dict)
     assert report["winner"] == "arch.json" and (tmp_path / "run" / "arch.json").is_file()
+    assert report["target"] == TARGETS.get(name)  # as given ...
+    assert (report["target_ms"] is None) is (name not in TARGETS)  # ... and resolved on the device
+    assert json.loads((tmp_path / "run" / "config.json").read_text()).get("target", TARGETS.get(name)) == \
+        TARGETS.get(name)
     if report["model"] is not None:
         assert (tmp_path / "run" / report["model"]).is_file() and report["measured_ms"] > 0
         assert 0.0 <= report["onnx_max_abs_diff"] < (0.5 if name == "mixed-precision" else 1e-3)  # int8 layers

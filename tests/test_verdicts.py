@@ -58,7 +58,7 @@ def test_a_measurement_over_the_bound_is_not_within_target_and_names_the_options
     assert report["predicted_ms"] == 0.9 and report["measured_ms"] == 1.68
     [warning] = report["warnings"]
     assert "breaks the target 1 ms" in warning
-    assert "hwnas latency check verdict-dev --model run/model.onnx" in warning  # re-measure quietly
+    assert "hwnas latency check --device verdict-dev --model run/model.onnx" in warning  # re-measure quietly
     assert "tighten the target to about 0.595 ms" in warning
     assert "hwnas latency profile --space s --device verdict-dev" in warning  # re-profile
 
@@ -94,7 +94,8 @@ def test_a_drift_over_five_percent_warns_with_the_recalibrate_command():
     m.drift_pct, m.drift_models = 7.5, 3
     report = _report(0.8, measurement=m)
     assert report["drift_pct"] == 7.5
-    assert any("+7.5%" in w and "hwnas latency check verdict-dev --recalibrate" in w for w in report["warnings"])
+    assert any("+7.5%" in w and "hwnas latency check --device verdict-dev --recalibrate" in w
+               for w in report["warnings"])
     m.drift_pct = 3.0
     assert _report(0.8, measurement=m)["warnings"] == []
 
@@ -173,12 +174,13 @@ def test_a_simulated_slowdown_reads_plus_twenty_percent_and_recalibrate_brings_p
     runner = CliRunner()
     from cli.main import app
 
-    checked = runner.invoke(app, ["latency", "check", DEVICE, "--tables-dir", str(tables), "--json"])
+    checked = runner.invoke(app, ["latency", "check", "--device", DEVICE, "--tables-dir", str(tables), "--json"])
     assert checked.exit_code == 0, checked.output
     assert json.loads(checked.stdout)["drift_pct"] == pytest.approx(20.0, abs=0.01)
-    plain = runner.invoke(app, ["latency", "check", DEVICE, "--tables-dir", str(tables)])
-    assert f"hwnas latency check {DEVICE} --recalibrate --tables-dir {tables}" in plain.stdout
-    refit = runner.invoke(app, ["latency", "check", DEVICE, "--tables-dir", str(tables), "--recalibrate", "--json"])
+    plain = runner.invoke(app, ["latency", "check", "--device", DEVICE, "--tables-dir", str(tables)])
+    assert f"hwnas latency check --device {DEVICE} --recalibrate --tables-dir {tables}" in plain.stdout
+    refit = runner.invoke(app, ["latency", "check", "--device", DEVICE, "--tables-dir", str(tables), "--recalibrate",
+                                "--json"])
     assert refit.exit_code == 0, refit.output
     assert json.loads(refit.stdout)["correction"]["rescale"] == pytest.approx(1.2)
     after = [LatencyModel.load(DEVICE, tables).predict(space, a) for a in all_archs(space)[:5]]
@@ -209,5 +211,5 @@ def test_a_search_checks_drift_and_judges_the_measured_model(calibrated, tmp_pat
     assert report["drift_pct"] == pytest.approx(30.0, abs=0.01) and report["measurement"]["drift_models"] == 3
     text = "\n".join(report["warnings"])
     assert "breaks the target" in text and "measurement unstable" in text
-    assert f"hwnas latency check {DEVICE} --recalibrate --tables-dir {tables}" in text
+    assert f"hwnas latency check --device {DEVICE} --recalibrate --tables-dir {tables}" in text
     assert f"--model {tmp_path / 'run' / 'model.onnx'}" in text

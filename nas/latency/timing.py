@@ -64,7 +64,8 @@ def check_clock(clock: str, threads: int) -> None:
     if clock not in CLOCKS:
         raise LatencyTableError(f"clock {clock!r} is not one of {', '.join(CLOCKS)}")
     if clock == "cpu" and threads != 1:
-        raise LatencyTableError(f"clock 'cpu' measures the calling thread and needs --threads 1, got {threads}")
+        raise LatencyTableError(f"clock 'cpu' measures the calling thread and needs --ort-threads 1 (one ONNX Runtime "
+                                f"thread), got {threads}")
 
 
 def time_interleaved(runs: list[Callable[[], object]], timing: TimingConfig | None = None,

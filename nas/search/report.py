@@ -3,8 +3,10 @@
 Every report has the same top-level keys (``SharedReport``): ``method``, ``device``, ``accuracy`` (test accuracy of
 the shipped model, or the winner's objective for a table search), ``predicted_ms``, ``measured_ms`` (the shipped
 ``model.onnx`` timed by the table's ``Device``), ``prediction_error_pct`` (100 x (measured - predicted) /
-predicted), ``onnx_max_abs_diff``, ``target_ms``, ``within_target``, ``judged_on``, ``measurement``, ``drift_pct``,
-``warnings``, ``winner`` (``arch.json``) and ``model`` (``model.onnx``), both paths relative to the run directory.
+predicted), ``onnx_max_abs_diff``, ``target`` (the latency target as given: ``2.5ms``, ``p40``, ``0.8x:fbnet_a``; see
+``nas.search.targets``), ``target_ms`` (what it resolved to on the device), ``within_target``, ``judged_on``,
+``measurement``, ``drift_pct``, ``warnings``, ``winner`` (``arch.json``) and ``model`` (``model.onnx``), both paths
+relative to the run directory.
 What only one method knows goes under a key of its own, the method's name with ``_`` for ``-`` (``dnas``,
 ``nars``, ``mixed_precision``, ``capacity``). A figure that is not a finite number is written as null, so the file
 is strict JSON.
@@ -45,6 +47,7 @@ class SharedReport(BaseModel):
     measured_ms: float | None
     prediction_error_pct: float | None
     onnx_max_abs_diff: float | None
+    target: str | None  # as given (``p40``); target_ms is what it resolved to
     target_ms: float | None
     within_target: bool | None
     judged_on: str | None  # "measured" | "predicted" | None (no target)
@@ -77,8 +80,8 @@ def latency_remedies(device: str, *, tables_dir: str | Path | None = None, model
         args = "" if space is None else (f" --resolution {space.resolution} --width {space.width_multiplier:g} "
                                          f"--classes {space.classes} --in-channels {space.in_channels}")
         reprofile = f"hwnas latency profile --space {space.name if space else 'SPACE'} --device {device}{args}{tables}"
-    return Remedies(f"hwnas latency check {device} --model {model}{tables}",
-                    f"hwnas latency check {device} --recalibrate{tables}", reprofile)
+    return Remedies(f"hwnas latency check --device {device} --model {model}{tables}",
+                    f"hwnas latency check --device {device} --recalibrate{tables}", reprofile)
 
 
 def judge(target_ms: float | None, predicted_ms: float | None, measured_ms: float | None,
@@ -140,12 +143,13 @@ def build_report(method: str, *, device: str | None, accuracy: float | None, pre
                  measured_ms: float | None, onnx_max_abs_diff: float | None, target_ms: float | None, detail: dict,
                  measurement: Measurement | None = None, within_target: bool | None = None,
                  warnings: Iterable[str] = (), remedies: Remedies | None = None, winner: str | None = WINNER,
-                 model: str | None = MODEL) -> dict:
+                 model: str | None = MODEL, target: str | None = None) -> dict:
     """The report: the shared keys (the verdict judged by ``judge``), then ``detail`` under the method's own key;
     checked against the schema.
 
     ``within_target`` is only for a target that is not a latency (mixed precision's size): a latency target
-    (``target_ms``) is always judged here. ``warnings``: the method's own, listed before the verdict's."""
+    (``target_ms``) is always judged here; ``target`` is the form it was given in (default: ``target_ms`` itself).
+    ``warnings``: the method's own, listed before the verdict's."""
     if within_target is not None and target_ms is not None:
         raise ValueError("build_report: a latency target is judged on the measurement; pass within_target only "
                          "for a target that is not a latency")
@@ -155,7 +159,9 @@ def build_report(method: str, *, device: str | None, accuracy: float | None, pre
     notes = list(warnings) + verdict_warnings(target_ms, predicted_ms, measured_ms, measurement, *judged, remedies)
     shared = {"method": method, "device": device, "accuracy": accuracy, "predicted_ms": predicted_ms,
               "measured_ms": measured_ms, "prediction_error_pct": prediction_error_pct(measured_ms, predicted_ms),
-              "onnx_max_abs_diff": onnx_max_abs_diff, "target_ms": target_ms, "within_target": judged[0],
+              "onnx_max_abs_diff": onnx_max_abs_diff,
+              "target": target if target is not None or target_ms is None else f"{float(target_ms)!r}ms",
+              "target_ms": target_ms, "within_target": judged[0],
               "judged_on": judged[1], "measurement": None if measurement is None else measurement.to_dict(),
               "drift_pct": None if measurement is None else measurement.drift_pct,
               "warnings": list(dict.fromkeys(notes)), "winner": winner, "model": model}

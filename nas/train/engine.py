@@ -112,7 +112,7 @@ class Engine:
 
     def __init__(self, accelerator: Accelerator | None = None, *, workers: int = 0, world: World | None = None):
         if workers < 0:
-            raise AcceleratorError(f"--workers must be 0 or more (DataLoader processes), got {workers}")
+            raise AcceleratorError(f"--loader-workers must be 0 or more (DataLoader processes), got {workers}")
         self.accelerator = accelerator or Accelerator(threads=torch.get_num_threads())
         self.workers = workers
         self.world = world or current_world()

@@ -5,21 +5,22 @@ LatencyModel); ``TableProblem`` is a user's table (latency from its latency colu
 (``nas.search.capacity.search``) is a trained dynamic-capacity ViT's keep ratios x threshold. Each holds an
 ``Evaluator``. The searches (NARS, GP-BO, evolution, Optuna) see only this interface, so each runs on all.
 
-Latency constraints (``--target-ms``): ``5`` bounds every device at 5 ms; ``phone=5,server=2`` bounds each
-named device. Several constraints give a Pareto family (one winner per constraint).
+Latency constraints (``--target``, ``nas.search.targets``): ``5ms`` bounds every device at 5 ms;
+``phone=5ms,server=p40`` bounds each named device; relative terms are resolved per device (``nas.search.predict.search_setup``). Several
+constraints give a Pareto family (one winner per constraint).
 """
 
 from __future__ import annotations
 
-import re
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
 from nas.errors import SearchError
 from nas.search.blackbox.decisions import DecisionSpace
+from nas.search.targets import parse_bounds
 
 
 class Evaluator(Protocol):
@@ -30,9 +31,11 @@ class Evaluator(Protocol):
 
 @dataclass(frozen=True)
 class Constraint:
-    """Latency bounds in ms per device; ``None`` as the device means every device."""
+    """Latency bounds in ms per device; ``None`` as the device means every device. ``given``: the bounds as the
+    user wrote them (``p25``), when that is not ``label``."""
 
     limits: tuple[tuple[str | None, float], ...]
+    given: str = field(default="", compare=False)
 
     @property
     def label(self) -> str:
@@ -72,32 +75,19 @@ class Constraint:
         excess = np.where(np.isfinite(b)[None, :], latency_ms - b[None, :], -np.inf)
         return excess.max(axis=1)
 
+    def describe(self) -> str:
+        """``p25 (0.0412ms)``, or the label alone when the bounds were given in milliseconds."""
+        return f"{self.given} ({self.label})" if self.given and self.given != self.label else self.label
+
     def to_dict(self) -> dict:
-        return {"label": self.label, "limits_ms": {d or "*": ms for d, ms in self.limits}}
-
-
-_TERM = re.compile(r"^\s*(?:(?P<dev>[A-Za-z0-9._+\-\[\]]+)\s*=\s*)?(?P<ms>[0-9.eE+\-]+)\s*(?:ms)?\s*$")
+        return {"label": self.label, "given": self.given or self.label,
+                "limits_ms": {d or "*": ms for d, ms in self.limits}}
 
 
 def parse_constraint(text: str, devices: list[str]) -> Constraint:
-    """``"5"`` or ``"dev=5,dev2=8"`` -> Constraint; SearchError naming the text on a bad form or device."""
-    limits = []
-    for term in str(text).split(","):
-        m = _TERM.match(term)
-        if not m:
-            raise SearchError(f"--target-ms {text!r}: use a number of ms, or DEVICE=MS[,DEVICE=MS]")
-        try:
-            ms = float(m.group("ms"))
-        except ValueError:
-            raise SearchError(f"--target-ms {text!r}: {m.group('ms')!r} is not a number") from None
-        if not ms > 0:
-            raise SearchError(f"--target-ms {text!r}: a latency bound must be positive")
-        dev = m.group("dev")
-        if dev is not None and dev not in devices:
-            raise SearchError(f"--target-ms {text!r}: device {dev!r} is not one of the searched devices "
-                              f"({', '.join(devices)})")
-        limits.append((dev, ms))
-    return Constraint(tuple(limits))
+    """``"5"`` or ``"dev=5,dev2=8ms"`` (milliseconds) -> Constraint; SearchError naming the text on a bad form or
+    device. Relative bounds (``p25``) need the space's latencies: ``search_setup.build_constraints``."""
+    return Constraint(tuple((dev, form.value) for dev, form in parse_bounds(text, devices, "--target-ms")))
 
 
 class SearchProblem(ABC):

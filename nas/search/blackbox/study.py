@@ -31,9 +31,10 @@ FINGERPRINT_ATTR = "hwnas_fingerprint"  # what a worker's space, data and code m
 PROPOSER_DONE_ATTR = "hwnas_proposer_done"  # the proposer enqueues nothing more: idle workers stop
 EXHAUSTED_ATTR = "hwnas_exhausted"  # every candidate of a table is evaluated or taken
 RECENT_S = 300  # workers seen within this many seconds are "recent" in the status
-# driver of each plain URL scheme, and the extra that installs it
-DRIVERS = {"postgresql": ("postgresql+psycopg2", "psycopg2", "postgres"),
-           "postgres": ("postgresql+psycopg2", "psycopg2", "postgres"),
+# driver of each plain URL scheme, and the extra that installs it. SQLAlchemy 2.1 (the `postgres` extra's floor) opens
+# a plain postgresql:// URL with psycopg 3, so the same URL works in hwnas, Optuna and optuna-dashboard.
+DRIVERS = {"postgresql": ("postgresql+psycopg", "psycopg", "postgres"),
+           "postgres": ("postgresql+psycopg", "psycopg", "postgres"),
            "mysql": ("mysql+pymysql", "pymysql", "mysql")}
 
 

@@ -79,6 +79,17 @@ class CapacityProblem(SearchProblem):
         best = int(np.argmin(ms))
         return configs[best], ms[best]
 
+    def full(self) -> CapacityConfig:
+        """The config with the most capacity: no pruning, at the lowest threshold."""
+        space = self.capacity_space
+        thresholds = space.spec.moe.threshold_options if space.moe_blocks else [NO_MOE_THRESHOLD]
+        return CapacityConfig((1.0,) * len(space.stages), float(min(thresholds)))
+
+    def random_configs_ms(self, n: int, seed: int) -> np.ndarray:
+        """Predicted latency of ``n`` configs drawn uniformly from the options (from ``seed``): what a percentile
+        target is read off."""
+        return self.latency_ms(self.space.sample(n, np.random.default_rng(seed)))[:, 0]
+
     def anchors(self) -> list[dict]:
         """Decision values evaluated first: no pruning at the lowest threshold, a middle config, the cheapest."""
         space = self.capacity_space
@@ -86,7 +97,7 @@ class CapacityProblem(SearchProblem):
         thresholds = space.spec.moe.threshold_options
         stages = len(space.stages)
         cheapest, _ = self.cheapest()
-        configs = [CapacityConfig((1.0,) * stages, thresholds[0]),
+        configs = [self.full(),
                    CapacityConfig((options[len(options) // 2],) * stages, thresholds[len(thresholds) // 2]),
                    cheapest]
         return [self.space.describe(self.genome_of(c)) for c in configs]
@@ -102,7 +113,8 @@ class CapacityProblem(SearchProblem):
 
 
 def export_config(evaluator: CapacityEvaluator, config: CapacityConfig, run: RunDir, *, method: str,
-                  target_ms: float | None = None, detail: dict | None = None) -> dict:
+                  target_ms: float | None = None, detail: dict | None = None, target: str | None = None,
+                  warnings: tuple[str, ...] = ()) -> dict:
     """``capacity.json``, ``model.onnx`` (parity-checked on the test split, timed on the table's device) and the
     report (returned; the caller writes it): measured against predicted, and against ``target_ms`` if given."""
     from nas.latency.drift import measure_shipped
@@ -138,7 +150,7 @@ def export_config(evaluator: CapacityEvaluator, config: CapacityConfig, run: Run
     return build_report(method, device=evaluator.latency.device_id,
                         accuracy=parity["accuracy"],
                         predicted_ms=prediction.ms, measured_ms=measured,
-                        onnx_max_abs_diff=parity["onnx_max_abs_diff"], target_ms=target_ms,
-                        measurement=measurement, warnings=prediction.warnings, detail=figures,
+                        onnx_max_abs_diff=parity["onnx_max_abs_diff"], target_ms=target_ms, target=target,
+                        measurement=measurement, warnings=[*warnings, *prediction.warnings], detail=figures,
                         remedies=latency_remedies(evaluator.latency.device_id, tables_dir=tables_dir,
                                                   model_path=run.file(MODEL), reprofile=reprofile))

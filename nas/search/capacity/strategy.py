@@ -11,7 +11,7 @@ the plots.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pandas as pd
 
@@ -25,8 +25,10 @@ from nas.search.capacity.evaluate import CapacityEvaluator
 from nas.search.capacity.search import CapacityProblem, export_config
 from nas.search.report import write_report
 from nas.search.strategy import Strategy
+from nas.search.targets import LatencyScale, Target, given_targets, resolve_one
 
 STUDY = "capacity"
+RANDOM_CONFIGS = 64  # random configs a percentile target is read off (each is calibrated on images once)
 
 
 @dataclass(kw_only=True)
@@ -34,13 +36,14 @@ class CapacityJob:
     space: str
     checkpoint: str  # model.pt written by `hwnas train-dynamic`
     device: str
-    target_ms: float
+    target_ms: float | None = None  # absolute; preparing sets it to what ``target`` resolves to
     dataset: str = "digits"
     trials: int = 40
     seed: int | None = None  # data split (None: the checkpoint's) and sampler seed
     measure: bool = True  # also time every config tried
     allow_fallback: bool = True
     tables_dir: str | None = None
+    target: str | None = None  # as given (``nas.search.targets``: 2ms, p40, 0.5x:vit_capacity)
 
 
 @dataclass
@@ -48,6 +51,7 @@ class PreparedCapacity:
     job: CapacityJob
     problem: CapacityProblem
     seed: int
+    target: Target | None = None
 
     @property
     def evaluator(self) -> CapacityEvaluator:
@@ -58,15 +62,16 @@ class PreparedCapacity:
         job = self.job
         return {"command": "search capacity", "space": sp.name, "space_fingerprint": sp.fingerprint(),
                 "checkpoint": job.checkpoint, "dataset": job.dataset, "device": job.device,
-                "target_ms": job.target_ms, "trials": job.trials, "seed": self.seed, "measure": job.measure,
-                "allow_fallback": job.allow_fallback}
+                "target": job.target, "target_ms": job.target_ms, "trials": job.trials, "seed": self.seed,
+                "measure": job.measure, "allow_fallback": job.allow_fallback}
 
     def run_name(self) -> str:
         return self.problem.capacity_space.name
 
     def summary(self) -> str:
         job = self.job
-        return (f"searching {self.problem.capacity_space.name} configs for {job.target_ms:g} ms on {job.device!r} "
+        target = self.target.describe() if self.target else f"{job.target_ms:g} ms"
+        return (f"searching {self.problem.capacity_space.name} configs for {target} on {job.device!r} "
                 f"({job.trials} trials{', measured' if job.measure else ''})")
 
 
@@ -89,15 +94,18 @@ class CapacityStrategy(Strategy):
 
     def prepare(self, progress: Progress = no_progress) -> PreparedCapacity:
         job: CapacityJob = self.config
-        if job.target_ms <= 0:
-            raise SearchError(f"--target-ms must be positive, got {job.target_ms:g}")
+        given = given_targets(job.target, job.target_ms)
+        if not given:
+            raise SearchError("search capacity needs a latency target: --target (2ms, p40, 0.5x:SPACE) or "
+                              "--target-ms")
         if job.trials < 1:
             raise SearchError(f"--trials must be at least 1, got {job.trials}")
         evaluator, seed = load_evaluator(job.space, job.dataset, job.checkpoint, job.device, job.seed,
                                          job.allow_fallback, job.tables_dir, job.measure)
         problem = CapacityProblem(evaluator)
-        problem.check_target(job.target_ms)
-        return PreparedCapacity(job, problem, seed)
+        target = resolve_one(given[0], lambda: capacity_scale(problem, seed))
+        problem.check_target(target.ms)
+        return PreparedCapacity(replace(job, target=target.given, target_ms=target.ms), problem, seed, target)
 
     def run(self, prepared: PreparedCapacity, run: RunDir, progress: Progress = no_progress) -> dict:
         from nas.search.predict.optuna_search import OptunaConfig
@@ -121,9 +129,26 @@ class CapacityStrategy(Strategy):
         if best is None:
             raise SearchError(f"no config tried meets {job.target_ms:g} ms (predicted); raise --target-ms or --trials")
         report = export_config(prepared.evaluator, best["config"], run, method="capacity", target_ms=job.target_ms,
-                               detail={"trials": history.used, "optuna": study})
+                               target=job.target, detail={"trials": history.used, "optuna": study,
+                                                          "target_basis": prepared.target and prepared.target.basis},
+                               warnings=prepared.target.warnings if prepared.target else ())
         plot_search(rows, job.target_ms, best, run.path)
         return write_report(run, report)
+
+
+def capacity_scale(problem: CapacityProblem, seed: int) -> LatencyScale:
+    """Relative targets of a capacity search: percentiles of random configs' predicted latency; the space's own
+    name as the reference, meaning its full-capacity config."""
+    space = problem.capacity_space
+
+    def reference(name: str) -> tuple[float, list[str]]:
+        if name != space.name:
+            raise SearchError(f"target Fx:{name}: a capacity search compares with its own space's full-capacity "
+                              f"config: Fx:{space.name}")
+        return float(problem.latency_ms(problem.genome_of(problem.full())[None, :])[0, 0]), []
+
+    return LatencyScale(problem.devices[0], f"{RANDOM_CONFIGS} random configs of {space.name}",
+                        lambda: problem.random_configs_ms(RANDOM_CONFIGS, seed), reference)
 
 
 def _rows(problem: CapacityProblem, history: History) -> list[dict]:

@@ -78,6 +78,17 @@ class LatencyTerms:
     def argmax_ms(self) -> float:
         return self.arch_ms(*self.dist.argmax_indices())
 
+    def random_archs_ms(self, n: int, seed: int) -> np.ndarray:
+        """Latency of ``n`` archs drawn uniformly from the decisions this search makes (every option of every
+        decision equally likely, from ``seed``): what a percentile target is read off."""
+        rng = np.random.default_rng(seed)
+        picks = {"op": [rng.integers(len(o), size=n) for o in self.dist.op_options],
+                 "ch": [rng.integers(len(o), size=n) for o in self.dist.channel_options],
+                 "res": rng.integers(len(self.dist.resolution_options), size=n)}
+        columns = [np.broadcast_to(t.cost_ms[tuple(picks["res"] if d[0] == "res" else picks[d[0]][d[1]]
+                                                   for d in t.dims)], (n,)) for t in self.terms]
+        return self.lm.total_ms(np.stack(columns, axis=-1) if columns else np.zeros((n, 0)))
+
 
 def outer(vectors: list[torch.Tensor]) -> torch.Tensor:
     """Outer product of 1-D tensors: shape (len(v0), len(v1), ...)."""

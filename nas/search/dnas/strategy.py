@@ -9,7 +9,7 @@ and the plots. Rerunning the same command on the same directory resumes wherever
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pandas as pd
 import torch
@@ -33,6 +33,7 @@ from nas.search.dnas.search import SupernetSearch, SupernetSearchSettings
 from nas.search.finalize import train_export_measure
 from nas.search.report import MODEL, build_report, latency_remedies, write_report
 from nas.search.strategy import Strategy
+from nas.search.targets import RANDOM_ARCHS, LatencyScale, Target, given_targets, model_reference, resolve_one
 from nas.train.engine import Engine
 from nas.train.recipe import Recipe
 
@@ -46,7 +47,7 @@ class SearchJob:
     space: str
     device: str
     dataset: str = "digits"
-    target_ms: float | None = None
+    target_ms: float | None = None  # absolute; prepare sets it to what ``target`` resolves to
     resolution: int | None = None
     width: float | None = None
     seed: int = 0
@@ -57,12 +58,14 @@ class SearchJob:
     allow_estimated: bool = False
     engine: Engine = field(default_factory=Engine)  # where the supernet and the winner train
     skip_bad_images: bool = False
+    target: str | None = None  # a target as given (``nas.search.targets``: 2.5ms, p40, 0.8x:fbnet_a)
 
     def config(self, space: Space) -> dict:
         """Everything that determines the result (what a resumed run must match), flat so that a mismatch names
         the setting (``search.epochs``, ``recipe.lr``)."""
         return {"command": f"search {self.method}", "space": self.space, "dataset": self.dataset,
-                "device": self.device, "space_args": space.space_args(), "target_ms": self.target_ms,
+                "device": self.device, "space_args": space.space_args(), "target": self.target,
+                "target_ms": self.target_ms,
                 "seed": self.seed, "accelerator": self.engine.accelerator.kind,
                 "precision": self.engine.accelerator.precision, "world_size": self.engine.world.size,
                 **{f"search.{k}": v for k, v in self.settings.to_dict().items()},
@@ -79,6 +82,7 @@ class PreparedSupernetSearch:
     terms: LatencyTerms
     min_ms: float
     max_ms: float
+    target: Target | None = None
 
     def run_config(self) -> dict:
         return self.job.config(self.space)
@@ -88,9 +92,10 @@ class PreparedSupernetSearch:
 
     def summary(self) -> str:
         s = self.space
+        target = f", target {self.target.describe()}" if self.target else ""
         return (f"{self.job.method} on {s.name} @ {s.resolution}px x{s.width_multiplier:g}, {self.job.dataset} "
-                f"{self.data.sizes()}, device {self.job.device}: attainable {self.min_ms:.4g}-{self.max_ms:.4g} ms; "
-                f"search and training on {self.job.engine.accelerator.describe()}")
+                f"{self.data.sizes()}, device {self.job.device}: attainable {self.min_ms:.4g}-{self.max_ms:.4g} ms"
+                f"{target}; search and training on {self.job.engine.accelerator.describe()}")
 
 
 def profile_command(job: SearchJob, space: Space) -> str:
@@ -132,8 +137,7 @@ def _prepare(job: SearchJob, progress: Progress = no_progress) -> PreparedSupern
     """Load and check everything; raise a one-line HwnasError for any bad input. Writes nothing but tables."""
     if job.method not in METHODS:
         raise SearchError(f"unknown method {job.method!r} (use {' or '.join(METHODS)})")
-    if job.target_ms is not None and job.target_ms <= 0:
-        raise SearchError(f"--target-ms must be positive, got {job.target_ms}")
+    given = given_targets(job.target, job.target_ms)
     if job.settings.alpha < 0 or job.settings.beta <= 0:
         raise SearchError(f"--alpha must be >= 0 and --beta > 0, got alpha {job.settings.alpha}, "
                           f"beta {job.settings.beta}")
@@ -159,13 +163,19 @@ def _prepare(job: SearchJob, progress: Progress = no_progress) -> PreparedSupern
                                 f"blocks this search needs (e.g. {missing[0]}); measure them with "
                                 f"`{profile_command(job, space)}`, or rerun with --profile (or --allow-estimated)")
     min_ms, max_ms = attainable_range_ms(terms)
-    if job.target_ms is not None and not (min_ms <= job.target_ms <= max_ms):
-        side = "below the fastest" if job.target_ms < min_ms else "above the slowest"
-        raise SearchError(f"target {job.target_ms:g} ms is {side} arch of {space.name} on device {job.device!r}: "
+    target = resolve_one(given[0] if given else None, lambda: LatencyScale(
+        job.device, f"{RANDOM_ARCHS} random archs of {space.name}",
+        lambda: terms.random_archs_ms(RANDOM_ARCHS, job.seed), model_reference(lm, space)))
+    if target is not None and not (min_ms <= target.ms <= max_ms):
+        side = "below the fastest" if target.ms < min_ms else "above the slowest"
+        raise SearchError(f"target {target.describe()} is {side} arch of {space.name} on device {job.device!r}: "
                           f"attainable {min_ms:.4g}-{max_ms:.4g} ms at {space.resolution}px, width "
                           f"{space.width_multiplier:g}")
+    if target is not None:  # the job as it runs: the target in milliseconds, the form given beside it
+        job = replace(job, target=target.given, target_ms=target.ms,
+                      settings=replace(job.settings, target_ms=target.ms))
     return PreparedSupernetSearch(job=job, data=data, space=space, lm=lm, dist=dist, terms=terms, min_ms=min_ms,
-                                  max_ms=max_ms)
+                                  max_ms=max_ms, target=target)
 
 
 def build_supernet(prep: PreparedSupernetSearch) -> torch.nn.Module:
@@ -223,11 +233,13 @@ def _run(prep: PreparedSupernetSearch, run: RunDir, progress: Progress = no_prog
                                    table=lm.table, engine=job.engine)
     shared = {k: figures.pop(k) for k in ("accuracy", "measured_ms", "onnx_max_abs_diff")}
     report = build_report(
-        job.method, device=job.device, predicted_ms=predicted, target_ms=job.target_ms, **shared,
+        job.method, device=job.device, predicted_ms=predicted, target_ms=job.target_ms, target=job.target, **shared,
+        warnings=prep.target.warnings if prep.target else (),
         measurement=Measurement.from_dict(figures.pop("measurement")),
         remedies=latency_remedies(job.device, tables_dir=job.tables_dir, model_path=run.file(MODEL),
                                   reprofile=profile_command(job, space)), detail={
-            **figures, "measurement_note": measure_on.note, "attainable_ms": [prep.min_ms, prep.max_ms], **selection,
+            **figures, "measurement_note": measure_on.note, "attainable_ms": [prep.min_ms, prep.max_ms],
+            "target_basis": prep.target.basis if prep.target else None, **selection,
             "search_epochs": epochs, "search_seconds": search_seconds,
             "supernet_val_accuracy": history[-1]["val_accuracy"], "final_alpha": history[-1]["alpha"],
             "estimated_keys": len(prep.terms.estimated_keys()), "space_args": space.space_args(),

@@ -73,8 +73,19 @@ def _constraint_attrs(problem: SearchProblem, constraints: list[Constraint]) -> 
     out = []
     for c in constraints:
         bounds = c.bound(problem.devices) if problem.devices else []
-        out.append({"label": c.label, "index_limits": [[j, float(b)] for j, b in enumerate(bounds) if b < 1e300]})
+        out.append({"label": c.label, "given": c.given or c.label,
+                    "index_limits": [[j, float(b)] for j, b in enumerate(bounds) if b < 1e300]})
     return out
+
+
+def stored_constraints(study: optuna.Study, problem: SearchProblem) -> list[Constraint] | None:
+    """The constraints the proposer resolved (in milliseconds, per device), as stored in the study: a worker
+    bounds its trials by them rather than resolving relative targets on its own machine."""
+    stored = study.user_attrs.get("hwnas_constraints")
+    if not stored or any("given" not in c for c in stored):
+        return None
+    return [Constraint(tuple((problem.devices[j], ms) for j, ms in c["index_limits"]), given=c["given"])
+            for c in stored]
 
 
 def open_job(config: OptunaConfig, problem: SearchProblem, constraints: list[Constraint], settings=None,
@@ -116,7 +127,7 @@ def join_job(url: str, name: str, machine: dict | None = None) -> StudyJob:
     settings = PredictorSearchSettings(**{k: v for k, v in stored.items() if k in known}, **(machine or {}))
     check_fingerprint(study, fingerprint(settings), f"{name!r} in {masked_url(url)}")
     problem = build_problem(settings)
-    constraints, _ = build_constraints(settings, problem)
+    constraints = stored_constraints(study, problem) or build_constraints(settings, problem)[0]
     config = OptunaConfig(budget=settings.budget, seed=settings.seed, sampler=settings.sampler, storage=url,
                           study=name, proposer=settings.strategy != "optuna")
     sampler = optuna.samplers.RandomSampler() if config.proposer else \

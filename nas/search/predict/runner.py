@@ -47,7 +47,7 @@ class PreparedPredictorSearch:
     def summary(self) -> str:
         auto = " (automatic)" if self.constraints_auto else ""
         return (f"{self.settings.strategy} on {self.settings.space}: objective {self.problem.objective}, "
-                f"constraints {', '.join(c.label for c in self.constraints)}{auto}"
+                f"constraints {', '.join(c.describe() for c in self.constraints)}{auto}"
                 + (f"\n{self.problem.table.decision_line()}" if self.settings.is_table else ""))
 
 
@@ -271,7 +271,7 @@ def _write_outputs(run: RunDir, problem: SearchProblem, history: History, constr
     run.write_csv("pareto.csv", fam)
     winners, winner = [], None
     for c, (_, row) in zip(constraints, fam.iterrows()):
-        entry = {"constraint": c.label, "found": bool(row["found"])}
+        entry = {"constraint": c.label, "target": c.given or c.label, "found": bool(row["found"])}
         i = history.best_under(c)
         if i is not None:
             h = history.rows[i]
@@ -330,9 +330,10 @@ def _report(settings: PredictorSearchSettings, problem: SearchProblem, history: 
     """The shared keys from the winner: its exported model's figures (judged on its measurement), or (no model)
     its evaluated figures."""
     device = problem.devices[0] if problem.devices else None
-    target_ms = predicted_ms = accuracy = None
+    target_ms = predicted_ms = accuracy = target = None
     if winner is not None:
         c, i = winner
+        target = c.given or None
         bound = float(c.bound(problem.devices)[0]) if problem.devices else float("inf")
         target_ms = bound if np.isfinite(bound) else None
         h = history.rows[i]
@@ -347,6 +348,7 @@ def _report(settings: PredictorSearchSettings, problem: SearchProblem, history: 
                                     space=problem.joint.space if isinstance(problem, ModelProblem) else None)
     return build_report(settings.strategy, device=device, accuracy=accuracy, predicted_ms=predicted_ms,
                         measured_ms=first.get("measured_ms"), onnx_max_abs_diff=first.get("onnx_max_abs_diff"),
-                        target_ms=target_ms, detail=detail, warnings=detail["warnings"], remedies=remedies,
+                        target_ms=target_ms, target=target, detail=detail, warnings=detail["warnings"],
+                        remedies=remedies,
                         measurement=Measurement.from_dict(first["measurement"]) if first else None,
                         winner="arch.json" if winner is not None else None, model=MODEL if first else None)

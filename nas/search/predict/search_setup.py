@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 
 from nas.errors import SearchError
-from nas.search.blackbox.problem import Constraint, ModelProblem, SearchProblem, TableProblem, parse_constraint
+from nas.search.blackbox.problem import Constraint, ModelProblem, SearchProblem, TableProblem
+from nas.search.targets import LatencyScale, model_reference, parse_bounds, resolve_target
 
 TABLE_PREFIX = "table:"
+DEFAULT_TARGETS = ("p25", "p50", "p75")  # the constraints of a search given none
 STRATEGIES = ("nars", "chamnet", "optuna")
 SAMPLERS = ("nsga2", "tpe")
 
@@ -24,7 +26,7 @@ class PredictorSearchSettings:
     strategy: str
     space: str
     devices: list[str] = field(default_factory=list)
-    latency_ms: list[str] = field(default_factory=list)
+    targets: list[str] = field(default_factory=list)  # one constraint each: [DEVICE=]TARGET[,...] (nas.search.targets)
     budget: int = 100
     seed: int = 0
     dataset: str = "digits"
@@ -159,24 +161,55 @@ def build_problem(settings: PredictorSearchSettings, run_path: str | Path | None
 
 
 def build_constraints(settings: PredictorSearchSettings, problem: SearchProblem) -> tuple[list[Constraint], bool]:
-    """The constraints given, or (when none) the 25th/50th/75th percentiles of the pool's latency per device.
+    """The constraints given (``settings.targets``, relative terms resolved on each device), or (when none) the
+    25th/50th/75th percentiles of the space's latency per device.
 
     Returns the constraints and whether they were chosen automatically.
     """
-    if settings.latency_ms:
-        if not problem.devices:
-            raise SearchError("--target-ms needs a latency: --device for a model space, --latency-column for "
-                              "a table")
-        out = [parse_constraint(t, problem.devices) for t in settings.latency_ms]
-        if len({c.label for c in out}) != len(out):
-            raise SearchError("--target-ms: a constraint is given twice")
-        return out, False
+    if settings.targets and not problem.devices:
+        raise SearchError("--target needs a latency: --device for a model space, --latency-column for a table")
     if not problem.devices:
         return [Constraint(())], True
-    pool = problem.all_candidates() if problem.finite else problem.pool(settings.pool, settings.seed)
-    lat = problem.latency_ms(pool)
-    out = []
-    for q in (25, 50, 75):
-        limits = tuple((d, float(f"{np.percentile(lat[:, j], q):.4g}")) for j, d in enumerate(problem.devices))
-        out.append(Constraint(limits if len(limits) > 1 else ((None, limits[0][1]),)))
-    return out, True
+    scales = latency_scales(settings, problem)
+    out = [_constraint(text, problem.devices, scales) for text in settings.targets or DEFAULT_TARGETS]
+    if len({c.label for c in out}) != len(out):
+        raise SearchError(f"--target: two constraints resolve to the same bounds "
+                          f"({', '.join(c.describe() for c in out)})")
+    return out, not settings.targets
+
+
+def _constraint(text: str, devices: list[str], scales: dict[str, LatencyScale]) -> Constraint:
+    """One constraint: each term's bound on its device, or (no device named) on every device at its own value."""
+    limits, terms = [], parse_bounds(text, devices)
+    for dev, form in terms:
+        if not form.relative:
+            limits.append((dev, form.value))
+        elif dev is not None or len(devices) == 1:
+            limits.append((dev, resolve_target(form, scales[dev or devices[0]]).ms))
+        else:
+            limits.extend((d, resolve_target(form, scales[d]).ms) for d in devices)
+    return Constraint(tuple(limits), given=",".join(f"{d}={f.text}" if d else f.text for d, f in terms))
+
+
+def latency_scales(settings: PredictorSearchSettings, problem: SearchProblem) -> dict[str, LatencyScale]:
+    """What relative bounds are read off, per device: the latency of a table's rows, or of the model space's Sobol
+    pool (``settings.pool`` points from the seed); a model space's named models predicted on each device."""
+    cache: dict[str, np.ndarray] = {}
+
+    def latencies() -> np.ndarray:
+        if "lat" not in cache:
+            pool = problem.all_candidates() if problem.finite else problem.pool(settings.pool, settings.seed)
+            cache["lat"] = np.atleast_2d(problem.latency_ms(pool))
+        return cache["lat"]
+
+    if problem.finite:
+        what = f"the {problem.table.rows} rows of {Path(settings.space[len(TABLE_PREFIX):]).name}"
+    else:
+        what = f"{settings.pool} Sobol points of {problem.joint.space.name}"
+    scales = {}
+    for j, d in enumerate(problem.devices):
+        reference = model_reference(problem.costs.latency_models[d], problem.joint.space) \
+            if isinstance(problem, ModelProblem) else None
+        scales[d] = LatencyScale(d, what, lambda j=j: latencies()[:, j], reference,
+                                 no_reference="a table space has no models to name")
+    return scales

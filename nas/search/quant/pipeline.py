@@ -37,7 +37,7 @@ from nas.search.quant.prepare import (
     Prepared,
     make_cost,
     prepare_mixed_precision,
-    resolve_target,
+    checked_target,
 )
 from nas.search.quant.search import SearchConfig, search_bits
 from nas.search.report import MODEL, build_report, latency_remedies, write_report
@@ -123,7 +123,7 @@ def run_mixed_precision(prep: Prepared, run: RunDir, *, progress: Progress = no_
                                            count=cfg.latency_fit_models, seed=cfg.search.seed,
                                            on_progress=lambda d, t, note: advance(note=note))
     cost = cost_ms if cfg.cost == "latency" else make_cost(cfg.cost, graph, options, lm, space, arch)
-    target = resolve_target(cfg, cost)
+    target = checked_target(cfg, cost)
 
     # 1. fp32 pretraining (resumable), on the plain model
     plain = build_model(space, arch)
@@ -217,6 +217,7 @@ def run_mixed_precision(prep: Prepared, run: RunDir, *, progress: Progress = no_
                           predicted_ms=mixed.figures["predicted_ms"], measured_ms=mixed.figures["measured_ms"],
                           onnx_max_abs_diff=mixed.figures["onnx_max_abs_diff"],
                           target_ms=target if cost.name == "latency" else None, within_target=verdict["target_met"],
+                          target=cfg.target if cost.name == "latency" else None,
                           measurement=measurement, detail=detail, warnings=warnings,
                           remedies=latency_remedies(device, tables_dir=prep.job.tables_dir if prep.job else None,
                                                     model_path=run.file(MODEL), space=space))

@@ -5,8 +5,10 @@ input fails here, before a run directory is written."""
 from __future__ import annotations
 
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+
+import numpy as np
 
 from nas.arch.space import Arch, Space
 from nas.data.dataset import Dataset
@@ -23,6 +25,7 @@ from nas.search.quant.graph import QuantGraph, attach_onnx, trace_layers
 from nas.search.quant.mixed import BitOption, MixedPrecisionNet, bit_options
 from nas.search.quant.profile import layer_items, precision_graph, profile_layers
 from nas.search.quant.search import SearchConfig
+from nas.search.targets import RANDOM_ARCHS, LatencyScale, given_targets, model_reference, resolve_one
 from nas.train.engine import Engine
 
 FP32 = BitOption(32, 32)
@@ -34,7 +37,8 @@ class MixedPrecisionConfig:
     cost: str = "size"
     weight_bits: list[int] = field(default_factory=lambda: [2, 4, 8, 32])
     act_bits: list[int] = field(default_factory=lambda: [8, 32])
-    target_ms: float | None = None
+    target: str | None = None  # a latency target as given (``nas.search.targets``: 2.5ms, p40, 0.8x:fbnet_a)
+    target_ms: float | None = None  # absolute; preparing sets it to what ``target`` resolves to
     target_mb: float | None = None
     pretrain_epochs: int = 20
     pretrain_lr: float = 0.01
@@ -62,14 +66,21 @@ class MixedPrecisionConfig:
         if self.calibration_samples < 1:
             raise SearchError(f"calibration samples must be >= 1, got {self.calibration_samples}")
         check_options(self.cost, bit_options(self.weight_bits, self.act_bits))
-        if self.target_ms is not None and self.target_mb is not None:
-            raise SearchError("give one of --target-ms and --target-mb, not both")
-        if self.target_ms is not None and self.cost != "latency":
-            raise SearchError(f"--target-ms steers --cost latency; with --cost {self.cost} use "
+        latency = given_targets(self.target, self.target_ms)
+        if latency and self.target_mb is not None:
+            raise SearchError("give one of --target (or --target-ms) and --target-mb, not both")
+        if latency and self.cost != "latency":
+            raise SearchError(f"--target and --target-ms steer --cost latency; with --cost {self.cost} use "
                               f"{'--target-mb' if self.cost == 'size' else 'no target'}")
         if self.target_mb is not None and self.cost != "size":
             raise SearchError(f"--target-mb steers --cost size; with --cost {self.cost} use "
-                              f"{'--target-ms' if self.cost == 'latency' else 'no target'}")
+                              f"{'--target' if self.cost == 'latency' else 'no target'}")
+
+    @property
+    def latency_target(self) -> str | None:
+        """The latency target as given (``--target`` or ``--target-ms``), or None."""
+        given = given_targets(self.target, self.target_ms)
+        return given[0] if given else None
 
 
 def check_options(cost: str, options: list[BitOption]) -> None:
@@ -123,8 +134,9 @@ def make_cost(name: str, graph: QuantGraph, options: list[BitOption], lm: Latenc
     raise SearchError(f"unknown cost {name!r} (use latency, size or bitops)")
 
 
-def resolve_target(cfg: MixedPrecisionConfig, cost: Cost) -> float | None:
-    """The target in the cost's unit; SearchError when no assignment can meet it."""
+def checked_target(cfg: MixedPrecisionConfig, cost: Cost) -> float | None:
+    """The target in the cost's unit (a latency target resolved: ``resolve_latency_target``); SearchError when no
+    assignment can meet it."""
     target = cfg.target_ms if cost.name == "latency" else cfg.target_mb if cost.name == "size" else None
     if target is not None:
         floor = cost.lower_bound()
@@ -132,6 +144,25 @@ def resolve_target(cfg: MixedPrecisionConfig, cost: Cost) -> float | None:
             raise SearchError(f"target {target:g} {cost.unit} is impossible: no assignment of these bit options costs "
                               f"less than {floor:.4g} {cost.unit}")
     return target
+
+
+def resolve_latency_target(cfg: MixedPrecisionConfig, cost_ms: LatencyCost | None, lm: LatencyModel | None,
+                           space: Space, device: str) -> MixedPrecisionConfig:
+    """``cfg`` with its latency target in milliseconds (``target_ms``) beside the form given (``target``): a
+    percentile reads random bit assignments of the model, a fraction a named model's fp32 prediction."""
+    text = cfg.latency_target
+    if text is None or cfg.cost != "latency":
+        return cfg
+
+    def random_assignments() -> np.ndarray:  # each layer's option uniformly: its int8-or-fp32 row, costed
+        rng = np.random.default_rng(cfg.search.seed)
+        picks = rng.integers(len(cost_ms.options), size=(RANDOM_ARCHS, len(cost_ms.graph.layers)))
+        return np.asarray([float(cost_ms.table.expected_ms(row)) for row in cost_ms.int8_mask[picks]])
+
+    target = resolve_one(text, lambda: LatencyScale(
+        device, f"{RANDOM_ARCHS} random bit assignments of {space.name}", random_assignments,
+        model_reference(lm, space)))
+    return replace(cfg, target=target.given, target_ms=target.ms)
 
 
 @dataclass(kw_only=True)
@@ -206,7 +237,8 @@ def prepare_mixed_precision(space: Space, arch: Arch, data: Dataset, device: str
         lm.refresh()
         cost_ms = make_cost("latency", graph, options, lm, space, arch)
     cost = cost_ms if cfg.cost == "latency" else make_cost(cfg.cost, graph, options, lm, space, arch)
-    resolve_target(cfg, cost)  # with the table's latency terms; checked again after the latency fit
+    cfg = resolve_latency_target(cfg, cost_ms, lm, space, device)
+    checked_target(cfg, cost)  # with the table's latency terms; checked again after the latency fit
     measure_on = measuring_device(lm.device) if lm is not None else MeasuringDevice(Device())
     return Prepared(space=space, arch=arch, data=data, device=device, cfg=cfg, options=options, graph=graph, lm=lm,
                     no_table=no_table, measure_on=measure_on, cost_ms=cost_ms)
