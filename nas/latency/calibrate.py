@@ -28,6 +28,7 @@ import numpy as np
 from nas.arch.opkey import OpKey
 from nas.arch.space import Arch, Space
 from nas.errors import LatencyTableError
+from nas.files import atomic_path
 from nas.latency.correction import (
     CalibrationPoint,
     Correction,
@@ -40,6 +41,7 @@ from nas.latency.device import Device, check_provider
 from nas.latency.drift import pick_references, read_references, store_references
 from nas.latency.overhead import CallOverhead
 from nas.latency.profile import key_is_identity, single_thread_torch
+from nas.latency.quantize import quantize_int8
 from nas.latency.table import LatencyTable, _locked, _read_from
 from nas.latency.timing import LatencyStats, TimingConfig
 from nas.models.builder import build_model
@@ -55,22 +57,33 @@ PRECISION_TERMS = ("compute_delta_ms", "transition_ms", "transitions")
 
 
 def measure_archs(space: Space, archs: list[Arch], device: Device, timing: TimingConfig | None = None,
-                  on_export: Callable[[int], None] | None = None) -> list[LatencyStats]:
+                  on_export: Callable[[int], None] | None = None, bits: int = 32) -> list[LatencyStats]:
     """Export each arch's whole model to ONNX and time them end to end on ``device``, interleaved."""
     with tempfile.TemporaryDirectory(prefix="hwnas-model-") as tmp:
         paths = []
         for i, arch in enumerate(archs):
-            paths.append(export_arch(space, arch, Path(tmp) / f"model{i}.onnx"))
+            paths.append(export_arch(space, arch, Path(tmp) / f"model{i}.onnx", bits))
             if on_export:
                 on_export(i + 1)
         return device.time_files(paths, timing)
 
 
-def export_arch(space: Space, arch: Arch, path: Path) -> Path:
-    """The arch's whole model as ONNX (batch 1 input shape, exported on one torch thread)."""
+def export_arch(space: Space, arch: Arch, path: Path, bits: int = 32) -> Path:
+    """The arch's whole model as ONNX (dynamic batch, exported on one torch thread); ``bits`` 8: every layer static
+    int8 (QDQ, as the table's int8 blocks, ``nas.latency.quantize``)."""
     model = build_model(space, arch)
+    if bits == 32:
+        with single_thread_torch():
+            return export_onnx(model, model.input_shape, path)
+    if bits != 8:
+        raise LatencyTableError(f"only bits 32 (fp32) and 8 (int8) whole models can be measured, not {bits}")
+    fp32 = Path(path).with_name(Path(path).stem + ".fp32.onnx")
     with single_thread_torch():
-        return export_onnx(model, model.input_shape, path)
+        export_onnx(model, model.input_shape, fp32)
+    with atomic_path(path) as tmp:
+        quantize_int8(fp32, tmp, {"input": (1, *model.input_shape)})
+    fp32.unlink()
+    return Path(path)
 
 
 def calibration_archs(space: Space, count: int, seed: int = 12345) -> list[Arch]:
@@ -256,22 +269,25 @@ def calibrate_models(table: LatencyTable, models: list[CalibrationModel], *, tim
     return refit_correction(table)
 
 
-def arch_calibration_model(space: Space, arch: Arch) -> CalibrationModel:
-    return CalibrationModel(_model_id(space, arch), space.name, space.space_args(), arch.to_dict(),
-                            [OpKey.from_block(b) for b in space.resolve(arch)],
-                            lambda path: export_arch(space, arch, path))
+def arch_calibration_model(space: Space, arch: Arch, bits: int = 32) -> CalibrationModel:
+    model_id = _model_id(space, arch) if bits == 32 else json.dumps({"bits": bits, **json.loads(_model_id(space, arch))},
+                                                                    sort_keys=True)
+    return CalibrationModel(model_id, space.name, space.space_args(), arch.to_dict(),
+                            [OpKey.from_block(b, bits) for b in space.resolve(arch)],
+                            lambda path: export_arch(space, arch, path, bits))
 
 
 def calibrate(device: str, space: Space, *, models: int = 8, provider: str = "CPUExecutionProvider",
               threads: int = 1, tables_dir: str | Path | None = None, optimization: str = "all",
               timing: TimingConfig | None = None, on_progress: Callable[[int, int, str], None] | None = None,
-              ) -> Correction:
-    """Measure ``models`` whole models of ``space`` (skipping those already measured) and refit the correction."""
+              bits: int = 32) -> Correction:
+    """Measure ``models`` whole models of ``space`` (skipping those already measured; ``bits`` 8: static int8
+    models, for a table of int8 keys) and refit the correction."""
     check_provider(provider)
     table = LatencyTable.open(device, tables_dir)
     m = table.manifest
     if (m.provider, m.threads, m.graph_optimization) != (provider, threads, optimization):
         raise LatencyTableError(f"device {device!r} was profiled with {m.provider}, {m.threads} threads, "
                                 f"optimisation {m.graph_optimization!r}; calibrate it with the same settings")
-    return calibrate_models(table, [arch_calibration_model(space, a) for a in calibration_archs(space, models)],
+    return calibrate_models(table, [arch_calibration_model(space, a, bits) for a in calibration_archs(space, models)],
                             timing=timing, on_progress=on_progress)

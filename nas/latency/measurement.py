@@ -18,12 +18,16 @@ class Measurement:
     note: str = ""  # set when the figures are not the device's own (``nas.search.finalize.measuring_device``)
     drift_pct: float | None = None  # the device now against its calibration (``nas.latency.drift``)
     drift_models: int = 0  # reference models re-timed for ``drift_pct``
+    relative_ms: float | None = None  # p50 at the device's calibration speed (timed with its reference models)
 
     @classmethod
-    def from_stats(cls, stats, note: str = "", drift=None) -> "Measurement":
-        """From a ``LatencyStats`` and, when the reference models were re-timed, a ``DriftCheck``."""
+    def from_stats(cls, stats, note: str = "", relative=None) -> "Measurement":
+        """From a ``LatencyStats`` and, when the file was timed with the reference models, its
+        ``nas.latency.relative.RelativeTiming`` (the drift and its time at calibration speed)."""
+        if relative is None or not relative.references:
+            return cls(float(stats.p50_ms), float(stats.p90_ms), bool(stats.stable), float(stats.spread), note)
         return cls(float(stats.p50_ms), float(stats.p90_ms), bool(stats.stable), float(stats.spread), note,
-                   None if drift is None else drift.drift_pct, 0 if drift is None else len(drift.models))
+                   relative.drift_pct, len(relative.references), float(relative.relative_ms[0]))
 
     @property
     def tail(self) -> float:

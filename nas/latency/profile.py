@@ -130,28 +130,30 @@ def item_onnx(item: ProfileItem, folder: Path) -> ExportedItem:
     return ExportedItem(path, macs, params, in_bytes, out_bytes)
 
 
-def row_metadata(e: ExportedItem, overhead: CallOverhead) -> dict:
-    return {"overhead_ms": overhead.predict_ms(e.in_bytes, e.out_bytes), "macs": e.macs, "params": e.params,
-            "in_bytes": e.in_bytes, "out_bytes": e.out_bytes}
+def row_metadata(e: ExportedItem, overhead: CallOverhead, batch: int = 1) -> dict:
+    """A row's call overhead (for ``batch`` samples in and out) and its batch-1 MACs, params and bytes."""
+    return {"overhead_ms": overhead.predict_ms(batch * e.in_bytes, batch * e.out_bytes), "macs": e.macs,
+            "params": e.params, "in_bytes": e.in_bytes, "out_bytes": e.out_bytes}
 
 
 # ---- profiling -----------------------------------------------------------------------------------------------
 def profile_items(device: str, items: list[ProfileItem], *, provider: str = "CPUExecutionProvider",
                   threads: int = 1, tables_dir: str | Path | None = None,
                   on_progress: ProgressCallback | None = None, optimization: str = "all",
-                  timing: TimingConfig | None = None, chunk: int = 32) -> dict:
+                  timing: TimingConfig | None = None, chunk: int = 32, batch: int = 1) -> dict:
     """Measure every item whose key the device table lacks and append one row per key.
 
-    Items are exported and timed in chunks of ``chunk`` keys, interleaved (see ``timing``); each key's row is
+    Items are exported and timed in chunks of ``chunk`` keys, interleaved (see ``timing``), at ``batch`` samples
+    (a table for batched inference: the exports' batch axis is dynamic); each key's row is
     appended as soon as its chunk is timed. Returns counts ``{"total", "measured", "skipped", "identity",
     "seconds"}``; ``on_progress(done, total, note)`` is called per item. Safe to interrupt at any point (a
     rerun measures what is missing) and to run twice at once (a key is appended once).
     """
     check_provider(provider)
     timing = timing or TimingConfig()
-    measure_on = Device(provider, threads, optimization, timing.clock, device)
+    measure_on = Device(provider, threads, optimization, timing.clock, device, batch=batch)
     table = LatencyTable.open_for_writing(
-        DeviceManifest.for_this_machine(device, provider, threads, optimization, timing.clock), tables_dir)
+        DeviceManifest.for_this_machine(device, provider, threads, optimization, timing.clock, batch), tables_dir)
     unique: dict[str, ProfileItem] = {}
     for item in items:
         unique.setdefault(str(item.key), item)
@@ -169,8 +171,8 @@ def profile_items(device: str, items: list[ProfileItem], *, provider: str = "CPU
     pending = list(unique.values())
     while pending:
         table.refresh()
-        batch: list[ProfileItem] = []
-        while pending and len(batch) < chunk:
+        todo: list[ProfileItem] = []
+        while pending and len(todo) < chunk:
             item = pending.pop(0)
             if key_is_identity(item.key):
                 counts["identity"] += 1
@@ -179,22 +181,22 @@ def profile_items(device: str, items: list[ProfileItem], *, provider: str = "CPU
                 counts["skipped"] += 1
                 progress("already measured")
             else:
-                batch.append(item)
-        if not batch:
+                todo.append(item)
+        if not todo:
             continue
         if overhead is None:
             overhead = measure_call_overhead(measure_on, timing)
             overhead.save(table.folder)
         with tempfile.TemporaryDirectory(prefix="hwnas-profile-") as tmp:
             prepared = []
-            for i, item in enumerate(batch):
+            for i, item in enumerate(todo):
                 folder = Path(tmp) / str(i)
                 folder.mkdir()
                 exported = item_onnx(item, folder)
                 prepared.append((item, measure_on.open(exported.path), exported))
         stats = measure_on.time_sessions([p[1] for p in prepared], timing)
         for (item, _, e), st in zip(prepared, stats):
-            row = {**st.to_dict(), **row_metadata(e, overhead)}
+            row = {**st.to_dict(), **row_metadata(e, overhead, batch)}
             wrote = table.append(item.key, row)
             counts["measured" if wrote else "skipped"] += 1
             counts["unstable"] += int(wrote and not st.stable)

@@ -113,12 +113,12 @@ def open_session(ort, data, provider, threads, optimization):
     return ort.InferenceSession(data, sess_options=opts, providers=[provider])
 
 
-def random_feeds(sess, seed=0):
-    """Random batch-1 inputs for every input of ``sess`` (dynamic axes as 1)."""
+def random_feeds(sess, seed=0, batch=1):
+    """Random inputs for every input of ``sess`` (a dynamic first axis as ``batch``, other dynamic axes as 1)."""
     rng = np.random.default_rng(seed)
     feeds = {}
     for inp in sess.get_inputs():
-        shape = [d if isinstance(d, int) else 1 for d in inp.shape]
+        shape = [d if isinstance(d, int) else (batch if i == 0 else 1) for i, d in enumerate(inp.shape)]
         dtype = np.int64 if "int64" in inp.type else np.float32
         feeds[inp.name] = rng.standard_normal(shape).astype(dtype)
     return feeds
