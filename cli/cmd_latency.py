@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from cli.app import console, latency_app, print_json, print_table, progress_bar
+from cli.cmd_latency_onnx import is_onnx_file, predict_onnx_file
 
 SPACE_OPT = typer.Option(..., "--space", help="space name or YAML")
 MAX_VALIDATION_SAMPLES = 10_000  # random archs built and timed by `latency validate` (hours of timing already)
@@ -277,7 +278,8 @@ def import_(results: Path = typer.Argument(..., help="results.json written by th
 
 
 @latency_app.command("predict")
-def predict(ref: str = typer.Argument(..., help="arch JSON, or a space / model name (its largest arch)"),
+def predict(ref: str = typer.Argument(..., help="arch JSON, a space / model name (its largest arch), or any ONNX "
+                                                "model (MODEL.onnx: kernel by kernel)"),
             device: str = DEVICE_OPT,
             resolution: Optional[int] = typer.Option(None, help="input resolution"),
             width: Optional[float] = typer.Option(None, help="width multiplier"),
@@ -285,12 +287,22 @@ def predict(ref: str = typer.Argument(..., help="arch JSON, or a space / model n
             bits: int = typer.Option(32, help="precision of every block: 32 (fp32) or 8 (int8)"),
             no_fallback: bool = typer.Option(False, "--no-fallback",
                                              help="fail on keys missing from the table instead of estimating"),
+            profile: bool = typer.Option(False, "--profile", help="MODEL.onnx: time the kernels the device's kernel "
+                                                                  "table lacks, here, on the device"),
             tables_dir: Optional[Path] = typer.Option(None, help="base folder of device tables"),
             as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
-    """Predict an arch's latency on a device, block by block."""
+    """Predict an arch's latency on a device, block by block, or an ONNX model's, kernel by kernel."""
     from nas.arch.space import resolve_model_ref
     from nas.errors import LatencyTableError
     from nas.latency.model import LatencyModel
+
+    if is_onnx_file(ref):
+        return predict_onnx_file(Path(ref), device, profile=profile, no_fallback=no_fallback, tables_dir=tables_dir,
+                                 as_json=as_json, arch_options={"resolution": resolution, "width": width,
+                                                                "classes": classes, "bits": bits})
+    if profile:
+        raise LatencyTableError("--profile times the kernels of an ONNX model (MODEL.onnx); an arch's blocks are "
+                                "profiled with `hwnas latency profile`")
 
     if bits not in (32, 8):
         raise LatencyTableError(f"--bits must be 32 (fp32) or 8 (int8), got {bits}")

@@ -42,7 +42,7 @@ from nas.latency.drift import pick_references, read_references, store_references
 from nas.latency.overhead import CallOverhead
 from nas.latency.profile import key_is_identity, single_thread_torch
 from nas.latency.quantize import quantize_int8
-from nas.latency.table import LatencyTable, _locked, _read_from
+from nas.latency.table import LatencyTable, append_unique_row, read_csv_rows
 from nas.latency.timing import LatencyStats, TimingConfig
 from nas.models.builder import build_model
 from nas.models.onnx_io import export_onnx
@@ -108,13 +108,9 @@ def _model_id(space: Space, arch: Arch) -> str:
     return json.dumps({"space_args": space.space_args(), **arch.to_dict()}, sort_keys=True)
 
 
-def _read_rows(path: Path) -> list[dict]:
-    return list(csv.DictReader(io.StringIO(path.read_text()))) if path.is_file() else []
-
-
 def read_calibration(folder: Path) -> list[dict]:
     path = Path(folder) / CALIBRATION_FILE
-    rows = _read_rows(path)
+    rows = read_csv_rows(path)
     for i, row in enumerate(rows, start=2):
         try:
             row["measured_ms"] = float(row["measured_ms"])
@@ -124,34 +120,16 @@ def read_calibration(folder: Path) -> list[dict]:
     return rows
 
 
-def _append_unique(path: Path, columns: tuple[str, ...], row: dict, identity: tuple[str, ...]) -> bool:
-    """Append one row under an exclusive lock, unless a row with the same ``identity`` columns is there."""
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerow([row[c] for c in columns])
-    same = tuple(str(row[c]) for c in identity)
-    with _locked(path, exclusive=True) as fd:
-        data = _read_from(fd, 0)
-        if data and not data.endswith(b"\n"):  # a writer killed mid-row: cut the torn row
-            os.ftruncate(fd, data.rfind(b"\n") + 1)
-            data = data[:data.rfind(b"\n") + 1]
-        if not data:
-            os.write(fd, (",".join(columns) + "\n").encode())
-        elif any(tuple(r.get(c) for c in identity) == same for r in csv.DictReader(io.StringIO(data.decode()))):
-            return False
-        os.write(fd, buf.getvalue().encode())
-    return True
-
-
 def append_calibration(folder: Path, row: dict) -> bool:
     """Append one calibration row under an exclusive lock, unless its model is already there."""
-    return _append_unique(Path(folder) / CALIBRATION_FILE, CALIBRATION_COLUMNS, row, ("model_id",))
+    return append_unique_row(Path(folder) / CALIBRATION_FILE, CALIBRATION_COLUMNS, row, ("model_id",))
 
 
 # ---- mixed precision ------------------------------------------------------------------------------------------
 def read_precision_rows(folder: Path) -> list[dict]:
     """The device's mixed-precision calibration rows (numbers as floats)."""
     path = Path(folder) / PRECISION_FILE
-    rows = _read_rows(path)
+    rows = read_csv_rows(path)
     for i, row in enumerate(rows, start=2):
         try:
             for c in ("measured_ms", "fp32_measured_ms", *PRECISION_TERMS):
@@ -164,7 +142,7 @@ def read_precision_rows(folder: Path) -> list[dict]:
 def append_precision_row(folder: Path, row: dict) -> bool:
     """Append one mixed model's measurement (``PRECISION_COLUMNS``), unless that assignment is already there."""
     row = {**row, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    return _append_unique(Path(folder) / PRECISION_FILE, PRECISION_COLUMNS, row, ("model_id", "assignment"))
+    return append_unique_row(Path(folder) / PRECISION_FILE, PRECISION_COLUMNS, row, ("model_id", "assignment"))
 
 
 def precision_terms_matrix(rows: list[dict]) -> np.ndarray:

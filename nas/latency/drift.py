@@ -7,8 +7,8 @@ model. Every whole-model measurement on the device is timed interleaved with the
 by one code path (``time_against_references``, see ``nas.latency.relative``): ``latency validate``, ``check_drift``
 (``latency check``: the references alone, or with a shipped model) and ``measure_shipped`` (a search's final
 measurement), so that the drift they read and the relative times they report agree in sign and size. The drift is
-the median over the references of measured now / measured at calibration (times the correction's ``rescale``) - 1,
-in per cent. ``recalibrate`` folds that ratio into the correction as one global rescale (base, scales and per-block
+the references' speed now against calibration (times the correction's ``rescale``), fitted over their sizes, at the
+middle of their range, minus 1, in per cent. ``recalibrate`` folds that ratio into the correction as one global rescale (base, scales and per-block
 terms), keeping the old correction in its ``history``; a later refit from the stored measurements starts again from
 ``rescale`` 1. Bundles carry the calibration models (``nas.latency.bundle``), so a remote device is re-timed with its
 ``measure.py``.
@@ -93,7 +93,7 @@ class DriftCheck:
     """The reference models re-timed now against their calibration (and a shipped model timed with them)."""
 
     device: str
-    drift_pct: float  # median over the references of now / expected - 1, in per cent
+    drift_pct: float  # the references' fitted now / expected - 1 at the middle of their sizes, in per cent
     rescale: float  # the correction's rescale the expectation includes
     models: list[dict]  # model_id, file, calibrated_ms, expected_ms, measured_ms, p90_ms, stable, drift_pct
     model: dict | None = None  # the extra model's LatencyStats and relative_ms (``check_drift(model=...)``)

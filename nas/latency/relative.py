@@ -8,16 +8,18 @@ whole-model measurement (``latency validate``, ``latency check``, a search's fin
 ``nas.latency.drift``) and expressed against them, by one code path (``time_with_references``):
 
     speed(m)          = now / expected (calibrated x the correction's rescale), per reference model
-    log speed         = a + b log expected_ms           least squares over the references (b = 0 with fewer than
-                                                        3, or when they span less than 2x); the size is clamped to
-                                                        the references' range (no extrapolation)
+    log speed         = a + b log expected_ms           least squares over the references; b = 0 (a = the mean)
+                                                        with fewer than 3 references, when they span less than 2x,
+                                                        or when b is within two standard errors of 0 (a slope that
+                                                        is noise would add noise); sizes are clamped to the
+                                                        references' range (no extrapolation)
     relative_ms(x)    = now_ms(x) / speed(x's size at calibration)
 
 A slowdown that is not uniform (per-call overhead and compute-bound convolutions slow down differently when a
 neighbour thrashes the caches, or the clock drops) is followed across sizes by ``b``. A model's size at
 calibration is its time now divided by its speed, found by a fixed-point iteration (``SpeedFit.relative_ms``).
-``drift_pct`` is the median over the references of ``speed - 1``: what ``latency check`` reports and what
-``--recalibrate`` folds into the correction.
+``drift_pct`` is ``speed - 1`` at the middle of the references' sizes (their geometric mean), in per cent: what
+``latency check`` reports and what ``--recalibrate`` folds into the correction.
 """
 
 from __future__ import annotations
@@ -56,8 +58,11 @@ class SpeedFit:
         lo, hi = float(np.exp(x.min())), float(np.exp(x.max()))
         if len(x) >= 3 and hi / lo >= MIN_SPAN:
             b, a = np.polyfit(x, y, 1)
-            return cls(float(a), float(b), lo, hi, len(x))
-        return cls(float(np.median(y)), 0.0, lo, hi, len(x))
+            residual = y - (a + b * x)
+            se = math.sqrt(float(residual @ residual) / (len(x) - 2) / float(((x - x.mean()) ** 2).sum()))
+            if abs(b) > 2 * se:
+                return cls(float(a), float(b), lo, hi, len(x))
+        return cls(float(np.mean(y)), 0.0, lo, hi, len(x))
 
     def speed(self, size_ms) -> np.ndarray:
         """now / calibrated for a model that took ``size_ms`` at calibration (scalar or array)."""
@@ -88,18 +93,25 @@ class RelativeTiming:
 
     @property
     def drift_pct(self) -> float | None:
-        """The median drift of the references (None without references)."""
+        """The fitted drift at the middle of the references' sizes, in per cent (None without references)."""
         if not self.references:
             return None
-        return float(np.median([r["drift_pct"] for r in self.references]))
+        return float(100.0 * (self.fit.speed(math.sqrt(self.fit.lo_ms * self.fit.hi_ms)) - 1))
 
 
-def time_with_references(device: "Device", paths: list[str | Path], references: list[tuple[Path, float]],
+def time_with_references(device: "Device", items: list, references: list[tuple[Path, float]],
                          timing: "TimingConfig | None" = None) -> RelativeTiming:
-    """Time ``paths`` interleaved with the ``references`` ((ONNX file, expected ms at calibration) each) on
-    ``device``, and express each file's p50 at calibration speed. Without references the raw times stand."""
-    all_stats = device.time_files([*paths, *(p for p, _ in references)], timing)
-    stats, ref_stats = all_stats[:len(paths)], all_stats[len(paths):]
+    """Time ``items`` (ONNX files, or ``TimedSession`` s opened elsewhere: single kernels) interleaved with the
+    ``references`` ((ONNX file, expected ms at calibration) each) on ``device``, and express each item's p50 at
+    calibration speed. Without references the raw times stand."""
+    from nas.latency.device import TimedSession
+
+    if not any(isinstance(i, TimedSession) for i in items):
+        all_stats = device.time_files([*items, *(p for p, _ in references)], timing)
+    else:
+        sessions = [i if isinstance(i, TimedSession) else device.open(i) for i in items]
+        all_stats = device.time_sessions([*sessions, *(device.open(p) for p, _ in references)], timing)
+    stats, ref_stats = all_stats[:len(items)], all_stats[len(items):]
     rows = [{"file": Path(p).name, "expected_ms": float(ms), "measured_ms": st.p50_ms, "p90_ms": st.p90_ms,
              "stable": st.stable, "drift_pct": 100.0 * (st.p50_ms / ms - 1)}
             for (p, ms), st in zip(references, ref_stats)]

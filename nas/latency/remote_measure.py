@@ -102,9 +102,12 @@ OPTIMIZATION = {"none": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extende
                 "all": "ORT_ENABLE_ALL"}
 
 
-def open_session(ort, data, provider, threads, optimization):
-    """An inference session pinned to ``threads`` intra-op threads (hwnas's ``Device.session`` calls this too)."""
+def open_session(ort, data, provider, threads, optimization, optimized_path=None):
+    """An inference session pinned to ``threads`` intra-op threads (hwnas's ``Device.session`` calls this too);
+    ``optimized_path``: where ONNX Runtime saves the graph it optimised."""
     opts = ort.SessionOptions()
+    if optimized_path:
+        opts.optimized_model_filepath = optimized_path
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

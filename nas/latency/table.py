@@ -244,6 +244,29 @@ def _read_from(fd: int, offset: int) -> bytes:
     return os.pread(fd, size - offset, offset) if size > offset else b""
 
 
+def read_csv_rows(path: Path) -> list[dict]:
+    """The rows of a CSV file with a header (none when it does not exist)."""
+    return list(csv.DictReader(io.StringIO(path.read_text()))) if path.is_file() else []
+
+
+def append_unique_row(path: Path, columns: tuple[str, ...], row: dict, identity: tuple[str, ...]) -> bool:
+    """Append one row under an exclusive lock, unless a row with the same ``identity`` columns is there."""
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow([row[c] for c in columns])
+    same = tuple(str(row[c]) for c in identity)
+    with _locked(path, exclusive=True) as fd:
+        data = _read_from(fd, 0)
+        if data and not data.endswith(b"\n"):  # a writer killed mid-row: cut the torn row
+            os.ftruncate(fd, data.rfind(b"\n") + 1)
+            data = data[:data.rfind(b"\n") + 1]
+        if not data:
+            os.write(fd, (",".join(columns) + "\n").encode())
+        elif any(tuple(r.get(c) for c in identity) == same for r in csv.DictReader(io.StringIO(data.decode()))):
+            return False
+        os.write(fd, buf.getvalue().encode())
+    return True
+
+
 # ---- the table ----------------------------------------------------------------------------------------------
 class LatencyTable:
     """One device's measured table: ``rows`` maps key strings to row dicts (p50_ms, p90_ms, ...)."""
