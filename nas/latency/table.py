@@ -335,6 +335,10 @@ class LatencyTable:
             if stored.remote:
                 raise LatencyTableError(f"device {manifest.device_id!r} holds a table imported from a remote "
                                         f"device; profile this machine under another --device id")
+            if stored.notes.get("adapted_from"):
+                raise LatencyTableError(f"device {manifest.device_id!r} holds a table adapted from device "
+                                        f"{stored.notes['adapted_from']!r} (`hwnas latency adapt`); profile its "
+                                        f"blocks under another --device id")
             if diff:
                 raise LatencyTableError(f"device {manifest.device_id!r} was measured with another setup "
                                         f"({'; '.join(diff)}); use another --device id")
