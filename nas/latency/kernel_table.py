@@ -12,16 +12,16 @@ Inside a model a kernel also pays for its data coming from memory: run alone in 
 and weights in the caches it keeps hot; inside a model the kernels before it have evicted them. So
 (``kernel_correction.json``)
 
-    whole_ms = call overhead of the model's inputs and outputs
-               + sum_k (net_k + per_activation_mb_ms * activation MB_k + per_weight_mb_ms * weight MB_k)
+    whole_ms = call overhead of the model's inputs and outputs + sum_k (net_k + per_mb_ms * MB_k)
 
-where a kernel's activations are its non-constant inputs and its outputs (none for the view ops ONNX Runtime runs
-in place, Reshape, Flatten, Squeeze, Unsqueeze, Identity, nor for Shape and Size, which read no data) and its
-weights its constant inputs. The two weights are
-fitted (non-negative least squares on relative errors) on the device's reference models, whole models measured at
-calibration, whose kernels are profiled for it (``fit_kernel_correction``). Measured (loaded 2-core VM, fbnet
-224 px references): about 0.03 ms per MB of each; without them the sum of kernel times fell 15-30% short of mobile
-networks and ViT, whose activations are large.
+where ``MB_k`` is what the kernel reads and writes: its inputs (weights included) and outputs, none for the view ops
+ONNX Runtime runs in place (Reshape, Flatten, Squeeze, Unsqueeze, Identity) nor for Shape and Size, which read no
+data. ``per_mb_ms`` is fitted (non-negative least squares on relative errors) on the device's reference models,
+whole models measured at calibration, whose kernels are profiled for it (``fit_kernel_correction``). Measured
+(loaded 2-core VM, fbnet 224 px references): about 0.035 ms per MB; without it the sum of kernel times fell 15-30%
+short of mobile networks, GoogLeNet and ViT, whose activations are large. Activations and weights were tried as
+two terms: fitted on references of one family they trade off against each other, and one term predicted the
+published architectures of ``benchmarks/published_archs.py`` as well.
 """
 
 from __future__ import annotations
@@ -123,11 +123,9 @@ VIEW_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Shape", "
 
 @dataclass
 class KernelCorrection:
-    """``whole = call overhead + sum_k (net_k + per_activation_mb_ms * activation MB_k + per_weight_mb_ms * weight
-    MB_k)``."""
+    """``whole = call overhead + sum_k (net_k + per_mb_ms * MB_k)``."""
 
-    per_activation_mb_ms: float = 0.0
-    per_weight_mb_ms: float = 0.0
+    per_mb_ms: float = 0.0
     fitted_on: int = 0  # reference models used; 0 = not fitted (kernel times summed as they are)
     fit_mape: float | None = None  # on those models, after the fit
     raw_mape: float | None = None  # the same with the plain sum of net times
@@ -142,8 +140,7 @@ class KernelCorrection:
             return None
         try:
             d = json.loads(path.read_text())
-            return cls(float(d["per_activation_mb_ms"]), float(d["per_weight_mb_ms"]), int(d["fitted_on"]),
-                       d.get("fit_mape"), d.get("raw_mape"))
+            return cls(float(d["per_mb_ms"]), int(d["fitted_on"]), d.get("fit_mape"), d.get("raw_mape"))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             raise LatencyTableError(f"{path}: corrupt kernel correction; delete it and rerun "
                                     f"`hwnas latency predict MODEL.onnx --profile`") from None
@@ -151,14 +148,12 @@ class KernelCorrection:
 
     def kernel_ms(self, net_ms: float, kernel: Kernel) -> float:
         """A kernel's cost inside a model."""
-        activations, weights = memory_mb(kernel)
-        return net_ms + self.per_activation_mb_ms * activations + self.per_weight_mb_ms * weights
+        return net_ms + self.per_mb_ms * memory_mb(kernel)
 
 
-def memory_mb(kernel: Kernel) -> tuple[float, float]:
-    """(activation MB, weight MB) a kernel moves inside a model."""
-    activations = 0.0 if kernel.op in VIEW_OPS else (kernel.in_bytes + kernel.out_bytes) / 1e6
-    return activations, kernel.weight_bytes / 1e6
+def memory_mb(kernel: Kernel) -> float:
+    """MB a kernel reads and writes inside a model (0 for view ops)."""
+    return 0.0 if kernel.op in VIEW_OPS else (kernel.in_bytes + kernel.out_bytes + kernel.weight_bytes) / 1e6
 
 
 def fit_kernel_correction(table: LatencyTable, *, timing: TimingConfig | None = None,
@@ -178,19 +173,18 @@ def fit_kernel_correction(table: LatencyTable, *, timing: TimingConfig | None = 
         if any(k.key not in rows for k in graph.kernels):
             continue
         net = sum(kernel_net_ms(rows[k.key]) for k in graph.kernels)
-        activations, weights = np.sum([memory_mb(k) for k in graph.kernels], axis=0)
-        points.append((overhead.predict_ms(graph.in_bytes, graph.out_bytes) + net, activations, weights,
-                       float(ref["measured_ms"])))
+        points.append((overhead.predict_ms(graph.in_bytes, graph.out_bytes) + net,
+                       sum(memory_mb(k) for k in graph.kernels), float(ref["measured_ms"])))
         if on_progress:
             on_progress(i, len(refs), "reference model")
     if len(points) < 2:
         correction = KernelCorrection(fitted_on=len(points))
     else:
-        summed, activations, weights, measured = (np.array(c, dtype=np.float64) for c in zip(*points))
-        a = np.stack([activations, weights], axis=1) / measured[:, None]  # relative errors: each model counts alike
+        summed, mb, measured = (np.array(c, dtype=np.float64) for c in zip(*points))
+        a = (mb / measured)[:, None]  # relative errors: every model counts alike
         coef, _ = nnls(a, (measured - summed) / measured)
-        fitted = summed + a @ coef * measured
-        correction = KernelCorrection(float(coef[0]), float(coef[1]), len(points),
+        fitted = summed + mb * coef[0]
+        correction = KernelCorrection(float(coef[0]), len(points),
                                       float(np.mean(np.abs(fitted - measured) / measured) * 100),
                                       float(np.mean(np.abs(summed - measured) / measured) * 100))
     correction.save(table.folder)

@@ -42,7 +42,7 @@ class Kernel:
     key: str
     op: str  # "Conv", "com.microsoft.nchwc:Conv", ...
     node: str  # the node's name in the optimised graph
-    macs: int
+    macs: int  # as executed: NCHWc convolutions count the channels they pad to the vector width
     in_bytes: int  # inputs that are not constants (what the kernel reads from other kernels)
     out_bytes: int
     weight_bytes: int  # constant inputs (weights, biases, shape arguments)

@@ -17,7 +17,7 @@ whole-model measurement (``latency validate``, ``latency check``, a search's fin
 
 A slowdown that is not uniform (per-call overhead and compute-bound convolutions slow down differently when a
 neighbour thrashes the caches, or the clock drops) is followed across sizes by ``b``. A model's size at
-calibration is its time now divided by its speed, found by a fixed-point iteration (``SpeedFit.relative_ms``).
+calibration is its time now divided by its speed at that size (``SpeedFit.relative_ms`` solves it exactly).
 ``drift_pct`` is ``speed - 1`` at the middle of the references' sizes (their geometric mean), in per cent: what
 ``latency check`` reports and what ``--recalibrate`` folds into the correction.
 """
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from nas.latency.timing import LatencyStats, TimingConfig
 
 MIN_SPAN = 2.0  # the references must span this ratio of sizes before the speed is fitted as a function of size
+MAX_SLOPE = 0.5  # a steeper slope (speed changing half as fast as size, or faster) is not a drift: a constant then
 
 
 @dataclass
@@ -60,7 +61,7 @@ class SpeedFit:
             b, a = np.polyfit(x, y, 1)
             residual = y - (a + b * x)
             se = math.sqrt(float(residual @ residual) / (len(x) - 2) / float(((x - x.mean()) ** 2).sum()))
-            if abs(b) > 2 * se:
+            if abs(b) > 2 * se and abs(b) <= MAX_SLOPE:
                 return cls(float(a), float(b), lo, hi, len(x))
         return cls(float(np.mean(y)), 0.0, lo, hi, len(x))
 
@@ -70,12 +71,13 @@ class SpeedFit:
         return np.exp(self.a + self.b * x)
 
     def relative_ms(self, now_ms) -> np.ndarray:
-        """Times measured now, expressed at calibration speed (scalar or array)."""
+        """Times measured now, expressed at calibration speed (scalar or array): ``size = now / speed(size)``,
+        solved exactly (``log size = (log now - a) / (1 + b)`` inside the references' range, the speed at its ends
+        outside)."""
         now = np.asarray(now_ms, dtype=np.float64)
-        size = now / np.exp(self.a + self.b * np.log(np.clip(now, self.lo_ms, self.hi_ms)))
-        for _ in range(4):  # size = now / speed(size): converges at once for |b| < 1
-            size = now / self.speed(size)
-        return size
+        inside = np.exp((np.log(now) - self.a) / (1 + self.b))
+        return np.where(inside < self.lo_ms, now / self.speed(self.lo_ms),
+                        np.where(inside > self.hi_ms, now / self.speed(self.hi_ms), inside))
 
     def to_dict(self) -> dict:
         return asdict(self)
