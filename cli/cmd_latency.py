@@ -43,6 +43,7 @@ def profile(space: str = SPACE_OPT, device: str = DEVICE_OPT,
             provider: str = typer.Option("CPUExecutionProvider", help="ONNX Runtime execution provider"),
             threads: int = typer.Option(1, help="intra-op threads"),
             int8: bool = typer.Option(False, "--int8", help="also profile static QDQ int8 blocks (bits=8)"),
+            batch: int = typer.Option(1, help="batch size the blocks and models are timed at"),
             calibration: int = typer.Option(8, help="whole models measured to fit the correction (0: none)"),
             optimization: str = typer.Option("all", help="graph optimisation: none | basic | extended | all"),
             clock: Optional[str] = typer.Option(None, help="wall: perf_counter; cpu: calling thread's CPU time (1 "
@@ -60,14 +61,14 @@ def profile(space: str = SPACE_OPT, device: str = DEVICE_OPT,
 
     clock = table_clock(clock, device, tables_dir, threads)
     check_provider(provider)
-    DeviceManifest.for_this_machine(device, provider, threads, optimization)  # validates id, threads, level
+    DeviceManifest.for_this_machine(device, provider, threads, optimization, batch=batch)  # validates id, threads ...
     sp = _space(space, resolution, width, classes, in_channels)
     items = space_profile_items(sp, bits=(32, 8) if int8 else (32,))
     console.print(f"profiling {len(items)} keys of {sp.name} at {sp.resolution}px on device {device!r} "
                   f"({provider}, {threads} thread{'s' if threads > 1 else ''})")
     with progress_bar("blocks", len(items)) as advance:
         counts = profile_items(device, items, provider=provider, threads=threads, tables_dir=tables_dir,
-                               optimization=optimization, timing=TimingConfig(clock=clock),
+                               optimization=optimization, timing=TimingConfig(clock=clock), batch=batch,
                                on_progress=lambda d, t, note: advance(note=note))
     summary = {"device": device, "space": sp.name, **sp.space_args(), **counts}
     if calibration > 0:
@@ -337,6 +338,7 @@ def check(device: str = typer.Argument(..., help="device id: the folder latency_
     """Re-time the device's reference models (kept at calibration) and report its drift since then."""
     from nas.latency.drift import check_drift
     from nas.latency.drift import recalibrate as fold_drift
+    from nas.latency.relative import SpeedFit
     from nas.latency.table import LatencyTable
     from nas.search.report import DRIFT_WARN_PCT
 
@@ -356,8 +358,12 @@ def check(device: str = typer.Argument(..., help="device id: the folder latency_
     console.print(grid)
     if result.model is not None:
         s = result.model
-        typer.echo(f"{model}: p50 {s['p50_ms']:.4g} ms, p90 {s['p90_ms']:.4g} ms"
-                   + ("" if s["stable"] else " (no stable median: the machine is busy)"))
+        typer.echo(f"{model}: p50 {s['p50_ms']:.4g} ms, p90 {s['p90_ms']:.4g} ms, {s['relative_ms']:.4g} ms at the "
+                   f"calibration's speed" + ("" if s["stable"] else " (no stable median: the machine is busy)"))
+    fit = SpeedFit(**result.speed)
+    if fit.b:
+        typer.echo(f"the slowdown depends on size: x{float(fit.speed(fit.lo_ms)):.3f} at {fit.lo_ms:.3g} ms, "
+                   f"x{float(fit.speed(fit.hi_ms)):.3f} at {fit.hi_ms:.3g} ms (what validate divides times by)")
     if not result.stable:
         console.print("[yellow]warning:[/yellow] some reference timings did not reach a stable median: rerun on a "
                       "quiet machine before trusting the drift")

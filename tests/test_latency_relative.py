@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 
 import numpy as np
 import pytest
 from test_dnas_support import TINY, one_torch_thread, tiny_space, write_space  # noqa: F401  (autouse fixture)
-from test_latency_support import FAST
+from test_latency_support import FAST, run_hwnas
 from typer.testing import CliRunner
 
 from nas.arch.opkey import OpKey
@@ -146,24 +145,12 @@ def test_adapt_writes_a_device_every_search_can_use_and_refuses_to_overwrite_or_
         adapt_device(source, DeviceManifest.for_this_machine("c"), space, measured * 5, tables_dir=tables)
 
 
-def hwnas(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    """Run the CLI in-process as a user would: (exit code, stdout, stderr)."""
-    from cli.main import main
-
-    monkeypatch.setattr(sys, "argv", ["hwnas", *args])
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    out = capsys.readouterr()
-    return exit_info.value.code or 0, out.out, out.err
-
-
 def test_cli_adapt_measures_here_and_bad_inputs_are_one_line(tiny, tmp_path, monkeypatch, capsys):
     tables = tmp_path / "tables"
     shutil.copytree(tiny["folder"] / "tables", tables)
     space = ["--space", str(tiny["folder"] / "tiny.yaml"), "--resolution", "16", "--classes", "10",
              "--in-channels", "1", "--tables-dir", str(tables)]
-    code, out, err = hwnas(monkeypatch, capsys, "latency", "adapt", "--from", DEVICE, "--device", "b-none", *space,
+    code, out, err = run_hwnas(monkeypatch, capsys, "latency", "adapt", "--from", DEVICE, "--device", "b-none", *space,
                            "--models", "4", "--optimization", "none", "--json")
     assert code == 0, err
     summary = json.loads(out)
@@ -174,7 +161,7 @@ def test_cli_adapt_measures_here_and_bad_inputs_are_one_line(tiny, tmp_path, mon
                           (("--device", "b-none"), "already exists"),
                           (("--from", "nope"), "unknown device 'nope'")):
         options = {"--from": DEVICE, "--device": "b-other", "--models": "4", **dict(zip(args[::2], args[1::2]))}
-        code, out, err = hwnas(monkeypatch, capsys, "latency", "adapt", *[x for kv in options.items() for x in kv],
+        code, out, err = run_hwnas(monkeypatch, capsys, "latency", "adapt", *[x for kv in options.items() for x in kv],
                                *space)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
 

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ import pytest
 import torch
 import torch.utils.flop_counter
 from test_dnas_support import TINY, one_torch_thread, tiny_space, write_space  # noqa: F401  (autouse fixture)
-from test_latency_support import FAST
+from test_latency_support import FAST, run_hwnas
 from torch import nn
 
 from nas.errors import LatencyTableError
@@ -106,28 +105,17 @@ def test_predict_profiles_missing_kernels_and_the_breakdown_sums_to_the_total(de
         predict_onnx(tmp_path / "big.onnx", DEVICE, tables, allow_fallback=False)
 
 
-def hwnas(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    from cli.main import main
-
-    monkeypatch.setattr(sys, "argv", ["hwnas", *args])
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    out = capsys.readouterr()
-    return exit_info.value.code or 0, out.out, out.err
-
-
 def test_cli_predict_onnx_prints_the_breakdown_and_bad_inputs_are_one_line(device, tmp_path, monkeypatch, capsys):
     tables = device / "tables"
     model = export_branchy(tmp_path / "branchy.onnx")
     predict_onnx(model, DEVICE, tables, profile=True, timing=FAST)
     where = ("--device", DEVICE, "--tables-dir", str(tables))
-    code, out, err = hwnas(monkeypatch, capsys, "latency", "predict", str(model), *where, "--json")
+    code, out, err = run_hwnas(monkeypatch, capsys, "latency", "predict", str(model), *where, "--json")
     assert code == 0, err
     result = json.loads(out)
     assert result["estimated_kernels"] == 0 and result["kernels"] == len(result["breakdown"])
     assert result["predicted_ms"] == pytest.approx(result["call_ms"] + sum(k["ms"] for k in result["breakdown"]))
-    code, out, err = hwnas(monkeypatch, capsys, "latency", "predict", str(model), *where)
+    code, out, err = run_hwnas(monkeypatch, capsys, "latency", "predict", str(model), *where)
     assert code == 0 and "predicted" in out and "(session call)" in out
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"not a model")
@@ -137,7 +125,7 @@ def test_cli_predict_onnx_prints_the_breakdown_and_bad_inputs_are_one_line(devic
                           ((str(model), "--resolution", "64"), "--resolution describe an arch"),
                           ((str(tmp_path / "other.onnx"), "--no-fallback"), "no timing for kernel"),
                           (("fbnet", "--profile"), "--profile times the kernels of an ONNX model")):
-        code, out, err = hwnas(monkeypatch, capsys, "latency", "predict", *args, *where)
+        code, out, err = run_hwnas(monkeypatch, capsys, "latency", "predict", *args, *where)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
 

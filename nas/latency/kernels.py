@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from nas.errors import LatencyTableError
 from nas.latency import remote_measure
