@@ -206,8 +206,11 @@ def readme_table(p1: dict | None, rows: list[Figures]) -> str:
     lines = ["| setting | table tau | FLOPs tau | test-retest tau | table within +-10% | FLOPs fit within +-10% |",
              "|---|---|---|---|---|---|"]
     for f in ([p1["figures"]] if p1 else []) + rows:
-        flops = f.proxies.get("flops") or f.proxies.get("bitops") or {}
-        lines.append(f"| {f.name} | {f.table['kendall_tau']:.2f} | {flops.get('kendall_tau', float('nan')):.2f} | "
+        flops = f.proxies.get("flops", {})
+        if "bitops" in f.proxies:  # equal FLOPs: the proxy that can rank is BitOps
+            flops = f.proxies["bitops"]
+        name = f.name + (" (FLOPs equal: BitOps)" if "bitops" in f.proxies else "")
+        lines.append(f"| {name} | {f.table['kendall_tau']:.2f} | {flops.get('kendall_tau', float('nan')):.2f} | "
                      f"{f.retest_tau:.2f} | {100 * f.table['within_10pct']:.0f}% | "
                      f"{100 * flops.get('within_10pct', float('nan')):.0f}% |")
     return "\n".join(lines)

@@ -224,6 +224,10 @@ def validate(space: str = SPACE_OPT, device: str = DEVICE_OPT,
     typer.echo(f"{s['samples']} archs of {sp.name} at {sp.resolution}px on {device}: "
                f"{100 * s['within_10pct']:.0f}% within +-10%, MAPE {s['mape']:.1f}%, bias {s['mean_bias_pct']:+.1f}%, "
                f"Kendall tau {s['kendall_tau']:.3f} (FLOPs tau {s['flops_kendall_tau']:.3f})")
+    if "drift_pct" in s:
+        typer.echo(f"measured at the calibration's speed (timed with the reference models, which read a drift of "
+                   f"{s['drift_pct']:+.1f}%); against the raw times: bias {s['raw_mean_bias_pct']:+.1f}%, "
+                   f"tau {s['raw_kendall_tau']:.3f}")
     if "naive_within_10pct" in s:
         typer.echo(f"naive sum of table p50s: {100 * s['naive_within_10pct']:.0f}% within +-10%, "
                    f"MAPE {s['naive_mape']:.1f}%, tau {s['naive_kendall_tau']:.3f}")

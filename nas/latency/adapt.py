@@ -109,8 +109,11 @@ def fit_adaptation(source: LatencyModel, measured: list[Measured]) -> Adaptation
 
 
 def adaptation_archs(space: Space, count: int, seed: int = 54321) -> list[Arch]:
-    """The models measured on B: the calibration set's spread (largest, cheapest, skip-heavy and random archs)."""
-    return calibration_archs(space, count, seed)
+    """The models measured on B: half the calibration set's spread (largest, cheapest, skip-heavy archs: the fit is
+    well conditioned), half uniform samples of the space (what searches and validations meet)."""
+    spread = calibration_archs(space, (count + 1) // 2, seed)
+    rng = np.random.default_rng(seed + 1)
+    return spread + [space.sample(rng) for _ in range(count - len(spread))]
 
 
 def measure_here(space: Space, archs: list[Arch], device: Device, bits: int, folder: Path,
