@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from cli.app import console, latency_app, print_json, print_table, progress_bar, renamed
+from cli.cmd_latency_onnx import is_onnx_file, predict_onnx_file
 
 SPACE_OPT = typer.Option(..., "--space", help="space name or YAML")
 MAX_VALIDATION_SAMPLES = 10_000  # random archs built and timed by `latency validate` (hours of timing already)
@@ -58,6 +59,7 @@ def profile(space: str = SPACE_OPT, device: str = DEVICE_OPT,
             ort_threads: int = typer.Option(1, "--ort-threads", help="ONNX Runtime intra-op threads"),
             old_threads: Optional[int] = typer.Option(None, "--threads", hidden=True),
             int8: bool = typer.Option(False, "--int8", help="also profile static QDQ int8 blocks (bits=8)"),
+            batch: int = typer.Option(1, help="batch size the blocks and models are timed at"),
             calibration: int = typer.Option(8, help="whole models measured to fit the correction (0: none)"),
             optimization: str = typer.Option("all", help="graph optimisation: none | basic | extended | all"),
             clock: Optional[str] = typer.Option(None, help="wall: perf_counter; cpu: calling thread's CPU time (1 "
@@ -75,7 +77,7 @@ def profile(space: str = SPACE_OPT, device: str = DEVICE_OPT,
     threads = renamed("--threads", "--ort-threads", old_threads, ort_threads)
     clock = table_clock(clock, device, tables_dir, threads)
     check_provider(provider)
-    measure_on = Device(provider, threads, optimization, clock, check_device_id(device))  # checks threads, level
+    measure_on = Device(provider, threads, optimization, clock, check_device_id(device), batch=batch)  # checks
     sp = _space(space, resolution, width, classes, in_channels)
     items = space_profile_items(sp, bits=(32, 8) if int8 else (32,))
     console.print(f"profiling {len(items)} keys of {sp.name} at {sp.resolution}px on device {device!r} "
@@ -243,6 +245,10 @@ def validate(space: str = SPACE_OPT, device: str = DEVICE_OPT,
     typer.echo(f"{s['samples']} archs of {sp.name} at {sp.resolution}px on {device}: "
                f"{100 * s['within_10pct']:.0f}% within +-10%, MAPE {s['mape']:.1f}%, bias {s['mean_bias_pct']:+.1f}%, "
                f"Kendall tau {s['kendall_tau']:.3f} (FLOPs tau {s['flops_kendall_tau']:.3f})")
+    if "drift_pct" in s:
+        typer.echo(f"measured at the calibration's speed (timed with the reference models, which read a drift of "
+                   f"{s['drift_pct']:+.1f}%); against the raw times: bias {s['raw_mean_bias_pct']:+.1f}%, "
+                   f"tau {s['raw_kendall_tau']:.3f}")
     if "naive_within_10pct" in s:
         typer.echo(f"naive sum of table p50s: {100 * s['naive_within_10pct']:.0f}% within +-10%, "
                    f"MAPE {s['naive_mape']:.1f}%, tau {s['naive_kendall_tau']:.3f}")
@@ -298,7 +304,8 @@ def import_(results: Path = typer.Argument(..., help="results.json written by th
 
 
 @latency_app.command("predict")
-def predict(ref: str = typer.Argument(..., help="arch JSON, or a space / model name (its largest arch)"),
+def predict(ref: str = typer.Argument(..., help="arch JSON, a space / model name (its largest arch), or any ONNX "
+                                                "model (MODEL.onnx: kernel by kernel)"),
             device: str = DEVICE_OPT,
             resolution: Optional[int] = typer.Option(None, help="input resolution"),
             width: Optional[float] = typer.Option(None, help="width multiplier"),
@@ -306,12 +313,22 @@ def predict(ref: str = typer.Argument(..., help="arch JSON, or a space / model n
             bits: int = typer.Option(32, help="precision of every block: 32 (fp32) or 8 (int8)"),
             no_fallback: bool = typer.Option(False, "--no-fallback",
                                              help="fail on keys missing from the table instead of estimating"),
+            profile: bool = typer.Option(False, "--profile", help="MODEL.onnx: time the kernels the device's kernel "
+                                                                  "table lacks, here, on the device"),
             tables_dir: Optional[Path] = typer.Option(None, help="base folder of device tables"),
             as_json: bool = typer.Option(False, "--json", help="print one JSON object")):
-    """Predict an arch's latency on a device, block by block."""
+    """Predict an arch's latency on a device, block by block, or an ONNX model's, kernel by kernel."""
     from nas.arch.space import resolve_model_ref
     from nas.errors import LatencyTableError
     from nas.latency.model import LatencyModel
+
+    if is_onnx_file(ref):
+        return predict_onnx_file(Path(ref), device, profile=profile, no_fallback=no_fallback, tables_dir=tables_dir,
+                                 as_json=as_json, arch_options={"resolution": resolution, "width": width,
+                                                                "classes": classes, "bits": bits})
+    if profile:
+        raise LatencyTableError("--profile times the kernels of an ONNX model (MODEL.onnx); an arch's blocks are "
+                                "profiled with `hwnas latency profile`")
 
     if bits not in (32, 8):
         raise LatencyTableError(f"--bits must be 32 (fp32) or 8 (int8), got {bits}")
@@ -348,6 +365,7 @@ def check(ctx: typer.Context,
     """Re-time the device's reference models (kept at calibration) and report its drift since then."""
     from nas.latency.drift import check_drift
     from nas.latency.drift import recalibrate as fold_drift
+    from nas.latency.relative import SpeedFit
     from nas.latency.table import LatencyTable
     from nas.errors import LatencyTableError
     from nas.search.report import DRIFT_WARN_PCT
@@ -371,8 +389,12 @@ def check(ctx: typer.Context,
     console.print(grid)
     if result.model is not None:
         s = result.model
-        typer.echo(f"{model}: p50 {s['p50_ms']:.4g} ms, p90 {s['p90_ms']:.4g} ms"
-                   + ("" if s["stable"] else " (no stable median: the machine is busy)"))
+        typer.echo(f"{model}: p50 {s['p50_ms']:.4g} ms, p90 {s['p90_ms']:.4g} ms, {s['relative_ms']:.4g} ms at the "
+                   f"calibration's speed" + ("" if s["stable"] else " (no stable median: the machine is busy)"))
+    fit = SpeedFit(**result.speed)
+    if fit.b:
+        typer.echo(f"the slowdown depends on size: x{float(fit.speed(fit.lo_ms)):.3f} at {fit.lo_ms:.3g} ms, "
+                   f"x{float(fit.speed(fit.hi_ms)):.3f} at {fit.hi_ms:.3g} ms (what validate divides times by)")
     if not result.stable:
         console.print("[yellow]warning:[/yellow] some reference timings did not reach a stable median: rerun on a "
                       "quiet machine before trusting the drift")

@@ -1,4 +1,8 @@
-"""Shared by the latency tests: quick timing settings and a small space."""
+"""Shared by the latency tests: quick timing settings, a small space, the CLI run in-process."""
+
+import sys
+
+import pytest
 
 from nas.latency.timing import TimingConfig
 
@@ -15,3 +19,15 @@ stages:
 head: [conv_k1, 32]
 dropout: 0.0
 """
+
+
+def run_hwnas(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    """Run the CLI in-process, as the console script does: (exit code, stdout, stderr)."""
+    from cli.main import main
+
+    monkeypatch.setattr(sys, "argv", ["hwnas", *args])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    out = capsys.readouterr()
+    return exit_info.value.code or 0, out.out, out.err

@@ -134,25 +134,27 @@ def _copy_tables(calibrated, tmp_path) -> Path:
     return tables
 
 
-def _slowdown(monkeypatch, table: LatencyTable, factor: float) -> None:
-    """Every reference model now runs ``factor`` x its calibrated time (other files: timed for real)."""
+def _slowdown(monkeypatch, table: LatencyTable, factor: float, other: LatencyStats | None = None) -> None:
+    """Every reference model now runs ``factor`` x its calibrated time (other files: ``other``, else timed for
+    real)."""
     calibrated_ms = {str(reference_dir(table.folder) / r["file"]): r["measured_ms"]
                      for r in read_references(table.folder)}
     real = Device.time_files
 
     def time_files(self, paths, timing=None, on_round=None):
-        measured = iter(real(self, [p for p in paths if str(p) not in calibrated_ms], timing))
+        rest = [p for p in paths if str(p) not in calibrated_ms]
+        measured = iter([other] * len(rest) if other is not None else real(self, rest, timing))
         return [stats(factor * calibrated_ms[str(p)]) if str(p) in calibrated_ms else next(measured) for p in paths]
 
     monkeypatch.setattr(Device, "time_files", time_files)
 
 
-def test_calibration_keeps_three_reference_models_and_check_reports_a_drift(calibrated):
+def test_calibration_keeps_reference_models_and_check_reports_a_drift(calibrated):
     table = LatencyTable.open(DEVICE, calibrated["tables"])
     refs = read_references(table.folder)
-    assert len(refs) == 3 and all((reference_dir(table.folder) / r["file"]).is_file() for r in refs)
+    assert len(refs) == 4 and all((reference_dir(table.folder) / r["file"]).is_file() for r in refs)  # 4 calibrated
     result = check_drift(table)
-    assert len(result.models) == 3 and result.rescale == 1.0
+    assert len(result.models) == 4 and result.rescale == 1.0
     assert -90.0 < result.drift_pct < 900.0 and all(m["measured_ms"] > 0 for m in result.models)
 
 
@@ -196,8 +198,7 @@ def test_a_search_checks_drift_and_judges_the_measured_model(calibrated, tmp_pat
     lm = LatencyModel.load(DEVICE, tables)
     lat = sorted(lm.predict(space, a) for a in all_archs(space))
     target = lat[len(lat) // 2]
-    _slowdown(monkeypatch, LatencyTable.open(DEVICE, tables), 1.3)
-    monkeypatch.setattr(Device, "time_file", lambda self, path, timing=None: stats(3 * target, 6 * target, False))
+    _slowdown(monkeypatch, LatencyTable.open(DEVICE, tables), 1.3, other=stats(3 * target, 6 * target, False))
     job = SearchJob(method="dnas", space=str(calibrated["path"]), device=DEVICE, dataset=f"npz:{calibrated['digits']}",
                     resolution=16, width=1.0, target_ms=target, tables_dir=str(tables),
                     settings=SupernetSearchSettings(epochs=2, warmup_epochs=1, target_ms=target, op_paths=1),
@@ -208,7 +209,9 @@ def test_a_search_checks_drift_and_judges_the_measured_model(calibrated, tmp_pat
     assert json.loads((tmp_path / "run" / "report.json").read_text()) == report
     assert report["measured_ms"] == pytest.approx(3 * target) and report["within_target"] is False
     assert report["judged_on"] == "measured" and report["predicted_ms"] > 0
-    assert report["drift_pct"] == pytest.approx(30.0, abs=0.01) and report["measurement"]["drift_models"] == 3
+    assert report["drift_pct"] == pytest.approx(30.0, abs=0.01) and report["measurement"]["drift_models"] == 4
+    # timed with the references: the shipped model at the calibration's speed, 1.3 x faster than now
+    assert report["measurement"]["relative_ms"] == pytest.approx(3 * target / 1.3)
     text = "\n".join(report["warnings"])
     assert "breaks the target" in text and "measurement unstable" in text
     assert f"hwnas latency check --device {DEVICE} --recalibrate --tables-dir {tables}" in text

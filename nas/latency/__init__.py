@@ -1,7 +1,8 @@
 """Per-device latency tables measured with ONNX Runtime, and the LatencyModel every search uses.
 
-Entry points: ``LatencyModel``, ``Prediction``, ``ProfileItem``, ``profile_items``, ``space_profile_items``, and
-the CLI commands ``hwnas latency profile | show | predict | validate | bundle | import``. A quick table for tests
+Entry points: ``LatencyModel``, ``Prediction``, ``ProfileItem``, ``profile_items``, ``space_profile_items``,
+``predict_onnx``, ``adapt_here``, and the CLI commands ``hwnas latency profile | show | predict | validate | check |
+bundle | import | adapt`` (``predict MODEL.onnx`` for any ONNX model). A quick table for tests
 (a few seconds)::
 
     space = load_space("fbnet", resolution=32, width_multiplier=0.25, classes=10)
@@ -13,12 +14,13 @@ the CLI commands ``hwnas latency profile | show | predict | validate | bundle | 
 Files in ``latency_tables/<device-id>/`` (base folder ``$HWNAS_LATENCY_TABLES`` or ``./latency_tables``):
 ``device.json`` (manifest), ``table.csv`` (one row per op key), ``call_overhead.json``, ``calibration.csv``
 (whole models measured on the device), ``precision_calibration.csv`` (whole mixed-precision models) and
-``correction.json`` (fitted ``base_ms``, ``scale``, ``per_block_ms`` and the ``precision`` terms).
+``correction.json`` (fitted ``base_ms``, ``scale``, ``per_block_ms`` and the ``precision`` terms), ``reference/``
+(the reference models), and for ONNX models ``kernels.csv`` and ``kernel_correction.json``.
 
 Modules:
 - ``table``: ``LatencyTable`` (lock-safe appends, CRC-checked rows, truncation detection), ``DeviceManifest``.
-- ``device``: ``Device`` (provider, threads, optimisation, clock from a table's manifest): opens sessions and times
-  ONNX files; every ``measured_ms`` comes from it.
+- ``device``: ``Device`` (provider, threads, optimisation, clock, batch from a table's manifest): opens sessions and
+  times ONNX files; every ``measured_ms`` comes from it.
 - ``timing``: ``TimingConfig`` (wall or per-thread CPU clock), ``LatencyStats``, interleaved timing.
 - ``overhead``: ``CallOverhead``, the fixed and per-byte cost of one ``session.run``, fitted on pass-through graphs.
 - ``measurement``: ``Measurement``, a shipped model timed (what a verdict is judged on), with its ``on_device`` flag;
@@ -30,8 +32,11 @@ Modules:
 - ``quantize``: static int8 (QDQ by default; ``extra`` "qformat=qop", "qops=pw" choose format and granularity).
 - ``calibrate``: whole-model calibration (``calibrate_models`` for every space kind, timed by the ``Device``),
   mixed-precision calibration rows, and the refit of ``correction.json``.
-- ``drift``: reference models kept at calibration (``reference/``), ``check_drift`` (``hwnas latency check``),
-  ``recalibrate`` (one global rescale), ``measure_shipped`` (a search's final measurement, after the check).
+- ``relative``: reference-relative timing: files timed interleaved with reference models, their speed now against
+  calibration fitted over model size (``SpeedFit``), each time expressed at calibration speed.
+- ``drift``: reference models kept at calibration (``reference/``), ``time_against_references`` (the one code path
+  of validate, check and a search's final measurement), ``check_drift`` (``hwnas latency check``), ``recalibrate``
+  (one global rescale), ``measure_shipped`` (a search's final measurement, timed with the references).
 - ``correction``: ``Correction`` (with ``PrecisionTerms``) and its least-squares fit.
 - ``features``: key features (analytic MACs, params, bytes) for the fallback regressor.
 - ``model``: ``LatencyModel`` (``block_cost_ms``, ``is_estimated``, ``base_ms``, ``total_ms`` (the one base + sum),
@@ -39,7 +44,15 @@ Modules:
   ``expected_ms``, ``precision_costs``), ``PositionCosts``, ``Prediction``, ``FallbackRegressor``.
 - ``precision``: a quantisable model as keys (``PrecisionGraph``: layers at fp32 / int8, edges with their transition
   keys), its ``PrecisionCostTable`` (the one mixed-precision formula, exact and differentiable), ``int8_speedups``.
-- ``validate``: random archs measured end to end against predictions (within_10pct, MAPE, Kendall tau).
+- ``validate``: random archs measured end to end (at calibration speed) against predictions (within_5pct /
+  within_10pct, MAPE, bias, Kendall tau, and the raw times' bias and the drift beside them).
+- ``kernels``: any ONNX model as the kernels ONNX Runtime runs after optimising it at the device's level (keys,
+  analytic sizes, single-node models fed with what the kernel sees in the model).
+- ``kernel_table``: the device's kernel table (``kernels.csv``: kernels timed alone with the reference models) and
+  the correction from their sum to a whole model (``kernel_correction.json``).
+- ``onnx_predict``: ``predict_onnx`` (``hwnas latency predict MODEL.onnx``): per-kernel breakdown and total, missing
+  kernels profiled (``--profile``) or estimated by a kernel regressor and flagged.
+- ``adapt``: device B's table from device A's and <= 20 whole models measured on B (``hwnas latency adapt``).
 - ``bundle``: ``write_bundle`` (zip for a remote device) and ``import_results`` (its results as a new device).
 """
 
@@ -47,6 +60,16 @@ from nas import lazy_exports
 
 _EXPORTS = {
     "CalibrationModel": "nas.latency.calibrate",
+    "KernelGraph": "nas.latency.kernels",
+    "OnnxPrediction": "nas.latency.onnx_predict",
+    "RelativeTiming": "nas.latency.relative",
+    "SpeedFit": "nas.latency.relative",
+    "adapt_device": "nas.latency.adapt",
+    "adapt_here": "nas.latency.adapt",
+    "kernel_graph": "nas.latency.kernels",
+    "predict_onnx": "nas.latency.onnx_predict",
+    "time_against_references": "nas.latency.drift",
+    "time_with_references": "nas.latency.relative",
     "Device": "nas.latency.device",
     "DeviceManifest": "nas.latency.table",
     "FEATURE_NAMES": "nas.latency.features",

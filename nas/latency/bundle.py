@@ -26,9 +26,9 @@ from nas.arch.space import Space
 from nas.errors import LatencyTableError
 from nas.files import atomic_path, current_umask, write_json
 from nas.latency import remote_measure
-from nas.latency.calibrate import _model_id, append_calibration, calibration_archs, refit_correction
+from nas.latency.calibrate import append_calibration, arch_calibration_model, calibration_archs, refit_correction
 from nas.latency.overhead import fit_call_overhead, passthrough_mb, passthrough_model
-from nas.latency.profile import ExportedItem, item_onnx, single_thread_torch, space_profile_items
+from nas.latency.profile import ExportedItem, item_onnx, space_profile_items
 from nas.latency.table import (
     COLUMNS,
     MANIFEST_FILE,
@@ -40,16 +40,16 @@ from nas.latency.table import (
     encode_row,
     tables_root,
 )
-from nas.models.builder import build_model
-from nas.models.onnx_io import export_onnx
 
 OVERHEAD_SIZES = (1, 50_000, 200_000, 600_000)
 
 
 def write_bundle(space: Space, out: str | Path, *, bits: tuple[int, ...] = (32,), calibration: int = 8,
-                 on_progress: Callable[[int, int, str], None] | None = None) -> dict:
-    """Write the measuring bundle for ``space`` to ``out`` (.zip, atomically); return its manifest."""
-    items = space_profile_items(space, bits)
+                 on_progress: Callable[[int, int, str], None] | None = None, blocks: bool = True,
+                 model_bits: int = 32) -> dict:
+    """Write the measuring bundle for ``space`` to ``out`` (.zip, atomically); return its manifest. ``blocks``
+    False: the whole models alone (what ``hwnas latency adapt`` measures on a new device), at ``model_bits``."""
+    items = space_profile_items(space, bits) if blocks else []
     archs = calibration_archs(space, calibration) if calibration > 0 else []
     total = len(items) + len(archs)
     manifest = {"format": remote_measure.BUNDLE_FORMAT, "bundle_id": uuid.uuid4().hex, "space": space.name,
@@ -74,15 +74,12 @@ def write_bundle(space: Space, out: str | Path, *, bits: tuple[int, ...] = (32,)
             if on_progress:
                 on_progress(i + 1, total, item.key.op)
         for j, arch in enumerate(archs):
-            model = build_model(space, arch)
-            path = Path(tmp) / f"model{j}.onnx"
-            with single_thread_torch():
-                export_onnx(model, model.input_shape, path)
+            model = arch_calibration_model(space, arch, model_bits)
+            path = model.export(Path(tmp) / f"model{j}.onnx")
             name = f"models/model_{j:03d}.onnx"
             z.write(path, name)
-            keys = [str(k) for k in (OpKey.from_block(b) for b in space.resolve(arch))]
-            manifest["models"].append({"id": _model_id(space, arch), "file": name, "arch": arch.to_dict(),
-                                       "keys": keys})
+            manifest["models"].append({"id": model.model_id, "file": name, "arch": arch.to_dict(),
+                                       "keys": [str(k) for k in model.keys]})
             if on_progress:
                 on_progress(len(items) + j + 1, total, "calibration model")
         z.writestr("manifest.json", json.dumps(manifest, indent=1))
@@ -102,7 +99,7 @@ Back on the hwnas machine:
 
 
 # ---- import --------------------------------------------------------------------------------------------------
-def _load_results(path: Path) -> dict:
+def load_results(path: Path) -> dict:
     if not path.is_file():
         raise LatencyTableError(f"results file not found: {path}")
     try:
@@ -159,7 +156,7 @@ def _stats(where: str, st) -> dict:
 def import_results(path: str | Path, device_id: str | None = None, tables_dir: str | Path | None = None) -> dict:
     """Create ``latency_tables/<device-id>/`` from a remote ``results.json``; return a summary."""
     path = Path(path)
-    data = _load_results(path)
+    data = load_results(path)
     manifest, setup = data["manifest"], data["device"]
     device_id = check_device_id(device_id or str(setup.get("device_id") or ""))
     final = device_dir(device_id, tables_dir)

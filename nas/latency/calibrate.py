@@ -13,10 +13,7 @@ terms) add rows to ``precision_calibration.csv``; ``fit_precision`` weighs those
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -28,6 +25,7 @@ import numpy as np
 from nas.arch.opkey import OpKey
 from nas.arch.space import Arch, Space
 from nas.errors import LatencyTableError
+from nas.files import atomic_path
 from nas.latency.correction import (
     CalibrationPoint,
     Correction,
@@ -40,7 +38,8 @@ from nas.latency.device import Device, check_provider
 from nas.latency.drift import pick_references, read_references, store_references
 from nas.latency.overhead import CallOverhead
 from nas.latency.profile import key_is_identity, single_thread_torch
-from nas.latency.table import LatencyTable, _locked, _read_from
+from nas.latency.quantize import quantize_int8
+from nas.latency.table import LatencyTable, append_unique_row, read_csv_rows
 from nas.latency.timing import LatencyStats, TimingConfig
 from nas.models.builder import build_model
 from nas.models.onnx_io import export_onnx
@@ -55,22 +54,33 @@ PRECISION_TERMS = ("compute_delta_ms", "transition_ms", "transitions")
 
 
 def measure_archs(space: Space, archs: list[Arch], device: Device, timing: TimingConfig | None = None,
-                  on_export: Callable[[int], None] | None = None) -> list[LatencyStats]:
+                  on_export: Callable[[int], None] | None = None, bits: int = 32) -> list[LatencyStats]:
     """Export each arch's whole model to ONNX and time them end to end on ``device``, interleaved."""
     with tempfile.TemporaryDirectory(prefix="hwnas-model-") as tmp:
         paths = []
         for i, arch in enumerate(archs):
-            paths.append(export_arch(space, arch, Path(tmp) / f"model{i}.onnx"))
+            paths.append(export_arch(space, arch, Path(tmp) / f"model{i}.onnx", bits))
             if on_export:
                 on_export(i + 1)
         return device.time_files(paths, timing)
 
 
-def export_arch(space: Space, arch: Arch, path: Path) -> Path:
-    """The arch's whole model as ONNX (batch 1 input shape, exported on one torch thread)."""
+def export_arch(space: Space, arch: Arch, path: Path, bits: int = 32) -> Path:
+    """The arch's whole model as ONNX (dynamic batch, exported on one torch thread); ``bits`` 8: every layer static
+    int8 (QDQ, as the table's int8 blocks, ``nas.latency.quantize``)."""
     model = build_model(space, arch)
+    if bits == 32:
+        with single_thread_torch():
+            return export_onnx(model, model.input_shape, path)
+    if bits != 8:
+        raise LatencyTableError(f"only bits 32 (fp32) and 8 (int8) whole models can be measured, not {bits}")
+    fp32 = Path(path).with_name(Path(path).stem + ".fp32.onnx")
     with single_thread_torch():
-        return export_onnx(model, model.input_shape, path)
+        export_onnx(model, model.input_shape, fp32)
+    with atomic_path(path) as tmp:
+        quantize_int8(fp32, tmp, {"input": (1, *model.input_shape)})
+    fp32.unlink()
+    return Path(path)
 
 
 def calibration_archs(space: Space, count: int, seed: int = 12345) -> list[Arch]:
@@ -95,13 +105,9 @@ def _model_id(space: Space, arch: Arch) -> str:
     return json.dumps({"space_args": space.space_args(), **arch.to_dict()}, sort_keys=True)
 
 
-def _read_rows(path: Path) -> list[dict]:
-    return list(csv.DictReader(io.StringIO(path.read_text()))) if path.is_file() else []
-
-
 def read_calibration(folder: Path) -> list[dict]:
     path = Path(folder) / CALIBRATION_FILE
-    rows = _read_rows(path)
+    rows = read_csv_rows(path)
     for i, row in enumerate(rows, start=2):
         try:
             row["measured_ms"] = float(row["measured_ms"])
@@ -111,34 +117,16 @@ def read_calibration(folder: Path) -> list[dict]:
     return rows
 
 
-def _append_unique(path: Path, columns: tuple[str, ...], row: dict, identity: tuple[str, ...]) -> bool:
-    """Append one row under an exclusive lock, unless a row with the same ``identity`` columns is there."""
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerow([row[c] for c in columns])
-    same = tuple(str(row[c]) for c in identity)
-    with _locked(path, exclusive=True) as fd:
-        data = _read_from(fd, 0)
-        if data and not data.endswith(b"\n"):  # a writer killed mid-row: cut the torn row
-            os.ftruncate(fd, data.rfind(b"\n") + 1)
-            data = data[:data.rfind(b"\n") + 1]
-        if not data:
-            os.write(fd, (",".join(columns) + "\n").encode())
-        elif any(tuple(r.get(c) for c in identity) == same for r in csv.DictReader(io.StringIO(data.decode()))):
-            return False
-        os.write(fd, buf.getvalue().encode())
-    return True
-
-
 def append_calibration(folder: Path, row: dict) -> bool:
     """Append one calibration row under an exclusive lock, unless its model is already there."""
-    return _append_unique(Path(folder) / CALIBRATION_FILE, CALIBRATION_COLUMNS, row, ("model_id",))
+    return append_unique_row(Path(folder) / CALIBRATION_FILE, CALIBRATION_COLUMNS, row, ("model_id",))
 
 
 # ---- mixed precision ------------------------------------------------------------------------------------------
 def read_precision_rows(folder: Path) -> list[dict]:
     """The device's mixed-precision calibration rows (numbers as floats)."""
     path = Path(folder) / PRECISION_FILE
-    rows = _read_rows(path)
+    rows = read_csv_rows(path)
     for i, row in enumerate(rows, start=2):
         try:
             for c in ("measured_ms", "fp32_measured_ms", *PRECISION_TERMS):
@@ -151,7 +139,7 @@ def read_precision_rows(folder: Path) -> list[dict]:
 def append_precision_row(folder: Path, row: dict) -> bool:
     """Append one mixed model's measurement (``PRECISION_COLUMNS``), unless that assignment is already there."""
     row = {**row, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    return _append_unique(Path(folder) / PRECISION_FILE, PRECISION_COLUMNS, row, ("model_id", "assignment"))
+    return append_unique_row(Path(folder) / PRECISION_FILE, PRECISION_COLUMNS, row, ("model_id", "assignment"))
 
 
 def precision_terms_matrix(rows: list[dict]) -> np.ndarray:
@@ -256,19 +244,22 @@ def calibrate_models(table: LatencyTable, models: list[CalibrationModel], *, tim
     return refit_correction(table)
 
 
-def arch_calibration_model(space: Space, arch: Arch) -> CalibrationModel:
-    return CalibrationModel(_model_id(space, arch), space.name, space.space_args(), arch.to_dict(),
-                            [OpKey.from_block(b) for b in space.resolve(arch)],
-                            lambda path: export_arch(space, arch, path))
+def arch_calibration_model(space: Space, arch: Arch, bits: int = 32) -> CalibrationModel:
+    model_id = _model_id(space, arch) if bits == 32 else json.dumps({"bits": bits, **json.loads(_model_id(space, arch))},
+                                                                    sort_keys=True)
+    return CalibrationModel(model_id, space.name, space.space_args(), arch.to_dict(),
+                            [OpKey.from_block(b, bits) for b in space.resolve(arch)],
+                            lambda path: export_arch(space, arch, path, bits))
 
 
 def calibrate(device: Device, space: Space, *, models: int = 8, tables_dir: str | Path | None = None,
               timing: TimingConfig | None = None, on_progress: Callable[[int, int, str], None] | None = None,
-              ) -> Correction:
-    """Measure ``models`` whole models of ``space`` (skipping those already measured) on ``device``, the set-up its
-    table was profiled with, and refit the correction."""
+              bits: int = 32) -> Correction:
+    """Measure ``models`` whole models of ``space`` (skipping those already measured; ``bits`` 8: static int8
+    models, for a table of int8 keys) on ``device``, the set-up its table was profiled with, and refit the
+    correction."""
     return calibrate_models(profiled_table(device, tables_dir),
-                            [arch_calibration_model(space, a) for a in calibration_archs(space, models)],
+                            [arch_calibration_model(space, a, bits) for a in calibration_archs(space, models)],
                             timing=timing, on_progress=on_progress)
 
 

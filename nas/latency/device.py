@@ -62,10 +62,13 @@ class Device:
     clock: str = "wall"
     device_id: str | None = None
     remote: bool = False  # the table was measured elsewhere (a bundle); this machine's timings are not the device's
+    batch: int = 1  # models (whose batch axis is dynamic) are timed on this many samples at once
 
     def __post_init__(self):
         if self.threads < 1:
             raise LatencyTableError(f"threads must be >= 1, got {self.threads}")
+        if self.batch < 1:
+            raise LatencyTableError(f"batch must be >= 1, got {self.batch}")
         if self.optimization not in OPTIMIZATION_LEVELS:
             raise LatencyTableError(f"graph optimisation level {self.optimization!r} is not one of "
                                     f"{', '.join(OPTIMIZATION_LEVELS)}")
@@ -74,7 +77,7 @@ class Device:
     @classmethod
     def from_manifest(cls, manifest: DeviceManifest) -> "Device":
         return cls(manifest.provider, manifest.threads, manifest.graph_optimization, manifest.clock,
-                   manifest.device_id, manifest.remote)
+                   manifest.device_id, manifest.remote, manifest.batch)
 
     @classmethod
     def load(cls, device_id: str, tables_dir: str | Path | None = None) -> "Device":
@@ -111,9 +114,9 @@ class Device:
         return remote_measure.open_session(ort, data, self.provider, self.threads, self.optimization)
 
     def open(self, model: str | Path | bytes, feeds: dict | None = None) -> TimedSession:
-        """A session with random batch-1 feeds (or ``feeds``), run once to learn the output shape."""
+        """A session with random feeds at this device's batch (or ``feeds``), run once to learn the output shape."""
         sess = self.session(model)
-        feeds = feeds if feeds is not None else remote_measure.random_feeds(sess)
+        feeds = feeds if feeds is not None else remote_measure.random_feeds(sess, batch=self.batch)
         return TimedSession(sess, feeds, tuple(np.shape(sess.run(None, feeds)[0])))
 
     # ---- timing ------------------------------------------------------------------------------------------------
@@ -124,7 +127,7 @@ class Device:
 
     def time_files(self, paths: list[str | Path], timing: TimingConfig | None = None,
                    on_round: Callable[[int], None] | None = None) -> list[LatencyStats]:
-        """Time ONNX files on random batch-1 inputs, interleaved; one ``LatencyStats`` per file."""
+        """Time ONNX files on random inputs at this device's batch, interleaved; one ``LatencyStats`` per file."""
         return self.time_sessions([self.open(p) for p in paths], timing, on_round)
 
     def time_file(self, path: str | Path, timing: TimingConfig | None = None) -> LatencyStats:

@@ -2,14 +2,16 @@
 
 Calibration (``nas.latency.calibrate.calibrate_models``) keeps a few of the whole models it timed as **reference
 models** (``reference/<id>.onnx`` in the device folder, listed in ``reference/references.json`` with the latency
-measured then). ``check_drift`` re-times them now on the table's own ``Device`` (interleaved, with a shipped model
-alongside when one is given) and reports the drift: the median over the references of measured now / measured at
-calibration (times the correction's ``rescale``) - 1, in per cent. ``recalibrate`` folds that ratio into the
-correction as one global rescale (base, scales and per-block terms), keeping the old correction in its
-``history``; a later refit from the stored measurements starts again from ``rescale`` 1. Searches call
-``measure_shipped``: the drift check, then the shipped model's own timing, as one
-``nas.latency.measurement.Measurement``. Bundles carry the calibration models (``nas.latency.bundle``), so a remote
-device is re-timed with its ``measure.py``.
+measured then), spread over the calibration set from the smallest (overhead-bound) to the largest (compute-bound)
+model. Every whole-model measurement on the device is timed interleaved with them and expressed at calibration speed
+by one code path (``time_against_references``, see ``nas.latency.relative``): ``latency validate``, ``check_drift``
+(``latency check``: the references alone, or with a shipped model) and ``measure_shipped`` (a search's final
+measurement), so that the drift they read and the relative times they report agree in sign and size. The drift is
+the references' speed now against calibration (times the correction's ``rescale``), fitted over their sizes, at the
+middle of their range, minus 1, in per cent. ``recalibrate`` folds that ratio into the correction as one global rescale (base, scales and per-block
+terms), keeping the old correction in its ``history``; a later refit from the stored measurements starts again from
+``rescale`` 1. Bundles carry the calibration models (``nas.latency.bundle``), so a remote device is re-timed with its
+``measure.py``.
 """
 
 from __future__ import annotations
@@ -28,12 +30,13 @@ from nas.files import atomic_path, write_json
 from nas.latency.correction import Correction
 from nas.latency.device import Device
 from nas.latency.measurement import Measurement, MeasuringDevice
+from nas.latency.relative import RelativeTiming, time_with_references
 from nas.latency.table import LatencyTable
-from nas.latency.timing import LatencyStats, TimingConfig
+from nas.latency.timing import TimingConfig
 
 REFERENCE_DIR = "reference"
 REFERENCE_INDEX = "references.json"
-REFERENCE_MODELS = 3
+REFERENCE_MODELS = 5
 
 
 # ---- the stored reference models --------------------------------------------------------------------------------
@@ -56,15 +59,13 @@ def read_references(folder: Path) -> list[dict]:
 
 
 def pick_references(measured_ms: list[float], count: int = REFERENCE_MODELS) -> list[int]:
-    """Indices of ``count`` models spread over the measured range, around the quartiles (not the largest file, not
-    the one dominated by call overhead)."""
-    order = [int(i) for i in np.argsort(measured_ms)]
+    """Indices of ``count`` models spread evenly by rank over the measured range, the smallest (dominated by call
+    overhead) and the largest (compute-bound) included, so that a slowdown that differs with size can be fitted."""
+    order = [int(i) for i in np.argsort(measured_ms, kind="stable")]
     n = len(order)
     if n <= count:
         return order
-    ranks = {int(round(q * (n - 1))) for q in np.linspace(0.25, 0.75, count)}
-    nearest_middle = sorted(set(range(n)) - ranks, key=lambda r: abs(r - (n - 1) / 2))
-    return [order[r] for r in sorted(ranks | set(nearest_middle[:count - len(ranks)]))]
+    return [order[r] for r in sorted({int(round(q * (n - 1))) for q in np.linspace(0.0, 1.0, count)})]
 
 
 def store_references(folder: Path, models: list[tuple[str, Path, float]]) -> list[dict]:
@@ -92,10 +93,11 @@ class DriftCheck:
     """The reference models re-timed now against their calibration (and a shipped model timed with them)."""
 
     device: str
-    drift_pct: float  # median over the models of now / expected - 1, in per cent
+    drift_pct: float  # the references' fitted now / expected - 1 at the middle of their sizes, in per cent
     rescale: float  # the correction's rescale the expectation includes
     models: list[dict]  # model_id, file, calibrated_ms, expected_ms, measured_ms, p90_ms, stable, drift_pct
-    model: dict | None = None  # the extra model's LatencyStats (``check_drift(model=...)``)
+    model: dict | None = None  # the extra model's LatencyStats and relative_ms (``check_drift(model=...)``)
+    speed: dict = field(default_factory=dict)  # the fitted SpeedFit (``nas.latency.relative``)
     checked: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S"))
 
     @property
@@ -116,26 +118,33 @@ def local_device(table: LatencyTable) -> Device:
     return device
 
 
+def time_against_references(table: LatencyTable, paths: list[str | Path], device: Device | None = None,
+                            timing: TimingConfig | None = None) -> RelativeTiming:
+    """Time ``paths`` on ``device`` (default: the table's own, here) interleaved with the table's reference models,
+    and express them at calibration speed (``nas.latency.relative``); the raw times stand when the table keeps no
+    references. The one code path of ``latency validate``, ``latency check`` and ``measure_shipped``."""
+    device = device or local_device(table)
+    refs = read_references(table.folder)
+    rescale = (Correction.load(table.folder) or Correction()).rescale
+    timed = time_with_references(device, list(paths), [(reference_dir(table.folder) / r["file"],
+                                                        float(r["measured_ms"]) * rescale) for r in refs], timing)
+    for r, row in zip(refs, timed.references):
+        row |= {"model_id": r["model_id"], "file": r["file"], "calibrated_ms": float(r["measured_ms"])}
+    return timed
+
+
 def check_drift(table: LatencyTable, *, model: str | Path | None = None, timing: TimingConfig | None = None
                 ) -> DriftCheck:
     """Re-time the device's reference models (and ``model``, interleaved with them) on the table's Device."""
-    refs = read_references(table.folder)
-    if not refs:
+    if not read_references(table.folder):
         raise LatencyTableError(f"device {table.device_id!r} has no reference models ({reference_dir(table.folder)}):"
                                 f" rerun its calibration (`hwnas latency profile ... --device {table.device_id}`, "
                                 f"measured blocks are skipped) to store them")
-    device = local_device(table)
+    timed = time_against_references(table, [model] if model else [], timing=timing)
+    extra = {**timed.stats[0].to_dict(), "relative_ms": timed.relative_ms[0]} if model else None
     correction = Correction.load(table.folder) or Correction()
-    paths = [reference_dir(table.folder) / r["file"] for r in refs] + ([Path(model)] if model else [])
-    stats: list[LatencyStats] = device.time_files(paths, timing)
-    rows = []
-    for r, st in zip(refs, stats):
-        expected = float(r["measured_ms"]) * correction.rescale
-        rows.append({"model_id": r["model_id"], "file": r["file"], "calibrated_ms": float(r["measured_ms"]),
-                     "expected_ms": expected, "measured_ms": st.p50_ms, "p90_ms": st.p90_ms, "stable": st.stable,
-                     "drift_pct": 100.0 * (st.p50_ms / expected - 1)})
-    drift = float(np.median([r["drift_pct"] for r in rows]))
-    return DriftCheck(table.device_id, drift, correction.rescale, rows, stats[-1].to_dict() if model else None)
+    return DriftCheck(table.device_id, timed.drift_pct, correction.rescale, timed.references, extra,
+                      timed.fit.to_dict())
 
 
 def recalibrate(table: LatencyTable, check: DriftCheck) -> Correction:
@@ -161,22 +170,28 @@ def recalibrate(table: LatencyTable, check: DriftCheck) -> Correction:
 
 
 # ---- the searches' final measurement ------------------------------------------------------------------------------
-def drift_before_measuring(table: LatencyTable | None, device: Device) -> DriftCheck | None:
-    """The drift check a search runs before timing what it ships: None when the table holds no reference models or
-    ``device`` is not the table's own set-up here."""
+def references_apply(table: LatencyTable | None, device: Device) -> bool:
+    """Whether ``device`` is ``table``'s own set-up here and the table keeps reference models."""
     if table is None or not read_references(table.folder):
-        return None
+        return False
     try:
-        if local_device(table) != device:
-            return None
+        return local_device(table) == device
     except LatencyTableError:
-        return None
-    return check_drift(table)
+        return False
+
+
+def drift_before_measuring(table: LatencyTable | None, device: Device) -> DriftCheck | None:
+    """The drift check before timing several files apart (the mixed-precision search's baselines): None when the
+    table keeps no reference models or ``device`` is not the table's own set-up here."""
+    return check_drift(table) if references_apply(table, device) else None
 
 
 def measure_shipped(path: str | Path, where: MeasuringDevice, *, table: LatencyTable | None = None,
                     timing: TimingConfig | None = None) -> Measurement:
-    """Time the shipped model ``where`` (``measurement.measuring_device``), right after the drift check on
-    ``table``'s reference models when it is timed on the device itself."""
-    drift = drift_before_measuring(table, where.device) if where.on_device else None
-    return Measurement.from_stats(where.device.time_file(path, timing), where, drift)
+    """Time the shipped model ``where`` (``measurement.measuring_device``): on the device itself, interleaved with
+    ``table``'s reference models when it is the table's own set-up here (the drift and the model's time at
+    calibration speed come with it)."""
+    if not where.on_device or not references_apply(table, where.device):
+        return Measurement.from_stats(where.device.time_file(path, timing), where)
+    timed = time_against_references(table, [path], where.device, timing)
+    return Measurement.from_stats(timed.stats[0], where, relative=timed)

@@ -44,14 +44,18 @@ class Measurement:
     note: str = ""  # why the figures are not the device's own (``MeasuringDevice.note``)
     drift_pct: float | None = None  # the device now against its calibration (``nas.latency.drift``)
     drift_models: int = 0  # reference models re-timed for ``drift_pct``
+    relative_ms: float | None = None  # p50 at the device's calibration speed (timed with its reference models)
 
     @classmethod
-    def from_stats(cls, stats, where: MeasuringDevice | None = None, drift=None) -> "Measurement":
-        """From a ``LatencyStats`` taken ``where`` (default: on the device) and, when the reference models were
-        re-timed, a ``DriftCheck``."""
+    def from_stats(cls, stats, where: MeasuringDevice | None = None, drift=None, relative=None) -> "Measurement":
+        """From a ``LatencyStats`` taken ``where`` (default: on the device) and either a ``DriftCheck`` (the
+        reference models re-timed before) or, when the file was timed with the reference models, its
+        ``nas.latency.relative.RelativeTiming`` (the drift and its time at calibration speed)."""
         on_device, note = (True, "") if where is None else (where.on_device, where.note)
-        return cls(float(stats.p50_ms), float(stats.p90_ms), bool(stats.stable), float(stats.spread), on_device,
-                   note, None if drift is None else drift.drift_pct, 0 if drift is None else len(drift.models))
+        base = (float(stats.p50_ms), float(stats.p90_ms), bool(stats.stable), float(stats.spread), on_device, note)
+        if relative is not None and relative.references:
+            return cls(*base, relative.drift_pct, len(relative.references), float(relative.relative_ms[0]))
+        return cls(*base, None if drift is None else drift.drift_pct, 0 if drift is None else len(drift.models))
 
     @property
     def tail(self) -> float:

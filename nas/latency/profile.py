@@ -130,9 +130,10 @@ def item_onnx(item: ProfileItem, folder: Path) -> ExportedItem:
     return ExportedItem(path, macs, params, in_bytes, out_bytes)
 
 
-def row_metadata(e: ExportedItem, overhead: CallOverhead) -> dict:
-    return {"overhead_ms": overhead.predict_ms(e.in_bytes, e.out_bytes), "macs": e.macs, "params": e.params,
-            "in_bytes": e.in_bytes, "out_bytes": e.out_bytes}
+def row_metadata(e: ExportedItem, overhead: CallOverhead, batch: int = 1) -> dict:
+    """A row's call overhead (for ``batch`` samples in and out) and its batch-1 MACs, params and bytes."""
+    return {"overhead_ms": overhead.predict_ms(batch * e.in_bytes, batch * e.out_bytes), "macs": e.macs,
+            "params": e.params, "in_bytes": e.in_bytes, "out_bytes": e.out_bytes}
 
 
 # ---- profiling -----------------------------------------------------------------------------------------------
@@ -140,9 +141,10 @@ def profile_items(device: Device, items: list[ProfileItem], *, tables_dir: str |
                   on_progress: ProgressCallback | None = None, timing: TimingConfig | None = None,
                   chunk: int = 32) -> dict:
     """Measure every item whose key the table of ``device`` (its ``device_id``) lacks, with the device's provider,
-    threads, graph optimisation and clock, and append one row per key.
+    threads, graph optimisation, clock and batch, and append one row per key.
 
-    Items are exported and timed in chunks of ``chunk`` keys, interleaved (see ``timing``); each key's row is
+    Items are exported and timed in chunks of ``chunk`` keys, interleaved (see ``timing``), at ``batch`` samples
+    (a table for batched inference: the exports' batch axis is dynamic); each key's row is
     appended as soon as its chunk is timed. Returns counts ``{"total", "measured", "skipped", "identity",
     "seconds"}``; ``on_progress(done, total, note)`` is called per item. Safe to interrupt at any point (a
     rerun measures what is missing) and to run twice at once (a key is appended once).
@@ -151,8 +153,9 @@ def profile_items(device: Device, items: list[ProfileItem], *, tables_dir: str |
         raise ValueError("profile_items: the Device needs a device_id (the table it measures into)")
     check_provider(device.provider)
     timing = device.timing(timing)
+    batch = device.batch
     table = LatencyTable.open_for_writing(DeviceManifest.for_this_machine(
-        device.device_id, device.provider, device.threads, device.optimization, device.clock), tables_dir)
+        device.device_id, device.provider, device.threads, device.optimization, device.clock, batch), tables_dir)
     unique: dict[str, ProfileItem] = {}
     for item in items:
         unique.setdefault(str(item.key), item)
@@ -170,8 +173,8 @@ def profile_items(device: Device, items: list[ProfileItem], *, tables_dir: str |
     pending = list(unique.values())
     while pending:
         table.refresh()
-        batch: list[ProfileItem] = []
-        while pending and len(batch) < chunk:
+        todo: list[ProfileItem] = []
+        while pending and len(todo) < chunk:
             item = pending.pop(0)
             if key_is_identity(item.key):
                 counts["identity"] += 1
@@ -180,22 +183,22 @@ def profile_items(device: Device, items: list[ProfileItem], *, tables_dir: str |
                 counts["skipped"] += 1
                 progress("already measured")
             else:
-                batch.append(item)
-        if not batch:
+                todo.append(item)
+        if not todo:
             continue
         if overhead is None:
             overhead = measure_call_overhead(device, timing)
             overhead.save(table.folder)
         with tempfile.TemporaryDirectory(prefix="hwnas-profile-") as tmp:
             prepared = []
-            for i, item in enumerate(batch):
+            for i, item in enumerate(todo):
                 folder = Path(tmp) / str(i)
                 folder.mkdir()
                 exported = item_onnx(item, folder)
                 prepared.append((item, device.open(exported.path), exported))
         stats = device.time_sessions([p[1] for p in prepared], timing)
         for (item, _, e), st in zip(prepared, stats):
-            row = {**st.to_dict(), **row_metadata(e, overhead)}
+            row = {**st.to_dict(), **row_metadata(e, overhead, batch)}
             wrote = table.append(item.key, row)
             counts["measured" if wrote else "skipped"] += 1
             counts["unstable"] += int(wrote and not st.stable)

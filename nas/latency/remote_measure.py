@@ -102,9 +102,12 @@ OPTIMIZATION = {"none": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extende
                 "all": "ORT_ENABLE_ALL"}
 
 
-def open_session(ort, data, provider, threads, optimization):
-    """An inference session pinned to ``threads`` intra-op threads (hwnas's ``Device.session`` calls this too)."""
+def open_session(ort, data, provider, threads, optimization, optimized_path=None):
+    """An inference session pinned to ``threads`` intra-op threads (hwnas's ``Device.session`` calls this too);
+    ``optimized_path``: where ONNX Runtime saves the graph it optimised."""
     opts = ort.SessionOptions()
+    if optimized_path:
+        opts.optimized_model_filepath = optimized_path
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -113,12 +116,12 @@ def open_session(ort, data, provider, threads, optimization):
     return ort.InferenceSession(data, sess_options=opts, providers=[provider])
 
 
-def random_feeds(sess, seed=0):
-    """Random batch-1 inputs for every input of ``sess`` (dynamic axes as 1)."""
+def random_feeds(sess, seed=0, batch=1):
+    """Random inputs for every input of ``sess`` (a dynamic first axis as ``batch``, other dynamic axes as 1)."""
     rng = np.random.default_rng(seed)
     feeds = {}
     for inp in sess.get_inputs():
-        shape = [d if isinstance(d, int) else 1 for d in inp.shape]
+        shape = [d if isinstance(d, int) else (batch if i == 0 else 1) for i, d in enumerate(inp.shape)]
         dtype = np.int64 if "int64" in inp.type else np.float32
         feeds[inp.name] = rng.standard_normal(shape).astype(dtype)
     return feeds

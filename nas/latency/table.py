@@ -87,18 +87,21 @@ class DeviceManifest:
     created: str = ""
     remote: bool = False
     notes: dict = field(default_factory=dict)
+    batch: int = 1  # the batch size every model and block is timed at (their batch axis is dynamic)
 
     @classmethod
     def for_this_machine(cls, device_id: str, provider: str = "CPUExecutionProvider", threads: int = 1,
-                         graph_optimization: str = "all", clock: str = "wall") -> "DeviceManifest":
+                         graph_optimization: str = "all", clock: str = "wall", batch: int = 1) -> "DeviceManifest":
         if graph_optimization not in OPTIMIZATION_LEVELS:
             raise LatencyTableError(f"graph optimisation level {graph_optimization!r} is not one of "
                                     f"{', '.join(OPTIMIZATION_LEVELS)}")
         if threads < 1:
             raise LatencyTableError(f"threads must be >= 1, got {threads}")
+        if batch < 1:
+            raise LatencyTableError(f"batch must be >= 1, got {batch}")
         return cls(check_device_id(device_id), provider, threads, graph_optimization, clock, remote_measure.cpu_model(),
                    os.cpu_count() or 0, f"{platform.system()} {platform.release()}", platform.machine(),
-                   platform.python_version(), ort.__version__, time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                   platform.python_version(), ort.__version__, time.strftime("%Y-%m-%dT%H:%M:%S%z"), batch=batch)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -108,7 +111,7 @@ class DeviceManifest:
         known = set(cls.__dataclass_fields__)
         try:
             m = cls(**{k: v for k, v in d.items() if k in known})
-            m.threads = int(m.threads)
+            m.threads, m.batch = int(m.threads), int(m.batch)
         except (TypeError, ValueError) as e:
             raise LatencyTableError(f"{where}: not a device manifest ({e})") from None
         if not m.device_id or not m.provider:
@@ -118,7 +121,8 @@ class DeviceManifest:
     def same_setup(self, other: "DeviceManifest") -> list[str]:
         """Settings that differ between two manifests (they must match to add rows to one table)."""
         return [f"{k}: table has {getattr(self, k)!r}, now {getattr(other, k)!r}"
-                for k in ("provider", "threads", "graph_optimization", "clock", "onnxruntime_version", "cpu_model")
+                for k in ("provider", "threads", "graph_optimization", "clock", "batch", "onnxruntime_version",
+                          "cpu_model")
                 if getattr(self, k) != getattr(other, k)]
 
     def version_warning(self) -> str | None:
@@ -244,6 +248,29 @@ def _read_from(fd: int, offset: int) -> bytes:
     return os.pread(fd, size - offset, offset) if size > offset else b""
 
 
+def read_csv_rows(path: Path) -> list[dict]:
+    """The rows of a CSV file with a header (none when it does not exist)."""
+    return list(csv.DictReader(io.StringIO(path.read_text()))) if path.is_file() else []
+
+
+def append_unique_row(path: Path, columns: tuple[str, ...], row: dict, identity: tuple[str, ...]) -> bool:
+    """Append one row under an exclusive lock, unless a row with the same ``identity`` columns is there."""
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow([row[c] for c in columns])
+    same = tuple(str(row[c]) for c in identity)
+    with _locked(path, exclusive=True) as fd:
+        data = _read_from(fd, 0)
+        if data and not data.endswith(b"\n"):  # a writer killed mid-row: cut the torn row
+            os.ftruncate(fd, data.rfind(b"\n") + 1)
+            data = data[:data.rfind(b"\n") + 1]
+        if not data:
+            os.write(fd, (",".join(columns) + "\n").encode())
+        elif any(tuple(r.get(c) for c in identity) == same for r in csv.DictReader(io.StringIO(data.decode()))):
+            return False
+        os.write(fd, buf.getvalue().encode())
+    return True
+
+
 # ---- the table ----------------------------------------------------------------------------------------------
 class LatencyTable:
     """One device's measured table: ``rows`` maps key strings to row dicts (p50_ms, p90_ms, ...)."""
@@ -313,6 +340,10 @@ class LatencyTable:
             if stored.remote:
                 raise LatencyTableError(f"device {manifest.device_id!r} holds a table imported from a remote "
                                         f"device; profile this machine under another --device id")
+            if stored.notes.get("adapted_from"):
+                raise LatencyTableError(f"device {manifest.device_id!r} holds a table adapted from device "
+                                        f"{stored.notes['adapted_from']!r} (`hwnas latency adapt`); profile its "
+                                        f"blocks under another --device id")
             if diff:
                 raise LatencyTableError(f"device {manifest.device_id!r} was measured with another setup "
                                         f"({'; '.join(diff)}); use another --device id")
