@@ -47,7 +47,7 @@ def test_timing_defaults_are_the_standalone_scripts():
 
 
 def test_cpu_clock_with_two_threads_is_an_error():
-    with pytest.raises(LatencyTableError, match="clock 'cpu'.*threads 1, got 2"):
+    with pytest.raises(LatencyTableError, match="clock 'cpu'.*--ort-threads 1.*got 2"):
         Device(threads=2, clock="cpu")
     with pytest.raises(LatencyTableError, match="clock 'sundial'"):
         Device(clock="sundial")

@@ -19,6 +19,7 @@ from nas.latency.adapt import Measured, adapt_device, block_terms, fit_adaptatio
 from nas.latency.calibrate import calibrate, export_arch
 from nas.latency.device import Device
 from nas.latency.drift import check_drift, measure_shipped
+from nas.latency.measurement import measuring_device
 from nas.latency.model import LatencyModel
 from nas.latency.profile import key_is_identity, profile_items, space_layer_keys, space_profile_items
 from nas.latency.relative import SpeedFit
@@ -48,7 +49,7 @@ class FileClock:
 def tiny(tmp_path_factory):
     folder = tmp_path_factory.mktemp("relative")
     space = tiny_space(write_space(folder, TINY, "tiny"))
-    profile_items(DEVICE, space_profile_items(space), tables_dir=folder / "tables", timing=FAST)
+    profile_items(Device(device_id=DEVICE), space_profile_items(space), tables_dir=folder / "tables", timing=FAST)
     return {"space": space, "folder": folder}
 
 
@@ -77,7 +78,7 @@ def test_a_device_slowed_by_a_known_factor_reports_it_as_drift_and_an_unchanged_
     shutil.copytree(tables, tmp_path / "tables")
     tables = tmp_path / "tables"
     space = tiny["space"]
-    calibrate(DEVICE, space, models=6, tables_dir=tables, timing=FAST)  # keeps 5 reference models
+    calibrate(Device(device_id=DEVICE), space, models=6, tables_dir=tables, timing=FAST)  # keeps 5 reference models
     lm = LatencyModel.load(DEVICE, tables)
     before = validate(lm, space, RunDir(tmp_path / "v1", {}), samples=6, seed=3, timing=FAST)
     clock.factor = 1.25  # the machine now runs 25% slower
@@ -92,7 +93,7 @@ def test_a_device_slowed_by_a_known_factor_reports_it_as_drift_and_an_unchanged_
     assert first["mean_bias_pct"] == before["mean_bias_pct"]
     model = tmp_path / "shipped.onnx"
     export_arch(space, space.fixed_arch(), model)
-    shipped = measure_shipped(model, lm.device, table=lm.table)
+    shipped = measure_shipped(model, measuring_device(lm.device), table=lm.table)
     assert shipped.drift_pct == pytest.approx(25.0) and shipped.drift_models == len(check.models)
     assert shipped.p50_ms == pytest.approx(1.25 * os.path.getsize(model) / 1e4)
     assert shipped.relative_ms == pytest.approx(os.path.getsize(model) / 1e4)
@@ -140,7 +141,8 @@ def test_adapt_writes_a_device_every_search_can_use_and_refuses_to_overwrite_or_
     with pytest.raises(LatencyTableError, match="already exists"):
         adapt_device(source, target, space, measured, bits=8, tables_dir=tables)
     with pytest.raises(LatencyTableError, match="adapted from device"):
-        profile_items("b-int8", space_profile_items(space), tables_dir=tables, optimization="basic", timing=FAST)
+        profile_items(Device(optimization="basic", device_id="b-int8"), space_profile_items(space), tables_dir=tables,
+                      timing=FAST)
     with pytest.raises(LatencyTableError, match="at most 20"):
         adapt_device(source, DeviceManifest.for_this_machine("c"), space, measured * 5, tables_dir=tables)
 

@@ -57,8 +57,8 @@ def device(tmp_path_factory):
     """A tiny space profiled and calibrated (its reference models fit the kernel correction)."""
     folder = tmp_path_factory.mktemp("kernels")
     space = tiny_space(write_space(folder, TINY, "tiny"))
-    profile_items(DEVICE, space_profile_items(space), tables_dir=folder / "tables", timing=FAST)
-    calibrate(DEVICE, space, models=4, tables_dir=folder / "tables", timing=FAST)
+    profile_items(Device(device_id=DEVICE), space_profile_items(space), tables_dir=folder / "tables", timing=FAST)
+    calibrate(Device(device_id=DEVICE), space, models=4, tables_dir=folder / "tables", timing=FAST)
     return folder
 
 
