@@ -23,6 +23,8 @@ def _make_command(method: str):
                                                   "that the final arch lands within +-10% of it"),
         alpha: float = typer.Option(1.0, help="latency trade-off: larger finds faster archs (0: ignore latency)"),
         beta: float = typer.Option(0.6, help="exponent of the latency factor (FBNet's beta)"),
+        cost: str = typer.Option("latency", help="latency: the device's table | flops: FLOPs fitted to ms on the "
+                                 "device's calibration models (a hardware-unaware ablation)"),
         epochs: int = typer.Option(20, help="search epochs (the first fifth train weights only)"),
         warmup_epochs: Optional[int] = typer.Option(None, "--warmup-epochs", help="weights-only epochs "
                                                     "(default: a fifth of --epochs)"),
@@ -75,7 +77,8 @@ def _make_command(method: str):
             op_paths=1 if sampled_path else None, channel_paths=None,
             resolution_paths=None if soft_resolution else 1)
         job = SearchJob(method, space, device, dataset, target_ms, resolution, width, seed, settings, rec,
-                        str(tables_dir) if tables_dir else None, profile, allow_estimated, engine, skip_bad_images)
+                        str(tables_dir) if tables_dir else None, profile, allow_estimated, engine, skip_bad_images,
+                        cost)
         try:
             report, out_dir = run_strategy(method, job, out)
         except FollowerDone:  # torchrun: ranks above 0 trained their share; rank 0 reports
@@ -84,7 +87,8 @@ def _make_command(method: str):
             print_json(report)
             return
         target = f" (target {target_ms:g} ms)" if target_ms is not None else ""
-        typer.echo(f"{method}: predicted {report['predicted_ms']:.4g} ms{target}, measured {report['measured_ms']:.4g}"
+        cost_note = " (FLOPs line)" if cost == "flops" else ""
+        typer.echo(f"{method}: predicted{cost_note} {report['predicted_ms']:.4g} ms{target}, measured {report['measured_ms']:.4g}"
                    f" ms ({report['prediction_error_pct']:+.1f}%), test accuracy {report['accuracy']:.4f}, onnx max "
                    f"abs diff {report['onnx_max_abs_diff']:.2e} -> {out_dir}")
         print_verdict(report)

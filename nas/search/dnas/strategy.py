@@ -28,6 +28,7 @@ from nas.search.dnas.decode import attainable_range_ms, most_probable_in_band
 from nas.search.dnas.distribution import ArchDistribution
 from nas.search.dnas.dmasking_supernet import DMaskingSupernet
 from nas.search.dnas.dnas_supernet import DNASSupernet
+from nas.search.dnas.flops_cost import COSTS, FlopsLatencyModel
 from nas.search.dnas.latency_terms import LatencyTerms
 from nas.search.dnas.search import SearchSettings, SupernetSearch
 from nas.search.finalize import measuring_device, train_export_measure
@@ -57,13 +58,14 @@ class SearchJob:
     allow_estimated: bool = False
     engine: Engine = field(default_factory=Engine)  # where the supernet and the winner train
     skip_bad_images: bool = False
+    cost: str = "latency"  # "latency": the device's table; "flops": FLOPs fitted to its ms (the ablation)
 
     def config(self, space: Space) -> dict:
         """Everything that determines the result (what a resumed run must match), flat so that a mismatch names
         the setting (``search.epochs``, ``recipe.lr``)."""
         return {"command": f"search {self.method}", "space": self.space, "dataset": self.dataset,
                 "device": self.device, "space_args": space.space_args(), "target_ms": self.target_ms,
-                "seed": self.seed, "accelerator": self.engine.accelerator.kind,
+                "seed": self.seed, "cost": self.cost, "accelerator": self.engine.accelerator.kind,
                 "precision": self.engine.accelerator.precision, "world_size": self.engine.world.size,
                 **{f"search.{k}": v for k, v in self.settings.to_dict().items()},
                 **{f"recipe.{k}": v for k, v in self.recipe.model_dump().items()}}
@@ -75,6 +77,7 @@ class PreparedSearch:
     data: Dataset
     space: Space
     lm: LatencyModel
+    cost: LatencyModel  # what the search costs archs with: ``lm``, or the FLOPs line (``--cost flops``)
     dist: ArchDistribution
     terms: LatencyTerms
     min_ms: float
@@ -89,7 +92,8 @@ class PreparedSearch:
     def summary(self) -> str:
         s = self.space
         return (f"{self.job.method} on {s.name} @ {s.resolution}px x{s.width_multiplier:g}, {self.job.dataset} "
-                f"{self.data.sizes()}, device {self.job.device}: attainable {self.min_ms:.4g}-{self.max_ms:.4g} ms; "
+                f"{self.data.sizes()}, device {self.job.device}{' (cost: FLOPs)' if self.job.cost == 'flops' else ''}"
+                f": attainable {self.min_ms:.4g}-{self.max_ms:.4g} ms; "
                 f"search and training on {self.job.engine.accelerator.describe()}")
 
 
@@ -125,6 +129,8 @@ def _prepare(job: SearchJob, progress: Progress = no_progress) -> PreparedSearch
     if job.settings.alpha < 0 or job.settings.beta <= 0:
         raise SearchError(f"--alpha must be >= 0 and --beta > 0, got alpha {job.settings.alpha}, "
                           f"beta {job.settings.beta}")
+    if job.cost not in COSTS:
+        raise SearchError(f"--cost must be {' or '.join(COSTS)}, got {job.cost!r}")
     if job.settings.epochs < 2:
         raise SearchError(f"--epochs must be at least 2 (one warm-up epoch, then search), got {job.settings.epochs}")
     data, space = load_search_task(job.dataset, job.space, resolution=job.resolution, width=job.width,
@@ -150,6 +156,10 @@ def _prepare(job: SearchJob, progress: Progress = no_progress) -> PreparedSearch
         lm = LatencyModel.load(job.device, job.tables_dir)
         terms = LatencyTerms(dist, lm)
         missing = terms.estimated_keys()
+    cost = lm
+    if job.cost == "flops":  # the table is not used: its missing keys do not matter
+        cost = FlopsLatencyModel.fit_on_calibration(lm)
+        terms, missing = LatencyTerms(dist, cost), []
     if missing and not job.allow_estimated:
         raise LatencyTableError(f"the table of device {job.device!r} lacks {len(missing)} of {len(terms.keys())} "
                                 f"blocks this search needs (e.g. {missing[0]}); measure them with "
@@ -160,7 +170,7 @@ def _prepare(job: SearchJob, progress: Progress = no_progress) -> PreparedSearch
         raise SearchError(f"target {job.target_ms:g} ms is {side} arch of {space.name} on device {job.device!r}: "
                           f"attainable {min_ms:.4g}-{max_ms:.4g} ms at {space.resolution}px, width "
                           f"{space.width_multiplier:g}")
-    return PreparedSearch(job, data, space, lm, dist, terms, min_ms, max_ms)
+    return PreparedSearch(job, data, space, lm, cost, dist, terms, min_ms, max_ms)
 
 
 def build_supernet(prep: PreparedSearch) -> torch.nn.Module:
@@ -207,7 +217,7 @@ def _run(prep: PreparedSearch, run: RunDir, progress: Progress = no_progress) ->
     search_seconds = time.perf_counter() - start
     run.write_csv("history.csv", pd.DataFrame(history))
     arch, selection = final_arch(prep)
-    predicted = lm.predict(space, arch)
+    predicted = prep.cost.predict(space, arch)  # what the search believed (the FLOPs line under --cost flops)
 
     def trained(epoch: int, row: dict) -> None:
         progress("train", epoch, job.recipe.epochs, f"loss {row['train_loss']:.3f} val "
@@ -223,6 +233,7 @@ def _run(prep: PreparedSearch, run: RunDir, progress: Progress = no_progress) ->
         remedies=latency_remedies(job.device, tables_dir=job.tables_dir, model_path=run.file(MODEL),
                                   reprofile=profile_command(job, space)), detail={
             **figures, "measurement_note": note, "attainable_ms": [prep.min_ms, prep.max_ms], **selection,
+            **cost_detail(prep, arch), "decidedness": prep.dist.decidedness(),
             "search_epochs": epochs, "search_seconds": search_seconds,
             "supernet_val_accuracy": history[-1]["val_accuracy"], "final_alpha": history[-1]["alpha"],
             "estimated_keys": len(prep.terms.estimated_keys()), "space_args": space.space_args(),
@@ -231,6 +242,15 @@ def _run(prep: PreparedSearch, run: RunDir, progress: Progress = no_progress) ->
     from nas.search.dnas.plots import plot_search
     plot_search(history, prep.dist, run.path, target_ms=job.target_ms, attainable=(prep.min_ms, prep.max_ms))
     return report
+
+
+def cost_detail(prep: PreparedSearch, arch: Arch) -> dict:
+    """Which cost the search used; under ``--cost flops`` the fitted line and the table's prediction beside it."""
+    if prep.job.cost == "latency":
+        return {"cost": "latency"}
+    return {"cost": "flops", "flops_fit": prep.cost.fit.to_dict(), "macs_of_arch": sum(
+        prep.cost.macs(k) for k in prep.lm.arch_keys(prep.space, arch)), "table_predicted_ms": prep.lm.predict(
+        prep.space, arch)}
 
 
 class SupernetStrategy(Strategy):
