@@ -11,6 +11,7 @@ from cli.app import next_step, print_json, print_verdict, run_strategy, search_a
 from nas.search.strategy import strategies
 
 DEFAULT_SPACE = {"dnas": "fbnet", "dmasking": "fbnet_v2"}
+FINAL_TEMPERATURE, ENTROPY_WEIGHT = 1.0, 4.0  # nas.search.dnas.search.SearchSettings' defaults (no torch at --help)
 
 
 def _make_command(method: str):
@@ -44,8 +45,14 @@ def _make_command(method: str):
                                                    "for retraining the winner"),
         arch_lr: float = typer.Option(0.1, "--arch-lr", help="Adam learning rate of the architecture logits"),
         temperature: float = typer.Option(5.0, help="initial Gumbel-softmax temperature"),
-        temperature_decay: float = typer.Option(0.956, "--temperature-decay", help="temperature factor per "
-                                                "epoch"),
+        temperature_decay: Optional[float] = typer.Option(None, "--temperature-decay", help="temperature factor "
+                                                          "per epoch (FBNet's is 0.956; default: the one that "
+                                                          "reaches --final-temperature at the last epoch)"),
+        final_temperature: float = typer.Option(FINAL_TEMPERATURE, "--final-temperature", help="the temperature "
+                                                "of the last epoch, whatever the number of epochs"),
+        entropy_weight: float = typer.Option(ENTROPY_WEIGHT, "--entropy-weight", help="the architecture loss is "
+                                             "multiplied by 1 + w x the choices' mean relative entropy, w ramped "
+                                             "up from 0 to this over the search (0: off)"),
         seed: int = typer.Option(0, help="data split, supernet and training seed"),
         tables_dir: Optional[Path] = typer.Option(None, "--tables-dir", help="base folder of latency tables "
                                                   "(default $HWNAS_LATENCY_TABLES or ./latency_tables)"),
@@ -73,7 +80,8 @@ def _make_command(method: str):
         rec = rec.model_copy(update={"seed": seed, **({"epochs": final_epochs} if final_epochs else {})})
         settings = SearchSettings(
             epochs=epochs, warmup_epochs=warmup_epochs, arch_lr=arch_lr, initial_temperature=temperature,
-            temperature_decay=temperature_decay, alpha=alpha, beta=beta, target_ms=target_ms,
+            temperature_decay=temperature_decay, final_temperature=final_temperature, entropy_weight=entropy_weight,
+            alpha=alpha, beta=beta, target_ms=target_ms,
             op_paths=1 if sampled_path else None, channel_paths=None,
             resolution_paths=None if soft_resolution else 1)
         job = SearchJob(method, space, device, dataset, target_ms, resolution, width, seed, settings, rec,
@@ -88,8 +96,8 @@ def _make_command(method: str):
             return
         target = f" (target {target_ms:g} ms)" if target_ms is not None else ""
         cost_note = " (FLOPs line)" if cost == "flops" else ""
-        typer.echo(f"{method}: predicted{cost_note} {report['predicted_ms']:.4g} ms{target}, measured {report['measured_ms']:.4g}"
-                   f" ms ({report['prediction_error_pct']:+.1f}%), test accuracy {report['accuracy']:.4f}, onnx max "
+        typer.echo(f"{method}: predicted{cost_note} {report['predicted_ms']:.4g} ms{target}, measured "
+                   f"{report['measured_ms']:.4g} ms ({report['prediction_error_pct']:+.1f}%), test accuracy {report['accuracy']:.4f}, onnx max "
                    f"abs diff {report['onnx_max_abs_diff']:.2e} -> {out_dir}")
         print_verdict(report)
         typer.echo(next_step(report, out_dir))

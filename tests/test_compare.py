@@ -69,26 +69,6 @@ def test_mobilenet_v2_matches_its_published_macs_and_params(cli):
     assert not shown["searchable"] and len(shown["blocks"]) == 1 + 17 + 2
 
 
-# ---- decidedness ------------------------------------------------------------------------------------------------
-def test_decidedness_of_a_uniform_and_of_a_decided_distribution(case):
-    dist = ArchDistribution(case["space"])
-    uniform = dist.decidedness()
-    assert set(uniform) == {"ops", "channels", "resolution"}
-    ops = uniform["ops"]
-    assert ops["decisions"] == len(case["space"].layers)
-    assert ops["mean_entropy_nats"] == pytest.approx(ops["uniform_entropy_nats"]) == pytest.approx(math.log(4))
-    assert ops["mean_argmax_probability"] == pytest.approx(0.25) and ops["share_over_half"] == 0.0
-    with torch.no_grad():
-        dist.logits[:dist.n_ops, 0] = 8.0  # every layer: the first op nearly certain
-    decided = dist.decidedness()["ops"]
-    assert decided["mean_entropy_nats"] < 0.02 and decided["min_argmax_probability"] > 0.99
-    assert decided["share_over_half"] == 1.0
-    assert dist.decidedness()["channels"] == uniform["channels"]  # other kinds untouched
-    row = dist.probability_row()
-    assert row["entropy_ops"] == pytest.approx(decided["mean_entropy_nats"])
-    assert row["argmax_p_ops"] == pytest.approx(decided["mean_argmax_probability"])
-
-
 # ---- the FLOPs cost ---------------------------------------------------------------------------------------------
 def test_flops_cost_is_a_line_in_macs_fitted_on_the_calibration_models(case):
     lm, space = case["lm"], case["space"]

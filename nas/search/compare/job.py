@@ -118,8 +118,10 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _width(prep: PreparedCompare, run: SearchedRun, name: str, folder: Path, progress: Progress) -> WidthChoice:
-    """The baseline's width for this run (read back from ``width.json`` while the run's model is unchanged)."""
+def baseline_width(prep: PreparedCompare, run: SearchedRun, name: str, folder: Path,
+                   progress: Progress = no_progress) -> WidthChoice:
+    """Fixed model ``name``'s width for ``run``, chosen by ``scale_to_latency`` and kept in ``folder/width.json``
+    (read back while the run's model is unchanged)."""
     path = folder / "width.json"
     reference = _sha256(run.model)
     if path.is_file():
@@ -134,20 +136,28 @@ def _width(prep: PreparedCompare, run: SearchedRun, name: str, folder: Path, pro
     return choice
 
 
+def searched_contender(run: SearchedRun, label: str | None = None) -> Contender:
+    return Contender(run, "searched", label or run.label, "searched", run.space, run.arch)
+
+
+def baseline_contender(prep: PreparedCompare, run: SearchedRun, name: str, folder: Path,
+                       progress: Progress = no_progress) -> Contender:
+    """Fixed model ``name`` width-scaled to ``run``'s winner (its width kept in ``folder``)."""
+    choice = baseline_width(prep, run, name, folder, progress)
+    space = scaled_space(name, run.space, choice.width)
+    return Contender(run, name, f"{name} x{choice.width:g}", "baseline", space, space.fixed_arch(), choice)
+
+
 def contenders(prep: PreparedCompare, out: Path, progress: Progress = no_progress) -> list[Contender]:
     """Every run's winner and its width-scaled baselines (widths chosen, or read back)."""
     found = []
     several = len({r.label for r in prep.runs}) < len(prep.runs)
     total = len(prep.runs) * len(prep.job.baselines)
     for i, (run, name) in enumerate(zip(prep.runs, prep.names)):
-        label = f"{run.label} ({name})" if several else run.label
-        found.append(Contender(run, "searched", label, "searched", run.space, run.arch))
+        found.append(searched_contender(run, f"{run.label} ({name})" if several else None))
         for j, baseline in enumerate(prep.job.baselines):
             progress("scale widths", i * len(prep.job.baselines) + j, total, baseline)
-            choice = _width(prep, run, baseline, out / name / baseline, progress)
-            space = scaled_space(baseline, run.space, choice.width)
-            found.append(Contender(run, baseline, f"{baseline} x{choice.width:g}", "baseline", space,
-                                   space.fixed_arch(), choice))
+            found.append(baseline_contender(prep, run, baseline, out / name / baseline, progress))
     progress("scale widths", total, total, "done")
     return found
 
@@ -157,6 +167,7 @@ def train_all(prep: PreparedCompare, found: list[Contender], folder_of, progress
     """Train every contender over the seeds (resuming; finished trainings are read back); one row per model."""
     seeds = seeds or prep.job.seeds
     plan = [(c, s) for c in found for s in range(seeds)]
+    sizes = {id(c): c.size() for c in found}
     rows = []
     for n, (c, seed) in enumerate(plan):
         device, note = prep.device(c.run)
@@ -167,7 +178,7 @@ def train_all(prep: PreparedCompare, found: list[Contender], folder_of, progress
             note=note, engine=prep.job.engine,
             on_epoch=lambda e, row: progress("train", n, len(plan), f"{note_of}: epoch {e} loss "
                                                                     f"{row['train_loss']:.3f}"))
-        rows.append({**trained.to_dict(), "device": c.run.device, **c.size()})
+        rows.append({**trained.to_dict(), "device": c.run.device, **sizes[id(c)]})
     progress("train", len(plan), len(plan), "done")
     return rows
 

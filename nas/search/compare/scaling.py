@@ -119,10 +119,11 @@ class WidthGrid:
             return guess if guess is not None and lo < guess < hi else None
         closest = min(ratios, key=lambda i: abs(math.log(ratios[i])))
         guess = self.nearest(WIDTHS[closest] * ratios[closest] ** -0.5)
-        if guess == closest:
-            guess = self.next_above(closest) if ratios[closest] < 1 else (
-                self.canonical(closest - 1) if closest > 0 else None)
-        return guess if guess is not None and guess not in ratios else None
+        if below:  # every one timed is faster: go wider than the widest timed
+            widest = max(below)
+            return guess if guess > widest else self.next_above(widest)
+        narrowest = min(above)  # every one timed is slower: go narrower than the narrowest timed
+        return guess if guess < narrowest else (self.canonical(narrowest - 1) if narrowest > 0 else None)
 
 
 def scale_to_latency(name: str, like: Space, reference_onnx: str | Path, reference_ms: float, lm: LatencyModel,

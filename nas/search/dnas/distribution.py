@@ -127,6 +127,15 @@ class ArchDistribution(nn.Module):
         ops, channels, res = self.rows(lp)
         return list(ops), list(channels), res
 
+    def relative_entropy(self) -> torch.Tensor:
+        """Mean over the decisions with more than one option of entropy / log(options): 1 for uniform choices, 0 for
+        decided ones; differentiable in the logits."""
+        lp = torch.log_softmax(self.logits + self.padding, -1)
+        ent = -(lp.exp() * lp.nan_to_num(neginf=0.0)).sum(-1)
+        sizes = torch.tensor(self.sizes, device=ent.device, dtype=ent.dtype)
+        many = sizes > 1
+        return (ent[many] / sizes[many].log()).mean() if bool(many.any()) else ent.sum() * 0
+
     def entropy(self) -> float:
         """Mean entropy (nats) over the decisions with more than one option."""
         with torch.no_grad():
