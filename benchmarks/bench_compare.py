@@ -16,6 +16,9 @@ tests or CI; all 70,000 images into an npz), searches, contender choice (widths,
 timings), trainings (accuracy does not depend on machine load), then ONE interleaved measurement pass of every
 exported model, which ``--measure-only`` reruns alone: run it on a quiet machine. Everything resumes from ``--out``.
 Reduced runs: ``--per-class N`` (a class-balanced subset), ``--search-epochs``, ``--final-epochs``, ``--seeds 1``.
+Side by side on a machine with cores to spare: ``--only-search search`` and ``--only-search flops`` in two processes,
+then ``--stop-after-contenders``, then ``--shard 0/2`` and ``--shard 1/2``, then the plain command (which then only
+measures and reports).
 """
 
 from __future__ import annotations
@@ -168,6 +171,9 @@ def main() -> None:
     ap.add_argument("--measure-only", action="store_true", help="only the final interleaved measurement pass")
     ap.add_argument("--only-search", choices=("search", "flops"), default=None,
                     help="run that one search and stop (two processes can run the searches side by side)")
+    ap.add_argument("--stop-after-contenders", action="store_true", help="stop once widths and random archs are "
+                    "chosen (then --shard processes can train side by side)")
+    ap.add_argument("--shard", default=None, help="K/N: train only every N-th contender from the K-th, and stop")
     args = ap.parse_args()
     baselines = args.baseline or ["fbnet_a", "mobilenet_v2"]
     engine = Engine(resolve_accelerator("cpu", "32", args.threads))
@@ -209,6 +215,11 @@ def main() -> None:
     if not args.no_flops:
         found.append(searched_contender(prep.runs[1], "DMasking --cost flops"))
     phases["contenders"] = time.perf_counter() - t
+    if args.stop_after_contenders:
+        return
+    if args.shard:
+        k, n = map(int, args.shard.split("/"))
+        found = found[k::n]
 
     def folder_of(c: Contender) -> Path:
         return args.out / "contenders" / ("flops" if c.run is not winner else "search") / c.slug
@@ -222,6 +233,9 @@ def main() -> None:
     rows = train_all(prep, found, folder_of, lambda stage, done, total, note: log(f"    {stage} {done}/{total} {note}")
                      if "epoch" not in note else None)
     phases["trainings"] = time.perf_counter() - t
+    if args.shard:
+        log(f"shard {args.shard}: {len(rows)} trainings done in {phases['trainings'] / 60:.1f} min")
+        return
     t = time.perf_counter()
     measured = measure_all(prep, rows)
     phases["measurement"] = time.perf_counter() - t
