@@ -11,6 +11,7 @@ from cli.app import TARGET_HELP, next_step, print_json, print_verdict, renamed, 
 from nas.search.strategy import strategies
 
 DEFAULT_SPACE = {"dnas": "fbnet", "dmasking": "fbnet_v2"}
+FINAL_TEMPERATURE, ENTROPY_WEIGHT = 1.0, 4.0  # nas.search.dnas.search.SearchSettings' defaults (no torch at --help)
 
 
 def _make_command(method: str):
@@ -25,6 +26,8 @@ def _make_command(method: str):
                                                   "(--target 2.5ms)"),
         alpha: float = typer.Option(1.0, help="latency trade-off: larger finds faster archs (0: ignore latency)"),
         beta: float = typer.Option(0.6, help="exponent of the latency factor (FBNet's beta)"),
+        cost: str = typer.Option("latency", help="latency: the device's table | flops: FLOPs fitted to ms on the "
+                                 "device's calibration models (a hardware-unaware ablation)"),
         epochs: int = typer.Option(20, help="search epochs (the first fifth train weights only)"),
         warmup_epochs: Optional[int] = typer.Option(None, "--warmup-epochs", help="weights-only epochs "
                                                     "(default: a fifth of --epochs)"),
@@ -44,8 +47,14 @@ def _make_command(method: str):
                                                    "for retraining the winner"),
         arch_lr: float = typer.Option(0.1, "--arch-lr", help="Adam learning rate of the architecture logits"),
         temperature: float = typer.Option(5.0, help="initial Gumbel-softmax temperature"),
-        temperature_decay: float = typer.Option(0.956, "--temperature-decay", help="temperature factor per "
-                                                "epoch"),
+        temperature_decay: Optional[float] = typer.Option(None, "--temperature-decay", help="temperature factor "
+                                                          "per epoch (FBNet's is 0.956; default: the one that "
+                                                          "reaches --final-temperature at the last epoch)"),
+        final_temperature: float = typer.Option(FINAL_TEMPERATURE, "--final-temperature", help="the temperature "
+                                                "of the last epoch, whatever the number of epochs"),
+        entropy_weight: float = typer.Option(ENTROPY_WEIGHT, "--entropy-weight", help="the architecture loss is "
+                                             "multiplied by 1 + w x the choices' mean relative entropy, w ramped "
+                                             "up from 0 to this over the search (0: off)"),
         seed: int = typer.Option(0, help="data split, supernet and training seed"),
         tables_dir: Optional[Path] = typer.Option(None, "--tables-dir", help="base folder of latency tables "
                                                   "(default $HWNAS_LATENCY_TABLES or ./latency_tables)"),
@@ -79,14 +88,14 @@ def _make_command(method: str):
         rec = rec.model_copy(update={"seed": seed, **({"epochs": final_epochs} if final_epochs else {})})
         settings = SupernetSearchSettings(
             epochs=epochs, warmup_epochs=warmup_epochs, arch_lr=arch_lr, initial_temperature=temperature,
-            temperature_decay=temperature_decay, alpha=alpha, beta=beta,
-            op_paths=1 if sampled_path else None, channel_paths=None,
+            temperature_decay=temperature_decay, final_temperature=final_temperature, entropy_weight=entropy_weight,
+            alpha=alpha, beta=beta, op_paths=1 if sampled_path else None, channel_paths=None,
             resolution_paths=None if soft_resolution else 1)
         job = SearchJob(method=method, space=space, device=device, dataset=dataset, target_ms=None,
                         resolution=resolution, width=width, seed=seed, settings=settings, recipe=rec,
                         tables_dir=str(tables_dir) if tables_dir else None, profile=profile,
                         allow_estimated=allow_estimated, engine=engine, skip_bad_images=skip_bad_images,
-                        target=given[0] if given else None)
+                        target=given[0] if given else None, cost=cost)
         try:
             report, out_dir = run_strategy(method, job, out)
         except FollowerDone:  # torchrun: ranks above 0 trained their share; rank 0 reports
@@ -95,8 +104,10 @@ def _make_command(method: str):
             print_json(report)
             return
         shown = f" (target {report['target']} = {report['target_ms']:.4g} ms)" if report["target"] else ""
-        typer.echo(f"{method}: predicted {report['predicted_ms']:.4g} ms{shown}, measured {report['measured_ms']:.4g}"
-                   f" ms ({report['prediction_error_pct']:+.1f}%), test accuracy {report['accuracy']:.4f}, onnx max "
+        cost_note = " (FLOPs line)" if cost == "flops" else ""
+        typer.echo(f"{method}: predicted{cost_note} {report['predicted_ms']:.4g} ms{shown}, measured "
+                   f"{report['measured_ms']:.4g} ms ({report['prediction_error_pct']:+.1f}%), test accuracy "
+                   f"{report['accuracy']:.4f}, onnx max "
                    f"abs diff {report['onnx_max_abs_diff']:.2e} -> {out_dir}")
         print_verdict(report)
         typer.echo(next_step(report, out_dir, tables_dir))

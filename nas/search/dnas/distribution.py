@@ -7,6 +7,7 @@ searched) has a single option, so every search sees the same three lists.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -126,6 +127,15 @@ class ArchDistribution(nn.Module):
         ops, channels, res = self.rows(lp)
         return list(ops), list(channels), res
 
+    def relative_entropy(self) -> torch.Tensor:
+        """Mean over the decisions with more than one option of entropy / log(options): 1 for uniform choices, 0 for
+        decided ones; differentiable in the logits."""
+        lp = torch.log_softmax(self.logits + self.padding, -1)
+        ent = -(lp.exp() * lp.nan_to_num(neginf=0.0)).sum(-1)
+        sizes = torch.tensor(self.sizes, device=ent.device, dtype=ent.dtype)
+        many = sizes > 1
+        return (ent[many] / sizes[many].log()).mean() if bool(many.any()) else ent.sum() * 0
+
     def entropy(self) -> float:
         """Mean entropy (nats) over the decisions with more than one option."""
         with torch.no_grad():
@@ -134,12 +144,38 @@ class ArchDistribution(nn.Module):
         many = torch.tensor([k > 1 for k in self.sizes], device=ent.device)
         return float(ent[many].mean()) if bool(many.any()) else 0.0
 
+    def decidedness(self) -> dict[str, dict]:
+        """How decided the distribution is, per kind of decision (``ops``, ``channels``, ``resolution``; kinds with
+        no decision of several options are left out): the mean entropy of a decision in nats against a uniform
+        choice's (``log k`` for ``k`` options, averaged), and the argmax's probability (mean, lowest, and the share of
+        decisions where it holds more than half), beside a uniform choice's ``1 / k``. A winner whose decisions sit
+        near the uniform figures is little more than a random pick under the latency loss."""
+        with torch.no_grad():
+            p = self.probs()
+        out = {}
+        for kind, vectors in (("ops", p.ops), ("channels", p.channels), ("resolution", [p.resolution])):
+            many = [v.double().cpu() for v in vectors if len(v) > 1]
+            if not many:
+                continue
+            entropy = [float(-(v * v.clamp_min(1e-300).log()).sum()) for v in many]
+            top = [float(v.max()) for v in many]
+            out[kind] = {"decisions": len(many), "mean_entropy_nats": float(np.mean(entropy)),
+                         "uniform_entropy_nats": float(np.mean([math.log(len(v)) for v in many])),
+                         "mean_argmax_probability": float(np.mean(top)), "min_argmax_probability": min(top),
+                         "uniform_argmax_probability": float(np.mean([1.0 / len(v) for v in many])),
+                         "share_over_half": float(np.mean([t > 0.5 for t in top]))}
+        return out
+
     # ---- history ----------------------------------------------------------------------------------------------
     def probability_row(self) -> dict[str, float]:
-        """``p_L{layer}_{op}``, ``p_S{stage}_c{channels}``, ``p_res{r}`` for every decision with options."""
+        """``p_L{layer}_{op}``, ``p_S{stage}_c{channels}``, ``p_res{r}`` for every decision with options, and per
+        kind of decision the mean entropy (``entropy_{kind}``) and argmax probability (``argmax_p_{kind}``)."""
         with torch.no_grad():
             p = self.probs()
         row: dict[str, float] = {}
+        for kind, figures in self.decidedness().items():
+            row[f"entropy_{kind}"] = figures["mean_entropy_nats"]
+            row[f"argmax_p_{kind}"] = figures["mean_argmax_probability"]
         for layer, (options, probs) in enumerate(zip(self.op_options, p.ops)):
             if len(options) > 1:
                 row.update({f"p_L{layer}_{op}": float(v) for op, v in zip(options, probs)})

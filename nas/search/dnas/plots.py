@@ -40,7 +40,9 @@ def plot_search(history: list[dict], dist: ArchDistribution, folder: str | Path,
     ax.semilogy(epochs, [r["alpha"] for r in history], label="alpha")
     ax.semilogy(epochs, [r["temperature"] for r in history], label="temperature")
     ax.plot(epochs, [max(r["entropy"], 1e-3) for r in history], label="mean entropy (nats)")
-    ax.set(xlabel="epoch", title="alpha, temperature, entropy")
+    if "argmax_p_ops" in history[-1]:
+        ax.plot(epochs, [r["argmax_p_ops"] for r in history], label="ops: mean argmax probability")
+    ax.set(xlabel="epoch", title="alpha, temperature, how decided")
     ax.legend(fontsize=8)
     for ax in axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -39,7 +39,9 @@ class SupernetSearchSettings:
     arch_lr: float = 0.1
     arch_weight_decay: float = 5e-4
     initial_temperature: float = 5.0
-    temperature_decay: float = 0.956
+    temperature_decay: float | None = None  # per epoch (FBNet's 0.956); None: the one reaching final_temperature
+    final_temperature: float = 1.0
+    entropy_weight: float = 4.0  # the arch loss is multiplied by (1 + w * mean relative entropy), w ramped up from 0
     alpha: float = 1.0
     beta: float = 0.6
     target_ms: float | None = None
@@ -49,6 +51,11 @@ class SupernetSearchSettings:
 
     @property
     def temperature_schedule(self) -> TemperatureSchedule:
+        """FBNet's schedule ``initial * decay ** epoch``. The decay is by default the one that reaches
+        ``final_temperature`` at the last epoch, so that a search anneals whatever its length (FBNet's 0.956 per
+        epoch is for 90 epochs: over 10 it took 5.0 only to 3.3, and the choices stayed blurred)."""
+        if self.temperature_decay is None:
+            return TemperatureSchedule.between(self.initial_temperature, self.final_temperature, self.epochs)
         return TemperatureSchedule(self.initial_temperature, self.temperature_decay)
 
     @property
@@ -56,6 +63,13 @@ class SupernetSearchSettings:
         if self.warmup_epochs is not None:
             return min(self.warmup_epochs, self.epochs - 1)
         return max(1, self.epochs // 5) if self.epochs > 1 else 0
+
+    def entropy_weight_at(self, epoch: int) -> float:
+        """The entropy penalty's weight: 0 at the first architecture epoch, ``entropy_weight`` at the last."""
+        arch_epochs = self.epochs - self.warmup
+        if self.entropy_weight == 0 or arch_epochs <= 1:
+            return self.entropy_weight
+        return self.entropy_weight * (epoch - self.warmup) / (arch_epochs - 1)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -84,6 +98,7 @@ class SupernetSearch:
         self.shuffle = torch.Generator().manual_seed(recipe.seed)
         self.history: list[dict] = []
         self.tau = settings.initial_temperature  # this epoch's
+        self.entropy_weight = 0.0  # this epoch's (``entropy_weight_at``)
         self.weight_step = OptimizerStep(self._weight_loss, self.weight_opt, self.scheduler)
         self.arch_step = OptimizerStep(self._arch_loss, self.arch_opt, frozen=list(supernet.parameters()),
                                        after=self._steer if self.controller is not None else None)
@@ -125,6 +140,7 @@ class SupernetSearch:
         s, engine, batch_size = self.settings, self.engine, self.recipe.batch_size
         start = time.perf_counter()
         self.tau = s.temperature_schedule.at(epoch)
+        self.entropy_weight = s.entropy_weight_at(epoch)
         row = {"epoch": epoch + 1, "phase": "warmup" if epoch < s.warmup else "search", "temperature": self.tau}
         self.supernet.train()  # (batch statistics in every pass, the validation passes' included)
         weights = engine.train_pass(self.data.train, batch_size, self.shuffle, [self.weight_step])
@@ -157,11 +173,14 @@ class SupernetSearch:
 
     def _arch_loss(self, x: torch.Tensor, y: torch.Tensor) -> StepLoss:
         """FBNet's latency-aware loss of one sample: CE times the latency factor of the expected latency (at full
-        precision)."""
+        precision), times ``1 + w x`` the mean relative entropy of the choices (a factor like the latency's: the push
+        to decide keeps its share of the loss; ``w`` ramps up over the architecture epochs)."""
         out = self.supernet(x, self._sample())
         ce = F.cross_entropy(out, y)
         with self.engine.full_precision():
             loss = ce.float() * latency_factor(self.terms.expected_ms(), self.min_ms, self.alpha, self.settings.beta)
+            if self.entropy_weight:
+                loss = loss * (1 + self.entropy_weight * self.dist.relative_entropy())
         return loss, {"val_loss": float(ce.detach()) * len(y), "val_accuracy": int((out.argmax(1) == y).sum())}
 
     def _steer(self) -> None:

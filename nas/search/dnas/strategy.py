@@ -28,6 +28,7 @@ from nas.search.dnas.decode import attainable_range_ms, most_probable_in_band
 from nas.search.dnas.distribution import ArchDistribution
 from nas.search.dnas.dmasking_supernet import DMaskingSupernet
 from nas.search.dnas.dnas_supernet import DNASSupernet
+from nas.search.dnas.flops_cost import COSTS, FlopsLatencyModel
 from nas.search.dnas.latency_terms import LatencyTerms
 from nas.search.dnas.search import SupernetSearch, SupernetSearchSettings
 from nas.search.finalize import train_export_measure
@@ -59,14 +60,15 @@ class SearchJob:
     engine: Engine = field(default_factory=Engine)  # where the supernet and the winner train
     skip_bad_images: bool = False
     target: str | None = None  # a target as given (``nas.search.targets``: 2.5ms, p40, 0.8x:fbnet_a)
+    cost: str = "latency"  # "latency": the device's table; "flops": FLOPs fitted to its ms (the ablation)
 
     def config(self, space: Space) -> dict:
         """Everything that determines the result (what a resumed run must match), flat so that a mismatch names
         the setting (``search.epochs``, ``recipe.lr``)."""
         return {"command": f"search {self.method}", "space": self.space, "dataset": self.dataset,
                 "device": self.device, "space_args": space.space_args(), "target": self.target,
-                "target_ms": self.target_ms,
-                "seed": self.seed, "accelerator": self.engine.accelerator.kind,
+                "target_ms": self.target_ms, "seed": self.seed, "cost": self.cost,
+                "accelerator": self.engine.accelerator.kind,
                 "precision": self.engine.accelerator.precision, "world_size": self.engine.world.size,
                 **{f"search.{k}": v for k, v in self.settings.to_dict().items()},
                 **{f"recipe.{k}": v for k, v in self.recipe.model_dump().items()}}
@@ -78,6 +80,7 @@ class PreparedSupernetSearch:
     data: Dataset
     space: Space
     lm: LatencyModel
+    cost: LatencyModel  # what the search costs archs with: ``lm``, or the FLOPs line (``--cost flops``)
     dist: ArchDistribution
     terms: LatencyTerms
     min_ms: float
@@ -94,8 +97,9 @@ class PreparedSupernetSearch:
         s = self.space
         target = f", target {self.target.describe()}" if self.target else ""
         return (f"{self.job.method} on {s.name} @ {s.resolution}px x{s.width_multiplier:g}, {self.job.dataset} "
-                f"{self.data.sizes()}, device {self.job.device}: attainable {self.min_ms:.4g}-{self.max_ms:.4g} ms"
-                f"{target}; search and training on {self.job.engine.accelerator.describe()}")
+                f"{self.data.sizes()}, device {self.job.device}{' (cost: FLOPs)' if self.job.cost == 'flops' else ''}"
+                f": attainable {self.min_ms:.4g}-{self.max_ms:.4g} ms{target}; "
+                f"search and training on {self.job.engine.accelerator.describe()}")
 
 
 def profile_command(job: SearchJob, space: Space) -> str:
@@ -141,6 +145,8 @@ def _prepare(job: SearchJob, progress: Progress = no_progress) -> PreparedSupern
     if job.settings.alpha < 0 or job.settings.beta <= 0:
         raise SearchError(f"--alpha must be >= 0 and --beta > 0, got alpha {job.settings.alpha}, "
                           f"beta {job.settings.beta}")
+    if job.cost not in COSTS:
+        raise SearchError(f"--cost must be {' or '.join(COSTS)}, got {job.cost!r}")
     if job.settings.epochs < 2:
         raise SearchError(f"--epochs must be at least 2 (one warm-up epoch, then search), got {job.settings.epochs}")
     data, space = load_search_task(job.dataset, job.space, resolution=job.resolution, width=job.width,
@@ -158,6 +164,10 @@ def _prepare(job: SearchJob, progress: Progress = no_progress) -> PreparedSupern
         lm.refresh()
         terms = LatencyTerms(dist, lm)
         missing = terms.estimated_keys()
+    cost, table_terms = lm, terms  # relative targets read the table under either cost: both searches aim alike
+    if job.cost == "flops":  # the table is not used: its missing keys do not matter
+        cost = FlopsLatencyModel.fit_on_calibration(lm)
+        terms, missing = LatencyTerms(dist, cost), []
     if missing and not job.allow_estimated:
         raise LatencyTableError(f"the table of device {job.device!r} lacks {len(missing)} of {len(terms.keys())} "
                                 f"blocks this search needs (e.g. {missing[0]}); measure them with "
@@ -165,7 +175,7 @@ def _prepare(job: SearchJob, progress: Progress = no_progress) -> PreparedSupern
     min_ms, max_ms = attainable_range_ms(terms)
     target = resolve_one(given[0] if given else None, lambda: LatencyScale(
         job.device, f"{RANDOM_ARCHS} random archs of {space.name}",
-        lambda: terms.random_archs_ms(RANDOM_ARCHS, job.seed), model_reference(lm, space)))
+        lambda: table_terms.random_archs_ms(RANDOM_ARCHS, job.seed), model_reference(lm, space)))
     if target is not None and not (min_ms <= target.ms <= max_ms):
         side = "below the fastest" if target.ms < min_ms else "above the slowest"
         raise SearchError(f"target {target.describe()} is {side} arch of {space.name} on device {job.device!r}: "
@@ -174,8 +184,8 @@ def _prepare(job: SearchJob, progress: Progress = no_progress) -> PreparedSupern
     if target is not None:  # the job as it runs: the target in milliseconds, the form given beside it
         job = replace(job, target=target.given, target_ms=target.ms,
                       settings=replace(job.settings, target_ms=target.ms))
-    return PreparedSupernetSearch(job=job, data=data, space=space, lm=lm, dist=dist, terms=terms, min_ms=min_ms,
-                                  max_ms=max_ms, target=target)
+    return PreparedSupernetSearch(job=job, data=data, space=space, lm=lm, cost=cost, dist=dist, terms=terms,
+                                  min_ms=min_ms, max_ms=max_ms, target=target)
 
 
 def build_supernet(prep: PreparedSupernetSearch) -> torch.nn.Module:
@@ -222,7 +232,7 @@ def _run(prep: PreparedSupernetSearch, run: RunDir, progress: Progress = no_prog
     search_seconds = time.perf_counter() - start
     run.write_csv("history.csv", pd.DataFrame(history))
     arch, selection = final_arch(prep)
-    predicted = lm.predict(space, arch)
+    predicted = prep.cost.predict(space, arch)  # what the search believed (the FLOPs line under --cost flops)
 
     def trained(epoch: int, row: dict) -> None:
         progress("train", epoch, job.recipe.epochs, f"loss {row['train_loss']:.3f} val "
@@ -240,6 +250,7 @@ def _run(prep: PreparedSupernetSearch, run: RunDir, progress: Progress = no_prog
                                   reprofile=profile_command(job, space)), detail={
             **figures, "measurement_note": measure_on.note, "attainable_ms": [prep.min_ms, prep.max_ms],
             "target_basis": prep.target.basis if prep.target else None, **selection,
+            **cost_detail(prep, arch), "decidedness": prep.dist.decidedness(),
             "search_epochs": epochs, "search_seconds": search_seconds,
             "supernet_val_accuracy": history[-1]["val_accuracy"], "final_alpha": history[-1]["alpha"],
             "estimated_keys": len(prep.terms.estimated_keys()), "space_args": space.space_args(),
@@ -248,6 +259,15 @@ def _run(prep: PreparedSupernetSearch, run: RunDir, progress: Progress = no_prog
     from nas.search.dnas.plots import plot_search
     plot_search(history, prep.dist, run.path, target_ms=job.target_ms, attainable=(prep.min_ms, prep.max_ms))
     return report
+
+
+def cost_detail(prep: PreparedSupernetSearch, arch: Arch) -> dict:
+    """Which cost the search used; under ``--cost flops`` the fitted line and the table's prediction beside it."""
+    if prep.job.cost == "latency":
+        return {"cost": "latency"}
+    return {"cost": "flops", "flops_fit": prep.cost.fit.to_dict(), "macs_of_arch": sum(
+        prep.cost.macs(k) for k in prep.lm.arch_keys(prep.space, arch)), "table_predicted_ms": prep.lm.predict(
+        prep.space, arch)}
 
 
 class SupernetStrategy(Strategy):
