@@ -52,7 +52,7 @@ from nas.search.compare.job import (  # noqa: E402
     train_all,
     write_results,
 )
-from nas.search.dnas.search import SearchSettings  # noqa: E402
+from nas.search.dnas.search import SupernetSearchSettings  # noqa: E402
 from nas.search.dnas.strategy import SearchJob, SupernetStrategy  # noqa: E402
 from nas.search.strategy import open_run  # noqa: E402
 from nas.train.accelerator import resolve_accelerator  # noqa: E402
@@ -80,17 +80,17 @@ def setup_data(args) -> str:
     return f"npz:{npz}"
 
 
-def settings(args, **extra) -> SearchSettings:
+def settings(args, **extra) -> SupernetSearchSettings:
     overrides = {}
     for item in args.search_setting:
         key, value = item.split("=", 1)
         overrides[key] = json.loads(value)  # numbers, null
-    return SearchSettings(epochs=args.search_epochs, **{"alpha": args.alpha, **overrides, **extra})
+    return SupernetSearchSettings(epochs=args.search_epochs, **{"alpha": args.alpha, **overrides, **extra})
 
 
 def search_job(args, dataset: str, engine: Engine, cost: str, target_ms: float | None) -> SearchJob:
-    return SearchJob("dmasking", "fbnet_v2", args.device, dataset=dataset, width=args.width, target_ms=target_ms,
-                     seed=0, settings=settings(args, target_ms=target_ms), cost=cost, tables_dir=args.tables_dir,
+    return SearchJob(method="dmasking", space="fbnet_v2", device=args.device, dataset=dataset, width=args.width,
+                     target_ms=target_ms, seed=0, settings=settings(args, target_ms=target_ms), cost=cost, tables_dir=args.tables_dir,
                      profile=True, engine=engine, recipe=Recipe(epochs=args.final_epochs, batch_size=args.batch))
 
 
@@ -125,7 +125,7 @@ def random_contenders(prep, run, folder: Path, count: int, timing: TimingConfig 
     if path.is_file():
         found = json.loads(path.read_text())["archs"]
     else:
-        device, _ = prep.device(run)
+        device = prep.measure_on(run).device
         predicted = lm.predict(space, run.arch)
         rng, found, sampled = np.random.default_rng(1), [], 0
         with tempfile.TemporaryDirectory() as tmp:
@@ -161,7 +161,7 @@ def main() -> None:
     ap.add_argument("--final-epochs", type=int, default=8, help="the recipe's epochs (every contender)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--alpha", type=float, default=1.0, help="the latency weight the target controller starts from")
-    ap.add_argument("--search-setting", action="append", default=[], help="SearchSettings field=value")
+    ap.add_argument("--search-setting", action="append", default=[], help="SupernetSearchSettings field=value")
     ap.add_argument("--target-quantile", type=float, default=0.25)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--randoms", type=int, default=5)

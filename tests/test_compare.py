@@ -4,14 +4,12 @@ search ended, and MobileNetV2 as a fixed model."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pandas as pd
 import pytest
-import torch
 from test_dnas_support import (
     FAST,
     TINY_V2,
@@ -24,6 +22,7 @@ from test_predict_fixtures import InProcess, profiled_devices, tiny_space_file  
 
 from nas.errors import LatencyTableError
 from nas.latency.calibrate import calibrate
+from nas.latency.device import Device
 from nas.latency.model import LatencyModel
 from nas.latency.timing import LatencyStats
 from nas.models.builder import build_model, count_macs
@@ -33,7 +32,7 @@ from nas.search.compare.scaling import WIDTHS, scale_to_latency, scaled_space
 from nas.search.dnas.distribution import ArchDistribution
 from nas.search.dnas.flops_cost import FlopsLatencyModel
 from nas.search.dnas.latency_terms import LatencyTerms
-from nas.search.dnas.search import SearchSettings
+from nas.search.dnas.search import SupernetSearchSettings
 from nas.search.dnas.strategy import SearchJob, SupernetStrategy
 from nas.search.strategy import get_strategy, open_run
 from nas.train.recipe import Recipe
@@ -43,14 +42,14 @@ from nas.train.recipe import Recipe
 def case(tmp_path_factory):
     """The tiny DMasking space profiled on its own device, with four calibration models (fast timing)."""
     path, tables, _ = profiled_space(tmp_path_factory, TINY_V2, "tiny_cmp", "test-cmp")
-    calibrate("test-cmp", tiny_space(path), models=4, tables_dir=tables, timing=FAST)
+    calibrate(Device(device_id="test-cmp"), tiny_space(path), models=4, tables_dir=tables, timing=FAST)
     return {"path": path, "tables": tables, "digits": digits_npz(path.parent),
             "lm": LatencyModel.load("test-cmp", tables), "space": tiny_space(path)}
 
 
 def _search(case, out: Path, cost: str = "latency") -> dict:
-    job = SearchJob("dmasking", str(case["path"]), "test-cmp", dataset=f"npz:{case['digits']}", resolution=16,
-                    width=1.0, tables_dir=str(case["tables"]), settings=SearchSettings(epochs=2),
+    job = SearchJob(method="dmasking", space=str(case["path"]), device="test-cmp", dataset=f"npz:{case['digits']}",
+                    resolution=16, width=1.0, tables_dir=str(case["tables"]), settings=SupernetSearchSettings(epochs=2),
                     recipe=Recipe(epochs=1, batch_size=64), cost=cost)
     strategy = SupernetStrategy(job)
     prepared = strategy.prepare()
@@ -141,7 +140,7 @@ def test_width_scaling_finds_the_width_of_the_reference(case, tmp_path, width):
 @pytest.fixture(scope="module")
 def nars_run(tmp_path_factory, tiny_space_file, profiled_devices):  # noqa: F811
     """A finished NARS run on a tiny model space (its winner trained with its own searched recipe)."""
-    from nas.search.predict.search_setup import SearchSettings as PredictorSettings
+    from nas.search.predict.search_setup import PredictorSearchSettings as PredictorSettings
 
     tables, _ = profiled_devices
     settings = PredictorSettings(strategy="nars", space=str(tiny_space_file), devices=["dev-a"], budget=2, init=2,

@@ -10,7 +10,7 @@ import torch
 from test_dnas_support import TINY_V2, one_torch_thread, tiny_space, write_space  # noqa: F401
 
 from nas.search.dnas.distribution import ArchDistribution
-from nas.search.dnas.search import SearchSettings
+from nas.search.dnas.search import SupernetSearchSettings
 
 
 @pytest.fixture(scope="module")
@@ -53,20 +53,20 @@ def test_relative_entropy_is_differentiable_and_falls_as_one_option_wins(space):
 
 @pytest.mark.parametrize("epochs", [4, 10, 90])
 def test_final_temperature_is_reached_at_the_last_epoch_whatever_the_length(epochs):
-    s = SearchSettings(epochs=epochs, initial_temperature=5.0, final_temperature=0.5)
+    s = SupernetSearchSettings(epochs=epochs, initial_temperature=5.0, final_temperature=0.5)
     assert s.temperature_schedule.at(0) == pytest.approx(5.0)
     assert s.temperature_schedule.at(epochs - 1) == pytest.approx(0.5)
     temps = [s.temperature_schedule.at(e) for e in range(epochs)]
     assert all(a > b for a, b in zip(temps, temps[1:]))
-    fbnet = SearchSettings(epochs=epochs, temperature_decay=0.956)
+    fbnet = SupernetSearchSettings(epochs=epochs, temperature_decay=0.956)
     assert fbnet.temperature_schedule.at(3) == pytest.approx(5.0 * 0.956 ** 3)  # the paper's per-epoch decay, when asked
 
 
 def test_entropy_weight_ramps_from_zero_over_the_architecture_epochs():
-    s = SearchSettings(epochs=10, warmup_epochs=2, entropy_weight=0.8)
+    s = SupernetSearchSettings(epochs=10, warmup_epochs=2, entropy_weight=0.8)
     assert s.entropy_weight_at(2) == 0.0 and s.entropy_weight_at(9) == pytest.approx(0.8)
     assert s.entropy_weight_at(5) == pytest.approx(0.8 * 3 / 7)
-    assert SearchSettings(epochs=10, entropy_weight=0.0).entropy_weight_at(9) == 0.0
+    assert SupernetSearchSettings(epochs=10, entropy_weight=0.0).entropy_weight_at(9) == 0.0
 
 
 def test_the_entropy_factor_makes_a_search_decide(tmp_path_factory):
@@ -81,9 +81,9 @@ def test_the_entropy_factor_makes_a_search_decide(tmp_path_factory):
     path, tables, _ = profiled_space(tmp_path_factory, TINY_V2, "tiny_v2", "test-v2")
     ended = {}
     for weight in (0.0, 4.0):
-        settings = SearchSettings(epochs=6, warmup_epochs=1, entropy_weight=weight, arch_lr=0.2)
-        job = SearchJob("dmasking", str(path), "test-v2", dataset=f"npz:{digits_npz(path.parent)}", resolution=16,
-                        width=1.0, tables_dir=str(tables), settings=settings, recipe=Recipe(batch_size=32))
+        settings = SupernetSearchSettings(epochs=6, warmup_epochs=1, entropy_weight=weight, arch_lr=0.2)
+        job = SearchJob(method="dmasking", space=str(path), device="test-v2",
+                        dataset=f"npz:{digits_npz(path.parent)}", resolution=16, width=1.0, tables_dir=str(tables), settings=settings, recipe=Recipe(batch_size=32))
         prep = SupernetStrategy(job).prepare()
         torch.manual_seed(0)
         SupernetSearch(build_supernet(prep), prep.dist, prep.terms, prep.data, settings, job.recipe,

@@ -21,6 +21,7 @@ import numpy as np
 from nas.arch.space import Arch, Space
 from nas.data.dataset import Dataset
 from nas.latency.device import Device
+from nas.latency.measurement import MeasuringDevice
 from nas.latency.table import LatencyTable
 from nas.latency.timing import LatencyStats, TimingConfig
 from nas.run import RunDir
@@ -84,8 +85,9 @@ def trained_report(folder: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def train_contender(c: Contender, seed: int, folder: Path, data: Dataset, *, device: Device, table: LatencyTable,
-                    note: str, engine: Engine | None = None, on_epoch: EpochCallback | None = None) -> Trained:
+def train_contender(c: Contender, seed: int, folder: Path, data: Dataset, *, measure_on: MeasuringDevice,
+                    table: LatencyTable, engine: Engine | None = None, on_epoch: EpochCallback | None = None
+                    ) -> Trained:
     """Contender ``c`` trained with seed ``seed`` in ``folder/seed<seed>`` (resumed, or read back when done); the
     searched winner's seed 0 is its run's own model."""
     if c.kind == "searched" and seed == 0:
@@ -94,8 +96,8 @@ def train_contender(c: Contender, seed: int, folder: Path, data: Dataset, *, dev
     run = RunDir(path, c.training_config(seed))
     report = trained_report(path)
     if report is None:
-        report = train_export_measure(c.space, c.arch, data, c.recipe_for(seed), run, device=device,
-                                      on_epoch=on_epoch, table=table, note=note, engine=engine)
+        report = train_export_measure(c.space, c.arch, data, c.recipe_for(seed), run, measure_on=measure_on,
+                                      on_epoch=on_epoch, table=table, engine=engine)
         run.write_json("report.json", report)
     return Trained(c, seed, float(report["accuracy"]), path / report["onnx"])
 

@@ -26,6 +26,7 @@ from nas.arch.spec import builtin_spaces
 from nas.data.dataset import Dataset, load_dataset
 from nas.errors import HwnasError, SearchError
 from nas.latency.device import Device
+from nas.latency.measurement import MeasuringDevice, measuring_device
 from nas.latency.model import LatencyModel
 from nas.latency.timing import TimingConfig
 from nas.progress import Progress, no_progress
@@ -34,7 +35,6 @@ from nas.search.compare.contenders import Contender, measure_models, summarise, 
 from nas.search.compare.plot import plot_comparison
 from nas.search.compare.runs import SearchedRun, read_run
 from nas.search.compare.scaling import TOLERANCE, WidthChoice, scale_to_latency, scaled_space
-from nas.search.finalize import measuring_device
 from nas.train.engine import Engine
 
 DEFAULT_BASELINES = ("fbnet_a", "mobilenet_v2")
@@ -61,7 +61,8 @@ class PreparedCompare:
     def dataset(self, run: SearchedRun) -> Dataset:
         return self.data[data_key(run)]
 
-    def device(self, run: SearchedRun) -> tuple[Device, str]:
+    def measure_on(self, run: SearchedRun) -> MeasuringDevice:
+        """Where ``run``'s models are timed from here (``nas.latency.measurement.measuring_device``)."""
         return measuring_device(self.models[run.device].device)
 
 
@@ -128,8 +129,8 @@ def baseline_width(prep: PreparedCompare, run: SearchedRun, name: str, folder: P
         stored = json.loads(path.read_text())
         if stored.get("reference_sha256") == reference:
             return WidthChoice.from_dict(stored["choice"])
-    device, _ = prep.device(run)
-    choice = scale_to_latency(name, run.space, run.model, run.measured_ms, prep.models[run.device], device,
+    choice = scale_to_latency(name, run.space, run.model, run.measured_ms, prep.models[run.device],
+                              prep.measure_on(run).device,
                               on_round=lambda r, note: progress("scale widths", None, None, note))
     RunDir(folder, {"command": "compare baseline", "baseline": name, "run": str(run.path.resolve())}).write_json(
         "width.json", {"reference": str(run.model), "reference_sha256": reference, "choice": choice.to_dict()})
@@ -170,12 +171,11 @@ def train_all(prep: PreparedCompare, found: list[Contender], folder_of, progress
     sizes = {id(c): c.size() for c in found}
     rows = []
     for n, (c, seed) in enumerate(plan):
-        device, note = prep.device(c.run)
         note_of = f"{c.label} seed {seed}"
         progress("train", n, len(plan), note_of)
         trained = train_contender(
-            c, seed, folder_of(c), prep.dataset(c.run), device=device, table=prep.models[c.run.device].table,
-            note=note, engine=prep.job.engine,
+            c, seed, folder_of(c), prep.dataset(c.run), measure_on=prep.measure_on(c.run),
+            table=prep.models[c.run.device].table, engine=prep.job.engine,
             on_epoch=lambda e, row: progress("train", n, len(plan), f"{note_of}: epoch {e} loss "
                                                                     f"{row['train_loss']:.3f}"))
         rows.append({**trained.to_dict(), "device": c.run.device, **sizes[id(c)]})
@@ -187,13 +187,13 @@ def measure_all(prep: PreparedCompare, rows: list[dict], progress: Progress = no
     """Every model of ``rows`` timed again, interleaved with the others of its device, in one pass per device."""
     out = [dict(r) for r in rows]
     for device_id in dict.fromkeys(r["device"] for r in rows):
-        device, note = measuring_device(prep.models[device_id].device)
+        measure_on = measuring_device(prep.models[device_id].device)
         mine = [r for r in out if r["device"] == device_id]
-        stats = measure_models([Path(r["model"]) for r in mine], device, prep.job.timing,
+        stats = measure_models([Path(r["model"]) for r in mine], measure_on.device, prep.job.timing,
                                lambda k: progress("measure", k, None, f"{len(mine)} models on {device_id}"))
         for r, st in zip(mine, stats):
             r.update({"measured_ms": st.p50_ms, "measured_p90_ms": st.p90_ms, "measurement_stable": st.stable,
-                      "measurement_note": note})
+                      "measurement_note": measure_on.note})
     return out
 
 
