@@ -31,8 +31,8 @@ def _experts(spec: OpSpec, key: OpKey, **options) -> ExpertChoice:
 
 
 def _experts_input(spec: OpSpec, key: OpKey, pool: int | None = None, **options) -> tuple[tuple[int, ...], ...]:
-    """Expert choice reads the routed tokens packed ``[h | gates | scores]``: ``dim + 2 * experts`` wide."""
-    return ((1, pool or key.tokens, key.c_in + 2 * _arg(key, "experts")),)
+    """Expert choice reads the routed tokens packed ``[h | gates]``: ``dim + experts`` wide."""
+    return ((1, pool or key.tokens, key.c_in + _arg(key, "experts")),)
 
 
 register_op("vit_embed", family="token", build=_embed)
@@ -44,7 +44,7 @@ register_op("vit_attn", family="token", input_shapes=_tokens,
 register_op("vit_mlp", family="token", input_shapes=_tokens,
             build=lambda spec, key, **options: MlpBlock(key.c_in, _arg(key, "hidden")))
 register_op("moe_route", family="token", input_shapes=_tokens,
-            build=lambda spec, key, **options: MoERoute(key.c_in, key.c_out, _arg(key, "hidden")))
+            build=lambda spec, key, **options: MoERoute(key.c_in, key.c_out))  # the predictor is not in its graph
 register_op("moe_expert", family="token", build=_experts, input_shapes=_experts_input)
 register_op("vit_head", family="token", input_shapes=lambda spec, key, **options: ((1, 1, key.c_in),),
             build=lambda spec, key, **options: Head(key.c_in, key.c_out))
