@@ -59,7 +59,7 @@ from nas.search.blackbox.pareto import pareto_mask
 from nas.search.capacity.checkpoint import load_checkpoint, save_checkpoint
 from nas.search.capacity.comparison import Candidate, compare_at_target, relative_targets
 from nas.search.capacity.config import CapacityConfig, StaticPlan, capacity_factor_plan
-from nas.search.capacity.diagnostics import expert_choice_overlap, latency_breakdown, random_selection_accuracy
+from nas.search.capacity.diagnostics import SELECTIONS, expert_choice_overlap, latency_breakdown, selection_accuracy
 from nas.search.capacity.evaluate import CapacityEvaluator
 from nas.search.capacity.export import export_plan, interleaved_ms
 from nas.search.capacity.latency import calibrate_capacity, capacity_profile_items, predict_plan
@@ -250,7 +250,8 @@ def search_targets(args, seed: int, evaluator: CapacityEvaluator, device: str, t
 
 
 def diagnose(model: DynamicViT, data, front: list[dict], evaluator: CapacityEvaluator) -> dict:
-    """Figures on what the dynamic model learned: learned vs random token selection, accuracy against the MoE
+    """Figures on what the dynamic model learned: learned vs random vs class-attention token selection, accuracy
+    against the MoE
     capacity factor, and how often the capacity predictor's token ranking agrees with the gates'."""
     space = model.space
     stages = len(space.stages)
@@ -258,8 +259,7 @@ def diagnose(model: DynamicViT, data, front: list[dict], evaluator: CapacityEval
     for rho in (0.8, 0.6, 0.4):
         plan = capacity_factor_plan(space, [rho] * stages, 1.0)
         selection.append({"keep_ratio": rho, "kept_patches": list(plan.kept_patches),
-                          "learned": plan_accuracy(model, plan, data.val),
-                          "random": random_selection_accuracy(model, plan, data.val)})
+                          **{how: selection_accuracy(model, plan, data.val, how) for how in SELECTIONS}})
     capacity = [{"capacity_factor": cf, "val_accuracy": plan_accuracy(
         model, capacity_factor_plan(space, [1.0] * stages, cf), data.val)} for cf in (0.25, 1.0, 2.0)]
     overlap = []
@@ -317,7 +317,7 @@ def plan_phase(args, base: CapacitySpace, dense: list[tuple[int, int]], seeds: l
                                "test_accuracy": plan_accuracy(dmodel, plan, data.test),
                                "file": files.add(dmodel, plan, which)})
         diagnostics[seed] = diagnose(model, data, front, evaluator)
-        shown = "; ".join(f"keep {s['keep_ratio']:g}: learned {s['learned']:.4f} random {s['random']:.4f}"
+        shown = "; ".join(f"keep {s['keep_ratio']:g}: " + ", ".join(f"{how} {s[how]:.4f}" for how in SELECTIONS)
                           for s in diagnostics[seed]["selection"])
         log(f"    seed {seed}: token selection (val) {shown}")
         mine = candidates[first:]

@@ -13,7 +13,7 @@ from nas.latency.table import DeviceManifest, LatencyTable
 from nas.search.capacity import training
 from nas.search.capacity.comparison import Candidate, best_under, compare_at_target, front, relative_targets
 from nas.search.capacity.config import StaticPlan, capacity_factor_plan
-from nas.search.capacity.diagnostics import expert_choice_overlap, latency_breakdown, random_selection_accuracy
+from nas.search.capacity.diagnostics import expert_choice_overlap, latency_breakdown, selection_accuracy
 from nas.search.capacity.latency import plan_keys, predict_plan, space_keys
 from nas.search.capacity.plots import plot_comparison
 from nas.search.capacity.space import dense_variant, load_capacity_space
@@ -105,14 +105,19 @@ def test_comparison_plot_is_written(tmp_path):
 
 
 # ---- diagnostics ----------------------------------------------------------------------------------------------
-def test_random_token_selection_is_repeatable_leaves_the_model_alone_and_is_moot_without_pruning(trained, tiny, digits):
+def test_token_selection_rules_leave_the_model_alone_and_learned_is_the_exported_rule(trained, tiny, digits):
     pruned = capacity_factor_plan(tiny, [0.5, 0.5], 1.0)
     scorers = [s for s in trained.scorers]
-    first = random_selection_accuracy(trained, pruned, digits.val, seed=1)
-    assert random_selection_accuracy(trained, pruned, digits.val, seed=1) == first
+    assert selection_accuracy(trained, pruned, digits.val, "learned") == plan_accuracy(trained, pruned, digits.val)
+    first = selection_accuracy(trained, pruned, digits.val, "random", seed=1)
+    assert selection_accuracy(trained, pruned, digits.val, "random", seed=1) == first
+    assert 0.0 <= selection_accuracy(trained, pruned, digits.val, "cls_attention") <= 1.0
     assert list(trained.scorers) == scorers  # the model keeps its learned scorers
-    full = capacity_factor_plan(tiny, [1.0, 1.0], 1.0)
-    assert random_selection_accuracy(trained, full, digits.val) == plan_accuracy(trained, full, digits.val)
+    full = capacity_factor_plan(tiny, [1.0, 1.0], 1.0)  # nothing pruned: the rule does not matter
+    expected = plan_accuracy(trained, full, digits.val)
+    assert all(selection_accuracy(trained, full, digits.val, how) == expected for how in ("random", "cls_attention"))
+    with pytest.raises(ValueError, match="selection 'best' is not one of learned, random, cls_attention"):
+        selection_accuracy(trained, full, digits.val, "best")
 
 
 def test_predictor_and_gates_agree_fully_when_experts_take_every_token(trained, tiny, digits):

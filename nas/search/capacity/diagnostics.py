@@ -1,8 +1,9 @@
 """Why a dynamic config does or does not beat a dense model: figures on what the method learned and what it costs.
 
-- ``random_selection_accuracy``: the model at a plan with its token scorers replaced by random scores. The gap to
-  ``plan_accuracy`` is what the learned keep decisions (DynamicViT's prediction modules) are worth; no gap means
-  the scorers did not learn which tokens matter.
+- ``selection_accuracy``: the model at a plan with its learned token scorers (DynamicViT's prediction modules)
+  replaced by random scores, or by EViT's rule (the class token's attention). The gap to random is what the learned
+  keep decisions are worth (none: the scorers did not learn which tokens matter); a gain from the class token's
+  attention would be a better rule at no cost in parameters.
 - ``expert_choice_overlap``: how often the capacity predictor's ranking of tokens agrees with the router gates'
   (the exported graph ranks by the gates; see ``nas.search.capacity.moe``).
 - ``latency_breakdown``: a plan's predicted latency split by unit kind (embedding and head, blocks at full token
@@ -11,8 +12,6 @@
 """
 
 from __future__ import annotations
-
-import copy
 
 import torch
 from torch import nn
@@ -24,27 +23,58 @@ from nas.search.capacity.config import StaticPlan
 from nas.search.capacity.latency import plan_keys
 from nas.search.capacity.moe import MoEBlock
 from nas.search.capacity.space import CapacitySpace
-from nas.search.capacity.training import plan_accuracy
 from nas.search.capacity.vit import DynamicViT
+from nas.train.evaluation import split_accuracy
 
 
-class RandomScorer(nn.Module):
-    """A stand-in for a ``TokenScorer``: uniform random scores from its own seeded generator."""
+SELECTIONS = ("learned", "random", "cls_attention")
 
-    def __init__(self, seed: int):
+
+class SelectingViT(nn.Module):
+    """``model`` at ``plan`` with another rule choosing the kept patches at each pruning stage: ``learned`` (the
+    model's own scorers, as exported), ``random`` (uniform scores from a seeded generator) or ``cls_attention``
+    (EViT's rule: the patches the class token attends to most in the block that follows, mean over heads)."""
+
+    def __init__(self, model: DynamicViT, plan: StaticPlan, how: str, seed: int = 0):
         super().__init__()
+        if how not in SELECTIONS:
+            raise ValueError(f"selection {how!r} is not one of {', '.join(SELECTIONS)}")
+        self.model, self.plan, self.how = model, plan, how
+        self.input_shape = model.input_shape
         self.generator = torch.Generator().manual_seed(seed)
 
-    def forward(self, patches: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
-        return torch.rand(patches.shape[:2], generator=self.generator).to(patches.device, patches.dtype)
+    def scores(self, x: torch.Tensor, stage: int, block: int) -> torch.Tensor:
+        if self.how == "learned":
+            return self.model.scorers[stage](x[:, 1:])
+        if self.how == "random":
+            return torch.rand(x.shape[0], x.shape[1] - 1, generator=self.generator)
+        attn = self.model.attn[block]
+        b, t, d = x.shape
+        q, k, _ = attn.qkv(attn.norm(x)).reshape(b, t, 3, attn.heads, d // attn.heads).permute(2, 0, 3, 1, 4)
+        return ((q[:, :, :1] * attn.scale) @ k.transpose(-2, -1)).softmax(-1)[:, :, 0, 1:].mean(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        model, plan = self.model, self.plan
+        x = model.embed(x)
+        moe = 0
+        for b in range(len(model.attn)):
+            stage = model._stage_at(b)
+            if stage is not None and plan.kept_patches[stage] < x.shape[1] - 1:
+                idx = self.scores(x, stage, b).topk(plan.kept_patches[stage], dim=1).indices
+                x = torch.cat([x[:, :1], torch.gather(x[:, 1:], 1, idx[..., None].expand(-1, -1, x.shape[-1]))], 1)
+            x = model.attn[b](x)
+            if isinstance(model.mlp[b], MoEBlock):
+                x = model.mlp[b].forward_static(x, plan.expert_tokens[moe])
+                moe += 1
+            else:
+                x = model.mlp[b](x)
+        return model.head(x)
 
 
-def random_selection_accuracy(model: DynamicViT, plan: StaticPlan, split: Split, seed: int = 0) -> float:
-    """Accuracy of ``model`` at ``plan`` when each pruning stage keeps random tokens instead of its scorer's top
-    ones (the class token is always kept); the model itself is not changed."""
-    probe = copy.deepcopy(model)
-    probe.scorers = nn.ModuleList(RandomScorer(seed + i) for i in range(len(model.scorers)))
-    return plan_accuracy(probe, plan, split)
+def selection_accuracy(model: DynamicViT, plan: StaticPlan, split: Split, how: str, seed: int = 0) -> float:
+    """Accuracy of ``model`` at ``plan`` when the kept patches are chosen by ``how`` (see ``SelectingViT``); the class
+    token is always kept and the model itself is not changed."""
+    return split_accuracy(SelectingViT(model, plan, how, seed), split)
 
 
 @torch.no_grad()
