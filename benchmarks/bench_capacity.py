@@ -37,7 +37,6 @@ import argparse
 import hashlib
 import itertools
 import json
-import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -49,21 +48,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from nas.files import write_json, write_text
-from nas.latency.model import LatencyModel
-from nas.latency.profile import profile_items
-from nas.latency.table import LatencyTable
-from nas.latency.timing import TimingConfig
+from nas.files import write_json
 from nas.run import RunDir
 from nas.search.blackbox.pareto import pareto_mask
 from nas.search.capacity.checkpoint import load_checkpoint, save_checkpoint
-from nas.search.capacity.comparison import Candidate, compare_at_target, relative_targets
 from nas.search.capacity.config import CapacityConfig, StaticPlan, capacity_factor_plan
-from nas.search.capacity.diagnostics import SELECTIONS, expert_choice_overlap, latency_breakdown, selection_accuracy
+from nas.search.capacity.diagnostics import SELECTIONS, expert_choice_overlap, selection_accuracy
 from nas.search.capacity.evaluate import CapacityEvaluator
-from nas.search.capacity.export import export_plan, interleaved_ms
-from nas.search.capacity.latency import calibrate_capacity, capacity_profile_items, predict_plan
-from nas.search.capacity.plots import plot_comparison
+from nas.search.capacity.export import export_plan
+from nas.search.capacity.latency import predict_plan
 from nas.search.capacity.search import CapacityProblem
 from nas.search.capacity.space import CapacitySpace, dense_variant
 from nas.search.capacity.strategy import CapacityJob, CapacityStrategy, PreparedCapacity
@@ -72,11 +65,9 @@ from nas.search.capacity.training import plan_accuracy, train_dynamic
 from nas.search.capacity.vit import DynamicViT
 from nas.train.engine import engine_for
 
+from bench_capacity_measure import log, measure_phase, profile_table  # benchmarks/ is this script's import path
+
 PLAIN_ORT_IMAGES = 8  # test images each ONNX file is run on in a plain ONNX Runtime session
-
-
-def log(msg: str) -> None:
-    print(msg, flush=True)
 
 
 # ---- the models ----------------------------------------------------------------------------------------------
@@ -187,23 +178,6 @@ def train_phase(args, models: list[Trained]) -> None:
 
 
 # ---- plan: configs, accuracies, ONNX files (inference only) --------------------------------------------------
-def profile_table(device: str, tables: Path, spaces: list[CapacitySpace], clock: str,
-                  calibrate: bool = True) -> LatencyModel:
-    """Every token-count unit of ``spaces`` in the device table, and (``calibrate``) the dynamic space's whole-model
-    correction. Under load the correction is not worth fitting: whole models, whose weights no longer stay in cache,
-    measured 1.7-2.3x their units' sum here (CPU clock) where units alone held, so the plan phase ranks by the sum."""
-    t0 = time.perf_counter()
-    measured = sum(profile_items(device, capacity_profile_items(s), tables_dir=tables,
-                                 timing=TimingConfig(clock=clock))["measured"] for s in spaces)
-    shown = "no whole-model correction"
-    if calibrate:
-        corr = calibrate_capacity(device, spaces[0], models=12, tables_dir=tables)
-        shown = (f"correction on {corr.fitted_on} models: base {corr.base_ms:.3f} ms, scale {corr.scale:.3f}, per unit "
-                 f"{1000 * corr.per_block_ms:+.1f} us, MAPE {corr.fit_mape or 0:.1f}% (uncorrected {corr.raw_mape or 0:.1f}%)")
-    log(f"    table {device!r}: {measured} units measured in {time.perf_counter() - t0:.0f} s; {shown}")
-    return LatencyModel.load(device, tables, allow_fallback=False)
-
-
 class OnnxFiles:
     """One ONNX file per distinct graph (space and plan; latency does not depend on the weights), named by a hash of
     both, written with the weights of the first model that needed it, with its outputs on a few test images."""
@@ -224,7 +198,7 @@ class OnnxFiles:
             with torch.no_grad():
                 expected = model.eval()(self.images, plan).tolist()
             self.entries[name] = {"file": name, "path": str(path), "depth": which.depth, "dim": which.dim,
-                                  "plan": plan.to_dict(), "expected": expected}
+                                  "heads": model.space.spec.heads, "plan": plan.to_dict(), "expected": expected}
         return name
 
 
@@ -337,110 +311,14 @@ def plan_phase(args, base: CapacitySpace, dense: list[tuple[int, int]], seeds: l
         sweep.append({"keep_ratio": rho, "tokens_per_block": base.block_tokens(list(plan.kept_patches)),
                       "expert_tokens": list(plan.expert_tokens), "val_accuracy": plan_accuracy(model, plan, data0.val),
                       "file": files.add(model, plan, Trained(seeds[0]))})
-    write_json(out / "plan.json", {"space": args.space, "dataset": args.dataset, "seeds": seeds,
+    write_json(out / "plan.json", {"space": args.space, "space_args": base.space_args(), "dataset": args.dataset,
+                                   "seeds": seeds,
                                    "reference": reference.name, "reference_file": next(
                                        c["file"] for c in candidates if c["name"] == reference.name),
                                    "targets": args.targets, "candidates": candidates, "searches": searches,
                                    "diagnostics": diagnostics, "sweep": sweep,
                                    "files": list(files.entries.values())})
     log(f"    {len(files.entries)} ONNX files for {len(candidates)} candidates -> {out / 'plan.json'}")
-
-
-# ---- measure: one interleaved pass (a quiet machine) ----------------------------------------------------------
-def plain_ort_check(files: list[dict], images: np.ndarray) -> dict[str, float]:
-    """Each file in a plain ONNX Runtime session (default options, no hwnas code): max |ONNX - torch| on the images."""
-    import onnxruntime as ort
-
-    diffs = {}
-    for f in files:
-        session = ort.InferenceSession(f["path"], providers=["CPUExecutionProvider"])
-        y = session.run(None, {session.get_inputs()[0].name: images})[0]
-        diffs[f["file"]] = float(np.abs(y - np.asarray(f["expected"], np.float32)).max())
-    return diffs
-
-
-def measure_phase(args, base: CapacitySpace) -> None:
-    out = args.out
-    if not (out / "plan.json").is_file():
-        raise SystemExit(f"{out / 'plan.json'} is missing: run the train and plan phases first")
-    plan = json.loads((out / "plan.json").read_text())
-    files = plan["files"]
-    spaces = {f["file"]: Trained(0, f["depth"], f["dim"]).space(base) for f in files}
-    device, tables = "bench-capacity-measure", out / "measure-tables"
-    log(f"[measure] {len(files)} ONNX files: a fresh table, then one interleaved pass ({args.rounds} rounds, clock "
-        f"{args.clock}). Timings are only meaningful on a quiet machine.")
-    shutil.rmtree(tables, ignore_errors=True)  # this pass's own table: predictions from this machine, now
-    distinct = list({s.fingerprint(): s for s in [base, *spaces.values()]}.values())
-    lm = profile_table(device, tables, distinct, args.clock)
-    diffs = plain_ort_check(files, np.load(out / "onnx" / "check_images.npy"))
-    timed = interleaved_ms({f["file"]: Path(f["path"]) for f in files}, LatencyTable.open(device, tables).manifest,
-                           args.rounds, TimingConfig(clock=args.clock))
-    per_file = {}
-    for f in files:
-        static = StaticPlan.from_dict(f["plan"])
-        predicted = predict_plan(lm, spaces[f["file"]], static).ms
-        measured = timed[f["file"]]["measured_ms"]
-        per_file[f["file"]] = {"measured_ms": measured, "predicted_ms": predicted, "error_pct": 100 * (measured / predicted - 1),
-                               "plain_ort_max_abs_diff": diffs[f["file"]], "depth": f["depth"], "plan": f["plan"],
-                               "breakdown": latency_breakdown(lm, spaces[f["file"]], static) if not f["depth"] else None,
-                               **{k: v for k, v in timed[f["file"]].items() if k != "measured_ms"}}
-    dynamic = [v for v in per_file.values() if not v["depth"]]
-    within = sum(abs(v["error_pct"]) <= 10 for v in dynamic)
-    log(f"    plain ONNX Runtime sessions: every file runs; max |ONNX - torch| {max(diffs.values()):.1e}")
-    log(f"    dynamic files: measured within ±10% of predicted for {within} of {len(dynamic)} (mean |error| "
-        f"{np.mean([abs(v['error_pct']) for v in dynamic]):.1f}%)")
-    reference_ms = per_file[plan["reference_file"]]["measured_ms"]
-    targets = relative_targets(reference_ms, plan["targets"], plan["reference"])
-    candidates = [Candidate(c["name"], c["family"], c["seed"], c["val_accuracy"], c["test_accuracy"],
-                            per_file[c["file"]]["measured_ms"]) for c in plan["candidates"]]
-    comparisons = {name: compare_at_target(candidates, ms, plan["seeds"]) for name, ms in targets.items()}
-    lines = report_comparisons(comparisons, plan["reference"], reference_ms)
-    sweep = report_sweep(plan["sweep"], per_file)
-    plot_comparison([c.to_dict() for c in candidates], targets, out / "comparison.png",
-                    title=f"{plan['space']} on {plan['dataset']}: test accuracy vs measured latency")
-    write_text(out / "comparison.md", "\n".join(lines) + "\n")
-    write_json(out / "measure.json", {"device": device, "clock": args.clock, "rounds": args.rounds,
-                                      "reference_ms": reference_ms, "targets_ms": targets, "files": per_file,
-                                      "comparisons": comparisons, "sweep": sweep})
-    log(f"    -> {out / 'measure.json'}, {out / 'comparison.md'}, {out / 'comparison.png'}")
-
-
-def report_comparisons(comparisons: dict, reference: str, reference_ms: float) -> list[str]:
-    """Print each target's per-seed picks and verdict; return the markdown table."""
-    lines = [f"Reference: {reference}, measured {reference_ms:.3f} ms.", "",
-             "| target | ms | best dynamic (test, mean ± std) | best dense (test, mean ± std) | dynamic - dense "
-             "(points) | dynamic wins |", "|---|---|---|---|---|---|"]
-    for name, c in comparisons.items():
-        log(f"    target {name} = {c['target_ms']:.3f} ms (measured):")
-        for row in c["per_seed"]:
-            shown = [f"{f} {row[f]['name'].removeprefix(f + ' ')} {row[f]['measured_ms']:.3f} ms val "
-                     f"{row[f]['val_accuracy']:.4f} test {row[f]['test_accuracy']:.4f}" if row[f] else f"no {f} model"
-                     for f in ("dynamic", "dense")]
-            log(f"      seed {row['seed']}: " + " | ".join(shown))
-        n = c["seeds_compared"]
-        log(f"      over {n} seed(s): dynamic {c['dynamic_test_mean']:.4f} ± {c['dynamic_test_std']:.4f}, dense "
-            f"{c['dense_test_mean']:.4f} ± {c['dense_test_std']:.4f}: dynamic {100 * c['difference_mean']:+.2f} ± "
-            f"{100 * c['difference_std']:.2f} points, wins {c['dynamic_wins']} of {n}")
-        lines.append(f"| {name} | {c['target_ms']:.3f} | {c['dynamic_test_mean']:.4f} ± {c['dynamic_test_std']:.4f} "
-                     f"| {c['dense_test_mean']:.4f} ± {c['dense_test_std']:.4f} | {100 * c['difference_mean']:+.2f} ± "
-                     f"{100 * c['difference_std']:.2f} | {c['dynamic_wins']} of {n} |")
-    return lines
-
-
-def report_sweep(sweep: list[dict], per_file: dict) -> list[dict]:
-    """The keep-ratio sweep: measured and predicted ms, speed-up, where the latency goes."""
-    rows = [{**s, **{k: per_file[s["file"]][k] for k in ("measured_ms", "predicted_ms", "breakdown")}} for s in sweep]
-    full = rows[0]["measured_ms"]
-    log("    keep-ratio sweep (every stage; MoE capacity factor held): keep, tokens per block, measured / predicted "
-        "ms, speed-up, val accuracy, predicted ms by part")
-    for r in rows:
-        parts = ", ".join(f"{k} {v:.3f}" for k, v in r["breakdown"].items() if v)
-        log(f"      {r['keep_ratio']:4.2f} {' '.join(map(str, r['tokens_per_block'])):26s} {r['measured_ms']:6.3f} / "
-            f"{r['predicted_ms']:6.3f} {full / r['measured_ms']:5.2f}x {r['val_accuracy']:.4f}  [{parts}]")
-    measured = [r["measured_ms"] for r in rows]
-    log("    measured latency falls monotonically with the keep ratio: "
-        + ("yes" if all(b < a for a, b in zip(measured, measured[1:])) else "no"))
-    return rows
 
 
 # ---- main ------------------------------------------------------------------------------------------------------
@@ -495,7 +373,7 @@ def main(argv=None) -> int:
     if phase in ("plan", "all"):
         plan_phase(args, base, dense, seeds)
     if phase in ("measure", "all"):
-        measure_phase(args, base)
+        measure_phase(args.out, args.rounds, args.clock)
     log(f"done ({phase}) in {time.perf_counter() - started:.0f} s")
     return 0
 

@@ -78,3 +78,16 @@ def front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
             out.append((ms, acc))
             best = acc
     return out
+
+
+def verdict_markdown(comparisons: dict[str, dict], reference: str, reference_ms: float) -> str:
+    """A markdown table of ``compare_at_target`` results keyed by target name: each family's test accuracy (mean ±
+    standard deviation over the seeds) and the difference in points."""
+    lines = [f"Reference: {reference}, measured {reference_ms:.3f} ms.", "",
+             "| target | ms | best dynamic (test) | best dense (test) | dynamic - dense (points) | dynamic wins |",
+             "|---|---|---|---|---|---|"]
+    for name, c in comparisons.items():
+        lines.append(f"| {name} | {c['target_ms']:.3f} | {c['dynamic_test_mean']:.4f} ± {c['dynamic_test_std']:.4f} "
+                     f"| {c['dense_test_mean']:.4f} ± {c['dense_test_std']:.4f} | {100 * c['difference_mean']:+.2f} ± "
+                     f"{100 * c['difference_std']:.2f} | {c['dynamic_wins']} of {c['seeds_compared']} |")
+    return "\n".join(lines) + "\n"
