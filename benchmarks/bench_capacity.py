@@ -1,328 +1,380 @@
-"""Claims of dynamic capacity: latency falls with the keep ratio, the chosen config's measured latency is within
-10% of its prediction, and the dynamic model's configs beat dense models shrunk to the same latency. Prints:
+"""Dynamic capacity against dense ViTs shrunk to the same measured latency (Fashion-MNIST by default).
 
-1. Measured ONNX Runtime latency against the keep ratio (the same ratio at every pruning stage, the MoE
-   capacity factor fixed): is it monotonic, and the speed-up at keep ratio 0.7 at three stages over no pruning.
-2. A capacity search for a target: the chosen config's measured latency against its prediction and the target.
-3. Accuracy-latency curves on real data: the dynamic model's configs (the Pareto front of a coarse grid of configs
-   and the search's, so that the curve spans every latency the checkpoint reaches) against dense models shrunk to
-   the same latency (fewer blocks or narrower), each trained with the same recipe; both curves are printed.
+The claim (DynamicViT, DiffMoE): a ViT that spends less compute on easy tokens (keep ratios) or sends tokens to
+fewer experts (MoE capacity) keeps more accuracy than a dense ViT shrunk to the same latency. The benchmark trains
+the once-for-all dynamic ViT of a vit_capacity space and dense ViTs shrunk in depth and width (the same recipe and
+epochs), finds the dynamic model's configs with the capacity search, and compares the two families at targets
+relative to the device (fractions of the measured latency of the full-size dense ViT), mean ± std over the seeds:
+at each target and seed, each family's candidate with the best validation accuracy at or under the target, scored
+on the test split (``nas.search.capacity.comparison``).
 
-Everything is cached under --out (rerun to resume), the device's latency table included
-(``<out>/tables/<device>/``, never the repository's ``latency_tables/``). Timings come from ONNX Runtime (1 thread,
-batch 1, the calling thread's CPU time by default); on a shared machine they are noisy, so models are timed in
-interleaved rounds and the median is reported.
+Phases (each resumable: everything is cached under --out):
+  setup    Fashion-MNIST from Debian's dataset-fashion-mnist (apt-get install when missing), all 70,000 images as
+           <out>/fashion_mnist_70k.npz (60/20/20 train/val/test split by seed).
+  train    per seed, the dynamic ViT and the dense baselines: accuracy only, so load slows it but does not spoil
+           it; --jobs trainings run in parallel with --threads torch threads each (run it under nice).
+  plan     inference only: the device's token-count table (profiled here under whatever load: it only ranks
+           configs), per seed the capacity search at each target and a grid of configs, their Pareto front by
+           validation accuracy and predicted latency, test accuracies, diagnostics (learned vs random token
+           selection, gates vs capacity predictor), one ONNX file per distinct graph; writes <out>/plan.json.
+  measure  latency only, for a quiet machine (--measure-only reruns just this): a fresh token-count table and
+           correction, then ONE interleaved timing pass of every ONNX file; each file run in a plain ONNX Runtime
+           session against the torch outputs, measured vs predicted (±10%), the comparison at each target, the
+           keep-ratio sweep, the latency breakdown; comparison.png, comparison.md, <out>/measure.json.
 
-    .venv/bin/python benchmarks/bench_capacity.py [--epochs N] [--trials 20] [--clock cpu|wall]
-        [--checkpoint results/RUN/model.pt]   # reuse a `hwnas train-dynamic` checkpoint instead of training
-        [--dataset npz:results/cluttered_digits.npz --tables-dir results/bench-capacity/tables]
+    nice -n 10 .venv/bin/python benchmarks/bench_capacity.py --seeds 0,1,2 --jobs 2 --threads 1   # all phases
+    .venv/bin/python benchmarks/bench_capacity.py --seeds 0,1,2 --measure-only                    # quiet machine
+    .venv/bin/python benchmarks/bench_capacity.py --dataset digits --space PATH.yaml --dense 2x32 --reference 3x32 \\
+        --epochs 2 --out results/bench-capacity-smoke                                             # a smoke run
 
-On plain digits a two-block dense transformer is already at ~99% test accuracy, so the dense curve is flat and
-no config of a deeper model can lie above it; benchmarks/make_cluttered_digits.py writes a harder dataset from the
-same real digits (one digit on a 24 px canvas with clutter), where most tokens are background;
-benchmarks/make_fashion_mnist.py writes a Fashion-MNIST subset from local IDX files (nothing is downloaded).
+Training runs through the engine (--accelerator cuda --precision bf16 on a GPU machine). Timings are ONNX Runtime,
+batch 1, one thread, the calling thread's CPU time by default (--clock).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
 
-import harness  # first: the repository on the import path
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from nas.files import write_json
-from nas.latency.device import Device
-from nas.latency.model import LatencyModel
-from nas.latency.table import LatencyTable
 from nas.run import RunDir
 from nas.search.blackbox.pareto import pareto_mask
 from nas.search.capacity.checkpoint import load_dynamic_vit, save_dynamic_vit
-from nas.search.capacity.config import CapacityConfig, capacity_factor_plan
-from nas.search.capacity.evaluate import CapacityEvaluator, calibration_images
-from nas.search.capacity.export import export_plan, interleaved_ms
+from nas.search.capacity.config import CapacityConfig, StaticPlan, capacity_factor_plan
+from nas.search.capacity.diagnostics import SELECTIONS, expert_choice_overlap, selection_accuracy
+from nas.search.capacity.evaluate import CapacityEvaluator
+from nas.search.capacity.export import export_plan
 from nas.search.capacity.latency import predict_plan
-from nas.search.capacity.planning import plan_for_config
-from nas.search.capacity.plots import plot_curves
 from nas.search.capacity.search import CapacityProblem
-from nas.search.capacity.space import dense_variant
+from nas.search.capacity.space import CapacitySpace, dense_variant
 from nas.search.capacity.strategy import CapacityJob, CapacityStrategy, PreparedCapacity
 from nas.search.capacity.task import load_capacity_data
 from nas.search.capacity.training import plan_accuracy, train_dynamic
-from nas.search.capacity.vit import ConfiguredViT, DynamicViT
+from nas.search.capacity.vit import DynamicViT
+from nas.train.engine import engine_for
+
+from bench_capacity_measure import log, measure_phase, profile_table  # benchmarks/ is this script's import path
+
+PLAIN_ORT_IMAGES = 8  # test images each ONNX file is run on in a plain ONNX Runtime session
 
 
-def log(msg: str) -> None:
-    print(msg, flush=True)
+# ---- the models ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Trained:
+    """One model the benchmark trains: the dynamic ViT (depth 0) or a dense one of ``depth`` blocks, ``dim`` wide."""
+
+    seed: int
+    depth: int = 0
+    dim: int = 0
+
+    @property
+    def dynamic(self) -> bool:
+        return self.depth == 0
+
+    @property
+    def name(self) -> str:
+        return "dynamic" if self.dynamic else f"dense d{self.depth} w{self.dim}"
+
+    def folder(self, out: Path) -> Path:
+        return out / f"seed{self.seed}" / ("dynamic" if self.dynamic else f"dense-d{self.depth}-w{self.dim}")
+
+    def space(self, base: CapacitySpace) -> CapacitySpace:
+        if self.dynamic:
+            return base
+        heads = base.spec.heads if self.dim % base.spec.heads == 0 else 1
+        return dense_variant(base, depth=self.depth, dim=self.dim, heads=heads)
 
 
-def check_cache(folder: Path, settings: dict) -> None:
-    """A cached model must have been trained with the same settings; otherwise ask for another --out."""
+def parse_dense(text: str) -> list[tuple[int, int]]:
+    try:
+        return [tuple(int(v) for v in spec.lower().split("x")) for spec in text.split(",") if spec.strip()]
+    except ValueError:
+        raise SystemExit(f"--dense / --reference: {text!r} is not a list of DEPTHxDIM") from None
+
+
+def settings(space: CapacitySpace, recipe, args) -> dict:
+    """What a cached model must have been trained with."""
+    return {"space": space.fingerprint(), "recipe": recipe.model_dump(), "shift": args["shift"],
+            "dataset": args["dataset"], "precision": args["precision"],
+            "dynamic_training": space.spec.dynamic_training.model_dump()}
+
+
+def check_cache(folder: Path, wanted: dict) -> None:
     stored = folder / "settings.json"
-    if stored.is_file() and json.loads(stored.read_text()) != json.loads(json.dumps(settings)):
+    if stored.is_file() and json.loads(stored.read_text()) != json.loads(json.dumps(wanted)):
         raise SystemExit(f"{folder} holds a model trained with other settings; use another --out")
-    write_json(stored, settings)
+    write_json(stored, wanted)
 
 
-def train_and_save(space, data, recipe, folder: Path, shift: int) -> DynamicViT:
-    """Train once-for-all (resumable from folder/train_state.pt) and write folder/model.pt + sidecar."""
-    check_cache(folder, {"space": space.fingerprint(), "recipe": recipe.model_dump(), "shift": shift,
-                         "dynamic_training": space.spec.dynamic_training.model_dump()})
-    torch.manual_seed(recipe.seed)
-    model = DynamicViT(space)
-    t0 = time.perf_counter()
-    result = train_dynamic(model, data, recipe, shift_pixels=shift, checkpoint=folder / "train_state.pt",
-                           on_epoch=lambda e, r: log(f"    epoch {e}/{recipe.epochs} loss {r['train_loss']:.3f} "
-                                                     f"val (full) {r['val_accuracy_full']:.3f}") if e % 5 == 0 else None)
+def train_one(job: dict) -> dict:
+    """Train one model (in a worker process); resumable from its folder's train_state.pt."""
+    torch.set_num_threads(job["threads"])
+    which = Trained(**job["model"])
+    data, base = load_capacity_data(job["space"], job["dataset"], which.seed)
+    space = which.space(base)
+    recipe = base.recipe().model_copy(update={"seed": which.seed, **({"epochs": job["epochs"]} if job["epochs"] else {})})
+    folder = which.folder(Path(job["out"]))
+    folder.mkdir(parents=True, exist_ok=True)
+    check_cache(folder, settings(space, recipe, job))
+    if (folder / "model.pt").is_file():
+        return {"name": which.name, "seed": which.seed, "cached": True}
+    engine = engine_for(job["accelerator"], job["precision"], job["threads"])
+    torch.manual_seed(which.seed)
+    wall, cpu = time.perf_counter(), time.process_time()
+
+    def on_epoch(epoch: int, row: dict) -> None:
+        log(f"    seed {which.seed} {which.name}: epoch {epoch}/{recipe.epochs} loss {row['train_loss']:.3f} val "
+            f"{row['val_accuracy_full']:.4f} ({time.perf_counter() - wall:.0f} s, {time.process_time() - cpu:.0f} "
+            f"CPU s)")
+
+    result = train_dynamic(DynamicViT(space), data, recipe, engine=engine, shift_pixels=job["shift"],
+                           checkpoint=folder / "train_state.pt", on_epoch=on_epoch)
     pd.DataFrame(result.history).to_csv(folder / "train_history.csv", index=False)
-    save_dynamic_vit(result.model, folder / "model.pt", {"train_seconds": time.perf_counter() - t0})
-    return result.model
+    seconds = {"train_seconds": time.perf_counter() - wall, "train_cpu_seconds": time.process_time() - cpu}
+    save_dynamic_vit(result.model, folder / "model.pt", {"dataset": job["dataset"], "seed": which.seed,
+                                                         "epochs": recipe.epochs, "training": engine.record(),
+                                                         **seconds})
+    return {"name": which.name, "seed": which.seed, **seconds}
 
 
-def load_dense(space, folder: Path) -> DynamicViT | None:
-    weights = folder / "model.pt"
+def load_model(which: Trained, base: CapacitySpace, out: Path) -> DynamicViT:
+    weights = which.folder(out) / "model.pt"
     if not weights.is_file():
-        return None
-    model = DynamicViT(space)
+        raise SystemExit(f"{weights} is missing: run the train phase first")
+    if which.dynamic:
+        model, _ = load_dynamic_vit(weights, base.path, in_channels=base.in_channels, classes=base.classes)
+        return model
+    model = DynamicViT(which.space(base))
     model.load_state_dict(torch.load(weights, weights_only=True))
     return model.eval()
 
 
-def macs(model: DynamicViT, plan) -> int:
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        ConfiguredViT(model, plan)(torch.zeros(1, *model.input_shape))
-    return counter.get_total_flops() // 2
+def train_phase(args, models: list[Trained]) -> None:
+    job = {k: getattr(args, k) for k in ("space", "dataset", "epochs", "shift", "threads", "precision",
+                                         "accelerator")} | {"out": str(args.out)}
+    jobs = [job | {"model": vars(m)} for m in models]
+    log(f"[train] {len(jobs)} models, {args.jobs} at a time, {args.threads} thread(s) each, precision {args.precision}")
+    if args.jobs == 1:
+        done = [train_one(j) for j in jobs]
+    else:
+        with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+            done = list(pool.map(train_one, jobs))
+    for d in done:
+        if not d.get("cached"):
+            log(f"    seed {d['seed']} {d['name']}: trained in {d['train_seconds']:.0f} s "
+                f"({d['train_cpu_seconds']:.0f} CPU s)")
 
 
-def interleaved(paths: dict[str, Path], manifest, rounds: int) -> dict[str, dict]:
-    """Median over interleaved rounds (nas.search.capacity.export.interleaved_ms), keyed ``ms``."""
-    return {n: {"ms": r["measured_ms"], "min_ms": r["measured_min_ms"], "max_ms": r["measured_max_ms"]}
-            for n, r in interleaved_ms(paths, manifest, rounds).items()}
+# ---- plan: configs, accuracies, ONNX files (inference only) --------------------------------------------------
+class OnnxFiles:
+    """One ONNX file per distinct graph (space and plan; latency does not depend on the weights), named by a hash of
+    both, written with the weights of the first model that needed it, with its outputs on a few test images."""
+
+    def __init__(self, folder: Path, images: torch.Tensor):
+        self.folder, self.images = folder, images
+        self.folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / "check_images.npy", images.numpy())
+        self.entries: dict[str, dict] = {}
+
+    def add(self, model: DynamicViT, plan: StaticPlan, which: Trained) -> str:
+        key = json.dumps({"space": model.space.fingerprint(), **plan.to_dict()}, sort_keys=True)
+        name = "m" + hashlib.sha1(key.encode()).hexdigest()[:10]
+        if name not in self.entries:
+            path = self.folder / f"{name}.onnx"
+            if not path.is_file():
+                export_plan(model, plan, path)
+            with torch.no_grad():
+                expected = model.eval()(self.images, plan).tolist()
+            self.entries[name] = {"file": name, "path": str(path), "depth": which.depth, "dim": which.dim,
+                                  "heads": model.space.spec.heads, "plan": plan.to_dict(), "expected": expected}
+        return name
 
 
+def search_targets(args, seed: int, evaluator: CapacityEvaluator, device: str, tables: Path,
+                   reference_ms: float) -> list[dict]:
+    """The capacity search (``hwnas search capacity``) at each relative target; its configs join the evaluator's
+    cache. Returns each search's winner."""
+    problem = CapacityProblem(evaluator)
+    _, cheapest_ms = problem.cheapest()
+    winners = []
+    weights = Trained(seed).folder(args.out) / "model.pt"
+    for frac in args.targets:
+        target = round(frac * reference_ms, 4)
+        if target < cheapest_ms:
+            log(f"    seed {seed}: no search at {frac:g}x ({target} ms): below the cheapest config ({cheapest_ms:.3f} ms)")
+            continue
+        job = CapacityJob(args.space, str(weights), device, target, args.dataset, args.trials, seed, measure=False,
+                          allow_fallback=False, tables_dir=str(tables))
+        prepared = PreparedCapacity(job, problem, seed)
+        run = RunDir(args.out / f"seed{seed}" / f"search-{frac:g}x", prepared.run_config())
+        report = CapacityStrategy(job).run(prepared, run)
+        chosen = report["capacity"]
+        winners.append({"target_fraction": frac, "target_ms": target, "config": chosen["config"],
+                        "val_accuracy": chosen["val_accuracy"], "test_accuracy": report["accuracy"],
+                        "predicted_ms": report["predicted_ms"], "measured_ms_loaded": report["measured_ms"]})
+        log(f"    seed {seed}: search at {frac:g}x ({target} ms predicted): {CapacityConfig.from_dict(chosen['config']).label()}"
+            f" val {chosen['val_accuracy']:.4f} test {report['accuracy']:.4f}")
+    return winners
+
+
+def diagnose(model: DynamicViT, data, front: list[dict], evaluator: CapacityEvaluator) -> dict:
+    """Figures on what the dynamic model learned: learned vs random vs class-attention token selection, accuracy
+    against the MoE
+    capacity factor, and how often the capacity predictor's token ranking agrees with the gates'."""
+    space = model.space
+    stages = len(space.stages)
+    selection = []
+    for rho in (0.8, 0.6, 0.4):
+        plan = capacity_factor_plan(space, [rho] * stages, 1.0)
+        selection.append({"keep_ratio": rho, "kept_patches": list(plan.kept_patches),
+                          **{how: selection_accuracy(model, plan, data.val, how) for how in SELECTIONS}})
+    capacity = [{"capacity_factor": cf, "val_accuracy": plan_accuracy(
+        model, capacity_factor_plan(space, [1.0] * stages, cf), data.val)} for cf in (0.25, 1.0, 2.0)]
+    overlap = []
+    for r in front:
+        plan, _ = evaluator.plan(CapacityConfig(tuple(r["keep_ratios"]), r["threshold"]))
+        overlap.append({"config": r["config"], "expert_tokens": list(plan.expert_tokens),
+                        "predictor_gate_overlap": expert_choice_overlap(model, evaluator.x_calib, plan.kept_patches,
+                                                                        plan.expert_tokens)})
+    return {"selection": selection, "capacity": capacity, "overlap": overlap}
+
+
+def plan_phase(args, base: CapacitySpace, dense: list[tuple[int, int]], seeds: list[int]) -> None:
+    out, device, tables = args.out, "bench-capacity-plan", args.out / "tables"
+    log("[plan] token-count table (load is tolerable: it only ranks configs; the measure phase profiles afresh)")
+    dense_spaces = [Trained(seeds[0], d, w).space(base) for d, w in dense]
+    lm = profile_table(device, tables, [base, *dense_spaces], args.clock, calibrate=False)
+    reference = Trained(seeds[0], *args.reference)
+    reference_ms = predict_plan(lm, reference.space(base), capacity_factor_plan(reference.space(base), [], 1.0)).ms
+    data0, _ = load_capacity_data(args.space, args.dataset, seeds[0])
+    files = OnnxFiles(out / "onnx", data0.test.first(PLAIN_ORT_IMAGES))
+    candidates, searches, diagnostics = [], {}, {}
+    grid = [CapacityConfig(tuple([rho] * len(base.stages)), thr)
+            for rho, thr in itertools.product(args.grid_keep, args.grid_thresholds)]
+    for seed in seeds:
+        cached = out / f"seed{seed}" / "plan.json"  # a seed's figures, so that an interrupted phase resumes
+        if cached.is_file():
+            done = json.loads(cached.read_text())
+            candidates += done["candidates"]
+            searches[seed], diagnostics[seed] = done["searches"], done["diagnostics"]
+            files.entries |= done["files"]
+            log(f"    seed {seed}: planned before ({cached})")
+            continue
+        first = len(candidates)
+        data, _ = load_capacity_data(args.space, args.dataset, seed)
+        model = load_model(Trained(seed), base, out)
+        evaluator = CapacityEvaluator(model, data, lm, measure=False)
+        searches[seed] = search_targets(args, seed, evaluator, device, tables, reference_ms)
+        for config in grid:
+            evaluator.evaluate(config)
+        rows = list(evaluator.cache.values())
+        keep = pareto_mask(np.array([r["val_accuracy"] for r in rows]), np.array([[r["predicted_ms"]] for r in rows]))
+        front = sorted((r for r, k in zip(rows, keep) if k), key=lambda r: r["predicted_ms"])
+        log(f"    seed {seed}: {len(rows)} dynamic configs evaluated, {len(front)} on the Pareto front")
+        for r in front:
+            plan, _ = evaluator.plan(CapacityConfig(tuple(r["keep_ratios"]), r["threshold"]))
+            candidates.append({"family": "dynamic", "seed": seed, "name": f"dynamic {r['config']}",
+                               "val_accuracy": r["val_accuracy"], "test_accuracy": plan_accuracy(model, plan, data.test),
+                               "file": files.add(model, plan, Trained(seed))})
+        for depth, dim in dense:
+            which = Trained(seed, depth, dim)
+            dmodel = load_model(which, base, out)
+            plan = capacity_factor_plan(dmodel.space, [], 1.0)
+            candidates.append({"family": "dense", "seed": seed, "name": which.name,
+                               "val_accuracy": plan_accuracy(dmodel, plan, data.val),
+                               "test_accuracy": plan_accuracy(dmodel, plan, data.test),
+                               "file": files.add(dmodel, plan, which)})
+        diagnostics[seed] = diagnose(model, data, front, evaluator)
+        shown = "; ".join(f"keep {s['keep_ratio']:g}: " + ", ".join(f"{how} {s[how]:.4f}" for how in SELECTIONS)
+                          for s in diagnostics[seed]["selection"])
+        log(f"    seed {seed}: token selection (val) {shown}")
+        mine = candidates[first:]
+        write_json(cached, {"candidates": mine, "searches": searches[seed], "diagnostics": diagnostics[seed],
+                            "files": {c["file"]: files.entries[c["file"]] for c in mine}})
+    # the keep-ratio sweep (the same ratio at every stage, the MoE capacity factor held): latency against tokens
+    model = load_model(Trained(seeds[0]), base, out)
+    sweep = []
+    for rho in base.spec.pruning.keep_ratio_options:
+        plan = capacity_factor_plan(base, [rho] * len(base.stages), args.sweep_capacity)
+        sweep.append({"keep_ratio": rho, "tokens_per_block": base.block_tokens(list(plan.kept_patches)),
+                      "expert_tokens": list(plan.expert_tokens), "val_accuracy": plan_accuracy(model, plan, data0.val),
+                      "file": files.add(model, plan, Trained(seeds[0]))})
+    write_json(out / "plan.json", {"space": args.space, "space_args": base.space_args(), "dataset": args.dataset,
+                                   "seeds": seeds,
+                                   "reference": reference.name, "reference_file": next(
+                                       c["file"] for c in candidates if c["name"] == reference.name),
+                                   "targets": args.targets, "candidates": candidates, "searches": searches,
+                                   "diagnostics": diagnostics, "sweep": sweep,
+                                   "files": list(files.entries.values())})
+    log(f"    {len(files.entries)} ONNX files for {len(candidates)} candidates -> {out / 'plan.json'}")
+
+
+# ---- main ------------------------------------------------------------------------------------------------------
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--space", default="vit_capacity")
-    ap.add_argument("--dataset", default="digits")
-    ap.add_argument("--device", default=None, help="device id (default: bench-capacity-<clock>)")
-    ap.add_argument("--tables-dir", default=None, help="latency tables base folder (default: <out>/tables)")
-    ap.add_argument("--out", default="results/bench-capacity")
-    ap.add_argument("--checkpoint", default=None, help="a `hwnas train-dynamic` model.pt to use instead of training")
-    ap.add_argument("--epochs", type=int, default=40, help="training epochs of the dynamic and dense models "
-                                                          "(0: the space recipe's)")
-    ap.add_argument("--trials", type=int, default=20)
-    ap.add_argument("--target-ms", type=float, default=None, help="search target (default: 85%% of the full "
-                                                                   "config's predicted latency)")
-    ap.add_argument("--clock", default="cpu", choices=("wall", "cpu"))
-    ap.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds per model")
-    ap.add_argument("--dense", default="2x64,3x64,4x64,6x32",
-                    help="dense baselines as DEPTHxDIM, comma-separated")
-    ap.add_argument("--grid-keep", default="1,0.8,0.6,0.4",
-                    help="keep ratios per stage of the grid that spans the dynamic curve")
-    ap.add_argument("--grid-thresholds", default="0.1,0.5", help="MoE thresholds of that grid")
-    ap.add_argument("--shift", type=int, default=2)
+    ap.add_argument("--space", default="vit_capacity_fashion", help="vit_capacity space name or YAML")
+    ap.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist (installed by the setup phase), "
+                                                             "digits or npz:PATH")
+    ap.add_argument("--out", type=Path, default=Path("results/bench-capacity"))
+    ap.add_argument("--seeds", default="0", help="comma-separated data split and training seeds")
+    ap.add_argument("--epochs", type=int, default=0, help="epochs of every model (0: the space recipe's)")
+    ap.add_argument("--dense", default="2x64,3x64,4x64,5x64,6x48,6x40",
+                    help="dense baselines as DEPTHxDIM, comma-separated (the reference is added)")
+    ap.add_argument("--reference", default="6x64", help="the full-size dense ViT (DEPTHxDIM) targets are relative to")
+    ap.add_argument("--targets", default="0.75,0.9", help="latency targets as fractions of the reference's")
+    ap.add_argument("--trials", type=int, default=12, help="capacity search trials per target and seed")
+    ap.add_argument("--grid-keep", default="1,0.9,0.8,0.7,0.6,0.5,0.4", help="keep ratios (every stage) of the grid")
+    ap.add_argument("--grid-thresholds", default="0.1,0.4,0.7", help="MoE thresholds of the grid")
     ap.add_argument("--sweep-capacity", type=float, default=1.0, help="MoE capacity factor held in the keep sweep")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--shift", type=int, default=2, help="random-shift augmentation in pixels")
+    ap.add_argument("--jobs", type=int, default=1, help="trainings run in parallel")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per training")
+    ap.add_argument("--accelerator", default="cpu", help="cpu | cuda | auto")
+    ap.add_argument("--precision", default="bf16", help="32 | bf16 | 16-mixed (training)")
+    ap.add_argument("--clock", default="cpu", choices=("wall", "cpu"))
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds of the measure pass")
+    ap.add_argument("--phase", default="all", choices=("setup", "train", "plan", "measure", "all"))
+    ap.add_argument("--measure-only", action="store_true", help="only the measure phase (same as --phase measure)")
     args = ap.parse_args(argv)
+    phase = "measure" if args.measure_only else args.phase
+    args.out.mkdir(parents=True, exist_ok=True)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    args.targets = [float(t) for t in args.targets.split(",")]
+    args.grid_keep = [float(v) for v in args.grid_keep.split(",")]
+    args.grid_thresholds = [float(v) for v in args.grid_thresholds.split(",")]
+    args.reference = parse_dense(args.reference)[0]
+    dense = list(dict.fromkeys([*parse_dense(args.dense), args.reference]))
     torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    args.tables_dir = args.tables_dir or str(out / "tables")
-    device = args.device or f"bench-capacity-{args.clock}"
+    if args.dataset == "fashion-mnist":
+        from make_fashion_mnist import all_images_npz  # benchmarks/ is this script's import path
+
+        args.dataset = f"npz:{all_images_npz(args.out)}"
+    if phase == "setup":
+        return 0
+    _, base = load_capacity_data(args.space, args.dataset, seeds[0])
+    args.space = base.path  # a built-in name resolved to its YAML, as the sidecars record it
+    log(f"space {base.name}: {base.tokens} tokens, dim {base.spec.dim}, depth {base.spec.depth}, pruning before "
+        f"blocks {base.stages}, MoE blocks {base.moe_blocks}; dataset {args.dataset}; seeds {seeds}")
     started = time.perf_counter()
-    log("NOTE: timings are ONNX Runtime batch-1, 1 thread; other jobs share this CPU, so they are noisy "
-        "(interleaved rounds, median reported). Rerun on a quiet machine for final figures.")
-
-    data, space = load_capacity_data(args.space, args.dataset, args.seed)
-    recipe = space.recipe().model_copy(update={"seed": args.seed, **({"epochs": args.epochs} if args.epochs else {})})
-    log(f"space {space.name}: {space.tokens} tokens, dim {space.spec.dim}, depth {space.spec.depth}, "
-        f"stages before blocks {space.stages}, MoE blocks {space.moe_blocks}; data {data.sizes()}")
-
-    # ---- 1. the dynamic model, trained once -------------------------------------------------------------------
-    (out / "dynamic").mkdir(exist_ok=True)
-    weights = out / "dynamic" / "model.pt"
-    if args.checkpoint:
-        log(f"[1/5] once-for-all checkpoint {args.checkpoint} (trained by `hwnas train-dynamic`)")
-        model, meta = load_dynamic_vit(args.checkpoint, args.space, in_channels=space.in_channels,
-                                       classes=space.classes)
-        if meta.get("epochs"):
-            recipe = recipe.model_copy(update={"epochs": int(meta["epochs"])})  # dense baselines get the same
-    elif weights.is_file():
-        log(f"[1/5] once-for-all training ({recipe.epochs} epochs): cached in {out / 'dynamic'}")
-        check_cache(out / "dynamic", {"space": space.fingerprint(), "recipe": recipe.model_dump(), "shift": args.shift,
-                                      "dynamic_training": space.spec.dynamic_training.model_dump()})
-        model, _ = load_dynamic_vit(weights, args.space, in_channels=space.in_channels, classes=space.classes)
-    else:
-        log(f"[1/5] once-for-all training ({recipe.epochs} epochs) -> {out / 'dynamic'}")
-        model = train_and_save(space, data, recipe, out / "dynamic", args.shift)
-    model.eval()
-
-    # ---- 2. token-count latency tables ------------------------------------------------------------------------
-    log(f"[2/5] profiling the token-count units of {space.name} into device {device!r} (clock {args.clock})")
-    t0 = time.perf_counter()
-    counts, corr = harness.profile_table(Device(clock=args.clock, device_id=device), space,
-                                         tables_dir=args.tables_dir, calibration=12)
-    log(f"    measured {counts['measured']} units (had {counts['skipped']}) in {time.perf_counter() - t0:.0f} s; "
-        f"correction on {corr.fitted_on} models: base {corr.base_ms:.3f} ms, scale {corr.scale:.3f}, per unit "
-        f"{corr.per_block_ms * 1000:+.1f} us; MAPE {corr.fit_mape or 0:.1f}% (uncorrected {corr.raw_mape or 0:.1f}%)")
-    lm = LatencyModel.load(device, args.tables_dir, allow_fallback=False)
-    manifest = LatencyTable.open(device, args.tables_dir).manifest
-    x_calib = calibration_images(data)
-
-    # ---- 3. latency against keep ratio ------------------------------------------------------------------------
-    thresholds = space.spec.moe.threshold_options
-    ratios = space.spec.pruning.keep_ratio_options
-    # The MoE capacity is held at a fixed capacity factor (each expert takes factor * tokens / experts), so the
-    # sweep isolates token pruning; a fixed threshold would let the calibrated capacity move with the ratio.
-    log(f"[3/5] keep-ratio sweep at {len(space.stages)} stages, MoE capacity factor {args.sweep_capacity:g}")
-    sweep_dir = out / "sweep"
-    sweep_dir.mkdir(exist_ok=True)
-    sweep = []
-    paths = {}
-    for rho in ratios:
-        plan = capacity_factor_plan(space, [rho] * len(space.stages), args.sweep_capacity)
-        paths[f"{rho:g}"] = export_plan(model, plan, sweep_dir / f"keep{rho:g}.onnx")
-        sweep.append({"keep_ratio": rho, "tokens_per_block": space.block_tokens(list(plan.kept_patches)),
-                      "expert_tokens": list(plan.expert_tokens), "macs": macs(model, plan),
-                      "predicted_ms": predict_plan(lm, space, plan).ms,
-                      "val_accuracy": plan_accuracy(model, plan, data.val)})
-    timed = interleaved(paths, manifest, args.rounds)
-    for row in sweep:
-        t = timed[f"{row['keep_ratio']:g}"]
-        row |= {"measured_ms": t["ms"], "measured_best_round_ms": t["min_ms"], "measured_worst_round_ms": t["max_ms"]}
-    full = sweep[0]
-    log(f"    {'keep':>5s} {'tokens per block':26s} {'experts':>7s} {'MMACs':>6s} {'pred ms':>8s} {'meas ms (median / best round)':>30s} "
-        f"{'speed-up':>15s} {'val acc':>7s}")
-    for row in sweep:
-        log(f"    {row['keep_ratio']:5.2f} {' '.join(map(str, row['tokens_per_block'])):26s} "
-            f"{' '.join(map(str, row['expert_tokens'])):>7s} {row['macs'] / 1e6:6.2f} "
-            f"{row['predicted_ms']:8.3f} {row['measured_ms']:20.3f} / {row['measured_best_round_ms']:.3f} "
-            f"{full['measured_ms'] / row['measured_ms']:7.2f}x / {full['measured_best_round_ms'] / row['measured_best_round_ms']:.2f}x "
-            f"{row['val_accuracy']:7.3f}")
-    monotonic = {}
-    for col in ("measured_ms", "measured_best_round_ms", "predicted_ms"):
-        values = [r[col] for r in sweep]
-        monotonic[col] = all(b < a for a, b in zip(values, values[1:]))
-        first_bad = next((sweep[i + 1]["keep_ratio"] for i, (a, b) in enumerate(zip(values, values[1:])) if b >= a), None)
-        log(f"    {col} falls monotonically as the keep ratio falls: " +
-            ("YES" if monotonic[col] else f"NO (first rise at keep {first_bad:g})"))
-    at07 = next((r for r in sweep if abs(r["keep_ratio"] - 0.7) < 1e-9), None)
-    if at07:
-        log(f"    keep 0.7 at {len(space.stages)} stages vs no pruning: measured speed-up "
-            f"{full['measured_ms'] / at07['measured_ms']:.2f}x median ({full['measured_ms']:.3f} -> {at07['measured_ms']:.3f} ms), "
-            f"{full['measured_best_round_ms'] / at07['measured_best_round_ms']:.2f}x best round; predicted "
-            f"{full['predicted_ms'] / at07['predicted_ms']:.2f}x; MACs -{1 - at07['macs'] / full['macs']:.0%}; "
-            f"val accuracy {full['val_accuracy']:.3f} -> {at07['val_accuracy']:.3f}")
-
-    # ---- 4. search for a target -------------------------------------------------------------------------------
-    evaluator = CapacityEvaluator(model, data, lm, measure=True)
-    full_ms = evaluator.predicted_ms(CapacityConfig(tuple([1.0] * len(space.stages)), thresholds[0]))
-    target = args.target_ms or round(0.85 * full_ms, 3)
-    log(f"[4/5] capacity search: target {target} ms ({args.trials} trials; full config predicted {full_ms:.3f} ms)")
-    run = RunDir(out / f"search-{device}", {"space": space.fingerprint(), "device": device, "target_ms": target,
-                                  "trials": args.trials, "seed": args.seed, "epochs": recipe.epochs,
-                                  "checkpoint": str(args.checkpoint or weights)})
-    job = CapacityJob(space=space.name, checkpoint=str(args.checkpoint or weights), device=device, target_ms=target,
-                      trials=args.trials, seed=args.seed)
-    report = CapacityStrategy(job).run(PreparedCapacity(job, CapacityProblem(evaluator), args.seed), run)
-    rows = list(evaluator.cache.values())  # every config the search evaluated
-    chosen = report["capacity"]
-    err_pred = report["prediction_error_pct"] / 100
-    log(f"    chosen keep {chosen['config']['keep_ratios']} threshold {chosen['config']['threshold']}: val "
-        f"{chosen['val_accuracy']:.3f}, test {report['accuracy']:.3f}, onnx max abs diff {report['onnx_max_abs_diff']:.1e}")
-    log(f"    predicted {report['predicted_ms']:.3f} ms, measured {report['measured_ms']:.3f} ms ({err_pred:+.1%} vs "
-        f"predicted: {'within' if abs(err_pred) <= 0.1 else 'OUTSIDE'} +-10%), target {target} ms "
-        f"({chosen['measured_vs_target_pct']:+.1f}%: {'meets' if report['within_target'] else 'MISSES'} "
-        f"'under or within +-10%')")
-    errors = [r["measured_ms"] / r["predicted_ms"] - 1 for r in rows]
-    log(f"    over all {len(rows)} configs tried: {np.mean(np.abs(errors)) * 100:.1f}% mean |measured/predicted - 1|, "
-        f"{np.mean(np.abs(errors) <= 0.1) * 100:.0f}% within +-10%")
-
-    # ---- 5. accuracy-latency curves: dynamic configs vs dense models ------------------------------------------
-    log(f"[5/5] dense baselines ({args.dense}), same recipe and epochs")
-    dense_models = {}
-    for spec in args.dense.split(","):
-        depth, dim = (int(v) for v in spec.lower().split("x"))
-        heads = space.spec.heads if dim % space.spec.heads == 0 else 1
-        dspace = dense_variant(space, depth=depth, dim=dim, heads=heads)
-        folder = out / "dense" / f"d{depth}w{dim}"
-        folder.mkdir(parents=True, exist_ok=True)
-        dmodel = load_dense(dspace, folder)
-        if dmodel is not None:
-            check_cache(folder, {"space": dspace.fingerprint(), "recipe": recipe.model_dump(), "shift": args.shift,
-                                 "dynamic_training": dspace.spec.dynamic_training.model_dump()})
-        else:
-            log(f"    training dense depth {depth} dim {dim}")
-            dmodel = train_and_save(dspace, data, recipe, folder, args.shift)
-        dense_models[f"dense d{depth} w{dim}"] = dmodel.eval()
-    # The dynamic curve spans every latency the checkpoint reaches, not only the search's neighbourhood of the
-    # target: a coarse grid of configs (validation accuracy, predicted latency; inference only) joins the
-    # search's configs, and their Pareto front is exported, timed and scored on the test split.
-    grid_keep = [float(v) for v in args.grid_keep.split(",")]
-    grid_thresholds = [float(v) for v in args.grid_thresholds.split(",")]
-    grid = list(itertools.product(itertools.product(grid_keep, repeat=len(space.stages)), grid_thresholds))
-    log(f"    dynamic curve: {len(grid)} grid configs (keep {grid_keep} per stage, thresholds {grid_thresholds}) "
-        f"+ {len(rows)} search configs")
-    scorer = CapacityEvaluator(model, data, lm, measure=False)
-    candidates = rows + [scorer.evaluate(CapacityConfig(keep, thr)) for keep, thr in grid]
-    unique = list({r["config"]: r for r in candidates}.values())
-    front = [r for r, keep in zip(unique, pareto_mask(np.array([r["val_accuracy"] for r in unique]),
-                                                      np.array([[r["predicted_ms"]] for r in unique]))) if keep]
-    curve_dir = out / "curves"
-    curve_dir.mkdir(exist_ok=True)
-    paths, acc = {}, {}
-    for r in front:
-        config = CapacityConfig(tuple(r["keep_ratios"]), r["threshold"])
-        plan, _ = plan_for_config(model, config, x_calib)
-        name = f"dynamic {config.label()}"
-        paths[name] = export_plan(model, plan, curve_dir / f"dyn{len(paths)}.onnx")
-        acc[name] = plan_accuracy(model, plan, data.test)
-    for name, dmodel in dense_models.items():
-        plan, _ = plan_for_config(dmodel, CapacityConfig((), 0.5), x_calib)
-        paths[name] = export_plan(dmodel, plan, curve_dir / f"{name.replace(' ', '_')}.onnx")
-        acc[name] = plan_accuracy(dmodel, plan, data.test)
-    timed = interleaved(paths, manifest, args.rounds)
-    dyn_curve = sorted((timed[n]["ms"], acc[n], n) for n in paths if n.startswith("dynamic"))
-    dense_curve = sorted((timed[n]["ms"], acc[n], n) for n in paths if n.startswith("dense"))
-    best_round = {n: timed[n]["min_ms"] for n in paths}
-    log("    dynamic configs (Pareto front of grid + search by validation accuracy and predicted latency):")
-    for ms, a, n in dyn_curve:
-        log(f"      {ms:7.3f} ms (best round {best_round[n]:.3f})  test acc {a:.4f}  {n}")
-    log("    dense models:")
-    for ms, a, n in dense_curve:
-        log(f"      {ms:7.3f} ms (best round {best_round[n]:.3f})  test acc {a:.4f}  {n}")
-    wins = 0
-    comparisons = []
-    for ms, a, n in dense_curve:
-        best = max((da for dms, da, _ in dyn_curve if dms <= ms), default=None)
-        comparisons.append({"dense": n, "dense_ms": ms, "dense_accuracy": a, "best_dynamic_accuracy_at_or_under": best})
-        if best is not None and best > a:
-            wins += 1
-        shown = "no dynamic config this fast" if best is None else f"best dynamic {best:.4f} ({best - a:+.4f})"
-        log(f"      at {ms:.3f} ms: dense {a:.4f} vs {shown}")
-    log(f"    dynamic curve above dense at {wins} of {len(dense_curve)} dense latencies")
-    above = 0
-    for ms, a, n in dyn_curve:
-        best = max((da for dms, da, _ in dense_curve if dms <= ms), default=None)
-        above += best is None or a > best
-        shown = "no dense model this fast" if best is None else f"best dense {best:.4f} ({a - best:+.4f} for dynamic)"
-        log(f"      at {ms:.3f} ms: dynamic {a:.4f} vs {shown}")
-    log(f"    dynamic above the dense curve at {above} of {len(dyn_curve)} dynamic latencies")
-    plot_curves({"dynamic (one checkpoint)": [(m, a) for m, a, _ in dyn_curve],
-                 "dense, fewer blocks / narrower": [(m, a) for m, a, _ in dense_curve]}, out / "curves.png",
-                ylabel="test accuracy")
-    write_json(out / "bench.json", {"device": device, "clock": args.clock, "sweep": sweep, "monotonic": monotonic, "best_round_ms": best_round,
-                                    "search": report, "dynamic_curve": dyn_curve, "dense_curve": dense_curve,
-                                    "comparisons": comparisons, "seconds": time.perf_counter() - started})
-    log(f"done in {time.perf_counter() - started:.0f} s -> {out}/bench.json, curves.png, {run.path}")
+    if phase in ("train", "all"):
+        train_phase(args, [Trained(s, *m) for s in seeds for m in [(0, 0), *sorted(dense, reverse=True)]])
+    if phase in ("plan", "all"):
+        plan_phase(args, base, dense, seeds)
+    if phase in ("measure", "all"):
+        measure_phase(args.out, args.rounds, args.clock)
+    log(f"done ({phase}) in {time.perf_counter() - started:.0f} s")
     return 0
 
 

@@ -9,6 +9,7 @@ package, which installs them in /usr/share/datasets/fashion-mnist).
     .venv/bin/python benchmarks/make_fashion_mnist.py --idx-dir DIR --all --out results/fashion_mnist_70k.npz
 
 ``--all`` writes all 70,000 images (the 60,000 training and 10,000 test images; hwnas makes its own splits).
+``all_images_npz(folder)`` does that for a benchmark, installing Debian's package first when its files are missing.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from pathlib import Path
 import harness  # first: the repository on the import path  # noqa: F401
 import numpy as np
 
+DEBIAN_IDX_DIR = Path("/usr/share/datasets/fashion-mnist")  # where dataset-fashion-mnist installs the IDX files
+
 
 def read_idx(path: Path) -> np.ndarray:
     """An IDX array (the MNIST file format): magic 0x0000 + type 0x08 (ubyte) + ndim, then big-endian dims."""
@@ -31,6 +34,22 @@ def read_idx(path: Path) -> np.ndarray:
     ndim = data[3]
     dims = np.frombuffer(data, ">u4", ndim, 4).astype(int)
     return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def all_images_npz(folder: Path) -> Path:
+    """``folder/fashion_mnist_70k.npz`` (all 70,000 images), written once; when Debian's dataset-fashion-mnist is not
+    installed, ``apt-get install`` it first (a benchmark's set-up step: tests and CI never download it)."""
+    import subprocess
+
+    npz = folder / "fashion_mnist_70k.npz"
+    if npz.is_file():
+        return npz
+    if not (DEBIAN_IDX_DIR / "t10k-labels-idx1-ubyte.gz").is_file():
+        print("installing Debian's dataset-fashion-mnist (apt-get)", flush=True)
+        if subprocess.run(["apt-get", "install", "-y", "dataset-fashion-mnist"]).returncode != 0:
+            raise SystemExit("could not install dataset-fashion-mnist: run `sudo apt-get install dataset-fashion-mnist`")
+    main(["--idx-dir", str(DEBIAN_IDX_DIR), "--all", "--out", str(npz)])
+    return npz
 
 
 def main(argv=None) -> int:

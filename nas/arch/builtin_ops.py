@@ -78,8 +78,8 @@ def _tokens(spec: OpSpec, key: OpKey, **options) -> Shapes:
 
 
 def _experts_input(spec: OpSpec, key: OpKey, pool: int | None = None, **options) -> Shapes:
-    """Expert choice reads the routed tokens packed ``[h | gates | scores]``: ``dim + 2 * experts`` wide."""
-    return ((1, pool or key.tokens, key.c_in + 2 * key.int_arg("experts")),)
+    """Expert choice reads the routed tokens packed ``[h | gates]``: ``dim + experts`` wide."""
+    return ((1, pool or key.tokens, key.c_in + key.int_arg("experts")),)
 
 
 _UNITS = "nas.search.capacity.units"

@@ -17,12 +17,16 @@ Modules:
 - ``search``: ``CapacityProblem`` (a ``SearchProblem``: keep ratios x threshold) and ``export_config`` (arch.json,
   capacity.json, model.onnx, the report).
 - ``strategy``: ``CapacityStrategy``: Optuna (predict's runner) over the problem, pareto.csv, the winner, plots.
+- ``comparison``: dynamic configs against dense ViTs at equal measured latency (targets relative to a reference
+  model, each family chosen on validation under the target, test accuracy as mean ± std over seeds).
+- ``diagnostics``: learned vs random token selection, capacity predictor vs gates, a plan's latency by part.
 - ``plots``, ``task``: plots; loading data + space + checkpoint together.
 """
 
 from nas import lazy_exports
 
 _EXPORTS = {
+    "Candidate": "nas.search.capacity.comparison",
     "CapacityConfig": "nas.search.capacity.config",
     "CapacityConfigError": "nas.search.capacity.config",
     "CapacityEvaluator": "nas.search.capacity.evaluate",
@@ -36,10 +40,12 @@ _EXPORTS = {
     "calibration_images": "nas.search.capacity.evaluate",
     "capacity_factor_plan": "nas.search.capacity.config",
     "capacity_profile_items": "nas.search.capacity.latency",
+    "compare_at_target": "nas.search.capacity.comparison",
     "dense_variant": "nas.search.capacity.space",
     "export_config": "nas.search.capacity.search",
     "export_plan": "nas.search.capacity.export",
     "interleaved_ms": "nas.search.capacity.export",
+    "latency_breakdown": "nas.search.capacity.diagnostics",
     "load_capacity_data": "nas.search.capacity.task",
     "load_capacity_space": "nas.search.capacity.space",
     "load_config_file": "nas.search.capacity.config",
@@ -48,9 +54,12 @@ _EXPORTS = {
     "parse_keep_ratios": "nas.search.capacity.config",
     "plan_accuracy": "nas.search.capacity.training",
     "plan_for_config": "nas.search.capacity.planning",
+    "plot_comparison": "nas.search.capacity.plots",
     "plot_curves": "nas.search.capacity.plots",
     "predict_plan": "nas.search.capacity.latency",
+    "random_selection_accuracy": "nas.search.capacity.diagnostics",
     "read_sidecar": "nas.search.capacity.checkpoint",
+    "relative_targets": "nas.search.capacity.comparison",
     "save_dynamic_vit": "nas.search.capacity.checkpoint",
     "train_dynamic": "nas.search.capacity.training",
     "validate_config": "nas.search.capacity.config",

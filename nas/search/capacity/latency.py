@@ -6,9 +6,12 @@ A static plan is a sum of units, each keyed by its token count (``nas.arch.opkey
 - ``token_select`` DynamicViT scoring + TopK + Gather, ``tokens`` in, ``keep`` (tokens out) in extra
 - ``vit_attn``    LayerNorm + multi-head self-attention + residual, at ``tokens``
 - ``vit_mlp``     LayerNorm + MLP + residual, at ``tokens``
-- ``moe_route``   LayerNorm + router gates + capacity predictor, packed ``[h | gates | scores]``, at ``tokens``
-- ``moe_expert``  a block's experts, each on ``tokens`` tokens (its capacity): TopK over the pool,
-                  Gather of rows, the experts as one batched MatMul, one-hot combine MatMul
+- ``moe_route``   LayerNorm + router gates, packed ``[h | gates]``, at ``tokens``
+- ``moe_expert``  a block's experts, each on ``tokens`` tokens (its capacity): TopK of the gates over the
+                  pool, Gather of rows, the experts as one batched MatMul, one-hot combine MatMul
+
+The MoE keys carry ``select=gates`` (experts rank tokens by their gates, not by the capacity predictor, since
+the predictor left the exported graph), so that a table measured before then is re-profiled, not reused.
 - ``vit_head``    class-token LayerNorm + classifier
 
 The units are registered ops (``nas.search.capacity.units``) built from the model's own modules, so what is profiled is
@@ -54,8 +57,7 @@ def mlp_key(space: CapacitySpace, tokens: int) -> OpKey:
 
 
 def route_key(space: CapacitySpace, tokens: int) -> OpKey:
-    m = space.spec.moe
-    return OpKey("moe_route", space.spec.dim, m.experts, tokens=tokens, extra=format_extra(hidden=m.predictor_hidden))
+    return OpKey("moe_route", space.spec.dim, space.spec.moe.experts, tokens=tokens, extra=format_extra(select="gates"))
 
 
 def expert_key(space: CapacitySpace, expert_tokens: int) -> OpKey:
@@ -63,7 +65,7 @@ def expert_key(space: CapacitySpace, expert_tokens: int) -> OpKey:
     about 1 us (measured), so the unit is profiled at the largest pool and the pool is not in the key."""
     d, m = space.spec.dim, space.spec.moe
     return OpKey("moe_expert", d, d, tokens=expert_tokens,
-                 extra=format_extra(experts=m.experts, hidden=m.expert_hidden))
+                 extra=format_extra(experts=m.experts, hidden=m.expert_hidden, select="gates"))
 
 
 def head_key(space: CapacitySpace) -> OpKey:

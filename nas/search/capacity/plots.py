@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nas.files import new_figure, save_figure
+from nas.search.capacity.comparison import front
 
 
 def plot_search(rows: list[dict], target_ms: float, winner: dict | None, folder: str | Path) -> list[Path]:
@@ -46,15 +47,41 @@ def plot_curves(curves: dict[str, list[tuple[float, float]]], path: str | Path, 
     for name, points in curves.items():
         points = sorted(points)
         line = ax.scatter([p[0] for p in points], [p[1] for p in points], s=22, label=name)
-        front, best = [], float("-inf")
-        for ms, acc in points:
-            if acc > best:
-                front.append((ms, acc))
-                best = acc
-        if front:
-            ax.step([p[0] for p in front], [p[1] for p in front], where="post", color=line.get_facecolor()[0],
+        best = front(points)
+        if best:
+            ax.step([p[0] for p in best], [p[1] for p in best], where="post", color=line.get_facecolor()[0],
                     linewidth=1.2)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def plot_comparison(candidates: list[dict], targets_ms: dict[str, float], path: str | Path, title: str = "") -> Path:
+    """Test accuracy against measured latency for every candidate (``nas.search.capacity.comparison.Candidate``
+    dicts), one colour per family and one marker per seed, each family's front over all seeds as a step line, and
+    the targets as dashed lines."""
+    fig, ax = new_figure(figsize=(7.2, 4.8))
+    colours = {"dynamic": "tab:red", "dense": "tab:blue"}
+    markers = "os^Dv<>"
+    seeds = sorted({c["seed"] for c in candidates})
+    for family, colour in colours.items():
+        mine = [c for c in candidates if c["family"] == family]
+        for i, seed in enumerate(seeds):
+            points = [(c["measured_ms"], c["test_accuracy"]) for c in mine if c["seed"] == seed]
+            ax.scatter([p[0] for p in points], [p[1] for p in points], s=24, color=colour, marker=markers[i % 7],
+                       alpha=0.75, label=f"{family}, seed {seed}")
+        best = front([(c["measured_ms"], c["test_accuracy"]) for c in mine])
+        if best:
+            ax.step([p[0] for p in best], [p[1] for p in best], where="post", color=colour, linewidth=1.0, alpha=0.6)
+    for name, ms in targets_ms.items():
+        ax.axvline(ms, color="gray", linestyle="--", linewidth=1)
+        ax.annotate(name, (ms, 0.02), xycoords=("data", "axes fraction"), rotation=90, fontsize=7, color="gray",
+                    ha="right")
+    ax.set_xlabel("measured latency (ms, ONNX Runtime, batch 1)")
+    ax.set_ylabel("test accuracy")
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
     return save_figure(fig, path)

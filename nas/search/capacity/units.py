@@ -32,7 +32,7 @@ def build_mlp(spec: OpSpec, key: OpKey, **options) -> nn.Module:
 
 
 def build_moe_route(spec: OpSpec, key: OpKey, **options) -> nn.Module:
-    return MoERoute(key.c_in, key.c_out, key.int_arg("hidden"))
+    return MoERoute(key.c_in, key.c_out)  # the capacity predictor is not in its graph
 
 
 def build_experts(spec: OpSpec, key: OpKey, **options) -> nn.Module:

@@ -25,7 +25,6 @@ from nas.arch.space import load_space
 from nas.arch.spec import builtin_spaces
 from nas.data.dataset import Dataset, load_dataset
 from nas.errors import HwnasError, SearchError
-from nas.latency.device import Device
 from nas.latency.measurement import MeasuringDevice, measuring_device
 from nas.latency.model import LatencyModel
 from nas.latency.timing import TimingConfig
