@@ -1,5 +1,5 @@
-"""``hwnas latency adapt``: device B from device A's table and 20 whole models measured on B (issue 24, part 4;
-``bench_trust.py`` runs it).
+"""``hwnas latency adapt``: device B from device A's table and 20 whole models measured on B (part 4 of
+``bench_trust.py``, which runs it).
 
     .venv/bin/python benchmarks/bench_adapt.py [--samples 30] [--kinds opt-none int8 batch8 threads2] [--quick]
                                                [--clock cpu|wall] [--tables-dir DIR] [--json OUT]

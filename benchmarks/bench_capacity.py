@@ -65,7 +65,7 @@ from nas.search.capacity.training import plan_accuracy, train_dynamic
 from nas.search.capacity.vit import DynamicViT
 from nas.train.engine import engine_for
 
-from bench_capacity_measure import log, measure_phase, profile_table  # benchmarks/ is this script's import path
+from capacity_measure import log, measure_phase, profile_table  # benchmarks/ is this script's import path
 
 PLAIN_ORT_IMAGES = 8  # test images each ONNX file is run on in a plain ONNX Runtime session
 

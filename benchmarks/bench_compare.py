@@ -1,5 +1,5 @@
-"""Figures for issue 25: a DMasking search against what a user would do instead, at equal measured latency, on
-Fashion-MNIST. Prints a table and writes a plot; asserts nothing.
+"""A searched model beats the shortcuts: a DMasking search against what a user would do instead, at equal measured
+latency, on Fashion-MNIST. Prints a table and writes a plot; asserts nothing.
 
     nice -n 10 .venv/bin/python benchmarks/bench_compare.py --threads 1 [--out results/bench-compare]
     nice -n 10 .venv/bin/python benchmarks/bench_compare.py --measure-only     # on a quiet machine, afterwards

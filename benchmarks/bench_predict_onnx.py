@@ -1,4 +1,4 @@
-"""``hwnas latency predict model.onnx`` on published architectures (issue 24, part 3; ``bench_trust.py`` runs it).
+"""``hwnas latency predict model.onnx`` on published architectures (part 3 of ``bench_trust.py``, which runs it).
 
     .venv/bin/python benchmarks/bench_predict_onnx.py [--clock cpu|wall] [--quick] [--tables-dir DIR] [--json OUT]
 

@@ -1,4 +1,5 @@
-"""Latency you can trust (issue 24): every figure of the issue's "Done means" from one command.
+"""Latency you can trust: the table beats FLOPs where it matters, holds from run to run, predicts any ONNX model
+and adapts to a new device from 20 measurements; every figure from one command.
 
     .venv/bin/python benchmarks/bench_trust.py [--parts 1 2 3 4] [--samples 30] [--gap 10] [--clock cpu|wall]
                                                [--settings tiny v2pool batch opt threads mixed] [--quick]

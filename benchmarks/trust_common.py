@@ -138,7 +138,7 @@ def fmt(x: float, pct: bool = False) -> str:
 
 def print_figures(rows: list[Figures], file=sys.stdout) -> None:
     """One line per setting: the table's +-5% / +-10% / MAPE / tau, each proxy's tau (and its linear fit's +-10%),
-    the test-retest tau, and what failed the issue's targets."""
+    the test-retest tau, and what failed the targets."""
     print(f"{'setting':26s} {'n':>3s} {'<5%':>5s} {'<10%':>5s} {'MAPE':>5s} {'tau':>5s} {'retest':>6s} | proxies: tau "
           f"(linear fit <10%)", file=file)
     for f in rows:
@@ -152,7 +152,7 @@ def print_figures(rows: list[Figures], file=sys.stdout) -> None:
 
 
 def target_notes(f: Figures) -> list[str]:
-    """The issue's part-2 target for one setting: tau >= 0.9, and 0.1 above FLOPs wherever FLOPs' tau < 0.8."""
+    """The part-2 target for one setting: tau >= 0.9, and 0.1 above FLOPs wherever FLOPs' tau < 0.8."""
     notes = []
     tau = f.table["kendall_tau"]
     if not tau >= 0.9:
