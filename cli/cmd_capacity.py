@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from cli.app import app, console, latency_app, next_step, print_json, print_verdict, progress_bar, run_strategy, \
-    search_app
+from cli.app import app, console, latency_app, next_step, print_json, print_verdict, print_warnings, progress_bar, \
+    run_strategy, search_app
 from cli.cmd_latency import correction_line, correction_summary, table_clock
 from nas.strategy import STRATEGIES
 
@@ -52,6 +52,7 @@ def train_dynamic_cmd(space: str = SPACE_OPT, dataset: str = DATASET_OPT,
     run = RunDir(out, {"command": "train-dynamic", "space": sp.name, "space_fingerprint": sp.fingerprint(),
                        "dataset": dataset, "recipe": recipe.model_dump(), "shift": shift, "seed": seed,
                        "accelerator": engine.accelerator.kind, "precision": engine.accelerator.precision})
+    print_warnings(run.warnings)
     console.print(f"training {sp.name} once-for-all on {dataset} {data.sizes()} at {sp.resolution}px "
                   f"({sp.tokens} tokens) on {engine.accelerator.describe()} -> {out}")
     torch.manual_seed(seed)
@@ -203,6 +204,7 @@ def export_capacity_cmd(space: str = SPACE_OPT,
     run = RunDir(out, {"command": "export-capacity", "space": evaluator.model.space.name,
                        "checkpoint": str(checkpoint), "dataset": dataset, "device": device, "config": cfg.to_dict(),
                        "seed": seed})
+    print_warnings(run.warnings)
     report = write_report(run, export_config(evaluator, cfg, run, method="export-capacity"))
     if as_json:
         print_json(report)

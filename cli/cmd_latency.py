@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from cli.app import console, latency_app, print_json, print_table, progress_bar
+from cli.app import console, latency_app, print_json, print_table, print_warnings, progress_bar
 
 SPACE_OPT = typer.Option(..., "--space", help="space name or YAML")
 MAX_VALIDATION_SAMPLES = 10_000  # random archs built and timed by `latency validate` (hours of timing already)
@@ -210,6 +210,7 @@ def validate(space: str = SPACE_OPT, device: str = DEVICE_OPT,
     out = out or default_run_path("latency-validate", device)
     run = RunDir(out, {"command": "latency validate", "device": device, "space": sp.name,
                        "space_args": sp.space_args(), "samples": samples, "seed": seed})
+    print_warnings(run.warnings)
     for w in lm.warnings:
         console.print(f"[yellow]warning:[/yellow] {w}")
     with progress_bar("validate", samples) as advance:

@@ -56,6 +56,7 @@ def train(ref: str = typer.Argument(..., help="model name (fbnet_a ...), space n
                        "measure_threads": measure_threads, "normalization": data.normalization,
                        "accelerator": engine.accelerator.kind, "precision": engine.accelerator.precision,
                        "world_size": engine.world.size})
+    print_warnings(run.warnings)
     console.print(f"training {space.name} on {dataset} {data.sizes()} at {space.resolution}px on "
                   f"{engine.accelerator.describe()} -> {out}")
     try:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from nas.distributed import World
+from nas.errors import DataError, HwnasError
 
 EVAL_CROP_FRACTION = 0.875  # evaluation: resize the short side to resolution / 0.875, then centre-crop
 
@@ -84,6 +85,15 @@ def decode_image(path: Path, resolution: int) -> np.ndarray:
     """An image file as 3 x resolution x resolution floats in [0, 1]: the short side resized to
     resolution / 0.875, then the centre crop (deterministic; training augments on the device afterwards)."""
     from PIL import Image
+    try:
+        return _decode(Image, path, resolution)
+    except Exception as e:  # PIL raises many types for broken files; the listing's check missed this one
+        raise DataError(f"{path}: cannot decode this image ({' '.join(str(e).split()) or type(e).__name__}); fix "
+                        f"or remove it (or pass --skip-bad-images, which leaves out the files found broken)") \
+            from None
+
+
+def _decode(Image, path: Path, resolution: int) -> np.ndarray:
     with Image.open(path) as im:
         im = im.convert("RGB")
         short = max(resolution, round(resolution / EVAL_CROP_FRACTION))
@@ -134,4 +144,7 @@ def split_batches(split: Split, batch_size: int, generator: torch.Generator | No
         return
     loader = DataLoader(split, batch_sampler=[c.tolist() for c in chunks], num_workers=workers,
                         pin_memory=pin_memory, generator=torch.Generator().manual_seed(0))
-    yield from loader
+    try:
+        yield from loader
+    except HwnasError as e:  # raised in a worker process: the loader re-raises it with the worker's traceback
+        raise type(e)(str(e).strip().splitlines()[-1].split(f"{type(e).__name__}: ", 1)[-1]) from None

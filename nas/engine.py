@@ -11,6 +11,7 @@ ranks act as slices of one process).
 from __future__ import annotations
 
 import json
+import re
 import weakref
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 
 from nas import shares
-from nas.accelerator import Accelerator, resolve_accelerator
+from nas.accelerator import Accelerator, check_per_core, resolve_accelerator
 from nas.augment import augment_batch
 from nas.datasets import Split, split_batches
 from nas.distributed import World, current_world, join_process_group
@@ -39,9 +40,25 @@ class EpochTask(Protocol):
     def epoch(self, index: int) -> dict: ...
 
 
+NOT_PLAIN = "not a plain checkpoint"
+
+
 def corrupt_checkpoint(path: Path, reason: str, what: str, error: type[HwnasError]) -> HwnasError:
-    return error(f"{path}: corrupt {what} checkpoint ({reason}); delete it to restart the {what} from "
-                 f"epoch 1 in the same --out, or choose a new --out")
+    head = reason if reason.startswith(NOT_PLAIN) else f"corrupt {what} checkpoint ({reason})"
+    return error(f"{path}: {head}; delete it to restart the {what} from epoch 1 in the same --out, or choose a "
+                 f"new --out")
+
+
+def unreadable_reason(error: Exception) -> str:
+    """Why ``torch.load(..., weights_only=True)`` failed, in one phrase. A file the weights-only reader refuses
+    (one holding pickled Python objects) is "not a plain checkpoint"; torch's advice to load it without that
+    protection is never passed on."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    if "weights only load failed" not in text.lower() and "weightsunpickler" not in text.lower():
+        return text[:200]
+    detail = re.search(r"WeightsUnpickler error: (.*?)(?:\.? Please use|\.? Check the documentation|$)", text)
+    return (f"{NOT_PLAIN} ({detail.group(1).rstrip('.') if detail else 'it holds more than tensors'}): hwnas reads "
+            f"tensors and plain containers only")
 
 
 def load_checkpoint(path: Path, what: str = "training", error: type[HwnasError] = TrainingError) -> dict:
@@ -49,7 +66,7 @@ def load_checkpoint(path: Path, what: str = "training", error: type[HwnasError] 
     try:
         state = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as e:  # truncated zip, unpickling refusal, not a torch file
-        raise corrupt_checkpoint(path, " ".join(str(e).split()) or type(e).__name__, what, error) from None
+        raise corrupt_checkpoint(path, unreadable_reason(e), what, error) from None
     if not isinstance(state, dict) or "history" not in state:
         raise corrupt_checkpoint(path, f"not a saved {what} state", what, error)
     return state
@@ -61,6 +78,7 @@ class Engine:
     def __init__(self, accelerator: Accelerator | None = None, *, workers: int = 0, world: World | None = None):
         if workers < 0:
             raise AcceleratorError(f"--workers must be 0 or more (DataLoader processes), got {workers}")
+        check_per_core("--workers", workers, "DataLoader processes")
         self.accelerator = accelerator or Accelerator(threads=torch.get_num_threads())
         self.workers = workers
         self.world = world or current_world()
@@ -146,7 +164,7 @@ class Engine:
             if ckpt is not None and self.world.is_writer:
                 state = {**task.state(), "history": json.dumps(history), "torch_rng": torch.get_rng_state(),
                          "world_size": self.world.size, "accelerator": self.accelerator.kind}
-                with atomic_path(ckpt) as tmp:
+                with atomic_path(ckpt, size_hint=tensor_bytes(state)) as tmp:
                     torch.save(state, tmp)
             if on_epoch is not None and self.world.is_writer:
                 on_epoch(index + 1, row)
@@ -174,3 +192,14 @@ def engine_for(accelerator: str = "auto", precision: str = "32", threads: int | 
     started under torchrun."""
     chosen = resolve_accelerator(accelerator, precision, threads)
     return Engine(chosen, workers=workers, world=join_process_group(chosen.kind))
+
+
+def tensor_bytes(state) -> int:
+    """The bytes of the tensors in a (nested) checkpoint state: about what ``torch.save`` writes."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(tensor_bytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(tensor_bytes(v) for v in state)
+    return 0

@@ -14,6 +14,7 @@ import torch
 
 from nas.capacity.space import KIND, load_capacity_space
 from nas.capacity.vit import DynamicViT
+from nas.engine import unreadable_reason
 from nas.errors import HwnasError
 from nas.files import atomic_path, write_json
 
@@ -75,7 +76,6 @@ def load_checkpoint(path: str | Path, space_ref: str, *, in_channels: int | None
         state = torch.load(path, weights_only=True, map_location="cpu")
         model.load_state_dict(state)
     except Exception as e:  # unpickling refusals, truncated files, key/shape mismatches
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: cannot load weights ({first})") from None
+        raise CheckpointError(f"{path}: cannot load weights ({unreadable_reason(e)})") from None
     model.eval()
     return model, meta
