@@ -47,7 +47,8 @@ def train_dynamic_cmd(space: str = SPACE_OPT, dataset: str = DATASET_OPT,
 
     engine = engine_for(accelerator, precision, torch_threads, workers)
     data, sp = load_capacity_data(space, dataset, seed)
-    recipe = sp.recipe().model_copy(update={"seed": seed, **({"epochs": epochs} if epochs else {})})
+    recipe = sp.recipe().updated(f"space {sp.name} recipe" + (" with --epochs" if epochs else ""), seed=seed,
+                                 **({"epochs": epochs} if epochs else {}))
     out = out or default_run_path("train-dynamic", sp.name)
     run = RunDir(out, {"command": "train-dynamic", "space": sp.name, "space_fingerprint": sp.fingerprint(),
                        "dataset": dataset, "recipe": recipe.model_dump(), "shift": shift, "seed": seed,

@@ -51,13 +51,14 @@ def profile(space: str = SPACE_OPT, device: str = DEVICE_OPT,
                                                                   "or ./latency_tables)"),
             as_json: bool = typer.Option(False, "--json", help="print the summary as JSON")):
     """Measure every block of a space on this machine into a device table (resumable; safe to run twice)."""
-    from nas.latency.calibrate import calibrate
+    from nas.latency.calibrate import calibrate, check_calibration_count
     from nas.latency.device import check_provider
     from nas.latency.profile import profile_items, space_profile_items
     from nas.latency.table import DeviceManifest
     from nas.latency.timing import TimingConfig
 
     clock = table_clock(clock, device, tables_dir, threads)
+    check_calibration_count(calibration)
     check_provider(provider)
     DeviceManifest.for_this_machine(device, provider, threads, optimization)  # validates id, threads, level
     sp = _space(space, resolution, width, classes, in_channels)
@@ -242,12 +243,15 @@ def bundle(space: str = SPACE_OPT,
            calibration: int = typer.Option(8, help="whole calibration models to include"),
            as_json: bool = typer.Option(False, "--json", help="print the summary as JSON")):
     """Write a zip (block ONNX files, manifest, measure.py) to profile a device that cannot run hwnas."""
-    from nas.latency.bundle import write_bundle
+    from nas.latency.bundle import check_bundle_out, write_bundle
+    from nas.latency.calibrate import check_calibration_count
     from nas.latency.profile import space_profile_items
 
+    check_calibration_count(calibration)
+    check_bundle_out(out)
     sp = _space(space, resolution, width, classes, in_channels)
     bits = (32, 8) if int8 else (32,)
-    with progress_bar("bundle", len(space_profile_items(sp, bits)) + max(calibration, 0)) as advance:
+    with progress_bar("bundle", len(space_profile_items(sp, bits)) + calibration) as advance:
         manifest = write_bundle(sp, out, bits=bits, calibration=calibration,
                                 on_progress=lambda d, t, note: advance(note=note))
     if as_json:

@@ -66,6 +66,16 @@ def export_arch(space: Space, arch: Arch, path: Path) -> Path:
         return export_onnx(model, model.input_shape, path)
 
 
+MAX_CALIBRATION_MODELS = 100  # whole models timed to fit a correction of a few terms (default 8)
+
+
+def check_calibration_count(count: int) -> None:
+    """LatencyTableError for a ``--calibration`` below 0 or above ``MAX_CALIBRATION_MODELS``."""
+    if not 0 <= count <= MAX_CALIBRATION_MODELS:
+        raise LatencyTableError(f"--calibration {count}: give 0 (no correction) to {MAX_CALIBRATION_MODELS} whole "
+                                f"models (8 by default fit the correction's few terms)")
+
+
 def calibration_archs(space: Space, count: int, seed: int = 12345) -> list[Arch]:
     """The largest arch, the cheapest (first candidate that is a skip, else the smallest op), and random ones whose
     share of skipped layers grows from none to most, so that the correction also fits the fast, skip-heavy archs
@@ -260,6 +270,7 @@ def calibrate(device: str, space: Space, *, models: int = 8, provider: str = "CP
               timing: TimingConfig | None = None, on_progress: Callable[[int, int, str], None] | None = None,
               ) -> Correction:
     """Measure ``models`` whole models of ``space`` (skipping those already measured) and refit the correction."""
+    check_calibration_count(models)
     check_provider(provider)
     table = LatencyTable.open(device, tables_dir)
     m = table.manifest

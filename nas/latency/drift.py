@@ -116,9 +116,26 @@ def local_device(table: LatencyTable) -> Device:
     return device
 
 
+def check_onnx_file(path: Path) -> None:
+    """LatencyTableError when ``path`` is missing or not an ONNX model (checked before any timing)."""
+    import onnx
+
+    if not path.is_file():
+        raise LatencyTableError(f"--model {path}: no such file (give the shipped model.onnx)")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+        reason = "" if proto.graph.output else "it holds no graph"  # protobuf reads many byte strings as empty
+    except Exception as e:  # protobuf's DecodeError and friends
+        reason = " ".join(str(e).split())[:120] or type(e).__name__
+    if reason:
+        raise LatencyTableError(f"--model {path}: not an ONNX model ({reason})")
+
+
 def check_drift(table: LatencyTable, *, model: str | Path | None = None, timing: TimingConfig | None = None
                 ) -> DriftCheck:
     """Re-time the device's reference models (and ``model``, interleaved with them) on the table's Device."""
+    if model is not None:
+        check_onnx_file(Path(model))
     refs = read_references(table.folder)
     if not refs:
         raise LatencyTableError(f"device {table.device_id!r} has no reference models ({reference_dir(table.folder)}):"
