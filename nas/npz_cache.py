@@ -63,12 +63,12 @@ def extract_arrays(path: Path) -> Path:
         todo = [name for name in ("x", "y") if not ((folder / f"{name}.npy").is_file() and
                                                    (folder / f"{name}.npy").stat().st_mtime >= path.stat().st_mtime)]
         needed = sum(z.getinfo(f"{name}.npy").file_size for name in todo)
-        make_folder(folder)
-        free = shutil.disk_usage(folder).free
-        if needed > free - FREE_MARGIN:
+        free = shutil.disk_usage(folder if folder.is_dir() else path.parent).free
+        if todo and needed > free - FREE_MARGIN:
             raise DataError(f"{path}: its memory-map cache {folder} needs {human_bytes(needed)} (the arrays "
                             f"uncompressed) and {human_bytes(free)} are free; free space, or give npz:FOLDER "
                             f"holding x.npy and y.npy")
+        make_folder(folder)
         try:
             for name in todo:
                 with z.open(f"{name}.npy") as src, atomic_path(folder / f"{name}.npy", size_hint=needed) as tmp, \

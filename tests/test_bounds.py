@@ -15,7 +15,7 @@ from nas.recipe import Recipe
 from nas.space import load_space
 from nas.training import lr_factor
 from test_latency_support import FAST, SMALL_SPACE
-from test_predict_fixtures import BENCH_TABLE, InProcess
+from test_predict_fixtures import BENCH_TABLE, InProcess, error_line
 
 TOO_MANY = PER_CORE * available_cores() + 1
 
@@ -23,16 +23,6 @@ TOO_MANY = PER_CORE * available_cores() + 1
 @pytest.fixture
 def hwnas(capsys, monkeypatch):
     return InProcess(capsys, monkeypatch)
-
-
-def one_line(r, *fragments) -> str:
-    assert r.returncode == 2 and "Traceback" not in r.stderr, (r.stdout, r.stderr)
-    errors = r.stderr.split("error: ")
-    assert len(errors) == 2, r.stderr
-    line = " ".join(errors[1].split())
-    for f in fragments:
-        assert f in line, line
-    return line
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +60,7 @@ def forged_results(bundle) -> dict:
     ("worker", "--storage", "sqlite:///nowhere.db", "--workers", str(TOO_MANY)),
 ])
 def test_thread_and_process_counts_are_bounded_by_the_usable_cores(hwnas, tmp_path, args):
-    one_line(hwnas(*args, *(("--out", tmp_path / "run") if args[0] != "worker" else ())),
+    error_line(hwnas(*args, *(("--out", tmp_path / "run") if args[0] != "worker" else ())),
              f"{args[-2]} {TOO_MANY}: this process may use {available_cores()} CPU core(s), so at most "
              f"{TOO_MANY - 1}")
     assert not (tmp_path / "run").exists()
@@ -80,9 +70,9 @@ def test_thread_and_process_counts_are_bounded_by_the_usable_cores(hwnas, tmp_pa
 @pytest.mark.parametrize("count", ["100000000", "-5"])
 def test_a_bundle_calibration_count_out_of_range_is_refused(hwnas, small, tmp_path, count):
     root, space = small
-    one_line(hwnas("latency", "bundle", "--space", space, "--calibration", count, "--out", tmp_path / "b.zip"),
+    error_line(hwnas("latency", "bundle", "--space", space, "--calibration", count, "--out", tmp_path / "b.zip"),
              f"--calibration {count}: give 0 (no correction) to 100")
-    one_line(hwnas("latency", "profile", "--space", space, "--device", "d2", "--calibration", count,
+    error_line(hwnas("latency", "profile", "--space", space, "--device", "d2", "--calibration", count,
                    "--tables-dir", tmp_path / "tables"), f"--calibration {count}")
     assert not list(tmp_path.iterdir())
 
@@ -91,7 +81,7 @@ def test_a_bundle_never_overwrites_a_file_that_is_not_a_bundle(hwnas, small, tmp
     root, space = small
     precious = tmp_path / "notes.zip"
     precious.write_text("my notes")
-    one_line(hwnas("latency", "bundle", "--space", space, "--calibration", "0", "--out", precious),
+    error_line(hwnas("latency", "bundle", "--space", space, "--calibration", "0", "--out", precious),
              f"--out {precious} exists and is not an hwnas bundle")
     assert precious.read_text() == "my notes"
     again = tmp_path / "again.zip"
@@ -113,7 +103,7 @@ def test_imported_latencies_must_be_finite_plausible_and_of_the_bundles_space(hw
     damage(data)
     results = tmp_path / "results.json"
     results.write_text(json.dumps(data))  # Infinity and NaN as JSON writes them
-    one_line(hwnas("latency", "import", results, "--tables-dir", tmp_path / "tables"), message)
+    error_line(hwnas("latency", "import", results, "--tables-dir", tmp_path / "tables"), message)
     assert not (tmp_path / "tables" / "edge").exists()
     assert not [p for p in (tmp_path / "tables").glob(".import*")]
 
@@ -136,7 +126,7 @@ def test_forged_results_without_damage_import(small, tmp_path):
 def test_a_recipe_that_cannot_train_as_written_is_refused(hwnas, tmp_path, text, message):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(text)
-    one_line(hwnas("train", "fbnet_a", "--recipe", recipe, "--out", tmp_path / "run"), message)
+    error_line(hwnas("train", "fbnet_a", "--recipe", recipe, "--out", tmp_path / "run"), message)
     assert not (tmp_path / "run").exists()
 
 
@@ -161,17 +151,17 @@ SEARCH = ("search", "nars", "--space", f"table:{BENCH_TABLE}", "--objective", "v
     (("--study", "  "), "--study is empty"),
 ])
 def test_empty_or_fileless_storages_and_study_names_are_refused(hwnas, tmp_path, args, message):
-    one_line(hwnas(*SEARCH, *args, "--out", tmp_path / "run"), message)
+    error_line(hwnas(*SEARCH, *args, "--out", tmp_path / "run"), message)
     assert not (tmp_path / "run").exists()
     if args[0] == "--storage":
-        one_line(hwnas("worker", *args), message)
-        one_line(hwnas("search", "status", *args), message)
+        error_line(hwnas("worker", *args), message)
+        error_line(hwnas("search", "status", *args), message)
 
 
 def test_worker_and_status_on_a_mistyped_sqlite_path_create_nothing(hwnas, tmp_path):
     typo = tmp_path / "run" / "stduy.db"
     for command in (("worker",), ("search", "status")):
-        one_line(hwnas(*command, "--storage", f"sqlite:///{typo}"), f"no Optuna study at {typo} (no such file)")
+        error_line(hwnas(*command, "--storage", f"sqlite:///{typo}"), f"no Optuna study at {typo} (no such file)")
     assert not typo.exists() and not (tmp_path / "run").exists()
 
 
@@ -180,7 +170,7 @@ def test_status_of_a_study_not_made_by_hwnas_is_refused(hwnas, tmp_path):
 
     url = f"sqlite:///{tmp_path / 'plain.db'}"
     optuna.create_study(storage=url, study_name="plain").optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
-    one_line(hwnas("search", "status", "--storage", url, "--study", "plain"),
+    error_line(hwnas("search", "status", "--storage", url, "--study", "plain"),
              "study 'plain' was not made by `hwnas search`")
 
 
@@ -188,9 +178,9 @@ def test_status_of_a_study_not_made_by_hwnas_is_refused(hwnas, tmp_path):
 def test_latency_check_refuses_a_missing_or_non_onnx_model(hwnas, small, tmp_path):
     root, _ = small
     tables = root / "tables"
-    one_line(hwnas("latency", "check", "dev", "--model", tmp_path / "missing.onnx", "--tables-dir", tables),
+    error_line(hwnas("latency", "check", "dev", "--model", tmp_path / "missing.onnx", "--tables-dir", tables),
              "missing.onnx: no such file")
     for name, content in (("notes.onnx", b"just text"), ("empty.onnx", b"")):
         (tmp_path / name).write_bytes(content)
-        one_line(hwnas("latency", "check", "dev", "--model", tmp_path / name, "--tables-dir", tables),
+        error_line(hwnas("latency", "check", "dev", "--model", tmp_path / name, "--tables-dir", tables),
                  f"--model {tmp_path / name}: not an ONNX model")

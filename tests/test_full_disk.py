@@ -15,7 +15,7 @@ import torch
 
 from nas.errors import OutputError
 from nas.files import atomic_path, write_json
-from test_predict_fixtures import BENCH_TABLE, TINY_SPACE_YAML, InProcess
+from test_predict_fixtures import BENCH_TABLE, TINY_SPACE_YAML, InProcess, error_line
 
 Usage = namedtuple("Usage", "total used free")
 
@@ -31,17 +31,6 @@ def full_disk(monkeypatch):
     monkeypatch.setattr(shutil, "disk_usage", lambda path: Usage(10 ** 9, 10 ** 9, 0))
 
 
-def one_line(r, *fragments) -> str:
-    """The CLI's one red line (joined where the terminal width wrapped it), checked for ``fragments``."""
-    assert r.returncode == 2 and "Traceback" not in r.stderr, (r.stdout, r.stderr)
-    errors = r.stderr.split("error: ")
-    assert len(errors) == 2, r.stderr
-    line = " ".join(errors[1].split())
-    for f in fragments:
-        assert f in line, line
-    return line
-
-
 def test_train_on_a_full_disk_names_the_checkpoint_and_the_space_it_needs(hwnas, tmp_path, monkeypatch, full_disk):
     real_save = torch.save
 
@@ -54,7 +43,7 @@ def test_train_on_a_full_disk_names_the_checkpoint_and_the_space_it_needs(hwnas,
     space = tmp_path / "tiny.yaml"
     space.write_text(TINY_SPACE_YAML)
     out = tmp_path / "run"
-    line = one_line(hwnas("train", space, "--resolution", "8", "--epochs", "1", "--out", out),
+    line = error_line(hwnas("train", space, "--resolution", "8", "--epochs", "1", "--out", out),
                     f"cannot write {out / 'checkpoint.pt'}: the disk is full (0 B free in {out}", "KB needed")
     assert "rerun the same command" in line
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp.pt") or p.name == "checkpoint.pt"]
@@ -92,7 +81,7 @@ def test_a_search_whose_study_fills_the_disk_names_the_study_file(hwnas, tmp_pat
 
     monkeypatch.setattr(optuna.storages.RDBStorage, "set_trial_user_attr", set_attr_until_full)
     out = tmp_path / "run"
-    one_line(hwnas("search", "nars", "--space", f"table:{BENCH_TABLE}", "--objective", "val_accuracy",
+    error_line(hwnas("search", "nars", "--space", f"table:{BENCH_TABLE}", "--objective", "val_accuracy",
                    "--latency-column", "latency_ms", "--target-ms", "0.07", "--budget", "20", "--out", out),
              f"cannot write {out.resolve() / 'study.db'}: the disk is full (0 B free", "at least 1 MB needed")
     assert calls["n"] > 40

@@ -38,7 +38,7 @@ def _start(out: Path, workers: int) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
-def _finished_trials(out: Path) -> int:
+def complete_trials(out: Path) -> int:
     try:
         with sqlite3.connect(f"file:{out / 'study.db'}?mode=ro", uri=True, timeout=1) as db:
             return db.execute("SELECT count(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0]
@@ -50,14 +50,14 @@ def _kill_at(out: Path, workers: int, finished: int) -> None:
     """Start the search and SIGKILL its process group once the study holds ``finished`` complete trials."""
     proc = _start(out, workers)
     deadline = time.time() + RERUN_TIMEOUT_S
-    while proc.poll() is None and _finished_trials(out) < finished and time.time() < deadline:
+    while proc.poll() is None and complete_trials(out) < finished and time.time() < deadline:
         time.sleep(0.02)
     ended = proc.poll() is not None
     if not ended:
         os.killpg(proc.pid, signal.SIGKILL)
     _, stderr = proc.communicate()
     assert not ended, f"the search ended before {finished} trials:\n{stderr[-2000:]}"
-    assert _finished_trials(out) >= finished, f"the search hung before {finished} trials"
+    assert complete_trials(out) >= finished, f"the search hung before {finished} trials"
 
 
 def _rerun(out: Path, workers: int) -> str:
