@@ -56,12 +56,12 @@ torch.save = _save
 SQLITE_FULL = FULL_DISK + """
 import sqlite3, optuna, sqlalchemy
 _real, _n = optuna.storages.RDBStorage.set_trial_user_attr, [0]
-def _attr(self, *a):
+def _attr(self, *a, **k):
     _n[0] += 1
     if _n[0] > 40:
         raise optuna.exceptions.StorageInternalError('An exception is raised during the commit.') from \\
             sqlalchemy.exc.OperationalError('INSERT', {}, sqlite3.OperationalError('database or disk is full'))
-    return _real(self, *a)
+    return _real(self, *a, **k)
 optuna.storages.RDBStorage.set_trial_user_attr = _attr
 """
 SMALL_FREE = """
@@ -198,9 +198,11 @@ def npz(folder: Path, x=None, y=None, lying_y: int = 0) -> None:
     np.savez_compressed(folder / "d.npz", x=x, y=y)
 
 
-def tampered_checkpoint(folder: Path) -> None:
-    import collections
+class Payload:
+    """Any Python object a pickle can carry: torch's weights-only reader refuses its global."""
 
+
+def tampered_checkpoint(folder: Path) -> None:
     import torch
 
     tiny(folder)
@@ -208,7 +210,7 @@ def tampered_checkpoint(folder: Path) -> None:
                           folder / "run"])
     assert code == 0, err
     state = torch.load(folder / "run" / "checkpoint.pt", weights_only=True)
-    torch.save({**state, "extra": collections.Counter}, folder / "run" / "checkpoint.pt")
+    torch.save({**state, "extra": Payload()}, folder / "run" / "checkpoint.pt")
 
 
 def import_results(damage: Callable[[dict], None]) -> Callable[[Path], None]:
@@ -245,7 +247,7 @@ def no_secret_stored(secrets: tuple) -> Callable[[Path, str], str | None]:
 
 SHARED = Path(tempfile.mkdtemp(prefix="reliability-sweep-"))
 URLS = [("postgresql://alice:s3cretpw@127.0.0.1:1/nas", ("s3cretpw",)),
-        ("postgresql://u2:SEC/RE?T#P@W%d@127.0.0.1:1/nas", ("SEC/RE?T#P@W%d", "SEC/RE", "T#P@W%d")),
+        ("postgresql://u2:SEC/RE?T#P%Wd@127.0.0.1:1/nas", ("SEC/RE?T#P%Wd", "SEC/RE", "T#P%Wd")),
         ("postgresql://u3@127.0.0.1:1/nas?password=QRYSECRET", ("QRYSECRET",)),
         (f"postgresql://u4:{quote('p@ss/w?rd#1%', safe='')}@127.0.0.1:1/nas",
          ("p@ss/w?rd#1%", quote("p@ss/w?rd#1%", safe="")))]
@@ -275,8 +277,10 @@ def cases() -> list[Case]:
         # 4. secrets
         *[Case(f"search on storage form {i + 1}", (*SEARCH, "--budget", "4", "--storage", url, *out),
                says="cannot open the Optuna storage", secrets=s) for i, (url, s) in enumerate(URLS)],
-        *[Case(f"{' '.join(cmd)} on storage form {i + 1}", (*cmd, "--storage", url), says="cannot open",
+        *[Case(f"{' '.join(cmd)} on storage form {i + 2}", (*cmd, "--storage", url), says="cannot open",
                secrets=s) for cmd in (("worker",), ("search", "status")) for i, (url, s) in enumerate(URLS[1:3])],
+        Case("a password with a raw '@'", (*SEARCH, "--storage", "postgresql://u5:PART1@PART2@127.0.0.1:1/nas"),
+             says="write it as %40", secrets=("PART1", "PART2")),
         *[Case(f"a search on a credentialed storage (form {i + 1}), stored", (
             *SEARCH, "--budget", "4", "--init", "2", "--storage", url, "--study", f"s{i}", *out), "complete",
             patch=f"import nas.predict.study as s\ns.driver_url = lambda url: 'sqlite:///{{f}}/shared.db'\n",

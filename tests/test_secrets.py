@@ -17,7 +17,7 @@ from test_predict_fixtures import BENCH_TABLE, InProcess
 # (URL, its secrets as written and decoded, what the masked URL keeps)
 FORMS = [
     ("postgresql://alice:s3cretpw@db.example:5432/nas", ["s3cretpw"], "postgresql://alice:***@db.example:5432/nas"),
-    ("postgresql://u2:SEC/RE?T#P@W%d@db.example/nas", ["SEC/RE?T#P@W%d", "SEC/RE", "T#P@W%d"],
+    ("postgresql://u2:SEC/RE?T#P%Wd@db.example/nas", ["SEC/RE?T#P%Wd", "SEC/RE", "T#P%Wd"],
      "postgresql://u2:***@db.example/nas"),
     ("postgresql://u3@db.example/nas?password=QRYSECRET", ["QRYSECRET"], "postgresql://u3@db.example/nas?password=***"),
     (f"postgresql://u4:{quote('p@ss/w?rd#1%', safe='')}@db.example/nas", ["p@ss/w?rd#1%", quote("p@ss/w?rd#1%", safe="")],
@@ -41,6 +41,16 @@ def test_every_credential_form_is_masked(url, secrets, shown):
     assert not [s for s in secrets if s in masked]
     text = hide_secrets(f"connection to {url} failed: password {secrets[0]!r} rejected", url)
     assert not [s for s in secrets if s in text] and "db.example" in text, text
+
+
+def test_a_password_with_a_raw_at_sign_is_refused_without_showing_any_part_of_it(hwnas):
+    url = "postgresql://u5:PART1@PART2@127.0.0.1:1/nas"  # the driver would take PART2@127.0.0.1 for the host
+    assert masked_url(url) == "postgresql://u5:***@127.0.0.1:1/nas"
+    for args in (("search", "nars", "--space", f"table:{BENCH_TABLE}", "--objective", "val_accuracy",
+                  "--latency-column", "latency_ms", "--storage", url), ("worker", "--storage", url)):
+        r = hwnas(*args)
+        assert r.returncode == 2 and "write it as %40" in r.stderr, r.stderr
+        assert "PART1" not in r.stdout + r.stderr and "PART2" not in r.stdout + r.stderr, r.stderr
 
 
 def test_a_url_that_does_not_parse_shows_no_credential():

@@ -75,6 +75,7 @@ def _secrets(url: str) -> list[str]:
             if SECRET_KEY.search(k):
                 found.extend(v if isinstance(v, tuple) else [v])
     found += [unquote(s) for s in found]
+    found += [piece for s in found for piece in s.split("@")]  # a driver may show a part as a host name
     raw_query = re.findall(r"[?&]([^=&#]+)=([^&#]*)", url)
     found += [v for k, v in raw_query if SECRET_KEY.search(k)]
     return sorted({s for s in found if len(s) >= 3}, key=len, reverse=True)
@@ -103,6 +104,9 @@ def check_storage_url(url: str, option: str = "--storage") -> None:
     if u is None:
         raise SearchError(f"{option} {masked_url(url)!r} is not a storage URL (sqlite:///PATH/study.db, "
                           f"postgresql://USER@HOST/DB, mysql://USER@HOST/DB)")
+    if u.host and "@" in u.host:  # make_url (and so the driver) ends the password at its first '@'
+        raise SearchError(f"{option} {masked_url(url)!r}: its password holds an '@'; write it as %40 (URL-encoded), "
+                          f"or keep the password out of the URL (PGPASSWORD or ~/.pgpass for PostgreSQL)")
     if u.get_backend_name() == "sqlite" and u.database in (None, "", ":memory:"):
         raise SearchError(f"{option} {masked_url(url)!r} names no SQLite file (an in-memory study is lost with its "
                           f"process and no worker can join it); give sqlite:///PATH/study.db")

@@ -8,7 +8,9 @@ sampler proposes (Optuna), a sampled one.
 The budget is exact across machines through the storage: before and after an evaluation a trial claims its unit
 (user attr ``claimed``) and counts the claims of lower-numbered trials; a trial with ``budget`` claims ahead of it,
 or one whose candidate a lower-numbered claim holds, is pruned without counting. A killed worker's claim fails with
-its trial, and the retried trial claims again.
+its trial, and the retried trial claims again (and reuses the result when the worker died after evaluating, before
+telling the study). A proposer's rerun rebuilds its history from the study (``StudyEvaluations.stored`` and
+``pending``); a study that holds its budget ends the proposer's wait.
 """
 
 from __future__ import annotations
