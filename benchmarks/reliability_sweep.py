@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 from urllib.parse import quote
@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from test_bounds import forged_results  # noqa: E402
 from test_latency_support import FAST, SMALL_SPACE  # noqa: E402
 from test_predict_fixtures import BENCH_TABLE, TINY_SPACE_YAML  # noqa: E402
-from test_reliability_resume import complete_trials  # noqa: E402
+from test_reliability_resume import check_complete, complete_trials, damage_history  # noqa: E402
 
 RUN_CLI = "\nimport sys\nsys.argv = ['hwnas'] + sys.argv[1:]\nfrom cli.main import main\nmain()\n"
 FULL_DISK = """
@@ -84,7 +84,6 @@ class Case:
     secrets: tuple = ()
     cleanup: Callable[[], None] | None = None
     watch: bool = True  # refused: nothing in the case's folder may change
-    extra: dict = field(default_factory=dict)
 
 
 def hwnas(args, patch: str = "", timeout: float = 240, background: bool = False):
@@ -113,27 +112,16 @@ def killed_search(workers: int, at: int, damage: str = "") -> Callable[[Path], N
             time.sleep(0.02)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
-        history = out / "history.csv"
-        if damage == "torn" and history.is_file():
-            history.write_text(history.read_text()[:len(history.read_text()) * 2 // 3])
-        elif damage == "deleted" and history.is_file():
-            history.unlink()
+        if damage:
+            damage_history(out / "history.csv", damage)
     return prepare
 
 
 def exact_budget(folder: Path, stderr: str) -> str | None:
-    import pandas as pd
-    from nas.predict.study import evaluated_trials, load_study
-
-    study = load_study(f"sqlite:///{folder / 'run' / 'study.db'}", "hwnas")
-    done = evaluated_trials(study)
-    ran = Counter(t.user_attrs["key"] for t in study.get_trials(deepcopy=False)
-                  if "metrics" in t.user_attrs and "recovered" not in t.user_attrs)
-    history = pd.read_csv(folder / "run" / "history.csv", dtype={"key": str})
-    if len(done) != 20 or len(history) != 20 or not history["key"].is_unique:
-        return f"{len(done)} evaluations in the study, {len(history)} rows in history.csv (budget 20)"
-    if max(ran.values()) > 1:
-        return f"evaluated twice: {ran.most_common(1)}"
+    try:
+        check_complete(folder / "run")  # the budget exactly, each candidate evaluated once, history.csv = study
+    except AssertionError as e:
+        return " ".join(str(e).split())[:200]
     return None
 
 
@@ -410,15 +398,13 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=240, help="seconds before a case counts as hung")
     args = parser.parse_args()
     setup()
-    counts, notes = Counter(), []
+    counts = Counter()
     chosen = [c for c in cases() if args.only in c.name]
     for case in chosen:
         start = time.time()
         outcome, note = run_case(case, args.timeout)
         counts[outcome] += 1
         print(f"{outcome:10s} {time.time() - start:5.1f}s  {case.name}: {note}", flush=True)
-        if outcome != "clean":
-            notes.append((case.name, outcome, note))
     print(f"\n{len(chosen)} inputs and faults: " + ", ".join(
         f"{counts[k]} {k}" for k in ("clean", "traceback", "accepted", "hung", "left-files", "leaked")))
 

@@ -72,7 +72,7 @@ def _rerun(out: Path, workers: int) -> str:
     return stderr
 
 
-def _check_complete(out: Path) -> None:
+def check_complete(out: Path) -> None:
     """Exactly the budget: each candidate evaluated once in the study, and history.csv holds those."""
     study = load_study(f"sqlite:///{out / 'study.db'}", "hwnas")
     trials = study.get_trials(deepcopy=False)
@@ -88,7 +88,7 @@ def _check_complete(out: Path) -> None:
     assert history["eval"].tolist() == list(range(1, BUDGET + 1))
 
 
-def _damage(history, how: str) -> None:
+def damage_history(history: Path, how: str) -> None:
     if how == "torn":
         text = history.read_text()
         history.write_text(text[:len(text) * 2 // 3])  # cut in the middle of a row
@@ -107,13 +107,13 @@ def test_a_killed_search_resumes_from_its_study_to_exactly_its_budget(workers, k
     out = tmp_path / "run"
     for finished in kill_points:
         _kill_at(out, workers, finished)
-    _damage(out / "history.csv", damage)  # the study is the source of truth: history.csv is rebuilt from it
+    damage_history(out / "history.csv", damage)  # the study is the source of truth: history.csv is rebuilt from it
     _rerun(out, workers)
-    _check_complete(out)
+    check_complete(out)
     if workers == 1:  # and once more: nothing is evaluated again
         trials = len(load_study(f"sqlite:///{out / 'study.db'}", "hwnas").get_trials(deepcopy=False))
         _rerun(out, workers)
-        _check_complete(out)
+        check_complete(out)
         assert json.loads((out / "report.json").read_text())["nars"]["study"]["nothing_to_do"]
         assert len(load_study(f"sqlite:///{out / 'study.db'}", "hwnas").get_trials(deepcopy=False)) == trials
 

@@ -192,6 +192,9 @@ def load_study(url: str, name: str, sampler: optuna.samplers.BaseSampler | None 
         raise SearchError(f"no study {name!r} in {masked_url(url)} (studies: {names})") from None
 
 
+_orphans_checked: dict[str, float] = {}  # study name -> when this process last looked for orphaned trials
+
+
 def fail_stale_trials(study: optuna.Study, storage: optuna.storages.RDBStorage | None = None) -> None:
     """Fail the trials of workers whose heartbeat stopped; the storage's callback enqueues them again. With the
     ``storage``, also the trials of workers that died between taking a trial and its first heartbeat (Optuna never
@@ -199,8 +202,9 @@ def fail_stale_trials(study: optuna.Study, storage: optuna.storages.RDBStorage |
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
-    if storage is None:
-        return
+    if storage is None or time.monotonic() - _orphans_checked.get(study.study_name, -ORPHAN_S) < ORPHAN_S / 6:
+        return  # looked a moment ago (workers and proposers call this in their polling loops)
+    _orphans_checked[study.study_name] = time.monotonic()
     now, study_id = datetime.datetime.now(), None
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if "last_seen" in t.user_attrs or t.datetime_start is None or \
