@@ -36,13 +36,14 @@ def _member_shape(z: zipfile.ZipFile, path: Path, name: str) -> tuple[tuple[int,
             shape, _, dtype = read(f, max_header_size=10_000)
             header = f.tell()
     except (ValueError, OSError, zipfile.BadZipFile) as e:
-        raise DataError(f"{path}: array '{name}' is not a readable .npy ({' '.join(str(e).split())})") from None
+        raise DataError(f"{path}: not a readable .npz file (array '{name}': {' '.join(str(e).split())})") from None
     if dtype.hasobject:
-        raise DataError(f"{path}: array '{name}' holds Python objects; hwnas reads numbers only")
+        raise DataError(f"{path}: not a readable .npz file (array '{name}' holds Python objects; hwnas reads numbers "
+                        f"only)")
     expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if info.file_size != expected:
-        raise DataError(f"{path}: array '{name}' declares shape {shape} of {dtype} ({expected} bytes) but holds "
-                        f"{info.file_size} bytes; the file is corrupt")
+        raise DataError(f"{path}: not a readable .npz file (array '{name}' declares shape {shape} of {dtype}, "
+                        f"{expected} bytes, but holds {info.file_size} bytes)")
     return shape, dtype
 
 

@@ -128,7 +128,7 @@ def test_a_label_header_claiming_a_trillion_entries_allocates_nothing(tmp_path):
     with zipfile.ZipFile(tmp_path / "d.npz", "w") as z:
         z.write(tmp_path / "x.npy", "x.npy")
         z.write(tmp_path / "y.npy", "y.npy")
-    with pytest.raises(DataError, match=r"'y' declares shape \(1000000000000,\) .* the file is corrupt"):
+    with pytest.raises(DataError, match=r"not a readable .npz file \(array 'y' declares shape \(1000000000000,\)"):
         load_dataset(f"npz:{tmp_path / 'd.npz'}")
     assert not cache_folder(tmp_path / "d.npz").exists()  # checked before extracting anything
 
