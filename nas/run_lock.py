@@ -18,7 +18,7 @@ import json
 import os
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from nas.errors import OutputError
@@ -33,10 +33,11 @@ class RunLock:
     path: Path  # the lock file
     fd: int
     taken_over: str | None = None  # whose stale lock this one replaced, as a sentence
+    pid: int = field(default_factory=os.getpid)  # the owner (a forked child inherits the lock but never releases)
 
     def release(self) -> None:
         """Remove the lock file and let go (unlinked first, so that a process waiting on this file sees it gone)."""
-        if _HELD.get(self.path.parent) is not self:
+        if _HELD.get(self.path.parent) is not self or os.getpid() != self.pid:
             return
         del _HELD[self.path.parent]
         try:
