@@ -134,7 +134,8 @@ def holding(kill: bool) -> Callable[[Path], None]:
         proc = hwnas(["train", folder / "tiny.yaml", "--resolution", "8", "--epochs", "500", "--out",
                       folder / "run"], background=True)
         deadline = time.time() + 120
-        while not (folder / "run" / ".lock").is_file() and time.time() < deadline:
+        lock = folder / "run" / ".lock"
+        while not (lock.is_file() and lock.stat().st_size) and time.time() < deadline:  # its owner written
             time.sleep(0.05)
         if kill:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -4,13 +4,14 @@ full disk (torch.save's "enforce fail", SQLite's "database or disk is full" insi
 ENOSPC) and the file system reports no free space."""
 
 import errno
+import os
 import shutil
-import sqlite3
+import subprocess
+import sys
 from collections import namedtuple
+from pathlib import Path
 
-import optuna
 import pytest
-import sqlalchemy
 import torch
 
 from nas.errors import OutputError
@@ -18,6 +19,7 @@ from nas.files import atomic_path, write_json
 from test_predict_fixtures import BENCH_TABLE, TINY_SPACE_YAML, InProcess, error_line
 
 Usage = namedtuple("Usage", "total used free")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -67,21 +69,31 @@ def test_an_error_that_is_not_a_full_disk_is_left_alone(tmp_path):
     assert (tmp_path / "b.json").read_text().strip() == '{\n  "x": 1\n}'
 
 
-def test_a_search_whose_study_fills_the_disk_names_the_study_file(hwnas, tmp_path, monkeypatch, full_disk):
-    real = optuna.storages.RDBStorage.set_trial_user_attr
-    calls = {"n": 0}
+STUDY_FILLS_THE_DISK = """
+import collections, shutil, sqlite3, sys
+import optuna, sqlalchemy
+shutil.disk_usage = lambda path: collections.namedtuple("U", "total used free")(10 ** 9, 10 ** 9, 0)
+real, calls = optuna.storages.RDBStorage.set_trial_user_attr, [0]
+def set_attr_until_full(self, *args, **kwargs):  # a few trials in, SQLite cannot grow the database any more
+    calls[0] += 1
+    if calls[0] > 40:
+        orig = sqlite3.OperationalError("database or disk is full")
+        raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from \\
+            sqlalchemy.exc.OperationalError("INSERT INTO trial_user_attributes ...", {}, orig)
+    return real(self, *args, **kwargs)
+optuna.storages.RDBStorage.set_trial_user_attr = set_attr_until_full
+sys.argv = ["hwnas"] + sys.argv[1:]
+from cli.main import main
+main()
+"""
 
-    def set_attr_until_full(self, trial_id, key, value):
-        calls["n"] += 1
-        if calls["n"] > 40:  # a few trials in, SQLite cannot grow the database any more
-            orig = sqlite3.OperationalError("database or disk is full")
-            raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from \
-                sqlalchemy.exc.OperationalError("INSERT INTO trial_user_attributes ...", {}, orig)
-        return real(self, trial_id, key, value)
 
-    monkeypatch.setattr(optuna.storages.RDBStorage, "set_trial_user_attr", set_attr_until_full)
+def test_a_search_whose_study_fills_the_disk_names_the_study_file(tmp_path):
+    """In a subprocess: the terminal must show one line, with nothing from Optuna's own log of the failed trial."""
     out = tmp_path / "run"
-    error_line(hwnas("search", "nars", "--space", f"table:{BENCH_TABLE}", "--objective", "val_accuracy",
-                   "--latency-column", "latency_ms", "--target-ms", "0.07", "--budget", "20", "--out", out),
-             f"cannot write {out.resolve() / 'study.db'}: the disk is full (0 B free", "at least 1 MB needed")
-    assert calls["n"] > 40
+    r = subprocess.run([sys.executable, "-c", STUDY_FILLS_THE_DISK, "search", "nars", "--space", f"table:{BENCH_TABLE}",
+                        "--objective", "val_accuracy", "--latency-column", "latency_ms", "--target-ms", "0.07",
+                        "--budget", "20", "--out", out], capture_output=True, text=True, cwd=ROOT, timeout=600,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    error_line(r, f"cannot write {out.resolve() / 'study.db'}: the disk is full (0 B free", "at least 1 MB needed")
+    assert "Trial" not in r.stderr, r.stderr  # Optuna's warning that a trial failed, with its traceback

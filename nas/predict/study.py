@@ -28,7 +28,9 @@ from nas.files import disk_full
 from nas.predict.storage_url import (check_storage_url, check_study_name, default_storage_url,  # noqa: F401
                                      driver_url, hide_secrets, masked_url, sqlite_path, storage_host)
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
+# errors only: Optuna warns of every failed trial with its traceback, and hwnas reports a trial's failure itself (the
+# error recorded on the trial, raised as one line by whoever waits for it)
+optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 HEARTBEAT_S = 2  # a running trial's heartbeat
 GRACE_S = 10  # a trial whose heartbeat is older than this is failed and its candidate enqueued again
