@@ -6,8 +6,8 @@ Outcomes per case:
 - traceback: a Python traceback, or an exit code other than 0 and 2;
 - accepted: a bad input that exited 0 (or a fault whose outcome is wrong);
 - hung: killed after the timeout;
-- left-files: a refused input that created or changed a file in the case's folder (an npz's memory-map cache,
-  `x.npz.npy/`, is allowed: it is a valid cache reused next time);
+- left-files: a refused input that created or changed a file in the case's folder (its bytes; an npz's memory-map
+  cache, `x.npz.npy/`, is allowed: it is a valid cache reused next time);
 - leaked: a credential in any printed line or written file (counted with the others: a case is one outcome).
 Full disks are simulated (the write fails as on a full disk and the file system reports no free space), so the
 sweep runs anywhere without root.
@@ -18,6 +18,7 @@ sweep runs anywhere without root.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import signal
@@ -168,7 +169,8 @@ def images(folder: Path, first_size=None, truncate=False, empty_class=False) -> 
     if truncate:
         raw = (folder / "imgs" / "a" / "3.jpg").read_bytes()
         (folder / "imgs" / "a" / "3.jpg").write_bytes(raw[:len(raw) // 2])
-    if first_size:
+    if first_size:  # the first file of the first class, sorted
+        (folder / "imgs" / "a" / "0.jpg").unlink()
         Image.new("RGB", first_size).save(folder / "imgs" / "a" / "0.png")
     if empty_class:
         (folder / "imgs" / "zebra").mkdir()
@@ -343,7 +345,8 @@ def cases() -> list[Case]:
 
 
 def snapshot(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")
+    """Each file's content digest (a file rewritten with the same bytes, as a resumed run does, is unchanged)."""
+    return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest() for p in folder.rglob("*")
             if p.is_file() and ".npz.npy" not in str(p)}
 
 

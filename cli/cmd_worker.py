@@ -33,7 +33,7 @@ def worker(
     resolve_accelerator(accelerator, precision, threads)  # this machine can train so: checked before joining
     machine = {"accelerator": accelerator, "precision": precision, "threads": threads}
     from nas.predict.study import load_study
-    load_study(storage, study)  # the storage and study exist: checked before starting the other workers
+    load_study(storage, study, read_only=True)  # the storage and study exist: checked before starting workers
     console.print(f"worker on study {study!r} in {masked_url(storage)}", soft_wrap=True, highlight=False)
     others = LocalWorkers(storage, study, workers - 1, machine)
     try:

@@ -171,8 +171,10 @@ def test_status_of_a_study_not_made_by_hwnas_is_refused(hwnas, tmp_path):
 
     url = f"sqlite:///{tmp_path / 'plain.db'}"
     optuna.create_study(storage=url, study_name="plain").optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    before = (tmp_path / "plain.db").read_bytes()
     error_line(hwnas("search", "status", "--storage", url, "--study", "plain"),
-             "study 'plain' was not made by `hwnas search`")
+               "study 'plain' was not made by `hwnas search`")
+    assert (tmp_path / "plain.db").read_bytes() == before  # read, not converted to WAL mode
 
 
 # ---- latency check --model ---------------------------------------------------------------------------------------

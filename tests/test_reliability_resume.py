@@ -116,6 +116,10 @@ def test_a_killed_search_resumes_from_its_study_to_exactly_its_budget(workers, k
         check_complete(out)
         assert json.loads((out / "report.json").read_text())["nars"]["study"]["nothing_to_do"]
         assert len(load_study(f"sqlite:///{out / 'study.db'}", "hwnas").get_trials(deepcopy=False)) == trials
+    status = subprocess.run([sys.executable, "-m", "cli.main", "search", "status", "--storage",
+                             f"sqlite:///{out / 'study.db'}"], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            capture_output=True, text=True, timeout=120)
+    assert f"{BUDGET} of {BUDGET} done, 0 running, 0 waiting" in status.stdout, status.stdout + status.stderr
 
 
 def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_failed_and_enqueued_again(tmp_path, monkeypatch):

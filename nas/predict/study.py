@@ -40,10 +40,11 @@ FINGERPRINT_ATTR = "hwnas_fingerprint"  # what a worker's space, data and code m
 PROPOSER_DONE_ATTR = "hwnas_proposer_done"  # the proposer enqueues nothing more: idle workers stop
 EXHAUSTED_ATTR = "hwnas_exhausted"  # every candidate of a table is evaluated or taken
 RECENT_S = 300  # workers seen within this many seconds are "recent" in the status
-def _sqlite_engine(url: str) -> dict:
+def _sqlite_engine(url: str, read_only: bool = False) -> dict:
     """SQLite in WAL mode without a sync per commit (every user attr is a commit: 16 ms each otherwise; a crash
     of the machine may lose the last trials, which a rerun evaluates again), and with transactions that take the
-    write lock when they begin (``_serialize``), so that two workers never pop the same waiting trial."""
+    write lock when they begin (``_serialize``), so that two workers never pop the same waiting trial. A reader
+    (``read_only``: the status) leaves the file's journal mode as it is."""
     import sqlite3
 
     path = url[len("sqlite:///"):]
@@ -52,8 +53,9 @@ def _sqlite_engine(url: str) -> dict:
 
     def connect():
         conn = sqlite3.connect(path, timeout=60, check_same_thread=False, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
+        if not read_only:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
         return conn
 
     return {"creator": connect}
@@ -105,10 +107,11 @@ def storage_errors(url: str) -> Iterator[None]:
         raise storage_failure(url, e) from None
 
 
-def open_storage(url: str, must_exist: bool = False) -> optuna.storages.RDBStorage:
+def open_storage(url: str, must_exist: bool = False, read_only: bool = False) -> optuna.storages.RDBStorage:
     """The RDB storage at ``url``, with heartbeats and retries of dead workers' trials; SearchError naming the host
     and the driver's reason when it cannot be opened. ``must_exist``: a SQLite file that is not there is an error
-    (a worker or a status on a mistyped path), not a new empty database."""
+    (a worker or a status on a mistyped path), not a new empty database; ``read_only``: for reading (a SQLite file
+    is left as it is)."""
     check_storage_url(url)
     path = sqlite_path(url)
     if must_exist and path is not None and not path.is_file():
@@ -116,7 +119,7 @@ def open_storage(url: str, must_exist: bool = False) -> optuna.storages.RDBStora
                           f"RUN/study.db)")
     real = driver_url(url)
     try:
-        kwargs = _sqlite_engine(real) if real.startswith("sqlite") else \
+        kwargs = _sqlite_engine(real, read_only) if real.startswith("sqlite") else \
             {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}} if real.startswith("postgresql") else \
             {"pool_pre_ping": True}
         with warnings.catch_warnings():  # heartbeats and retries are marked experimental
@@ -124,7 +127,8 @@ def open_storage(url: str, must_exist: bool = False) -> optuna.storages.RDBStora
             storage = optuna.storages.RDBStorage(
                 real, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback())
-        _serialize(storage)
+        if not read_only:
+            _serialize(storage)
         return storage
     except Exception as e:  # sqlalchemy raises many kinds (bad dialect, unreachable host, unwritable file)
         reason = _reason(e, url)
@@ -183,10 +187,11 @@ def open_study(url: str, name: str, directions: list[str], metric_names: list[st
 
 
 def load_study(url: str, name: str, sampler: optuna.samplers.BaseSampler | None = None,
-               storage=None) -> optuna.Study:
-    """An existing study (for a worker or the status); SearchError when there is none of that name."""
+               storage=None, read_only: bool = False) -> optuna.Study:
+    """An existing study (for a worker, or ``read_only`` for the status); SearchError when there is none of that
+    name."""
     check_study_name(name)
-    storage = storage or open_storage(url, must_exist=True)
+    storage = storage or open_storage(url, must_exist=True, read_only=read_only)
     try:
         return optuna.load_study(study_name=name, storage=storage, sampler=sampler)
     except KeyError:
