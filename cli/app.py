@@ -122,6 +122,7 @@ def run_strategy(name: str, config, out: Path | None) -> tuple[dict, Path]:
         data, space = getattr(prepared, "data", None), getattr(prepared, "space", None)  # model searches
         print_warnings(mismatch_warnings(data, space) if data is not None and space is not None else [])
         run = open_run(strategy, prepared, out)
+        print_warnings(run.warnings)
         console.print(f"{prepared.summary()} -> {run.path}" + (" (resuming)" if run.resumed else ""))
         report = strategy.run(prepared, run, progress)
     return report, run.path

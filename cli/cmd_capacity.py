@@ -8,13 +8,14 @@ from typing import Optional
 import typer
 
 from cli.app import (
+    TARGET_HELP,
     app,
     console,
     latency_app,
     next_step,
     print_json,
-    TARGET_HELP,
     print_verdict,
+    print_warnings,
     progress_bar,
     renamed,
     run_strategy,
@@ -63,11 +64,13 @@ def train_dynamic_cmd(space: str = SPACE_OPT, dataset: str = DATASET_OPT,
     loader_workers = renamed("--workers", "--loader-workers", old_workers, loader_workers)
     engine = engine_for(accelerator, precision, threads, loader_workers)
     data, sp = load_capacity_data(space, dataset, seed)
-    recipe = sp.recipe().model_copy(update={"seed": seed, **({"epochs": epochs} if epochs else {})})
+    recipe = sp.recipe().updated(f"space {sp.name} recipe" + (" with --epochs" if epochs else ""), seed=seed,
+                                 **({"epochs": epochs} if epochs else {}))
     out = out or default_run_path("train-dynamic", sp.name)
     run = RunDir(out, {"command": "train-dynamic", "space": sp.name, "space_fingerprint": sp.fingerprint(),
                        "dataset": dataset, "recipe": recipe.model_dump(), "shift": shift, "seed": seed,
                        "accelerator": engine.accelerator.kind, "precision": engine.accelerator.precision})
+    print_warnings(run.warnings)
     console.print(f"training {sp.name} once-for-all on {dataset} {data.sizes()} at {sp.resolution}px "
                   f"({sp.tokens} tokens) on {engine.accelerator.describe()} -> {out}")
     torch.manual_seed(seed)
@@ -232,6 +235,7 @@ def export_capacity_cmd(space: str = SPACE_OPT,
     run = RunDir(out, {"command": "export-capacity", "space": evaluator.model.space.name,
                        "checkpoint": str(checkpoint), "dataset": dataset, "device": device, "config": cfg.to_dict(),
                        "seed": seed})
+    print_warnings(run.warnings)
     report = write_report(run, export_config(evaluator, cfg, run, method="export-capacity"))
     if as_json:
         print_json(report)

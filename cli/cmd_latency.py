@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from cli.app import console, latency_app, print_json, print_table, progress_bar, renamed
+from cli.app import console, latency_app, print_json, print_table, print_warnings, progress_bar, renamed
 from cli.cmd_latency_onnx import is_onnx_file, predict_onnx_file
 
 SPACE_OPT = typer.Option(..., "--space", help="space name or YAML")
@@ -69,13 +69,14 @@ def profile(space: str = SPACE_OPT, device: str = DEVICE_OPT,
                                                                   "or ./latency_tables)"),
             as_json: bool = typer.Option(False, "--json", help="print the summary as JSON")):
     """Measure every block of a space on this machine into a device table (resumable; safe to run twice)."""
-    from nas.latency.calibrate import calibrate
+    from nas.latency.calibrate import calibrate, check_calibration_count
     from nas.latency.device import Device, check_provider
     from nas.latency.profile import profile_items, space_profile_items
     from nas.latency.table import check_device_id
 
     threads = renamed("--threads", "--ort-threads", old_threads, ort_threads)
     clock = table_clock(clock, device, tables_dir, threads)
+    check_calibration_count(calibration)
     check_provider(provider)
     measure_on = Device(provider, threads, optimization, clock, check_device_id(device), batch=batch)  # checks
     sp = _space(space, resolution, width, classes, in_channels)
@@ -233,6 +234,7 @@ def validate(space: str = SPACE_OPT, device: str = DEVICE_OPT,
     out = out or default_run_path("latency-validate", device)
     run = RunDir(out, {"command": "latency validate", "device": device, "space": sp.name,
                        "space_args": sp.space_args(), "samples": samples, "seed": seed})
+    print_warnings(run.warnings)
     for w in lm.warnings:
         console.print(f"[yellow]warning:[/yellow] {w}")
     with progress_bar("validate", samples) as advance:
@@ -268,12 +270,15 @@ def bundle(space: str = SPACE_OPT,
            calibration: int = typer.Option(8, help="whole calibration models to include"),
            as_json: bool = typer.Option(False, "--json", help="print the summary as JSON")):
     """Write a zip (block ONNX files, manifest, measure.py) to profile a device that cannot run hwnas."""
-    from nas.latency.bundle import write_bundle
+    from nas.latency.bundle import check_bundle_out, write_bundle
+    from nas.latency.calibrate import check_calibration_count
     from nas.latency.profile import space_profile_items
 
+    check_calibration_count(calibration)
+    check_bundle_out(out)
     sp = _space(space, resolution, width, classes, in_channels)
     bits = (32, 8) if int8 else (32,)
-    with progress_bar("bundle", len(space_profile_items(sp, bits)) + max(calibration, 0)) as advance:
+    with progress_bar("bundle", len(space_profile_items(sp, bits)) + calibration) as advance:
         manifest = write_bundle(sp, out, bits=bits, calibration=calibration,
                                 on_progress=lambda d, t, note: advance(note=note))
     if as_json:

@@ -160,7 +160,7 @@ def status(
     constraint, and the workers seen recently."""
     from nas.search.blackbox.study import load_study, study_status
 
-    info = study_status(load_study(storage, study))
+    info = study_status(load_study(storage, study, read_only=True))
     if as_json:
         print_json(info)
         return

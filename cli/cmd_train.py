@@ -55,13 +55,15 @@ def train(ref: str = typer.Argument(..., help="model name (fbnet_a ...), space n
                                   skip_bad_images=skip_bad_images)
     print_warnings(mismatch_warnings(data, space, ref))
     rec = load_recipe(recipe)
-    rec = rec.model_copy(update={"seed": seed, **({"epochs": epochs} if epochs else {})})
+    rec = rec.updated(str(recipe or "recipe") + (" with --epochs" if epochs else ""), seed=seed,
+                      **({"epochs": epochs} if epochs else {}))
     out = out or default_run_path("train", space.name)
     run = RunDir(out, {"command": "train", "ref": ref, "dataset": dataset, "space_args": space.space_args(),
                        "arch": arch.to_dict(), "recipe": rec.model_dump(), "seed": seed,
                        "measure_threads": measure_threads, "normalization": data.normalization,
                        "accelerator": engine.accelerator.kind, "precision": engine.accelerator.precision,
                        "world_size": engine.world.size})
+    print_warnings(run.warnings)
     console.print(f"training {space.name} on {dataset} {data.sizes()} at {space.resolution}px on "
                   f"{engine.accelerator.describe()} -> {out}")
     try:

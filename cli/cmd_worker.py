@@ -28,9 +28,12 @@ def worker(
 
     if workers < 1:
         raise SearchError(f"--workers must be at least 1 (got {workers})")
-    from nas.train.accelerator import resolve_accelerator
+    from nas.train.accelerator import check_per_core, resolve_accelerator
+    check_per_core("--workers", workers, "worker processes")
     resolve_accelerator(accelerator, precision, threads)  # this machine can train so: checked before joining
     machine = {"accelerator": accelerator, "precision": precision, "threads": threads}
+    from nas.search.blackbox.study import load_study
+    load_study(storage, study, read_only=True)  # the storage and study exist: checked before starting workers
     console.print(f"worker on study {study!r} in {masked_url(storage)}", soft_wrap=True, highlight=False)
     others = LocalWorkers(storage, study, workers - 1, machine)
     try:

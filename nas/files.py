@@ -5,15 +5,19 @@ NaN or Infinity (they are written as null, so every report is valid JSON)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 from nas.errors import OutputError
+
+FULL_BELOW = 1_000_000  # bytes: a disk with less free space than this after a failed write is taken as full
 
 
 def current_umask() -> int:
@@ -30,14 +34,16 @@ def current_umask() -> int:
 
 
 @contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, size_hint: int | None = None) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; on success it replaces ``path`` atomically.
 
-    OutputError when the folder cannot be created or written (a file in the way, no permission).
+    OutputError when the folder cannot be created or written (a file in the way, no permission), or when the disk
+    fills while the file is written (naming the path, the free space and ``size_hint``, the bytes it needs, or at
+    least what was written before it filled).
     """
     path = Path(path)
+    make_folder(path.parent, path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
     except OSError as e:
         raise OutputError(f"cannot write {path}: {e.strerror or e} ({_blocker(path.parent)})") from None
@@ -46,7 +52,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         os.close(fd)
     try:
-        yield Path(tmp)
+        try:
+            yield Path(tmp)
+        except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError ("enforce fail")
+            written = _size(tmp)
+            full = disk_full(path, e, f"about {human_bytes(size_hint)}" if size_hint else
+                             f"more than the {human_bytes(written)} written" if written else "more")
+            if full is None:
+                raise
+            raise full from None
         try:
             os.replace(tmp, path)
         except OSError as e:
@@ -54,6 +68,45 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def disk_full(path: Path, error: BaseException, needed: str) -> OutputError | None:
+    """The one-line error for ``error`` if a full disk (or a quota) caused it, else None: the path, the free space
+    there and ``needed`` (what the write needs, in words). A library's failed write counts when the disk has less
+    than ``FULL_BELOW`` bytes left."""
+    folder = next((p for p in [Path(path).parent, *Path(path).parents] if p.exists()), Path("."))
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return None
+    if getattr(error, "errno", None) not in (errno.ENOSPC, errno.EDQUOT) and free >= FULL_BELOW:
+        return None
+    return OutputError(f"cannot write {path}: the disk is full ({human_bytes(free)} free in {folder}, {needed} "
+                       f"needed); free some space and rerun the same command (it resumes)")
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def _size(path: str | Path) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def make_folder(folder: Path, target: Path | None = None) -> None:
+    """Create ``folder`` (and its parents); OutputError naming ``target`` (default: the folder) and what is in the
+    way when it cannot be."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot write {target or folder}: {e.strerror or e} ({_blocker(folder)})") from None
 
 
 def _blocker(folder: Path) -> str:
@@ -67,7 +120,7 @@ def _blocker(folder: Path) -> str:
 
 
 def write_text(path: str | Path, text: str) -> None:
-    with atomic_path(path) as tmp:
+    with atomic_path(path, size_hint=len(text.encode())) as tmp:
         tmp.write_text(text)
 
 

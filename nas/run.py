@@ -1,4 +1,5 @@
-"""Run directories: results/<run-id>/ with config.json, and a check that a resumed run keeps its settings."""
+"""Run directories: results/<run-id>/ with config.json, one writer at a time (``nas.run_lock``), and a check that a
+resumed run keeps its settings."""
 
 from __future__ import annotations
 
@@ -28,6 +29,44 @@ class RunDir:
         self.path = Path(path)
         if self.path.exists() and not self.path.is_dir():
             raise OutputError(f"--out {self.path} is a file, not a folder; choose another path")
+        self.warnings: list[str] = []  # for the CLI to show (a stale lock taken over)
+        from nas.run_lock import holds
+
+        reopened = holds(self.path)  # this process's own run, opened again: its lock stays
+        self.lock = self._lock(config.get("command"))
+        try:
+            self._open(config)
+        except BaseException:
+            if self.lock is not None and not reopened:
+                self.lock.release()
+            raise
+
+    def _lock(self, command: str | None):
+        """The run's lock (``nas.run_lock``), held by the writer (rank 0 under torchrun, where every rank learns
+        whether it got it); OutputError naming the owner when another process writes this folder."""
+        import torch.distributed as dist  # torch: imported when a run is opened, not by `--help`
+
+        from nas.run_lock import acquire
+
+        distributed = dist.is_available() and dist.is_initialized()
+        lock, refused = None, None
+        if not distributed or dist.get_rank() == 0:
+            try:
+                lock = acquire(self.path, command)
+            except OutputError as e:
+                refused = e
+        if distributed:  # every rank learns whether rank 0 got the lock
+            got = [refused is None]
+            dist.broadcast_object_list(got, src=0)
+            if not got[0] and refused is None:
+                raise OutputError(f"{self.path}: rank 0 could not lock this run directory (its message says why)")
+        if refused is not None:
+            raise refused
+        if lock is not None and lock.taken_over:
+            self.warnings.append(f"{self.path}: {lock.taken_over}")
+        return lock
+
+    def _open(self, config: dict) -> None:
         stored_file = self.path / CONFIG_FILE
         fresh = json.loads(json.dumps(finite_json(config)))
         self.resumed = stored_file.is_file() and self._has_outputs()
@@ -55,7 +94,8 @@ class RunDir:
         return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
     def _has_outputs(self) -> bool:
-        """Whether the folder holds anything besides config.json (and the temp files of interrupted writes)."""
+        """Whether the folder holds anything besides config.json (and the lock and the temp files of interrupted
+        writes)."""
         return any(p.name != CONFIG_FILE and not p.name.startswith(".") for p in self.path.iterdir())
 
     def file(self, name: str) -> Path:

@@ -70,3 +70,15 @@ class InProcess:
             code = e.code
         out, err = self.capsys.readouterr()
         return subprocess.CompletedProcess(args, code, out, err)
+
+
+def error_line(r: subprocess.CompletedProcess, *fragments: str) -> str:
+    """The CLI's one red line of a refused command (joined where the terminal wrapped it), checked for exit code
+    2, no traceback and ``fragments``."""
+    assert r.returncode == 2 and "Traceback" not in r.stderr, (r.stdout, r.stderr)
+    errors = r.stderr.split("error: ")
+    assert len(errors) == 2, r.stderr
+    line = " ".join(errors[1].split())
+    for f in fragments:
+        assert f in line, line
+    return line

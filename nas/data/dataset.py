@@ -16,6 +16,8 @@ from nas.data.splits import ArraySplit, ImageFolderSplit, Normalised, Split, Ten
 from nas.errors import DataError
 
 MIN_DEFAULT_RESOLUTION = 32  # small images (digits are 8x8) are upsampled to this unless a resolution is given
+MAX_DEFAULT_RESOLUTION = 1024  # a larger first image (or npz image) needs an explicit --resolution
+MAX_RESOLUTION = 4096  # images are trained at most this large (a batch of 4096 px RGB images is GBs)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
@@ -71,11 +73,17 @@ def _load_digits() -> tuple[np.ndarray, np.ndarray]:
 
 
 def readable_image(path: Path) -> bool:
-    """Whether PIL can identify and verify ``path`` (the header and structure; the pixels decode later)."""
+    """Whether PIL can identify and verify ``path`` (the header and structure; the pixels decode later). A JPEG's
+    ``verify`` reads no image data, so a JPEG is decoded at 1/8 scale (its DCT scaling: a fraction of a full
+    decode), which finds a truncated or corrupt stream."""
     from PIL import Image
     try:
         with Image.open(path) as im:
-            im.verify()
+            if im.format != "JPEG":
+                im.verify()
+                return True
+            im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
+            im.load()
         return True
     except Exception:  # PIL raises many types for broken files
         return False
@@ -86,11 +94,12 @@ def _list_folder(path: Path, skip_bad_images: bool) -> tuple[list[Path], np.ndar
     read and one of them (unless ``skip_bad_images``)."""
     if not path.is_dir():
         raise DataError(f"dataset folder not found: {path}")
-    class_dirs = sorted(p for p in path.iterdir() if p.is_dir())
+    class_dirs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(class_dirs) < 2:
         raise DataError(f"{path}: needs one sub-folder of images per class (found {len(class_dirs)})")
-    files, labels, bad = [], [], []
+    files, labels, bad, empty = [], [], [], []
     for label, d in enumerate(class_dirs):
+        count, broken = len(files), len(bad)
         for f in sorted(d.iterdir()):
             if f.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
@@ -99,20 +108,30 @@ def _list_folder(path: Path, skip_bad_images: bool) -> tuple[list[Path], np.ndar
                 continue
             files.append(f)
             labels.append(label)
+        if len(files) == count:
+            empty.append(d.name + (" (its images cannot be read)" if len(bad) > broken else ""))
     if bad and not skip_bad_images:
         raise DataError(f"{path}: {len(bad)} of {len(files) + len(bad)} images cannot be read (e.g. {bad[0]}); "
                         f"fix or remove them, or pass --skip-bad-images to train without them")
     if not files:
         raise DataError(f"{path}: no images found")
+    if empty:
+        raise DataError(f"{path}: class folder{'s' if len(empty) > 1 else ''} {', '.join(empty[:5])} hold"
+                        f"{'' if len(empty) > 1 else 's'} no images ({len(empty)} of {len(class_dirs)} classes); "
+                        f"add images or remove the folder")
     return files, np.asarray(labels, dtype=np.int64)
 
 
 def split_indices(spec: str, y: np.ndarray, seed: int, val_fraction: float, test_fraction: float):
     """Stratified train / val / test index arrays; DataError when a class is too small to split."""
+    if y.min() < 0 or y.max() >= len(y):  # checked before counting: bincount allocates up to the largest label
+        raise DataError(f"{spec}: labels must be 0..K-1 with every class present (they run from {int(y.min())} to "
+                        f"{int(y.max())} over {len(y)} samples)")
     classes = int(y.max()) + 1
     counts = np.bincount(y, minlength=classes)
-    if y.min() < 0 or (counts == 0).any():
-        raise DataError(f"{spec}: labels must be 0..K-1 with every class present")
+    if (counts == 0).any():
+        raise DataError(f"{spec}: labels must be 0..K-1 with every class present (class "
+                        f"{int(np.flatnonzero(counts == 0)[0])} has no sample)")
     if counts.min() < 5:
         raise DataError(f"{spec}: too small for a train/val/test split "
                         f"(class {int(counts.argmin())} has {int(counts.min())} samples; need at least 5 per class)")
@@ -134,7 +153,10 @@ def _stream_folder(spec: str, path: Path, resolution: int | None, seed: int, val
 
     files, y = _list_folder(path, skip_bad_images)
     with Image.open(files[0]) as first:
-        native = max(first.size)
+        native, size = max(first.size), first.size
+    if resolution is None and native > MAX_DEFAULT_RESOLUTION:
+        raise DataError(f"{path}: its first image ({files[0].name}) is {size[0]} x {size[1]} px, more than the "
+                        f"{MAX_DEFAULT_RESOLUTION} px a default resolution may be; pass --resolution (e.g. 224)")
     resolution = resolution or max(MIN_DEFAULT_RESOLUTION, native)
     classes, train, val, test = split_indices(spec, y, seed, val_fraction, test_fraction)
     raw = {name: ImageFolderSplit([files[i] for i in idx], y[idx], resolution)
@@ -150,6 +172,9 @@ def _stream_npz(spec: str, path: Path, resolution: int | None, seed: int, val_fr
     batch needs it."""
     x, y, scale = open_arrays(path)
     classes, train, val, test = split_indices(spec, y, seed, val_fraction, test_fraction)
+    if resolution is None and max(x.shape[-2:]) > MAX_DEFAULT_RESOLUTION:
+        raise DataError(f"{spec}: its images are {x.shape[-2]} x {x.shape[-1]} px, more than the "
+                        f"{MAX_DEFAULT_RESOLUTION} px a default resolution may be; pass --resolution (e.g. 224)")
     size = resolution or max(MIN_DEFAULT_RESOLUTION, *x.shape[-2:])
     raw = {name: ArraySplit(x, y, idx, scale) for name, idx in (("train", train), ("val", val), ("test", test))}
     mean, std = channel_statistics(raw["train"], seed=seed)
@@ -169,6 +194,8 @@ def load_dataset(spec: str = "digits", resolution: int | None = None, seed: int 
     """
     if resolution is not None and resolution <= 0:
         raise DataError(f"resolution must be positive, got {resolution}")
+    if resolution is not None and resolution > MAX_RESOLUTION:
+        raise DataError(f"resolution {resolution} px is above the {MAX_RESOLUTION} px hwnas trains at")
     if spec == "digits":
         x, y = _load_digits()
     elif spec.startswith("npz:"):

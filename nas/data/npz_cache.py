@@ -16,17 +16,43 @@ from pathlib import Path
 import numpy as np
 
 from nas.errors import DataError
-from nas.files import atomic_path
+from nas.files import atomic_path, human_bytes, make_folder
 
 SCAN_BYTES = 16 << 20  # bytes of images read at a time when checking an array
+FREE_MARGIN = 100_000_000  # bytes left free on the disk after extracting an .npz's cache
+MAX_CHANNELS_GUESS = 4  # N x a x b x c with non-square images: the side at most this large is the channels
 
 
 def cache_folder(path: Path) -> Path:
     return path.with_name(path.name + ".npy")
 
 
+def _member_shape(z: zipfile.ZipFile, path: Path, name: str) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and dtype an array's .npy header declares, checked against the bytes the zip holds for it (a
+    header claiming more data than the member has is a corrupt or crafted file)."""
+    info = z.getinfo(f"{name}.npy")
+    try:
+        with z.open(info) as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f, max_header_size=10_000)
+            header = f.tell()
+    except (ValueError, OSError, zipfile.BadZipFile) as e:
+        raise DataError(f"{path}: not a readable .npz file (array '{name}': {' '.join(str(e).split())})") from None
+    if dtype.hasobject:
+        raise DataError(f"{path}: not a readable .npz file (array '{name}' holds Python objects; hwnas reads numbers "
+                        f"only)")
+    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if info.file_size != expected:
+        raise DataError(f"{path}: not a readable .npz file (array '{name}' declares shape {shape} of {dtype}, "
+                        f"{expected} bytes, but holds {info.file_size} bytes)")
+    return shape, dtype
+
+
 def extract_arrays(path: Path) -> Path:
-    """The folder holding ``path``'s x.npy and y.npy (extracted now unless a fresh copy is there)."""
+    """The folder holding ``path``'s x.npy and y.npy (extracted now unless a fresh copy is there). The headers are
+    checked first (shapes that agree, sizes the zip really holds) and the copy must fit the free disk space."""
     if not zipfile.is_zipfile(path):
         raise DataError(f"{path}: not an .npz file (numpy.savez's zip of arrays 'x' and 'y')")
     folder = cache_folder(path)
@@ -34,17 +60,43 @@ def extract_arrays(path: Path) -> Path:
         names = {Path(n).stem for n in z.namelist() if n.endswith(".npy")}
         if "x" not in names or "y" not in names:
             raise DataError(f"{path}: needs arrays 'x' and 'y' (has {', '.join(sorted(names)) or 'none'})")
+        shapes = {name: _member_shape(z, path, name)[0] for name in ("x", "y")}
+        if not shapes["x"] or len(shapes["y"]) != 1 or shapes["y"][0] != shapes["x"][0]:
+            raise DataError(f"{path}: 'y' must be a vector of one label per image of 'x' (x has shape "
+                            f"{shapes['x']}, y {shapes['y']})")
+        todo = [name for name in ("x", "y") if not ((folder / f"{name}.npy").is_file() and
+                                                   (folder / f"{name}.npy").stat().st_mtime >= path.stat().st_mtime)]
+        needed = sum(z.getinfo(f"{name}.npy").file_size for name in todo)
+        free = shutil.disk_usage(folder if folder.is_dir() else path.parent).free
+        if todo and needed > free - FREE_MARGIN:
+            raise DataError(f"{path}: its memory-map cache {folder} needs {human_bytes(needed)} (the arrays "
+                            f"uncompressed) and {human_bytes(free)} are free; free space, or give npz:FOLDER "
+                            f"holding x.npy and y.npy")
+        make_folder(folder)
         try:
-            folder.mkdir(exist_ok=True)
-            for name in ("x", "y"):
-                target = folder / f"{name}.npy"
-                if target.is_file() and target.stat().st_mtime >= path.stat().st_mtime:
-                    continue
-                with z.open(f"{name}.npy") as src, atomic_path(target) as tmp, open(tmp, "wb") as dst:
+            for name in todo:
+                with z.open(f"{name}.npy") as src, atomic_path(folder / f"{name}.npy", size_hint=needed) as tmp, \
+                        open(tmp, "wb") as dst:
                     shutil.copyfileobj(src, dst, 1 << 20)
         except OSError as e:
             raise DataError(f"{path}: cannot write its memory-map cache {folder} ({e.strerror or e})") from None
     return folder
+
+
+def channels_last(shape: tuple[int, ...], path: Path) -> bool:
+    """Whether a 4-d ``x`` is N x H x W x C rather than N x C x H x W: the reading with square images, or (neither
+    square) the one whose channel count is small (at most ``MAX_CHANNELS_GUESS``); DataError when both fit."""
+    _, a, b, c = shape
+    first, last = b == c, a == b  # square images: N x C x H x W | N x H x W x C
+    if first != last:
+        return last
+    if first:
+        return False  # e.g. N x 3 x 3 x 3: the documented default, channels first
+    small_first, small_last = a <= MAX_CHANNELS_GUESS, c <= MAX_CHANNELS_GUESS
+    if small_first == small_last:
+        raise DataError(f"{path}: 'x' has shape {shape}: neither N x C x H x W nor N x H x W x C is clear (the "
+                        f"images are not square); save it as N x C x H x W")
+    return small_last
 
 
 class NpyRows:
@@ -57,7 +109,7 @@ class NpyRows:
         self.path, self.dtype, self.offset = path, mapped.dtype, mapped.offset
         self.fortran = not mapped.flags.c_contiguous and mapped.ndim > 1
         self.file_shape = mapped.shape
-        self.channels_last = mapped.ndim == 4 and mapped.shape[-1] in (1, 3) and mapped.shape[1] not in (1, 3)
+        self.channels_last = mapped.ndim == 4 and channels_last(mapped.shape, path)
         rest = mapped.shape[1:]
         if mapped.ndim == 3:
             rest = (1, *rest)
@@ -111,19 +163,20 @@ def open_arrays(path: Path) -> tuple[NpyRows, np.ndarray, float]:
     if not path.exists():
         raise DataError(f"dataset file not found: {path}")
     folder = path if path.is_dir() else extract_arrays(path)
-    try:
+    try:  # both mapped: a header that claims more than the file holds fails here, allocating nothing
         x = np.load(folder / "x.npy", mmap_mode="r", allow_pickle=False)
-        y = np.load(folder / "y.npy", allow_pickle=False)
+        y = np.load(folder / "y.npy", mmap_mode="r", allow_pickle=False)
     except FileNotFoundError as e:
         raise DataError(f"{path}: needs arrays x.npy and y.npy ({e.filename} is missing)") from None
     except (ValueError, OSError) as e:
-        raise DataError(f"{path}: not a readable .npz file ({e})") from None
+        raise DataError(f"{path}: not a readable .npz file ({' '.join(str(e).split())})") from None
     if x.ndim not in (3, 4):
         raise DataError(f"{path}: 'x' must be N x H x W or N x C x H x W, got shape {x.shape}")
     if y.ndim != 1 or len(y) != len(x):
         raise DataError(f"{path}: 'y' must be a vector of {len(x)} labels, got shape {y.shape}")
     if not np.issubdtype(y.dtype, np.integer):
         raise DataError(f"{path}: 'y' must hold integer class labels, got {y.dtype}")
+    y = np.array(y)  # the labels, in memory (one per image: as many as the mapped images)
     if len(x) == 0:
         raise DataError(f"{path}: 'x' holds no images")
     if not (np.issubdtype(x.dtype, np.number) and not np.iscomplexobj(x)) or x.dtype == np.bool_:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from nas.data.npz_cache import NpyRows
+from nas.errors import DataError
 
 EVAL_CROP_FRACTION = 0.875  # evaluation: resize the short side to resolution / 0.875, then centre-crop
 
@@ -83,6 +84,15 @@ def decode_image(path: Path, resolution: int) -> np.ndarray:
     """An image file as 3 x resolution x resolution floats in [0, 1]: the short side resized to
     resolution / 0.875, then the centre crop (deterministic; training augments on the device afterwards)."""
     from PIL import Image
+    try:
+        return _decode(Image, path, resolution)
+    except Exception as e:  # PIL raises many types for broken files; the listing's check missed this one
+        raise DataError(f"{path}: cannot decode this image ({' '.join(str(e).split()) or type(e).__name__}); fix "
+                        f"or remove it (or pass --skip-bad-images, which leaves out the files found broken)") \
+            from None
+
+
+def _decode(Image, path: Path, resolution: int) -> np.ndarray:
     with Image.open(path) as im:
         im = im.convert("RGB")
         short = max(resolution, round(resolution / EVAL_CROP_FRACTION))

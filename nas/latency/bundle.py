@@ -11,6 +11,7 @@ place, so a failed import leaves nothing behind.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -26,7 +27,13 @@ from nas.arch.space import Space
 from nas.errors import LatencyTableError
 from nas.files import atomic_path, current_umask, write_json
 from nas.latency import remote_measure
-from nas.latency.calibrate import append_calibration, arch_calibration_model, calibration_archs, refit_correction
+from nas.latency.calibrate import (
+    append_calibration,
+    arch_calibration_model,
+    calibration_archs,
+    check_calibration_count,
+    refit_correction,
+)
 from nas.latency.overhead import fit_call_overhead, passthrough_mb, passthrough_model
 from nas.latency.profile import ExportedItem, item_onnx, space_profile_items
 from nas.latency.table import (
@@ -49,6 +56,8 @@ def write_bundle(space: Space, out: str | Path, *, bits: tuple[int, ...] = (32,)
                  model_bits: int = 32) -> dict:
     """Write the measuring bundle for ``space`` to ``out`` (.zip, atomically); return its manifest. ``blocks``
     False: the whole models alone (what ``hwnas latency adapt`` measures on a new device), at ``model_bits``."""
+    check_calibration_count(calibration)
+    check_bundle_out(out)
     items = space_profile_items(space, bits) if blocks else []
     archs = calibration_archs(space, calibration) if calibration > 0 else []
     total = len(items) + len(archs)
@@ -86,6 +95,24 @@ def write_bundle(space: Space, out: str | Path, *, bits: tuple[int, ...] = (32,)
         z.writestr("measure.py", resources.files("nas.latency").joinpath("remote_measure.py").read_text())
         z.writestr("README.txt", _README.format(n_blocks=len(items), n_models=len(archs), space=space.name))
     return manifest
+
+
+def check_bundle_out(out: str | Path) -> None:
+    """LatencyTableError when ``out`` is a folder, or a file that is not an earlier bundle (never overwritten)."""
+    out = Path(out)
+    if out.is_dir():
+        raise LatencyTableError(f"--out {out} is a folder; give the .zip file to write")
+    if not out.exists():
+        return
+    try:
+        with zipfile.ZipFile(out) as z:
+            manifest = json.loads(z.read("manifest.json"))
+        if isinstance(manifest, dict) and manifest.get("format") == remote_measure.BUNDLE_FORMAT:
+            return  # an earlier bundle: replaced
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError):
+        pass
+    raise LatencyTableError(f"--out {out} exists and is not an hwnas bundle; choose another path (it is never "
+                            f"overwritten)")
 
 
 _README = """hwnas latency bundle: {n_blocks} blocks and {n_models} calibration models of space {space}.
@@ -140,6 +167,15 @@ def _check_manifest(path: Path, manifest: dict) -> None:
                 value = item.get(name) if isinstance(item, dict) else None
                 if not isinstance(value, kind) or isinstance(value, bool):
                     raise bad(f"{group}[{n}].{name}", kind)
+    for n, model in enumerate(manifest["models"]):
+        arch = model["arch"]
+        if arch.get("space") != manifest["space"] or not isinstance(arch.get("ops"), list):
+            raise LatencyTableError(f"{path}: manifest models[{n}].arch is not an arch of space "
+                                    f"{manifest['space']!r} (space {arch.get('space')!r}); the results file is damaged "
+                                    f"(measure again with the bundle)")
+
+
+MAX_MEASURED_MS = 600_000.0  # ten minutes per inference: a larger figure is a damaged or forged file
 
 
 def _stats(where: str, st) -> dict:
@@ -148,8 +184,13 @@ def _stats(where: str, st) -> dict:
         out |= {"count": int(st["count"]), "stable": bool(st["stable"])}
     except (KeyError, TypeError, ValueError):
         raise LatencyTableError(f"{where}: malformed statistics {str(st)[:80]}") from None
-    if not out["p50_ms"] > 0 or out["count"] < 1:
-        raise LatencyTableError(f"{where}: p50_ms must be > 0 and count >= 1, got {out['p50_ms']}, {out['count']}")
+    bad = [k for k in ("p50_ms", "p90_ms", "mean_ms", "std_ms", "spread") if not math.isfinite(out[k])]
+    if bad:
+        raise LatencyTableError(f"{where}: {bad[0]} is {out[bad[0]]}, not a finite number; the results file is "
+                                f"damaged (measure again with the bundle)")
+    if not 0 < out["p50_ms"] <= MAX_MEASURED_MS or not 0 < out["p90_ms"] <= MAX_MEASURED_MS or out["count"] < 1:
+        raise LatencyTableError(f"{where}: p50_ms and p90_ms must be above 0 and at most {MAX_MEASURED_MS:g} ms, and "
+                                f"count at least 1; got {out['p50_ms']:g}, {out['p90_ms']:g}, {out['count']}")
     return out
 
 

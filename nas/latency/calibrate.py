@@ -83,6 +83,16 @@ def export_arch(space: Space, arch: Arch, path: Path, bits: int = 32) -> Path:
     return Path(path)
 
 
+MAX_CALIBRATION_MODELS = 100  # whole models timed to fit a correction of a few terms (default 8)
+
+
+def check_calibration_count(count: int) -> None:
+    """LatencyTableError for a ``--calibration`` below 0 or above ``MAX_CALIBRATION_MODELS``."""
+    if not 0 <= count <= MAX_CALIBRATION_MODELS:
+        raise LatencyTableError(f"--calibration {count}: give 0 (no correction) to {MAX_CALIBRATION_MODELS} whole "
+                                f"models (8 by default fit the correction's few terms)")
+
+
 def calibration_archs(space: Space, count: int, seed: int = 12345) -> list[Arch]:
     """The largest arch, the cheapest (first candidate that is a skip, else the smallest op), and random ones whose
     share of skipped layers grows from none to most, so that the correction also fits the fast, skip-heavy archs
@@ -258,6 +268,7 @@ def calibrate(device: Device, space: Space, *, models: int = 8, tables_dir: str 
     """Measure ``models`` whole models of ``space`` (skipping those already measured; ``bits`` 8: static int8
     models, for a table of int8 keys) on ``device``, the set-up its table was profiled with, and refit the
     correction."""
+    check_calibration_count(models)
     return calibrate_models(profiled_table(device, tables_dir),
                             [arch_calibration_model(space, a, bits) for a in calibration_archs(space, models)],
                             timing=timing, on_progress=on_progress)

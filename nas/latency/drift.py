@@ -118,6 +118,21 @@ def local_device(table: LatencyTable) -> Device:
     return device
 
 
+def check_onnx_file(path: Path) -> None:
+    """LatencyTableError when ``path`` is missing or not an ONNX model (checked before any timing)."""
+    import onnx
+
+    if not path.is_file():
+        raise LatencyTableError(f"--model {path}: no such file (give the shipped model.onnx)")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+        reason = "" if proto.graph.output else "it holds no graph"  # protobuf reads many byte strings as empty
+    except Exception as e:  # protobuf's DecodeError and friends
+        reason = " ".join(str(e).split())[:120] or type(e).__name__
+    if reason:
+        raise LatencyTableError(f"--model {path}: not an ONNX model ({reason})")
+
+
 def time_against_references(table: LatencyTable, paths: list[str | Path], device: Device | None = None,
                             timing: TimingConfig | None = None) -> RelativeTiming:
     """Time ``paths`` on ``device`` (default: the table's own, here) interleaved with the table's reference models,
@@ -136,6 +151,8 @@ def time_against_references(table: LatencyTable, paths: list[str | Path], device
 def check_drift(table: LatencyTable, *, model: str | Path | None = None, timing: TimingConfig | None = None
                 ) -> DriftCheck:
     """Re-time the device's reference models (and ``model``, interleaved with them) on the table's Device."""
+    if model is not None:
+        check_onnx_file(Path(model))
     if not read_references(table.folder):
         raise LatencyTableError(f"device {table.device_id!r} has no reference models ({reference_dir(table.folder)}):"
                                 f" rerun its calibration (`hwnas latency profile ... --device {table.device_id}`, "

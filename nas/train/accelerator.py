@@ -22,9 +22,21 @@ PRECISIONS = ("32", "bf16", "16-mixed")
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "16-mixed": torch.float16}
 
 
+PER_CORE = 4  # threads or processes per usable core, at most: enough to repeat a run made with more threads
+
+
 def available_cores() -> int:
     """The CPU cores this process may run on (its affinity mask, not the machine's count)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def check_per_core(flag: str, value: int | None, what: str) -> None:
+    """AcceleratorError when ``value`` (threads or processes) exceeds ``PER_CORE`` per core this process may use:
+    more only starve the machine (a run made with more threads elsewhere can be repeated with up to that many)."""
+    limit = PER_CORE * available_cores()
+    if value is not None and value > limit:
+        raise AcceleratorError(f"{flag} {value}: this process may use {available_cores()} CPU core(s), so at most "
+                               f"{limit} {what} ({PER_CORE} per core); more only starve the machine")
 
 
 @dataclass(frozen=True)
@@ -70,7 +82,7 @@ def resolve_accelerator(accelerator: str = "auto", precision: str = "32", thread
     """Check ``accelerator`` and ``precision`` against this machine; ``auto`` is cuda when a GPU is present.
 
     AcceleratorError when cuda is asked for without a GPU, the precision is unknown or the device cannot do it,
-    or ``threads`` is below 1.
+    or ``threads`` is below 1 or above ``PER_CORE`` per usable core.
     """
     if accelerator not in ACCELERATORS:
         raise AcceleratorError(f"--accelerator {accelerator!r}: use one of {', '.join(ACCELERATORS)}")
@@ -78,6 +90,7 @@ def resolve_accelerator(accelerator: str = "auto", precision: str = "32", thread
         raise AcceleratorError(f"--precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     if threads is not None and threads < 1:
         raise AcceleratorError(f"--threads must be at least 1 (torch threads while training), got {threads}")
+    check_per_core("--threads", threads, "torch threads")
     gpu = torch.cuda.is_available()
     if accelerator == "cuda" and not gpu:
         raise AcceleratorError("--accelerator cuda: no CUDA GPU is available here (torch "

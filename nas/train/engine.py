@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +43,7 @@ from nas.data.augment import augment_batch
 from nas.data.splits import Split
 from nas.errors import AcceleratorError, HwnasError, TrainingError
 from nas.files import atomic_path
-from nas.train.accelerator import Accelerator, resolve_accelerator
+from nas.train.accelerator import Accelerator, check_per_core, resolve_accelerator
 from nas.train.distributed import World, current_world, join_process_group
 from nas.train.loader import SplitLoader
 from nas.train.sync_layers import convert_shared_layers, revert_shared_layers
@@ -91,9 +92,25 @@ class OptimizerStep:
         return [p for group in self.optimizer.param_groups for p in group["params"]]
 
 
+NOT_PLAIN = "not a plain checkpoint"
+
+
 def corrupt_checkpoint(path: Path, reason: str, what: str, error: type[HwnasError]) -> HwnasError:
-    return error(f"{path}: corrupt {what} checkpoint ({reason}); delete it to restart the {what} from "
-                 f"epoch 1 in the same --out, or choose a new --out")
+    head = reason if reason.startswith(NOT_PLAIN) else f"corrupt {what} checkpoint ({reason})"
+    return error(f"{path}: {head}; delete it to restart the {what} from epoch 1 in the same --out, or choose a "
+                 f"new --out")
+
+
+def unreadable_reason(error: Exception) -> str:
+    """Why ``torch.load(..., weights_only=True)`` failed, in one phrase. A file the weights-only reader refuses
+    (one holding pickled Python objects) is "not a plain checkpoint"; torch's advice to load it without that
+    protection is never passed on."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    if "weights only load failed" not in text.lower() and "weightsunpickler" not in text.lower():
+        return text[:200]
+    detail = re.search(r"WeightsUnpickler error: (.*?)(?:\.? Please use|\.? Check the documentation|$)", text)
+    return (f"{NOT_PLAIN} ({detail.group(1).rstrip('.') if detail else 'it holds more than tensors'}): hwnas reads "
+            f"tensors and plain containers only")
 
 
 def load_checkpoint(path: Path, what: str = "training", error: type[HwnasError] = TrainingError) -> dict:
@@ -101,7 +118,7 @@ def load_checkpoint(path: Path, what: str = "training", error: type[HwnasError] 
     try:
         state = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as e:  # truncated zip, unpickling refusal, not a torch file
-        raise corrupt_checkpoint(path, " ".join(str(e).split()) or type(e).__name__, what, error) from None
+        raise corrupt_checkpoint(path, unreadable_reason(e), what, error) from None
     if not isinstance(state, dict) or "history" not in state:
         raise corrupt_checkpoint(path, f"not a saved {what} state", what, error)
     return state
@@ -113,6 +130,7 @@ class Engine:
     def __init__(self, accelerator: Accelerator | None = None, *, workers: int = 0, world: World | None = None):
         if workers < 0:
             raise AcceleratorError(f"--loader-workers must be 0 or more (DataLoader processes), got {workers}")
+        check_per_core("--loader-workers", workers, "DataLoader processes")
         self.accelerator = accelerator or Accelerator(threads=torch.get_num_threads())
         self.workers = workers
         self.world = world or current_world()
@@ -315,7 +333,7 @@ class Engine:
                 state = {**task.state(), "history": json.dumps(history), "torch_rng": torch.get_rng_state(),
                          "world_size": self.world.size, "accelerator": self.accelerator.kind,
                          "grad_scaler": self.scaler.state_dict(), "nonfinite_in_a_row": self._in_a_row}
-                with atomic_path(ckpt) as tmp:
+                with atomic_path(ckpt, size_hint=tensor_bytes(state)) as tmp:
                     torch.save(state, tmp)
             if on_epoch is not None and self.world.is_writer:
                 on_epoch(index + 1, row)
@@ -346,3 +364,14 @@ def engine_for(accelerator: str = "auto", precision: str = "32", threads: int | 
     started under torchrun."""
     chosen = resolve_accelerator(accelerator, precision, threads)
     return Engine(chosen, workers=workers, world=join_process_group(chosen.kind))
+
+
+def tensor_bytes(state) -> int:
+    """The bytes of the tensors in a (nested) checkpoint state: about what ``torch.save`` writes."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(tensor_bytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(tensor_bytes(v) for v in state)
+    return 0

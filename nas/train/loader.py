@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from nas.data.splits import Split, TensorSplit
+from nas.errors import HwnasError
 from nas.train.distributed import World
 
 
@@ -74,11 +75,20 @@ class SplitLoader:
         if self.in_pass:  # a pass over this split inside another one: a DataLoader of its own
             order = PassOrder()
             order.set_pass(chunks)
-            yield from self._dataloader(order, False)
+            yield from worker_errors_as_one_line(self._dataloader(order, False))
             return
         self.order.set_pass(chunks)
         self.in_pass = True
         try:
-            yield from self.loader
+            yield from worker_errors_as_one_line(self.loader)
         finally:
             self.in_pass = False
+
+
+def worker_errors_as_one_line(loader: DataLoader) -> Iterator:
+    """``loader``'s batches; an HwnasError raised in a worker process (which the loader re-raises with the worker's
+    traceback in its message) raised again with its own one line."""
+    try:
+        yield from loader
+    except HwnasError as e:
+        raise type(e)(str(e).strip().splitlines()[-1].split(f"{type(e).__name__}: ", 1)[-1]) from None

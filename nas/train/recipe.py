@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from nas.errors import RecipeError
 
 
 class Recipe(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # lr: .inf is not a learning rate
 
     optimizer: Literal["sgd", "adamw"] = "adamw"
     lr: float = Field(0.01, gt=0)
@@ -29,6 +29,21 @@ class Recipe(BaseModel):
     mixup: float = Field(0.0, ge=0)  # Beta(alpha, alpha) mixup; 0 disables
     augment: Literal["none", "light", "standard"] = "none"  # batch augmentation (nas.data.augment) while training
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _warmup_ends(self) -> "Recipe":
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be below epochs ({self.epochs}): the "
+                             f"learning rate would never leave its warm-up")
+        return self
+
+    def updated(self, where: str = "recipe", **changes) -> "Recipe":
+        """A copy with ``changes`` (``--epochs``, a seed), validated as a loaded recipe is (``model_copy`` is not).
+        Fewer epochs than the warm-up shorten the warm-up to leave the last epoch to the schedule."""
+        raw = {**self.model_dump(), **changes}
+        if "epochs" in changes and isinstance(raw["epochs"], int) and raw["epochs"] >= 1:
+            raw["warmup_epochs"] = min(raw["warmup_epochs"], raw["epochs"] - 1)
+        return parse_recipe(raw, where)
 
 
 def load_recipe(path: str | Path | None) -> Recipe:
@@ -56,5 +71,7 @@ def parse_recipe(raw: dict, where: str = "recipe") -> Recipe:
         return Recipe.model_validate(raw)
     except ValidationError as e:
         err = e.errors()[0]
-        key = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        key = ".".join(str(x) for x in err["loc"])
+        if not key:  # a check of several keys (warm-up against epochs)
+            raise RecipeError(f"{where}: {err['msg'].removeprefix('Value error, ')}") from None
         raise RecipeError(f"{where}: key {key!r}: {err['msg']}") from None

@@ -38,7 +38,8 @@ def make_optimizer(params, recipe: Recipe) -> torch.optim.Optimizer:
 def lr_factor(recipe: Recipe, step: int, steps_per_epoch: int) -> float:
     """Learning-rate multiplier at optimiser step ``step``: linear warm-up, then the schedule."""
     total = recipe.epochs * steps_per_epoch
-    warm = recipe.warmup_epochs * steps_per_epoch
+    warm = min(recipe.warmup_epochs, recipe.epochs - 1) * steps_per_epoch  # a derived recipe (a search's capped
+    # epochs) may end before its warm-up: the schedule still runs after it
     if step < warm:
         return (step + 1) / warm
     t = (step - warm) / max(total - warm, 1)

@@ -10,6 +10,13 @@ here one at a time, or all at once through ``evaluations`` (a search's Optuna st
 ``nas.search.blackbox.worker.StudyEvaluations``), recording the rows in the batch's order either way. ``History.submit``
 and ``History.collect`` do the same without waiting for a whole batch (``AsyncEvaluations``): the strategy
 proposes more while the workers evaluate, and the rows are recorded in the order the evaluations finished.
+
+With a study behind it (``evaluations`` that have ``stored()``), the study is the source of truth and history.csv
+is only written: a rerun replays the study's evaluations (a torn or deleted history.csv loses nothing). A rerun that
+leaves the killed run's path (asynchronous rounds follow the order results arrived in) records the killed run's
+other evaluations, and adopts its waiting ones, before it evaluates anything new (``_take_over``), so that the
+budget counts them; if the study holds its budget anyway (other proposers or workers), what is still submitted is
+dropped and the search ends (``BudgetExhausted``); ``absorb`` records whatever the study holds at the end.
 """
 
 from __future__ import annotations
@@ -32,15 +39,25 @@ BatchEvaluations = Callable[[np.ndarray, str], list[tuple[dict, float]]]
 
 class AsyncEvaluations(Protocol):
     """Evaluations that run while the strategy goes on (a study's workers): ``submit`` starts them, ``finished``
-    waits until at most ``unfinished`` of ``keys`` are not done and returns the done ones' (metrics, seconds), in
-    the order they finished; ``slots()`` is how many run at once. Called with a batch, they evaluate it whole
-    (``BatchEvaluations``)."""
+    waits until at most ``unfinished`` of ``keys`` are not done (or until ``full()``: the study holds its budget,
+    and the rest never run) and returns the done ones' (metrics, seconds), in the order they finished; ``slots()``
+    is how many run at once. Called with a batch, they evaluate it whole (``BatchEvaluations``; None for a
+    candidate dropped because the study is full). ``stored()``: every evaluation the study holds, as stored rows
+    (key -> ``m:`` metrics, seconds, phase, genome, predictions); ``pending()``: the proposed candidates waiting or
+    running (key -> genome, phase, predicted, std)."""
 
-    def __call__(self, genomes: np.ndarray, phase: str) -> list[tuple[dict, float]]: ...
+    def __call__(self, genomes: np.ndarray, phase: str, predicted=None, predicted_std=None
+                 ) -> list[tuple[dict, float] | None]: ...
 
-    def submit(self, genomes: np.ndarray, phase: str) -> None: ...
+    def submit(self, genomes: np.ndarray, phase: str, predicted=None, predicted_std=None) -> None: ...
 
     def finished(self, keys: list[str], unfinished: int) -> dict[str, tuple[dict, float]]: ...
+
+    def full(self) -> bool: ...
+
+    def stored(self) -> dict[str, dict]: ...
+
+    def pending(self) -> dict[str, tuple]: ...
 
     def slots(self) -> int: ...
 
@@ -64,7 +81,10 @@ class History:
         self._stored: dict[str, dict] = {}  # key -> row of a previous (interrupted) run
         self._done: dict[str, int] = {}  # key -> index in rows
         self._submitted: dict[str, tuple] = {}  # key -> (genome, phase, predicted, std): started, not recorded
-        if self.path is not None and self.path.is_file():
+        self._foreign: dict[str, tuple] = {}  # the same, of the killed run (waiting or running in the study)
+        if self.from_study:  # the study is the source of truth; history.csv is only written
+            self._stored, self._foreign = evaluations.stored(), evaluations.pending()
+        elif self.path is not None and self.path.is_file():
             try:
                 stored = pd.read_csv(self.path, keep_default_na=False, dtype={"key": str})
             except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
@@ -91,6 +111,10 @@ class History:
                               f"finite number (a torn or hand-edited row); delete the line to evaluate it again, "
                               f"or use a new --out")
         return row
+
+    @property
+    def from_study(self) -> bool:
+        return hasattr(self.evaluations, "stored")
 
     # ---- budget ------------------------------------------------------------------------------------------------
     @property
@@ -129,21 +153,29 @@ class History:
         """Start evaluating ``genomes`` (at most the remaining budget's worth; evaluated or started ones are
         skipped) without waiting: asynchronous evaluations only. Stored evaluations of an interrupted run are
         recorded at once."""
-        keys = self.problem.space.keys(genomes)
+        keys = list(self.problem.space.keys(genomes))
+        self._take_over(keys)
         fresh: list[int] = []
         for i, key in enumerate(keys):
-            if key in self._done or key in self._submitted or self.remaining <= 0:
+            if key in self._done or key in self._submitted:
                 continue
             pred = None if predicted is None else predicted[i]
             std = None if predicted_std is None else predicted_std[i]
             stored = self._stored.get(key)
-            if stored is not None:
+            if stored is not None:  # paid for by the interrupted run: replayed whatever the budget left
                 self._replay(genomes[i], phase, stored, pred, std)
+                continue
+            if key in self._foreign:  # the interrupted run's waiting candidate: already in the study's queue
+                self._submitted[key] = (np.asarray(genomes[i], float), phase, pred, std)
+                del self._foreign[key]
+                continue
+            if self.remaining <= 0:
                 continue
             self._submitted[key] = (np.asarray(genomes[i], float), phase, pred, std)
             fresh.append(i)
         if fresh:
-            self.evaluations.submit(genomes[fresh], phase)
+            self.evaluations.submit(genomes[fresh], phase, *self._predictions(fresh, predicted, predicted_std))
+        self._stop_if_full()
 
     def collect(self, unfinished: int = 0) -> list[dict]:
         """Wait until at most ``unfinished`` submitted evaluations are not finished; record the finished ones in
@@ -155,6 +187,7 @@ class History:
         for key, (metrics, seconds) in done.items():
             genome, phase, pred, std = self._submitted.pop(key)
             rows.append(self.record(genome, phase, metrics, seconds, pred, std))
+        self._stop_if_full()
         return rows
 
     # ---- evaluating ----------------------------------------------------------------------------------------------
@@ -166,18 +199,21 @@ class History:
 
     def evaluate_batch(self, genomes: np.ndarray, phase: str, predicted=None, predicted_std=None) -> list[dict]:
         """Evaluate a batch (all at once through ``evaluations``, or here one at a time); returns the rows in the
-        batch's order (an evaluated candidate's existing row). Records at most the remaining budget's worth, then
-        raises BudgetExhausted if candidates were left."""
+        batch's order (an evaluated candidate's existing row). Records at most the remaining budget's worth (and
+        what an interrupted run evaluated or started), then raises BudgetExhausted if candidates were left."""
         problem = self.problem
-        keys = problem.space.keys(genomes)
-        todo: list[int] = []
-        for i, key in enumerate(keys):
-            if key not in self._done and key not in {keys[j] for j in todo}:
-                todo.append(i)
-        left = len(todo) > self.remaining
-        todo = todo[:max(self.remaining, 0)]
+        keys = list(problem.space.keys(genomes))
+        self._take_over(keys)
+        first = {k: i for i, k in reversed(list(enumerate(keys)))}
+        todo = [i for i, key in enumerate(keys) if key not in self._done and first[key] == i]
+        paid = [i for i in todo if keys[i] in self._stored or keys[i] in self._foreign]  # by the interrupted run
+        unpaid = [i for i in todo if i not in paid]
+        allowed = max(self.remaining - len(paid), 0)
+        left = len(unpaid) > allowed
+        todo = sorted(paid + unpaid[:allowed])
         fresh = [i for i in todo if keys[i] not in self._stored]
-        results = dict(zip(fresh, self.evaluations(genomes[fresh], phase))) \
+        results = dict(zip(fresh, self.evaluations(genomes[fresh], phase,
+                                                   *self._predictions(fresh, predicted, predicted_std)))) \
             if self.evaluations is not None and fresh else {}
         for i in todo:
             pred = None if predicted is None else predicted[i]
@@ -189,13 +225,65 @@ class History:
             if i not in results:
                 start = time.perf_counter()
                 results[i] = (problem.evaluate(genomes[i]), time.perf_counter() - start)
+            if results[i] is None:  # the study holds its budget: this candidate never runs
+                left = True
+                continue
             self.record(genomes[i], phase, results[i][0], results[i][1], pred, std)
+        self.collect(0)  # the interrupted run's candidates adopted by _take_over
+        self._stop_if_full()
         if left:
             raise BudgetExhausted()
         return [self.rows[self._done[k]] for k in keys]
 
+    @staticmethod
+    def _predictions(index: list[int], predicted, predicted_std) -> tuple:
+        return (None if predicted is None else [predicted[i] for i in index],
+                None if predicted_std is None else [predicted_std[i] for i in index])
+
+    def _take_over(self, keys: list[str]) -> None:
+        """Before a study-backed batch: if the interrupted run's stored or pending evaluations are not all in it,
+        this run has left the interrupted run's path (asynchronous rounds follow the order results arrived in, or
+        the worker count changed); record the stored ones (in the order they finished) and adopt the pending ones
+        now, so that the budget counts them before anything new is proposed."""
+        if not self.from_study:
+            return  # history.csv's rows: a rerun of the same search replays them in its own order
+        batch = set(keys)
+        stored = [k for k in self._stored if k not in self._done and k not in self._submitted and k not in batch]
+        pending = [k for k in self._foreign if k not in batch]
+        if not stored and not pending or not batch - set(self._stored) - set(self._foreign) - set(self._done):
+            return  # nothing left behind, or a batch of the interrupted run's evaluations only
+        for key in stored:
+            self._replay_stored(key)
+        for key in pending:
+            self._submitted[key] = self._foreign.pop(key)
+
+    def _replay_stored(self, key: str) -> dict:
+        stored = self._stored[key]
+        return self._replay(np.asarray(stored["genome"], float), stored["phase"], stored, stored.get("predicted"),
+                            stored.get("predicted_std"))
+
+    def _stop_if_full(self) -> None:
+        """The study holds its budget while candidates are still submitted (other proposers or workers took the
+        units): those never run; record what the study holds and stop."""
+        if self._submitted and self.from_study and self.evaluations.full():
+            self._submitted.clear()
+            self.absorb()
+            raise BudgetExhausted()
+
+    def absorb(self) -> list[dict]:
+        """Record every evaluation the study holds that this history has not (in the order they finished): what
+        an interrupted run evaluated and this run did not propose again, or what workers finished after it."""
+        if not self.from_study:
+            return []
+        self._stored.update(self.evaluations.stored())
+        rows = []
+        for key in [k for k in self._stored if k not in self._done]:
+            self._submitted.pop(key, None)
+            rows.append(self._replay_stored(key))
+        return rows
+
     def _replay(self, genome: np.ndarray, phase: str, stored: dict, predicted, predicted_std) -> dict:
-        """Record an evaluation of the interrupted run (its metrics from history.csv)."""
+        """Record an evaluation of the interrupted run (its metrics from the study or history.csv)."""
         metrics = {k[len("m:"):]: _float(v) for k, v in stored.items() if k.startswith("m:")}
         return self.record(genome, phase, metrics, _float(stored.get("seconds", np.nan)), predicted, predicted_std,
                            replayed=True)
@@ -226,16 +314,18 @@ class History:
         self.rows.append(row)
         self.genomes.append(np.asarray(genome, float))
         self._done.setdefault(key, len(self.rows) - 1)
+        self._foreign.pop(key, None)
         self.save()
         if self.on_eval is not None:
             self.on_eval(row)
         return row
 
     def save(self) -> None:
-        """Write history.csv: the evaluations so far, then any stored ones not replayed yet (kept, not lost)."""
+        """Write history.csv: the evaluations so far, then any stored ones not replayed yet (kept, not lost; a
+        study keeps its own)."""
         if self.path is None or not self.rows:
             return
-        pending = [r for k, r in self._stored.items() if k not in self._done]
+        pending = [] if self.from_study else [r for k, r in self._stored.items() if k not in self._done]
         write_csv(self.path, pd.concat([self.frame(), pd.DataFrame(pending)], ignore_index=True)
                   if pending else self.frame())
 

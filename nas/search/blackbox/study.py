@@ -10,61 +10,49 @@ after ``GRACE_S`` and its candidate enqueued again (``optuna.storages.RetryHeart
 
 from __future__ import annotations
 
+import datetime
+import errno
 import hashlib
-import importlib.util
 import re
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import optuna
 from optuna.trial import TrialState
 
-from nas.errors import SearchError
+from nas.errors import HwnasError, OutputError, SearchError
+from nas.files import disk_full
+from nas.search.blackbox.storage_url import (  # noqa: F401  (re-exported: callers import them from the study)
+    check_storage_url,
+    check_study_name,
+    default_storage_url,
+    driver_url,
+    hide_secrets,
+    masked_url,
+    sqlite_path,
+    storage_host,
+)
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
+# errors only: Optuna warns of every failed trial with its traceback, and hwnas reports a trial's failure itself (the
+# error recorded on the trial, raised as one line by whoever waits for it)
+optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 HEARTBEAT_S = 2  # a running trial's heartbeat
 GRACE_S = 10  # a trial whose heartbeat is older than this is failed and its candidate enqueued again
+ORPHAN_S = 30  # ... and a trial never seen by its worker (killed before its first heartbeat), this long after it began
 SETTINGS_ATTR = "hwnas_settings"  # the search settings workers rebuild the problem from
 FINGERPRINT_ATTR = "hwnas_fingerprint"  # what a worker's space, data and code must match
 PROPOSER_DONE_ATTR = "hwnas_proposer_done"  # the proposer enqueues nothing more: idle workers stop
 EXHAUSTED_ATTR = "hwnas_exhausted"  # every candidate of a table is evaluated or taken
 RECENT_S = 300  # workers seen within this many seconds are "recent" in the status
-# driver of each plain URL scheme, and the extra that installs it. SQLAlchemy 2.1 (the `postgres` extra's floor) opens
-# a plain postgresql:// URL with psycopg 3, so the same URL works in hwnas, Optuna and optuna-dashboard.
-DRIVERS = {"postgresql": ("postgresql+psycopg", "psycopg", "postgres"),
-           "postgres": ("postgresql+psycopg", "psycopg", "postgres"),
-           "mysql": ("mysql+pymysql", "pymysql", "mysql")}
-
-
-def masked_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (``postgresql://user:***@host/db``), for showing or storing."""
-    return re.sub(r"(//[^/:@]*:)[^/?#]*@", r"\1***@", url)
-
-
-def default_storage_url(run_path: str | Path) -> str:
-    return f"sqlite:///{Path(run_path).resolve() / 'study.db'}"
-
-
-def driver_url(url: str) -> str:
-    """``url`` with a plain ``postgresql://`` (or ``mysql://``) scheme mapped to its driver; SearchError naming
-    the extra to install when that driver is missing."""
-    scheme, sep, rest = url.partition("://")
-    base = scheme.split("+")[0]
-    if base not in DRIVERS or not sep:
-        return url
-    dialect, module, extra = DRIVERS[base]
-    driver = scheme.split("+")[1] if "+" in scheme else module
-    if importlib.util.find_spec(driver) is None:
-        raise SearchError(f"storage {masked_url(url)!r} needs the {driver} driver: pip install 'hwnas[{extra}]'")
-    return url if "+" in scheme else f"{dialect}://{rest}"
-
-
-def _sqlite_engine(url: str) -> dict:
+def _sqlite_engine(url: str, read_only: bool = False) -> dict:
     """SQLite in WAL mode without a sync per commit (every user attr is a commit: 16 ms each otherwise; a crash
     of the machine may lose the last trials, which a rerun evaluates again), and with transactions that take the
-    write lock when they begin (``_serialize``), so that two workers never pop the same waiting trial."""
+    write lock when they begin (``_serialize``), so that two workers never pop the same waiting trial. A reader
+    (``read_only``: the status) leaves the file's journal mode as it is."""
     import sqlite3
 
     path = url[len("sqlite:///"):]
@@ -73,8 +61,9 @@ def _sqlite_engine(url: str) -> dict:
 
     def connect():
         conn = sqlite3.connect(path, timeout=60, check_same_thread=False, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
+        if not read_only:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
         return conn
 
     return {"creator": connect}
@@ -89,17 +78,56 @@ def _serialize(storage: optuna.storages.RDBStorage) -> None:
         sqlalchemy.event.listen(storage.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
 
 
-def _host(url: str) -> str:
-    m = re.search(r"//(?:[^/@]*@)?([^/:?#]*)", url)
-    return (m.group(1) if m else "") or "localhost"
+def _reason(error: BaseException, url: str) -> str:
+    """A driver's error as one line, without SQLAlchemy's background link and without any credential of ``url``."""
+    text = " ".join(str(getattr(error, "orig", None) or error.__cause__ or error).split()) or type(error).__name__
+    text = re.sub(r"\s*\(Background on this error.*$", "", text)
+    return hide_secrets(hide_secrets(text, driver_url(url)), url)
 
 
-def open_storage(url: str) -> optuna.storages.RDBStorage:
+def storage_failure(url: str, error: BaseException) -> HwnasError:
+    """The one-line error for a storage that failed mid-search: a full disk names the SQLite file (or the server)
+    and the space to free; anything else names the storage and the driver's reason."""
+    reason = _reason(error, url)
+    if _disk_full(reason):
+        path = sqlite_path(url)
+        if path is not None:
+            return disk_full(path, OSError(errno.ENOSPC, reason), "at least 1 MB") or \
+                OutputError(f"cannot write the Optuna study {path}: the disk is full ({reason}); free some space "
+                            f"and rerun the same command (it resumes)")
+        return SearchError(f"the Optuna storage {masked_url(url)} (host {storage_host(url)}) is out of disk space "
+                           f"({reason}); free space on its server and rerun the same command (it resumes)")
+    return SearchError(f"the Optuna storage {masked_url(url)} failed: {reason}")
+
+
+def _disk_full(reason: str) -> bool:
+    return any(s in reason.lower() for s in ("disk is full", "no space left", "could not extend file", "table is full"))
+
+
+@contextmanager
+def storage_errors(url: str) -> Iterator[None]:
+    """Turn the storage's failures (Optuna's StorageInternalError, SQLAlchemy's errors) into one-line errors."""
+    import sqlalchemy
+
+    try:
+        yield
+    except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as e:
+        raise storage_failure(url, e) from None
+
+
+def open_storage(url: str, must_exist: bool = False, read_only: bool = False) -> optuna.storages.RDBStorage:
     """The RDB storage at ``url``, with heartbeats and retries of dead workers' trials; SearchError naming the host
-    and the driver's reason when it cannot be opened."""
+    and the driver's reason when it cannot be opened. ``must_exist``: a SQLite file that is not there is an error
+    (a worker or a status on a mistyped path), not a new empty database; ``read_only``: for reading (a SQLite file
+    is left as it is)."""
+    check_storage_url(url)
+    path = sqlite_path(url)
+    if must_exist and path is not None and not path.is_file():
+        raise SearchError(f"no Optuna study at {path} (no such file); check --storage (a search's study is "
+                          f"RUN/study.db)")
     real = driver_url(url)
     try:
-        kwargs = _sqlite_engine(real) if real.startswith("sqlite") else \
+        kwargs = _sqlite_engine(real, read_only) if real.startswith("sqlite") else \
             {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}} if real.startswith("postgresql") else \
             {"pool_pre_ping": True}
         with warnings.catch_warnings():  # heartbeats and retries are marked experimental
@@ -107,14 +135,15 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
             storage = optuna.storages.RDBStorage(
                 real, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback())
-        _serialize(storage)
+        if not read_only:
+            _serialize(storage)
         return storage
     except Exception as e:  # sqlalchemy raises many kinds (bad dialect, unreachable host, unwritable file)
-        text = " ".join(str(getattr(e, "orig", None) or e).split()) or type(e).__name__
-        reason = re.sub(r"\s*\(Background on this error.*$", "", text).replace(real, masked_url(url))
-        where = "" if real.startswith("sqlite") else f" (host {_host(url)})"
-        raise SearchError(f"cannot open the Optuna storage {masked_url(url)!r}{where}: "
-                          f"{reason.replace(url, masked_url(url))}") from None
+        reason = _reason(e, url)
+        if _disk_full(reason):
+            raise storage_failure(url, e) from None
+        where = "" if real.startswith("sqlite") else f" (host {storage_host(url)})"
+        raise SearchError(f"cannot open the Optuna storage {masked_url(url)!r}{where}: {reason}") from None
 
 
 def fingerprint(settings) -> dict:
@@ -146,6 +175,7 @@ def open_study(url: str, name: str, directions: list[str], metric_names: list[st
                sampler: optuna.samplers.BaseSampler | None = None, storage=None) -> optuna.Study:
     """Create or load study ``name`` (in ``storage``, else in a new one at ``url``); SearchError when it exists
     with other objectives."""
+    check_study_name(name)
     storage = storage or open_storage(url)
     where = f"{name!r} in {masked_url(url)}"
     try:
@@ -165,9 +195,11 @@ def open_study(url: str, name: str, directions: list[str], metric_names: list[st
 
 
 def load_study(url: str, name: str, sampler: optuna.samplers.BaseSampler | None = None,
-               storage=None) -> optuna.Study:
-    """An existing study (for a worker or the status); SearchError when there is none of that name."""
-    storage = storage or open_storage(url)
+               storage=None, read_only: bool = False) -> optuna.Study:
+    """An existing study (for a worker, or ``read_only`` for the status); SearchError when there is none of that
+    name."""
+    check_study_name(name)
+    storage = storage or open_storage(url, must_exist=True, read_only=read_only)
     try:
         return optuna.load_study(study_name=name, storage=storage, sampler=sampler)
     except KeyError:
@@ -175,11 +207,32 @@ def load_study(url: str, name: str, sampler: optuna.samplers.BaseSampler | None 
         raise SearchError(f"no study {name!r} in {masked_url(url)} (studies: {names})") from None
 
 
-def fail_stale_trials(study: optuna.Study) -> None:
-    """Fail the trials of workers whose heartbeat stopped; the storage's callback enqueues them again."""
+_orphans_checked: dict[str, float] = {}  # study name -> when this process last looked for orphaned trials
+
+
+def fail_stale_trials(study: optuna.Study, storage: optuna.storages.RDBStorage | None = None) -> None:
+    """Fail the trials of workers whose heartbeat stopped; the storage's callback enqueues them again. With the
+    ``storage``, also the trials of workers that died between taking a trial and its first heartbeat (Optuna never
+    finds those stale): running, never seen (``last_seen``), and started ``ORPHAN_S`` ago (a margin for clocks)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+    if storage is None or time.monotonic() - _orphans_checked.get(study.study_name, -ORPHAN_S) < ORPHAN_S / 6:
+        return  # looked a moment ago (workers and proposers call this in their polling loops)
+    _orphans_checked[study.study_name] = time.monotonic()
+    now, study_id = datetime.datetime.now(), None
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if "last_seen" in t.user_attrs or t.datetime_start is None or \
+                (now - t.datetime_start).total_seconds() < ORPHAN_S:
+            continue
+        study_id = study_id or storage.get_study_id_from_name(study.study_name)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+        try:
+            retry = storage.get_heartbeat_stale_trial_callback()
+            if storage.set_trial_state_values(trial_id, TrialState.FAIL) and retry is not None:
+                retry(study, storage.get_trial(trial_id))
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # another process failed it first
 
 
 def claims(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -200,8 +253,11 @@ def study_status(study: optuna.Study, now: float | None = None) -> dict:
     """Progress of a study: done / running / waiting / failed evaluations, the best per constraint and the
     workers seen in the last ``RECENT_S`` seconds."""
     now = time.time() if now is None else now
+    settings = study.user_attrs.get(SETTINGS_ATTR)
+    if not settings:
+        raise SearchError(f"study {study.study_name!r} was not made by `hwnas search` (no settings, so no budget "
+                          f"or constraints to report); open it with optuna-dashboard")
     trials = study.get_trials(deepcopy=False)
-    settings = study.user_attrs.get(SETTINGS_ATTR, {})
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("claimed")]
     running = [t for t in trials if t.state == TrialState.RUNNING]
     failed = [t for t in trials if t.state == TrialState.FAIL]

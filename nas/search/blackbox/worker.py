@@ -8,7 +8,9 @@ sampler proposes (Optuna), a sampled one.
 The budget is exact across machines through the storage: before and after an evaluation a trial claims its unit
 (user attr ``claimed``) and counts the claims of lower-numbered trials; a trial with ``budget`` claims ahead of it,
 or one whose candidate a lower-numbered claim holds, is pruned without counting. A killed worker's claim fails with
-its trial, and the retried trial claims again.
+its trial, and the retried trial claims again (and reuses the result when the worker died after evaluating, before
+telling the study). A proposer's rerun rebuilds its history from the study (``StudyEvaluations.stored`` and
+``pending``); a study that holds its budget ends the proposer's wait.
 """
 
 from __future__ import annotations
@@ -41,6 +43,20 @@ PROPOSER_POLL_S = 0.05  # a proposer waiting for results (its next proposal keep
 
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def worker_gone(worker: str) -> bool:
+    """Whether ``worker`` (``host:pid``) ran on this machine and its process is gone (a killed run's worker)."""
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def suggest(trial: optuna.Trial, d: Decision):
@@ -87,6 +103,23 @@ class StudyJob:
     def finished(self) -> bool:
         return len(evaluated_trials(self.study)) >= self.budget or bool(self.study.user_attrs.get(EXHAUSTED_ATTR))
 
+    def drop_waiting(self) -> int:
+        """Prune the trials still waiting in a study that holds its budget (no worker will take them, and the
+        status would count them as waiting forever); returns how many."""
+        if len(evaluated_trials(self.study)) < self.budget:
+            return 0
+        study_id = self.storage.get_study_id_from_name(self.study.study_name)
+        dropped = 0
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            trial_id = self.storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+            try:
+                self.storage.set_trial_user_attr(trial_id, "note", "budget reached before it ran")
+                self.storage.set_trial_state_values(trial_id, TrialState.PRUNED)
+                dropped += 1
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # a worker took it meanwhile (and prunes it: the budget is reached)
+        return dropped
+
 
 def _prune(trial: optuna.Trial, note: str):
     trial.set_user_attr("claimed", False)
@@ -109,6 +142,7 @@ def evaluate_trial(job: StudyJob, trial: optuna.Trial) -> list[float]:
     """The objective every worker runs: the trial's candidate, evaluated once within the budget."""
     problem, space, study = job.problem, job.problem.space, job.study
     job.current = trial.number
+    evaluated = dict(trial.user_attrs)  # a retried trial's copy of the failed one's: its result, if it had one
     job.beat(trial)
     trial.set_user_attr("worker", worker_id())
     trial.set_user_attr("last_seen", time.time())
@@ -157,23 +191,37 @@ def evaluate_trial(job: StudyJob, trial: optuna.Trial) -> list[float]:
     if reason:
         _prune(trial, reason)
     start = time.perf_counter()
-    try:
-        metrics = problem.evaluate(genome)
-    except Exception as e:
-        trial.set_user_attr("error", f"{type(e).__name__}: {' '.join(str(e).split())}")
-        raise
+    if evaluated.get("key") == key and "metrics" in evaluated:  # its worker died after evaluating, before telling
+        metrics, seconds = evaluated["metrics"], float(evaluated.get("seconds", np.nan))
+        trial.set_user_attr("recovered", True)
+    else:
+        try:
+            metrics = problem.evaluate(genome)
+        except Exception as e:
+            trial.set_user_attr("error", f"{type(e).__name__}: {' '.join(str(e).split())}")
+            raise
+        seconds = time.perf_counter() - start
     reason, _ = _holder(study, trial, key, job.budget)
     if reason:  # a lower-numbered claim appeared meanwhile (a race between machines): this one does not count
         _prune(trial, reason)
     value = float(metrics[problem.objective])
     trial.set_user_attr("metrics", {k: float(v) for k, v in metrics.items()})
-    trial.set_user_attr("seconds", time.perf_counter() - start)
+    trial.set_user_attr("seconds", seconds)
     trial.set_user_attr("genome", [float(v) for v in genome])
     trial.set_user_attr("last_seen", time.time())
     job.counts["evaluated"] += 1
     if job._worst is None or (value < job._worst if problem.maximize else value > job._worst):
         job._worst = value
     return [value] + [float(v) for v in lat]
+
+
+def stored_row(trial: optuna.trial.FrozenTrial) -> dict:
+    """An evaluated trial as the history row a rerun replays (``History``'s stored rows)."""
+    attrs = trial.user_attrs
+    return {"key": attrs["key"], **{f"m:{k}": v for k, v in attrs["metrics"].items()},
+            "seconds": attrs.get("seconds", np.nan), "phase": attrs.get("proposed", "optuna"),
+            "genome": attrs["genome"], "predicted": attrs.get("predicted"), "predicted_std": attrs.get("predicted_std"),
+            "trial": trial.number}
 
 
 def _state(study: optuna.Study, number: int) -> TrialState:
@@ -191,7 +239,7 @@ def run_worker(job: StudyJob, wait: bool = True, stop: Callable[[], bool] = lamb
     ``stop``: checked before each trial; ``on_trial(evaluations so far)`` after each."""
     study = job.study
     while not stop() and not job.finished():
-        fail_stale_trials(study)
+        fail_stale_trials(study, job.storage)
         if job.proposer:
             if not _waiting(study):
                 if not wait or study.user_attrs.get(PROPOSER_DONE_ATTR):
@@ -232,30 +280,43 @@ class StudyEvaluations:
     def __init__(self, job: StudyJob, work: Callable[[], None] | None, local: int = 0, asynchronous: bool = False):
         self.job, self.work, self.local, self.asynchronous = job, work, local, asynchronous
 
-    def __call__(self, genomes: np.ndarray, phase: str) -> list[tuple[dict, float]]:
+    def __call__(self, genomes: np.ndarray, phase: str, predicted=None, predicted_std=None
+                 ) -> list[tuple[dict, float] | None]:
         keys = self.job.problem.space.keys(genomes)
-        self.submit(genomes, phase)
+        self.submit(genomes, phase, predicted, predicted_std)
         done = self.finished(keys, 0)
-        return [done[k] for k in keys]
+        return [done.get(k) for k in keys]
 
-    def submit(self, genomes: np.ndarray, phase: str) -> None:
+    def submit(self, genomes: np.ndarray, phase: str, predicted=None, predicted_std=None) -> None:
+        """Enqueue each candidate not evaluated, waiting or running yet, with what a rerun rebuilds its history row
+        from: the phase, genome and the predictions made before evaluating it."""
         study, space = self.job.study, self.job.problem.space
         trials = study.get_trials(deepcopy=False)
         active = {t.user_attrs.get("key") for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)} | \
             {t.user_attrs.get("key") for t in evaluated_trials(study, trials)}
-        for g, k in zip(genomes, space.keys(genomes)):
+        for i, (g, k) in enumerate(zip(genomes, space.keys(genomes))):
             if k not in active:
-                study.enqueue_trial(space.describe(g), user_attrs={"proposed": phase, "key": k})
+                attrs = {"proposed": phase, "key": k, "genome": [float(v) for v in g]}
+                for name, values in (("predicted", predicted), ("predicted_std", predicted_std)):
+                    if values is not None and values[i] is not None and np.isfinite(values[i]):
+                        attrs[name] = float(values[i])
+                study.enqueue_trial(space.describe(g), user_attrs=attrs)
                 active.add(k)
 
+    def full(self) -> bool:
+        """The study holds its budget of evaluations: nothing more runs."""
+        return len(evaluated_trials(self.job.study)) >= self.job.budget
+
     def finished(self, keys: list[str], unfinished: int) -> dict[str, tuple[dict, float]]:
-        """Wait until at most ``unfinished`` of ``keys`` are not evaluated; the evaluated ones' (metrics, seconds)
-        in the order they finished. SearchError when one failed with an error and is not retried."""
+        """Wait until at most ``unfinished`` of ``keys`` are not evaluated, or the study holds its budget (the rest
+        never run); the evaluated ones' (metrics, seconds) in the order they finished. SearchError when one failed
+        with an error and is not retried."""
         study, wanted = self.job.study, set(keys)
         while True:
             trials = study.get_trials(deepcopy=False)
-            done = {t.user_attrs["key"]: t for t in evaluated_trials(study, trials) if t.user_attrs["key"] in wanted}
-            if len(wanted - set(done)) <= unfinished:
+            evaluated = evaluated_trials(study, trials)
+            done = {t.user_attrs["key"]: t for t in evaluated if t.user_attrs["key"] in wanted}
+            if len(wanted - set(done)) <= unfinished or len(evaluated) >= self.job.budget:
                 return {k: (t.user_attrs["metrics"], float(t.user_attrs.get("seconds", np.nan)))
                         for k, t in done.items()}
             pending = {t.user_attrs.get("key") for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)}
@@ -266,8 +327,21 @@ class StudyEvaluations:
                                   f"{broken.user_attrs['error']}")
             if self.work is not None:
                 self.work()
-            fail_stale_trials(study)
+            fail_stale_trials(study, self.job.storage)
             time.sleep(PROPOSER_POLL_S)
+
+    def stored(self) -> dict[str, dict]:
+        """The study's evaluations, in the order they finished, as history rows to replay: key -> ``m:`` metrics,
+        seconds, phase, genome and predictions."""
+        return {t.user_attrs["key"]: stored_row(t) for t in evaluated_trials(self.job.study)}
+
+    def pending(self) -> dict[str, tuple]:
+        """Proposed candidates waiting or running (an interrupted proposer's): key -> (genome, phase, predicted,
+        std)."""
+        trials = self.job.study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
+        return {t.user_attrs["key"]: (np.asarray(t.user_attrs["genome"], float), t.user_attrs["proposed"],
+                                      t.user_attrs.get("predicted"), t.user_attrs.get("predicted_std"))
+                for t in trials if "genome" in t.user_attrs and "proposed" in t.user_attrs}
 
     def slots(self) -> int:
         if not self.asynchronous:
@@ -276,4 +350,5 @@ class StudyEvaluations:
         others = {t.user_attrs.get("worker") for t in self.job.study.get_trials(deepcopy=False)
                   if t.user_attrs.get("worker") not in (None, me) and
                   (t.state == TrialState.RUNNING or now - float(t.user_attrs.get("last_seen", 0)) <= RECENT_S)}
+        others = {w for w in others if not worker_gone(w)}
         return (self.work is not None and not self.local) + max(self.local, len(others))

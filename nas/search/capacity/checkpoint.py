@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from nas.train.engine import unreadable_reason
 from nas.errors import HwnasError
 from nas.files import atomic_path, write_json
 from nas.search.capacity.space import KIND, load_capacity_space
@@ -75,7 +76,6 @@ def load_dynamic_vit(path: str | Path, space_ref: str, *, in_channels: int | Non
         state = torch.load(path, weights_only=True, map_location="cpu")
         model.load_state_dict(state)
     except Exception as e:  # unpickling refusals, truncated files, key/shape mismatches
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: cannot load weights ({first})") from None
+        raise CheckpointError(f"{path}: cannot load weights ({unreadable_reason(e)})") from None
     model.eval()
     return model, meta

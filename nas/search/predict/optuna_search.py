@@ -25,7 +25,7 @@ from typing import Callable
 
 import optuna
 
-from nas.errors import SearchError
+from nas.errors import HwnasError, SearchError
 from nas.search.blackbox.problem import Constraint, SearchProblem
 from nas.search.blackbox.study import (
     FINGERPRINT_ATTR,
@@ -38,6 +38,7 @@ from nas.search.blackbox.study import (
     masked_url,
     open_storage,
     open_study,
+    storage_errors,
 )
 from nas.search.blackbox.worker import StudyJob, run_worker
 
@@ -118,7 +119,7 @@ def join_job(url: str, name: str, machine: dict | None = None) -> StudyJob:
     ``precision``, ``threads``: ``search_setup.MACHINE_SETTINGS``)."""
     from nas.search.predict.search_setup import PredictorSearchSettings, build_constraints, build_problem
 
-    storage = open_storage(url)
+    storage = open_storage(url, must_exist=True)
     study = load_study(url, name, storage=storage)
     stored = study.user_attrs.get(SETTINGS_ATTR)
     if not stored:
@@ -141,12 +142,13 @@ def work(url: str, name: str, stop: Callable[[], bool] = lambda: False,
          on_ready: Callable[[], None] | None = None) -> dict:
     """``hwnas worker``: join the study and evaluate its trials until its budget is reached (``on_ready`` once
     joined)."""
-    job = join_job(url, name, machine)
-    if on_ready is not None:
-        on_ready()
-    if job.finished():
-        return {"nothing_to_do": True, **job.counts}
-    return {"nothing_to_do": False, **run_worker(job, wait=True, stop=stop, on_trial=on_trial)}
+    with storage_errors(url):
+        job = join_job(url, name, machine)
+        if on_ready is not None:
+            on_ready()
+        if job.finished():
+            return {"nothing_to_do": True, **job.counts}
+        return {"nothing_to_do": False, **run_worker(job, wait=True, stop=stop, on_trial=on_trial)}
 
 
 def machine_settings(settings) -> dict | None:
@@ -168,7 +170,8 @@ def _worker_main(url: str, name: str, parent_pid: int, queue, machine: dict | No
             queue.put(("done", work(url, name, stop=lambda: os.getppid() != parent_pid, machine=machine,
                                     on_ready=joined)))
     except Exception as e:  # reported by the parent, which raises it as one line
-        queue.put(("error", f"worker {os.getpid()}: {type(e).__name__}: {e}"))
+        queue.put(("error", f"worker {os.getpid()}: " + (str(e) if isinstance(e, HwnasError) else
+                                                        f"{type(e).__name__}: {e}")))
 
 
 class LocalWorkers:

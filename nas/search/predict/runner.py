@@ -84,10 +84,13 @@ class PredictorStrategy(Strategy):
                         "warnings": list(getattr(problem.space, "warnings", []))}
         if isinstance(problem, ModelProblem):
             detail["training"] = problem.evaluator.engine.record()  # this machine's; workers choose their own
-        if settings.strategy == "optuna":
-            history = _run_optuna(settings, problem, constraints, run, emit, detail)
-        else:
-            history = _run_nars(settings, problem, constraints, run, emit, detail)
+        from nas.search.blackbox.study import storage_errors
+
+        with storage_errors(_study_config(settings, run).storage):
+            if settings.strategy == "optuna":
+                history = _run_optuna(settings, problem, constraints, run, emit, detail)
+            else:
+                history = _run_nars(settings, problem, constraints, run, emit, detail)
         detail["evaluations"] = history.used
         winner = _write_outputs(run, problem, history, constraints, detail, settings.strategy)
         exports = []
@@ -178,6 +181,8 @@ def _run_nars(settings, problem, constraints, run, emit, detail) -> History:
         stats = workers.close(wait=True)
     finally:
         workers.close(wait=False)
+    history.absorb()  # what the study holds besides this run's proposals (an interrupted run's evaluations)
+    job.drop_waiting()
     detail["study"] = _study_detail(config, {"nothing_to_do": stored >= settings.budget,
                                              "workers": [job.counts] + stats,
                                              "trials": len(job.study.get_trials(deepcopy=False))})

@@ -86,6 +86,12 @@ class PredictorSearchSettings:
             raise SearchError(f"--direction must be max or min (got {self.direction!r})")
         if self.workers < 1:
             raise SearchError(f"--workers must be at least 1 (got {self.workers})")
+        from nas.train.accelerator import check_per_core
+        from nas.search.blackbox.storage_url import check_storage_url, check_study_name
+        check_per_core("--workers", self.workers, "worker processes")
+        if self.storage is not None:
+            check_storage_url(self.storage)
+        check_study_name(self.study)
         if self.strategy == "optuna" and self.sampler not in SAMPLERS:
             raise SearchError(f"--sampler {self.sampler!r}: use {' or '.join(SAMPLERS)}")
         if self.export not in ("first", "all", "none"):
