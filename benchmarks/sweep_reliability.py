@@ -275,7 +275,7 @@ def cases() -> list[Case]:
              says="write it as %40", secrets=("PART1", "PART2")),
         *[Case(f"a search on a credentialed storage (form {i + 1}), stored", (
             *SEARCH, "--budget", "4", "--init", "2", "--storage", url, "--study", f"s{i}", *out), "complete",
-            patch="import nas.predict.study as s\ns.driver_url = lambda url: 'sqlite:///{f}/shared.db'\n",
+            patch="import nas.search.blackbox.study as s\ns.driver_url = lambda url: 'sqlite:///{f}/shared.db'\n",
             secrets=sec, check=no_secret_stored(sec)) for i, (url, sec) in enumerate(URLS)],
         # 5. refused checkpoint
         Case("a checkpoint holding Python objects", tiny_train, says="not a plain checkpoint",
@@ -387,13 +387,14 @@ def run_case(case: Case, timeout: float) -> tuple[str, str]:
 
 
 def setup() -> None:
-    from nas.latency.bundle import write_bundle
-    from nas.latency.profile import profile_items, space_profile_items
     from nas.arch.space import load_space
+    from nas.latency.bundle import write_bundle
+    from nas.latency.device import Device
+    from nas.latency.profile import profile_items, space_profile_items
 
     (SHARED / "small.yaml").write_text(SMALL_SPACE)
     space = load_space(str(SHARED / "small.yaml"))
-    profile_items("dev", space_profile_items(space), tables_dir=SHARED / "tables", timing=FAST)
+    profile_items(Device(device_id="dev"), space_profile_items(space), tables_dir=SHARED / "tables", timing=FAST)
     write_bundle(space, SHARED / "bundle.zip", calibration=2)
 
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import nas.data
-from nas.data import load_dataset, readable_image
+import nas.data.dataset
+from nas.data.dataset import load_dataset, readable_image
 from nas.data.splits import ImageFolderSplit
-from nas.train.loader import split_batches
+from nas.train.loader import SplitLoader
 from nas.errors import DataError
 from nas.data.npz_cache import cache_folder
 
@@ -54,7 +54,7 @@ def test_an_image_that_fails_to_decode_mid_epoch_is_one_line_naming_it(tmp_path)
     split = ImageFolderSplit(sorted((root / "a").iterdir()), np.zeros(3, int), 32)
     for workers in (0, 1):  # in this process, and re-raised from a DataLoader worker process
         with pytest.raises(DataError) as e:
-            list(split_batches(split, 3, None, workers=workers))
+            list(SplitLoader(split, workers=workers).batches(3))
         message = str(e.value)
         assert message.startswith(f"{broken}: cannot decode this image (") and "\n" not in message, message
         assert "Traceback" not in message
@@ -63,7 +63,7 @@ def test_an_image_that_fails_to_decode_mid_epoch_is_one_line_naming_it(tmp_path)
 def test_a_huge_first_image_asks_for_a_resolution_instead_of_allocating_it(tmp_path, monkeypatch):
     root = image_folder(tmp_path / "imgs", n=6, suffix=".png")
     Image.new("RGB", (100_000, 4)).save(root / "a" / "0.png")  # the first image, sorted
-    monkeypatch.setattr(nas.data, "channel_statistics", lambda *a, **k: pytest.fail("decoded at 100000 px"))
+    monkeypatch.setattr(nas.data.dataset, "channel_statistics", lambda *a, **k: pytest.fail("decoded at 100000 px"))
     with pytest.raises(DataError, match=r"0.png\) is 100000 x 4 px, more than the 1024 px .* pass --resolution"):
         load_dataset(f"folder:{root}")
     with pytest.raises(DataError, match="resolution 100000 px is above the 4096 px"):

@@ -10,6 +10,7 @@ import pytest
 from nas.train.accelerator import PER_CORE, available_cores
 from nas.latency import remote_measure
 from nas.latency.bundle import write_bundle
+from nas.latency.device import Device
 from nas.latency.profile import profile_items, space_profile_items
 from nas.train.recipe import Recipe
 from nas.arch.space import load_space
@@ -32,7 +33,7 @@ def small(tmp_path_factory):
     space_file = root / "small.yaml"
     space_file.write_text(SMALL_SPACE)
     space = load_space(str(space_file))
-    profile_items("dev", space_profile_items(space), tables_dir=root / "tables", timing=FAST)
+    profile_items(Device(device_id="dev"), space_profile_items(space), tables_dir=root / "tables", timing=FAST)
     write_bundle(space, root / "bundle.zip", calibration=2)
     return root, space_file
 
@@ -53,7 +54,7 @@ def forged_results(bundle) -> dict:
 # ---- threads and processes ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("args", [
     ("train", "fbnet_a", "--threads", str(TOO_MANY)),
-    ("train", "fbnet_a", "--workers", str(TOO_MANY)),
+    ("train", "fbnet_a", "--loader-workers", str(TOO_MANY)),
     ("search", "nars", "--space", f"table:{BENCH_TABLE}", "--objective", "val_accuracy", "--latency-column",
      "latency_ms", "--workers", str(TOO_MANY)),
     ("worker", "--storage", "sqlite:///{tmp}/study.db", "--threads", str(TOO_MANY)),

@@ -123,7 +123,7 @@ def test_a_killed_search_resumes_from_its_study_to_exactly_its_budget(workers, k
 
 
 def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_failed_and_enqueued_again(tmp_path, monkeypatch):
-    import nas.predict.study as study_module
+    import nas.search.blackbox.study as study_module
     from nas.search.blackbox.study import fail_stale_trials, open_storage, open_study
 
     url = f"sqlite:///{tmp_path / 'study.db'}"

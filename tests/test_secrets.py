@@ -9,7 +9,7 @@ from urllib.parse import quote
 import pytest
 import torch
 
-import nas.predict.study as study_module
+import nas.search.blackbox.study as study_module
 from nas.search.blackbox.storage_url import hide_secrets, masked_url
 from nas.search.blackbox.study import load_study, open_storage
 from test_predict_fixtures import BENCH_TABLE, InProcess
