@@ -102,14 +102,16 @@ def _print_summary(report: dict, out: Path) -> None:
         typer.echo(f"nothing to do: study {study['study']!r} already has its {detail['evaluations']} evaluations; "
                    f"the results below are read from it")
     table = Table(title=f"best under each constraint ({detail['evaluations']} evaluations)")
-    for col in ("constraint", obj, "latency (ms)", "eval"):
+    for col in ("constraint", obj, "latency (ms)", "found at eval", "random search (expected)"):
         table.add_column(col)
     for w in detail.get("winners", []):
+        expected = detail.get("progress", {}).get(w["constraint"], {}).get("random_search_expected_best")
+        expected = "" if expected is None else f"{expected:.4f}"
         if not w["found"]:
-            table.add_row(w["constraint"], "none evaluated meets it", "", "")
+            table.add_row(w["constraint"], "none evaluated meets it", "", "", expected)
             continue
         lat = ", ".join(f"{d} {v:.4g}" for d, v in w["latency_ms"].items())
-        table.add_row(w["constraint"], f"{w[obj]:.4f}", lat, str(w["eval"]))
+        table.add_row(w["constraint"], f"{w[obj]:.4f}", lat, str(w["eval"]), expected)
     print_table(table)
     pred = detail.get("predictor")
     if pred:

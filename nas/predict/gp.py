@@ -34,6 +34,7 @@ class GPPredictor:
     def __init__(self, *, iterations: int = 100, lr: float = 0.1, nu: float = 2.5, seed: int = 0):
         self.iterations, self.lr, self.nu, self.seed = iterations, lr, nu, seed
         self._model: _ExactGP | None = None
+        self._factor: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def fit(self, x: np.ndarray, y: np.ndarray) -> "GPPredictor":
         with torch_threads(1):
@@ -61,21 +62,35 @@ class GPPredictor:
             opt.step()
         model.eval()
         likelihood.eval()
-        self._model, self._likelihood = model, likelihood
+        self._model, self._likelihood, self._factor = model, likelihood, None
         self.final_mll = float(-loss.detach())
         return self
 
     @torch.no_grad()
     def _posterior(self, x: np.ndarray, batch: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+        """The exact posterior of the latent function (mean, std) at ``x``, from the Cholesky factor of the
+        training covariance: only the diagonal of the test covariance is computed, so a pool of any size costs
+        one cross-covariance per batch."""
         if self._model is None:
             raise RuntimeError("GPPredictor.predict called before fit")
+        model = self._model
+        if self._factor is None:
+            x_t, y_t = model.train_inputs[0], model.train_targets
+            k = model.covar_module(x_t).to_dense() + self._likelihood.noise * torch.eye(len(x_t), dtype=x_t.dtype)
+            chol = torch.linalg.cholesky(k + 1e-8 * torch.eye(len(x_t), dtype=x_t.dtype))
+            alpha = torch.cholesky_solve((y_t - model.mean_module.constant)[:, None], chol)
+            self._factor = (chol, alpha)
+        chol, alpha = self._factor
+        x_train = model.train_inputs[0]
         x = np.asarray(x)
         means, stds = [], []
-        with gpytorch.settings.fast_pred_var():
-            for i in range(0, len(x), batch):
-                post = self._model(torch.as_tensor(x[i:i + batch], dtype=torch.float64))
-                means.append(post.mean.numpy())
-                stds.append(post.variance.clamp_min(0).sqrt().numpy())
+        for i in range(0, len(x), batch):
+            xb = torch.as_tensor(x[i:i + batch], dtype=torch.float64)
+            cross = model.covar_module(xb, x_train).to_dense()
+            v = torch.linalg.solve_triangular(chol, cross.T, upper=False)
+            prior = model.covar_module(xb, diag=True)
+            means.append((model.mean_module.constant + cross @ alpha[:, 0]).numpy())
+            stds.append((prior - (v ** 2).sum(0)).clamp_min(0).sqrt().numpy())
         mean = np.concatenate(means) if means else np.zeros(0)
         std = np.concatenate(stds) if stds else np.zeros(0)
         return mean * self._std + self._mean, std * self._std

@@ -249,5 +249,10 @@ class TableProblem(SearchProblem):
     def all_candidates(self) -> np.ndarray:
         return self.table.genomes
 
+    def known_scores(self) -> np.ndarray:
+        """Every row's objective as a score (higher is better), in ``all_candidates`` order: what a random search
+        could draw. Only for judging a search afterwards (``nas.predict.progress``); searches never read it."""
+        return self.sign() * self.table.values[self.objective]
+
     def evaluate(self, genome):
         return self.evaluator.evaluate(int(self.table.row_of(genome[None, :])[0]))

@@ -22,6 +22,7 @@ from nas.predict.history import History
 from nas.predict.nars import NarsConfig, run_nars
 from nas.predict.pareto import family, pareto_mask, plot_pareto, plot_predictions
 from nas.predict.problem import Constraint, ModelProblem, SearchProblem
+from nas.predict.progress import plot_progress, search_progress
 from nas.predict.search_setup import SearchSettings, build_constraints, build_problem
 from nas.report import MODEL, Measurement, build_report, latency_remedies, write_report
 from nas.run import RunDir
@@ -282,10 +283,24 @@ def _write_outputs(run: RunDir, problem: SearchProblem, history: History, constr
                 _winner_documents(run, problem, history, i, "", entry["decisions"])
         winners.append(entry)
     detail["winners"] = winners
+    _write_progress(run, history, constraints, detail, strategy)
     plot_pareto(run.file("pareto.png"), history, constraints,
                 title=f"{strategy} on {Path(detail['space']).name}: {history.used} evaluations")
     plot_predictions(run.file("predictions.png"), history, title="predictions made before each evaluation")
     return winner
+
+
+def _write_progress(run: RunDir, history: History, constraints: list[Constraint], detail: dict,
+                    strategy: str) -> None:
+    """How many evaluations each constraint's best took (report.json ``progress``, and ``evaluations_to_best``
+    of the winners) and ``progress.png``: best-so-far against evaluations with random search's expectation."""
+    summary, curves, baselines, note = search_progress(history, constraints)
+    detail["progress"] = summary
+    for entry in detail["winners"]:
+        entry["evaluations_to_best"] = summary[entry["constraint"]]["evaluations_to_best"]
+    detail["evaluations_to_best"] = next((e["evaluations_to_best"] for e in detail["winners"] if e["found"]), None)
+    plot_progress(run.file("progress.png"), curves, baselines, history.problem.objective, history.problem.sign(),
+                  title=f"{strategy} on {Path(detail['space']).name}: best so far against evaluations", note=note)
 
 
 def _export(run: RunDir, problem: ModelProblem, history: History, constraints: list[Constraint],
