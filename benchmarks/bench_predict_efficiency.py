@@ -190,17 +190,18 @@ def main() -> None:
     out: dict = {"table": str(spec.path), "rows": table.rows, "budget": args.budget, "bounds": {}}
     print(f"table {spec.path.name}: {table.rows} rows, objective {spec.objective}, latency {spec.latency_column}, "
           f"budget {args.budget}, {args.seeds} seeds")
-    for q in args.quantiles:
-        bound = float(np.percentile(lat, q))
+    bounds = {q: float(np.percentile(lat, q)) for q in args.quantiles}
+    runs: dict[tuple[float, str], list[np.ndarray]] = {(q, n): [] for q in args.quantiles for n in args.searchers}
+    for seed in range(args.seeds):  # seed by seed, so that an interrupted run has every bound and searcher
+        for q, bound in bounds.items():
+            for name in args.searchers:
+                runs[q, name].append(run_searcher(name, spec, bound, args.budget, seed, args.sampler))
+                print(f"  p{q:g} {name} seed {seed}: best {np.nanmax(runs[q, name][-1]):.3f}", flush=True)
+    for q, bound in bounds.items():
         ok = lat <= bound + 1e-12
         optimum = float(values[ok].max())
-        results: dict[str, dict] = {}
-        for name in args.searchers:
-            runs = []
-            for seed in range(args.seeds):
-                runs.append(run_searcher(name, spec, bound, args.budget, seed, args.sampler))
-                print(f"  {name} seed {seed}: best {np.nanmax(runs[-1]):.3f}", flush=True)
-            results[name] = summarise(runs, optimum, args.within, args.budget)
+        results: dict[str, dict] = {name: summarise(runs[q, name], optimum, args.within, args.budget)
+                                    for name in args.searchers}
         results["random (rows meeting the bound)"] = random_rows(values[ok], 0, optimum, args.within, args.budget)
         results["random (any row)"] = random_rows(values[ok], int((~ok).sum()), optimum, args.within, args.budget)
         evo = [regularised_evolution(table, ok, values, args.budget, s) for s in range(args.evolution_seeds)]

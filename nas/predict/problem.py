@@ -127,6 +127,12 @@ class SearchProblem(ABC):
         """A space-filling pool of candidate genomes (Sobol points)."""
         return self.space.sobol(n, seed)
 
+    def neighbours(self, genomes: np.ndarray) -> np.ndarray:
+        """The candidates one decision away from any of ``genomes`` (``DecisionSpace.neighbours``), distinct."""
+        out = [self.space.neighbours(g) for g in np.atleast_2d(genomes)]
+        out = np.concatenate(out) if out else np.zeros((0, self.space.dims))
+        return out[self.space.unique(out)] if len(out) else out
+
     def all_candidates(self) -> np.ndarray:
         """Every candidate genome; only finite problems (``finite``: a table) have such a list."""
         raise TypeError(f"a {self.kind} problem has no finite list of candidates")
@@ -248,6 +254,15 @@ class TableProblem(SearchProblem):
 
     def all_candidates(self) -> np.ndarray:
         return self.table.genomes
+
+    def neighbours(self, genomes: np.ndarray) -> np.ndarray:
+        """Rows one decision away from any of ``genomes``; a neighbour that is not a row is snapped to the nearest
+        row (a table of sampled candidates rarely holds the exact one); the genomes' own rows are left out."""
+        near = super().neighbours(genomes)
+        if not len(near):
+            return near
+        rows = np.setdiff1d(np.unique(self.table.row_of(near)), self.table.row_of(genomes))
+        return self.table.genomes[rows]
 
     def known_scores(self) -> np.ndarray:
         """Every row's objective as a score (higher is better), in ``all_candidates`` order: what a random search
