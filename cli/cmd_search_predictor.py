@@ -44,8 +44,9 @@ def _make_command(strategy: str):
         measure_each: bool = typer.Option(False, "--measure-each", help="export and time every evaluated "
                                           "model in ONNX Runtime (measured_ms in history.csv)"),
         pool: int = typer.Option(4096, help="Sobol pool size"),
-        init: Optional[int] = typer.Option(None, help="initial Sobol evaluations (default budget/4)"),
-        batch: Optional[int] = typer.Option(None, help="evaluations per predictor round"),
+        init: Optional[int] = typer.Option(None, help="initial Sobol evaluations (default budget/10, and at least "
+                                                      "10 or budget/4, whichever is fewer)"),
+        batch: Optional[int] = typer.Option(None, help="evaluations per predictor round (default budget/20)"),
         generations: int = typer.Option(40, help="evolutionary search generations"),
         population: int = typer.Option(2048, help="evolutionary search population"),
         pretrain: bool = typer.Option(True, "--pretrain/--no-pretrain", help="nars: pretrain the MLP on "

@@ -2,12 +2,17 @@
 
 1. Draw a Sobol pool (``scipy.stats.qmc``) and keep the candidates that meet a latency constraint, by the free
    latency model (the LatencyModel for model spaces, the latency columns for tables).
-2. Evaluate an initial space-filling sample of it (round robin over the constraints).
-3. Repeat until the budget is spent: fit the predictor on every evaluation so far, then evaluate the candidates
-   it likes best under each constraint: the top predicted (FBNetV3's MLP, ``predictor="mlp"``), or the best
-   expected improvement over the best feasible so far (ChamNet's GP, ``predictor="gp"``; a batch is chosen with
-   the constant liar, so that it keeps several workers busy with distinct candidates). The predictions made
-   before each batch is evaluated give the held-out Kendall tau of every fit.
+2. Evaluate an initial space-filling sample of it (round robin over the constraints): ``budget // 10`` candidates
+   (at most 10 or a quarter of the budget for small budgets), as BANANAS and NPENAS start from about ten.
+3. Repeat until the budget is spent, ``budget // 20`` evaluations a round: fit the predictor on every evaluation so
+   far (the objective power-transformed: ``acquisition.ObjectiveTransform``), build the round's candidates (the
+   neighbours of the best evaluated under each constraint and the pool candidates the predictor rates best, all
+   meeting a constraint: ``acquisition.round_candidates``) and evaluate the ones the acquisition likes best under
+   each constraint: independent Thompson samples of FBNetV3's MLP ensemble (``predictor="mlp"``, its spread
+   calibrated to the errors of earlier predictions), or the best expected improvement over the best feasible so far
+   (ChamNet's GP with a categorical kernel, ``predictor="gp"``; a batch is chosen with the constant liar, so that it
+   keeps several workers busy with distinct candidates). The predictions made before each batch is evaluated give
+   the held-out Kendall tau of every fit.
 4. Fit once more and run the predictor-driven evolutionary search for all constraints at once; evaluate the
    winner of each constraint (the last ``final`` evaluations of the budget are kept for this).
 

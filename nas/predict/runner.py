@@ -3,8 +3,10 @@
 Writes ``config.json``, ``history.csv`` (every evaluation in order, predicted and actual figures), ``pareto.csv``
 (the best evaluated candidate under each latency constraint), ``arch.json`` (the winner: the best under the first
 constraint met; for a table, its row, decisions and metrics), ``best/<constraint>/`` (``arch.json`` and
-``recipe.json`` for model spaces, ``candidate.json`` for tables), ``report.json``, ``pareto.png`` and
-``predictions.png``, and ``study.db`` (the Optuna study every strategy keeps its evaluations in, unless
+``recipe.json`` for model spaces, ``candidate.json`` for tables), ``report.json`` (with ``progress``: per
+constraint, the evaluations the search took to reach its final best and random search's expected best with as many
+evaluations), ``pareto.png``, ``predictions.png`` and ``progress.png`` (best so far against evaluations, with
+random search's expectation: ``nas.predict.progress``), and ``study.db`` (the Optuna study every strategy keeps its evaluations in, unless
 ``--storage`` names another; ``nas.predict.optuna_search``). On model spaces the winner (or, with ``export="all"``, the best
 under every constraint) is trained with its recipe, exported to ``model.onnx``, checked for output parity and its
 latency measured (``nas.finalize.train_export_measure``).
