@@ -165,13 +165,13 @@ class ObjectiveTransform:
 
     def __call__(self, y: np.ndarray) -> np.ndarray:
         y = np.asarray(y, float)
-        if self._power is None:
+        if self._power is None or not y.size:
             return (y - self._mean) / self._std
         return self._power.transform(y.reshape(-1, 1)).ravel()
 
     def inverse(self, z: np.ndarray) -> np.ndarray:
         z = np.asarray(z, float)
-        if self._power is None:
+        if self._power is None or not z.size:
             return z * self._std + self._mean
         with np.errstate(all="ignore"):
             return self._power.inverse_transform(z.reshape(-1, 1)).ravel()

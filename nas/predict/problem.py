@@ -257,11 +257,11 @@ class TableProblem(SearchProblem):
 
     def neighbours(self, genomes: np.ndarray) -> np.ndarray:
         """Rows one decision away from any of ``genomes``; a neighbour that is not a row is snapped to the nearest
-        row (a table of sampled candidates rarely holds the exact one); the genomes' own rows are left out."""
-        near = super().neighbours(genomes)
-        if not len(near):
-            return near
-        rows = np.setdiff1d(np.unique(self.table.row_of(near)), self.table.row_of(genomes))
+        other row (a table of sampled candidates rarely holds the exact one); the genomes' own rows are left out."""
+        genomes = np.atleast_2d(genomes)
+        own = self.table.row_of(genomes)
+        rows = [self.table.nearest(self.space.neighbours(g), exclude=[int(r)]) for g, r in zip(genomes, own)]
+        rows = np.setdiff1d(np.unique(np.concatenate(rows)), own) if rows else np.zeros(0, int)
         return self.table.genomes[rows]
 
     def known_scores(self) -> np.ndarray:
