@@ -57,8 +57,9 @@ def _make_command(strategy: str):
         measure_each: bool = typer.Option(False, "--measure-each", help="export and time every evaluated "
                                           "model in ONNX Runtime (measured_ms in history.csv)"),
         pool: int = typer.Option(4096, help="Sobol pool size"),
-        init: Optional[int] = typer.Option(None, help="initial Sobol evaluations (default budget/4)"),
-        batch: Optional[int] = typer.Option(None, help="evaluations per predictor round"),
+        init: Optional[int] = typer.Option(None, help="initial Sobol evaluations (default budget/10, and at least "
+                                                      "10 or budget/4, whichever is fewer)"),
+        batch: Optional[int] = typer.Option(None, help="evaluations per predictor round (default budget/20)"),
         generations: int = typer.Option(40, help="evolutionary search generations"),
         population: int = typer.Option(2048, help="evolutionary search population"),
         pretrain: bool = typer.Option(True, "--pretrain/--no-pretrain", help="nars: pretrain the MLP on "
@@ -117,16 +118,18 @@ def _print_summary(report: dict, out: Path, tables_dir: Path | None = None) -> N
         typer.echo(f"nothing to do: study {study['study']!r} already has its {detail['evaluations']} evaluations; "
                    f"the results below are read from it")
     table = Table(title=f"best under each constraint ({detail['evaluations']} evaluations)")
-    for col in ("constraint", obj, "latency (ms)", "eval"):
+    for col in ("constraint", obj, "latency (ms)", "found at eval", "random search (expected)"):
         table.add_column(col)
     for w in detail.get("winners", []):
         given = w.get("target", w["constraint"])
         shown = w["constraint"] if given == w["constraint"] else f"{given} ({w['constraint']})"
+        expected = detail.get("progress", {}).get(w["constraint"], {}).get("random_search_expected_best")
+        expected = "" if expected is None else f"{expected:.4f}"
         if not w["found"]:
-            table.add_row(shown, "none evaluated meets it", "", "")
+            table.add_row(shown, "none evaluated meets it", "", "", expected)
             continue
         lat = ", ".join(f"{d} {v:.4g}" for d, v in w["latency_ms"].items())
-        table.add_row(shown, f"{w[obj]:.4f}", lat, str(w["eval"]))
+        table.add_row(shown, f"{w[obj]:.4f}", lat, str(w["eval"]), expected)
     print_table(table)
     pred = detail.get("predictor")
     if pred:

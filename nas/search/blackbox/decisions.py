@@ -159,6 +159,34 @@ class DecisionSpace:
             x[np.repeat(np.arange(n), len(cols)), hot.ravel()] = 1.0
         return x
 
+    def neighbours(self, genome: np.ndarray, step: float = 0.1) -> np.ndarray:
+        """Every genome one decision away from ``genome`` (local search's neighbourhood, as in BANANAS' and
+        NPENAS' mutations): each other option of a categorical decision, the next option either side of an
+        ordinal or integer one, and ``step`` of the range either side of a float (clipped to the range)."""
+        genome = np.asarray(genome, float)
+        out = []
+        for j, d in enumerate(self.decisions):
+            g = genome[j]
+            if d.kind == "cat":
+                entries = [float(o) for o in range(d.size) if o != int(round(g))]
+            elif d.kind == "ord":
+                entries = [float(o) for o in (round(g) - 1, round(g) + 1) if 0 <= o < d.size]
+            elif d.kind == "int":
+                unit = 1.0 / max(d.size - 1, 1)
+                entries = [v for v in (g - unit, g + unit) if -1e-9 <= v <= 1 + 1e-9]
+            else:
+                entries = sorted({float(np.clip(g - step, 0, 1)), float(np.clip(g + step, 0, 1))} - {float(g)})
+            for e in entries:
+                child = genome.copy()
+                child[j] = e
+                out.append(child)
+        return np.stack(out) if out else np.zeros((0, self.dims))
+
+    def feature_groups(self) -> np.ndarray:
+        """The decision each feature column of ``encode`` belongs to (a categorical decision's one-hot block
+        shares one index): kernels over categorical inputs tie their lengthscales by it."""
+        return np.repeat(np.arange(self.dims), [d.width for d in self.decisions])
+
     def keys(self, genomes: np.ndarray) -> list[str]:
         """A stable text key per genome (for de-duplication and the evaluation cache)."""
         rounded = np.round(np.atleast_2d(genomes), 6)

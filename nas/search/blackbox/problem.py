@@ -117,6 +117,12 @@ class SearchProblem(ABC):
         """A space-filling pool of candidate genomes (Sobol points)."""
         return self.space.sobol(n, seed)
 
+    def neighbours(self, genomes: np.ndarray) -> np.ndarray:
+        """The candidates one decision away from any of ``genomes`` (``DecisionSpace.neighbours``), distinct."""
+        out = [self.space.neighbours(g) for g in np.atleast_2d(genomes)]
+        out = np.concatenate(out) if out else np.zeros((0, self.space.dims))
+        return out[self.space.unique(out)] if len(out) else out
+
     def all_candidates(self) -> np.ndarray:
         """Every candidate genome; only finite problems (``finite``: a table) have such a list."""
         raise TypeError(f"a {self.kind} problem has no finite list of candidates")
@@ -238,6 +244,20 @@ class TableProblem(SearchProblem):
 
     def all_candidates(self) -> np.ndarray:
         return self.table.genomes
+
+    def neighbours(self, genomes: np.ndarray) -> np.ndarray:
+        """Rows one decision away from any of ``genomes``; a neighbour that is not a row is snapped to the nearest
+        other row (a table of sampled candidates rarely holds the exact one); the genomes' own rows are left out."""
+        genomes = np.atleast_2d(genomes)
+        own = self.table.row_of(genomes)
+        rows = [self.table.nearest(self.space.neighbours(g), exclude=[int(r)]) for g, r in zip(genomes, own)]
+        rows = np.setdiff1d(np.unique(np.concatenate(rows)), own) if rows else np.zeros(0, int)
+        return self.table.genomes[rows]
+
+    def known_scores(self) -> np.ndarray:
+        """Every row's objective as a score (higher is better), in ``all_candidates`` order: what a random search
+        could draw. Only for judging a search afterwards (``nas.search.predict.convergence``); searches never read it."""
+        return self.sign() * self.table.values[self.objective]
 
     def evaluate(self, genome):
         return self.evaluator.evaluate(int(self.table.row_of(genome[None, :])[0]))

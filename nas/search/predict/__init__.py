@@ -8,9 +8,15 @@ Modules (one idea each):
 - ``model_costs``: ``ModelSpaceCosts``, free proxies of a joint space (MACs, params, predicted latency per device).
 - ``table_space``: ``TableSpace`` / ``TableEvaluator``, a user's CSV as a space (``--space table:PATH.csv``).
 - ``evaluators``: ``TrainEvaluator`` (train-and-test; the ``Evaluator`` protocol is in ``blackbox.problem``).
-- ``predictors``: ``ArchRecipePredictor`` (FBNetV3 MLP with proxy pretraining), ``kendall_tau``.
-- ``gp``: ``GPPredictor`` (ChamNet exact GP with gpytorch, ARD kernel, ``predict_std``), ``expected_improvement``.
+- ``predictors``: ``ArchRecipePredictor`` (FBNetV3 MLP ensemble with proxy pretraining, ``predict_mean_std``),
+  ``kendall_tau``.
+- ``gp``: ``GPPredictor`` (ChamNet exact GP with gpytorch; a kernel over categorical decisions, ``predict_std``),
+  ``expected_improvement``.
+- ``acquisition``: a round's candidates (neighbours of the incumbents, the predictor's best of the pool), Thompson
+  sampling of the MLP ensemble with a calibrated spread, EI with the constant liar, the objective transform.
 - ``nars``: ``run_nars``: NARS (MLP) and GP-BO (GP + EI) constrained iterative optimisation.
+- ``convergence``: what a search spent: best so far, evaluations to the final best, random search's expectation
+  (exact on a table), ``progress.png``.
 - ``optuna_search``: opening or joining a search's study (workers rebuild the problem from its settings), local
   worker processes, multi-objective Optuna (NSGA-II / TPE).
 - ``search_setup``: ``PredictorSearchSettings`` -> problem and constraints; ``runner``: ``PredictorStrategy``

@@ -2,12 +2,17 @@
 
 1. Draw a Sobol pool (``scipy.stats.qmc``) and keep the candidates that meet a latency constraint, by the free
    latency model (the LatencyModel for model spaces, the latency columns for tables).
-2. Evaluate an initial space-filling sample of it (round robin over the constraints).
-3. Repeat until the budget is spent: fit the predictor on every evaluation so far, then evaluate the candidates
-   it likes best under each constraint: the top predicted (FBNetV3's MLP, ``predictor="mlp"``), or the best
-   expected improvement over the best feasible so far (ChamNet's GP, ``predictor="gp"``; a batch is chosen with
-   the constant liar, so that it keeps several workers busy with distinct candidates). The predictions made
-   before each batch is evaluated give the held-out Kendall tau of every fit.
+2. Evaluate an initial space-filling sample of it (round robin over the constraints): ``budget // 10`` candidates
+   (at most 10 or a quarter of the budget for small budgets), as BANANAS and NPENAS start from about ten.
+3. Repeat until the budget is spent, ``budget // 20`` evaluations a round: fit the predictor on every evaluation so
+   far (the objective power-transformed: ``acquisition.ObjectiveTransform``), build the round's candidates (the
+   neighbours of the best evaluated under each constraint and the pool candidates the predictor rates best, all
+   meeting a constraint: ``acquisition.round_candidates``) and evaluate the ones the acquisition likes best under
+   each constraint: independent Thompson samples of FBNetV3's MLP ensemble (``predictor="mlp"``, its spread
+   calibrated to the errors of earlier predictions), or the best expected improvement over the best feasible so far
+   (ChamNet's GP with a categorical kernel, ``predictor="gp"``; a batch is chosen with the constant liar, so that it
+   keeps several workers busy with distinct candidates). The predictions made before each batch is evaluated give
+   the held-out Kendall tau of every fit.
 4. Fit once more and run the predictor-driven evolutionary search for all constraints at once; evaluate the
    winner of each constraint (the last ``final`` evaluations of the budget are kept for this).
 
@@ -33,7 +38,14 @@ import numpy as np
 from nas.search.blackbox.evolution import EvolutionResult, evolve, rank_all
 from nas.search.blackbox.history import BudgetExhausted, History
 from nas.search.blackbox.problem import Constraint, ModelProblem, SearchProblem
-from nas.search.predict.gp import GPPredictor, expected_improvement
+from nas.search.predict.acquisition import (
+    ObjectiveTransform,
+    calibration,
+    pick_gp_batch,
+    round_candidates,
+    thompson_picks,
+)
+from nas.search.predict.gp import GPPredictor
 from nas.search.predict.predictors import ArchRecipePredictor, cross_validated_tau, kendall_tau
 
 EventCallback = Callable[[str, dict], None]
@@ -44,9 +56,11 @@ class NarsConfig:
     budget: int
     seed: int = 0
     predictor: str = "mlp"  # "mlp" (FBNetV3) | "gp" (ChamNet GP + expected improvement)
-    init: int | None = None  # initial Sobol evaluations; default budget // 4 (at least 4, at least 1 per constraint)
-    batch: int | None = None  # evaluations per round; default budget // 10 (mlp) or budget // 20 (gp)
-    pool: int = 4096  # Sobol pool size (model spaces; a table's pool is all its rows)
+    init: int | None = None  # initial Sobol evaluations; default max(min(10, budget // 4), budget // 10)
+    batch: int | None = None  # evaluations per round; default budget // 20 (at least 1)
+    pool: int = 4096  # Sobol pool size (model spaces; a table's pool is all its rows); also the pretraining set
+    incumbents: int = 5  # per constraint, the best evaluated whose neighbours are candidates each round
+    explore: int = 32  # per constraint, the pool candidates rated best by the predictor, beside the neighbours
     pretrain: bool = True  # MLP proxy pretraining on the pool (MACs, params, predicted latency)
     evolution: bool = True
     population: int = 2048
@@ -71,7 +85,7 @@ class NarsResult:
 
 def make_predictor(kind: str, seed: int, **kwargs):
     if kind == "gp":
-        return GPPredictor(seed=seed, **kwargs)
+        return GPPredictor(seed=seed, **kwargs)  # nars passes the space's feature groups (categorical kernel)
     if kind == "mlp":
         return ArchRecipePredictor(seed=seed, **kwargs)
     raise ValueError(f"unknown predictor {kind!r} (mlp or gp)")
@@ -91,23 +105,25 @@ def run_nars(problem: SearchProblem, constraints: list[Constraint], history: His
     any_ok = masks.any(axis=0)
     pool, lat_pool, masks = pool[any_ok], lat_pool[any_ok], masks[:, any_ok]
     result.pool_size, result.pool_feasible = int(len(any_ok)), int(any_ok.sum())
-    x_pool = space.encode(pool)
     emit("pool", {"size": result.pool_size, "feasible": result.pool_feasible})
 
-    predictor = make_predictor(config.predictor, config.seed, **config.predictor_kwargs)
+    kwargs = dict(config.predictor_kwargs)
+    if config.predictor == "gp":
+        kwargs.setdefault("groups", space.feature_groups())
+    predictor = make_predictor(config.predictor, config.seed, **kwargs)
     if config.predictor == "mlp" and config.pretrain and problem.proxy_names:
         emit("phase", {"name": "pretrain", "note": f"proxies {', '.join(problem.proxy_names)}"})
-        full = problem.pool(config.pool, config.seed)
+        full = problem.pool(config.pool, config.seed)[:config.pool]  # a table's pool is every row
         predictor.pretrain(space.encode(full), problem.proxies(full))
         result.pretrain_loss = predictor.pretrain_loss
 
     n_c = len(constraints)
     final = config.final if config.final is not None else (n_c if config.evolution else 0)
     final = min(final, max(0, config.budget - n_c))
-    init = config.init if config.init is not None else max(4, config.budget // 4)
+    init = config.init if config.init is not None else max(min(10, config.budget // 4), config.budget // 10)
     init = max(min(init, config.budget - final), min(n_c, config.budget))
-    default_batch = config.budget // (20 if config.predictor == "gp" else 10)
-    batch = max(1, config.batch if config.batch is not None else default_batch)
+    batch = max(1, config.batch if config.batch is not None else config.budget // 20)
+    rng = np.random.default_rng(config.seed + 7)  # the rounds' Thompson draws
 
     try:
         # 2. initial space-filling sample, round robin over the constraints (Sobol order within each)
@@ -135,35 +151,52 @@ def run_nars(problem: SearchProblem, constraints: list[Constraint], history: His
                 history.evaluate_batch(pool[picks], "init")
         # 3. rounds: fit, pick the best predicted (or best EI) per constraint, evaluate
         predicted_all, actual_all = [], []
+        residuals, waiting = [], {}  # standardised errors of the predictions made before evaluation
         rnd, turn, refit_s = 0, 0, 0.0
         while history.remaining > final:
             rnd += 1
             asynchronous = history.pending > 0 or history.slots() > 1  # workers elsewhere may join at any time
             start, fit_start = turn if asynchronous else 0, time.perf_counter()
-            x_train, y_train = space.encode(history.genome_array()), history.scores()
-            predictor.fit(x_train, y_train)
+            evaluated, y_train = history.genome_array(), history.scores()
+            x_train = space.encode(evaluated)
+            transform = ObjectiveTransform().fit(y_train)
+            z_train = transform(y_train)
+            predictor.fit(x_train, z_train)
             taken = history.taken_keys()
             fresh = np.asarray([k not in taken for k in space.keys(pool)])
-            if not fresh.any():
+            pool_predicted = np.full(len(pool), -np.inf)
+            if fresh.any():
+                pool_predicted[fresh] = np.nan_to_num(_mean_std(predictor, space.encode(pool[fresh]))[0],
+                                                      nan=-np.inf)
+            cand, cand_masks = round_candidates(problem, constraints, evaluated, y_train, history.latency_array(),
+                                                taken, pool, masks, pool_predicted, config.incumbents,
+                                                config.explore)
+            if not len(cand):
                 break
-            mean, std = _predict(predictor, x_pool[fresh])
-            cand, cand_masks = pool[fresh], masks[:, fresh]
+            x_cand = space.encode(cand)
+            mean, std = _mean_std(predictor, x_cand)
+            scale = calibration(residuals) if config.predictor == "mlp" else 1.0
+            std = scale * std
             n_pick = min(batch, history.remaining - final)
             if asynchronous:  # a round's batch, or more if that would not lift the queue above its low-water mark
                 low = _low_water(history, refit_s, batch)
                 n_pick = min(history.remaining - final, max(batch, low + 1 - history.pending))
-            best = [history.best_score_under(c) for c in constraints]
             if config.predictor == "gp":
+                best = [float(transform(np.asarray([b]))[0]) if np.isfinite(b) else -np.inf
+                        for b in (history.best_score_under(c) for c in constraints)]
                 x_pending = space.encode(history.pending_genomes())
-                picks = _pick_gp_batch(predictor, x_train, y_train, x_pool[fresh], cand_masks, best, n_pick,
-                                       x_pending, start)
-                predictor.fit(x_train, y_train)  # back to the real evaluations only
+                picks = pick_gp_batch(predictor, x_train, z_train, x_cand, cand_masks, best, n_pick, x_pending,
+                                      start)
+                predictor.fit(x_train, z_train)  # back to the real evaluations only
             else:
-                picks = _pick("mlp", mean, std, cand_masks, best, y_train, n_pick, start=start)
+                picks = thompson_picks(mean, std, cand_masks, n_pick, rng, start=start)
             turn += len(picks)
             refit_s = time.perf_counter() - fit_start
             used_before = history.used + history.pending
-            pred, pred_std = problem.sign() * mean[picks], std[picks] if std is not None else None
+            pred = problem.sign() * transform.inverse(mean[picks])
+            pred_std = transform.inverse_std(mean[picks], std[picks])
+            for i, key in zip(picks, space.keys(cand[picks]) if picks else []):
+                waiting[key] = (transform, mean[i], std[i] / scale)
             if asynchronous:  # wait down to the low-water mark (or, having picked nothing, for any result)
                 if picks:
                     history.submit(cand[picks], f"round {rnd}", pred, pred_std)
@@ -172,7 +205,7 @@ def run_nars(problem: SearchProblem, constraints: list[Constraint], history: His
                 rows = history.evaluate_batch(cand[picks], f"round {rnd}", pred, pred_std) if picks else []
             if history.used + history.pending == used_before and not rows:  # the same data would pick nothing
                 result.stopped = (f"round {rnd} added no evaluation (the predictor gave no finite score to any of "
-                                  f"{int(fresh.sum())} unevaluated candidates); the search ends at "
+                                  f"{len(cand)} unevaluated candidates); the search ends at "
                                   f"{history.used} of {history.budget} evaluations")
                 result.rounds.append({"round": rnd, "stopped": result.stopped})
                 emit("phase", {"name": "stopped", "note": result.stopped})
@@ -180,10 +213,16 @@ def run_nars(problem: SearchProblem, constraints: list[Constraint], history: His
             scored = [r for r in rows if np.isfinite(r[f"predicted_{problem.objective}"])]
             predicted = [problem.sign() * r[f"predicted_{problem.objective}"] for r in scored]
             actual = [problem.sign() * r[problem.objective] for r in scored]
+            for r in rows:
+                if r["key"] in waiting:
+                    tf, m, sd = waiting.pop(r["key"])
+                    z = float(tf(np.asarray([problem.sign() * r[problem.objective]]))[0])
+                    residuals.append((z - m) / sd if sd > 0 else np.nan)
             tau = kendall_tau(predicted, actual)
             predicted_all.extend(predicted)
             actual_all.extend(actual)
-            info = {"round": rnd, "n_train": len(y_train), "batch": len(picks), "batch_tau": tau,
+            info = {"round": rnd, "n_train": len(y_train), "candidates": len(cand), "batch": len(picks),
+                    "batch_tau": tau, "uncertainty_scale": scale,
                     "heldout_tau": kendall_tau(predicted_all, actual_all),
                     "best": [problem.sign() * history.best_score_under(c) for c in constraints]}
             if asynchronous:
@@ -195,7 +234,8 @@ def run_nars(problem: SearchProblem, constraints: list[Constraint], history: His
         # 4. final fit and the evolutionary search for every constraint at once
         if config.evolution and history.used and result.stopped is None:
             x_train, y_train = space.encode(history.genome_array()), history.scores()
-            predictor.fit(x_train, y_train)
+            transform = ObjectiveTransform().fit(y_train)
+            predictor.fit(x_train, transform(y_train))
             emit("phase", {"name": "evolution", "note": f"{n_c} constraint(s)"})
 
             def score(g):
@@ -217,11 +257,12 @@ def run_nars(problem: SearchProblem, constraints: list[Constraint], history: His
                 fresh = [i for i, g in enumerate(evo.genomes[j]) if not history.is_evaluated(g)
                          and space.keys(g[None, :])[0] not in taken_keys]
                 if len(evo.genomes[j]):
-                    entry["predicted_best"] = float(problem.sign() * evo.scores[j][0])
+                    entry["predicted_best"] = float(problem.sign() * transform.inverse(evo.scores[j][:1])[0])
                     entry["predicted_best_evaluated_before"] = bool(history.is_evaluated(evo.genomes[j][0]))
                 if fresh and history.remaining > len(chosen):
                     i = fresh[0]
-                    chosen.append((entry, evo.genomes[j][i], float(problem.sign() * evo.scores[j][i])))
+                    predicted = float(problem.sign() * transform.inverse(evo.scores[j][i:i + 1])[0])
+                    chosen.append((entry, evo.genomes[j][i], predicted))
                 result.predicted_winners.append(entry)
             if chosen:
                 rows = history.evaluate_batch(np.stack([g for _, g, _ in chosen]), "evolution",
@@ -250,64 +291,10 @@ def _low_water(history: History, refit_s: float, batch: int) -> int:
     return slots + min(max(slots, batch), max(1, slots // 2, during_refit))
 
 
-def _predict(predictor, x):
-    if isinstance(predictor, GPPredictor):
+def _mean_std(predictor, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A predictor's mean and uncertainty; a predictor with ``predict`` alone has none (its acquisition is
+    greedy)."""
+    if hasattr(predictor, "predict_mean_std"):
         return predictor.predict_mean_std(x)
-    return predictor.predict(x), None
-
-
-def _pick_gp_batch(predictor: GPPredictor, x_train: np.ndarray, y_train: np.ndarray, x_cand: np.ndarray,
-                   masks: np.ndarray, best: list[float], n: int, x_pending: np.ndarray | None = None,
-                   start: int = 0) -> list[int]:
-    """``n`` distinct candidates for ``n`` workers at once (constant liar): after each pick, the GP is refitted
-    with that candidate believed to score the worst seen so far, so that the next pick looks elsewhere. Candidates
-    still being evaluated (``x_pending``) are believed to score that too. ``start``: the constraint to pick for
-    first (round robin)."""
-    chosen: list[int] = []
-    lie = float(np.min(y_train))
-    x_aug, y_aug = x_train, y_train
-    if x_pending is not None and len(x_pending):
-        x_aug = np.concatenate([x_train, x_pending])
-        y_aug = np.append(y_train, np.full(len(x_pending), lie))
-        predictor.fit(x_aug, y_aug)
-    for step in range(n):
-        mean, std = predictor.predict_mean_std(x_cand)
-        order = np.roll(np.arange(len(masks)), -(start + step))  # round robin over the constraints
-        picks = _pick("gp", mean, std, masks[order], [best[j] for j in order], y_aug, 1, exclude=chosen)
-        if not picks:
-            break
-        chosen.append(picks[0])
-        if step + 1 < n:
-            x_aug = np.concatenate([x_aug, x_cand[picks[0]][None, :]])
-            y_aug = np.append(y_aug, lie)
-            predictor.fit(x_aug, y_aug)
-    return chosen
-
-
-def _pick(kind: str, mean: np.ndarray, std: np.ndarray | None, masks: np.ndarray, best: list[float],
-          y_train: np.ndarray, n: int, exclude: list[int] = (), start: int = 0) -> list[int]:
-    """``n`` distinct candidates, round robin over the constraints from constraint ``start``, each the top
-    acquisition among those meeting the constraint: the predicted score (MLP) or expected improvement (GP)."""
-    acq = []
-    for j in range(len(masks)):
-        if kind == "gp":
-            incumbent = best[j] if np.isfinite(best[j]) else float(np.min(y_train))
-            a = expected_improvement(mean, std, incumbent)
-        else:
-            a = mean.copy()
-        acq.append(np.where(masks[j], a, -np.inf))
-    chosen: list[int] = []
-    used = np.zeros(len(mean), dtype=bool)
-    used[list(exclude)] = True
-    j, misses = start % len(masks), 0
-    while len(chosen) < n and misses < len(masks):
-        a = np.where(used, -np.inf, acq[j])
-        i = int(np.argmax(a))
-        if np.isfinite(a[i]):
-            chosen.append(i)
-            used[i] = True
-            misses = 0
-        else:
-            misses += 1
-        j = (j + 1) % len(masks)
-    return chosen
+    mean = np.asarray(predictor.predict(x), float)
+    return mean, np.zeros(len(mean))

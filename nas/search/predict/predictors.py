@@ -5,6 +5,9 @@ head. ``pretrain(X, proxies)`` first teaches the encoder to predict free proxies
 on a large unlabelled pool; ``fit`` then replaces the head and fine-tunes on measured accuracy, the encoder frozen
 for the first part of training and unfrozen after, with a Huber loss. Without ``pretrain`` it trains from scratch.
 
+``predict_mean_std`` gives the ensemble's mean and spread (a deep ensemble, as BANANAS uses: the members differ in
+their initialisation), the uncertainty behind NARS' acquisition.
+
 ``kendall_tau`` and ``cross_validated_tau`` report how well a predictor ranks held-out candidates.
 """
 
@@ -75,7 +78,7 @@ class ArchRecipePredictor:
 
     def __init__(self, hidden: tuple[int, ...] = (128, 128), *, epochs: int = 400, lr: float = 3e-3,
                  weight_decay: float = 1e-4, freeze_fraction: float = 0.5, pretrain_epochs: int = 60,
-                 pretrain_batch: int = 256, ensemble: int = 3, seed: int = 0):
+                 pretrain_batch: int = 256, ensemble: int = 5, seed: int = 0):
         self.hidden = tuple(hidden)
         self.epochs, self.lr, self.weight_decay = epochs, lr, weight_decay
         self.freeze_fraction = freeze_fraction
@@ -157,15 +160,25 @@ class ArchRecipePredictor:
         return self
 
     @torch.no_grad()
-    def predict(self, x: np.ndarray, batch: int = 65536) -> np.ndarray:
+    def members(self, x: np.ndarray, batch: int = 65536) -> np.ndarray:
+        """Each ensemble member's prediction (members x n), in objective units."""
         if not self._nets:
             raise RuntimeError("ArchRecipePredictor.predict called before fit")
         x = np.asarray(x, np.float32)
-        out = np.empty(len(x))
+        out = np.empty((len(self._nets), len(x)))
         for i in range(0, len(x), batch):
             xb = torch.from_numpy(x[i:i + batch])
-            out[i:i + batch] = torch.stack([net(xb)[:, 0] for net in self._nets]).mean(0).numpy()
+            out[:, i:i + batch] = torch.stack([net(xb)[:, 0] for net in self._nets]).numpy()
         return out * self._std + self._mean
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.members(x).mean(0)
+
+    def predict_mean_std(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The ensemble's mean and spread (the members' standard deviation): the uncertainty the acquisition
+        sees, after ``nas.predict.acquisition.calibration`` has scaled it to the errors seen so far."""
+        m = self.members(x)
+        return m.mean(0), m.std(0)
 
     def clone_unfitted(self) -> "ArchRecipePredictor":
         """A fresh predictor with the same settings and the same pretrained encoder (for cross-validation)."""

@@ -3,11 +3,13 @@
 Writes ``config.json``, ``history.csv`` (every evaluation in order, predicted and actual figures), ``pareto.csv``
 (the best evaluated candidate under each latency constraint), ``arch.json`` (the winner: the best under the first
 constraint met; for a table, its row, decisions and metrics), ``best/<constraint>/`` (``arch.json`` and
-``recipe.json`` for model spaces, ``candidate.json`` for tables), ``report.json``, ``pareto.png`` and
-``predictions.png``, and ``study.db`` (the Optuna study every strategy keeps its evaluations in, unless
-``--storage`` names another; ``nas.search.predict.optuna_search``). On model spaces the winner (or, with
-``export="all"``, the best under every constraint) is trained with its recipe, exported to ``model.onnx``, checked for
-output parity and its latency measured (``nas.search.finalize.train_export_measure``).
+``recipe.json`` for model spaces, ``candidate.json`` for tables), ``report.json`` (with ``progress``: per
+constraint, the evaluations the search took to reach its final best and random search's expected best with as many
+evaluations), ``pareto.png``, ``predictions.png`` and ``progress.png`` (best so far against evaluations, with
+random search's expectation: ``nas.search.predict.convergence``), and ``study.db`` (the Optuna study every strategy
+keeps its evaluations in, unless ``--storage`` names another; ``nas.search.predict.optuna_search``). On model spaces
+the winner (or, with ``export="all"``, the best under every constraint) is trained with its recipe, exported to
+``model.onnx``, checked for output parity and its latency measured (``nas.search.finalize.train_export_measure``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from nas.run import RunDir
 from nas.search.blackbox.history import History
 from nas.search.blackbox.pareto import family, pareto_mask, plot_pareto, plot_predictions
 from nas.search.blackbox.problem import Constraint, ModelProblem, SearchProblem
+from nas.search.predict.convergence import plot_progress, search_progress
 from nas.search.predict.nars import NarsConfig, run_nars
 from nas.search.predict.search_setup import PredictorSearchSettings, build_constraints, build_problem
 from nas.search.report import MODEL, build_report, latency_remedies, write_report
@@ -289,10 +292,24 @@ def _write_outputs(run: RunDir, problem: SearchProblem, history: History, constr
                 _winner_documents(run, problem, history, i, "", entry["decisions"])
         winners.append(entry)
     detail["winners"] = winners
+    _write_progress(run, history, constraints, detail, strategy)
     plot_pareto(run.file("pareto.png"), history, constraints,
                 title=f"{strategy} on {Path(detail['space']).name}: {history.used} evaluations")
     plot_predictions(run.file("predictions.png"), history, title="predictions made before each evaluation")
     return winner
+
+
+def _write_progress(run: RunDir, history: History, constraints: list[Constraint], detail: dict,
+                    strategy: str) -> None:
+    """How many evaluations each constraint's best took (report.json ``progress``, and ``evaluations_to_best``
+    of the winners) and ``progress.png``: best-so-far against evaluations with random search's expectation."""
+    summary, curves, baselines, note = search_progress(history, constraints)
+    detail["progress"] = summary
+    for entry in detail["winners"]:
+        entry["evaluations_to_best"] = summary[entry["constraint"]]["evaluations_to_best"]
+    detail["evaluations_to_best"] = next((e["evaluations_to_best"] for e in detail["winners"] if e["found"]), None)
+    plot_progress(run.file("progress.png"), curves, baselines, history.problem.objective, history.problem.sign(),
+                  title=f"{strategy} on {Path(detail['space']).name}: best so far against evaluations", note=note)
 
 
 def _export(run: RunDir, problem: ModelProblem, history: History, constraints: list[Constraint],
