@@ -11,7 +11,7 @@ from cli.app import TARGET_HELP, next_step, print_json, print_verdict, renamed, 
 from nas.search.strategy import strategies
 
 DEFAULT_SPACE = {"dnas": "fbnet", "dmasking": "fbnet_v2"}
-FINAL_TEMPERATURE, ENTROPY_WEIGHT = 1.0, 4.0  # nas.search.dnas.search.SearchSettings' defaults (no torch at --help)
+FINAL_TEMPERATURE, ENTROPY_WEIGHT = 1.0, 4.0  # nas.search.dnas.search.SupernetSearchSettings' defaults (no torch at --help)
 
 
 def _make_command(method: str):
