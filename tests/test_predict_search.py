@@ -153,7 +153,7 @@ def test_cli_table_search_writes_the_run_directory_for_several_devices(tmp_path,
     args = ["search", "chamnet", "--space", f"table:{BENCH_TABLE}", "--objective", "val_accuracy",
             "--latency-column", "latency_ms", "--latency-column", "predicted_latency_ms", "--proxy", "macs",
             "--metric", "test_accuracy", "--metric", "params", "--metric", "train_seconds",
-            "--latency-ms", f"latency_ms={med:.4f}", "--latency-ms", f"{med * 1.5:.4f}",
+            "--target-ms", f"latency_ms={med:.4f}", "--target-ms", f"{med * 1.5:.4f}",
             "--budget", "12", "--init", "6", "--batch", "2", "--out", str(out), "--json"]
     r = cli(*args)
     assert r.returncode == 0, r.stderr
@@ -191,7 +191,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
     run = InProcess(capsys, monkeypatch)
     _one_line_error(run("search", "nars", "--space", f"table:{BENCH_TABLE}", "--objective", "accuracy_top1",
                         "--latency-column", "latency_ms"), "no column 'accuracy_top1'")
-    _one_line_error(run("search", "nars", "--space", f"table:{BENCH_TABLE}", *TABLE_ARGS, "--latency-ms",
+    _one_line_error(run("search", "nars", "--space", f"table:{BENCH_TABLE}", *TABLE_ARGS, "--target-ms",
                         "0.0001", "--out", str(tmp_path / "r1")), "no candidate meets the latency constraint 0.0001ms")
     assert not (tmp_path / "r1").exists()  # nothing half-written
     _one_line_error(run("search", "optuna", "--space", f"table:{BENCH_TABLE}", *TABLE_ARGS, "--storage",
