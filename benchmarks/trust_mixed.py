@@ -60,8 +60,9 @@ def mixed_figures(setting: Setting, root: Path, samples: int, seed: int = 7) -> 
         export_onnx(net.float_model([FP32] * len(layers)), net.input_shape, path)
         graph = attach_onnx(layers, path)
     log(f"mixed: profiling {len(graph.layers)} layers at fp32 and int8 and their transitions")
-    profile_layers(setting.device, graph, tables_dir=root)
     lm = LatencyModel.load(setting.device, root)
+    profile_layers(lm.device, graph, tables_dir=root)
+    lm.refresh()
     cost = LatencyCost(graph, [FP32, INT8], lm.precision_costs(lm.arch_keys(space, arch), precision_graph(graph)))
     x = torch.randn(16, *net.input_shape)
     device = lm.device

@@ -83,5 +83,4 @@ def plot_comparison(candidates: list[dict], targets_ms: dict[str, float], path: 
     if title:
         ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
     return save_figure(fig, path)

@@ -4,20 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nas.files import save_figure
+from nas.files import new_figure, save_figure
 
 SEARCHED_COLOURS = ("tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive")
 BASELINE_STYLES = (("tab:blue", "o"), ("tab:green", "s"), ("tab:orange", "D"), ("tab:cyan", "P"),
                    ("tab:gray", "X"))
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -36,10 +27,9 @@ def plot_comparison(rows: list[dict], path: str | Path, *, title: str) -> Path:
     searched winner, one colour and marker per baseline model, grey triangles for random archs; error bars of one
     standard deviation over seeds; every point but the random ones labelled (with its run's name when there are
     several runs); the Pareto front of the means dashed; the legend outside the axes."""
-    plt = _pyplot()
     runs = list(dict.fromkeys(r["run_name"] for r in rows))
     baselines = list(dict.fromkeys(r["contender"] for r in rows if r["kind"] == "baseline"))
-    fig, ax = plt.subplots(figsize=(11, 6))
+    fig, ax = new_figure(figsize=(11, 6))
     shown = set()
     for r in rows:
         if r["kind"] == "searched":
@@ -67,5 +57,4 @@ def plot_comparison(rows: list[dict], path: str | Path, *, title: str) -> Path:
     ax.grid(True, alpha=0.3)
     ax.margins(x=0.2, y=0.15)
     ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    fig.tight_layout()
     return save_figure(fig, Path(path), dpi=110)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from scipy.special import gammaln
 
-from nas.files import save_figure
+from nas.files import new_figure, save_figure
 
 
 def best_so_far(scores: np.ndarray, feasible: np.ndarray) -> np.ndarray:
@@ -95,12 +95,10 @@ def plot_progress(path: str | Path, curves: dict[str, np.ndarray], baselines: di
                   objective: str, sign: float = 1.0, title: str = "", note: str = "") -> Path:
     """Best-so-far against evaluations for each constraint (``curves``, scores), and the random-search
     expectation of the same constraint (``baselines``, dashed), in objective units (``sign`` undoes negation)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib import rcParams
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, ax = new_figure(figsize=(7, 4.5), dpi=120)
+    colors = rcParams["axes.prop_cycle"].by_key()["color"]
     for j, (label, curve) in enumerate(curves.items()):
         color = colors[j % len(colors)]
         x = np.arange(1, len(curve) + 1)
@@ -117,12 +115,11 @@ def plot_progress(path: str | Path, curves: dict[str, np.ndarray], baselines: di
         ax.text(0.01, 0.01, note, transform=ax.transAxes, fontsize=7, color="gray", va="bottom")
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
     return save_figure(fig, path, dpi=120)
 
 
 def search_progress(history, constraints) -> tuple[dict, dict[str, np.ndarray], dict[str, np.ndarray], str]:
-    """For a finished search (``nas.predict.history.History``): per constraint label, what report.json says
+    """For a finished search (``nas.search.blackbox.history.History``): per constraint label, what report.json says
     (``evaluations_to_best``, the best, random search's expected best with as many evaluations), the best-so-far
     curves and the random-search baselines for ``plot_progress``, and a note on how the baselines were made."""
     problem = history.problem

@@ -176,7 +176,7 @@ class ArchRecipePredictor:
 
     def predict_mean_std(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The ensemble's mean and spread (the members' standard deviation): the uncertainty the acquisition
-        sees, after ``nas.predict.acquisition.calibration`` has scaled it to the errors seen so far."""
+        sees, after ``nas.search.predict.acquisition.calibration`` has scaled it to the errors seen so far."""
         m = self.members(x)
         return m.mean(0), m.std(0)
 
