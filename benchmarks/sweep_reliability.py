@@ -22,6 +22,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -139,9 +140,12 @@ def holding(kill: bool) -> Callable[[Path], None]:
         lock = folder / "run" / ".lock"
         while not (lock.is_file() and lock.stat().st_size) and time.time() < deadline:  # its owner written
             time.sleep(0.05)
-        if kill:
+        if kill:  # a run killed holding its lock before it wrote anything else (its outputs would pin settings)
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
+            for p in (folder / "run").iterdir():
+                if p.name != ".lock":
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
         else:
             HOLDERS.append(proc)
     return prepare

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nas.search.predict.acquisition import ObjectiveTransform, calibration, thompson_picks
+from nas.search.predict.acquisition import ObjectiveTransform, calibration, round_candidates, thompson_picks
 from nas.search.blackbox.decisions import Decision, DecisionSpace
 from nas.search.predict.gp import GPPredictor
 from nas.search.blackbox.history import History
@@ -80,6 +80,27 @@ def test_table_neighbours_are_other_rows(tmp_path):
     assert len(near) == 4 * 5  # every row one decision away exists in a full grid
     assert not any(np.array_equal(n, g[0]) for n in near)
     assert ((np.abs(near - g) > 0).sum(1) == 1).all()
+
+
+def test_round_candidates_add_swaps_of_two_decisions_around_the_best(tmp_path):
+    """An incumbent at the bound: most single moves break it, so the round also offers a sample of the feasible
+    candidates two decisions away (a costlier option here paid for by a cheaper one there)."""
+    table = TableSpace(_grid_table(tmp_path), "acc", ["ms"])
+    problem = TableProblem(table, TableEvaluator(table))
+    c = parse_constraint(f"{np.median(table.values['ms']):.6f}", ["ms"])
+    ok = np.flatnonzero(c.feasible(table.latency_ms(np.arange(table.rows)), ["ms"]))
+    best = table.genomes[ok[np.argmax(table.values["ms"][ok])]][None, :]  # the feasible row nearest the bound
+    args = (problem, [c], best, np.zeros(1), problem.latency_ms(best), set(problem.space.keys(best)),
+            np.zeros((0, best.shape[1])), np.zeros((1, 0), bool), np.zeros(0), 1, 0)
+    single, _ = round_candidates(*args)
+    both, masks = round_candidates(*args, swaps=60)
+
+    def moved(g):
+        return (np.abs(g - best) > 0).sum(1)
+
+    assert set(moved(single)) == {1} and len(single) < 4 * 5  # some single moves break the bound
+    assert 0 < (moved(both) == 2).sum() <= 60 and masks.all()  # feasible swaps, at most the sample
+    assert set(problem.space.keys(single)) <= set(problem.space.keys(both))
 
 
 def test_categorical_gp_kernel_depends_on_which_decisions_differ():

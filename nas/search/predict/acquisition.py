@@ -1,7 +1,8 @@
 """How NARS and GP-BO choose what to evaluate next: the candidates of a round and the acquisition over them.
 
 Candidates (``round_candidates``): the neighbours of the best evaluated candidates under each constraint (every
-candidate one decision away, as the mutations of BANANAS and NPENAS and the local search of White et al. 2021),
+candidate one decision away, as the mutations of BANANAS and NPENAS and the local search of White et al. 2021) and
+a sample of the swaps around the best (two decisions at once),
 plus the pool candidates the predictor rates best (a cheap screen of the whole pool: regions far from the
 incumbents enter when the predictor expects them to be good), all meeting a constraint by the free latency model
 (feasible-only candidates: the acquisition never spends an evaluation over the bound). A small candidate set
@@ -19,6 +20,8 @@ Both fit the objective through ``ObjectiveTransform`` (a power transform to near
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from nas.search.predict.gp import expected_improvement
@@ -27,12 +30,15 @@ from nas.search.blackbox.problem import Constraint, SearchProblem
 
 def round_candidates(problem: SearchProblem, constraints: list[Constraint], evaluated: np.ndarray,
                      scores: np.ndarray, evaluated_latency: np.ndarray, taken: set[str], pool: np.ndarray,
-                     pool_masks: np.ndarray, pool_predicted: np.ndarray, incumbents: int, explore: int
-                     ) -> tuple[np.ndarray, np.ndarray]:
+                     pool_masks: np.ndarray, pool_predicted: np.ndarray, incumbents: int, explore: int,
+                     swaps: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """The round's candidates (genomes, not taken, each meeting some constraint) and their constraint masks
-    (constraints x candidates): the neighbours of the ``incumbents`` best evaluated under each constraint, then
-    under each constraint the ``explore`` pool candidates (``pool_masks``) the predictor rates best
-    (``pool_predicted``: the predicted mean, -inf for taken ones)."""
+    (constraints x candidates): the neighbours of the ``incumbents`` best evaluated under each constraint, up to
+    ``swaps`` candidates two decisions away from the best one (a sample, seeded by the evaluations so far: under a
+    latency bound the feasible region is often connected only by such swaps, a costlier choice here paid for by a
+    cheaper one there, which single moves from an incumbent at the bound cannot make), then under each constraint the
+    ``explore`` pool candidates (``pool_masks``) the predictor rates best (``pool_predicted``: the predicted mean,
+    -inf for taken ones)."""
     space, devices = problem.space, problem.devices
     parts = []
     for c in constraints:
@@ -40,6 +46,12 @@ def round_candidates(problem: SearchProblem, constraints: list[Constraint], eval
         best = ok[np.argsort(-scores[ok], kind="stable")[:incumbents]]
         if len(best):
             parts.append(problem.neighbours(evaluated[best]))
+            if swaps:
+                twice = problem.neighbours(problem.neighbours(evaluated[best[:1]]))
+                if len(twice) > swaps:
+                    keep = np.random.default_rng(len(evaluated)).choice(len(twice), swaps, replace=False)
+                    twice = twice[np.sort(keep)]
+                parts.append(twice)
     for mask in pool_masks:
         rated = np.where(mask, pool_predicted, -np.inf)
         top = np.argsort(-rated, kind="stable")[:explore]
@@ -72,22 +84,9 @@ def thompson_picks(mean: np.ndarray, std: np.ndarray, masks: np.ndarray, n: int,
     """``n`` distinct candidates by independent Thompson sampling, round robin over the constraints from
     ``start``: each pick draws one value per candidate from N(mean, std^2) and takes the best draw among the
     candidates meeting that constraint."""
-    chosen: list[int] = []
-    used = np.zeros(len(mean), dtype=bool)
     usable = np.isfinite(mean)
-    j, misses = start % max(len(masks), 1), 0
-    while len(chosen) < n and misses < len(masks):
-        draw = mean + np.nan_to_num(std) * rng.standard_normal(len(mean))
-        a = np.where(masks[j] & usable & ~used, draw, -np.inf)
-        i = int(np.argmax(a)) if len(a) else 0
-        if len(a) and np.isfinite(a[i]):
-            chosen.append(i)
-            used[i] = True
-            misses = 0
-        else:
-            misses += 1
-        j = (j + 1) % len(masks)
-    return chosen
+    return round_robin_picks(n, len(mean), len(masks), start, lambda j: np.where(
+        masks[j] & usable, mean + np.nan_to_num(std) * rng.standard_normal(len(mean)), -np.inf))
 
 
 def pick_gp_batch(predictor, x_train: np.ndarray, y_train: np.ndarray, x_cand: np.ndarray, masks: np.ndarray,
@@ -125,12 +124,22 @@ def ei_picks(mean: np.ndarray, std: np.ndarray, masks: np.ndarray, best: list[fl
     for j in range(len(masks)):
         incumbent = best[j] if np.isfinite(best[j]) else float(np.min(y_train))
         acq.append(np.where(masks[j], expected_improvement(mean, std, incumbent), -np.inf))
-    chosen: list[int] = []
     used = np.zeros(len(mean), dtype=bool)
     used[list(exclude)] = True
-    j, misses = start % len(masks), 0
-    while len(chosen) < n and misses < len(masks):
-        a = np.where(used, -np.inf, np.nan_to_num(acq[j], nan=-np.inf))
+    return round_robin_picks(n, len(mean), len(masks), start, lambda j: np.nan_to_num(acq[j], nan=-np.inf), used)
+
+
+def round_robin_picks(n: int, size: int, constraints: int, start: int, values: Callable[[int], np.ndarray],
+                      used: np.ndarray | None = None) -> list[int]:
+    """``n`` distinct indices among ``size`` candidates, one constraint after another from ``start``: for
+    constraint ``j`` the candidate not taken yet with the largest ``values(j)`` (-inf: not eligible, and ``values``
+    is asked again at every turn, so a random acquisition draws anew); ends early when no constraint has an
+    eligible candidate left."""
+    chosen: list[int] = []
+    used = np.zeros(size, dtype=bool) if used is None else used
+    j, misses = start % max(constraints, 1), 0
+    while len(chosen) < n and misses < constraints:
+        a = np.where(used, -np.inf, values(j))
         i = int(np.argmax(a)) if len(a) else 0
         if len(a) and np.isfinite(a[i]):
             chosen.append(i)
@@ -138,7 +147,7 @@ def ei_picks(mean: np.ndarray, std: np.ndarray, masks: np.ndarray, best: list[fl
             misses = 0
         else:
             misses += 1
-        j = (j + 1) % len(masks)
+        j = (j + 1) % constraints
     return chosen
 
 

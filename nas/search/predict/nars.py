@@ -61,6 +61,7 @@ class NarsConfig:
     pool: int = 4096  # Sobol pool size (model spaces; a table's pool is all its rows); also the pretraining set
     incumbents: int = 5  # per constraint, the best evaluated whose neighbours are candidates each round
     explore: int = 32  # per constraint, the pool candidates rated best by the predictor, beside the neighbours
+    swaps: int = 2000  # per constraint, candidates two decisions away from the best evaluated (a sample)
     pretrain: bool = True  # MLP proxy pretraining on the pool (MACs, params, predicted latency)
     evolution: bool = True
     population: int = 2048
@@ -170,7 +171,7 @@ def run_nars(problem: SearchProblem, constraints: list[Constraint], history: His
                                                       nan=-np.inf)
             cand, cand_masks = round_candidates(problem, constraints, evaluated, y_train, history.latency_array(),
                                                 taken, pool, masks, pool_predicted, config.incumbents,
-                                                config.explore)
+                                                config.explore, config.swaps)
             if not len(cand):
                 break
             x_cand = space.encode(cand)
