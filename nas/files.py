@@ -13,9 +13,11 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 from nas.errors import OutputError
+
+T = TypeVar("T")
 
 FULL_BELOW = 1_000_000  # bytes: a disk with less free space than this after a failed write is taken as full
 
@@ -178,3 +180,14 @@ def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
     return path
+
+
+def read_json_record(path: Path, build: Callable[[dict], T], corrupt: Callable[[str], Exception]) -> T | None:
+    """``build`` applied to the JSON object in ``path``; None when there is no such file. A file that is not JSON,
+    or whose keys ``build`` finds missing or of the wrong type, raises ``corrupt(reason)`` (one line)."""
+    if not path.is_file():
+        return None
+    try:
+        return build(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # json.JSONDecodeError is a ValueError
+        raise corrupt(" ".join(str(e).split())[:160] or type(e).__name__) from None

@@ -20,7 +20,6 @@ models measured on the device (``precision_calibration.csv``, see ``nas.latency.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import numpy as np
 from nas.arch.opkey import OpKey
 from nas.arch.ops import FAMILIES, parse_op
 from nas.errors import LatencyTableError
-from nas.files import write_json
+from nas.files import read_json_record, write_json
 
 CORRECTION_FILE = "correction.json"
 
@@ -103,20 +102,19 @@ class Correction:
     @classmethod
     def load(cls, folder: Path) -> "Correction | None":
         path = Path(folder) / CORRECTION_FILE
-        if not path.is_file():
-            return None
-        try:
-            d = json.loads(path.read_text())
-            known = set(cls.__dataclass_fields__)
-            c = cls(**{k: v for k, v in d.items() if k in known})
-            c.precision = PrecisionTerms(**c.precision) if isinstance(c.precision, dict) else PrecisionTerms()
-            c.precision.coef
-            float(c.base_ms), float(c.scale), float(c.per_block_ms), float(c.rescale), list(c.history)
-            {str(k): float(v) for k, v in {**c.family_scale, **c.family_per_block_ms}.items()}
-            return c
-        except (json.JSONDecodeError, TypeError, ValueError, AttributeError) as e:
-            raise LatencyTableError(f"{path}: corrupt correction file ({e}); delete it and rerun "
-                                    f"`hwnas latency profile` to refit") from None
+        return read_json_record(path, cls._from_dict, lambda why: LatencyTableError(
+            f"{path}: corrupt correction file ({why}); delete it and rerun `hwnas latency profile` to refit"))
+
+    @classmethod
+    def _from_dict(cls, d: dict) -> "Correction":
+        """A saved correction, every field checked for its type (a wrong one raises TypeError or ValueError)."""
+        known = set(cls.__dataclass_fields__)
+        c = cls(**{k: v for k, v in d.items() if k in known})
+        c.precision = PrecisionTerms(**c.precision) if isinstance(c.precision, dict) else PrecisionTerms()
+        c.precision.coef
+        float(c.base_ms), float(c.scale), float(c.per_block_ms), float(c.rescale), list(c.history)
+        {str(k): float(v) for k, v in {**c.family_scale, **c.family_per_block_ms}.items()}
+        return c
 
 
 @dataclass

@@ -26,7 +26,6 @@ published architectures of ``benchmarks/published_archs.py`` as well.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ from typing import Callable
 import numpy as np
 
 from nas.errors import LatencyTableError
-from nas.files import write_json
+from nas.files import read_json_record, write_json
 from nas.latency.correction import MIN_NET_FRACTION
 from nas.latency.drift import local_device, read_references, reference_dir, time_against_references
 from nas.latency.kernels import Kernel, KernelGraph, kernel_device, kernel_graph
@@ -136,14 +135,10 @@ class KernelCorrection:
     @classmethod
     def load(cls, folder: Path) -> "KernelCorrection | None":
         path = Path(folder) / KERNEL_CORRECTION_FILE
-        if not path.is_file():
-            return None
-        try:
-            d = json.loads(path.read_text())
-            return cls(float(d["per_mb_ms"]), int(d["fitted_on"]), d.get("fit_mape"), d.get("raw_mape"))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            raise LatencyTableError(f"{path}: corrupt kernel correction; delete it and rerun "
-                                    f"`hwnas latency predict MODEL.onnx --profile`") from None
+        return read_json_record(path, lambda d: cls(float(d["per_mb_ms"]), int(d["fitted_on"]), d.get("fit_mape"),
+                                                    d.get("raw_mape")),
+                                lambda why: LatencyTableError(f"{path}: corrupt kernel correction; delete it and "
+                                                              f"rerun `hwnas latency predict MODEL.onnx --profile`"))
 
 
     def kernel_ms(self, net_ms: float, kernel: Kernel) -> float:

@@ -3,7 +3,6 @@ graphs. A block timed in its own session pays it once per block, a whole model o
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import numpy as np
 from onnx import TensorProto, helper
 
 from nas.errors import LatencyTableError
-from nas.files import write_json
+from nas.files import read_json_record, write_json
 from nas.latency.device import Device
 from nas.latency.timing import TimingConfig
 from nas.models.onnx_io import OPSET
@@ -44,14 +43,10 @@ class CallOverhead:
     @classmethod
     def load(cls, folder: Path) -> "CallOverhead | None":
         path = Path(folder) / OVERHEAD_FILE
-        if not path.is_file():
-            return None
-        try:
-            d = json.loads(path.read_text())
-            return cls(float(d["fixed_ms"]), float(d["per_mb_ms"]), [tuple(p) for p in d.get("points", [])])
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            raise LatencyTableError(f"{path}: corrupt call-overhead file; delete it and rerun "
-                                    f"`hwnas latency profile`") from None
+        return read_json_record(path, lambda d: cls(float(d["fixed_ms"]), float(d["per_mb_ms"]),
+                                                    [tuple(p) for p in d.get("points", [])]),
+                                lambda why: LatencyTableError(f"{path}: corrupt call-overhead file; delete it and "
+                                                              f"rerun `hwnas latency profile`"))
 
 
 def measure_call_overhead(device: Device, timing: TimingConfig | None = None,

@@ -54,21 +54,13 @@ class SelectingViT(nn.Module):
         return ((q[:, :, :1] * attn.scale) @ k.transpose(-2, -1)).softmax(-1)[:, :, 0, 1:].mean(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        model, plan = self.model, self.plan
-        x = model.embed(x)
-        moe = 0
-        for b in range(len(model.attn)):
-            stage = model._stage_at(b)
-            if stage is not None and plan.kept_patches[stage] < x.shape[1] - 1:
-                idx = self.scores(x, stage, b).topk(plan.kept_patches[stage], dim=1).indices
-                x = torch.cat([x[:, :1], torch.gather(x[:, 1:], 1, idx[..., None].expand(-1, -1, x.shape[-1]))], 1)
-            x = model.attn[b](x)
-            if isinstance(model.mlp[b], MoEBlock):
-                x = model.mlp[b].forward_static(x, plan.expert_tokens[moe])
-                moe += 1
-            else:
-                x = model.mlp[b](x)
-        return model.head(x)
+        return self.model(x, self.plan, select=self._select)
+
+    def _select(self, x: torch.Tensor, stage: int, block: int, keep: int) -> torch.Tensor:
+        if keep >= x.shape[1] - 1:
+            return x
+        idx = self.scores(x, stage, block).topk(keep, dim=1).indices
+        return torch.cat([x[:, :1], torch.gather(x[:, 1:], 1, idx[..., None].expand(-1, -1, x.shape[-1]))], 1)
 
 
 def selection_accuracy(model: DynamicViT, plan: StaticPlan, split: Split, how: str, seed: int = 0) -> float:

@@ -72,14 +72,17 @@ class DynamicViT(nn.Module):
         return self.head(x), aux
 
     # ---- inference: tokens are really removed ----------------------------------------------------------------
-    def forward(self, x: torch.Tensor, plan: StaticPlan | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, plan: StaticPlan | None = None, select=None) -> torch.Tensor:
+        """The model at ``plan``; ``select(x, stage, block, keep)`` keeps ``keep`` patches at a pruning stage
+        (default: the learned scorers' top ones, ``TokenSelect``; ``diagnostics.SelectingViT`` passes others)."""
         plan = plan or full_plan(self.space)
+        select = select or self._select
         x = self.embed(x)
         moe = 0
         for b in range(len(self.attn)):
             stage = self._stage_at(b)
             if stage is not None:
-                x = TokenSelect(self.scorers[stage], plan.kept_patches[stage])(x)
+                x = select(x, stage, b, plan.kept_patches[stage])
             x = self.attn[b](x)
             if isinstance(self.mlp[b], MoEBlock):
                 x = self.mlp[b].forward_static(x, plan.expert_tokens[moe])
@@ -87,6 +90,9 @@ class DynamicViT(nn.Module):
             else:
                 x = self.mlp[b](x)
         return self.head(x)
+
+    def _select(self, x: torch.Tensor, stage: int, block: int, keep: int) -> torch.Tensor:
+        return TokenSelect(self.scorers[stage], keep)(x)
 
     @torch.no_grad()
     def forward_threshold(self, x: torch.Tensor, kept_patches, threshold: float) -> tuple[torch.Tensor, list]:
