@@ -1,4 +1,4 @@
-"""hwnas latency profile | show | validate | bundle | import"""
+"""hwnas latency profile | show | validate | predict | check (bundle and import: cmd_latency_remote)"""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def advance_to(advance):
     return on_progress
 
 
-def _space(space: str, resolution, width, classes, in_channels):
+def space_from_options(space: str, resolution, width, classes, in_channels):
     from nas.arch.space import load_space
 
     return load_space(space, resolution=resolution, width_multiplier=width, classes=classes, in_channels=in_channels)
@@ -79,7 +79,7 @@ def profile(space: str = SPACE_OPT, device: str = DEVICE_OPT,
     check_calibration_count(calibration)
     check_provider(provider)
     measure_on = Device(provider, threads, optimization, clock, check_device_id(device), batch=batch)  # checks
-    sp = _space(space, resolution, width, classes, in_channels)
+    sp = space_from_options(space, resolution, width, classes, in_channels)
     items = space_profile_items(sp, bits=(32, 8) if int8 else (32,))
     console.print(f"profiling {len(items)} keys of {sp.name} at {sp.resolution}px on device {device!r} "
                   f"({provider}, {threads} thread{'s' if threads > 1 else ''})")
@@ -174,7 +174,7 @@ def show(ctx: typer.Context,
             "rows_by_kind": {f"{op}/{bits}b": n for (op, bits), n in sorted(kinds.items())},
             "correction": lm.describe(), "warnings": lm.warnings}
     if space:
-        sp = _space(space, resolution, width, classes, in_channels)
+        sp = space_from_options(space, resolution, width, classes, in_channels)
         keys = [k.with_bits(b) for b in ((32, 8) if int8 else (32,)) for k in space_layer_keys(sp)]
         identity = [k for k in keys if key_is_identity(k)]
         measured = [k for k in keys if not key_is_identity(k) and k in table]
@@ -230,7 +230,7 @@ def validate(space: str = SPACE_OPT, device: str = DEVICE_OPT,
                                 f"arch is exported and timed end to end), got {samples}")
     lm = LatencyModel.load(device, tables_dir)
     check_provider(lm.table.manifest.provider)
-    sp = _space(space, resolution, width, classes, in_channels)
+    sp = space_from_options(space, resolution, width, classes, in_channels)
     out = out or default_run_path("latency-validate", device)
     run = RunDir(out, {"command": "latency validate", "device": device, "space": sp.name,
                        "space_args": sp.space_args(), "samples": samples, "seed": seed})
@@ -257,55 +257,6 @@ def validate(space: str = SPACE_OPT, device: str = DEVICE_OPT,
     if s["estimated_archs"]:
         typer.echo(f"{s['estimated_archs']} archs used fallback estimates for missing keys")
     typer.echo(f"-> {out}/validation.csv, {out}/scatter.png")
-
-
-@latency_app.command("bundle")
-def bundle(space: str = SPACE_OPT,
-           out: Path = typer.Option(..., "--out", help="the .zip to write"),
-           resolution: Optional[int] = typer.Option(None, help="input resolution (default: the space's)"),
-           width: Optional[float] = typer.Option(None, help="width multiplier"),
-           classes: Optional[int] = typer.Option(None, help="number of classes"),
-           in_channels: Optional[int] = typer.Option(None, "--in-channels", help="input channels"),
-           int8: bool = typer.Option(False, "--int8", help="also bundle static QDQ int8 blocks (bits=8)"),
-           calibration: int = typer.Option(8, help="whole calibration models to include"),
-           as_json: bool = typer.Option(False, "--json", help="print the summary as JSON")):
-    """Write a zip (block ONNX files, manifest, measure.py) to profile a device that cannot run hwnas."""
-    from nas.latency.bundle import check_bundle_out, write_bundle
-    from nas.latency.calibrate import check_calibration_count
-    from nas.latency.profile import space_profile_items
-
-    check_calibration_count(calibration)
-    check_bundle_out(out)
-    sp = _space(space, resolution, width, classes, in_channels)
-    bits = (32, 8) if int8 else (32,)
-    with progress_bar("bundle", len(space_profile_items(sp, bits)) + calibration) as advance:
-        manifest = write_bundle(sp, out, bits=bits, calibration=calibration,
-                                on_progress=lambda d, t, note: advance(note=note))
-    if as_json:
-        print_json({"bundle": str(out), "space": sp.name, **sp.space_args(), "blocks": len(manifest["blocks"]),
-                    "calibration_models": len(manifest["models"])})
-        return
-    typer.echo(f"wrote {out}: {len(manifest['blocks'])} blocks, {len(manifest['models'])} calibration models. "
-               f"On the device: python measure.py {out.name} --device ID --out results.json; "
-               f"then: hwnas latency import results.json")
-
-
-@latency_app.command("import")
-def import_(results: Path = typer.Argument(..., help="results.json written by the bundle's measure.py"),
-            device: Optional[str] = typer.Option(None, "--device", help="device id (default: the one in the file)"),
-            tables_dir: Optional[Path] = typer.Option(None, help="base folder of device tables"),
-            as_json: bool = typer.Option(False, "--json", help="print the summary as JSON")):
-    """Add a remote device's measurements as a new device table."""
-    from nas.latency.bundle import import_results
-
-    summary = import_results(results, device, tables_dir)
-    if as_json:
-        print_json(summary)
-        return
-    typer.echo(f"imported device {summary['device']} ({summary['cpu_model']}, onnxruntime "
-               f"{summary['onnxruntime_version']}, {summary['provider']}, {summary['threads']} thread(s)): "
-               f"{summary['rows']} rows, correction fitted on {summary['calibration_models']} models "
-               f"-> {summary['folder']}")
 
 
 @latency_app.command("predict")
