@@ -201,7 +201,6 @@ def main() -> None:
             return
     prep = prepare_compare(CompareJob([str(args.out / f) for f in searches], [], args.seeds, args.tables_dir,
                                       engine))
-    run = RunDir(args.out, {"command": "bench compare"})
     t = time.perf_counter()
     winner = prep.runs[0]
     found = [searched_contender(winner, "DMasking")]
@@ -236,6 +235,7 @@ def main() -> None:
     if args.shard:
         log(f"shard {args.shard}: {len(rows)} trainings done in {phases['trainings'] / 60:.1f} min")
         return
+    run = RunDir(args.out, {"command": "bench compare"})  # the one writer of the results (not of the shards')
     t = time.perf_counter()
     measured = measure_all(prep, rows)
     phases["measurement"] = time.perf_counter() - t

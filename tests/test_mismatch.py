@@ -28,6 +28,19 @@ def test_a_model_at_the_datas_own_size_does_not_warn():
     data = load_dataset("digits")
     assert mismatch_warnings(data, load_space("fbnet", resolution=data.resolution, in_channels=1)) == []
     assert mismatch_warnings(data, load_space("fbnet", resolution=48, in_channels=1)) == []  # within 2x
+    native = load_space("fbnet", resolution=data.native_resolution, in_channels=1)  # 8 px: nothing is resized
+    assert mismatch_warnings(data, native) == []
+
+
+def test_a_model_far_below_the_images_size_warns_that_it_loses_detail(tmp_path):
+    rng = np.random.default_rng(0)
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 255, (96, 96, 3), dtype=np.uint8)).save(tmp_path / label / f"{i}.png")
+    data = load_dataset(f"folder:{tmp_path}")
+    (warning,) = mismatch_warnings(data, load_space("fbnet", resolution=32))
+    assert "96 px" in warning and "shrinking them 0.33x loses detail" in warning and "--resolution 96" in warning
 
 
 def test_folder_data_defaults_to_the_images_own_size(tmp_path):

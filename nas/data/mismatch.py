@@ -18,12 +18,15 @@ def mismatch_warnings(data: Dataset, space: Space, ref: str | None = None) -> li
     the user gave: an arch JSON's declared input channels are checked against the data's."""
     warnings = []
     natural = max(MIN_DEFAULT_RESOLUTION, data.native_resolution)
-    ratio = space.resolution / natural
-    if not 1 / MAX_RESOLUTION_RATIO <= ratio <= MAX_RESOLUTION_RATIO:
+    if space.resolution > MAX_RESOLUTION_RATIO * natural:
         warnings.append(f"the model's input is {space.resolution} px but the data's images are "
-                        f"{data.native_resolution} px ({natural} px by default): resizing them {ratio:.2g}x "
-                        f"{'costs time and memory without adding detail' if ratio > 1 else 'loses detail'}; "
-                        f"use --resolution {natural}, or an arch made at that resolution")
+                        f"{data.native_resolution} px ({natural} px by default): upsampling them "
+                        f"{space.resolution / data.native_resolution:.2g}x costs time and memory without adding "
+                        f"detail; use --resolution {natural}, or an arch made at that resolution")
+    elif space.resolution < data.native_resolution / MAX_RESOLUTION_RATIO:
+        warnings.append(f"the model's input is {space.resolution} px but the data's images are "
+                        f"{data.native_resolution} px: shrinking them {space.resolution / data.native_resolution:.2g}x "
+                        f"loses detail; use --resolution {natural}, or an arch made at that resolution")
     declared = load_arch(ref)[1].get("in_channels") if ref and ref.endswith(".json") else None
     if declared is not None and declared != data.in_channels:
         warnings.append(f"{ref} was made for {declared}-channel input but the data has {data.in_channels} "
