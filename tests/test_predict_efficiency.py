@@ -3,6 +3,7 @@ random-search expectation, evaluations to the final best, local neighbourhoods, 
 objective transform, Thompson picks, and searches that beat random search on a table."""
 
 import itertools
+import warnings
 import json
 
 import numpy as np
@@ -133,6 +134,24 @@ def test_objective_transform_is_monotone_and_inverts():
     assert abs(z.mean()) < 1e-6 and z.std() == pytest.approx(1.0, abs=1e-6)
     assert z[0] > -3.5  # the broken candidate no longer sets the scale (it would be -2.4 sd, 10 sd away raw)
     assert ObjectiveTransform().fit(np.ones(4))(np.ones(4)) == pytest.approx(np.zeros(4))
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_objective_transform_inverse_is_finite_and_monotone_past_the_edge_of_its_domain(sign):
+    # accuracies with a long low tail fit a Yeo-Johnson lambda above 2, whose inverse has no value far below;
+    # a right-skewed objective fits one below 0, with no value far above
+    rng = np.random.default_rng(0)
+    y = sign * np.r_[rng.normal(93, 0.5, 40), rng.uniform(10, 60, 5)]
+    tf = ObjectiveTransform().fit(y)
+    z = np.linspace(-20, 20, 81)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        back = tf.inverse(z)
+        spread = tf.inverse_std(z, np.ones_like(z))
+    assert np.isfinite(back).all() and np.isfinite(spread).all()
+    assert (np.diff(back) >= 0).all()
+    assert back.min() >= y.min() - np.ptp(y) and back.max() <= y.max() + np.ptp(y)
+    assert tf.inverse(tf(y)) == pytest.approx(y, abs=1e-6)
 
 
 def test_thompson_picks_are_distinct_and_meet_their_constraint():

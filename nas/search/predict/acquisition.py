@@ -20,6 +20,8 @@ Both fit the objective through ``ObjectiveTransform`` (a power transform to near
 
 from __future__ import annotations
 
+import warnings
+
 from typing import Callable
 
 import numpy as np
@@ -170,6 +172,8 @@ class ObjectiveTransform:
             except (ValueError, FloatingPointError):
                 self._power = None
         self._mean, self._std = float(y.mean()), float(max(y.std(), 1e-12))
+        span = float(np.ptp(y))  # predictions in objective units stay within one span of what was seen
+        self._low, self._high = float(y.min()) - span, float(y.max()) + span
         return self
 
     def __call__(self, y: np.ndarray) -> np.ndarray:
@@ -179,11 +183,18 @@ class ObjectiveTransform:
         return self._power.transform(y.reshape(-1, 1)).ravel()
 
     def inverse(self, z: np.ndarray) -> np.ndarray:
+        """Transformed values back in objective units. Past the edge of its domain a power transform has no
+        inverse (a Yeo-Johnson lambda above 2 at the bottom, below 0 at the top): such values, and any beyond one
+        span of the fitted objective from its ends, read as that bound, so that a predicted value is finite and the
+        mapping stays monotone."""
         z = np.asarray(z, float)
         if self._power is None or not z.size:
             return z * self._std + self._mean
-        with np.errstate(all="ignore"):
-            return self._power.inverse_transform(z.reshape(-1, 1)).ravel()
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # scikit-learn's own errstate and note on the NaNs handled here
+            y = self._power.inverse_transform(z.reshape(-1, 1)).ravel()
+        y = np.where(np.isnan(y), np.where(z > 0, self._high, self._low), y)
+        return np.clip(y, self._low, self._high)
 
     def inverse_std(self, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
         """A spread in transformed units as one in objective units, around ``mean`` (half the width of the
