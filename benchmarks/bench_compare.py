@@ -257,8 +257,8 @@ def main() -> None:
     for w in summary["warnings"]:
         log(f"  warning: {w}")
     log(f"  plot: {summary['plot']}")
-    log("  phases: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in phases.items()) + " (loaded machine: "
-        "the measurement pass is only worth its figures on a quiet one)")
+    log("  phases: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in phases.items()) + " (the measurement "
+        "pass's figures count only from a quiet machine: rerun it alone with --measure-only)")
 
 
 if __name__ == "__main__":
