@@ -104,6 +104,23 @@ def parse_dense(text: str) -> list[tuple[int, int]]:
         raise SystemExit(f"--dense / --reference: {text!r} is not a list of DEPTHxDIM") from None
 
 
+def grid_values(option: str, text: str | None, options: list[float], space: str,
+                default: list[float] | None = None) -> list[float]:
+    """The grid's values of one decision: those given (each one of the space's options), else ``default`` (else
+    every option); SystemExit before any work when a value is not an option of the space."""
+    if text is None:
+        return list(dict.fromkeys(default or options))
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise SystemExit(f"{option}: {text!r} is not a comma-separated list of numbers") from None
+    bad = [v for v in values if not np.isclose(v, options).any()]
+    if bad or not values:
+        raise SystemExit(f"{option}: {', '.join(map(str, bad)) or 'nothing'} not among {space}'s options "
+                         f"({', '.join(f'{o:g}' for o in options)})")
+    return values
+
+
 def settings(space: CapacitySpace, recipe, args) -> dict:
     """What a cached model must have been trained with."""
     return {"space": space.fingerprint(), "recipe": recipe.model_dump(), "shift": args["shift"],
@@ -335,8 +352,9 @@ def main(argv=None) -> int:
     ap.add_argument("--reference", default="6x64", help="the full-size dense ViT (DEPTHxDIM) targets are relative to")
     ap.add_argument("--targets", default="0.75,0.9", help="latency targets as fractions of the reference's")
     ap.add_argument("--trials", type=int, default=12, help="capacity search trials per target and seed")
-    ap.add_argument("--grid-keep", default="1,0.9,0.8,0.7,0.6,0.5,0.4", help="keep ratios (every stage) of the grid")
-    ap.add_argument("--grid-thresholds", default="0.1,0.4,0.7", help="MoE thresholds of the grid")
+    ap.add_argument("--grid-keep", default=None, help="keep ratios (every stage) of the grid (default: the space's)")
+    ap.add_argument("--grid-thresholds", default=None, help="MoE thresholds of the grid (default: three of the "
+                    "space's, its lowest, middle and highest)")
     ap.add_argument("--sweep-capacity", type=float, default=1.0, help="MoE capacity factor held in the keep sweep")
     ap.add_argument("--shift", type=int, default=2, help="random-shift augmentation in pixels")
     ap.add_argument("--jobs", type=int, default=1, help="trainings run in parallel")
@@ -352,8 +370,6 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
     args.targets = [float(t) for t in args.targets.split(",")]
-    args.grid_keep = [float(v) for v in args.grid_keep.split(",")]
-    args.grid_thresholds = [float(v) for v in args.grid_thresholds.split(",")]
     args.reference = parse_dense(args.reference)[0]
     dense = list(dict.fromkeys([*parse_dense(args.dense), args.reference]))
     torch.set_num_threads(args.threads)
@@ -365,6 +381,11 @@ def main(argv=None) -> int:
         return 0
     _, base = load_capacity_data(args.space, args.dataset, seeds[0])
     args.space = base.path  # a built-in name resolved to its YAML, as the sidecars record it
+    args.grid_keep = grid_values("--grid-keep", args.grid_keep, base.spec.pruning.keep_ratio_options, base.name)
+    thresholds = base.spec.moe.threshold_options
+    args.grid_thresholds = grid_values("--grid-thresholds", args.grid_thresholds,
+                                       thresholds, base.name, default=[thresholds[0], thresholds[len(thresholds) // 2],
+                                                                       thresholds[-1]])
     log(f"space {base.name}: {base.tokens} tokens, dim {base.spec.dim}, depth {base.spec.depth}, pruning before "
         f"blocks {base.stages}, MoE blocks {base.moe_blocks}; dataset {args.dataset}; seeds {seeds}")
     started = time.perf_counter()
