@@ -12,6 +12,16 @@ from nas.data.dataset import load_dataset
 from nas.data.mismatch import mismatch_warnings
 
 
+def image_folder(root, size: int, per_class: int) -> str:
+    """A ``folder:`` dataset of two classes of random ``size`` x ``size`` colour images."""
+    rng = np.random.default_rng(0)
+    for label in ("a", "b"):
+        (root / label).mkdir()
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / label / f"{i}.png")
+    return f"folder:{root}"
+
+
 def test_a_224px_3_channel_arch_on_8px_grey_digits_warns_twice(tmp_path):
     space = load_space("fbnet", resolution=224)
     arch = tmp_path / "arch.json"
@@ -33,21 +43,11 @@ def test_a_model_at_the_datas_own_size_does_not_warn():
 
 
 def test_a_model_far_below_the_images_size_warns_that_it_loses_detail(tmp_path):
-    rng = np.random.default_rng(0)
-    for label in ("a", "b"):
-        (tmp_path / label).mkdir()
-        for i in range(6):
-            Image.fromarray(rng.integers(0, 255, (96, 96, 3), dtype=np.uint8)).save(tmp_path / label / f"{i}.png")
-    data = load_dataset(f"folder:{tmp_path}")
+    data = load_dataset(image_folder(tmp_path, 96, per_class=6))
     (warning,) = mismatch_warnings(data, load_space("fbnet", resolution=32))
     assert "96 px" in warning and "shrinking them 0.33x loses detail" in warning and "--resolution 96" in warning
 
 
 def test_folder_data_defaults_to_the_images_own_size(tmp_path):
-    rng = np.random.default_rng(0)
-    for label in ("a", "b"):
-        (tmp_path / label).mkdir()
-        for i in range(8):
-            Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(tmp_path / label / f"{i}.png")
-    data = load_dataset(f"folder:{tmp_path}")
+    data = load_dataset(image_folder(tmp_path, 48, per_class=8))
     assert data.resolution == 48 and data.native_resolution == 48
