@@ -74,5 +74,7 @@ def adapt(source: str = SOURCE_OPT,
         print_json(summary)
         return
     typer.echo(f"device {device}: {summary['rows']} rows adapted from {source} on {summary['fitted_on']} whole models "
-               f"(fit MAPE {summary['fit_mape']:.1f}%, device {source}'s own table {summary['source_mape']:.1f}%) "
+               f"(fit MAPE {summary['fit_mape']:.1f}%, leave-one-out {summary['loo_mape']:.1f}%, device {source}'s own "
+               f"table {summary['source_mape']:.1f}%; {len(summary['op_scale'])} op ratios to {source}, "
+               f"{min(summary['op_scale'].values(), default=0):.2f}-{max(summary['op_scale'].values(), default=0):.2f}) "
                f"-> {summary['folder']}")

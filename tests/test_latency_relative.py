@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from nas.arch.opkey import OpKey
 from nas.errors import LatencyTableError
-from nas.latency.adapt import Measured, adapt_device, block_terms, fit_adaptation
+from nas.latency.adapt import RIDGE_GRID, Adaptation, Measured, adapt_device, block_terms, fit_adaptation
 from nas.latency.calibrate import calibrate, export_arch
 from nas.latency.device import Device
 from nas.latency.drift import check_drift, measure_shipped
@@ -121,6 +121,30 @@ def test_adaptation_recovers_a_device_that_is_a_known_transform_of_the_source(ti
     assert fit.weights["blocks"] == pytest.approx(0.01, rel=1e-3)
     with pytest.raises(LatencyTableError, match="at least 3 whole models"):
         fit_adaptation(lm, measured[:2])
+
+
+def test_adaptation_learns_a_ratio_per_op_where_ops_slow_down_unevenly(tiny):
+    # as with graph optimisation off: some ops run 3x their time on A, others 1.5x; one shared ratio cannot fit that
+    lm = LatencyModel.load(DEVICE, tiny["folder"] / "tables")
+    space = tiny["space"]
+    rng = np.random.default_rng(1)
+    ops = sorted({k.op for k in space_layer_keys(space) if not key_is_identity(k)})
+    ratio = {op: 3.0 if i % 2 else 1.5 for i, op in enumerate(ops)}
+
+    def device_b(keys):
+        return 0.01 + sum(ratio[k.op] * block_terms(lm, k)[0] for k in keys if not key_is_identity(k))
+
+    def predicted(fit, keys):
+        return fit.base_ms + sum(fit.block_ms(block_terms(lm, k), k.op) for k in keys)
+
+    archs = [lm.arch_keys(space, space.sample(rng)) for _ in range(40)]
+    measured = [Measured(f"m{i}", {}, keys, float(device_b(keys))) for i, keys in enumerate(archs[:20])]
+    fit = fit_adaptation(lm, measured)
+    assert fit.ridge < max(RIDGE_GRID)  # leave-one-out chose separate ratios over one shared
+    errors = [abs(predicted(fit, keys) / device_b(keys) - 1) for keys in archs[20:]]  # models it did not see
+    assert max(errors) < 0.03
+    shared = Adaptation(fit.base_ms, fit.weights, 20, 0.0, 0.0)  # the same fit's mean ratio for every op
+    assert np.mean(errors) < 0.5 * np.mean([abs(predicted(shared, keys) / device_b(keys) - 1) for keys in archs[20:]])
 
 
 def test_adapt_writes_a_device_every_search_can_use_and_refuses_to_overwrite_or_profile_it(tiny, tmp_path):

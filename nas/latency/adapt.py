@@ -5,15 +5,19 @@ transformed by a handful of parameters fitted on at most 20 whole models measure
 whose ``measure.py`` times them on B). B may be another thread count, batch size, graph optimisation level, int8
 instead of fp32, or another machine. Each block of B costs
 
-    cost_B(k) = a * net_A(k) + b * pw MMACs(k) + c * dw MMACs(k) + d * traffic MB(k) + e
+    cost_B(k) = a[op(k)] * net_A(k) + b * pw MMACs(k) + c * dw MMACs(k) + d * traffic MB(k) + e
 
 (``net_A``: A's measured net time of the same op at fp32; MACs and bytes from the op's analytic cost,
 ``nas.latency.features``), and a whole model ``base + sum_k cost_B(k)``. The terms are what changes between
-set-ups: a uniform speed ratio (``a``), compute that speeds up by kind (pointwise convs gain most from threads and
-int8, depthwise least), memory traffic (what an unfused graph or int8's Quantize / Dequantize pairs add), and a
-per-block cost (dispatch, which batching amortises). The six weights (``base`` and ``a``-``e``) are fitted by
-non-negative least squares on relative errors, so the model stays additive (DNAS's expected latency and every search
-work on B's table unchanged) and no block costs less than nothing.
+set-ups: a speed ratio per op (``a``: with graph optimisation off, a 5x5 depthwise block runs 3.5-5.6x its time
+under A, a 3x3 one 2.1-3.3x; int8 speeds ops up unevenly), compute that speeds up by kind (pointwise convs gain most
+from threads and int8, depthwise least), memory traffic (what an unfused graph or int8's Quantize / Dequantize
+pairs add), and a per-block cost (dispatch, which batching amortises). The weights are fitted by least squares on
+relative errors with every weight non-negative, so the model stays additive (DNAS's expected latency and every
+search work on B's table unchanged) and no block costs less than nothing. The per-op ratios are pulled toward their
+mean by a ridge penalty whose strength is chosen by leave-one-out error on B's own measurements (the strongest
+penalty is one shared ratio, the model of earlier releases): 20 models do not pin a dozen ratios down unaided. An op
+no measured model contains takes the mean ratio.
 
 ``adapt_device`` writes B as an ordinary device folder: ``table.csv`` (every key of A's table and of the space, at
 B's precision; ``count`` 0 marks a row that was not measured alone), ``correction.json`` (``base``), the measured
@@ -27,7 +31,7 @@ import json
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -75,37 +79,83 @@ def block_terms(source: LatencyModel, key: OpKey) -> np.ndarray:
                      cost["traffic"] / 1e6, 1.0])
 
 
+RIDGE_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 100.0)  # penalties on (ratio - mean ratio); 100: one ratio
+
+
 @dataclass
 class Adaptation:
-    """The fitted weights: ``ms = base_ms + sum over blocks of weights . block_terms``."""
+    """The fitted weights: ``ms = base_ms + sum over blocks of weights . block_terms``, with ``op_scale[op]`` in
+    place of ``weights["net_a_ms"]`` (the mean ratio, used for ops no measured model contains)."""
 
     base_ms: float
     weights: dict[str, float]
     fitted_on: int
     fit_mape: float
     source_mape: float  # device A's own predictions against the same measurements
+    op_scale: dict[str, float] = field(default_factory=dict)
+    ridge: float | None = None  # the penalty leave-one-out chose
+    loo_mape: float | None = None  # its leave-one-out error on the measurements (percent)
 
-    def block_ms(self, terms: np.ndarray) -> float:
-        return float(terms @ np.array([self.weights[t] for t in TERMS]))
+    def block_ms(self, terms: np.ndarray, op: str | None = None) -> float:
+        w = np.array([self.weights[t] for t in TERMS])
+        if op in self.op_scale:
+            w[0] = self.op_scale[op]
+        return float(terms @ w)
+
+
+def _design(source: LatencyModel, measured: list[Measured], ops: list[str]) -> np.ndarray:
+    """One row per measured model: 1 (base), A's net time summed per op of ``ops``, then TERMS[1:] summed."""
+    rows = []
+    for m in measured:
+        per_op, shared = np.zeros(len(ops)), np.zeros(len(TERMS) - 1)
+        for k in m.keys:
+            terms = block_terms(source, k)
+            if terms.any():
+                per_op[ops.index(k.op)] += terms[0]
+                shared += terms[1:]
+        rows.append(np.concatenate([[1.0], per_op, shared]))
+    return np.array(rows)
+
+
+def _ridge_fit(x: np.ndarray, y: np.ndarray, n_ops: int, ridge: float) -> np.ndarray:
+    """Non-negative weights minimising relative squared error plus ``ridge`` squared times the spread of the per-op
+    ratios (columns 1..n_ops) around their mean."""
+    from scipy.optimize import lsq_linear
+
+    scale = x.max(axis=0)
+    scale[scale == 0] = 1.0
+    xs = x / scale / y[:, None]  # relative errors, each term on a unit scale
+    penalty = np.zeros((n_ops, x.shape[1]))
+    for i in range(n_ops):  # (w_i - mean w) in the unscaled weights w = c / scale
+        penalty[i, 1:1 + n_ops] = -1.0 / n_ops / scale[1:1 + n_ops]
+        penalty[i, 1 + i] += 1.0 / scale[1 + i]
+    a = np.vstack([xs, ridge * penalty])
+    b = np.concatenate([np.ones(len(y)), np.zeros(n_ops)])
+    return lsq_linear(a, b, bounds=(0, np.inf)).x / scale
 
 
 def fit_adaptation(source: LatencyModel, measured: list[Measured]) -> Adaptation:
-    """Fit the weights (non-negative least squares on relative errors) on B's whole-model measurements."""
-    from scipy.optimize import nnls
-
+    """Fit the weights on B's whole-model measurements, the ridge penalty chosen by leave-one-out error."""
     if len(measured) < 3:
         raise LatencyTableError(f"adapting a device needs at least 3 whole models measured on it, got {len(measured)}")
     y = np.array([m.measured_ms for m in measured])
-    x = np.stack([np.concatenate([[1.0], np.sum([block_terms(source, k) for k in m.keys], axis=0)])
-                  for m in measured])
-    scale = x.max(axis=0)
-    scale[scale == 0] = 1.0
-    coef, _ = nnls(x / scale / y[:, None], np.ones(len(y)))  # relative errors, each term on a unit scale
-    coef = coef / scale
+    ops = sorted({k.op for m in measured for k in m.keys if block_terms(source, k).any()})
+    x = _design(source, measured, ops)
+    n = len(ops)
+    loo = {}
+    for ridge in RIDGE_GRID:
+        errors = [abs(x[i] @ _ridge_fit(np.delete(x, i, 0), np.delete(y, i), n, ridge) / y[i] - 1)
+                  for i in range(len(y))]
+        loo[ridge] = float(np.mean(errors))
+    ridge = min(RIDGE_GRID, key=lambda r: (round(loo[r], 6), -r))  # ties: the stronger penalty, the simpler model
+    coef = _ridge_fit(x, y, n, ridge)
     fitted = x @ coef
+    scales = coef[1:1 + n]
     source_ms = np.array([source.predict_keys([k.with_bits(32) for k in m.keys]).ms for m in measured])
-    return Adaptation(float(coef[0]), dict(zip(TERMS, map(float, coef[1:]))), len(measured),
-                      float(np.mean(np.abs(fitted - y) / y) * 100), float(np.mean(np.abs(source_ms - y) / y) * 100))
+    weights = {"net_a_ms": float(scales.mean()) if n else 0.0, **dict(zip(TERMS[1:], map(float, coef[1 + n:])))}
+    return Adaptation(float(coef[0]), weights, len(measured), float(np.mean(np.abs(fitted - y) / y) * 100),
+                      float(np.mean(np.abs(source_ms - y) / y) * 100), dict(zip(ops, map(float, scales))), ridge,
+                      loo[ridge] * 100)
 
 
 def adaptation_archs(space: Space, count: int, seed: int = 54321) -> list[Arch]:
@@ -161,7 +211,7 @@ def adapt_device(source: LatencyModel, target: DeviceManifest, space: Space, mea
         for key in keys.values():
             if key_is_identity(key):
                 continue
-            ms = max(adaptation.block_ms(block_terms(source, key)), 1e-6)
+            ms = max(adaptation.block_ms(block_terms(source, key), key.op), 1e-6)
             cost = analytic_cost(key)
             lines.append(encode_row(key.with_bits(bits), {
                 "p50_ms": ms, "p90_ms": ms, "mean_ms": ms, "std_ms": 0.0, "count": 0, "spread": 0.0, "stable": False,
