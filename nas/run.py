@@ -36,6 +36,12 @@ class RunDir:
         self.lock = self._lock(config.get("command"))
         try:
             self._open(config)
+        except SearchError as e:  # refused: other settings; the stale lock it took over is still worth saying
+            if self.lock is not None and not reopened:
+                self.lock.release()
+            if self.warnings:
+                raise SearchError(f"{e} ({'; '.join(self.warnings)})") from None
+            raise
         except BaseException:
             if self.lock is not None and not reopened:
                 self.lock.release()

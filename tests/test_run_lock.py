@@ -77,6 +77,20 @@ def test_a_lock_left_by_a_killed_run_is_taken_over_with_a_message(hwnas, tmp_pat
     assert (out / "report.json").is_file()
 
 
+def test_a_run_refused_for_other_settings_still_says_it_took_over_a_stale_lock(tmp_path):
+    out = tmp_path / "run"
+    RunDir(out, {"command": "search dmasking", "seed": 0}).write_json("report.json", {})
+    from nas.run_lock import _release_all
+
+    _release_all()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (out / LOCK_FILE).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "since": 0,
+                                             "command": "search dmasking"}) + "\n")
+    with pytest.raises(SearchError, match=f"other settings.*took over the lock of pid {dead.pid}"):
+        RunDir(out, {"command": "search dmasking", "seed": 1})
+
+
 def test_a_clean_run_leaves_no_lock_and_resumes(hwnas, tmp_path):
     from nas.run_lock import _release_all
 
