@@ -232,8 +232,9 @@ def search_targets(args, seed: int, evaluator: CapacityEvaluator, device: str, t
         if target < cheapest_ms:
             log(f"    seed {seed}: no search at {frac:g}x ({target} ms): below the cheapest config ({cheapest_ms:.3f} ms)")
             continue
-        job = CapacityJob(args.space, str(weights), device, target, args.dataset, args.trials, seed, measure=False,
-                          allow_fallback=False, tables_dir=str(tables))
+        job = CapacityJob(space=args.space, checkpoint=str(weights), device=device, target_ms=target,
+                          dataset=args.dataset, trials=args.trials, seed=seed, measure=False, allow_fallback=False,
+                          tables_dir=str(tables))
         prepared = PreparedCapacity(job, problem, seed)
         run = RunDir(args.out / f"seed{seed}" / f"search-{frac:g}x", prepared.run_config())
         report = CapacityStrategy(job).run(prepared, run)
