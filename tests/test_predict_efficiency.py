@@ -134,6 +134,7 @@ def test_objective_transform_is_monotone_and_inverts():
     assert abs(z.mean()) < 1e-6 and z.std() == pytest.approx(1.0, abs=1e-6)
     assert z[0] > -3.5  # the broken candidate no longer sets the scale (it would be -2.4 sd, 10 sd away raw)
     assert ObjectiveTransform().fit(np.ones(4))(np.ones(4)) == pytest.approx(np.zeros(4))
+    assert ObjectiveTransform().fit(np.zeros(0)).inverse(np.zeros(0)).size == 0  # a first asynchronous fit
 
 
 @pytest.mark.parametrize("sign", [1.0, -1.0])

@@ -172,8 +172,8 @@ class ObjectiveTransform:
             except (ValueError, FloatingPointError):
                 self._power = None
         self._mean, self._std = float(y.mean()), float(max(y.std(), 1e-12))
-        span = float(np.ptp(y))  # predictions in objective units stay within one span of what was seen
-        self._low, self._high = float(y.min()) - span, float(y.max()) + span
+        span = float(np.ptp(y)) if y.size else np.inf  # predictions stay within one span of what was seen
+        self._low, self._high = (float(y.min()) - span, float(y.max()) + span) if y.size else (-np.inf, np.inf)
         return self
 
     def __call__(self, y: np.ndarray) -> np.ndarray:
