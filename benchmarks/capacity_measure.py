@@ -110,7 +110,8 @@ def measure_phase(out: Path, rounds: int = 5, clock: str = "cpu") -> None:
     report_comparisons(comparisons)
     sweep = report_sweep(plan["sweep"], per_file)
     plot_comparison([c.to_dict() for c in candidates], targets, out / "comparison.png",
-                    title=f"{plan['space']} on {plan['dataset']}: test accuracy vs measured latency")
+                    title=f"{Path(plan['space']).stem} on {Path(plan['dataset'].split(':', 1)[-1]).name}: "
+                    "test accuracy vs measured latency")
     write_text(out / "comparison.md", verdict_markdown(comparisons, plan["reference"], reference_ms))
     write_json(out / "measure.json", {"device": device, "clock": clock, "rounds": rounds,
                                       "reference_ms": reference_ms, "targets_ms": targets, "files": per_file,
