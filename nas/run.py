@@ -36,15 +36,11 @@ class RunDir:
         self.lock = self._lock(config.get("command"))
         try:
             self._open(config)
-        except SearchError as e:  # refused: other settings; the stale lock it took over is still worth saying
+        except BaseException as e:
             if self.lock is not None and not reopened:
                 self.lock.release()
-            if self.warnings:
+            if isinstance(e, SearchError) and self.warnings:  # refused for other settings: still say the takeover
                 raise SearchError(f"{e} ({'; '.join(self.warnings)})") from None
-            raise
-        except BaseException:
-            if self.lock is not None and not reopened:
-                self.lock.release()
             raise
 
     def _lock(self, command: str | None):

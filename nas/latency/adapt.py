@@ -103,18 +103,20 @@ class Adaptation:
         return float(terms @ w)
 
 
-def _design(source: LatencyModel, measured: list[Measured], ops: list[str]) -> np.ndarray:
-    """One row per measured model: 1 (base), A's net time summed per op of ``ops``, then TERMS[1:] summed."""
+def _design(source: LatencyModel, measured: list[Measured]) -> tuple[np.ndarray, list[str]]:
+    """One row per measured model (1 for the base, A's net time summed per op, then TERMS[1:] summed) and the ops
+    of those columns: every op with a non-identity block in some measured model."""
+    terms = [[(k.op, block_terms(source, k)) for k in m.keys] for m in measured]
+    ops = sorted({op for model in terms for op, t in model if t.any()})
     rows = []
-    for m in measured:
+    for model in terms:
         per_op, shared = np.zeros(len(ops)), np.zeros(len(TERMS) - 1)
-        for k in m.keys:
-            terms = block_terms(source, k)
-            if terms.any():
-                per_op[ops.index(k.op)] += terms[0]
-                shared += terms[1:]
+        for op, t in model:
+            if t.any():
+                per_op[ops.index(op)] += t[0]
+                shared += t[1:]
         rows.append(np.concatenate([[1.0], per_op, shared]))
-    return np.array(rows)
+    return np.array(rows), ops
 
 
 def _ridge_fit(x: np.ndarray, y: np.ndarray, n_ops: int, ridge: float) -> np.ndarray:
@@ -125,10 +127,8 @@ def _ridge_fit(x: np.ndarray, y: np.ndarray, n_ops: int, ridge: float) -> np.nda
     scale = x.max(axis=0)
     scale[scale == 0] = 1.0
     xs = x / scale / y[:, None]  # relative errors, each term on a unit scale
-    penalty = np.zeros((n_ops, x.shape[1]))
-    for i in range(n_ops):  # (w_i - mean w) in the unscaled weights w = c / scale
-        penalty[i, 1:1 + n_ops] = -1.0 / n_ops / scale[1:1 + n_ops]
-        penalty[i, 1 + i] += 1.0 / scale[1 + i]
+    penalty = np.zeros((n_ops, x.shape[1]))  # rows: (w_i - mean w) in the unscaled weights w = c / scale
+    penalty[:, 1:1 + n_ops] = (np.eye(n_ops) - 1.0 / n_ops) / scale[1:1 + n_ops]
     a = np.vstack([xs, ridge * penalty])
     b = np.concatenate([np.ones(len(y)), np.zeros(n_ops)])
     return lsq_linear(a, b, bounds=(0, np.inf)).x / scale
@@ -139,8 +139,7 @@ def fit_adaptation(source: LatencyModel, measured: list[Measured]) -> Adaptation
     if len(measured) < 3:
         raise LatencyTableError(f"adapting a device needs at least 3 whole models measured on it, got {len(measured)}")
     y = np.array([m.measured_ms for m in measured])
-    ops = sorted({k.op for m in measured for k in m.keys if block_terms(source, k).any()})
-    x = _design(source, measured, ops)
+    x, ops = _design(source, measured)
     n = len(ops)
     loo = {}
     for ridge in RIDGE_GRID:

@@ -21,7 +21,6 @@ Both fit the objective through ``ObjectiveTransform`` (a power transform to near
 from __future__ import annotations
 
 import warnings
-
 from typing import Callable
 
 import numpy as np
@@ -172,8 +171,10 @@ class ObjectiveTransform:
             except (ValueError, FloatingPointError):
                 self._power = None
         self._mean, self._std = float(y.mean()), float(max(y.std(), 1e-12))
-        span = float(np.ptp(y)) if y.size else np.inf  # predictions stay within one span of what was seen
-        self._low, self._high = (float(y.min()) - span, float(y.max()) + span) if y.size else (-np.inf, np.inf)
+        self._low, self._high = -np.inf, np.inf  # predictions stay within one span of what was seen
+        if y.size:
+            span = float(np.ptp(y))
+            self._low, self._high = float(y.min()) - span, float(y.max()) + span
         return self
 
     def __call__(self, y: np.ndarray) -> np.ndarray:
