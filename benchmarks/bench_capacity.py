@@ -15,7 +15,7 @@ Phases (each resumable: everything is cached under --out):
            it; --jobs trainings run in parallel with --threads torch threads each (run it under nice).
   plan     inference only: the device's token-count table (profiled here under whatever load: it only ranks
            configs), per seed the capacity search at each target and a grid of configs, their Pareto front by
-           validation accuracy and predicted latency, test accuracies, diagnostics (learned vs random token
+           validation accuracy and predicted latency, test accuracies, diagnostics (own vs random token
            selection, gates vs capacity predictor), one ONNX file per distinct graph; writes <out>/plan.json.
   measure  latency only, for a quiet machine (--measure-only reruns just this): a fresh token-count table and
            correction, then ONE interleaved timing pass of every ONNX file; each file run in a plain ONNX Runtime
@@ -73,11 +73,13 @@ PLAIN_ORT_IMAGES = 8  # test images each ONNX file is run on in a plain ONNX Run
 # ---- the models ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Trained:
-    """One model the benchmark trains: the dynamic ViT (depth 0) or a dense one of ``depth`` blocks, ``dim`` wide."""
+    """One model the benchmark trains: the dynamic ViT (depth 0; its token ``scoring`` rule names its folder unless
+    it is the learned one) or a dense one of ``depth`` blocks, ``dim`` wide."""
 
     seed: int
     depth: int = 0
     dim: int = 0
+    scoring: str = "learned"
 
     @property
     def dynamic(self) -> bool:
@@ -85,16 +87,27 @@ class Trained:
 
     @property
     def name(self) -> str:
-        return "dynamic" if self.dynamic else f"dense d{self.depth} w{self.dim}"
+        if not self.dynamic:
+            return f"dense d{self.depth} w{self.dim}"
+        return "dynamic" if self.scoring == "learned" else f"dynamic-{self.scoring}"
+
+    @property
+    def tag(self) -> str:
+        """What names the files of a dynamic model's planning apart: its scoring rule unless it is the learned one."""
+        return "" if self.scoring == "learned" else f"-{self.scoring}"
 
     def folder(self, out: Path) -> Path:
-        return out / f"seed{self.seed}" / ("dynamic" if self.dynamic else f"dense-d{self.depth}-w{self.dim}")
+        return out / f"seed{self.seed}" / (self.name if self.dynamic else f"dense-d{self.depth}-w{self.dim}")
 
     def space(self, base: CapacitySpace) -> CapacitySpace:
         if self.dynamic:
             return base
         heads = base.spec.heads if self.dim % base.spec.heads == 0 else 1
         return dense_variant(base, depth=self.depth, dim=self.dim, heads=heads)
+
+
+def dynamic_model(seed: int, space: CapacitySpace) -> Trained:
+    return Trained(seed, scoring=space.spec.pruning.scoring)
 
 
 def parse_dense(text: str) -> list[tuple[int, int]]:
@@ -226,7 +239,8 @@ def search_targets(args, seed: int, evaluator: CapacityEvaluator, device: str, t
     problem = CapacityProblem(evaluator)
     _, cheapest_ms = problem.cheapest()
     winners = []
-    weights = Trained(seed).folder(args.out) / "model.pt"
+    dynamic = dynamic_model(seed, evaluator.model.space)
+    weights = dynamic.folder(args.out) / "model.pt"
     for frac in args.targets:
         target = round(frac * reference_ms, 4)
         if target < cheapest_ms:
@@ -236,7 +250,7 @@ def search_targets(args, seed: int, evaluator: CapacityEvaluator, device: str, t
                           dataset=args.dataset, trials=args.trials, seed=seed, measure=False, allow_fallback=False,
                           tables_dir=str(tables))
         prepared = PreparedCapacity(job, problem, seed)
-        run = RunDir(args.out / f"seed{seed}" / f"search-{frac:g}x", prepared.run_config())
+        run = RunDir(args.out / f"seed{seed}" / f"search{dynamic.tag}-{frac:g}x", prepared.run_config())
         report = CapacityStrategy(job).run(prepared, run)
         chosen = report["capacity"]
         winners.append({"target_fraction": frac, "target_ms": target, "config": chosen["config"],
@@ -248,7 +262,7 @@ def search_targets(args, seed: int, evaluator: CapacityEvaluator, device: str, t
 
 
 def diagnose(model: DynamicViT, data, front: list[dict], evaluator: CapacityEvaluator) -> dict:
-    """Figures on what the dynamic model learned: learned vs random vs class-attention token selection, accuracy
+    """Figures on what the dynamic model learned: its own vs random vs class-attention token selection, accuracy
     against the MoE
     capacity factor, and how often the capacity predictor's token ranking agrees with the gates'."""
     space = model.space
@@ -282,7 +296,8 @@ def plan_phase(args, base: CapacitySpace, dense: list[tuple[int, int]], seeds: l
     grid = [CapacityConfig(tuple([rho] * len(base.stages)), thr)
             for rho, thr in itertools.product(args.grid_keep, args.grid_thresholds)]
     for seed in seeds:
-        cached = out / f"seed{seed}" / "plan.json"  # a seed's figures, so that an interrupted phase resumes
+        # a seed's figures, so that an interrupted phase resumes
+        cached = out / f"seed{seed}" / f"plan{dynamic_model(seed, base).tag}.json"
         if cached.is_file():
             done = json.loads(cached.read_text())
             candidates += done["candidates"]
@@ -292,7 +307,7 @@ def plan_phase(args, base: CapacitySpace, dense: list[tuple[int, int]], seeds: l
             continue
         first = len(candidates)
         data, _ = load_capacity_data(args.space, args.dataset, seed)
-        model = load_model(Trained(seed), base, out)
+        model = load_model(dynamic_model(seed, base), base, out)
         evaluator = CapacityEvaluator(model, data, lm, measure=False)
         searches[seed] = search_targets(args, seed, evaluator, device, tables, reference_ms)
         for config in grid:
@@ -305,7 +320,7 @@ def plan_phase(args, base: CapacitySpace, dense: list[tuple[int, int]], seeds: l
             plan, _ = evaluator.plan(CapacityConfig(tuple(r["keep_ratios"]), r["threshold"]))
             candidates.append({"family": "dynamic", "seed": seed, "name": f"dynamic {r['config']}",
                                "val_accuracy": r["val_accuracy"], "test_accuracy": plan_accuracy(model, plan, data.test),
-                               "file": files.add(model, plan, Trained(seed))})
+                               "file": files.add(model, plan, dynamic_model(seed, base))})
         for depth, dim in dense:
             which = Trained(seed, depth, dim)
             dmodel = load_model(which, base, out)
@@ -322,13 +337,13 @@ def plan_phase(args, base: CapacitySpace, dense: list[tuple[int, int]], seeds: l
         write_json(cached, {"candidates": mine, "searches": searches[seed], "diagnostics": diagnostics[seed],
                             "files": {c["file"]: files.entries[c["file"]] for c in mine}})
     # the keep-ratio sweep (the same ratio at every stage, the MoE capacity factor held): latency against tokens
-    model = load_model(Trained(seeds[0]), base, out)
+    model = load_model(dynamic_model(seeds[0], base), base, out)
     sweep = []
     for rho in base.spec.pruning.keep_ratio_options:
         plan = capacity_factor_plan(base, [rho] * len(base.stages), args.sweep_capacity)
         sweep.append({"keep_ratio": rho, "tokens_per_block": base.block_tokens(list(plan.kept_patches)),
                       "expert_tokens": list(plan.expert_tokens), "val_accuracy": plan_accuracy(model, plan, data0.val),
-                      "file": files.add(model, plan, Trained(seeds[0]))})
+                      "file": files.add(model, plan, dynamic_model(seeds[0], base))})
     write_json(out / "plan.json", {"space": args.space, "space_args": base.space_args(), "dataset": args.dataset,
                                    "seeds": seeds,
                                    "reference": reference.name, "reference_file": next(
@@ -358,6 +373,8 @@ def main(argv=None) -> int:
                     "space's, its lowest, middle and highest)")
     ap.add_argument("--sweep-capacity", type=float, default=1.0, help="MoE capacity factor held in the keep sweep")
     ap.add_argument("--shift", type=int, default=2, help="random-shift augmentation in pixels")
+    ap.add_argument("--models", default="all", choices=("all", "dynamic", "dense"),
+                    help="which models the train phase trains (e.g. a second scoring rule's dynamic models only)")
     ap.add_argument("--jobs", type=int, default=1, help="trainings run in parallel")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per training")
     ap.add_argument("--accelerator", default="cpu", help="cpu | cuda | auto")
@@ -368,7 +385,6 @@ def main(argv=None) -> int:
     ap.add_argument("--measure-only", action="store_true", help="only the measure phase (same as --phase measure)")
     args = ap.parse_args(argv)
     phase = "measure" if args.measure_only else args.phase
-    args.out.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
     args.targets = [float(t) for t in args.targets.split(",")]
     args.reference = parse_dense(args.reference)[0]
@@ -377,6 +393,7 @@ def main(argv=None) -> int:
     if args.dataset == "fashion-mnist":
         from make_fashion_mnist import all_images_npz  # benchmarks/ is this script's import path
 
+        args.out.mkdir(parents=True, exist_ok=True)  # the data's set-up step: the images, cached once
         args.dataset = f"npz:{all_images_npz(args.out)}"
     if phase == "setup":
         return 0
@@ -387,11 +404,14 @@ def main(argv=None) -> int:
     args.grid_thresholds = grid_values("--grid-thresholds", args.grid_thresholds,
                                        thresholds, base.name, default=[thresholds[0], thresholds[len(thresholds) // 2],
                                                                        thresholds[-1]])
+    args.out.mkdir(parents=True, exist_ok=True)  # once the options are known to be valid
     log(f"space {base.name}: {base.tokens} tokens, dim {base.spec.dim}, depth {base.spec.depth}, pruning before "
         f"blocks {base.stages}, MoE blocks {base.moe_blocks}; dataset {args.dataset}; seeds {seeds}")
     started = time.perf_counter()
     if phase in ("train", "all"):
-        train_phase(args, [Trained(s, *m) for s in seeds for m in [(0, 0), *sorted(dense, reverse=True)]])
+        models = [m for s in seeds for m in [dynamic_model(s, base), *(Trained(s, d, w) for d, w in
+                                                                     sorted(dense, reverse=True))]]
+        train_phase(args, [m for m in models if args.models == "all" or m.dynamic == (args.models == "dynamic")])
     if phase in ("plan", "all"):
         plan_phase(args, base, dense, seeds)
     if phase in ("measure", "all"):

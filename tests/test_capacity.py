@@ -18,7 +18,7 @@ from nas.latency.device import Device
 from nas.latency.model import LatencyModel
 from nas.latency.profile import profile_items
 from nas.latency.timing import TimingConfig
-from nas.search.capacity.blocks import AttentionBlock, gumbel_topk_keep, masked_softmax
+from nas.search.capacity.blocks import AttentionBlock, ClassAttentionScorer, gumbel_topk_keep, masked_softmax
 from nas.search.capacity.checkpoint import CheckpointError, load_dynamic_vit, save_dynamic_vit
 from nas.search.capacity.config import (
     CapacityConfig,
@@ -29,7 +29,14 @@ from nas.search.capacity.config import (
     validate_config,
 )
 from nas.search.capacity.export import export_plan, onnx_parity
-from nas.search.capacity.latency import calibrate_capacity, capacity_profile_items, plan_keys, predict_plan, space_keys
+from nas.search.capacity.latency import (
+    calibrate_capacity,
+    capacity_profile_items,
+    plan_keys,
+    predict_plan,
+    select_key,
+    space_keys,
+)
 from nas.search.capacity.planning import plan_for_config
 from nas.search.capacity.space import load_capacity_space
 from nas.search.capacity.training import train_dynamic
@@ -153,6 +160,7 @@ def test_builtin_space_loads_and_is_listed_with_its_kind():
      r"key 'pruning.keep_ratio_options': keep ratio 1.5 is outside \(0, 1\]"),
     (("keep_ratio_options: [1.0, 0.75, 0.5]", "keep_ratio_options: [1.0, 0.0]"), r"keep ratio 0.0 is outside"),
     (("predictor_hidden: 16\nmoe", "predictor_hiden: 16\nmoe"), r"key 'pruning.predictor_hiden'"),
+    (("predictor_hidden: 16\nmoe", "predictor_hidden: 16\n  scoring: best\nmoe"), r"key 'pruning.scoring'.*cls_attention"),
     (("heads: 2", "heads: 3"), r"dim 32 is not divisible by heads 3"),
     (("before_blocks: [1, 2]", "before_blocks: [1, 7]"), r"pruning.before_blocks: block 7 is outside 0..2"),
     (("lr: 0.005", "lr: -1"), r"recipe: key 'lr'"),
@@ -247,6 +255,48 @@ def test_export_prunes_with_topk_gather_and_matches_torch(tiny, tmp_path):
 
     counted = [macs(capacity_factor_plan(tiny, [r, r], 1.0)) for r in (1.0, 0.75, 0.5)]
     assert counted[0] > counted[1] > counted[2]
+
+
+def test_class_attention_scoring_ranks_by_the_next_blocks_attention_and_exports(tiny_path, digits, one_thread,
+                                                                                 tmp_path):
+    """EViT's rule: the score is the class token's attention (mean over heads) in the block after the stage, read
+    from that block's own weights; the model gains no parameters, trains, and exports with the rule in its graph."""
+    path = tmp_path / "vit_evit.yaml"
+    path.write_text(TINY.replace("  predictor_hidden: 16\nmoe:", "  predictor_hidden: 16\n  scoring: cls_attention\nmoe:"))
+    evit = load_capacity_space(str(path), in_channels=1, classes=10)
+    learned = load_capacity_space(str(tiny_path), in_channels=1, classes=10)
+    assert evit.spec.pruning.scoring == "cls_attention" and evit.fingerprint() != learned.fingerprint()
+    torch.manual_seed(0)
+    model = DynamicViT(evit).eval()
+    n_params = sum(p.numel() for p in model.parameters())
+    assert n_params == sum(p.numel() for p in DynamicViT(learned).parameters()) - \
+        sum(p.numel() for p in DynamicViT(learned).scorers.parameters())
+    # the scores are row 0 of the block's full attention matrix, computed here the plain way
+    block = model.attn[evit.stages[0]]
+    x = torch.randn(2, evit.tokens, evit.spec.dim)
+    with torch.no_grad():
+        b, t, d = x.shape
+        q, k, _ = block.qkv(block.norm(x)).reshape(b, t, 3, block.heads, d // block.heads).permute(2, 0, 3, 1, 4)
+        expected = ((q * block.scale) @ k.transpose(-2, -1)).softmax(-1)[:, :, 0, 1:].mean(1)
+        assert torch.allclose(model.scorers[0](x), expected, atol=1e-6)
+        keep = torch.ones(b, t)
+        keep[:, 1:6] = 0  # dropped patches get no score and the rest renormalise
+        masked = model.scorers[0](x, keep)
+        assert (masked[:, :5] == 0).all() and (masked.sum(1) > expected[:, 5:].sum(1)).all()
+    assert isinstance(model.scorers[0], ClassAttentionScorer)
+    # it trains (the same recipe as the learned-scorer model of the `trained` fixture)
+    torch.manual_seed(0)
+    result = train_dynamic(DynamicViT(evit), digits, evit.recipe())
+    assert result.history[-1]["val_accuracy_keep0.7"] > 0.2  # chance is 0.1
+    assert sum(p.numel() for p in result.model.parameters()) == n_params
+    plan = capacity_factor_plan(evit, [0.5, 0.5], 1.0)
+    onnx_path = export_plan(result.model.eval(), plan, tmp_path / "evit.onnx")
+    parity = onnx_parity(result.model, plan, onnx_path, TensorSplit(digits.test.first(8), torch.arange(8) % 10))
+    assert parity["onnx_max_abs_diff"] < 1e-4 and parity["onnx_top1_agreement"] == 1.0
+    # the latency table keys the rule's token selection apart from the learned scorer's
+    keys = {str(key) for key in plan_keys(evit, plan) if key.op == "token_select"}
+    assert keys and keys.isdisjoint(str(key) for key in plan_keys(learned, plan))
+    assert "scoring=cls_attention" in str(select_key(evit, evit.tokens, 9))
 
 
 # ---- training, checkpoints -----------------------------------------------------------------------------------

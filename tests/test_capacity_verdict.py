@@ -105,10 +105,10 @@ def test_comparison_plot_is_written(tmp_path):
 
 
 # ---- diagnostics ----------------------------------------------------------------------------------------------
-def test_token_selection_rules_leave_the_model_alone_and_learned_is_the_exported_rule(trained, tiny, digits):
+def test_token_selection_rules_leave_the_model_alone_and_own_is_the_exported_rule(trained, tiny, digits):
     pruned = capacity_factor_plan(tiny, [0.5, 0.5], 1.0)
     scorers = [s for s in trained.scorers]
-    assert selection_accuracy(trained, pruned, digits.val, "learned") == plan_accuracy(trained, pruned, digits.val)
+    assert selection_accuracy(trained, pruned, digits.val, "own") == plan_accuracy(trained, pruned, digits.val)
     first = selection_accuracy(trained, pruned, digits.val, "random", seed=1)
     assert selection_accuracy(trained, pruned, digits.val, "random", seed=1) == first
     assert 0.0 <= selection_accuracy(trained, pruned, digits.val, "cls_attention") <= 1.0
@@ -116,7 +116,7 @@ def test_token_selection_rules_leave_the_model_alone_and_learned_is_the_exported
     full = capacity_factor_plan(tiny, [1.0, 1.0], 1.0)  # nothing pruned: the rule does not matter
     expected = plan_accuracy(trained, full, digits.val)
     assert all(selection_accuracy(trained, full, digits.val, how) == expected for how in ("random", "cls_attention"))
-    with pytest.raises(ValueError, match="selection 'best' is not one of learned, random, cls_attention"):
+    with pytest.raises(ValueError, match="selection 'best' is not one of own, random, cls_attention"):
         selection_accuracy(trained, full, digits.val, "best")
 
 

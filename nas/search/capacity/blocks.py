@@ -3,11 +3,17 @@
 Each piece is also one unit of the latency table (``nas.search.capacity.latency``), so the profiled module and the
 module inside the model are the same code.
 
-Token sparsification follows DynamicViT (Rao et al., 2021): a light prediction module scores every patch token
-from its own features and a masked global average. In training the kept set is drawn with Gumbel noise and a
-straight-through estimator, dropped tokens stay in the batch (it stays rectangular) and attention is masked so
-that no kept token attends to them. At inference ``TokenSelect`` keeps the top ``k`` tokens with TopK and a
-Gather of rows, so the later blocks really process fewer tokens.
+Token sparsification scores every patch token by one of two rules (the space's ``pruning.scoring``):
+
+- ``learned``: DynamicViT (Rao et al., 2021): a light prediction module scores each patch from its own features and a
+  masked global average. In training the kept set is drawn with Gumbel noise and a straight-through estimator.
+- ``cls_attention``: EViT (Liang et al., 2022): a patch's score is the attention the class token pays it, read with
+  the next block's own LayerNorm and query/key projections: no parameters, nothing to learn. Training keeps the
+  top ``k`` exactly as inference does.
+
+In training dropped tokens stay in the batch (it stays rectangular) and attention is masked so that no kept token
+attends to them. At inference ``TokenSelect`` keeps the top ``k`` tokens with TopK and a Gather of rows, so the
+later blocks really process fewer tokens.
 """
 
 from __future__ import annotations
@@ -132,13 +138,43 @@ class TokenScorer(nn.Module):
         self.glob = nn.Linear(hidden, hidden // 2, bias=False)
         self.out = nn.Linear(hidden // 2, 1)
 
-    def forward(self, patches: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.inp(patches)
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of the patches of ``x`` (B x T x D, class token first); ``keep`` (B x T) masks dropped ones."""
+        h = self.inp(x[:, 1:])
         if keep is None:
             g = h.mean(1, keepdim=True)
         else:
+            keep = keep[:, 1:]
             g = (h * keep[..., None]).sum(1, keepdim=True) / keep.sum(1, keepdim=True)[..., None].clamp_min(1e-6)
         return self.out(F.gelu(self.local(h) + self.glob(g))).squeeze(-1)
+
+
+class ClassAttentionScorer(nn.Module):
+    """EViT's rule: each patch's score is the class token's attention to it (mean over heads) in ``block``, the
+    attention block that follows the pruning stage, from that block's LayerNorm and query/key weights (shared, not
+    copied: the scorer adds no parameters). Only the class token's query and the patches' keys are computed."""
+
+    def __init__(self, block: AttentionBlock):
+        super().__init__()
+        self.block = block
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        blk = self.block
+        b, t, d = x.shape
+        h = blk.norm(x)
+        q = F.linear(h[:, :1], blk.qkv.weight[:d], blk.qkv.bias[:d]).reshape(b, 1, blk.heads, d // blk.heads)
+        k = F.linear(h, blk.qkv.weight[d:2 * d], blk.qkv.bias[d:2 * d]).reshape(b, t, blk.heads, d // blk.heads)
+        logits = (q.transpose(1, 2) * blk.scale) @ k.permute(0, 2, 3, 1)  # B x H x 1 x T
+        if keep is not None:
+            logits = logits.masked_fill(keep[:, None, None, :] < 0.5, float("-inf"))
+        return logits.softmax(-1)[:, :, 0, 1:].mean(1)
+
+
+def topk_keep(scores: torch.Tensor, keep: torch.Tensor, k: int) -> torch.Tensor:
+    """Training-time selection without noise or gradient (EViT): the top ``k`` ``scores`` among kept patches as a
+    0/1 mask, multiplied into ``keep`` so that a dropped token stays dropped."""
+    idx = scores.detach().masked_fill(keep.detach() < 0.5, float("-inf")).topk(k, dim=1).indices
+    return keep * torch.zeros_like(scores).scatter(1, idx, 1.0)
 
 
 def gumbel_topk_keep(logits: torch.Tensor, keep: torch.Tensor, k: int, generator=None) -> torch.Tensor:
@@ -157,7 +193,7 @@ def gumbel_topk_keep(logits: torch.Tensor, keep: torch.Tensor, k: int, generator
 class TokenSelect(nn.Module):
     """Inference-time token pruning: score the patch tokens, keep the top ``k`` (TopK + Gather)."""
 
-    def __init__(self, scorer: TokenScorer, keep_patches: int):
+    def __init__(self, scorer: TokenScorer | ClassAttentionScorer, keep_patches: int):
         super().__init__()
         self.scorer = scorer
         self.k = keep_patches
@@ -167,7 +203,7 @@ class TokenSelect(nn.Module):
         b, n, d = patches.shape
         if self.k >= n:
             return x
-        idx = self.scorer(patches).topk(self.k, dim=1).indices  # B x k
+        idx = self.scorer(x).topk(self.k, dim=1).indices  # B x k
         # one Gather of whole rows on a flattened index: cheaper in ONNX Runtime than Expand + GatherElements
         flat = (idx + torch.arange(b, device=x.device)[:, None] * n).reshape(-1)
         kept = patches.reshape(-1, d)[flat].reshape(b, self.k, d)

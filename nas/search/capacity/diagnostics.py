@@ -1,9 +1,9 @@
 """Why a dynamic config does or does not beat a dense model: figures on what the method learned and what it costs.
 
-- ``selection_accuracy``: the model at a plan with its learned token scorers (DynamicViT's prediction modules)
-  replaced by random scores, or by EViT's rule (the class token's attention). The gap to random is what the learned
-  keep decisions are worth (none: the scorers did not learn which tokens matter); a gain from the class token's
-  attention would be a better rule at no cost in parameters.
+- ``selection_accuracy``: the model at a plan with its own token scoring (the space's rule, as exported) replaced
+  by random scores, or by EViT's rule (the class token's attention). The gap to random is what the keep decisions
+  are worth (none: the scorers did not learn which tokens matter); for a model with learned scorers, a gain from the
+  class token's attention says that rule is the better one (``pruning.scoring: cls_attention``).
 - ``expert_choice_overlap``: how often the capacity predictor's ranking of tokens agrees with the router gates'
   (the exported graph ranks by the gates; see ``nas.search.capacity.moe``).
 - ``latency_breakdown``: a plan's predicted latency split by unit kind (embedding and head, blocks at full token
@@ -18,7 +18,7 @@ from torch import nn
 
 from nas.data.splits import Split
 from nas.latency.model import LatencyModel
-from nas.search.capacity.blocks import TokenSelect
+from nas.search.capacity.blocks import ClassAttentionScorer, TokenSelect
 from nas.search.capacity.config import StaticPlan
 from nas.search.capacity.latency import plan_keys
 from nas.search.capacity.moe import MoEBlock
@@ -27,12 +27,12 @@ from nas.search.capacity.vit import DynamicViT
 from nas.train.evaluation import split_accuracy
 
 
-SELECTIONS = ("learned", "random", "cls_attention")
+SELECTIONS = ("own", "random", "cls_attention")
 
 
 class SelectingViT(nn.Module):
-    """``model`` at ``plan`` with another rule choosing the kept patches at each pruning stage: ``learned`` (the
-    model's own scorers, as exported), ``random`` (uniform scores from a seeded generator) or ``cls_attention``
+    """``model`` at ``plan`` with another rule choosing the kept patches at each pruning stage: ``own`` (the
+    model's own scoring, as exported), ``random`` (uniform scores from a seeded generator) or ``cls_attention``
     (EViT's rule: the patches the class token attends to most in the block that follows, mean over heads)."""
 
     def __init__(self, model: DynamicViT, plan: StaticPlan, how: str, seed: int = 0):
@@ -44,14 +44,11 @@ class SelectingViT(nn.Module):
         self.generator = torch.Generator().manual_seed(seed)
 
     def scores(self, x: torch.Tensor, stage: int, block: int) -> torch.Tensor:
-        if self.how == "learned":
-            return self.model.scorers[stage](x[:, 1:])
+        if self.how == "own":
+            return self.model.scorers[stage](x)
         if self.how == "random":
             return torch.rand(x.shape[0], x.shape[1] - 1, generator=self.generator)
-        attn = self.model.attn[block]
-        b, t, d = x.shape
-        q, k, _ = attn.qkv(attn.norm(x)).reshape(b, t, 3, attn.heads, d // attn.heads).permute(2, 0, 3, 1, 4)
-        return ((q[:, :, :1] * attn.scale) @ k.transpose(-2, -1)).softmax(-1)[:, :, 0, 1:].mean(1)
+        return ClassAttentionScorer(self.model.attn[block])(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x, self.plan, select=self._select)

@@ -3,7 +3,8 @@
 A static plan is a sum of units, each keyed by its token count (``nas.arch.opkey.OpKey``):
 
 - ``vit_embed``   patch embedding + class token + positions (input resolution, tokens out)
-- ``token_select`` DynamicViT scoring + TopK + Gather, ``tokens`` in, ``keep`` (tokens out) in extra
+- ``token_select`` patch scoring + TopK + Gather, ``tokens`` in, ``keep`` (tokens out) in extra; the learned
+                  scorer's hidden width, or ``scoring=cls_attention`` and the heads for EViT's rule
 - ``vit_attn``    LayerNorm + multi-head self-attention + residual, at ``tokens``
 - ``vit_mlp``     LayerNorm + MLP + residual, at ``tokens``
 - ``moe_route``   LayerNorm + router gates, packed ``[h | gates]``, at ``tokens``
@@ -41,9 +42,12 @@ def embed_key(space: CapacitySpace) -> OpKey:
 
 
 def select_key(space: CapacitySpace, tokens_in: int, tokens_out: int) -> OpKey:
-    d = space.spec.dim
-    return OpKey("token_select", d, d, tokens=tokens_in,
-                 extra=format_extra(hidden=space.spec.pruning.predictor_hidden, keep=tokens_out))
+    d, pruning = space.spec.dim, space.spec.pruning
+    if pruning.scoring == "cls_attention":
+        extra = format_extra(heads=space.spec.heads, keep=tokens_out, scoring=pruning.scoring)
+    else:  # the learned scorer's keys carry no rule, as before there was a choice
+        extra = format_extra(hidden=pruning.predictor_hidden, keep=tokens_out)
+    return OpKey("token_select", d, d, tokens=tokens_in, extra=extra)
 
 
 def attn_key(space: CapacitySpace, tokens: int) -> OpKey:

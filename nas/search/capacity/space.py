@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -34,7 +35,10 @@ def _check_ratio(v: float, what: str) -> float:
 class PruningSpec(_Strict):
     before_blocks: list[int] = Field(default_factory=list)  # a token-scoring module before each starts a stage
     keep_ratio_options: list[float] = Field(default_factory=lambda: [1.0])
-    predictor_hidden: int = Field(32, gt=0)
+    predictor_hidden: int = Field(32, gt=0)  # the learned scorer's
+    # how a stage ranks patches: ``learned`` (DynamicViT's prediction modules) or ``cls_attention`` (EViT: the class
+    # token's attention in the next block; no parameters); see ``nas.search.capacity.blocks``
+    scoring: Literal["learned", "cls_attention"] = "learned"
 
     @field_validator("keep_ratio_options")
     @classmethod
@@ -181,6 +185,8 @@ class CapacitySpace:
                  "moe_predictor_hidden": s.moe.predictor_hidden, **self.space_args()}
         if s.stem_channels:  # only when set, so that checkpoints of stem-less spaces keep their fingerprint
             shape["stem_channels"] = s.stem_channels
+        if self.stages and s.pruning.scoring != "learned":  # likewise: learned-scorer checkpoints keep theirs
+            shape["scoring"] = s.pruning.scoring
         return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
 
     # ---- token arithmetic -------------------------------------------------------------------------------

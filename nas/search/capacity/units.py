@@ -11,7 +11,15 @@ from torch import nn
 
 from nas.arch.opkey import OpKey
 from nas.arch.ops import OpSpec
-from nas.search.capacity.blocks import AttentionBlock, Head, MlpBlock, PatchEmbed, TokenScorer, TokenSelect
+from nas.search.capacity.blocks import (
+    AttentionBlock,
+    ClassAttentionScorer,
+    Head,
+    MlpBlock,
+    PatchEmbed,
+    TokenScorer,
+    TokenSelect,
+)
 from nas.search.capacity.moe import ExpertChoice, Experts, MoERoute
 
 
@@ -20,7 +28,11 @@ def build_embed(spec: OpSpec, key: OpKey, **options) -> nn.Module:
 
 
 def build_token_select(spec: OpSpec, key: OpKey, **options) -> nn.Module:
-    return TokenSelect(TokenScorer(key.c_in, key.int_arg("hidden")), key.int_arg("keep") - 1)
+    if key.extra_args().get("scoring") == "cls_attention":
+        scorer = ClassAttentionScorer(AttentionBlock(key.c_in, key.int_arg("heads")))
+    else:
+        scorer = TokenScorer(key.c_in, key.int_arg("hidden"))
+    return TokenSelect(scorer, key.int_arg("keep") - 1)
 
 
 def build_attention(spec: OpSpec, key: OpKey, **options) -> nn.Module:

@@ -14,12 +14,14 @@ from torch import nn
 
 from nas.search.capacity.blocks import (
     AttentionBlock,
+    ClassAttentionScorer,
     Head,
     MlpBlock,
     PatchEmbed,
     TokenScorer,
     TokenSelect,
     gumbel_topk_keep,
+    topk_keep,
 )
 from nas.search.capacity.config import StaticPlan, full_plan
 from nas.search.capacity.moe import MoEBlock
@@ -37,7 +39,10 @@ class DynamicViT(nn.Module):
         self.mlp = nn.ModuleList(
             MoEBlock(s.dim, s.moe.experts, s.moe.expert_hidden, s.moe.predictor_hidden)
             if b in space.moe_blocks else MlpBlock(s.dim, space.mlp_hidden, s.dropout) for b in range(s.depth))
-        self.scorers = nn.ModuleList(TokenScorer(s.dim, s.pruning.predictor_hidden) for _ in space.stages)
+        self.learned_scoring = s.pruning.scoring == "learned"
+        self.scorers = nn.ModuleList(
+            TokenScorer(s.dim, s.pruning.predictor_hidden) if self.learned_scoring else ClassAttentionScorer(self.attn[b])
+            for b in space.stages)
         self.head = Head(s.dim, space.classes, s.dropout)
         self.apply(_init_weights)
 
@@ -59,8 +64,10 @@ class DynamicViT(nn.Module):
             if stage is not None:
                 k = max(1, math.ceil(keep_ratios[stage] * n_kept - 1e-9))
                 if k < n_kept:
-                    logits = self.scorers[stage](x[:, 1:], keep[:, 1:] if pruned else None)
-                    keep = torch.cat([keep[:, :1], gumbel_topk_keep(logits, keep[:, 1:], k, generator)], 1)
+                    scores = self.scorers[stage](x, keep if pruned else None)
+                    kept = gumbel_topk_keep(scores, keep[:, 1:], k, generator) if self.learned_scoring else \
+                        topk_keep(scores, keep[:, 1:], k)
+                    keep = torch.cat([keep[:, :1], kept], 1)
                     pruned = True
                 n_kept = k
             x = self.attn[b](x, keep if pruned else None)
