@@ -152,7 +152,11 @@ class TokenScorer(nn.Module):
 class ClassAttentionScorer(nn.Module):
     """EViT's rule: each patch's score is the class token's attention to it (mean over heads) in ``block``, the
     attention block that follows the pruning stage, from that block's LayerNorm and query/key weights (shared, not
-    copied: the scorer adds no parameters). Only the class token's query and the patches' keys are computed."""
+    copied: the scorer adds no parameters).
+
+    No key is computed: the class token's query is folded into the key weights, ``q . (W_k h + b_k) =
+    (W_k^T q) . h + q . b_k``, and the last term, the same for every token, cancels in the softmax. That is one
+    D-vector per head against the tokens instead of a D x D projection of all of them."""
 
     def __init__(self, block: AttentionBlock):
         super().__init__()
@@ -162,9 +166,10 @@ class ClassAttentionScorer(nn.Module):
         blk = self.block
         b, t, d = x.shape
         h = blk.norm(x)
-        q = F.linear(h[:, :1], blk.qkv.weight[:d], blk.qkv.bias[:d]).reshape(b, 1, blk.heads, d // blk.heads)
-        k = F.linear(h, blk.qkv.weight[d:2 * d], blk.qkv.bias[d:2 * d]).reshape(b, t, blk.heads, d // blk.heads)
-        logits = (q.transpose(1, 2) * blk.scale) @ k.permute(0, 2, 3, 1)  # B x H x 1 x T
+        q = F.linear(h[:, :1], blk.qkv.weight[:d], blk.qkv.bias[:d]) * blk.scale  # B x 1 x D
+        w_k = blk.qkv.weight[d:2 * d].reshape(blk.heads, d // blk.heads, d)  # H x D/H x D
+        u = q.reshape(b, blk.heads, 1, d // blk.heads) @ w_k  # B x H x 1 x D: each head's query on the tokens
+        logits = u @ h.transpose(1, 2)[:, None]  # B x H x 1 x T
         if keep is not None:
             logits = logits.masked_fill(keep[:, None, None, :] < 0.5, float("-inf"))
         return logits.softmax(-1)[:, :, 0, 1:].mean(1)
