@@ -209,8 +209,10 @@ def train_phase(args, models: list[Trained]) -> None:
 
 # ---- plan: configs, accuracies, ONNX files (inference only) --------------------------------------------------
 class OnnxFiles:
-    """One ONNX file per distinct graph (space and plan; latency does not depend on the weights), named by a hash of
-    both, written with the weights of the first model that needed it, with its outputs on a few test images."""
+    """One ONNX file per trained model and plan, named by a hash of the model's folder, its space and the plan, with
+    its outputs on a few test images (what the measure phase checks each file's plain ONNX Runtime session against).
+    A seed planned in another run has its files added again (``add_cached``), so that a file's weights and its
+    expected outputs always come from the same model."""
 
     def __init__(self, folder: Path, images: torch.Tensor):
         self.folder, self.images = folder, images
@@ -219,7 +221,8 @@ class OnnxFiles:
         self.entries: dict[str, dict] = {}
 
     def add(self, model: DynamicViT, plan: StaticPlan, which: Trained) -> str:
-        key = json.dumps({"space": model.space.fingerprint(), **plan.to_dict()}, sort_keys=True)
+        key = json.dumps({"model": str(which.folder(Path())), "space": model.space.fingerprint(), **plan.to_dict()},
+                         sort_keys=True)
         name = "m" + hashlib.sha1(key.encode()).hexdigest()[:10]
         if name not in self.entries:
             path = self.folder / f"{name}.onnx"
@@ -230,6 +233,17 @@ class OnnxFiles:
             self.entries[name] = {"file": name, "path": str(path), "depth": which.depth, "dim": which.dim,
                                   "heads": model.space.spec.heads, "plan": plan.to_dict(), "expected": expected}
         return name
+
+    def add_cached(self, candidates: list[dict], files: dict, seed: int, base: CapacitySpace, out: Path) -> None:
+        """The files of one seed's cached candidates, added again from that seed's models (each candidate's
+        ``file`` is updated to the name ``add`` gives it)."""
+        models: dict[Trained, DynamicViT] = {}
+        for c in candidates:
+            entry = files[c["file"]]
+            which = dynamic_model(seed, base) if not entry["depth"] else Trained(seed, entry["depth"], entry["dim"])
+            if which not in models:
+                models[which] = load_model(which, base, out)
+            c["file"] = self.add(models[which], StaticPlan.from_dict(entry["plan"]), which)
 
 
 def search_targets(args, seed: int, evaluator: CapacityEvaluator, device: str, tables: Path,
@@ -300,9 +314,9 @@ def plan_phase(args, base: CapacitySpace, dense: list[tuple[int, int]], seeds: l
         cached = out / f"seed{seed}" / f"plan{dynamic_model(seed, base).tag}.json"
         if cached.is_file():
             done = json.loads(cached.read_text())
+            files.add_cached(done["candidates"], done["files"], seed, base, out)
             candidates += done["candidates"]
             searches[seed], diagnostics[seed] = done["searches"], done["diagnostics"]
-            files.entries |= done["files"]
             log(f"    seed {seed}: planned before ({cached})")
             continue
         first = len(candidates)
