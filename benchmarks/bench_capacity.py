@@ -87,9 +87,7 @@ class Trained:
 
     @property
     def name(self) -> str:
-        if not self.dynamic:
-            return f"dense d{self.depth} w{self.dim}"
-        return "dynamic" if self.scoring == "learned" else f"dynamic-{self.scoring}"
+        return f"dynamic{self.tag}" if self.dynamic else f"dense d{self.depth} w{self.dim}"
 
     @property
     def tag(self) -> str:
@@ -310,8 +308,8 @@ def plan_phase(args, base: CapacitySpace, dense: list[tuple[int, int]], seeds: l
     grid = [CapacityConfig(tuple([rho] * len(base.stages)), thr)
             for rho, thr in itertools.product(args.grid_keep, args.grid_thresholds)]
     for seed in seeds:
-        # a seed's figures, so that an interrupted phase resumes
-        cached = out / f"seed{seed}" / f"plan{dynamic_model(seed, base).tag}.json"
+        dynamic = dynamic_model(seed, base)
+        cached = out / f"seed{seed}" / f"plan{dynamic.tag}.json"  # a seed's figures: an interrupted phase resumes
         if cached.is_file():
             done = json.loads(cached.read_text())
             files.add_cached(done["candidates"], done["files"], seed, base, out)
@@ -321,7 +319,7 @@ def plan_phase(args, base: CapacitySpace, dense: list[tuple[int, int]], seeds: l
             continue
         first = len(candidates)
         data, _ = load_capacity_data(args.space, args.dataset, seed)
-        model = load_model(dynamic_model(seed, base), base, out)
+        model = load_model(dynamic, base, out)
         evaluator = CapacityEvaluator(model, data, lm, measure=False)
         searches[seed] = search_targets(args, seed, evaluator, device, tables, reference_ms)
         for config in grid:
@@ -334,7 +332,7 @@ def plan_phase(args, base: CapacitySpace, dense: list[tuple[int, int]], seeds: l
             plan, _ = evaluator.plan(CapacityConfig(tuple(r["keep_ratios"]), r["threshold"]))
             candidates.append({"family": "dynamic", "seed": seed, "name": f"dynamic {r['config']}",
                                "val_accuracy": r["val_accuracy"], "test_accuracy": plan_accuracy(model, plan, data.test),
-                               "file": files.add(model, plan, dynamic_model(seed, base))})
+                               "file": files.add(model, plan, dynamic)})
         for depth, dim in dense:
             which = Trained(seed, depth, dim)
             dmodel = load_model(which, base, out)
@@ -351,13 +349,14 @@ def plan_phase(args, base: CapacitySpace, dense: list[tuple[int, int]], seeds: l
         write_json(cached, {"candidates": mine, "searches": searches[seed], "diagnostics": diagnostics[seed],
                             "files": {c["file"]: files.entries[c["file"]] for c in mine}})
     # the keep-ratio sweep (the same ratio at every stage, the MoE capacity factor held): latency against tokens
-    model = load_model(dynamic_model(seeds[0], base), base, out)
+    first_dynamic = dynamic_model(seeds[0], base)
+    model = load_model(first_dynamic, base, out)
     sweep = []
     for rho in base.spec.pruning.keep_ratio_options:
         plan = capacity_factor_plan(base, [rho] * len(base.stages), args.sweep_capacity)
         sweep.append({"keep_ratio": rho, "tokens_per_block": base.block_tokens(list(plan.kept_patches)),
                       "expert_tokens": list(plan.expert_tokens), "val_accuracy": plan_accuracy(model, plan, data0.val),
-                      "file": files.add(model, plan, dynamic_model(seeds[0], base))})
+                      "file": files.add(model, plan, first_dynamic)})
     write_json(out / "plan.json", {"space": args.space, "space_args": base.space_args(), "dataset": args.dataset,
                                    "seeds": seeds,
                                    "reference": reference.name, "reference_file": next(
