@@ -17,12 +17,18 @@ that knows the free latency draws; and among all rows, the draws over the bound 
   the median over seeds (a seed that never got there counts as more than the budget: shown as ">budget" when half
   or more never did); random: the expected position of the first such row in a random order.
 
+On ``nb201`` the benchmark also names the optimum's *cell function* (``nb201_cell_function``): NAS-Bench-201 trained
+every row separately, so cells that compute the same thing (ops on edges whose paths are cut by a ``none``, or skip
+connections moved along a path) appear as several rows whose accuracies differ by training noise alone. The table
+prints how many rows compute the optimum's function and the spread of their accuracies, and per searcher the seeds
+whose best candidate computes it ("function found"): the part of finding the optimum that a search can control.
+
 Tables (``--table``): ``nb201`` (the shared NAS-Bench-201 CIFAR-10 / Xeon Gold 6226 table, shared/data/README.md),
 ``graph`` (NAS-Bench-Graph ogbn-arxiv, built by benchmarks/bench_predict_graph_table.py from the PyPI package's
 data) or ``PATH.csv --objective COL --latency-column COL``.
 
 Usage: .venv/bin/python benchmarks/bench_predict_efficiency.py [--table nb201] [--seeds 10] [--budget 100]
-       [--quantiles 25 50] [--searchers nars chamnet optuna] [--json out.json]
+       [--quantiles 25 50] [--searchers nars chamnet optuna] [--jobs 2] [--json out.json]
 Nothing here is timed; every figure is a count or an accuracy, so machine load does not change them.
 """
 
@@ -33,7 +39,9 @@ import json
 import os
 import sys
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -71,9 +79,14 @@ def table_spec(name: str, objective: str | None, latency_column: str | None) -> 
     return TableSpec(Path(name), objective, latency_column)
 
 
-def run_searcher(strategy: str, spec: TableSpec, bound: float, budget: int, seed: int, sampler: str) -> np.ndarray:
-    """One search through the CLI's code path; returns the objective of each evaluation in order, NaN where the
-    evaluation broke the bound."""
+@dataclass
+class SearchRun:
+    values: np.ndarray  # the objective of each evaluation in order, NaN where it broke the bound
+    best_row: int  # the table row (``TableSpace`` candidate) of the best evaluation meeting the bound; -1: none
+
+
+def run_searcher(strategy: str, spec: TableSpec, bound: float, budget: int, seed: int, sampler: str) -> SearchRun:
+    """One search through the CLI's code path."""
     from nas.search.predict.runner import PredictorStrategy
     from nas.search.predict.search_setup import PredictorSearchSettings
     from nas.search.strategy import open_run
@@ -85,14 +98,18 @@ def run_searcher(strategy: str, spec: TableSpec, bound: float, budget: int, seed
         strategy_obj = PredictorStrategy(settings)
         prepared = strategy_obj.prepare()
         report = strategy_obj.run(prepared, open_run(strategy_obj, prepared, Path(tmp) / "run"))
-        frame = pd.read_csv(Path(tmp) / "run" / "history.csv")
+        frame = pd.read_csv(Path(tmp) / "run" / "history.csv", dtype={"key": str})
     label = report[strategy]["constraints"][0]["label"]
     ok = frame[f"feasible[{label}]"].astype(bool).to_numpy()
-    return np.where(ok, frame[spec.objective].to_numpy(float), np.nan)
+    values = np.where(ok, frame[spec.objective].to_numpy(float), np.nan)
+    if not np.isfinite(values).any():
+        return SearchRun(values, -1)
+    best_key = frame["key"].iloc[int(np.nanargmax(values))]
+    return SearchRun(values, int(next(iter(prepared.problem.table.rows_of_keys({best_key})))))
 
 
 def regularised_evolution(table, ok: np.ndarray, values: np.ndarray, budget: int, seed: int,
-                          population: int = 20, tournament: int = 5) -> np.ndarray:
+                          population: int = 20, tournament: int = 5) -> SearchRun:
     """Regularised (aging) evolution on the rows meeting the bound: random rows first, then each step mutates one
     decision of a tournament's best, snapped to the nearest row, redrawn until a new row meeting the bound."""
     rng = np.random.default_rng(seed)
@@ -126,44 +143,71 @@ def regularised_evolution(table, ok: np.ndarray, values: np.ndarray, budget: int
         alive.append(child)
         if len(alive) > population:
             alive.pop(0)
-    return values[np.asarray(order)]
+    order = np.asarray(order)
+    return SearchRun(values[order], int(order[np.argmax(values[order])]))
 
 
-def summarise(runs: list[np.ndarray], optimum: float, within: float, budget: int) -> dict:
-    best = np.asarray([np.nanmax(r) if np.isfinite(r).any() else np.nan for r in runs])
+def summarise(runs: list[SearchRun], optimum: float, within: float, budget: int,
+              optimum_function: np.ndarray | None = None) -> dict:
+    """``optimum_function``: per table row, whether it computes the optimum's function (nb201 only)."""
+    best = np.asarray([np.nanmax(r.values) if np.isfinite(r.values).any() else np.nan for r in runs])
     to_within = []
     for r in runs:
-        hit = np.flatnonzero(np.nan_to_num(r, nan=-np.inf) >= optimum - within - 1e-9)
+        hit = np.flatnonzero(np.nan_to_num(r.values, nan=-np.inf) >= optimum - within - 1e-9)
         to_within.append(int(hit[0]) + 1 if len(hit) else np.inf)
-    return {"seeds": len(runs), "mean_best": float(np.nanmean(best)), "regret": float(optimum - np.nanmean(best)),
-            "found": int((best >= optimum - 1e-9).sum()), "within": int(np.isfinite(to_within).sum()),
-            "evals_to_within": float(np.median(to_within)), "best_per_seed": best.tolist(),
-            "evals_to_within_per_seed": [None if not np.isfinite(v) else int(v) for v in to_within]}
+    out = {"seeds": len(runs), "mean_best": float(np.nanmean(best)), "regret": float(optimum - np.nanmean(best)),
+           "found": int((best >= optimum - 1e-9).sum()), "within": int(np.isfinite(to_within).sum()),
+           "evals_to_within": float(np.median(to_within)), "best_per_seed": best.tolist(),
+           "evals_to_within_per_seed": [None if not np.isfinite(v) else int(v) for v in to_within],
+           "best_row_per_seed": [r.best_row for r in runs]}
+    if optimum_function is not None:
+        out["function_found"] = int(sum(r.best_row >= 0 and optimum_function[r.best_row] for r in runs))
+    return out
 
 
-def random_rows(values_ok: np.ndarray, n_infeasible: int, optimum: float, within: float, budget: int) -> dict:
-    from nas.search.predict.convergence import chance_of_any_draw, expected_best_of_draws, expected_draws_to_hit
+def random_rows(values_ok: np.ndarray, n_infeasible: int, optimum: float, within: float, budget: int,
+                optimum_function: np.ndarray | None = None) -> dict:
+    """``optimum_function``: per row of ``values_ok``, whether it computes the optimum's function; then also the
+    exact chance that the best of the draws is such a row."""
+    from nas.search.predict.convergence import (chance_best_draw_is_marked, chance_of_any_draw,
+                                                expected_best_of_draws, expected_draws_to_hit)
 
     total = len(values_ok) + n_infeasible
     mean_best = float(expected_best_of_draws(values_ok, budget, n_infeasible)[-1])
     n_opt = int((values_ok >= optimum - 1e-9).sum())
     n_within = int((values_ok >= optimum - within - 1e-9).sum())
-    return {"seeds": "exact", "mean_best": mean_best, "regret": optimum - mean_best,
-            "found_share": chance_of_any_draw(n_opt, total, budget),
-            "within_share": chance_of_any_draw(n_within, total, budget),
-            "evals_to_within": expected_draws_to_hit(n_within, total)}
+    out = {"seeds": "exact", "mean_best": mean_best, "regret": optimum - mean_best,
+           "found_share": chance_of_any_draw(n_opt, total, budget),
+           "within_share": chance_of_any_draw(n_within, total, budget),
+           "evals_to_within": expected_draws_to_hit(n_within, total)}
+    if optimum_function is not None:
+        out["function_found_share"] = chance_best_draw_is_marked(values_ok, optimum_function, budget, n_infeasible)
+    return out
 
 
-def _line(name: str, r: dict, budget: int) -> str:
+def nb201_cell_function(edges) -> tuple:
+    """What a NAS-Bench-201 cell computes, as its sum of paths from the input node to the output node: each path
+    the operations along it (edge order 1<-0, 2<-0, 2<-1, 3<-0, 3<-1, 3<-2, the benchmark's), skip connections
+    (identities) dropped, a path through a ``none`` edge absent. Cells with equal functions differ only in the
+    training run behind their rows."""
+    e = list(edges)
+    paths = [(e[3],), (e[0], e[4]), (e[1], e[5]), (e[0], e[2], e[5])]
+    return tuple(sorted(tuple(op for op in p if op != "skip_connect") for p in paths if "none" not in p))
+
+
+def _line(name: str, r: dict, budget: int, functions: bool) -> str:
     if r["seeds"] == "exact":
         found = f"{100 * r['found_share']:.1f}%"
         within = f"{100 * r['within_share']:.1f}%"
         evals = f"{r['evals_to_within']:.0f} (expected)"
+        function = f"{100 * r['function_found_share']:.1f}%" if functions else ""
     else:
         found = f"{r['found']}/{r['seeds']}"
         within = f"{r['within']}/{r['seeds']}"
         evals = f"{r['evals_to_within']:.0f}" if np.isfinite(r["evals_to_within"]) else f">{budget}"
-    return f"| {name} | {r['mean_best']:.3f} | {r['regret']:.3f} | {found} | {within} | {evals} |"
+        function = f"{r['function_found']}/{r['seeds']}" if functions else ""
+    return (f"| {name} | {r['mean_best']:.3f} | {r['regret']:.3f} | {found} | {within} | {evals} |"
+            + (f" {function} |" if functions else ""))
 
 
 def main() -> None:
@@ -178,8 +222,11 @@ def main() -> None:
     ap.add_argument("--searchers", nargs="+", default=["nars", "chamnet", "optuna"])
     ap.add_argument("--sampler", default="nsga2", help="Optuna's sampler (nsga2 or tpe)")
     ap.add_argument("--evolution-seeds", type=int, default=100)
+    ap.add_argument("--jobs", type=int, default=1, help="searches run at once (processes, one thread each)")
     ap.add_argument("--json", type=Path, help="also write every figure and per-seed result here")
     args = ap.parse_args()
+    if args.jobs < 1:
+        raise SystemExit("--jobs must be at least 1")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
     torch.set_num_threads(1)
@@ -193,32 +240,56 @@ def main() -> None:
     print(f"table {spec.path.name}: {table.rows} rows, objective {spec.objective}, latency {spec.latency_column}, "
           f"budget {args.budget}, {args.seeds} seeds")
     bounds = {q: float(np.percentile(lat, q)) for q in args.quantiles}
-    runs: dict[tuple[float, str], list[np.ndarray]] = {(q, n): [] for q in args.quantiles for n in args.searchers}
-    for seed in range(args.seeds):  # seed by seed, so that an interrupted run has every bound and searcher
-        for q, bound in bounds.items():
-            for name in args.searchers:
-                runs[q, name].append(run_searcher(name, spec, bound, args.budget, seed, args.sampler))
-                print(f"  p{q:g} {name} seed {seed}: best {np.nanmax(runs[q, name][-1]):.3f}", flush=True)
+    # seed by seed, so that an interrupted run has every bound and searcher
+    tasks = [(q, name, seed) for seed in range(args.seeds) for q in bounds for name in args.searchers]
+    runs: dict[tuple[float, str], list[SearchRun]] = {(q, n): [] for q in args.quantiles for n in args.searchers}
+    with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(run_searcher, name, spec, bounds[q], args.budget, seed, args.sampler)
+                   for q, name, seed in tasks]
+        for (q, name, seed), future in zip(tasks, futures):
+            runs[q, name].append(future.result())
+            print(f"  p{q:g} {name} seed {seed}: best {np.nanmax(runs[q, name][-1].values):.3f}", flush=True)
+    functions = None
+    if args.table == "nb201":
+        column = {d.name: j for j, d in enumerate(table.decisions)}
+        edges = np.stack([table.decisions[column[f"edge{i}"]].values(table.genomes[:, column[f"edge{i}"]])
+                          for i in range(6)], axis=1)
+        functions = [nb201_cell_function(row) for row in edges]
     for q, bound in bounds.items():
         ok = lat <= bound + 1e-12
         optimum = float(values[ok].max())
-        results: dict[str, dict] = {name: summarise(runs[q, name], optimum, args.within, args.budget)
+        same = None
+        if functions is not None:
+            best_function = functions[int(np.flatnonzero(ok)[np.argmax(values[ok])])]
+            same = np.asarray([f == best_function for f in functions]) & ok
+        results: dict[str, dict] = {name: summarise(runs[q, name], optimum, args.within, args.budget, same)
                                     for name in args.searchers}
-        results["random (rows meeting the bound)"] = random_rows(values[ok], 0, optimum, args.within, args.budget)
-        results["random (any row)"] = random_rows(values[ok], int((~ok).sum()), optimum, args.within, args.budget)
+        same_ok = None if same is None else same[ok]
+        results["random (rows meeting the bound)"] = random_rows(values[ok], 0, optimum, args.within, args.budget,
+                                                                 same_ok)
+        results["random (any row)"] = random_rows(values[ok], int((~ok).sum()), optimum, args.within, args.budget,
+                                                  same_ok)
         evo = [regularised_evolution(table, ok, values, args.budget, s) for s in range(args.evolution_seeds)]
-        results["regularised evolution"] = summarise(evo, optimum, args.within, args.budget)
-        out["bounds"][f"p{q:g}"] = {"bound_ms": bound, "feasible_rows": int(ok.sum()), "optimum": optimum,
-                                   "rows_within": int((values[ok] >= optimum - args.within - 1e-9).sum()),
-                                   "results": results}
+        results["regularised evolution"] = summarise(evo, optimum, args.within, args.budget, same)
+        entry = out["bounds"][f"p{q:g}"] = {
+            "bound_ms": bound, "feasible_rows": int(ok.sum()), "optimum": optimum,
+            "rows_within": int((values[ok] >= optimum - args.within - 1e-9).sum()), "results": results}
         print(f"\n{spec.latency_column} <= {bound:.4g} ({q:g}th percentile): {ok.sum()} rows meet it, best "
-              f"{spec.objective} {optimum:.3f}, {out['bounds'][f'p{q:g}']['rows_within']} rows within "
-              f"{args.within:g} of it")
+              f"{spec.objective} {optimum:.3f}, {entry['rows_within']} rows within {args.within:g} of it")
+        if same is not None:
+            scores = values[same]
+            entry["optimum_function"] = {"function": [list(p) for p in best_function], "rows": int(same.sum()),
+                                         "objective": [float(scores.min()), float(np.median(scores)),
+                                                       float(scores.max())]}
+            print(f"the optimum's cell function {best_function}: {same.sum()} rows meeting the bound compute it, "
+                  f"{spec.objective} {scores.min():.2f} to {scores.max():.2f} (median {np.median(scores):.2f}; "
+                  f"the same cell trained in separate runs)")
         print(f"| searcher | mean best | regret | optimum found | within {args.within:g} by {args.budget} | "
-              f"evals to within {args.within:g} (median) |")
-        print("|---|---|---|---|---|---|")
+              f"evals to within {args.within:g} (median) |" + (" optimum's function found |" if same is not None
+                                                                else ""))
+        print("|---|---|---|---|---|---|" + ("---|" if same is not None else ""))
         for name, r in results.items():
-            print(_line(name, r, args.budget))
+            print(_line(name, r, args.budget, same is not None))
         print(flush=True)
     if args.json:
         args.json.write_text(json.dumps(out, indent=1, default=float))

@@ -16,8 +16,8 @@ from nas.search.predict.gp import GPPredictor
 from nas.search.blackbox.history import History
 from nas.search.predict.nars import NarsConfig, run_nars
 from nas.search.blackbox.problem import TableProblem, parse_constraint
-from nas.search.predict.convergence import (chance_of_any_draw, expected_best_from_sample, expected_best_of_draws,
-                                  expected_draws_to_hit)
+from nas.search.predict.convergence import (chance_best_draw_is_marked, chance_of_any_draw, expected_best_from_sample,
+                                  expected_best_of_draws, expected_draws_to_hit)
 from nas.search.predict.table_space import TableEvaluator, TableSpace
 from test_predict_fixtures import BENCH_TABLE, InProcess  # noqa: F401
 
@@ -34,6 +34,12 @@ def test_random_search_expectation_is_exact():
         bests = [max(v for v in subset if v is not None) for subset in itertools.combinations(items, k)
                  if any(v is not None for v in subset)]
         assert expected_best_of_draws(feasible, k, infeasible)[k - 1] == pytest.approx(np.mean(bests))
+        marked = np.asarray([True, False, False, True, False])  # 3.0 and 1.5: never the best once 4 or 5 is drawn
+        subsets = list(itertools.combinations(range(len(items)), k))
+        best_marked = [any(items[i] is not None for i in subset) and
+                       marked[max((i for i in subset if items[i] is not None), key=lambda i: items[i])]
+                       for subset in subsets]
+        assert chance_best_draw_is_marked(feasible, marked, k, infeasible) == pytest.approx(np.mean(best_marked))
     assert expected_best_of_draws(feasible, 9)[-1] == 5.0  # more draws than candidates: the best
     assert chance_of_any_draw(1, 10, 3) == pytest.approx(0.3)
     assert chance_of_any_draw(2, 4, 2) == pytest.approx(1 - 1 / 6)

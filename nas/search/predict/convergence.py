@@ -71,6 +71,18 @@ def chance_of_any_draw(hits: int, candidates: int, draws: int) -> float:
     return float(1.0 - np.exp(_log_comb(candidates - hits, draws) - _log_comb(candidates, draws)))
 
 
+def chance_best_draw_is_marked(feasible_scores: np.ndarray, marked: np.ndarray, draws: int,
+                               infeasible: int = 0) -> float:
+    """P(the best feasible draw of random search is one of the ``marked`` feasible candidates), ``draws`` draws
+    without replacement from ``len(feasible_scores) + infeasible`` candidates: for each marked candidate, that it is
+    drawn and none scoring higher is, C(N - 1 - higher, k - 1) / C(N, k)."""
+    v = np.asarray(feasible_scores, float)
+    total = len(v) + int(infeasible)
+    k = min(int(draws), total)
+    higher = len(v) - np.searchsorted(np.sort(v), v[np.asarray(marked, bool)], side="right")
+    return float(np.exp(_log_comb(total - 1 - higher, k - 1) - _log_comb(total, k)).sum())
+
+
 def expected_draws_to_hit(hits: int, candidates: int) -> float:
     """Expected position of the first of ``hits`` marked candidates in a random order of ``candidates``."""
     return (candidates + 1) / (hits + 1) if hits > 0 else float("inf")
