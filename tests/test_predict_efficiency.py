@@ -14,7 +14,7 @@ from nas.search.predict.acquisition import ObjectiveTransform, calibration, roun
 from nas.search.blackbox.decisions import Decision, DecisionSpace
 from nas.search.predict.gp import GPPredictor
 from nas.search.blackbox.history import History
-from nas.search.predict.nars import NarsConfig, run_nars
+from nas.search.predict.nars import NarsConfig, ProxyFeatures, run_nars
 from nas.search.blackbox.problem import TableProblem, parse_constraint
 from nas.search.predict.convergence import (chance_best_draw_is_marked, chance_of_any_draw, expected_best_from_sample,
                                   expected_best_of_draws, expected_draws_to_hit)
@@ -129,6 +129,21 @@ def test_categorical_gp_kernel_depends_on_which_decisions_differ():
     test = space.sample(200, np.random.default_rng(1))
     truth = (test[:, 0] == 1) * 2.0 + (test[:, 1] == 2) * 1.0
     assert np.corrcoef(gp.predict(space.encode(test)), truth)[0, 1] > 0.9
+
+
+def test_gp_features_append_the_free_proxies_scaled_over_the_pool(tmp_path):
+    table = TableSpace(_grid_table(tmp_path), "acc", ["ms"])
+    problem = TableProblem(table, TableEvaluator(table))
+    pool = table.genomes[::7]
+    features = ProxyFeatures(problem, pool)
+    x = features(pool)
+    width = problem.space.encode(pool[:1]).shape[1]
+    assert x.shape == (len(pool), width + 1) and (x[:, :width] == problem.space.encode(pool)).all()
+    lat = problem.latency_ms(pool)
+    assert x[:, -1].min() == pytest.approx(0.0) and x[:, -1].max() == pytest.approx(1.0)
+    assert (np.diff(x[np.argsort(lat), -1]) >= 0).all()  # monotone in the latency (log-scaled)
+    assert features(table.genomes).shape == (table.rows, width + 1)  # rows outside the pool: outside [0, 1] at most
+    assert features(np.zeros((0, table.dims))).shape == (0, width + 1)
 
 
 def test_objective_transform_is_monotone_and_inverts():
