@@ -12,6 +12,7 @@ from torch import nn
 from nas.data.dataset import Dataset
 from nas.run import RunDir
 from nas.search.quant.fake import int32_bias_error
+from nas.search.quant.export import exportable_formats
 from nas.search.quant.finish import FinishSettings, finish, onnx_accuracy_warning
 from nas.search.quant.graph import attach_onnx, trace_layers
 from nas.search.quant.integer import folded_batchnorm
@@ -80,7 +81,8 @@ def _assert_parity(figures):
 @pytest.mark.parametrize("w_bits", [2, 4, 8])
 def test_uniform_weight_bits_export_what_torch_computes(task, tmp_path, w_bits):
     finished = _deliver(task, tmp_path, SEARCHABLE, [BitOption(w_bits, 8)] * 9)
-    assert set(finished.candidates) == {"qdq", "qop"}
+    # both formats, except QOperator on a CPU whose int8 kernels saturate 8-bit weights (x86 without VNNI)
+    assert set(finished.candidates) == set(exportable_formats()) and "qdq" in finished.candidates
     _assert_parity(finished.figures)
     assert finished.figures["accuracy_torch"] > 0.4  # a trained model (chance is 0.25)
 

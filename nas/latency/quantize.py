@@ -1,7 +1,7 @@
 """Static int8 quantization of a block's ONNX file with ``onnxruntime.quantization``, for int8 table keys.
 
 A key with ``bits == 8`` is quantized statically, calibrated on random normal inputs (activations uint8,
-weights int8 per channel). Its ``extra`` may choose the export format and granularity, which matter on CPUs
+weights per channel in the type ``int8_weight_type`` chooses for this CPU). Its ``extra`` may choose the export format and granularity, which matter on CPUs
 without VNNI (see DESIGN.md): ``qformat=qdq`` (default; QuantizeLinear/DequantizeLinear pairs) or
 ``qformat=qop`` (QOperator: QLinearConv ...), and ``qops=all`` (default) or ``qops=pw`` (only the 1x1
 convolutions; the depthwise convs stay fp32). Build such keys with ``format_extra(qformat="qop", qops="pw")``.
@@ -9,7 +9,9 @@ convolutions; the depthwise convs stay fp32). Build such keys with ``format_extr
 
 from __future__ import annotations
 
+import platform
 import warnings
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,24 @@ from nas.errors import LatencyTableError
 
 QFORMATS = ("qdq", "qop")
 QOPS = ("all", "pw")
+
+
+@lru_cache(maxsize=1)
+def int8_weight_type():
+    """The weight type of every int8 model hwnas builds on this CPU: signed (U8S8) where ONNX Runtime's int8
+    kernels sum products exactly, unsigned (U8U8) on x86 CPUs without VNNI, whose U8S8 kernels (VPMADDUBSW) add
+    pairs of uint8 x int8 products in saturating int16: 8-bit weights against large activations overflow (a
+    32-bit x 16 px test net's logits moved by 5.3 on an AVX2-only AMD EPYC), as ONNX Runtime's quantization guide
+    warns. A symmetric grid stored as uint8 with zero point 128 holds the same values."""
+    from onnxruntime.quantization import QuantType
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return QuantType.QInt8
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return QuantType.QUInt8  # x86 whose features cannot be read: the type that cannot overflow
+    return QuantType.QInt8 if ("avx512_vnni" in flags or "avx_vnni" in flags) else QuantType.QUInt8
 
 
 def int8_options(key: OpKey) -> tuple[str, str]:
@@ -76,6 +96,6 @@ def quantize_int8(fp32_path: Path, out_path: Path, input_shapes: dict[str, tuple
         warnings.simplefilter("ignore")
         quantize_static(str(source), str(out_path), RandomReader(),
                         quant_format=QuantFormat.QDQ if qformat == "qdq" else QuantFormat.QOperator,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=int8_weight_type(), per_channel=True,
                         nodes_to_quantize=nodes)
     return out_path

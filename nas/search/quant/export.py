@@ -26,6 +26,7 @@ from onnx import numpy_helper
 
 from nas.errors import SearchError
 from nas.files import atomic_path
+from nas.latency.quantize import int8_weight_type
 from nas.search.quant.fake import activation_qparams, weight_qmax
 from nas.search.quant.graph import QuantGraph, tensor_bits
 from nas.search.quant.mixed import BitOption
@@ -69,16 +70,39 @@ def _reader(x: np.ndarray, batch_size: int):
     return TrainingDataReader()
 
 
+def weight_type(fmt: str):
+    """The weight type of a quantized file in ``fmt``: ``int8_weight_type`` for QDQ; int8 for QOperator, whose
+    QLinearConv weights onnxruntime.quantization stores as int8 whatever the type asked (a uint8 grid there is
+    corrupted), so that on a CPU where int8 weights saturate QOperator is not shipped (``exportable_formats``)."""
+    from onnxruntime.quantization import QuantType
+
+    return int8_weight_type() if fmt == "qdq" else QuantType.QInt8
+
+
+def exportable_formats(requested: tuple[str, ...] | list[str] = FORMATS) -> list[str]:
+    """The formats of ``requested`` whose int8 kernels compute the fake-quant model's values on this CPU: QDQ
+    always, QOperator only where int8 weights do not saturate (``int8_weight_type`` is signed); QDQ if none is."""
+    from onnxruntime.quantization import QuantType
+
+    ok = [f for f in requested if f == "qdq" or int8_weight_type() == QuantType.QInt8]
+    return ok or ["qdq"]
+
+
 def quant_overrides(model: onnx.ModelProto, graph: QuantGraph, assignment: list[BitOption],
-                    tensor_ranges: dict[str, tuple[float, float]]) -> dict:
-    """TensorQuantOverrides that put the fake quantizer's grids in the file: per-channel scales of sub-8-bit weights,
-    and the scale and zero point of every quantized activation tensor (from ``tensor_ranges``, the torch model's
+                    tensor_ranges: dict[str, tuple[float, float]], fmt: str = "qdq") -> dict:
+    """TensorQuantOverrides that put the fake quantizer's grids in the file: the per-channel symmetric scales of
+    every int8 layer's weights (zero point 0 as int8, or 128 as uint8 where ``weight_type(fmt)`` is unsigned), and
+    the scale and zero point of every quantized activation tensor (from ``tensor_ranges``, the torch model's
     calibration: ONNX Runtime's own, computed in its float arithmetic, can land an ulp away and flip roundings)."""
+    from onnxruntime.quantization import QuantType
+
+    unsigned = weight_type(fmt) == QuantType.QUInt8
+    zero_point = np.array(2 ** 7 if unsigned else 0, dtype=np.uint8 if unsigned else np.int8)
     weights = {init.name: init for init in model.graph.initializer}
     nodes = {n.name: n for n in model.graph.node}
     overrides: dict[str, list[dict]] = {}
     for layer, option in zip(graph.layers, assignment):
-        if option.runs_int8 and option.w_bits < 8:
+        if option.runs_int8:
             node = nodes[layer.node]
             w = numpy_helper.to_array(weights[node.input[1]])
             axis = 0
@@ -88,9 +112,8 @@ def quant_overrides(model: onnx.ModelProto, graph: QuantGraph, assignment: list[
             per_channel = np.abs(np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)).max(axis=1)
             scales = np.maximum(per_channel.astype(np.float64), 1e-12) / weight_qmax(option.w_bits)
             overrides[node.input[1]] = [{"axis": axis, "scale": np.array(scales[0], dtype=np.float32),
-                                         "zero_point": np.array(0, dtype=np.int8)}] + \
-                [{"scale": np.array(sc, dtype=np.float32), "zero_point": np.array(0, dtype=np.int8)}
-                 for sc in scales[1:]]
+                                         "zero_point": zero_point}] + \
+                [{"scale": np.array(sc, dtype=np.float32), "zero_point": zero_point} for sc in scales[1:]]
     bits = tensor_bits(graph, [o.runs_int8 for o in assignment], [o.a_bits for o in assignment])
     # QOperator folds a layer's ReLU into its QLinearConv, whose output is then the Conv's (pre-ReLU) tensor: it
     # takes the ReLU output's grid too.
@@ -166,13 +189,13 @@ def quantize_assignment(fp32_onnx: str | Path, graph: QuantGraph, assignment: li
             shutil.copyfile(fp32_onnx, tmp)
         return info
     model = onnx.load(str(fp32_onnx))
-    overrides = quant_overrides(model, graph, assignment, tensor_ranges or {})
+    overrides = quant_overrides(model, graph, assignment, tensor_ranges or {}, fmt)
     x = calibration_x.numpy() if isinstance(calibration_x, torch.Tensor) else calibration_x
     x = np.ascontiguousarray(x, dtype=np.float32)
     with atomic_path(out_path) as tmp, quiet_logging():
         quantize_static(str(fp32_onnx), str(tmp), _reader(x, batch_size),
                         quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator,
-                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=weight_type(fmt),
                         nodes_to_quantize=[n for layer in chosen for n in layer.group_nodes],
                         extra_options={"TensorQuantOverrides": overrides})
         if fmt == "qdq":

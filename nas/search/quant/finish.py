@@ -19,7 +19,7 @@ from nas.models.onnx_io import export_onnx
 from nas.progress import Progress, no_progress, stage
 from nas.run import RunDir
 from nas.search.quant.costs import LatencyCost, bitops_g, mean_weight_bits, size_mb
-from nas.search.quant.export import FORMATS, quantize_assignment
+from nas.search.quant.export import FORMATS, exportable_formats, quantize_assignment
 from nas.search.quant.graph import QuantGraph, attach_onnx, layer_io_bits
 from nas.search.quant.mixed import BitOption, MixedPrecisionNet
 from nas.train.engine import Engine
@@ -74,8 +74,9 @@ def finish(net: MixedPrecisionNet, graph: QuantGraph, assignment: list[BitOption
         ranges.setdefault(info.output_tensor, layer.out_observer.range())
     candidates: dict[str, str] = {}
     if any(int8):
-        with stage(progress, f"export {name}", len(settings.formats)) as advance:
-            for fmt in settings.formats:
+        formats = exportable_formats(settings.formats)
+        with stage(progress, f"export {name}", len(formats)) as advance:
+            for fmt in formats:
                 path = run.file(f"{name}_{fmt}.onnx")
                 quantize_assignment(float_path, g, assignment, fit_input(calib, net), path, fmt, ranges)
                 candidates[fmt] = str(path)
