@@ -1,10 +1,11 @@
 """Static int8 quantization of a block's ONNX file with ``onnxruntime.quantization``, for int8 table keys.
 
 A key with ``bits == 8`` is quantized statically, calibrated on random normal inputs (activations uint8,
-weights per channel in the type ``int8_weight_type`` chooses for this CPU). Its ``extra`` may choose the export format and granularity, which matter on CPUs
-without VNNI (see DESIGN.md): ``qformat=qdq`` (default; QuantizeLinear/DequantizeLinear pairs) or
-``qformat=qop`` (QOperator: QLinearConv ...), and ``qops=all`` (default) or ``qops=pw`` (only the 1x1
-convolutions; the depthwise convs stay fp32). Build such keys with ``format_extra(qformat="qop", qops="pw")``.
+weights per channel in the type ``int8_weight_type`` chooses for this CPU). Its ``extra`` may choose the export
+format and granularity, which matter on CPUs without VNNI (see DESIGN.md): ``qformat=qdq`` (default;
+QuantizeLinear/DequantizeLinear pairs) or ``qformat=qop`` (QOperator: QLinearConv ...), and ``qops=all`` (default)
+or ``qops=pw`` (only the 1x1 convolutions; the depthwise convs stay fp32). Build such keys with
+``format_extra(qformat="qop", qops="pw")``.
 """
 
 from __future__ import annotations
