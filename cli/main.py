@@ -24,6 +24,12 @@ _load_commands()
 def main() -> None:
     try:
         app()
+    except SystemExit as e:
+        if e.code in (0, None) and "torch.distributed" in sys.modules:  # torchrun: leave the group before teardown
+            from nas.train.distributed import leave_process_group
+
+            leave_process_group()
+        raise
     except HwnasError as e:
         one_line = " ".join(str(e).split())  # library messages (YAML, pandas) may span lines
         console.print(f"[red]error:[/red] {escape(one_line)}", highlight=False, soft_wrap=True)

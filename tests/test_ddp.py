@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import socket
-
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
+from ddp_support import end_rank, free_port, torchrun_env
 from test_dnas_support import TINY, digits_npz, profiled_space, tiny_space
 
 DEVICE_ID = "test-ddp"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _search_rank(rank: int, size: int, port: int, space_path, tables, data_path, out) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(size),
-                      LOCAL_RANK=str(rank))
+    torchrun_env(rank, size, port)
     from nas.data.task import load_search_task
     from nas.latency.model import LatencyModel
     from nas.search.dnas.decode import attainable_range_ms
@@ -48,7 +38,7 @@ def _search_rank(rank: int, size: int, port: int, space_path, tables, data_path,
     torch.save({"logits": arch_dist.logits.detach(), "weights": dict(supernet.named_parameters()),
                 "buffers": {k: b for k, b in supernet.named_buffers() if b.is_floating_point()}},
                out / f"rank{rank}.pt")
-    dist.destroy_process_group()
+    end_rank()
 
 
 def test_two_gloo_ranks_agree_on_architecture_logits_and_weights(tmp_path_factory, tmp_path):
@@ -72,8 +62,7 @@ def _train_rank(rank: int, size: int, port: int, out) -> None:
     """A small conv net with batch norm and dropout trained on digits with ``size`` processes (a world of one when
     ``size`` is 1)."""
     if size > 1:
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(size),
-                          LOCAL_RANK=str(rank))
+        torchrun_env(rank, size, port)
     from torch import nn
 
     from nas.data.dataset import load_dataset
@@ -96,8 +85,7 @@ def _train_rank(rank: int, size: int, port: int, out) -> None:
         torch.save({"state": result.model.state_dict(), "train_loss": [r["train_loss"] for r in result.history],
                     "classes": sorted({type(m).__name__ for m in result.model.modules()})}, out / f"world{size}.pt")
     if size > 1:
-        dist.barrier()  # both ranks tear the group down together (a rank leaving early can abort the other)
-        dist.destroy_process_group()
+        end_rank()
 
 
 def test_two_gloo_processes_train_like_one_with_batch_norm_and_dropout(tmp_path):
@@ -137,8 +125,7 @@ def test_batch_moments_keep_the_variance_of_a_channel_far_from_zero():
 
 def _nan_rank(rank: int, size: int, port: int, out) -> None:
     """A linear model trained on data with one NaN image, which lands in one rank's share of its batch."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(size),
-                      LOCAL_RANK=str(rank))
+    torchrun_env(rank, size, port)
     from torch import nn
 
     from nas.data.dataset import Dataset
@@ -157,8 +144,7 @@ def _nan_rank(rank: int, size: int, port: int, out) -> None:
                          engine=engine)
     torch.save({"state": result.model.state_dict(), "skipped": [r["skipped_steps"] for r in result.history]},
                out / f"nan{rank}.pt")
-    dist.barrier()
-    dist.destroy_process_group()
+    end_rank()
 
 
 def test_a_non_finite_loss_on_one_rank_skips_the_step_on_every_rank(tmp_path):

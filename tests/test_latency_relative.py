@@ -117,8 +117,10 @@ def test_adaptation_recovers_a_device_that_is_a_known_transform_of_the_source(ti
         terms = np.concatenate([[1.0], np.sum([block_terms(lm, k) for k in keys], axis=0)])
         measured.append(Measured(f"m{i}", {}, keys, float(terms @ truth)))
     fit = fit_adaptation(lm, measured)
-    assert fit.fit_mape < 1e-6 and fit.weights["net_a_ms"] == pytest.approx(2.0, rel=1e-4)
-    assert fit.weights["blocks"] == pytest.approx(0.01, rel=1e-3)
+    # exact up to the non-negative least squares' tolerance, which a table profiled on a loaded machine (its terms
+    # less well conditioned) moves to ~2e-5 % (a wrong fit is off by percents)
+    assert fit.fit_mape < 1e-3 and fit.weights["net_a_ms"] == pytest.approx(2.0, rel=1e-3)
+    assert fit.weights["blocks"] == pytest.approx(0.01, rel=1e-2)
     with pytest.raises(LatencyTableError, match="at least 3 whole models"):
         fit_adaptation(lm, measured[:2])
 

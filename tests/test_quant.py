@@ -13,10 +13,11 @@ from torch import nn
 from nas.errors import SearchError
 from nas.latency.correction import PrecisionTerms
 from nas.latency.precision import PrecisionCostTable
+from nas.latency.quantize import int8_weight_type
 from nas.models.blocks import ConvBNReLU, InvertedResidual, PoolClassifier, parse_op
 from nas.models.onnx_io import export_onnx, run_onnx
 from nas.search.quant.costs import BitopsCost, LatencyCost, SizeCost, mean_weight_bits, size_mb
-from nas.search.quant.export import quantize_assignment, weight_type
+from nas.search.quant.export import quantize_assignment
 from onnxruntime.quantization import QuantType
 from nas.search.quant.fake import activation_qparams, fake_quantize_activation, fake_quantize_weight
 from nas.search.quant.graph import attach_onnx, layer_io_bits, tensor_bits, trace_layers
@@ -318,7 +319,7 @@ def test_export_quantizes_only_the_chosen_layers_and_matches_torch(tmp_path, fmt
     stored = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == w_name))
     # a 4-bit grid stored in int8, or in uint8 around 128 where int8 weights saturate this CPU's kernels
     zero = 128 if stored.dtype == np.uint8 else 0
-    assert stored.dtype == (np.uint8 if weight_type(fmt) == QuantType.QUInt8 else np.int8)
+    assert stored.dtype == (np.uint8 if int8_weight_type(fmt) == QuantType.QUInt8 else np.int8)
     assert np.abs(stored.astype(int) - zero).max() == 7
     net.eval()
     with torch.no_grad():

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch.multiprocessing as mp
 
+from ddp_support import end_rank, free_port, torchrun_env
 from nas.errors import OutputError, SearchError
 from nas.run import RunDir
 from nas.run_lock import LOCK_FILE
@@ -122,8 +123,7 @@ def test_a_refused_start_releases_the_lock(tmp_path):
 def _open_rank(rank: int, size: int, port: int, out: Path, results: Path) -> None:
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(size),
-                      LOCAL_RANK=str(rank))
+    torchrun_env(rank, size, port)
     dist.init_process_group("gloo")
     outcome = {}
     for name in ("free", "busy"):
@@ -133,12 +133,10 @@ def _open_rank(rank: int, size: int, port: int, out: Path, results: Path) -> Non
         except OutputError as e:
             outcome[name] = str(e)
     (results / f"rank{rank}.json").write_text(json.dumps(outcome))
-    dist.destroy_process_group()
+    end_rank()
 
 
 def test_under_torchrun_rank_0_holds_the_lock_and_every_rank_learns_if_it_could_not(tmp_path):
-    from test_ddp import free_port
-
     holder = _holder(tmp_path / "busy")
     try:
         mp.spawn(_open_rank, args=(2, free_port(), tmp_path, tmp_path), nprocs=2, join=True)

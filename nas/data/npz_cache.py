@@ -106,6 +106,7 @@ class NpyRows:
     rows are not contiguous, through a memory map."""
 
     def __init__(self, path: Path, mapped: np.memmap):
+        self._fd: tuple[int, int] | None = None  # (pid, descriptor); first, since a refused file still meets __del__
         self.path, self.dtype, self.offset = path, mapped.dtype, mapped.offset
         self.fortran = not mapped.flags.c_contiguous and mapped.ndim > 1
         self.file_shape = mapped.shape
@@ -118,7 +119,6 @@ class NpyRows:
         self.shape = (mapped.shape[0], *rest)
         self.ndim = len(self.shape)
         self.row_bytes = int(np.prod(mapped.shape[1:], dtype=np.int64)) * self.dtype.itemsize
-        self._fd: tuple[int, int] | None = None  # (pid, descriptor)
 
     def __len__(self) -> int:
         return self.shape[0]

@@ -26,15 +26,18 @@ QOPS = ("all", "pw")
 
 
 @lru_cache(maxsize=1)
-def int8_weight_type():
-    """The weight type of every int8 model hwnas builds on this CPU: signed (U8S8) where ONNX Runtime's int8
-    kernels sum products exactly, unsigned (U8U8) on x86 CPUs without VNNI, whose U8S8 kernels (VPMADDUBSW) add
-    pairs of uint8 x int8 products in saturating int16: 8-bit weights against large activations overflow (a
-    32-bit x 16 px test net's logits moved by 5.3 on an AVX2-only AMD EPYC), as ONNX Runtime's quantization guide
-    warns. A symmetric grid stored as uint8 with zero point 128 holds the same values."""
+def int8_weight_type(qformat: str = "qdq"):
+    """The weight type of every int8 model hwnas builds in ``qformat`` on this CPU. QDQ: signed (U8S8) where ONNX
+    Runtime's int8 kernels sum products exactly, unsigned (U8U8) on x86 CPUs without VNNI, whose U8S8 kernels
+    (VPMADDUBSW) add pairs of uint8 x int8 products in saturating int16: 8-bit weights against large activations
+    overflow (a 32-bit x 16 px test net's logits moved by 5.3 on an AVX2-only AMD EPYC), as ONNX Runtime's
+    quantization guide warns. A symmetric grid stored as uint8 with zero point 128 holds the same values.
+    QOperator: always signed, since onnxruntime.quantization stores QLinearConv weights as int8 whatever type is
+    asked (a uint8 grid there is corrupted); where int8 saturates, QOperator files are not shipped
+    (``nas.search.quant.export.exportable_formats``)."""
     from onnxruntime.quantization import QuantType
 
-    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
+    if qformat == "qop" or platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
         return QuantType.QInt8
     try:
         flags = Path("/proc/cpuinfo").read_text()
@@ -97,6 +100,6 @@ def quantize_int8(fp32_path: Path, out_path: Path, input_shapes: dict[str, tuple
         warnings.simplefilter("ignore")
         quantize_static(str(source), str(out_path), RandomReader(),
                         quant_format=QuantFormat.QDQ if qformat == "qdq" else QuantFormat.QOperator,
-                        activation_type=QuantType.QUInt8, weight_type=int8_weight_type(), per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=int8_weight_type(qformat), per_channel=True,
                         nodes_to_quantize=nodes)
     return out_path

@@ -16,6 +16,7 @@ _EXPORTS = {
     "Recipe": "nas.train.recipe",
     "engine_for": "nas.train.engine",
     "fit_input": "nas.train.evaluation",
+    "leave_process_group": "nas.train.distributed",
     "load_recipe": "nas.train.recipe",
     "lr_factor": "nas.train.training",
     "make_optimizer": "nas.train.training",

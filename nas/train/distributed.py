@@ -91,3 +91,12 @@ def join_process_group(accelerator_kind: str) -> World:
         torch.cuda.set_device(local)
     dist.init_process_group("nccl" if accelerator_kind == "cuda" else "gloo")
     return current_world()
+
+
+def leave_process_group() -> None:
+    """Tear this process's group down once its work is done, before the interpreter exits: a group left to the
+    interpreter's teardown can abort the process (gloo's threads destroyed unjoined: SIGABRT, "terminate called
+    without an active exception") after every result was written. Not on an error path, where peers may still
+    wait in a collective and nccl's teardown would hang."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -70,33 +70,26 @@ def _reader(x: np.ndarray, batch_size: int):
     return TrainingDataReader()
 
 
-def weight_type(fmt: str):
-    """The weight type of a quantized file in ``fmt``: ``int8_weight_type`` for QDQ; int8 for QOperator, whose
-    QLinearConv weights onnxruntime.quantization stores as int8 whatever the type asked (a uint8 grid there is
-    corrupted), so that on a CPU where int8 weights saturate QOperator is not shipped (``exportable_formats``)."""
-    from onnxruntime.quantization import QuantType
-
-    return int8_weight_type() if fmt == "qdq" else QuantType.QInt8
-
-
 def exportable_formats(requested: tuple[str, ...] | list[str] = FORMATS) -> list[str]:
     """The formats of ``requested`` whose int8 kernels compute the fake-quant model's values on this CPU: QDQ
-    always, QOperator only where int8 weights do not saturate (``int8_weight_type`` is signed); QDQ if none is."""
+    always, QOperator only where int8 weights do not saturate (QDQ's ``int8_weight_type`` is signed); QDQ if none
+    is."""
     from onnxruntime.quantization import QuantType
 
-    ok = [f for f in requested if f == "qdq" or int8_weight_type() == QuantType.QInt8]
+    ok = [f for f in requested if f == "qdq" or int8_weight_type("qdq") == QuantType.QInt8]
     return ok or ["qdq"]
 
 
 def quant_overrides(model: onnx.ModelProto, graph: QuantGraph, assignment: list[BitOption],
                     tensor_ranges: dict[str, tuple[float, float]], fmt: str = "qdq") -> dict:
     """TensorQuantOverrides that put the fake quantizer's grids in the file: the per-channel symmetric scales of
-    every int8 layer's weights (zero point 0 as int8, or 128 as uint8 where ``weight_type(fmt)`` is unsigned), and
-    the scale and zero point of every quantized activation tensor (from ``tensor_ranges``, the torch model's
-    calibration: ONNX Runtime's own, computed in its float arithmetic, can land an ulp away and flip roundings)."""
+    every int8 layer's weights (zero point 0 as int8, or 128 as uint8 where ``int8_weight_type(fmt)`` is
+    unsigned), and the scale and zero point of every quantized activation tensor (from ``tensor_ranges``, the
+    torch model's calibration: ONNX Runtime's own, computed in its float arithmetic, can land an ulp away and flip
+    roundings)."""
     from onnxruntime.quantization import QuantType
 
-    unsigned = weight_type(fmt) == QuantType.QUInt8
+    unsigned = int8_weight_type(fmt) == QuantType.QUInt8
     zero_point = np.array(2 ** 7 if unsigned else 0, dtype=np.uint8 if unsigned else np.int8)
     weights = {init.name: init for init in model.graph.initializer}
     nodes = {n.name: n for n in model.graph.node}
@@ -195,7 +188,7 @@ def quantize_assignment(fp32_onnx: str | Path, graph: QuantGraph, assignment: li
     with atomic_path(out_path) as tmp, quiet_logging():
         quantize_static(str(fp32_onnx), str(tmp), _reader(x, batch_size),
                         quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator,
-                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=weight_type(fmt),
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=int8_weight_type(fmt),
                         nodes_to_quantize=[n for layer in chosen for n in layer.group_nodes],
                         extra_options={"TensorQuantOverrides": overrides})
         if fmt == "qdq":
