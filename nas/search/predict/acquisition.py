@@ -2,12 +2,12 @@
 
 Candidates (``round_candidates``): the neighbours of the best evaluated candidates under each constraint (every
 candidate one decision away, as the mutations of BANANAS and NPENAS and the local search of White et al. 2021) and
-a sample of the swaps around the best (two decisions at once),
-plus the pool candidates the predictor rates best (a cheap screen of the whole pool: regions far from the
-incumbents enter when the predictor expects them to be good), all meeting a constraint by the free latency model
-(feasible-only candidates: the acquisition never spends an evaluation over the bound). A small candidate set
-around the incumbents and the predicted best is what keeps the acquisition from spending its evaluations on the
-uncertain corners of a large pool.
+a sample of the swaps around the best (two decisions at once), plus the pool candidates the predictor rates best
+(a cheap screen of the whole pool: NARS rates by the predicted mean, so that regions far from the incumbents enter
+when they are expected to be good; the GP by its own expected improvement, so that a far region it is unsure of
+can enter too), all meeting a constraint by the free latency model (feasible-only candidates: the acquisition never
+spends an evaluation over the bound). A small candidate set around the incumbents and the best rated is what keeps
+the acquisition from spending its evaluations on the uncertain corners of a large pool.
 
 Acquisition, per constraint in turn (round robin), among the candidates meeting it:
 Both fit the objective through ``ObjectiveTransform`` (a power transform to near-normal).
@@ -38,8 +38,8 @@ def round_candidates(problem: SearchProblem, constraints: list[Constraint], eval
     ``swaps`` candidates two decisions away from the best one (a sample, seeded by the evaluations so far: under a
     latency bound the feasible region is often connected only by such swaps, a costlier choice here paid for by a
     cheaper one there, which single moves from an incumbent at the bound cannot make), then under each constraint the
-    ``explore`` pool candidates (``pool_masks``) the predictor rates best (``pool_predicted``: the predicted mean,
-    -inf for taken ones)."""
+    ``explore`` pool candidates (``pool_masks``) the predictor rates best (``pool_predicted``: the predicted mean
+    or the GP's expected improvement, -inf for taken ones)."""
     space, devices = problem.space, problem.devices
     parts = []
     for c in constraints:

@@ -46,7 +46,7 @@ from nas.search.predict.acquisition import (
     round_candidates,
     thompson_picks,
 )
-from nas.search.predict.gp import GPPredictor
+from nas.search.predict.gp import GPPredictor, expected_improvement
 from nas.search.predict.predictors import ArchRecipePredictor, cross_validated_tau, kendall_tau
 
 EventCallback = Callable[[str, dict], None]
@@ -61,7 +61,10 @@ class NarsConfig:
     batch: int | None = None  # evaluations per round; default budget // 20 (at least 1)
     pool: int = 4096  # Sobol pool size (model spaces; a table's pool is all its rows); also the pretraining set
     incumbents: int = 5  # per constraint, the best evaluated whose neighbours are candidates each round
-    explore: int = 32  # per constraint, the pool candidates rated best by the predictor, beside the neighbours
+    # per constraint, the pool candidates rated best by the predictor, beside the neighbours: by the predicted mean
+    # (MLP), by expected improvement (GP): on NAS-Bench-201 (20 seeds) ChamNet's mean regret 0.063 against 0.162
+    # by the mean (p25 bound), 0.275 against 0.411 (p50); on four synthetic grids (4 seeds each) 0.25 against 0.29
+    explore: int = 32
     # per constraint, candidates two decisions away from the best evaluated (a sample), for the MLP ensemble's
     # Thompson sampling only: on NAS-Bench-201 (5 seeds) they cut NARS's mean regret from 0.60 to 0.37 (p50 bound)
     # and 0.13 to 0.09 (p25); the GP's expected improvement over-exploited them on a synthetic grid (8 seeds: mean
@@ -180,9 +183,14 @@ def run_nars(problem: SearchProblem, constraints: list[Constraint], history: His
             taken = history.taken_keys()
             fresh = np.asarray([k not in taken for k in space.keys(pool)])
             pool_predicted = np.full(len(pool), -np.inf)
-            if fresh.any():
-                pool_predicted[fresh] = np.nan_to_num(_mean_std(predictor, encode(pool[fresh]))[0],
-                                                      nan=-np.inf)
+            if config.predictor == "gp":
+                best = [float(transform(np.asarray([b]))[0]) if np.isfinite(b) else -np.inf
+                        for b in (history.best_score_under(c) for c in constraints)]
+            if fresh.any():  # the pool rated by the predicted mean (NARS) or the GP's own acquisition
+                mean, std = _mean_std(predictor, encode(pool[fresh]))
+                if config.predictor == "gp":
+                    mean = expected_improvement(mean, std, max(max(best), float(np.min(z_train))))
+                pool_predicted[fresh] = np.nan_to_num(mean, nan=-np.inf)
             cand, cand_masks = round_candidates(problem, constraints, evaluated, y_train, history.latency_array(),
                                                 taken, pool, masks, pool_predicted, config.incumbents,
                                                 config.explore, config.swaps if config.predictor == "mlp" else 0)
@@ -197,8 +205,6 @@ def run_nars(problem: SearchProblem, constraints: list[Constraint], history: His
                 low = _low_water(history, refit_s, batch)
                 n_pick = min(history.remaining - final, max(batch, low + 1 - history.pending))
             if config.predictor == "gp":
-                best = [float(transform(np.asarray([b]))[0]) if np.isfinite(b) else -np.inf
-                        for b in (history.best_score_under(c) for c in constraints)]
                 x_pending = encode(history.pending_genomes())
                 picks = pick_gp_batch(predictor, x_train, z_train, x_cand, cand_masks, best, n_pick, x_pending,
                                       start)
