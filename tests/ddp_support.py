@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import os
 import socket
 
@@ -21,14 +20,13 @@ def torchrun_env(rank: int, size: int, port: int) -> None:
 
 def end_rank() -> None:
     """End a spawned rank once its results are written: both ranks leave the group together, then the process
-    exits without the interpreter's teardown. Gloo's threads can still abort a process there (SIGABRT,
-    "terminate called without an active exception", once in some hundred runs on a loaded CI machine, after
-    every result was written; a known torch teardown race), which says nothing of what the test checks."""
+    exits without the interpreter's teardown, where gloo's threads can abort it (SIGABRT, "terminate called without
+    an active exception": a known torch teardown race, which failed one CI run after every result was written and
+    says nothing of what the test checks)."""
     import torch.distributed as dist
 
     from nas.train.distributed import leave_process_group
 
     dist.barrier()
     leave_process_group()
-    gc.collect()
     os._exit(0)

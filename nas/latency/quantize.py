@@ -26,24 +26,28 @@ QOPS = ("all", "pw")
 
 
 @lru_cache(maxsize=1)
-def int8_weight_type(qformat: str = "qdq"):
-    """The weight type of every int8 model hwnas builds in ``qformat`` on this CPU. QDQ: signed (U8S8) where ONNX
-    Runtime's int8 kernels sum products exactly, unsigned (U8U8) on x86 CPUs without VNNI, whose U8S8 kernels
-    (VPMADDUBSW) add pairs of uint8 x int8 products in saturating int16: 8-bit weights against large activations
-    overflow (a 32-bit x 16 px test net's logits moved by 5.3 on an AVX2-only AMD EPYC), as ONNX Runtime's
-    quantization guide warns. A symmetric grid stored as uint8 with zero point 128 holds the same values.
-    QOperator: always signed, since onnxruntime.quantization stores QLinearConv weights as int8 whatever type is
-    asked (a uint8 grid there is corrupted); where int8 saturates, QOperator files are not shipped
-    (``nas.search.quant.export.exportable_formats``)."""
-    from onnxruntime.quantization import QuantType
-
-    if qformat == "qop" or platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
-        return QuantType.QInt8
+def int8_weights_saturate() -> bool:
+    """Whether this CPU's U8S8 kernels can overflow: x86 without VNNI, where ONNX Runtime uses VPMADDUBSW, which adds
+    pairs of uint8 x int8 products in saturating int16 (8-bit weights against large activations overflow: a 32-bit x
+    16 px test net's logits moved by 5.3 on an AVX2-only AMD EPYC), as ONNX Runtime's quantization guide warns."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return False
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return QuantType.QUInt8  # x86 whose features cannot be read: the type that cannot overflow
-    return QuantType.QInt8 if ("avx512_vnni" in flags or "avx_vnni" in flags) else QuantType.QUInt8
+        return True  # x86 whose features cannot be read: assume the kernels that can overflow
+    return not ("avx512_vnni" in flags or "avx_vnni" in flags)
+
+
+def int8_weight_type(qformat: str = "qdq"):
+    """The weight type of every int8 model hwnas builds in ``qformat`` on this CPU. QDQ: signed (U8S8), or unsigned
+    (U8U8) where int8 weights saturate (``int8_weights_saturate``): a symmetric grid stored as uint8 with zero point
+    128 holds the same values. QOperator: always signed, since onnxruntime.quantization stores QLinearConv weights
+    as int8 whatever type is asked (a uint8 grid there is corrupted); where int8 saturates, QOperator files are not
+    shipped (``nas.search.quant.export.exportable_formats``)."""
+    from onnxruntime.quantization import QuantType
+
+    return QuantType.QUInt8 if qformat == "qdq" and int8_weights_saturate() else QuantType.QInt8
 
 
 def int8_options(key: OpKey) -> tuple[str, str]:

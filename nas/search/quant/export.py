@@ -26,7 +26,7 @@ from onnx import numpy_helper
 
 from nas.errors import SearchError
 from nas.files import atomic_path
-from nas.latency.quantize import int8_weight_type
+from nas.latency.quantize import int8_weight_type, int8_weights_saturate
 from nas.search.quant.fake import activation_qparams, weight_qmax
 from nas.search.quant.graph import QuantGraph, tensor_bits
 from nas.search.quant.mixed import BitOption
@@ -72,11 +72,8 @@ def _reader(x: np.ndarray, batch_size: int):
 
 def exportable_formats(requested: tuple[str, ...] | list[str] = FORMATS) -> list[str]:
     """The formats of ``requested`` whose int8 kernels compute the fake-quant model's values on this CPU: QDQ
-    always, QOperator only where int8 weights do not saturate (QDQ's ``int8_weight_type`` is signed); QDQ if none
-    is."""
-    from onnxruntime.quantization import QuantType
-
-    ok = [f for f in requested if f == "qdq" or int8_weight_type("qdq") == QuantType.QInt8]
+    always, QOperator only where int8 weights do not saturate (``int8_weights_saturate``); QDQ if none is."""
+    ok = [f for f in requested if f == "qdq" or not int8_weights_saturate()]
     return ok or ["qdq"]
 
 
