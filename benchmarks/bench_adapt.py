@@ -64,6 +64,8 @@ def run_kind(a: LatencyModel, b: Setting, root: Path, samples: int) -> dict:
             "full_table": accuracy(pred_full, first), "adapted_vs_full": accuracy(pred_adapted, pred_full),
             "table_a": accuracy(pred_a, first), "retest_tau": kendall_tau(first, second),
             "weights": adapted.table.manifest.notes.get("adaptation", {}).get("weights"),
+            "validation": {"seed": 2, "measured_ms": [first, second], "adapted_ms": pred_adapted,
+                           "full_table_ms": pred_full},
             "adapt_s": adapt_s, "full_profile_s": profile_s, "seconds": time.perf_counter() - start}
 
 

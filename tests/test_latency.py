@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -21,8 +24,10 @@ from nas.errors import LatencyTableError
 from nas.latency.calibrate import calibrate
 from nas.latency.device import Device
 from nas.latency.model import LatencyModel
-from nas.latency.profile import key_is_identity, profile_items, space_layer_keys, space_profile_items
+from nas.latency.profile import item_onnx, key_is_identity, profile_items, space_layer_keys, space_profile_items
+from nas.latency import remote_measure
 from nas.latency.table import LatencyTable
+from nas.latency.timing import TimingConfig
 
 
 @pytest.fixture(scope="module")
@@ -162,6 +167,54 @@ def test_interrupted_profile_resumes_with_only_missing_keys(small_space_file, tm
     assert (counts["measured"], counts["skipped"]) == (len(items) - 4, 4)
     again = profile_items(Device(device_id="dev"), items, tables_dir=tmp_path, timing=FAST)
     assert again["measured"] == 0 and len(LatencyTable.open("dev", tmp_path)) == len(items)
+
+
+class WanderingClock:
+    """Block timings made exact on a machine whose speed wanders: each run of a block advances a fake clock by
+    ``speed * (its ONNX file's size / 1e4)`` ms, ``speed = schedule(group)`` for the ``group``-th group of
+    blocks timed together (1: the call overhead's pass-through graphs, then the chunks)."""
+
+    def __init__(self, monkeypatch, schedule):
+        self.now, self.schedule, self.group = 0.0, schedule, 0
+        monkeypatch.setattr(remote_measure, "time", SimpleNamespace(perf_counter=self.clock, thread_time=self.clock))
+        monkeypatch.setattr(Device, "open", lambda device, model, feeds=None: SimpleNamespace(run=functools.partial(
+            self.run, (len(model) if isinstance(model, bytes) else os.path.getsize(model)) / 1e4)))
+        timed = remote_measure.time_interleaved
+
+        def counted(runs, timing=None, on_round=None):
+            self.group += 1
+            return timed(runs, timing, on_round)
+
+        monkeypatch.setattr(remote_measure, "time_interleaved", counted)
+
+    def clock(self) -> float:
+        return self.now
+
+    def run(self, ms: float) -> None:
+        self.now += self.schedule(self.group) * ms / 1e3
+
+
+def test_a_slow_spell_over_a_chunk_lands_on_no_row(small_space_file, tmp_path, monkeypatch):
+    space = load_space(str(small_space_file))
+    items = [i for i in space_profile_items(space) if not key_is_identity(i.key)]
+    sizes = {}
+    for item in items:  # each block's own time at speed 1, from its file
+        with tempfile.TemporaryDirectory() as tmp:
+            sizes[str(item.key)] = os.path.getsize(item_onnx(item, Path(tmp)).path) / 1e4
+    # groups: 1 the call overhead, 2-4 the first pass over three chunks of 4 keys, 5-7 the second pass; slow spells
+    # over the whole second chunk in the first pass and over the first chunk in the second
+    spells = {3: 1.7, 5: 1.5}
+    WanderingClock(monkeypatch, lambda group: spells.get(group, 1.0))
+    timing = TimingConfig(warmup=1, round_ms=1.0, min_runs=3, max_runs=3, min_rounds=2, max_rounds=6, patience=1)
+    profile_items(Device(device_id="dev"), items, tables_dir=tmp_path, timing=timing, chunk=4)
+    rows = LatencyTable.open("dev", tmp_path).rows
+    assert len(rows) == len(items) == 10
+    assert all(r["p50_ms"] == pytest.approx(sizes[k], rel=1e-9) for k, r in rows.items())
+    # in one pass the spell lands on the second chunk's rows
+    WanderingClock(monkeypatch, lambda group: spells.get(group, 1.0))
+    profile_items(Device(device_id="one"), items, tables_dir=tmp_path, timing=timing, chunk=4, passes=1)
+    slow = [k for k, r in LatencyTable.open("one", tmp_path).rows.items() if r["p50_ms"] > 1.5 * sizes[k]]
+    assert len(slow) == 4
 
 
 PROFILER = """

@@ -6,6 +6,18 @@ a crash (even ``kill -9``) measures only what is missing, and two profilers of o
 Identity blocks cost nothing and are never measured. Keys with ``bits == 8`` are quantized to static int8
 with ``onnxruntime.quantization`` (calibrated on random inputs; QDQ unless the key says otherwise, see
 ``quantize``) before timing. Blocks are timed in interleaved chunks (see ``timing``).
+
+A shared machine has slow spells of seconds: in eight profiles of fbnet at 224 px on a 2-vCPU VM, one chunk of
+four ran 1.3-1.6x slower than the rest of its profile in four. Interleaving within a chunk cannot help when the
+whole chunk lies in the spell, so chunks are timed in **two passes** (``remote_measure.fastest_of_passes``, as
+the standalone ``measure.py`` of bundles does too): a segment of four chunks is timed, then timed again, and each
+key keeps the faster of its two timings (interference only adds time) before its row is written; the two timings
+of a key lie a segment apart (a few seconds at 224 px). Rows of two profiles of fbnet
+at 224 px then differ by 3.1% (90th percentile, beside one global scale) against 14.8% in one pass, for 10.1 s a
+profile against 6.5 s (``benchmarks/bench_profile_repeat.py``, 8 profiles each way, alternately). Tried and
+rejected: anchoring each chunk to blocks already in the table (dividing by the chunk's speed against them): a
+spell that covers the anchors and not the chunk, or the reverse, then moves the whole chunk (18.4% against 13.6%
+without).
 """
 
 from __future__ import annotations
@@ -27,11 +39,12 @@ from nas.arch.opkey import OpKey
 from nas.arch.ops import parse_op
 from nas.arch.space import Space
 from nas.errors import LatencyTableError
+from nas.latency import remote_measure
 from nas.latency.device import Device, check_provider
 from nas.latency.overhead import CallOverhead, measure_call_overhead
 from nas.latency.quantize import int8_options, quantize_int8
 from nas.latency.table import DeviceManifest, LatencyTable
-from nas.latency.timing import TimingConfig
+from nas.latency.timing import LatencyStats, TimingConfig
 from nas.models.onnx_io import OPSET
 
 ProgressCallback = Callable[[int, int, str], None]  # (done, total, note)
@@ -139,14 +152,15 @@ def row_metadata(e: ExportedItem, overhead: CallOverhead, batch: int = 1) -> dic
 # ---- profiling -----------------------------------------------------------------------------------------------
 def profile_items(device: Device, items: list[ProfileItem], *, tables_dir: str | Path | None = None,
                   on_progress: ProgressCallback | None = None, timing: TimingConfig | None = None,
-                  chunk: int = 32) -> dict:
+                  chunk: int = 32, passes: int = remote_measure.PASSES) -> dict:
     """Measure every item whose key the table of ``device`` (its ``device_id``) lacks, with the device's provider,
     threads, graph optimisation, clock and batch, and append one row per key.
 
     Items are exported and timed in chunks of ``chunk`` keys, interleaved (see ``timing``), at ``batch`` samples
-    (a table for batched inference: the exports' batch axis is dynamic); each key's row is
-    appended as soon as its chunk is timed. Returns counts ``{"total", "measured", "skipped", "identity",
-    "seconds"}``; ``on_progress(done, total, note)`` is called per item. Safe to interrupt at any point (a
+    (a table for batched inference: the exports' batch axis is dynamic), each segment of chunks ``passes`` times
+    (the fastest timing of a key is kept, see the module doc); each key's row is appended as soon as its segment is
+    timed. Returns counts ``{"total", "measured", "skipped", "identity", "seconds"}``; ``on_progress(done, total,
+    note)`` is called per item. Safe to interrupt at any point (a
     rerun measures what is missing) and to run twice at once (a key is appended once).
     """
     if device.device_id is None:
@@ -174,7 +188,7 @@ def profile_items(device: Device, items: list[ProfileItem], *, tables_dir: str |
     while pending:
         table.refresh()
         todo: list[ProfileItem] = []
-        while pending and len(todo) < chunk:
+        while pending and len(todo) < chunk * remote_measure.SEGMENT:
             item = pending.pop(0)
             if key_is_identity(item.key):
                 counts["identity"] += 1
@@ -196,7 +210,9 @@ def profile_items(device: Device, items: list[ProfileItem], *, tables_dir: str |
                 folder.mkdir()
                 exported = item_onnx(item, folder)
                 prepared.append((item, device.open(exported.path), exported))
-        stats = device.time_sessions([p[1] for p in prepared], timing)
+        stats = [LatencyStats(**st) for st in remote_measure.fastest_of_passes(
+            lambda idx: [s.to_dict() for s in device.time_sessions([prepared[i][1] for i in idx], timing)],
+            len(prepared), chunk, passes)]
         for (item, _, e), st in zip(prepared, stats):
             row = {**st.to_dict(), **row_metadata(e, overhead, batch)}
             wrote = table.append(item.key, row)
