@@ -219,6 +219,7 @@ def test_a_slow_spell_over_a_chunk_lands_on_no_row(small_space_file, tmp_path, m
 
 PROFILER = """
 import sys
+import time
 from nas.latency.device import Device
 from nas.latency.profile import profile_items, space_profile_items
 from nas.latency.timing import TimingConfig
@@ -227,7 +228,9 @@ space = load_space(sys.argv[1])
 items = space_profile_items(space)
 if sys.argv[3] == "reverse":
     items = items[::-1]
+# rows are appended a segment at a time; a pause after each keeps the writer alive long enough to be killed mid-way
 print(profile_items(Device(device_id="dev"), items, tables_dir=sys.argv[2], chunk=2,
+                    on_progress=lambda done, total, note: time.sleep(0.1),
                     timing=TimingConfig(warmup=2, round_ms=1.0, min_runs=3, max_runs=10, min_rounds=2,
                                                        max_rounds=3, max_seconds=0.2))["measured"])
 """
