@@ -12,12 +12,11 @@ four ran 1.3-1.6x slower than the rest of its profile in four. Interleaving with
 whole chunk lies in the spell, so chunks are timed in **two passes** (``remote_measure.fastest_of_passes``, as
 the standalone ``measure.py`` of bundles does too): a segment of four chunks is timed, then timed again, and each
 key keeps the faster of its two timings (interference only adds time) before its row is written; the two timings
-of a key lie a segment apart (a few seconds at 224 px). Rows of two profiles of fbnet
-at 224 px then differ by 3.1% (90th percentile, beside one global scale) against 14.8% in one pass, for 10.1 s a
-profile against 6.5 s (``benchmarks/bench_profile_repeat.py``, 8 profiles each way, alternately). Tried and
-rejected: anchoring each chunk to blocks already in the table (dividing by the chunk's speed against them): a
-spell that covers the anchors and not the chunk, or the reverse, then moves the whole chunk (18.4% against 13.6%
-without).
+of a key lie a segment apart (a few seconds at 224 px). Rows of two profiles of fbnet at 224 px then differ by
+3.1% (90th percentile, beside one global scale) against 14.8% in one pass, for 10.1 s a profile against 6.5 s
+(``benchmarks/bench_profile_repeat.py``, 8 profiles each way, alternately). Tried and rejected: anchoring each
+chunk to blocks already in the table (dividing by the chunk's speed against them): a spell that covers the
+anchors and not the chunk, or the reverse, then moves the whole chunk (18.4% against 13.6% without).
 """
 
 from __future__ import annotations
@@ -44,7 +43,7 @@ from nas.latency.device import Device, check_provider
 from nas.latency.overhead import CallOverhead, measure_call_overhead
 from nas.latency.quantize import int8_options, quantize_int8
 from nas.latency.table import DeviceManifest, LatencyTable
-from nas.latency.timing import LatencyStats, TimingConfig
+from nas.latency.timing import TimingConfig
 from nas.models.onnx_io import OPSET
 
 ProgressCallback = Callable[[int, int, str], None]  # (done, total, note)
@@ -160,8 +159,8 @@ def profile_items(device: Device, items: list[ProfileItem], *, tables_dir: str |
     (a table for batched inference: the exports' batch axis is dynamic), each segment of chunks ``passes`` times
     (the fastest timing of a key is kept, see the module doc); each key's row is appended as soon as its segment is
     timed. Returns counts ``{"total", "measured", "skipped", "identity", "seconds"}``; ``on_progress(done, total,
-    note)`` is called per item. Safe to interrupt at any point (a
-    rerun measures what is missing) and to run twice at once (a key is appended once).
+    note)`` is called per item. Safe to interrupt at any point (a rerun measures what is missing) and to run twice
+    at once (a key is appended once).
     """
     if device.device_id is None:
         raise ValueError("profile_items: the Device needs a device_id (the table it measures into)")
@@ -210,9 +209,9 @@ def profile_items(device: Device, items: list[ProfileItem], *, tables_dir: str |
                 folder.mkdir()
                 exported = item_onnx(item, folder)
                 prepared.append((item, device.open(exported.path), exported))
-        stats = [LatencyStats(**st) for st in remote_measure.fastest_of_passes(
-            lambda idx: [s.to_dict() for s in device.time_sessions([prepared[i][1] for i in idx], timing)],
-            len(prepared), chunk, passes)]
+        stats = remote_measure.fastest_of_passes(
+            lambda idx: device.time_sessions([prepared[i][1] for i in idx], timing), len(prepared), chunk, passes,
+            p50=lambda st: st.p50_ms)
         for (item, _, e), st in zip(prepared, stats):
             row = {**st.to_dict(), **row_metadata(e, overhead, batch)}
             wrote = table.append(item.key, row)

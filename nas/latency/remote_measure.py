@@ -5,7 +5,7 @@
 It times every block, pass-through graph and calibration model in the bundle with ONNX Runtime, in interleaved
 rounds (the same method as ``hwnas latency profile``: blocks in two passes, ``fastest_of_passes``), and writes
 ``RESULTS.json`` for ``hwnas latency import``.
-Results are saved after every chunk; rerunning with the same ``--out`` resumes. hwnas imports
+Results are saved after every chunk (every segment of chunks for blocks); rerunning with the same ``--out`` resumes. hwnas imports
 ``time_interleaved`` from this file, so the method on both sides is one piece of code.
 """
 
@@ -89,17 +89,17 @@ def time_interleaved(runs, timing=None, on_round=None):
 PASSES, SEGMENT = 2, 4  # block profiles: a segment of chunks is timed twice before its results are kept
 
 
-def fastest_of_passes(time_group, n, chunk, passes=PASSES):
-    """Time ``n`` items in groups of ``chunk`` (``time_group(indices)`` -> one statistics dict per index), all of
-    them ``passes`` times over, and keep each item's fastest statistics (lowest ``p50_ms``). A machine's slow spell
-    of seconds can cover a whole group, which interleaving within it cannot undo; interference only adds time, and
+def fastest_of_passes(time_group, n, chunk, passes=PASSES, p50=lambda st: st["p50_ms"]):
+    """Time ``n`` items in groups of ``chunk`` (``time_group(indices)`` -> one statistics record per index), all of
+    them ``passes`` times over, and keep each item's fastest record (lowest ``p50``). A machine's slow spell of
+    seconds can cover a whole group, which interleaving within it cannot undo; interference only adds time, and
     the passes lie a segment apart, so the spell lands on no item."""
     best = [None] * n
     for _ in range(max(passes, 1)):
         for start in range(0, n, chunk):
             indices = list(range(start, min(start + chunk, n)))
             for i, st in zip(indices, time_group(indices)):
-                if best[i] is None or st["p50_ms"] < best[i]["p50_ms"]:
+                if best[i] is None or p50(st) < p50(best[i]):
                     best[i] = st
     return best
 
