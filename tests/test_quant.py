@@ -329,6 +329,22 @@ def test_export_quantizes_only_the_chosen_layers_and_matches_torch(tmp_path, fmt
     assert np.abs(out - ref).max() < 0.25 * np.abs(ref).max()
 
 
+def test_an_untrained_models_shared_zero_biases_still_fuse_into_int8_kernels(tmp_path):
+    """torch's exporter stores the equal (all-zero) folded biases of a fresh model once, read through Identity
+    nodes; quantized as they are, ONNX Runtime ran those layers as float convs dequantizing their weights per call."""
+    import onnxruntime as ort
+
+    net = tiny_net([W8, FP32])
+    graph, path = tiny_graph(net, tmp_path)
+    assert any(n.op_type == "Identity" for n in onnx.load(str(path)).graph.node)  # the exporter shared a bias
+    info = quantize_assignment(path, graph, [W8] * 9, torch.randn(16, 1, 16, 16), tmp_path / "m.onnx")
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(info.path), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+    assert ops.count("QLinearConv") == 8 and not {"Conv", "FusedConv"} & set(ops)
+
+
 def test_export_of_an_all_float_assignment_copies_the_model(tmp_path):
     net = tiny_net([W8, FP32])
     graph, path = tiny_graph(net, tmp_path)

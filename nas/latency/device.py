@@ -130,5 +130,14 @@ class Device:
         """Time ONNX files on random inputs at this device's batch, interleaved; one ``LatencyStats`` per file."""
         return self.time_sessions([self.open(p) for p in paths], timing, on_round)
 
+    def time_files_twice(self, paths: list[str | Path], timing: TimingConfig | None = None) -> list[LatencyStats]:
+        """``time_files``, all of ``paths`` timed twice over and each file's faster record kept: whole models measured
+        for a fit, where a slow spell of the machine over one pass would land on every model of it (as profiling
+        does for blocks, ``remote_measure.fastest_of_passes``)."""
+        sessions = [self.open(p) for p in paths]
+        return remote_measure.fastest_of_passes(lambda indices: self.time_sessions([sessions[i] for i in indices],
+                                                                                   timing),
+                                                len(sessions), len(sessions), p50=lambda st: st.p50_ms)
+
     def time_file(self, path: str | Path, timing: TimingConfig | None = None) -> LatencyStats:
         return self.time_files([path], timing)[0]

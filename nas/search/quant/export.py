@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import tempfile
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from onnx import numpy_helper
 
 from nas.errors import SearchError
 from nas.files import atomic_path
-from nas.latency.quantize import int8_weight_type, int8_weights_saturate
+from nas.latency.quantize import int8_weight_type, int8_weights_saturate, untie_shared_initializers
 from nas.search.quant.fake import activation_qparams, weight_qmax
 from nas.search.quant.graph import QuantGraph, tensor_bits
 from nas.search.quant.mixed import BitOption
@@ -179,11 +180,16 @@ def quantize_assignment(fp32_onnx: str | Path, graph: QuantGraph, assignment: li
             shutil.copyfile(fp32_onnx, tmp)
         return info
     model = onnx.load(str(fp32_onnx))
+    untied = untie_shared_initializers(model)  # each int8 layer's bias its own, so ONNX Runtime fuses its group
     overrides = quant_overrides(model, graph, assignment, tensor_ranges or {}, fmt)
     x = calibration_x.numpy() if isinstance(calibration_x, torch.Tensor) else calibration_x
     x = np.ascontiguousarray(x, dtype=np.float32)
-    with atomic_path(out_path) as tmp, quiet_logging():
-        quantize_static(str(fp32_onnx), str(tmp), _reader(x, batch_size),
+    with atomic_path(out_path) as tmp, quiet_logging(), tempfile.TemporaryDirectory(prefix="hwnas-q-") as work:
+        source = fp32_onnx
+        if untied:
+            source = Path(work) / "untied.onnx"
+            onnx.save(model, str(source))
+        quantize_static(str(source), str(tmp), _reader(x, batch_size),
                         quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator,
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=int8_weight_type(fmt),
                         nodes_to_quantize=[n for layer in chosen for n in layer.group_nodes],

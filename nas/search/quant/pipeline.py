@@ -118,7 +118,7 @@ def run_mixed_precision(prep: Prepared, run: RunDir, *, progress: Progress = no_
         with stage(progress, "fit latency cost", cfg.latency_fit_models + 1) as advance:
             samples = fit_input(data.train.first(cfg.calibration_samples), fit_net)
             latency_fit = fit_latency_cost(cost_ms, fit_net, samples,
-                                           lambda files: [s.p50_ms for s in measure_on.device.time_files(files)],
+                                           lambda files: [s.p50_ms for s in measure_on.device.time_files_twice(files)],
                                            lm.table.folder,
                                            count=cfg.latency_fit_models, seed=cfg.search.seed,
                                            on_progress=lambda d, t, note: advance(note=note))
