@@ -387,6 +387,25 @@ def test_target_is_met_by_steering_or_repair(tmp_path):
         fit_to_target(net, cost, [FP32] * 9, probs, cost.lower_bound() * 0.5)
 
 
+def test_repair_turns_a_whole_int8_run_where_no_single_layer_saves(tmp_path):
+    """Turning one layer of an int8 run to fp32 adds a transition on a large inner tensor; the whole run saves."""
+    net = tiny_net([W8, FP32])
+    graph, _ = tiny_graph(net, tmp_path)
+    inner = {graph.layers[4].output_tensor, graph.layers[5].output_tensor}
+    pair = np.array([0.2 if t.name in inner else 0.002 for t in graph.tensors])
+    edge = {t.name: i for i, t in enumerate(graph.tensors)}
+    int8 = [0.05 + 0.01 + (pair[edge[layer.input_tensor]] + pair[edge[layer.output_tensor]]) / 2
+            for layer in graph.layers]  # int8 compute 0.01 ms slower than fp32 in every layer
+    table = PrecisionCostTable(precision_graph(graph), 1.0, np.full(9, 0.05), np.array(int8), pair, PrecisionTerms())
+    cost = LatencyCost(graph, [W8, FP32], table)
+    start = [FP32] * 4 + [W8] * 3 + [FP32] * 2
+    probs = [[0.9, 0.1] if o == W8 else [0.1, 0.9] for o in start]
+    value = cost.of(start)
+    assert all(cost.of(start[:i] + [FP32] + start[i + 1:]) >= value for i in (4, 5, 6))  # no single layer saves
+    fixed, changed = fit_to_target(net, cost, start, probs, cost.of([FP32] * 9) + 1e-9)
+    assert fixed == [FP32] * 9 and changed == [net.names[i] for i in (4, 5, 6)]
+
+
 def test_forward_order_follows_execution_not_definition():
     class Swapped(nn.Module):
         def __init__(self):

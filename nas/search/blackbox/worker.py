@@ -6,11 +6,12 @@ ChamNet enqueue every candidate they propose; a table's repaired proposals are e
 sampler proposes (Optuna), a sampled one.
 
 The budget is exact across machines through the storage: before and after an evaluation a trial claims its unit
-(user attr ``claimed``) and counts the claims of lower-numbered trials; a trial with ``budget`` claims ahead of it,
-or one whose candidate a lower-numbered claim holds, is pruned without counting. A killed worker's claim fails with
-its trial, and the retried trial claims again (and reuses the result when the worker died after evaluating, before
-telling the study). A proposer's rerun rebuilds its history from the study (``StudyEvaluations.stored`` and
-``pending``); a study that holds its budget ends the proposer's wait.
+(user attr ``claimed``) and counts the claims ahead of it: those of lower-numbered trials, and those of
+higher-numbered ones that passed their last check (``counted``; a retried or late-taken trial can claim after
+them). A trial with ``budget`` claims ahead of it, or one whose candidate a claim ahead holds, is pruned without
+counting. A killed worker's claim fails with its trial, and the retried trial claims again (and reuses the result
+when the worker died after evaluating, before telling the study). A proposer's rerun rebuilds its history from the
+study (``StudyEvaluations.stored`` and ``pending``); a study that holds its budget ends the proposer's wait.
 """
 
 from __future__ import annotations
@@ -128,8 +129,10 @@ def _prune(trial: optuna.Trial, note: str):
 
 
 def _holder(study: optuna.Study, trial: optuna.Trial, key: str, budget: int) -> tuple[str | None, object]:
-    """Why this trial may not evaluate (budget reached, or a lower-numbered claim holds its candidate), if so."""
-    ahead = [t for t in claims(study) if t.number < trial.number]
+    """Why this trial may not evaluate (budget reached, or a claim ahead of it holds its candidate), if so. Ahead:
+    every lower-numbered claim, and a higher-numbered one that has passed its last check (``counted``): a retried or
+    late-taken trial can claim after a higher-numbered one has counted itself within the budget."""
+    ahead = [t for t in claims(study) if t.number < trial.number or t.user_attrs.get("counted")]
     same = next((t for t in ahead if t.user_attrs.get("key") == key), None)
     if same is not None:
         return f"candidate held by trial {same.number}", same
@@ -145,6 +148,7 @@ def evaluate_trial(job: StudyJob, trial: optuna.Trial) -> list[float]:
     evaluated = dict(trial.user_attrs)  # a retried trial's copy of the failed one's: its result, if it had one
     job.beat(trial)
     trial.set_user_attr("worker", worker_id())
+    trial.set_user_attr("counted", False)  # a retried trial carries the failed one's attributes
     trial.set_user_attr("last_seen", time.time())
     proposed = "proposed" in trial.user_attrs
     if job.proposer and not proposed:
@@ -202,8 +206,9 @@ def evaluate_trial(job: StudyJob, trial: optuna.Trial) -> list[float]:
             raise
         seconds = time.perf_counter() - start
     reason, _ = _holder(study, trial, key, job.budget)
-    if reason:  # a lower-numbered claim appeared meanwhile (a race between machines): this one does not count
+    if reason:  # a claim ahead appeared meanwhile (a race between machines): this one does not count
         _prune(trial, reason)
+    trial.set_user_attr("counted", True)
     value = float(metrics[problem.objective])
     trial.set_user_attr("metrics", {k: float(v) for k, v in metrics.items()})
     trial.set_user_attr("seconds", seconds)

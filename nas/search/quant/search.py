@@ -190,31 +190,52 @@ def init_logits(net: MixedPrecisionNet, float_prob: float) -> None:
 
 def fit_to_target(net: MixedPrecisionNet, cost: Cost, assignment: list[BitOption], probabilities: list[list[float]],
                   target: float) -> tuple[list[BitOption], list[str]]:
-    """Lower layers one at a time, each time the change that loses least log-probability per unit of cost saved,
-    until the assignment meets ``target``. SearchError if no assignment reachable this way does."""
+    """Change the assignment, each time by the move that loses least log-probability per unit of cost saved, until it
+    meets ``target``. A move sets one layer, a whole run of consecutive layers (forward order) that share an option,
+    or every layer to another option: with transition costs, turning one layer of an int8 run to fp32 adds two
+    transitions and may save nothing where turning the whole run saves much, and the uniform assignments, which
+    have no transitions, stay reachable. SearchError if no assignment reachable this way meets ``target``."""
+    def log_p(i: int, option: BitOption) -> float:
+        return math.log(max(probabilities[i][net.layers[i].options.index(option)], 1e-12))
+
     current = list(assignment)
     value = cost.of(current)
     changed: list[str] = []
     while value > target:
         best = None
-        for i, layer_probs in enumerate(probabilities):
-            options = net.layers[i].options
-            p_now = layer_probs[options.index(current[i])]
-            for j, option in enumerate(options):
-                if option == current[i]:
+        for layers in _move_groups(current):
+            for option in net.layers[layers[0]].options:
+                if all(current[i] == option for i in layers):
                     continue
-                trial = current[:i] + [option] + current[i + 1:]
+                if any(option not in net.layers[i].options for i in layers):
+                    continue
+                trial = [option if i in layers else o for i, o in enumerate(current)]
                 saved = value - cost.of(trial)
                 if saved <= 0:
                     continue
-                lost = math.log(max(p_now, 1e-12)) - math.log(max(layer_probs[j], 1e-12))
-                score = lost / saved
+                score = sum(log_p(i, current[i]) - log_p(i, option) for i in layers) / saved
                 if best is None or score < best[0]:
-                    best = (score, i, option, value - saved)
+                    best = (score, layers, option, value - saved)
         if best is None:
             raise SearchError(f"target {target:.4g} {cost.unit} cannot be met: the cheapest assignment found costs "
                               f"{value:.4g} {cost.unit}")
-        _, i, option, value = best
-        current[i] = option
-        changed.append(net.names[i])
+        _, layers, option, value = best
+        for i in layers:
+            if current[i] != option:
+                current[i] = option
+                changed.append(net.names[i])
     return current, changed
+
+
+def _move_groups(assignment: list[BitOption]) -> list[list[int]]:
+    """Each layer alone, each run of two or more consecutive layers with the same option, and all layers."""
+    groups = [[i] for i in range(len(assignment))]
+    if len(assignment) > 1:
+        groups.append(list(range(len(assignment))))
+    start = 0
+    for i in range(1, len(assignment) + 1):
+        if i == len(assignment) or assignment[i] != assignment[start]:
+            if i - start > 1:
+                groups.append(list(range(start, i)))
+            start = i
+    return groups
