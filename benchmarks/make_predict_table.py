@@ -10,7 +10,8 @@ How it is built (all real, nothing synthetic):
    split (``test_accuracy``).
 3. Each distinct architecture is exported to ONNX and its batch-1 latency measured with ONNX Runtime
    (CPUExecutionProvider, 1 thread, per-thread CPU clock, interleaved rounds of 32 models,
-   the device table's ``nas.latency.device.Device``; the lowest round median): ``latency_ms``.
+   the device table's ``nas.latency.device.Device``; the shipped table's figures are lowest round medians, the
+   statistic of the time it was built): ``latency_ms``.
 4. The space is profiled block by block into a device table (``nas.latency.profile``) and every arch predicted by
    the ``LatencyModel``: ``predicted_latency_ms``. MACs and params come from ``count_macs``/``count_params``;
    ``train_steps`` (epochs x batches per epoch) is the recipe's free proxy.

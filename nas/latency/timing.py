@@ -3,10 +3,11 @@
 Measuring on a shared machine: other processes preempt the timed thread and evict its caches, in bursts
 that last seconds. Timing one item after another lets a burst land on some items and not others, which
 wrecks the ranking. So a group of items is timed in **interleaved rounds**: each round runs every item
-(one untimed warm run, then ``runs_per_round`` timed runs) and keeps the round's median. An item's
-``p50_ms`` is the lowest round median (the median of its quietest round): interference only ever adds time,
-and on a quiet machine every round gives the same median. An item is *stable* once ``patience`` more rounds
-fail to lower it by more than ``rel_tol``; rounds stop at ``max_rounds`` or the time cap.
+(one untimed warm run, then ``runs_per_round`` timed runs) and keeps the round's median. An item is *stable*
+once ``patience`` more rounds fail to lower its lowest round median by more than ``rel_tol``; rounds stop at
+``max_rounds`` or the time cap. An item's ``p50_ms`` is the median of its uncontended runs, the fastest
+twentieth (``remote_measure.uncontended_ms``): interference only ever adds time, and on a shared machine a thread
+runs contended (1.5-2x slower) in a share of its runs that moves within seconds, which a median would follow.
 
 ``clock="cpu"`` times the calling thread's CPU time instead of wall time: with one intra-op thread ONNX
 Runtime computes on the calling thread, so time spent preempted is not counted (threads == 1 only).
@@ -46,7 +47,7 @@ class TimingConfig:
 
 @dataclass
 class LatencyStats:
-    """One timed item: the lowest round median (``p50_ms``), p90, mean and spread of every timed run."""
+    """One timed item: the median of its uncontended runs (``p50_ms``), p90, mean and spread of every timed run."""
 
     p50_ms: float
     p90_ms: float
