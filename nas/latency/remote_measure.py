@@ -36,9 +36,10 @@ def uncontended_ms(times):
     A shared machine switches between running a thread at full speed and running it contended (another tenant on
     the same core: 1.5-2x slower) many times a second, and the contended share moves from a few percent to nearly
     all runs within seconds, also in CPU time. A median, even a round's, follows that share; the fastest runs do
-    not (interference only adds time). 30 fbnet archs timed six times, three runs on a 2-vCPU VM: test-retest
-    Kendall tau 0.84-0.97 at 32 px against 0.72-0.92 for the lowest round median, 0.80-0.95 against 0.76-0.94 at
-    224 px (benchmarks/bench_timing.py)."""
+    not (interference only adds time). 30 fbnet archs timed six times, five runs on a 2-vCPU VM: test-retest
+    Kendall tau of the fastest twentieth or tenth 0.84-0.98 at 32 px against 0.72-0.92 for the lowest round median
+    in four of them, 0.48 against 0.35 in the fifth (the host heavily contended); at 224 px 0.80-0.95 against
+    0.76-0.94, and 0.75 against 0.70 (benchmarks/README, bench_timing.py)."""
     arr = np.sort(np.asarray(times, dtype=np.float64))
     return float(np.median(arr[:max(1, math.ceil(len(arr) * UNCONTENDED_SHARE))]))
 
