@@ -30,8 +30,8 @@ DEFAULT_TIMING = {"warmup": 5, "round_ms": 6.0, "min_runs": 5, "max_runs": 100, 
 UNCONTENDED_SHARE = 0.05  # the fastest twentieth of an item's runs
 
 
-def uncontended_ms(times):
-    """The median of the fastest ``UNCONTENDED_SHARE`` of ``times`` (about their 2.5th percentile).
+def uncontended_ms(times, share=UNCONTENDED_SHARE):
+    """The median of the fastest ``share`` of ``times`` (by default a twentieth: about their 2.5th percentile).
 
     A shared machine switches between running a thread at full speed and running it contended (another tenant on
     the same core: 1.5-2x slower) many times a second, and the contended share moves from a few percent to nearly
@@ -41,7 +41,7 @@ def uncontended_ms(times):
     in four of them, 0.48 against 0.35 in the fifth (the host heavily contended); at 224 px 0.80-0.95 against
     0.76-0.94, and 0.75 against 0.70 (benchmarks/README, bench_timing.py)."""
     arr = np.sort(np.asarray(times, dtype=np.float64))
-    return float(np.median(arr[:max(1, math.ceil(len(arr) * UNCONTENDED_SHARE))]))
+    return float(np.median(arr[:max(1, math.ceil(len(arr) * share))]))
 
 
 def time_interleaved(runs, timing=None, on_round=None):

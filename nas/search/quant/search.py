@@ -209,7 +209,9 @@ def fit_to_target(net: MixedPrecisionNet, cost: Cost, assignment: list[BitOption
                     continue
                 if any(option not in net.layers[i].options for i in layers):
                     continue
-                trial = [option if i in layers else o for i, o in enumerate(current)]
+                trial = list(current)
+                for i in layers:
+                    trial[i] = option
                 saved = value - cost.of(trial)
                 if saved <= 0:
                     continue
@@ -229,13 +231,14 @@ def fit_to_target(net: MixedPrecisionNet, cost: Cost, assignment: list[BitOption
 
 def _move_groups(assignment: list[BitOption]) -> list[list[int]]:
     """Each layer alone, each run of two or more consecutive layers with the same option, and all layers."""
-    groups = [[i] for i in range(len(assignment))]
-    if len(assignment) > 1:
-        groups.append(list(range(len(assignment))))
+    n = len(assignment)
+    groups = [[i] for i in range(n)]
     start = 0
-    for i in range(1, len(assignment) + 1):
-        if i == len(assignment) or assignment[i] != assignment[start]:
-            if i - start > 1:
+    for i in range(1, n + 1):
+        if i == n or assignment[i] != assignment[start]:
+            if 1 < i - start < n:  # a run that is not the whole model (added below)
                 groups.append(list(range(start, i)))
             start = i
+    if n > 1:
+        groups.append(list(range(n)))
     return groups
