@@ -164,9 +164,11 @@ def test_asynchronous_rounds_refit_while_the_workers_evaluate(tmp_path):
     for t in sorted(trials, key=lambda t: t.datetime_start):
         firsts.setdefault(t.user_attrs["worker"], t.datetime_start)
     assert len(set(firsts) - {me}) >= 2  # the local workers evaluated ...
-    last_ready = max(at for w, at in firsts.items() if w != me)
-    assert all(t.datetime_start <= last_ready for t in trials if t.user_attrs["worker"] == me)  # ... this process
-    # only while they were starting
+    if len(set(firsts) - {me}) == settings.workers:  # ... and this process only while they were starting: it stops
+        # once all have joined, which is before the last one's first trial (a worker that never got a trial gives no
+        # such bound); one trial may start between its check and the last join
+        last_ready = max(at for w, at in firsts.items() if w != me)
+        assert sum(t.datetime_start > last_ready for t in trials if t.user_attrs["worker"] == me) <= 1
     rounds = [r for r in detail["predictor"]["rounds"] if "running" in r]
     assert rounds and any(r["running"] > 0 for r in rounds)  # it refitted while evaluations ran
     history = (tmp_path / "run" / "history.csv").read_text().splitlines()
