@@ -14,7 +14,8 @@ references read, and how far the check's drift is from the drift the validated m
 predicted - 1).
 Part 2, where FLOPs fail: one table per setting, its validation archs measured twice (test-retest tau), against a
 linear fit of ms on FLOPs (and on parameters, and on BitOps for int8) fitted on the same calibration models as the
-table: ``tiny`` (fbnet 32 px, width 0.25, 10 classes), ``v2pool`` (fbnet_v2's operators and channel options at
+table, and, where the table fitted a layout term (``nas.latency.layout``), the same table refitted as a plain sum over
+blocks: ``tiny`` (fbnet 32 px, width 0.25, 10 classes), ``v2pool`` (fbnet_v2's operators and channel options at
 128-320 px pooled), ``batch`` (batch 8 beside batch 1, pooled), ``opt`` (graph optimisation none, basic, extended;
 ``all`` is part 1), ``threads`` (2 intra-op threads, wall clock: the measurement may not repeat) and ``mixed``
 (mixed int8 / fp32 per-layer assignments of one fbnet arch, ``trust_mixed.py``).
@@ -47,6 +48,7 @@ from trust_common import (
     print_figures,
     table_for,
     target_notes,
+    without_layouts,
 )
 
 from nas.arch.space import load_space
@@ -67,8 +69,8 @@ def measure_twice(lm: LatencyModel, setting: Setting, archs) -> tuple[list[float
 
 def setting_arrays(settings: list[Setting], root: Path, samples: int, seed: int) -> dict:
     """Predictions, two measurements and proxies of ``samples`` archs per setting, pooled over ``settings``."""
-    out = {"pred": [], "first": [], "second": [], "flops": [], "params": [], "cal": {"flops": ([], []),
-                                                                                     "params": ([], [])}}
+    out = {"pred": [], "plain": [], "first": [], "second": [], "flops": [], "params": [],
+           "cal": {"flops": ([], []), "params": ([], [])}}
     for setting in settings:
         lm, _ = table_for(setting, root)
         archs = validation_archs(setting.space, samples, seed)
@@ -76,6 +78,8 @@ def setting_arrays(settings: list[Setting], root: Path, samples: int, seed: int)
         first, second = measure_twice(lm, setting, archs)
         keys = [lm.arch_keys(setting.space, a, setting.bits) for a in archs]
         out["pred"] += [lm.predict_keys(k).ms for k in keys]
+        plain = without_layouts(lm) or lm
+        out["plain"] += [plain.predict_keys(k).ms for k in keys]
         out["first"] += first
         out["second"] += second
         out["flops"] += [setting.batch * arch_macs(lm, k) for k in keys]
@@ -91,7 +95,8 @@ def setting_figures(name: str, settings: list[Setting], root: Path, samples: int
     start = time.perf_counter()
     a = setting_arrays(settings, root, samples, seed)
     f = figures(name, a["pred"], a["first"], a["second"],
-                {p: (a[p], tuple(np.asarray(v) for v in a["cal"][p])) for p in ("flops", "params")}, notes)
+                {p: (a[p], tuple(np.asarray(v) for v in a["cal"][p])) for p in ("flops", "params")}, notes,
+                a["plain"] if a["plain"] != a["pred"] else None)
     f.notes += target_notes(f)
     f.seconds = time.perf_counter() - start
     return f

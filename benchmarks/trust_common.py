@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +16,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from nas.arch.space import Space  # noqa: E402
-from nas.latency.calibrate import calibrate, read_calibration  # noqa: E402
+from nas.latency.calibrate import calibrate, calibration_points, read_calibration  # noqa: E402
+from nas.latency.correction import fit_correction  # noqa: E402
 from nas.latency.device import Device  # noqa: E402
 from nas.latency.features import analytic_cost  # noqa: E402
 from nas.latency.model import LatencyModel  # noqa: E402
+from nas.latency.overhead import CallOverhead  # noqa: E402
 from nas.latency.profile import key_is_identity, profile_items, space_profile_items  # noqa: E402
 from nas.latency.table import list_devices  # noqa: E402
 from nas.latency.timing import TimingConfig  # noqa: E402
@@ -107,19 +109,35 @@ class Figures:
     retest_tau: float = float("nan")
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    without_layouts: dict | None = None  # the same table as a plain sum over blocks (where it fitted a layout term)
 
     def to_dict(self) -> dict:
         return {"setting": self.name, "samples": self.samples, "table": self.table, "proxies": self.proxies,
-                "retest_tau": self.retest_tau, "notes": self.notes, "seconds": self.seconds}
+                "retest_tau": self.retest_tau, "notes": self.notes, "seconds": self.seconds,
+                "without_layouts": self.without_layouts}
 
 
-def figures(name: str, predicted, measured, retest, proxies: dict[str, tuple], notes=()) -> Figures:
+def without_layouts(lm: LatencyModel) -> LatencyModel | None:
+    """The ablation of the layout term (``nas.latency.layout``): the same table with its correction refitted as a
+    plain sum over blocks; None where the table has no layout term."""
+    if not lm.correction.per_reorder_ms:
+        return None
+    overhead = CallOverhead.load(lm.table.folder)
+    correction = fit_correction([replace(p, reorders=0.0) for p in calibration_points(lm.table)],
+                                overhead.fixed_ms if overhead else 0.0)
+    correction.precision = lm.correction.precision
+    return LatencyModel(lm.table, correction, overhead)
+
+
+def figures(name: str, predicted, measured, retest, proxies: dict[str, tuple], notes=(),
+            predicted_without_layouts=None) -> Figures:
     """The figures of a setting. ``proxies``: name -> (values of the validation models, (calibration values,
     calibration ms)); each is judged as a linear fit of ms on it (its tau is the proxy's own ranking)."""
     measured = np.asarray(measured, dtype=np.float64)
     out = Figures(name, len(measured), accuracy(predicted, measured),
                   retest_tau=kendall_tau(measured, retest) if retest is not None else float("nan"),
-                  notes=list(notes))
+                  notes=list(notes), without_layouts=accuracy(predicted_without_layouts, measured)
+                  if predicted_without_layouts is not None else None)
     for proxy, (values, (x_cal, y_cal)) in proxies.items():
         values = np.asarray(values, dtype=np.float64)
         if np.ptp(values) == 0:
@@ -146,9 +164,11 @@ def print_figures(rows: list[Figures], file=sys.stdout) -> None:
         proxies = ", ".join(f"{p} {fmt(v['kendall_tau'])}" + (f" ({fmt(v['within_10pct'], True)}%)"
                                                                 if "within_10pct" in v else "")
                             for p, v in f.proxies.items())
+        plain = f.without_layouts
         print(f"{f.name:26s} {f.samples:3d} {fmt(t['within_5pct'], True)} {fmt(t['within_10pct'], True)} "
               f"{t['mape']:5.1f} {fmt(t['kendall_tau'])} {fmt(f.retest_tau):>6s} | {proxies}"
-              + (f"  [{'; '.join(f.notes)}]" if f.notes else ""), file=file)
+              + (f"; without the layout term {fmt(plain['kendall_tau'])} ({fmt(plain['within_10pct'], True)}%)"
+                 if plain else "") + (f"  [{'; '.join(f.notes)}]" if f.notes else ""), file=file)
 
 
 def target_notes(f: Figures) -> list[str]:

@@ -124,7 +124,8 @@ def table_clock(clock: str | None, device: str, tables_dir: Path | None, threads
 def correction_summary(corr) -> dict:
     """The fitted correction's figures for a JSON summary."""
     return {"calibration_models": corr.fitted_on, "base_ms": corr.base_ms, "scale": corr.scale,
-            "per_block_ms": corr.per_block_ms, "calibration_mape": corr.fit_mape, "uncorrected_mape": corr.raw_mape}
+            "per_block_ms": corr.per_block_ms, "per_reorder_ms": corr.per_reorder_ms, "calibration_mape": corr.fit_mape,
+            "uncorrected_mape": corr.raw_mape}
 
 
 def correction_line(corr) -> str:
@@ -133,8 +134,13 @@ def correction_line(corr) -> str:
         return (f"correction: the fit on {corr.fitted_on} whole models was degenerate (too few or too alike); "
                 f"predictions use the table sum plus {corr.base_ms:.3f} ms")
     return (f"correction on {corr.fitted_on} whole models: base {corr.base_ms:.3f} ms, scale {corr.scale:.3f}, "
-            f"per block {corr.per_block_ms:+.4f} ms; calibration MAPE {corr.fit_mape:.1f}% "
+            f"per block {corr.per_block_ms:+.4f} ms{reorder_note(corr)}; calibration MAPE {corr.fit_mape:.1f}% "
             f"(uncorrected sum {corr.raw_mape:.1f}%)")
+
+
+def reorder_note(corr) -> str:
+    """The layout term's weight, where the calibration fitted one (nas.latency.layout)."""
+    return f", per layout reorder {corr.per_reorder_ms * 1000:.2f} us" if corr.per_reorder_ms else ""
 
 
 OLD_POSITIONAL = {"allow_extra_args": True}  # the device given the old way, as the first argument
@@ -197,7 +203,8 @@ def show(ctx: typer.Context,
     print_table(grid)
     typer.echo(f"  {len(table)} rows ({info['unstable_rows']} did not reach a stable median); correction: base "
                f"{lm.base_ms:.3f} ms, scale {lm.correction.scale:.3f}, per block "
-               f"{lm.correction.per_block_ms:+.4f} ms, fitted on {lm.correction.fitted_on} whole models")
+               f"{lm.correction.per_block_ms:+.4f} ms{reorder_note(lm.correction)}, fitted on "
+               f"{lm.correction.fitted_on} whole models")
     if space:
         c = info["coverage"]
         typer.echo(f"  coverage of {c['space']} at {c['resolution']}px: {c['measured']} measured, "

@@ -19,6 +19,7 @@ from test_dnas_support import (
 from nas.arch.opkey import OpKey
 from nas.latency.calibrate import append_precision_row, fit_precision, refit_precision
 from nas.latency.correction import Correction, PrecisionTerms
+from nas.latency.layout import extra_reorders
 from nas.latency.profile import space_layer_keys
 from nas.models.builder import build_model
 from nas.models.onnx_io import export_onnx
@@ -65,19 +66,23 @@ def test_block_positions_give_every_arch_its_blocks_and_the_profiler_its_keys(ti
     assert {str(OpKey.from_block(b)) for p in positions for _, b in p.blocks()} == keys
 
 
-def test_prediction_expected_latency_and_population_costs_agree_fp32(tiny_v2):
+@pytest.mark.parametrize("per_reorder_ms", [0.0, 0.01])
+def test_prediction_expected_latency_and_population_costs_agree_fp32(tiny_v2, per_reorder_ms, monkeypatch):
     space, lm = tiny_v2
+    monkeypatch.setattr(lm.correction, "per_reorder_ms", per_reorder_ms)  # the layout term, off and on
     dist = ArchDistribution(space)
     with torch.no_grad():
         dist.logits.normal_(generator=torch.Generator().manual_seed(1))
     terms = LatencyTerms(dist, lm)
     joint = JointSpace(space)
     costs = ModelSpaceCosts(joint, {"dev": lm})
-    table = BlockCostTable.latency(joint, lm)
+    table, layout = BlockCostTable.latency(joint, lm)
     archs = all_archs(space)[::9]
     genomes = np.stack([joint.genome_of(a) for a in archs])
     population = costs.latency_ms(genomes)[:, 0]
-    gathered = lm.total_ms(table.per_block(genomes))
+    gathered = lm.total_ms(table.per_block(genomes), layout.per_block(genomes).astype(np.int64))
+    reorders = extra_reorders(np.stack([lm.layout_codes(lm.arch_keys(space, a)) for a in archs]))
+    assert lm.layouts and len(set(reorders)) > 1  # the profile read the blocks' layouts, and they matter here
     for arch, pop, gat in zip(archs, population, gathered):
         predicted = lm.predict(space, arch)
         assert float(terms.expected_ms(_one_hot_probs(dist, arch))) == pytest.approx(predicted, rel=1e-5)

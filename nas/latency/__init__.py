@@ -14,8 +14,10 @@ bundle | import | adapt`` (``predict MODEL.onnx`` for any ONNX model). A quick t
 Files in ``latency_tables/<device-id>/`` (base folder ``$HWNAS_LATENCY_TABLES`` or ``./latency_tables``):
 ``device.json`` (manifest), ``table.csv`` (one row per op key), ``call_overhead.json``, ``calibration.csv``
 (whole models measured on the device), ``precision_calibration.csv`` (whole mixed-precision models) and
-``correction.json`` (fitted ``base_ms``, ``scale``, ``per_block_ms`` and the ``precision`` terms), ``reference/``
-(the reference models), and for ONNX models ``kernels.csv`` and ``kernel_correction.json``.
+``correction.json`` (fitted ``base_ms``, ``scale``, ``per_block_ms``, ``per_reorder_ms`` and the ``precision``
+terms), ``layouts.csv`` (each block's memory layout as ONNX Runtime's optimised graph runs it, at level ``all`` on the
+CPU provider), ``reference/`` (the reference models), and for ONNX models ``kernels.csv`` and
+``kernel_correction.json``.
 
 Modules:
 - ``table``: ``LatencyTable`` (lock-safe appends, CRC-checked rows, truncation detection), ``DeviceManifest``.
@@ -38,6 +40,9 @@ Modules:
   of validate, check and a search's final measurement), ``check_drift`` (``hwnas latency check``), ``recalibrate``
   (one global rescale), ``measure_shipped`` (a search's final measurement, timed with the references).
 - ``correction``: ``Correction`` (with ``PrecisionTerms``) and its least-squares fit.
+- ``layout``: ``BlockLayout`` (a block's NCHWc entry, exit, residual and reorders, read from its optimised graph when
+  profiled) and the walk over a model's blocks that counts the layout reorders ONNX Runtime runs beyond the blocks'
+  own (``extra_reorders``; ``ExpectedReorders`` for DNAS): the one term of the prediction that is not a sum.
 - ``features``: key features (analytic MACs, params, bytes) for the fallback regressor.
 - ``model``: ``LatencyModel`` (``block_cost_ms``, ``is_estimated``, ``base_ms``, ``total_ms`` (the one base + sum),
   ``predict_keys``, ``arch_keys``, ``predict``, ``cost_table`` (block positions -> cost arrays), ``cost_tensor``,

@@ -36,6 +36,7 @@ from nas.latency.correction import (
 )
 from nas.latency.device import Device, check_provider
 from nas.latency.drift import pick_references, read_references, store_references
+from nas.latency.layout import extra_reorders, layout_codes, read_layouts
 from nas.latency.overhead import CallOverhead
 from nas.latency.profile import key_is_identity, single_thread_torch
 from nas.latency.quantize import quantize_int8
@@ -183,7 +184,9 @@ def refit_precision(folder: Path) -> Correction:
 def calibration_points(table: LatencyTable) -> list[CalibrationPoint]:
     """The calibration models whose keys the table holds, as per-family sums of net block times."""
     points = []
+    layouts = read_layouts(table.folder)
     for row in read_calibration(table.folder):
+        reorders = float(extra_reorders(layout_codes(row["keys"], layouts))[0]) if layouts else 0.0
         keys = [k for k in row["keys"] if not key_is_identity(k)]
         if any(k not in table for k in keys):
             continue
@@ -194,7 +197,8 @@ def calibration_points(table: LatencyTable) -> list[CalibrationPoint]:
             f = key_family(k)
             net[f] = net.get(f, 0.0) + net_block_ms(r)
             blocks[f] = blocks.get(f, 0) + 1
-        points.append(CalibrationPoint(net, blocks, sum(table.get(k)["p50_ms"] for k in keys), row["measured_ms"]))
+        points.append(CalibrationPoint(net, blocks, sum(table.get(k)["p50_ms"] for k in keys), row["measured_ms"],
+                                       reorders))
     return points
 
 

@@ -4,13 +4,15 @@ A block timed alone pays one session call (fixed cost plus bytes in and out); th
 per row (``overhead_ms``), and the correction starts from the block's net time ``p50_ms - overhead_ms``.
 Inside a whole model the blocks run back to back, caches are shared and the call is paid once, so
 
-    whole_ms = base_ms + sum_blocks (scale[f] * net_ms + per_block_ms[f])
+    whole_ms = base_ms + sum_blocks (scale[f] * net_ms + per_block_ms[f]) + per_reorder_ms * extra_reorders
 
 where ``f`` is the block's latency family, registered with its op (``nas.arch.ops.FAMILIES``: ``conv`` for the block
 vocabulary, ``token`` for transformer units and single quantised layers), fitted by least squares on the relative
 error of whole models measured on the device during profiling (the calibration set). A family without enough
 calibration models shares the device-wide fit. The form stays additive over keys, so a supernet's expected latency
-is exact and differentiable.
+is exact and differentiable, but for ``extra_reorders``: the layout reorders a model runs beyond those its blocks
+were timed with, which follow the blocks' order (``nas.latency.layout``; 0 where the device reads no layouts), and
+whose weight is fitted with the rest where the calibration models' counts differ.
 
 ``precision`` weighs the terms of a mixed-precision model (``PrecisionTerms``): inside one model, dozens of small
 QuantizeLinear / DequantizeLinear nodes and int8 kernels behave differently from the same ops timed alone, so
@@ -78,6 +80,7 @@ class Correction:
     family_scale: dict = field(default_factory=dict)  # {"conv": 1.1, "token": 0.9} where fitted separately
     family_per_block_ms: dict = field(default_factory=dict)
     precision: PrecisionTerms = field(default_factory=PrecisionTerms)
+    per_reorder_ms: float = 0.0  # per layout reorder beyond the blocks' own (nas.latency.layout); 0 = not fitted
     rescale: float = 1.0  # drift folded in by `hwnas latency check --recalibrate` (nas.latency.drift); 1 = as fitted
     history: list = field(default_factory=list)  # the corrections a rescale replaced, oldest first
 
@@ -91,8 +94,8 @@ class Correction:
         return self.scale_for(family) * net_ms + self.per_block_for(family)
 
     def model_ms(self, point: "CalibrationPoint") -> float:
-        return self.base_ms + sum(self.scale_for(f) * point.net_ms[f] + self.per_block_for(f) * point.blocks.get(f, 0)
-                                  for f in point.net_ms)
+        return self.base_ms + self.per_reorder_ms * point.reorders + sum(
+            self.scale_for(f) * point.net_ms[f] + self.per_block_for(f) * point.blocks.get(f, 0) for f in point.net_ms)
 
     def save(self, folder: Path) -> Path:
         path = Path(folder) / CORRECTION_FILE
@@ -112,7 +115,8 @@ class Correction:
         c = cls(**{k: v for k, v in d.items() if k in known})
         c.precision = PrecisionTerms(**c.precision) if isinstance(c.precision, dict) else PrecisionTerms()
         c.precision.coef
-        float(c.base_ms), float(c.scale), float(c.per_block_ms), float(c.rescale), list(c.history)
+        float(c.base_ms), float(c.scale), float(c.per_block_ms), float(c.per_reorder_ms), float(c.rescale)
+        list(c.history)
         {str(k): float(v) for k, v in {**c.family_scale, **c.family_per_block_ms}.items()}
         return c
 
@@ -125,30 +129,40 @@ class CalibrationPoint:
     blocks: dict[str, int]
     raw_ms: float
     measured_ms: float
+    reorders: float = 0.0  # extra layout reorders (``nas.latency.layout.extra_reorders``)
 
 
-def _lstsq(points: list[CalibrationPoint], families: list[str], with_blocks: bool) -> np.ndarray:
+def _lstsq(points: list[CalibrationPoint], families: list[str], with_blocks: bool, with_reorders: bool) -> np.ndarray:
     y = np.array([p.measured_ms for p in points])
     cols = [np.ones(len(points))] + [np.array([p.net_ms.get(f, 0.0) for p in points]) for f in families]
     if with_blocks:
         cols += [np.array([p.blocks.get(f, 0) for p in points], dtype=np.float64) for f in families]
+    if with_reorders:
+        cols.append(np.array([p.reorders for p in points], dtype=np.float64))
     a = np.stack(cols, axis=1) / y[:, None]  # relative error: every model counts the same, whatever its size
     coef, *_ = np.linalg.lstsq(a, np.ones(len(points)), rcond=None)
     return coef
 
 
-def _fit(points: list[CalibrationPoint], families: list[str]) -> tuple[float, dict, dict] | None:
-    """(base, scales, per-block terms) or None when the fit is degenerate."""
+def _fit(points: list[CalibrationPoint], families: list[str]) -> tuple[float, dict, dict, float] | None:
+    """(base, scales, per-block terms, per-reorder term) or None when the fit is degenerate. The reorder term is
+    fitted where the models' counts differ and there are points to spare; a negative weight (noise: a reorder
+    costs time) drops it."""
     n_params = 1 + 2 * len(families)
     ranges = [np.ptp([p.blocks.get(f, 0) for p in points]) for f in families]
     with_blocks = len(points) >= n_params + 2 and all(r > 0 for r in ranges)
-    coef = _lstsq(points, families, with_blocks)
+    with_reorders = len(points) >= n_params + 3 and np.ptp([p.reorders for p in points]) > 0
+    coef = _lstsq(points, families, with_blocks, with_reorders)
+    if with_reorders and coef[-1] < 0:
+        with_reorders, coef = False, _lstsq(points, families, with_blocks, False)
+    per_reorder = float(coef[-1]) if with_reorders else 0.0
+    coef = coef[:-1] if with_reorders else coef
     scales = dict(zip(families, map(float, coef[1:1 + len(families)])))
     per_block = dict(zip(families, map(float, coef[1 + len(families):]))) if with_blocks \
         else dict.fromkeys(families, 0.0)
     if not all(0.2 < s < 5.0 for s in scales.values()):
         return None
-    return float(coef[0]), scales, per_block
+    return float(coef[0]), scales, per_block, per_reorder
 
 
 def fit_correction(points: list[CalibrationPoint], default_base_ms: float) -> Correction:
@@ -158,15 +172,15 @@ def fit_correction(points: list[CalibrationPoint], default_base_ms: float) -> Co
     y = np.array([p.measured_ms for p in points])
     present = [f for f in FAMILIES if sum(p.net_ms.get(f, 0.0) > 0 for p in points) >= 3]
     shared = _fit([CalibrationPoint({"all": sum(p.net_ms.values())}, {"all": sum(p.blocks.values())},
-                                    p.raw_ms, p.measured_ms) for p in points], ["all"])
+                                    p.raw_ms, p.measured_ms, p.reorders) for p in points], ["all"])
     if shared is None:
         return Correction(base_ms=default_base_ms, fitted_on=len(points),
                           raw_mape=float(np.mean(np.abs(np.array([p.raw_ms for p in points]) - y) / y) * 100))
-    corr = Correction(shared[0], shared[1]["all"], shared[2]["all"], len(points))
+    corr = Correction(shared[0], shared[1]["all"], shared[2]["all"], len(points), per_reorder_ms=shared[3])
     if len(present) > 1:
         own = _fit(points, present)
         if own is not None:
-            corr.base_ms, corr.family_scale, corr.family_per_block_ms = own
+            corr.base_ms, corr.family_scale, corr.family_per_block_ms, corr.per_reorder_ms = own
     fitted = np.array([corr.model_ms(p) for p in points])
     corr.fit_mape = float(np.mean(np.abs(fitted - y) / y) * 100)
     corr.raw_mape = float(np.mean(np.abs(np.array([p.raw_ms for p in points]) - y) / y) * 100)

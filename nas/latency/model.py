@@ -1,17 +1,20 @@
 """LatencyModel: a device's table, its fitted correction and a fallback regressor, as one predictor.
 
-    ms(arch) = base_ms + sum over the arch's keys of block_cost_ms(key)
+    ms(arch) = base_ms + sum over the arch's keys of block_cost_ms(key) + per_reorder_ms * extra_reorders(arch)
 
 ``block_cost_ms`` is the corrected table entry (``correction.scale * (p50_ms - overhead_ms) +
 correction.per_block_ms``), 0 for identity blocks, or, for a key the table lacks, a scikit-learn regressor's
 estimate fitted on the table's rows (flagged in ``Prediction.estimated``; with ``allow_fallback=False`` a
-missing key raises ``LatencyTableError`` naming it). ``total_ms`` is the one place where ``base_ms`` is added to
-block costs: one arch's (``predict_keys``), a population's (an n x blocks array) or a supernet's expectation (a
-tensor). ``cost_table`` turns a space's block positions (``nas.arch.positions``) into cost arrays, one axis per
-decision, which DNAS's expected latency and the predictor searches' population costs are views of. Every search
-calls this; none re-implements it. ``precision_costs`` does the same for a quantisable model's layers at fp32 and
-int8 and the precision transitions between them (``nas.latency.precision``: the mixed-precision cost and its one
-formula).
+missing key raises ``LatencyTableError`` naming it). The last term counts the layout reorders ONNX Runtime runs in
+the whole model beyond those its blocks were timed with, from the blocks' layouts in model order
+(``nas.latency.layout``: the one term that is not a sum over blocks; 0 on devices without layouts).
+``total_ms`` is the one place where ``base_ms`` and that term are added to block costs: one arch's
+(``predict_keys``), a population's (an n x blocks array, with its n x blocks layout codes) or a supernet's
+expectation (a tensor, with the expected reorders). ``cost_table`` turns a space's block positions
+(``nas.arch.positions``) into cost arrays and layout codes, one axis per decision, which DNAS's expected latency and
+the predictor searches' population costs are views of. Every search calls this; none re-implements it.
+``precision_costs`` does the same for a quantisable model's layers at fp32 and int8 and the precision transitions
+between them (``nas.latency.precision``: the mixed-precision cost and its one formula).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from nas.arch.space import Arch, Space
 from nas.errors import LatencyTableError
 from nas.latency.correction import Correction, key_family, net_block_ms
 from nas.latency.features import key_features
+from nas.latency.layout import ExpectedReorders, extra_reorders, layout_codes, read_layouts
 from nas.latency.overhead import CallOverhead
 from nas.latency.precision import PrecisionCostTable, PrecisionGraph
 from nas.latency.profile import key_is_identity
@@ -86,6 +90,7 @@ class PositionCosts:
     position: BlockPosition
     keys: np.ndarray = field(repr=False)  # the OpKey of every entry (object array)
     cost_ms: np.ndarray  # float64, same shape
+    layout: np.ndarray = field(repr=False, default=None)  # int64 layout codes (nas.latency.layout), same shape
 
 
 class LatencyModel:
@@ -102,6 +107,7 @@ class LatencyModel:
         self.overhead = overhead
         self.correction = correction or Correction(base_ms=overhead.fixed_ms if overhead else 0.0)
         self._net_ms = {k: net_block_ms(r) for k, r in self.table.rows.items()}
+        self.layouts = read_layouts(self.table.folder)
         self._fallback: FallbackRegressor | None = None
         self._estimates: dict[str, float] = {}
 
@@ -170,19 +176,30 @@ class LatencyModel:
         self._estimate([k for k in keys if not key_is_identity(k)])
         return np.asarray([self.block_cost_ms(k) for k in keys], dtype=np.float64)
 
-    # ---- whole models -----------------------------------------------------------------------------------------
-    def total_ms(self, block_ms):
-        """Whole-model latency from block costs: ``base_ms`` + their sum over the last axis.
+    def layout_codes(self, keys: Iterable[OpKey]) -> np.ndarray:
+        """The keys' layout codes in model order (``nas.latency.layout.layout_codes``)."""
+        return layout_codes(list(keys), self.layouts)
 
-        ``block_ms``: one arch's costs (a sequence or a 1-D array), a population's (n x blocks array), or a
-        supernet's expected block costs (a tensor, differentiable)."""
+    # ---- whole models -----------------------------------------------------------------------------------------
+    def total_ms(self, block_ms, layout=None):
+        """Whole-model latency from block costs: ``base_ms`` + their sum over the last axis + the layout term.
+
+        ``block_ms``: one arch's costs (a sequence or a 1-D array) with ``layout`` its codes, a population's (n x
+        blocks arrays), or a supernet's expected block costs (a tensor, differentiable) with ``layout`` its expected
+        extra reorders (a tensor). ``layout`` None: no layout term."""
         if isinstance(block_ms, (list, tuple)):
             block_ms = np.asarray(block_ms, dtype=np.float64)
-        return block_ms.sum(-1) + self.base_ms
+        total = block_ms.sum(-1) + self.base_ms
+        if layout is None or not self.correction.per_reorder_ms:
+            return total
+        if isinstance(layout, torch.Tensor):
+            return total + self.correction.per_reorder_ms * layout
+        reorders = extra_reorders(layout)
+        return total + self.correction.per_reorder_ms * (reorders if np.ndim(layout) > 1 else float(reorders[0]))
 
     def predict_keys(self, keys: Iterable[OpKey]) -> Prediction:
         keys = list(keys)
-        total = self.total_ms(self.block_costs_ms(keys))
+        total = self.total_ms(self.block_costs_ms(keys), self.layout_codes(keys))
         estimated = [k for k in keys if self.is_estimated(k)]
         warnings = list(self.warnings)
         if estimated:
@@ -204,23 +221,29 @@ class LatencyModel:
         for position, array in zip(positions, keys):
             for index, block in position.blocks():
                 array[index] = OpKey.from_block(block, bits)
-        costs = self.block_costs_ms([k for array in keys for k in array.flat])
+        flat = [k for array in keys for k in array.flat]
+        costs, codes = self.block_costs_ms(flat), self.layout_codes(flat)
         out, start = [], 0
         for position, array in zip(positions, keys):
-            out.append(PositionCosts(position, array, costs[start:start + array.size].reshape(array.shape)))
-            start += array.size
+            end = start + array.size
+            out.append(PositionCosts(position, array, costs[start:end].reshape(array.shape),
+                                     codes[start:end].reshape(array.shape)))
+            start = end
         return out
 
     def cost_tensor(self, keys: Iterable[OpKey], dtype=torch.float32) -> torch.Tensor:
         """Costs of one layer's candidates as a tensor, to pair with its choice probabilities."""
         return torch.tensor(self.block_costs_ms(keys), dtype=dtype)
 
-    def expected_ms(self, probs: list[torch.Tensor], costs: list[torch.Tensor]) -> torch.Tensor:
-        """Differentiable expected latency: ``base_ms + sum_i (probs[i] * costs[i]).sum()``."""
+    def expected_ms(self, probs: list[torch.Tensor], costs: list[torch.Tensor],
+                    reorders: ExpectedReorders | None = None) -> torch.Tensor:
+        """Differentiable expected latency: ``base_ms + sum_i (probs[i] * costs[i]).sum()`` + the layout term's
+        expectation (``reorders``: the positions' ``ExpectedReorders``, in model order; None: no layout term)."""
         if len(probs) != len(costs):
             raise ValueError(f"expected_ms: {len(probs)} probability tensors but {len(costs)} cost tensors")
         terms = [(p * c.to(p.device, p.dtype)).sum() for p, c in zip(probs, costs)]
-        return self.total_ms(torch.stack(terms) if terms else torch.zeros(0))
+        reorders = reorders(probs) if reorders is not None and self.correction.per_reorder_ms else None
+        return self.total_ms(torch.stack(terms) if terms else torch.zeros(0), reorders)
 
     # ---- mixed precision ---------------------------------------------------------------------------------------------
     def precision_costs(self, model_keys: Iterable[OpKey], graph: PrecisionGraph) -> PrecisionCostTable:
@@ -239,5 +262,6 @@ class LatencyModel:
     def describe(self) -> dict:
         return {"device": self.device_id, "rows": len(self.table), "base_ms": self.base_ms,
                 "scale": self.correction.scale, "per_block_ms": self.correction.per_block_ms,
+                "per_reorder_ms": self.correction.per_reorder_ms, "blocks_with_layout": len(self.layouts),
                 "calibration_models": self.correction.fitted_on, "precision": asdict(self.correction.precision),
                 "warnings": self.warnings}

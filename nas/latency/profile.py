@@ -3,7 +3,9 @@
 ``space_profile_items`` enumerates every unique key a space can produce (all layers x candidates, every
 channel and resolution option); ``profile_items`` measures the ones the device table lacks, so a rerun after
 a crash (even ``kill -9``) measures only what is missing, and two profilers of one device share the work.
-Identity blocks cost nothing and are never measured. Keys with ``bits == 8`` are quantized to static int8
+Identity blocks cost nothing and are never measured. Each block's memory layout (``nas.latency.layout``) is read
+from the graph ONNX Runtime optimises for it, into ``layouts.csv`` beside the table (at level ``all`` on the CPU
+provider; a rerun reads the layouts an older table lacks). Keys with ``bits == 8`` are quantized to static int8
 with ``onnxruntime.quantization`` (calibrated on random inputs; QDQ unless the key says otherwise, see
 ``quantize``) before timing. Blocks are timed in interleaved chunks (see ``timing``).
 
@@ -40,6 +42,7 @@ from nas.arch.space import Space
 from nas.errors import LatencyTableError
 from nas.latency import remote_measure
 from nas.latency.device import Device, check_provider
+from nas.latency.layout import append_layout, block_layout, layouts_apply, read_layouts
 from nas.latency.overhead import CallOverhead, measure_call_overhead
 from nas.latency.quantize import int8_options, quantize_int8
 from nas.latency.table import DeviceManifest, LatencyTable
@@ -142,6 +145,14 @@ def item_onnx(item: ProfileItem, folder: Path) -> ExportedItem:
     return ExportedItem(path, macs, params, in_bytes, out_bytes)
 
 
+def record_layout(item: ProfileItem, device: Device, folder: Path) -> None:
+    """Read and keep the layout of an item measured before (``nas.latency.layout``)."""
+    with tempfile.TemporaryDirectory(prefix="hwnas-layout-") as tmp:
+        layout = block_layout(item_onnx(item, Path(tmp)).path, device)
+    if layout is not None:
+        append_layout(folder, item.key, layout)
+
+
 def row_metadata(e: ExportedItem, overhead: CallOverhead, batch: int = 1) -> dict:
     """A row's call overhead (for ``batch`` samples in and out) and its batch-1 MACs, params and bytes."""
     return {"overhead_ms": overhead.predict_ms(batch * e.in_bytes, batch * e.out_bytes), "macs": e.macs,
@@ -184,15 +195,19 @@ def profile_items(device: Device, items: list[ProfileItem], *, tables_dir: str |
 
     overhead = CallOverhead.load(table.folder)
     pending = list(unique.values())
+    with_layouts = layouts_apply(device)
     while pending:
         table.refresh()
         todo: list[ProfileItem] = []
+        layouts = read_layouts(table.folder) if with_layouts else {}
         while pending and len(todo) < chunk * remote_measure.SEGMENT:
             item = pending.pop(0)
             if key_is_identity(item.key):
                 counts["identity"] += 1
                 progress("identity")
             elif item.key in table:
+                if with_layouts and str(item.key) not in layouts:  # a table profiled before layouts were read
+                    record_layout(item, device, table.folder)
                 counts["skipped"] += 1
                 progress("already measured")
             else:
@@ -208,12 +223,15 @@ def profile_items(device: Device, items: list[ProfileItem], *, tables_dir: str |
                 folder = Path(tmp) / str(i)
                 folder.mkdir()
                 exported = item_onnx(item, folder)
-                prepared.append((item, device.open(exported.path), exported))
+                prepared.append((item, device.open(exported.path), exported,
+                                 block_layout(exported.path, device) if with_layouts else None))
         stats = remote_measure.fastest_of_passes(
             lambda idx: device.time_sessions([prepared[i][1] for i in idx], timing), len(prepared), chunk, passes,
             p50=lambda st: st.p50_ms)
-        for (item, _, e), st in zip(prepared, stats):
+        for (item, _, e, layout), st in zip(prepared, stats):
             row = {**st.to_dict(), **row_metadata(e, overhead, batch)}
+            if layout is not None:  # before the row: a table row without its layout is only an older table's
+                append_layout(table.folder, item.key, layout)
             wrote = table.append(item.key, row)
             counts["measured" if wrote else "skipped"] += 1
             counts["unstable"] += int(wrote and not st.stable)

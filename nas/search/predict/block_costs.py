@@ -7,7 +7,8 @@ of the built block), or taken whole from the device's ``LatencyModel.cost_table`
 gather and one sum, which is what lets the evolutionary search rank hundreds of thousands of candidates a minute.
 
 The sums equal the whole-model figures exactly: MACs and deployed params are additive over the blocks of a chain,
-and a latency is ``LatencyModel.total_ms`` of its block costs.
+and a latency is ``LatencyModel.total_ms`` of its block costs and layout codes (the walk over the codes is the
+one term that is not a sum).
 """
 
 from __future__ import annotations
@@ -47,10 +48,12 @@ class BlockCostTable:
                 self._columns[i, j], self._strides[i, j] = column[dim[0]](dim), strides[j]
 
     @classmethod
-    def latency(cls, joint: JointSpace, lm, bits: int = 32) -> "BlockCostTable":
-        """The device's block costs (``lm.cost_table`` of the space's positions); totals are ``lm.total_ms``."""
+    def latency(cls, joint: JointSpace, lm, bits: int = 32) -> tuple["BlockCostTable", "BlockCostTable"]:
+        """The device's block costs and layout codes (``lm.cost_table`` of the space's positions); totals are
+        ``lm.total_ms`` of the two."""
         positions = joint.space.block_positions(resolutions=joint.resolutions())
-        return cls(joint, values=[c.cost_ms for c in lm.cost_table(positions, bits)])
+        costs = lm.cost_table(positions, bits)
+        return cls(joint, values=[c.cost_ms for c in costs]), cls(joint, values=[c.layout for c in costs])
 
     @property
     def n_filled(self) -> int:

@@ -47,8 +47,9 @@ class ModelSpaceCosts:
         genomes = np.atleast_2d(genomes)
         if not self.devices:
             return np.zeros((len(genomes), 0))
-        return np.stack([self.latency_models[d].total_ms(self._latency[d].per_block(genomes))
-                         for d in self.devices], axis=1)
+        return np.stack([self.latency_models[d].total_ms(costs.per_block(genomes),
+                                                         layout.per_block(genomes).astype(np.int64))
+                         for d, (costs, layout) in self._latency.items()], axis=1)
 
     @property
     def proxy_names(self) -> list[str]:
