@@ -302,7 +302,8 @@ def predict(ref: str = typer.Argument(..., help="arch JSON, a space / model name
     blocks = [{"key": str(k), "cost_ms": lm.block_cost_ms(k), "estimated": lm.is_estimated(k)} for k in keys]
     if as_json:
         print_json({"device": device, "arch": arch.to_dict(), "predicted_ms": pred.ms, "base_ms": lm.base_ms,
-                    "estimated": [str(k) for k in pred.estimated], "warnings": pred.warnings, "blocks": blocks})
+                    "layout_ms": pred.layout_ms, "estimated": [str(k) for k in pred.estimated],
+                    "warnings": pred.warnings, "blocks": blocks})
         return
     grid = Table("block", "ms", "")
     for b in blocks:
@@ -311,7 +312,8 @@ def predict(ref: str = typer.Argument(..., help="arch JSON, a space / model name
     for w in pred.warnings:
         console.print(f"[yellow]warning:[/yellow] {w}")
     typer.echo(f"predicted {pred.ms:.3f} ms on {device} (base {lm.base_ms:.3f} ms + {len(keys)} blocks"
-               + (f", {len(pred.estimated)} estimated" if pred.estimated else "") + ")")
+               + (f", {len(pred.estimated)} estimated" if pred.estimated else "")
+               + (f"; layout reorders {pred.layout_ms:+.4f} ms" if pred.layout_ms else "") + ")")
 
 
 @latency_app.command("check", context_settings=OLD_POSITIONAL)

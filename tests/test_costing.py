@@ -85,6 +85,10 @@ def test_prediction_expected_latency_and_population_costs_agree_fp32(tiny_v2, pe
     assert lm.layouts and len(set(reorders)) > 1  # the profile read the blocks' layouts, and they matter here
     for arch, pop, gat in zip(archs, population, gathered):
         predicted = lm.predict(space, arch)
+        keys = lm.arch_keys(space, arch)
+        parts = lm.predict_keys(keys)  # what `latency predict` prints: base + blocks + the layout term
+        assert parts.ms == pytest.approx(lm.base_ms + lm.block_costs_ms(keys).sum() + parts.layout_ms, rel=1e-12)
+        assert (parts.layout_ms != 0) == bool(per_reorder_ms and extra_reorders([lm.layout_codes(keys)])[0])
         assert float(terms.expected_ms(_one_hot_probs(dist, arch))) == pytest.approx(predicted, rel=1e-5)
         assert terms.arch_ms(*dist.indices(arch)) == pytest.approx(predicted, rel=1e-12)
         assert pop == pytest.approx(predicted, rel=1e-12) and gat == pytest.approx(predicted, rel=1e-12)

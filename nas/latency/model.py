@@ -47,6 +47,7 @@ class Prediction:
     ms: float
     estimated: list[OpKey] = field(default_factory=list)  # keys answered by the fallback regressor
     warnings: list[str] = field(default_factory=list)
+    layout_ms: float = 0.0  # the layout term inside ``ms`` (nas.latency.layout): reorders beyond the blocks' own
 
     @property
     def is_estimated(self) -> bool:
@@ -199,13 +200,14 @@ class LatencyModel:
 
     def predict_keys(self, keys: Iterable[OpKey]) -> Prediction:
         keys = list(keys)
-        total = self.total_ms(self.block_costs_ms(keys), self.layout_codes(keys))
+        costs, codes = self.block_costs_ms(keys), self.layout_codes(keys)
+        total = self.total_ms(costs, codes)
         estimated = [k for k in keys if self.is_estimated(k)]
         warnings = list(self.warnings)
         if estimated:
             warnings.append(f"{len(estimated)} of {len(keys)} blocks are estimated by the fallback regressor "
                             f"(not in the table of device {self.device_id!r})")
-        return Prediction(float(total), estimated, warnings)
+        return Prediction(float(total), estimated, warnings, float(total - self.total_ms(costs)))
 
     @staticmethod
     def arch_keys(space: Space, arch: Arch, bits: int = 32) -> list[OpKey]:
