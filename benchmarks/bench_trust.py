@@ -2,7 +2,7 @@
 and adapts to a new device from 20 measurements; every figure from one command.
 
     .venv/bin/python benchmarks/bench_trust.py [--parts 1 2 3 4] [--samples 30] [--gap 10] [--clock cpu|wall]
-                                               [--settings tiny v2pool batch opt threads mixed] [--quick]
+                                               [--settings tiny tinyv2 v2pool batch opt threads mixed] [--quick]
                                                [--tables-dir DIR] [--json OUT.json]
 
 Part 1, measurements that hold: fbnet at 224 px, 1 thread, profiled and calibrated into a fresh table, then
@@ -14,11 +14,12 @@ references read, and how far the check's drift is from the drift the validated m
 predicted - 1).
 Part 2, where FLOPs fail: one table per setting, its validation archs measured twice (test-retest tau), against a
 linear fit of ms on FLOPs (and on parameters, and on BitOps for int8) fitted on the same calibration models as the
-table, and, where the table fitted a layout term (``nas.latency.layout``), the same table refitted as a plain sum over
-blocks: ``tiny`` (fbnet 32 px, width 0.25, 10 classes), ``v2pool`` (fbnet_v2's operators and channel options at
-128-320 px pooled), ``batch`` (batch 8 beside batch 1, pooled), ``opt`` (graph optimisation none, basic, extended;
-``all`` is part 1), ``threads`` (2 intra-op threads, wall clock: the measurement may not repeat) and ``mixed``
-(mixed int8 / fp32 per-layer assignments of one fbnet arch, ``trust_mixed.py``).
+table, and, where the table fitted a layout term (``nas.latency.layout``), the same table refitted as a plain sum
+over blocks: ``tiny`` (fbnet 32 px, width 0.25, 10 classes), ``tinyv2`` (fbnet_v2 the same way: ``make demo``'s
+space), ``v2pool`` (fbnet_v2's operators and channel options at 128-320 px pooled), ``batch`` (batch 8 beside batch
+1, pooled), ``opt`` (graph optimisation none, basic, extended; ``all`` is part 1), ``threads`` (2 intra-op threads,
+wall clock: the measurement may not repeat) and ``mixed`` (mixed int8 / fp32 per-layer assignments of one fbnet
+arch, ``trust_mixed.py``).
 Part 3, ``latency predict model.onnx`` on nine published architectures (``bench_predict_onnx.py``).
 Part 4, ``latency adapt`` with 20 measurements against the fully profiled table of B (``bench_adapt.py``).
 
@@ -57,7 +58,7 @@ from nas.latency.model import LatencyModel
 from nas.latency.validate import arch_macs, kendall_tau, measure_relative, validate, validation_archs
 from nas.run import RunDir
 
-SETTINGS = ("tiny", "v2pool", "batch", "opt", "threads", "mixed")
+SETTINGS = ("tiny", "tinyv2", "v2pool", "batch", "opt", "threads", "mixed")
 
 
 # ---- part 2: one setting ------------------------------------------------------------------------------------------
@@ -119,6 +120,10 @@ def part2(args, root: Path, base: Setting) -> list[Figures]:
         if name == "tiny":
             tiny = load_space("fbnet", resolution=32, width_multiplier=0.25, classes=10)
             rows.append(setting_figures("tiny 32px w0.25", [Setting("tiny", tiny, clock=args.clock)], root, samples))
+        elif name == "tinyv2":
+            tiny = load_space("fbnet_v2", resolution=32, width_multiplier=0.25, classes=10)
+            rows.append(setting_figures("fbnet_v2 32px w0.25", [Setting("tinyv2", tiny, clock=args.clock)], root,
+                                        samples))
         elif name == "v2pool":
             space = v2_pooled_space(args.quick)
             rows.append(setting_figures(f"fbnet_v2 {space.resolution_options[0]}-{space.resolution_options[-1]}px",
