@@ -31,6 +31,8 @@ from nas.search.blackbox.decisions import Decision
 from nas.search.blackbox.problem import Constraint, SearchProblem
 from nas.search.blackbox.study import (
     EXHAUSTED_ATTR,
+    GRACE_S,
+    ORPHAN_S,
     PROPOSER_DONE_ATTR,
     RECENT_S,
     claims,
@@ -106,9 +108,10 @@ class StudyJob:
 
     def drop_waiting(self) -> int:
         """Prune the trials still waiting in a study that holds its budget (no worker will take them, and the
-        status would count them as waiting forever); returns how many."""
+        status would count them as waiting forever), once no trial runs (``settle``); returns how many."""
         if len(evaluated_trials(self.study)) < self.budget:
             return 0
+        self.settle()
         study_id = self.storage.get_study_id_from_name(self.study.study_name)
         dropped = 0
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
@@ -120,6 +123,15 @@ class StudyJob:
             except optuna.exceptions.UpdateFinishedTrialError:
                 pass  # a worker took it meanwhile (and prunes it: the budget is reached)
         return dropped
+
+    def settle(self, timeout_s: float = GRACE_S + ORPHAN_S) -> None:
+        """Wait, at most ``timeout_s``, until no trial runs. A killed worker's trial shows running until the
+        heartbeat check fails it (``GRACE_S`` after its last heartbeat, ``ORPHAN_S`` after its start if it had
+        none); a run that reached its budget sooner would leave it running in the study for good."""
+        deadline = time.monotonic() + timeout_s
+        while self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) and time.monotonic() < deadline:
+            fail_stale_trials(self.study, self.storage)
+            time.sleep(POLL_S)
 
 
 def _prune(trial: optuna.Trial, note: str):
