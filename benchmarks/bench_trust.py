@@ -49,7 +49,7 @@ from trust_common import (
     print_figures,
     table_for,
     target_notes,
-    without_layouts,
+    ablations,
 )
 
 from nas.arch.space import load_space
@@ -70,7 +70,7 @@ def measure_twice(lm: LatencyModel, setting: Setting, archs) -> tuple[list[float
 
 def setting_arrays(settings: list[Setting], root: Path, samples: int, seed: int) -> dict:
     """Predictions, two measurements and proxies of ``samples`` archs per setting, pooled over ``settings``."""
-    out = {"pred": [], "plain": [], "first": [], "second": [], "flops": [], "params": [],
+    out = {"pred": [], "ablated": {}, "first": [], "second": [], "flops": [], "params": [],
            "cal": {"flops": ([], []), "params": ([], [])}}
     for setting in settings:
         lm, _ = table_for(setting, root)
@@ -79,8 +79,8 @@ def setting_arrays(settings: list[Setting], root: Path, samples: int, seed: int)
         first, second = measure_twice(lm, setting, archs)
         keys = [lm.arch_keys(setting.space, a, setting.bits) for a in archs]
         out["pred"] += [lm.predict_keys(k).ms for k in keys]
-        plain = without_layouts(lm) or lm
-        out["plain"] += [plain.predict_keys(k).ms for k in keys]
+        for name, ablated in ablations(lm).items():
+            out["ablated"].setdefault(name, []).extend(ablated.predict_keys(k).ms for k in keys)
         out["first"] += first
         out["second"] += second
         out["flops"] += [setting.batch * arch_macs(lm, k) for k in keys]
@@ -97,7 +97,7 @@ def setting_figures(name: str, settings: list[Setting], root: Path, samples: int
     a = setting_arrays(settings, root, samples, seed)
     f = figures(name, a["pred"], a["first"], a["second"],
                 {p: (a[p], tuple(np.asarray(v) for v in a["cal"][p])) for p in ("flops", "params")}, notes,
-                a["plain"] if a["plain"] != a["pred"] else None)
+                {n: p for n, p in a["ablated"].items() if len(p) == len(a["pred"])})
     f.notes += target_notes(f)
     f.seconds = time.perf_counter() - start
     return f

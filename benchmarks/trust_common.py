@@ -16,7 +16,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from nas.arch.space import Space  # noqa: E402
-from nas.latency.calibrate import calibrate, calibration_points, read_calibration  # noqa: E402
+from nas.latency.calibrate import (  # noqa: E402
+    CALIBRATION_MODELS,
+    calibrate,
+    calibration_points,
+    read_calibration,
+)
 from nas.latency.correction import fit_correction  # noqa: E402
 from nas.latency.device import Device  # noqa: E402
 from nas.latency.features import analytic_cost  # noqa: E402
@@ -57,7 +62,8 @@ class Setting:
         return TimingConfig(clock=self.clock)
 
 
-def table_for(setting: Setting, root: Path, calibration: int = 8) -> tuple[LatencyModel, float]:
+def table_for(setting: Setting, root: Path, calibration: int = CALIBRATION_MODELS
+              ) -> tuple[LatencyModel, float]:
     """The setting's device table under ``root`` (profiled and calibrated unless it is there); seconds spent."""
     start = time.perf_counter()
     if setting.device not in list_devices(root):
@@ -109,35 +115,42 @@ class Figures:
     retest_tau: float = float("nan")
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
-    without_layouts: dict | None = None  # the same table as a plain sum over blocks (where it fitted a layout term)
+    ablations: dict[str, dict] = field(default_factory=dict)  # the same table refitted without a term it fitted
 
     def to_dict(self) -> dict:
         return {"setting": self.name, "samples": self.samples, "table": self.table, "proxies": self.proxies,
                 "retest_tau": self.retest_tau, "notes": self.notes, "seconds": self.seconds,
-                "without_layouts": self.without_layouts}
+                "ablations": self.ablations}
 
 
-def without_layouts(lm: LatencyModel) -> LatencyModel | None:
-    """The ablation of the layout term (``nas.latency.layout``): the same table with its correction refitted as a
-    plain sum over blocks; None where the table has no layout term."""
-    if not lm.correction.per_reorder_ms:
-        return None
+ABLATION_NAMES = {"layout": "the layout term", "weights": "the weight term", "neither": "either"}
+ABLATIONS = {"layout": ("per_reorder_ms", "reorders"), "weights": ("per_weight_mb_ms", "weight_mb")}
+
+
+def ablations(lm: LatencyModel) -> dict[str, LatencyModel]:
+    """The table's correction refitted without each term it fitted (``ABLATIONS``: the layout term,
+    ``nas.latency.layout``; the weight term, ``nas.latency.correction``) and without all of them ("neither"), on the
+    same calibration models: what each term buys."""
+    fitted = [name for name, (field_, _) in ABLATIONS.items() if getattr(lm.correction, field_)]
     overhead = CallOverhead.load(lm.table.folder)
-    correction = fit_correction([replace(p, reorders=0.0) for p in calibration_points(lm.table)],
-                                overhead.fixed_ms if overhead else 0.0)
-    correction.precision = lm.correction.precision
-    return LatencyModel(lm.table, correction, overhead)
+    points = calibration_points(lm.table)
+    out = {}
+    for names in [[n] for n in fitted] + ([fitted] if len(fitted) > 1 else []):
+        zeroed = {ABLATIONS[n][1]: 0.0 for n in names}
+        correction = fit_correction([replace(p, **zeroed) for p in points], overhead.fixed_ms if overhead else 0.0)
+        correction.precision = lm.correction.precision
+        out["neither" if len(names) > 1 else names[0]] = LatencyModel(lm.table, correction, overhead)
+    return out
 
 
 def figures(name: str, predicted, measured, retest, proxies: dict[str, tuple], notes=(),
-            predicted_without_layouts=None) -> Figures:
+            ablated: dict[str, list] | None = None) -> Figures:
     """The figures of a setting. ``proxies``: name -> (values of the validation models, (calibration values,
     calibration ms)); each is judged as a linear fit of ms on it (its tau is the proxy's own ranking)."""
     measured = np.asarray(measured, dtype=np.float64)
     out = Figures(name, len(measured), accuracy(predicted, measured),
                   retest_tau=kendall_tau(measured, retest) if retest is not None else float("nan"),
-                  notes=list(notes), without_layouts=accuracy(predicted_without_layouts, measured)
-                  if predicted_without_layouts is not None else None)
+                  notes=list(notes), ablations={n: accuracy(p, measured) for n, p in (ablated or {}).items()})
     for proxy, (values, (x_cal, y_cal)) in proxies.items():
         values = np.asarray(values, dtype=np.float64)
         if np.ptp(values) == 0:
@@ -164,11 +177,10 @@ def print_figures(rows: list[Figures], file=sys.stdout) -> None:
         proxies = ", ".join(f"{p} {fmt(v['kendall_tau'])}" + (f" ({fmt(v['within_10pct'], True)}%)"
                                                                 if "within_10pct" in v else "")
                             for p, v in f.proxies.items())
-        plain = f.without_layouts
         print(f"{f.name:26s} {f.samples:3d} {fmt(t['within_5pct'], True)} {fmt(t['within_10pct'], True)} "
               f"{t['mape']:5.1f} {fmt(t['kendall_tau'])} {fmt(f.retest_tau):>6s} | {proxies}"
-              + (f"; without the layout term {fmt(plain['kendall_tau'])} ({fmt(plain['within_10pct'], True)}%)"
-                 if plain else "") + (f"  [{'; '.join(f.notes)}]" if f.notes else ""), file=file)
+              + "".join(f"; without {ABLATION_NAMES[n]} {fmt(a['kendall_tau'])} ({fmt(a['within_10pct'], True)}%)"
+                        for n, a in f.ablations.items()) + (f"  [{'; '.join(f.notes)}]" if f.notes else ""), file=file)
 
 
 def target_notes(f: Figures) -> list[str]:

@@ -173,5 +173,7 @@ def renamed(old_flag: str, new_flag: str, old_value, new_value):
     return old_value
 
 
+CALIBRATION_MODELS = 16  # nas.latency.calibrate.CALIBRATION_MODELS, here so that --help imports no torch
+
 TARGET_HELP = ("latency target: 2.5ms, pN (the Nth percentile of the space's predicted latency on the device: p40) "
                "or Fx:MODEL (F times MODEL's predicted latency there: 0.8x:fbnet_c)")

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from cli.app import (
+    CALIBRATION_MODELS,
     TARGET_HELP,
     app,
     console,
@@ -111,7 +112,8 @@ def profile_capacity(space: str = SPACE_OPT, device: str = DEVICE_OPT,
                      old_threads: Optional[int] = typer.Option(None, "--threads", hidden=True),
                      clock: Optional[str] = typer.Option(None, help="wall | cpu (calling thread's CPU time; 1 "
                                                          "thread); default: the device table's, else wall"),
-                     calibration: int = typer.Option(8, help="whole models measured to refit the correction (0: none)"),
+                     calibration: int = typer.Option(CALIBRATION_MODELS,
+                                                     help="whole models measured to refit the correction (0: none)"),
                      tables_dir: Optional[Path] = TABLES_OPT,
                      as_json: bool = typer.Option(False, "--json", help="print the summary as JSON")):
     """Measure every token-count unit of a vit_capacity space into a device table (resumable)."""

@@ -9,7 +9,16 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from cli.app import console, latency_app, print_json, print_table, print_warnings, progress_bar, renamed
+from cli.app import (
+    CALIBRATION_MODELS,
+    console,
+    latency_app,
+    print_json,
+    print_table,
+    print_warnings,
+    progress_bar,
+    renamed,
+)
 from cli.cmd_latency_onnx import is_onnx_file, predict_onnx_file
 
 SPACE_OPT = typer.Option(..., "--space", help="space name or YAML")
@@ -60,7 +69,8 @@ def profile(space: str = SPACE_OPT, device: str = DEVICE_OPT,
             old_threads: Optional[int] = typer.Option(None, "--threads", hidden=True),
             int8: bool = typer.Option(False, "--int8", help="also profile static QDQ int8 blocks (bits=8)"),
             batch: int = typer.Option(1, help="batch size the blocks and models are timed at"),
-            calibration: int = typer.Option(8, help="whole models measured to fit the correction (0: none)"),
+            calibration: int = typer.Option(CALIBRATION_MODELS,
+                                            help="whole models measured to fit the correction (0: none)"),
             optimization: str = typer.Option("all", help="graph optimisation: none | basic | extended | all"),
             clock: Optional[str] = typer.Option(None, help="wall: perf_counter; cpu: calling thread's CPU time (1 "
                                                              "thread, robust when other processes share the cores); "
@@ -124,7 +134,8 @@ def table_clock(clock: str | None, device: str, tables_dir: Path | None, threads
 def correction_summary(corr) -> dict:
     """The fitted correction's figures for a JSON summary."""
     return {"calibration_models": corr.fitted_on, "base_ms": corr.base_ms, "scale": corr.scale,
-            "per_block_ms": corr.per_block_ms, "per_reorder_ms": corr.per_reorder_ms, "calibration_mape": corr.fit_mape,
+            "per_block_ms": corr.per_block_ms, "per_reorder_ms": corr.per_reorder_ms,
+            "per_weight_mb_ms": corr.per_weight_mb_ms, "calibration_mape": corr.fit_mape,
             "uncorrected_mape": corr.raw_mape}
 
 
@@ -134,13 +145,14 @@ def correction_line(corr) -> str:
         return (f"correction: the fit on {corr.fitted_on} whole models was degenerate (too few or too alike); "
                 f"predictions use the table sum plus {corr.base_ms:.3f} ms")
     return (f"correction on {corr.fitted_on} whole models: base {corr.base_ms:.3f} ms, scale {corr.scale:.3f}, "
-            f"per block {corr.per_block_ms:+.4f} ms{reorder_note(corr)}; calibration MAPE {corr.fit_mape:.1f}% "
+            f"per block {corr.per_block_ms:+.4f} ms{terms_note(corr)}; calibration MAPE {corr.fit_mape:.1f}% "
             f"(uncorrected sum {corr.raw_mape:.1f}%)")
 
 
-def reorder_note(corr) -> str:
-    """The layout term's weight, where the calibration fitted one (nas.latency.layout)."""
-    return f", per layout reorder {corr.per_reorder_ms * 1000:.2f} us" if corr.per_reorder_ms else ""
+def terms_note(corr) -> str:
+    """The layout and weight terms' weights, where the calibration fitted them (nas.latency.correction)."""
+    return ((f", per layout reorder {corr.per_reorder_ms * 1000:.2f} us" if corr.per_reorder_ms else "")
+            + (f", per MB of weights {corr.per_weight_mb_ms:.4f} ms" if corr.per_weight_mb_ms else ""))
 
 
 OLD_POSITIONAL = {"allow_extra_args": True}  # the device given the old way, as the first argument
@@ -203,7 +215,7 @@ def show(ctx: typer.Context,
     print_table(grid)
     typer.echo(f"  {len(table)} rows ({info['unstable_rows']} did not reach a stable median); correction: base "
                f"{lm.base_ms:.3f} ms, scale {lm.correction.scale:.3f}, per block "
-               f"{lm.correction.per_block_ms:+.4f} ms{reorder_note(lm.correction)}, fitted on "
+               f"{lm.correction.per_block_ms:+.4f} ms{terms_note(lm.correction)}, fitted on "
                f"{lm.correction.fitted_on} whole models")
     if space:
         c = info["coverage"]

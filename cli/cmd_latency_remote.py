@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cli.app import latency_app, print_json, progress_bar
+from cli.app import CALIBRATION_MODELS, latency_app, print_json, progress_bar
 from cli.cmd_latency import SPACE_OPT, space_from_options
 
 
@@ -19,7 +19,7 @@ def bundle(space: str = SPACE_OPT,
            classes: Optional[int] = typer.Option(None, help="number of classes"),
            in_channels: Optional[int] = typer.Option(None, "--in-channels", help="input channels"),
            int8: bool = typer.Option(False, "--int8", help="also bundle static QDQ int8 blocks (bits=8)"),
-           calibration: int = typer.Option(8, help="whole calibration models to include"),
+           calibration: int = typer.Option(CALIBRATION_MODELS, help="whole calibration models to include"),
            as_json: bool = typer.Option(False, "--json", help="print the summary as JSON")):
     """Write a zip (block ONNX files, manifest, measure.py) to profile a device that cannot run hwnas."""
     from nas.latency.bundle import check_bundle_out, write_bundle

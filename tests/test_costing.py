@@ -66,10 +66,12 @@ def test_block_positions_give_every_arch_its_blocks_and_the_profiler_its_keys(ti
     assert {str(OpKey.from_block(b)) for p in positions for _, b in p.blocks()} == keys
 
 
-@pytest.mark.parametrize("per_reorder_ms", [0.0, 0.001])
-def test_prediction_expected_latency_and_population_costs_agree_fp32(tiny_v2, per_reorder_ms, monkeypatch):
+@pytest.mark.parametrize("per_reorder_ms,per_weight_mb_ms", [(0.0, 0.0), (0.001, 0.0), (0.001, 0.02)])
+def test_prediction_expected_latency_and_population_costs_agree_fp32(tiny_v2, per_reorder_ms, per_weight_mb_ms,
+                                                                     monkeypatch):
     space, lm = tiny_v2
     monkeypatch.setattr(lm.correction, "per_reorder_ms", per_reorder_ms)  # the layout term, off and on
+    monkeypatch.setattr(lm.correction, "per_weight_mb_ms", per_weight_mb_ms)  # the weight term, off and on
     dist = ArchDistribution(space)
     with torch.no_grad():
         dist.logits.normal_(generator=torch.Generator().manual_seed(1))

@@ -122,6 +122,42 @@ def test_correction_fits_each_op_family():
     assert fit_correction(only_conv[:1], default_base_ms=0.05).base_ms == 0.05  # too few models: not fitted
 
 
+def test_the_correction_weighs_the_blocks_weights_where_they_cost_time_and_drift_scales_it(tmp_path):
+    from nas.latency.correction import CalibrationPoint, Correction, block_weight_mb, fit_correction
+    from nas.latency.drift import DriftCheck, recalibrate
+
+    rng = np.random.default_rng(1)
+    points = []
+    for _ in range(16):
+        net, blocks = float(rng.uniform(0.05, 0.1)), int(rng.integers(12, 22))
+        weights, reorders = float(rng.uniform(0.3, 1.0)), float(rng.integers(-30, -5))
+        points.append(CalibrationPoint({"conv": net}, {"conv": blocks}, net, 0.01 + 1.2 * net + 0.0002 * blocks
+                                       + 0.02 * weights + 0.0005 * reorders, reorders, weights))
+    fitted = fit_correction(points, 0.0)
+    assert fitted.per_weight_mb_ms == pytest.approx(0.02, rel=1e-4)
+    assert fitted.per_reorder_ms == pytest.approx(0.0005, rel=1e-4) and fitted.fit_mape < 1e-6
+    assert fitted.block_ms(0.01, "conv", 0.5) == pytest.approx(1.2 * 0.01 + 0.0002 + 0.02 * 0.5, rel=1e-4)
+    # weights that save time are noise: that term goes, the others are refitted without it
+    noise = [CalibrationPoint(p.net_ms, p.blocks, p.raw_ms, 0.01 + 1.2 * p.net_ms["conv"] - 0.01 * p.weight_mb
+                              + 0.0005 * p.reorders, p.reorders, p.weight_mb) for p in points]
+    refitted = fit_correction(noise, 0.0)
+    assert refitted.per_weight_mb_ms == 0.0 and refitted.per_reorder_ms > 0
+    # too few models to spare: no weight term (a plain scale, per-block term and base on 5 models)
+    assert fit_correction(points[:5], 0.0).per_weight_mb_ms == 0.0
+    # a block's weights: its row's params at the key's bits; the op's own count where the row has none
+    key = OpKey("ir_k3_e6", 16, 24, 1, 8)
+    assert block_weight_mb(key, {"params": 4000}) == pytest.approx(0.016)
+    assert block_weight_mb(OpKey("ir_k3_e6", 16, 24, 1, 8, bits=8), {"params": 4000}) == pytest.approx(0.004)
+    assert block_weight_mb(key, None) > 0
+    # `latency check --recalibrate` scales it with the rest; an older correction.json loads without it
+    fitted.save(tmp_path)
+    rescaled = recalibrate(SimpleNamespace(folder=tmp_path, device_id="d"),
+                           DriftCheck("d", 10.0, 1.0, [], None, {}))
+    assert rescaled.per_weight_mb_ms == pytest.approx(0.022, rel=1e-4)
+    (tmp_path / "correction.json").write_text(json.dumps({"base_ms": 0.5, "scale": 1.1, "per_block_ms": 0.0}))
+    assert Correction.load(tmp_path).per_weight_mb_ms == 0.0
+
+
 def test_expected_ms_is_differentiable_and_matches_one_hot(tiny_tables, tiny_fbnet):
     lm = LatencyModel.load("tiny", tables_dir=tiny_tables)
     blocks = tiny_fbnet.resolve(tiny_fbnet.fixed_arch())[1:-2]

@@ -70,3 +70,15 @@ def test_help_shows_the_new_names_only(cli, command, shown, hidden):
     text = cli(*command, "--help", env={"COLUMNS": "250"}).stdout
     flags = {word.strip("│,") for word in text.split()}
     assert set(shown) <= flags and not set(hidden) & flags, (command, sorted(f for f in flags if f.startswith("--")))
+
+
+def test_the_clis_calibration_default_is_the_librarys():
+    import inspect
+
+    from cli.app import CALIBRATION_MODELS as cli_default
+    from nas.latency.bundle import write_bundle
+    from nas.latency.calibrate import CALIBRATION_MODELS, calibrate
+
+    assert cli_default == CALIBRATION_MODELS  # kept in cli.app so that --help imports no torch
+    for function, name in ((calibrate, "models"), (write_bundle, "calibration")):
+        assert inspect.signature(function).parameters[name].default == CALIBRATION_MODELS

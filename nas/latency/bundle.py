@@ -28,6 +28,7 @@ from nas.errors import LatencyTableError
 from nas.files import atomic_path, current_umask, write_json
 from nas.latency import remote_measure
 from nas.latency.calibrate import (
+    CALIBRATION_MODELS,
     append_calibration,
     arch_calibration_model,
     calibration_archs,
@@ -51,7 +52,8 @@ from nas.latency.table import (
 OVERHEAD_SIZES = (1, 50_000, 200_000, 600_000)
 
 
-def write_bundle(space: Space, out: str | Path, *, bits: tuple[int, ...] = (32,), calibration: int = 8,
+def write_bundle(space: Space, out: str | Path, *, bits: tuple[int, ...] = (32,),
+                 calibration: int = CALIBRATION_MODELS,
                  on_progress: Callable[[int, int, str], None] | None = None, blocks: bool = True,
                  model_bits: int = 32) -> dict:
     """Write the measuring bundle for ``space`` to ``out`` (.zip, atomically); return its manifest. ``blocks``

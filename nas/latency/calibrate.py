@@ -29,6 +29,7 @@ from nas.files import atomic_path
 from nas.latency.correction import (
     CalibrationPoint,
     Correction,
+    block_weight_mb,
     PrecisionTerms,
     fit_correction,
     key_family,
@@ -84,14 +85,15 @@ def export_arch(space: Space, arch: Arch, path: Path, bits: int = 32) -> Path:
     return Path(path)
 
 
-MAX_CALIBRATION_MODELS = 100  # whole models timed to fit a correction of a few terms (default 8)
+CALIBRATION_MODELS = 16  # whole models timed to fit the correction: its up to 6 terms, with points to spare
+MAX_CALIBRATION_MODELS = 100
 
 
 def check_calibration_count(count: int) -> None:
     """LatencyTableError for a ``--calibration`` below 0 or above ``MAX_CALIBRATION_MODELS``."""
     if not 0 <= count <= MAX_CALIBRATION_MODELS:
         raise LatencyTableError(f"--calibration {count}: give 0 (no correction) to {MAX_CALIBRATION_MODELS} whole "
-                                f"models (8 by default fit the correction's few terms)")
+                                f"models ({CALIBRATION_MODELS} by default fit the correction's few terms)")
 
 
 def calibration_archs(space: Space, count: int, seed: int = 12345) -> list[Arch]:
@@ -198,7 +200,7 @@ def calibration_points(table: LatencyTable) -> list[CalibrationPoint]:
             net[f] = net.get(f, 0.0) + net_block_ms(r)
             blocks[f] = blocks.get(f, 0) + 1
         points.append(CalibrationPoint(net, blocks, sum(table.get(k)["p50_ms"] for k in keys), row["measured_ms"],
-                                       reorders))
+                                       reorders, sum(block_weight_mb(k, table.get(k)) for k in keys)))
     return points
 
 
@@ -266,7 +268,8 @@ def arch_calibration_model(space: Space, arch: Arch, bits: int = 32) -> Calibrat
                             lambda path: export_arch(space, arch, path, bits))
 
 
-def calibrate(device: Device, space: Space, *, models: int = 8, tables_dir: str | Path | None = None,
+def calibrate(device: Device, space: Space, *, models: int = CALIBRATION_MODELS,
+              tables_dir: str | Path | None = None,
               timing: TimingConfig | None = None, on_progress: Callable[[int, int, str], None] | None = None,
               bits: int = 32) -> Correction:
     """Measure ``models`` whole models of ``space`` (skipping those already measured; ``bits`` 8: static int8

@@ -174,6 +174,7 @@ def recalibrate(table: LatencyTable, check: DriftCheck) -> Correction:
     old = {k: v for k, v in asdict(correction).items() if k != "history"}
     new = replace(correction, base_ms=correction.base_ms * factor, scale=correction.scale * factor,
                   per_block_ms=correction.per_block_ms * factor, per_reorder_ms=correction.per_reorder_ms * factor,
+                  per_weight_mb_ms=correction.per_weight_mb_ms * factor,
                   family_scale={f: s * factor for f, s in correction.family_scale.items()},
                   family_per_block_ms={f: s * factor for f, s in correction.family_per_block_ms.items()},
                   precision=replace(correction.precision,

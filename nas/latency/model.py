@@ -3,7 +3,8 @@
     ms(arch) = base_ms + sum over the arch's keys of block_cost_ms(key) + per_reorder_ms * extra_reorders(arch)
 
 ``block_cost_ms`` is the corrected table entry (``correction.scale * (p50_ms - overhead_ms) +
-correction.per_block_ms``), 0 for identity blocks, or, for a key the table lacks, a scikit-learn regressor's
+correction.per_block_ms + correction.per_weight_mb_ms * weight_mb``, see ``nas.latency.correction``), 0 for identity
+blocks, or, for a key the table lacks, a scikit-learn regressor's
 estimate fitted on the table's rows (flagged in ``Prediction.estimated``; with ``allow_fallback=False`` a
 missing key raises ``LatencyTableError`` naming it). The last term counts the layout reorders ONNX Runtime runs in
 the whole model beyond those its blocks were timed with, from the blocks' layouts in model order
@@ -30,7 +31,7 @@ from nas.arch.opkey import OpKey
 from nas.arch.positions import BlockPosition
 from nas.arch.space import Arch, Space
 from nas.errors import LatencyTableError
-from nas.latency.correction import Correction, key_family, net_block_ms
+from nas.latency.correction import Correction, block_weight_mb, key_family, net_block_ms
 from nas.latency.features import key_features
 from nas.latency.layout import ExpectedReorders, extra_reorders, layout_codes, read_layouts
 from nas.latency.overhead import CallOverhead
@@ -169,7 +170,8 @@ class LatencyModel:
         """Corrected additive contribution of one block; 0.0 for identity blocks."""
         if key_is_identity(key):
             return 0.0
-        return self.correction.block_ms(self.net_ms(key), key_family(key))
+        weights = block_weight_mb(key, self.table.get(key)) if self.correction.per_weight_mb_ms else 0.0
+        return self.correction.block_ms(self.net_ms(key), key_family(key), weights)
 
     def block_costs_ms(self, keys: Iterable[OpKey]) -> np.ndarray:
         """``block_cost_ms`` of many keys (missing ones estimated in one batch)."""
