@@ -107,10 +107,13 @@ def _mixed_cost(space, lm, tmp_path):
     return arch, graph, make_cost("latency", graph, [INT8, FP32], lm, space, arch)
 
 
-def test_mixed_precision_cost_is_the_latency_model_at_all_fp32_and_all_int8(tiny_v2, tmp_path):
+def test_mixed_precision_cost_is_the_latency_model_at_all_fp32_and_all_int8(tiny_v2, tmp_path, monkeypatch):
     space, lm = tiny_v2
     before = lm.correction.precision
     lm.correction.precision = PrecisionTerms(1.2, 0.8, 0.003, fitted_on=3)  # as a device's fit would set it
+    # the weight term: in the fp32 model's prediction, not in the per-layer deltas (fitted on fp32 models, it
+    # would credit int8 layers with a saving their smaller weights do not make)
+    monkeypatch.setattr(lm.correction, "per_weight_mb_ms", 0.02)
     try:
         arch, graph, cost = _mixed_cost(space, lm, tmp_path)
         assert cost.table.precision.coef == (1.2, 0.8, 0.003)
@@ -118,8 +121,11 @@ def test_mixed_precision_cost_is_the_latency_model_at_all_fp32_and_all_int8(tiny
         assert cost.of([FP32] * n) == pytest.approx(lm.predict(space, arch, 32), rel=1e-6)
         # all int8: every layer's own int8 time without the Q/DQ pair halves it was measured with, plus the
         # transitions an all-int8 model still has (into the first layer, out to float readers), weighted by the fit
-        half = {t.name: lm.block_cost_ms(transition_key(t)) / 2 for t in graph.tensors if t.shape}
-        compute = sum(lm.block_cost_ms(layer_key(layer, 8)) - lm.block_cost_ms(layer_key(layer, 32))
+        keys = precision_graph(graph).keys()
+        assert all(lm.weight_ms(layer_key(layer, 32)) > 0 for layer in graph.layers)
+        own = {str(k): lm.block_cost_ms(k) - lm.weight_ms(k) for k in keys}
+        half = {t.name: own[str(transition_key(t))] / 2 for t in graph.tensors if t.shape}
+        compute = sum(own[str(layer_key(layer, 8))] - own[str(layer_key(layer, 32))]
                       - half.get(layer.input_tensor, 0.0) - half.get(layer.output_tensor, 0.0) for layer in graph.layers)
         quantize = [t for t in graph.tensors if t.producer is None and t.consumers]
         dequantize = [t for t in graph.tensors if t.producer is not None and t.float_consumers]

@@ -136,7 +136,7 @@ def test_the_correction_weighs_the_blocks_weights_where_they_cost_time_and_drift
     fitted = fit_correction(points, 0.0)
     assert fitted.per_weight_mb_ms == pytest.approx(0.02, rel=1e-4)
     assert fitted.per_reorder_ms == pytest.approx(0.0005, rel=1e-4) and fitted.fit_mape < 1e-6
-    assert fitted.block_ms(0.01, "conv", 0.5) == pytest.approx(1.2 * 0.01 + 0.0002 + 0.02 * 0.5, rel=1e-4)
+    assert fitted.model_ms(points[0]) == pytest.approx(points[0].measured_ms, rel=1e-6)
     # weights that save time are noise: that term goes, the others are refitted without it
     noise = [CalibrationPoint(p.net_ms, p.blocks, p.raw_ms, 0.01 + 1.2 * p.net_ms["conv"] - 0.01 * p.weight_mb
                               + 0.0005 * p.reorders, p.reorders, p.weight_mb) for p in points]

@@ -22,7 +22,10 @@ are ordered by it: fbnet_v2 at 32 px, width 0.25, Kendall tau 0.93-0.95 with it 
 (``benchmarks/bench_trust.py --settings tinyv2``, three fresh tables); fbnet the same way 0.75 against 0.62 on 60
 models in one run, 0.00-0.01 apart in three others; at 224 px no change. The reorder and weight terms are fitted
 where the calibration models' values differ and there are points to spare (16 models by default), and dropped
-where their fitted weight is negative (noise: neither saves time).
+where their fitted weight is negative (noise: neither saves time). The mixed-precision costs
+(``LatencyModel.precision_costs``) keep the weight term in the fp32 model and out of the per-layer int8 deltas:
+fitted on fp32 models, it would credit an int8 layer with a saving its smaller weights did not make (mixed int8 /
+fp32 assignments of one fbnet arch at 224 px ranked 0.78 with it there against 0.84 without, on one measurement).
 
 ``precision`` weighs the terms of a mixed-precision model (``PrecisionTerms``): inside one model, dozens of small
 QuantizeLinear / DequantizeLinear nodes and int8 kernels behave differently from the same ops timed alone, so
@@ -109,8 +112,9 @@ class Correction:
     def per_block_for(self, family: str) -> float:
         return float(self.family_per_block_ms.get(family, self.per_block_ms))
 
-    def block_ms(self, net_ms: float, family: str = "conv", weight_mb: float = 0.0) -> float:
-        return self.scale_for(family) * net_ms + self.per_block_for(family) + self.per_weight_mb_ms * weight_mb
+    def block_ms(self, net_ms: float, family: str = "conv") -> float:
+        """A block's corrected cost without its weight term (``LatencyModel.block_cost_ms`` adds it)."""
+        return self.scale_for(family) * net_ms + self.per_block_for(family)
 
     def model_ms(self, point: "CalibrationPoint") -> float:
         return self.base_ms + self.per_reorder_ms * point.reorders + self.per_weight_mb_ms * point.weight_mb + sum(

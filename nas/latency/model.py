@@ -15,7 +15,7 @@ expectation (a tensor, with the expected reorders). ``cost_table`` turns a space
 (``nas.arch.positions``) into cost arrays and layout codes, one axis per decision, which DNAS's expected latency and
 the predictor searches' population costs are views of. Every search calls this; none re-implements it.
 ``precision_costs`` does the same for a quantisable model's layers at fp32 and int8 and the precision transitions
-between them (``nas.latency.precision``: the mixed-precision cost and its one formula).
+between them (their costs without the weight term, which only the fp32 model's prediction carries) (``nas.latency.precision``: the mixed-precision cost and its one formula).
 """
 
 from __future__ import annotations
@@ -170,8 +170,13 @@ class LatencyModel:
         """Corrected additive contribution of one block; 0.0 for identity blocks."""
         if key_is_identity(key):
             return 0.0
-        weights = block_weight_mb(key, self.table.get(key)) if self.correction.per_weight_mb_ms else 0.0
-        return self.correction.block_ms(self.net_ms(key), key_family(key), weights)
+        return self.correction.block_ms(self.net_ms(key), key_family(key)) + self.weight_ms(key)
+
+    def weight_ms(self, key: OpKey) -> float:
+        """The weight term inside ``block_cost_ms`` (``nas.latency.correction``; 0 where none was fitted)."""
+        if key_is_identity(key) or not self.correction.per_weight_mb_ms:
+            return 0.0
+        return self.correction.per_weight_mb_ms * block_weight_mb(key, self.table.get(key))
 
     def block_costs_ms(self, keys: Iterable[OpKey]) -> np.ndarray:
         """``block_cost_ms`` of many keys (missing ones estimated in one batch)."""
@@ -256,7 +261,7 @@ class LatencyModel:
         ``correction.precision`` (``nas.latency.precision``)."""
         model = self.predict_keys(model_keys)
         keys = graph.keys()
-        cost = dict(zip(map(str, keys), self.block_costs_ms(keys)))
+        cost = dict(zip(map(str, keys), self.block_costs_ms(keys) - [self.weight_ms(k) for k in keys]))
         estimated = list(dict.fromkeys(model.estimated + [k for k in keys if self.is_estimated(k)]))
         return PrecisionCostTable(graph, model.ms, np.array([cost[str(layer.fp32)] for layer in graph.layers]),
                                   np.array([cost[str(layer.int8)] for layer in graph.layers]),
