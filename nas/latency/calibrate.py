@@ -29,8 +29,8 @@ from nas.files import atomic_path
 from nas.latency.correction import (
     CalibrationPoint,
     Correction,
-    block_weight_mb,
     PrecisionTerms,
+    block_weight_mb,
     fit_correction,
     key_family,
     net_block_ms,

@@ -14,14 +14,14 @@ calibration models shares the device-wide fit. The form stays additive over keys
 is exact and differentiable, but for ``extra_reorders``: the layout reorders a model runs beyond those its blocks
 were timed with, which follow the blocks' order (``nas.latency.layout``; 0 where the device reads no layouts).
 
-``weight_mb`` is the block's weights in MB (``block_weight_mb``: params x bits / 8). A block timed alone, call after call, finds its
-weights in the core's cache; inside a model they come back from further away, after the other blocks' weights and
-activations passed through, so each MB of weights costs the same extra time in every block (on the 2-vCPU VM about
-0.01-0.03 ms per MB, 40-100 GB/s: a cache's bandwidth, not compute). Tiny models, whose blocks take microseconds,
-are ordered by it: fbnet_v2 at 32 px, width 0.25, Kendall tau 0.93-0.95 with it against 0.90-0.91 without
-(``benchmarks/bench_trust.py --settings tinyv2``, three fresh tables); fbnet the same way 0.75 against 0.62 on 60
-models in one run, 0.00-0.01 apart in three others; at 224 px no change. The reorder and weight terms are fitted
-where the calibration models' values differ and there are points to spare (16 models by default), and dropped
+``weight_mb`` is the block's weights in MB (``block_weight_mb``: params x bits / 8). A block timed alone, call after
+call, finds its weights in the core's cache; inside a model they come back from further away, after the other
+blocks' weights and activations passed through, so each MB of weights costs the same extra time in every block (on
+the 2-vCPU VM 0.02-0.07 ms per MB, 15-50 GB/s: a bandwidth, not compute). Tiny models, whose blocks
+take microseconds, are ordered by it: fbnet_v2 at 32 px, width 0.25, Kendall tau 0.93-0.95 with it against 0.90-0.91
+without (``benchmarks/bench_trust.py --settings tinyv2``, three fresh tables); fbnet the same way 0.75 against 0.62
+on 60 models in one run, 0.00-0.01 apart in three others; at 224 px no change. The reorder and weight terms are
+fitted where the calibration models' values differ and there are points to spare (16 models by default), and dropped
 where their fitted weight is negative (noise: neither saves time). The mixed-precision costs
 (``LatencyModel.precision_costs``) keep the weight term in the fp32 model and out of the per-layer int8 deltas:
 fitted on fp32 models, it would credit an int8 layer with a saving its smaller weights did not make (mixed int8 /
@@ -43,8 +43,8 @@ import numpy as np
 from nas.arch.opkey import OpKey
 from nas.arch.ops import FAMILIES, parse_op
 from nas.errors import LatencyTableError
-from nas.latency.features import analytic_cost
 from nas.files import read_json_record, write_json
+from nas.latency.features import analytic_cost
 
 CORRECTION_FILE = "correction.json"
 

@@ -15,7 +15,8 @@ expectation (a tensor, with the expected reorders). ``cost_table`` turns a space
 (``nas.arch.positions``) into cost arrays and layout codes, one axis per decision, which DNAS's expected latency and
 the predictor searches' population costs are views of. Every search calls this; none re-implements it.
 ``precision_costs`` does the same for a quantisable model's layers at fp32 and int8 and the precision transitions
-between them (their costs without the weight term, which only the fp32 model's prediction carries) (``nas.latency.precision``: the mixed-precision cost and its one formula).
+between them (``nas.latency.precision``: the mixed-precision cost and its one formula; the layers' costs without the
+weight term, which only the fp32 model's prediction carries).
 """
 
 from __future__ import annotations
