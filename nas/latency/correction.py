@@ -17,7 +17,7 @@ were timed with, which follow the blocks' order (``nas.latency.layout``; 0 where
 ``weight_mb`` is the block's weights in MB (``block_weight_mb``: params x bits / 8). A block timed alone, call after
 call, finds its weights in the core's cache; inside a model they come back from further away, after the other
 blocks' weights and activations passed through, so each MB of weights costs the same extra time in every block (on
-the 2-vCPU VM 0.02-0.07 ms per MB, 15-50 GB/s: a bandwidth, not compute). Tiny models, whose blocks
+the 2-vCPU VM 0.01-0.07 ms per MB, 15-100 GB/s: a bandwidth, not compute). Tiny models, whose blocks
 take microseconds, are ordered by it: fbnet_v2 at 32 px, width 0.25, Kendall tau 0.93-0.95 with it against 0.90-0.91
 without (``benchmarks/bench_trust.py --settings tinyv2``, three fresh tables); fbnet the same way 0.75 against 0.62
 on 60 models in one run, 0.00-0.01 apart in three others; at 224 px no change. The reorder and weight terms are
