@@ -4,6 +4,7 @@ search ended, and MobileNetV2 as a fixed model."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -69,9 +70,10 @@ def test_mobilenet_v2_matches_its_published_macs_and_params(cli):
 
 
 # ---- the FLOPs cost ---------------------------------------------------------------------------------------------
-def test_flops_cost_is_a_line_in_macs_fitted_on_the_calibration_models(case):
+def test_flops_cost_is_a_line_in_macs_fitted_on_the_calibration_models(case, monkeypatch):
     lm, space = case["lm"], case["space"]
-    flops = FlopsLatencyModel.fit_on_calibration(lm)
+    monkeypatch.setattr(lm, "correction", replace(lm.correction, per_reorder_ms=0.001, per_weight_mb_ms=0.02))
+    flops = FlopsLatencyModel.fit_on_calibration(lm)  # the table's layout and weight terms stay out of the line
     assert flops.fit.models == 4 and flops.fit.ms_per_mac > 0
     dist = ArchDistribution(space)
     terms = LatencyTerms(dist, flops)

@@ -15,7 +15,7 @@ attainable range, the decoding and ``predict`` all follow from it unchanged.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Iterable
 
 import numpy as np
@@ -70,10 +70,12 @@ def fit_flops_line(macs: np.ndarray, ms: np.ndarray) -> FlopsFit:
 
 class FlopsLatencyModel(LatencyModel):
     """A device's ``LatencyModel`` with its table replaced by the FLOPs line (the device, its manifest and its
-    calibration stay: they are what the line is fitted to and what the winner is measured on)."""
+    calibration stay: they are what the line is fitted to and what the winner is measured on). The correction's
+    terms that read the table's blocks (layout reorders, weights) are off: the line is the whole cost."""
 
     def __init__(self, lm: LatencyModel, fit: FlopsFit):
-        super().__init__(lm.table, lm.correction, lm.overhead, lm.allow_fallback)
+        super().__init__(lm.table, replace(lm.correction, per_reorder_ms=0.0, per_weight_mb_ms=0.0), lm.overhead,
+                         lm.allow_fallback)
         self.fit = fit
         self._macs: dict[str, int] = {}
 
