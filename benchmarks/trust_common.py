@@ -123,7 +123,8 @@ class Figures:
                 "ablations": self.ablations}
 
 
-ABLATION_NAMES = {"layout": "the layout term", "weights": "the weight term", "neither": "either"}
+ABLATION_NAMES = {"layout": "the layout term", "weights": "the weight term", "neither": "either",
+                  "saved": "the saved-weight term"}  # the last: mixed precision's (trust_mixed.py)
 ABLATIONS = {"layout": ("per_reorder_ms", "reorders"), "weights": ("per_weight_mb_ms", "weight_mb")}
 
 

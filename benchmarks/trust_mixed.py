@@ -18,11 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.optimize import nnls
 from trust_common import Figures, Setting, ablations, figures, log, target_notes
 
-from nas.latency.calibrate import read_precision_rows
-from nas.latency.correction import PrecisionTerms
+from nas.latency.calibrate import fit_precision_terms, read_precision_rows
 from nas.latency.model import LatencyModel
 from nas.models.builder import build_model
 from nas.models.onnx_io import export_onnx
@@ -86,28 +84,32 @@ def mixed_figures(setting: Setting, root: Path, samples: int, seed: int = 7) -> 
     predicted = [cost.of(a) for a in assignments]
     ablated = {name: ablated_predictions(model, space, arch, graph, calibration, assignments)
                for name, model in ablations(lm).items()}
+    ablated["saved"] = ablated_predictions(lm, space, arch, graph, calibration, assignments, with_saving=False)
     macs = sum(layer.macs for layer in graph.layers)
     f = figures(f"mixed int8/fp32 ({len(graph.layers)} layers)", predicted, first, second,
                 {"flops": (np.full(samples, float(macs)), (np.full(len(cal_ms), float(macs)), cal_ms)),
                  "bitops": ([bitops_g(graph, a) for a in assignments], (cal_bitops, cal_ms))},
                 [f"precision terms fitted on {fit['models']} models: compute {fit['coef']['compute']:.2f}, "
                  f"transition {fit['coef']['transition_ms']:.2f}, per transition "
-                 f"{fit['coef']['per_transition_ms'] * 1e3:.1f} us"], ablated)
+                 f"{fit['coef']['per_transition_ms'] * 1e3:.1f} us, per saved weight MB "
+                 f"{fit['coef']['per_saved_weight_mb_ms']:.3f} ms"], ablated)
     f.notes += [n for n in target_notes(f) if "FLOPs" not in n]
     f.seconds = time.perf_counter() - start
     return f
 
 
-def ablated_predictions(lm: LatencyModel, space, arch, graph, calibration: dict, assignments) -> list[float]:
+def ablated_predictions(lm: LatencyModel, space, arch, graph, calibration: dict, assignments,
+                        with_saving: bool = True) -> list[float]:
     """The validation assignments' predictions by ``lm`` (the table refitted without a term), its precision terms
-    fitted as ``fit_latency_cost`` does on the same measured calibration mixes, with ``lm``'s own layer costs."""
+    fitted as ``fit_latency_cost`` does on the same measured calibration mixes, with ``lm``'s own layer costs;
+    without the saved-weight term unless ``with_saving``."""
     cost = LatencyCost(graph, [FP32, INT8], lm.precision_costs(lm.arch_keys(space, arch), precision_graph(graph)))
     rows = {r["assignment"]: r for r in read_precision_rows(lm.table.folder) if r["model_id"] == model_id(graph)}
-    terms = [[float(t) for t in cost.table.terms_from_int8(torch.tensor([float(o.runs_int8) for o in a]))]
-             for a in calibration.values()]
+    terms = np.array([[float(t) for t in cost.table.terms_from_int8(torch.tensor([float(o.runs_int8) for o in a]))]
+                      for a in calibration.values()])
+    terms[:, 3] *= float(with_saving)  # a zero column: nnls leaves its weight at 0
     deltas = [rows[name]["measured_ms"] - rows[name]["fp32_measured_ms"] for name in calibration]
-    coef, _ = nnls(np.array(terms), np.array(deltas))
-    cost.table.precision = PrecisionTerms(*map(float, coef), fitted_on=1)
+    cost.table.precision = fit_precision_terms(terms, np.array(deltas), 1)
     return [cost.of(a) for a in assignments]
 
 

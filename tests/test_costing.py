@@ -110,13 +110,14 @@ def _mixed_cost(space, lm, tmp_path):
 def test_mixed_precision_cost_is_the_latency_model_at_all_fp32_and_all_int8(tiny_v2, tmp_path, monkeypatch):
     space, lm = tiny_v2
     before = lm.correction.precision
-    lm.correction.precision = PrecisionTerms(1.2, 0.8, 0.003, fitted_on=3)  # as a device's fit would set it
+    lm.correction.precision = PrecisionTerms(1.2, 0.8, 0.003, 0.05, fitted_on=3)  # as a device's fit would set it
     # the weight term: in the fp32 model's prediction, not in the per-layer deltas (fitted on fp32 models, it
-    # would credit int8 layers with a saving their smaller weights do not make)
+    # would credit int8 layers with a saving their smaller weights do not make); the saving they do make has its
+    # own weight (0.05 ms per MB saved), fitted on mixed models
     monkeypatch.setattr(lm.correction, "per_weight_mb_ms", 0.02)
     try:
         arch, graph, cost = _mixed_cost(space, lm, tmp_path)
-        assert cost.table.precision.coef == (1.2, 0.8, 0.003)
+        assert cost.table.precision.coef == (1.2, 0.8, 0.003, -0.05)
         n = len(graph.layers)
         assert cost.of([FP32] * n) == pytest.approx(lm.predict(space, arch, 32), rel=1e-6)
         # all int8: every layer's own int8 time without the Q/DQ pair halves it was measured with, plus the
@@ -130,8 +131,10 @@ def test_mixed_precision_cost_is_the_latency_model_at_all_fp32_and_all_int8(tiny
         quantize = [t for t in graph.tensors if t.producer is None and t.consumers]
         dequantize = [t for t in graph.tensors if t.producer is not None and t.float_consumers]
         transition_ms = sum(half.get(t.name, 0.0) for t in quantize + dequantize)
+        saved_mb = sum(layer.weight_params * 3 / 1e6 for layer in graph.layers)  # 4 bytes a weight at fp32, 1 at int8
+        assert saved_mb > 0
         expected = lm.predict(space, arch, 32) + 1.2 * compute + 0.8 * transition_ms \
-            + 0.003 * (len(quantize) + len(dequantize))
+            + 0.003 * (len(quantize) + len(dequantize)) - 0.05 * saved_mb
         assert cost.of([INT8] * n) == pytest.approx(expected, rel=1e-5)
     finally:
         lm.correction.precision = before
@@ -161,21 +164,21 @@ def test_precision_terms_are_fitted_per_device_and_old_corrections_still_load(tm
     old = Correction.load(tmp_path)
     assert old.precision == PrecisionTerms() and old.base_ms == 0.5
     assert fit_precision(tmp_path) == PrecisionTerms()  # nothing measured: the table's terms as they are
-    truth = (0.7, 1.5, 0.02)
+    truth = (0.7, 1.5, 0.02, -0.03)  # as ``coef`` signs them: a saved weight MB takes 0.03 ms away
     rng = np.random.default_rng(0)
+    none = {"compute_delta_ms": 0.0, "transition_ms": 0.0, "transitions": 0.0, "weight_saved_mb": 0.0}
     for model in ("a", "b"):
         append_precision_row(tmp_path, {"model_id": model, "assignment": "fp32", "int8_layers": 0,
-                                        "measured_ms": 2.0, "fp32_measured_ms": 2.0, "compute_delta_ms": 0.0,
-                                        "transition_ms": 0.0, "transitions": 0.0})
+                                        "measured_ms": 2.0, "fp32_measured_ms": 2.0, **none})
         for i in range(4):
-            terms = rng.uniform(0.05, 1.0, 3)
+            terms = rng.uniform(0.05, 1.0, 4)
             append_precision_row(tmp_path, {"model_id": model, "assignment": f"mix{i}", "int8_layers": 3,
                                             "measured_ms": 2.0 + float(np.dot(truth, terms)), "fp32_measured_ms": 2.0,
                                             "compute_delta_ms": terms[0], "transition_ms": terms[1],
-                                            "transitions": terms[2]})
+                                            "transitions": terms[2], "weight_saved_mb": terms[3]})
     assert not append_precision_row(tmp_path, {"model_id": "a", "assignment": "fp32", "int8_layers": 0,
-                                               "measured_ms": 9.0, "fp32_measured_ms": 9.0, "compute_delta_ms": 0.0,
-                                               "transition_ms": 0.0, "transitions": 0.0})  # measured already
+                                               "measured_ms": 9.0, "fp32_measured_ms": 9.0, **none})  # measured already
+    (tmp_path / "precision_calibration.csv").write_text("model_id,assignment\nold,fp32\n")  # an earlier version's
     saved = refit_precision(tmp_path)
     assert saved.precision.coef == pytest.approx(truth, rel=1e-6) and saved.precision.fitted_on == 2
     again = Correction.load(tmp_path)

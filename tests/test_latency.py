@@ -123,7 +123,7 @@ def test_correction_fits_each_op_family():
 
 
 def test_the_correction_weighs_the_blocks_weights_where_they_cost_time_and_drift_scales_it(tmp_path):
-    from nas.latency.correction import CalibrationPoint, Correction, block_weight_mb, fit_correction
+    from nas.latency.correction import CalibrationPoint, Correction, PrecisionTerms, block_weight_mb, fit_correction
     from nas.latency.drift import DriftCheck, recalibrate
 
     rng = np.random.default_rng(1)
@@ -149,11 +149,14 @@ def test_the_correction_weighs_the_blocks_weights_where_they_cost_time_and_drift
     assert block_weight_mb(key, {"params": 4000}) == pytest.approx(0.016)
     assert block_weight_mb(OpKey("ir_k3_e6", 16, 24, 1, 8, bits=8), {"params": 4000}) == pytest.approx(0.004)
     assert block_weight_mb(key, None) > 0
-    # `latency check --recalibrate` scales it with the rest; an older correction.json loads without it
+    # `latency check --recalibrate` scales it with the rest (mixed precision's saved-weight term too); an older
+    # correction.json loads without them
+    fitted.precision = PrecisionTerms(1.1, 1.9, 0.001, 0.03, fitted_on=2)
     fitted.save(tmp_path)
     rescaled = recalibrate(SimpleNamespace(folder=tmp_path, device_id="d"),
                            DriftCheck("d", 10.0, 1.0, [], None, {}))
     assert rescaled.per_weight_mb_ms == pytest.approx(0.022, rel=1e-4)
+    assert rescaled.precision.coef == pytest.approx((1.1, 1.9, 0.0011, -0.033), rel=1e-6)
     (tmp_path / "correction.json").write_text(json.dumps({"base_ms": 0.5, "scale": 1.1, "per_block_ms": 0.0}))
     assert Correction.load(tmp_path).per_weight_mb_ms == 0.0
 

@@ -135,7 +135,7 @@ def test_latency_search_needs_the_int8_table_then_runs(hwnas, cli, env, tmp_path
     assert report["latency_fit"]["models"] == 4 and report["latency_fit"]["coef"]["compute"] >= 0
     assert set(report["int8_speedup_by_layer_kind"]) >= {"pw", "dw"}
     assert isinstance(report["dominated_by"], list) and not report["estimated_keys"]
-    assert len(pd.read_csv(tmp_path / "tables" / "cpu1" / "precision_calibration.csv")) == 4  # with the device
+    assert len(pd.read_csv(tmp_path / "tables" / "cpu1" / "mixed_calibration.csv")) == 4  # with the device
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -13,7 +13,7 @@ bundle | import | adapt`` (``predict MODEL.onnx`` for any ONNX model). A quick t
 
 Files in ``latency_tables/<device-id>/`` (base folder ``$HWNAS_LATENCY_TABLES`` or ``./latency_tables``):
 ``device.json`` (manifest), ``table.csv`` (one row per op key), ``call_overhead.json``, ``calibration.csv``
-(whole models measured on the device), ``precision_calibration.csv`` (whole mixed-precision models) and
+(whole models measured on the device), ``mixed_calibration.csv`` (whole mixed-precision models) and
 ``correction.json`` (fitted ``base_ms``, ``scale``, ``per_block_ms``, ``per_reorder_ms``, ``per_weight_mb_ms`` and
 the ``precision`` terms), ``layouts.csv`` (each block's memory layout as ONNX Runtime's optimised graph runs it, at
 level ``all`` on the CPU provider), ``reference/`` (the reference models), and for ONNX models ``kernels.csv`` and

@@ -6,9 +6,11 @@ ones interleaved. Each measured model is one row of ``calibration.csv`` in the d
 measured p50), appended under the same lock discipline as the table, so calibration resumes and several spaces
 (convolutional, dynamic-capacity) contribute to one correction, refitted over all rows whose keys the table holds.
 The first calibration also keeps a few of its models as the device's reference models (``nas.latency.drift``).
-Mixed-precision models (each assignment's measured time and its int8 compute, transition and transition-count
-terms) add rows to ``precision_calibration.csv``; ``fit_precision`` weighs those terms for the whole device
-(non-negative least squares), saved in the same ``correction.json``.
+Mixed-precision models (each assignment's measured time and its int8 compute, transition, transition-count and
+saved-weight terms) add rows to ``mixed_calibration.csv``; ``fit_precision`` weighs those terms for the whole
+device (non-negative least squares), saved in the same ``correction.json``. (The file of earlier versions,
+``precision_calibration.csv``, lacks the saved-weight column; it is left alone, and a mixed model it held is
+measured again the next time a search needs it.)
 """
 
 from __future__ import annotations
@@ -49,10 +51,10 @@ from nas.models.onnx_io import export_onnx
 CALIBRATION_FILE = "calibration.csv"
 CALIBRATION_COLUMNS = ("model_id", "space", "space_args", "arch", "keys", "measured_ms", "p90_ms", "count",
                        "stable", "timestamp")
-PRECISION_FILE = "precision_calibration.csv"
+PRECISION_FILE = "mixed_calibration.csv"
 PRECISION_COLUMNS = ("model_id", "assignment", "int8_layers", "measured_ms", "fp32_measured_ms", "compute_delta_ms",
-                     "transition_ms", "transitions", "timestamp")
-PRECISION_TERMS = ("compute_delta_ms", "transition_ms", "transitions")
+                     "transition_ms", "transitions", "weight_saved_mb", "timestamp")
+PRECISION_TERMS = ("compute_delta_ms", "transition_ms", "transitions", "weight_saved_mb")  # PrecisionTerms' order
 
 
 def measure_archs(space: Space, archs: list[Arch], device: Device, timing: TimingConfig | None = None,
@@ -156,20 +158,27 @@ def append_precision_row(folder: Path, row: dict) -> bool:
 
 
 def precision_terms_matrix(rows: list[dict]) -> np.ndarray:
-    return np.asarray([[r[c] for c in PRECISION_TERMS] for r in rows], dtype=np.float64).reshape(-1, 3)
+    terms = [[r[c] for c in PRECISION_TERMS] for r in rows]
+    return np.asarray(terms, dtype=np.float64).reshape(-1, len(PRECISION_TERMS))
+
+
+def fit_precision_terms(terms: np.ndarray, deltas: np.ndarray, models: int) -> PrecisionTerms:
+    """``PrecisionTerms`` by non-negative least squares: ``deltas`` (measured - measured fp32, one per mixed model)
+    ``= a * compute + b * transition_ms + c * transitions - d * weight_saved_mb`` (``terms``, one row per model)."""
+    from scipy.optimize import nnls
+
+    signs = np.sign(PrecisionTerms(1.0, 1.0, 1.0, 1.0).coef)  # a saved MB takes time away: its column enters negated
+    coef, _ = nnls(np.asarray(terms, dtype=np.float64) * signs, np.asarray(deltas, dtype=np.float64))
+    return PrecisionTerms(*(float(c) for c in coef), fitted_on=models)
 
 
 def fit_precision(folder: Path) -> PrecisionTerms:
-    """Weights of the mixed-precision terms, fitted by non-negative least squares on every mixed model measured
-    on the device: ``measured - measured fp32 = a * compute + b * transition_ms + c * transitions``."""
-    from scipy.optimize import nnls
-
+    """Weights of the mixed-precision terms, fitted on every mixed model measured on the device."""
     rows = read_precision_rows(folder)
     if not any(r["int8_layers"] not in ("0", 0) for r in rows):
         return PrecisionTerms()
     y = np.asarray([r["measured_ms"] - r["fp32_measured_ms"] for r in rows])
-    coef, _ = nnls(precision_terms_matrix(rows), y)
-    return PrecisionTerms(*(float(c) for c in coef), fitted_on=len({r["model_id"] for r in rows}))
+    return fit_precision_terms(precision_terms_matrix(rows), y, len({r["model_id"] for r in rows}))
 
 
 def refit_precision(folder: Path) -> Correction:

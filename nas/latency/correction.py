@@ -24,13 +24,18 @@ on 60 models in one run, 0.00-0.01 apart in three others; at 224 px no change. T
 fitted where the calibration models' values differ and there are points to spare (16 models by default), and dropped
 where their fitted weight is negative (noise: neither saves time). The mixed-precision costs
 (``LatencyModel.precision_costs``) keep the weight term in the fp32 model and out of the per-layer int8 deltas:
-fitted on fp32 models, it would credit an int8 layer with a saving its smaller weights did not make (mixed int8 /
-fp32 assignments of one fbnet arch at 224 px ranked 0.78 with it there against 0.84 without, on one measurement).
+fitted on fp32 models, the fp32 weight would credit an int8 layer with a saving it did not make (0.78 with it there
+against 0.84 without, one measurement); the saving an int8 layer's 4x smaller weights do make inside a model gets its
+own weight instead, fitted on mixed models (``PrecisionTerms.per_saved_weight_mb_ms``).
 
 ``precision`` weighs the terms of a mixed-precision model (``PrecisionTerms``): inside one model, dozens of small
 QuantizeLinear / DequantizeLinear nodes and int8 kernels behave differently from the same ops timed alone, so
-the int8 compute delta, the transition time and the number of transitions get weights fitted on whole mixed
-models measured on the device (``precision_calibration.csv``, see ``nas.latency.calibrate``).
+the int8 compute delta, the transition time, the number of transitions and the weight MB the int8 layers save get
+weights fitted on whole mixed models measured on the device (``mixed_calibration.csv``, see
+``nas.latency.calibrate``). The last is the weight term's counterpart: a layer timed alone finds its weights in
+cache, inside a model they stream from memory, and at int8 a quarter of them do (ONNX Runtime's node profiler on one
+fbnet arch at 224 px: its 1984x1000 classifier takes 0.43 ms at fp32 and 0.16 ms at int8 inside the model, 0.18 and
+0.07 ms timed alone).
 """
 
 from __future__ import annotations
@@ -71,23 +76,27 @@ def block_weight_mb(key: OpKey, row: dict | None = None) -> float:
 
 @dataclass
 class PrecisionTerms:
-    """``ms = fp32_ms + compute * int8 compute delta + transition * transition ms + per_transition_ms * count``.
+    """``ms = fp32_ms + compute * int8 compute delta + transition * transition ms + per_transition_ms * count
+    - per_saved_weight_mb_ms * weight MB saved``.
 
-    The defaults (1, 1, 0) take the table's per-layer and transition rows as they are."""
+    The defaults (1, 1, 0, 0) take the table's per-layer and transition rows as they are."""
 
     compute: float = 1.0
     transition: float = 1.0
     per_transition_ms: float = 0.0
+    per_saved_weight_mb_ms: float = 0.0  # per MB of weights the int8 layers do not read (fp32 bytes - int8 bytes)
     fitted_on: int = 0  # mixed-precision calibration models used; 0 = not fitted
 
     @property
-    def coef(self) -> tuple[float, float, float]:
-        return (float(self.compute), float(self.transition), float(self.per_transition_ms))
+    def coef(self) -> tuple[float, float, float, float]:
+        """The weights, signed as the terms enter ``model_ms`` (a saved MB takes time away)."""
+        return (float(self.compute), float(self.transition), float(self.per_transition_ms),
+                -float(self.per_saved_weight_mb_ms))
 
-    def model_ms(self, fp32_ms, compute_delta_ms, transition_ms, transitions):
+    def model_ms(self, fp32_ms, compute_delta_ms, transition_ms, transitions, weight_saved_mb=0.0):
         """The mixed model's latency from its terms (floats or tensors, differentiable)."""
-        a, b, c = self.coef
-        return fp32_ms + a * compute_delta_ms + b * transition_ms + c * transitions
+        a, b, c, d = self.coef
+        return fp32_ms + a * compute_delta_ms + b * transition_ms + c * transitions + d * weight_saved_mb
 
 
 @dataclass

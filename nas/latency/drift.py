@@ -178,7 +178,8 @@ def recalibrate(table: LatencyTable, check: DriftCheck) -> Correction:
                   family_scale={f: s * factor for f, s in correction.family_scale.items()},
                   family_per_block_ms={f: s * factor for f, s in correction.family_per_block_ms.items()},
                   precision=replace(correction.precision,
-                                    per_transition_ms=correction.precision.per_transition_ms * factor),
+                                    per_transition_ms=correction.precision.per_transition_ms * factor,
+                                    per_saved_weight_mb_ms=correction.precision.per_saved_weight_mb_ms * factor),
                   rescale=correction.rescale * factor,
                   history=[*correction.history, {"replaced": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                                  "reason": f"latency check --recalibrate: drift "

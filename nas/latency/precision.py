@@ -8,14 +8,17 @@ model's prediction and the device's fitted ``PrecisionTerms`` (``correction.prec
 ``expected_ms`` is the one formula from an assignment to milliseconds:
 
     ms = fp32_model_ms + a * sum_l p8_l (core8_l - fp32_l) + b * sum_e E[transition ms on e] + c * E[#transitions]
+         - d * sum_l p8_l saved_mb_l
 
 ``p8_l`` is 1 where layer ``l`` runs int8 (or its probability, in a supernet). ``core8`` is the layer's int8 time
 without the Q/DQ pair halves it was measured with (on its input and its output edge). An edge needs a
 QuantizeLinear where a float producer feeds an int8 reader (``(1 - p8_P) (1 - prod_c (1 - p8_c))``) and a
 DequantizeLinear where an int8 producer feeds a float reader (``p8_P (1 - prod_c p8_c)``, or ``p8_P`` when a float op
 also reads it); each costs half the measured pair. Choices are independent across layers, as a supernet samples
-them, so this is the exact expectation of the fixed-assignment value, and it is differentiable. ``(a, b, c)`` are
-``PrecisionTerms`` (``(1, 1, 0)``, the table as it is, until whole mixed models are measured on the device).
+them, so this is the exact expectation of the fixed-assignment value, and it is differentiable. ``saved_mb_l`` is
+the MB layer ``l``'s weights shrink by at int8 (its fp32 bytes less its int8 bytes): inside a model weights stream
+from memory, and an int8 layer reads a quarter of them. ``(a, b, c, d)`` are ``PrecisionTerms`` (``(1, 1, 0, 0)``,
+the table as it is, until whole mixed models are measured on the device).
 """
 
 from __future__ import annotations
@@ -40,6 +43,12 @@ class PrecisionLayer:
     input: int
     output: int
     kind: str  # what ``int8_speedups`` groups layers by ("pw", "dw", ...)
+    weight_params: int = 0  # its weights (biases stay 32-bit at int8)
+
+    @property
+    def weight_saved_mb(self) -> float:
+        """MB its weights shrink by at int8: 4 bytes each at fp32, 1 at int8."""
+        return self.weight_params * 3 / 1e6
 
 
 @dataclass(frozen=True)
@@ -82,11 +91,13 @@ class PrecisionCostTable:
         half = [float(ms) / 2 for ms in self.transition_ms]
         self.core_delta = torch.tensor([float(i8) - half[layer.input] - half[layer.output] - float(f32)
                                         for layer, f32, i8 in zip(self.graph.layers, self.fp32_ms, self.int8_ms)])
+        self.saved_mb = torch.tensor([layer.weight_saved_mb for layer in self.graph.layers],
+                                     dtype=self.core_delta.dtype)
         self._edges = [(e.producer, list(e.consumers), e.float_readers, h) for e, h in zip(self.graph.edges, half)]
 
-    def terms_from_int8(self, p8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(int8 compute delta ms, transition ms, expected number of Q/DQ transitions) for per-layer int8
-        probabilities ``p8`` (0/1 for one assignment)."""
+    def terms_from_int8(self, p8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(int8 compute delta ms, transition ms, expected number of Q/DQ transitions, weight MB saved) for
+        per-layer int8 probabilities ``p8`` (0/1 for one assignment): ``PrecisionTerms``' terms."""
         compute = (p8 * self.core_delta).sum()
         trans_ms = torch.zeros(())
         count = torch.zeros(())
@@ -97,7 +108,7 @@ class PrecisionCostTable:
             need_dq = pp if float_readers else pp * (1 - torch.prod(pc))
             trans_ms = trans_ms + half * (need_q + need_dq)
             count = count + need_q + need_dq
-        return compute, trans_ms, count
+        return compute, trans_ms, count, (p8 * self.saved_mb).sum()
 
     def expected_ms(self, p8: torch.Tensor) -> torch.Tensor:
         """The model's latency (its expectation for int8 probabilities ``p8``), differentiable."""
@@ -109,7 +120,9 @@ class PrecisionCostTable:
 
     def lower_bound_ms(self) -> float:
         """Every layer at its cheaper precision and no transitions (an optimistic bound)."""
-        best = self.fp32_model_ms + self.precision.compute * float(torch.clamp(self.core_delta, max=0).sum())
+        p = self.precision
+        per_layer = p.compute * self.core_delta - p.per_saved_weight_mb_ms * self.saved_mb
+        best = self.fp32_model_ms + float(torch.clamp(per_layer, max=0).sum())
         return max(best, 1e-3)
 
 

@@ -2,10 +2,10 @@
 
 Per-layer and transition rows are timed alone, one small session each. Inside one model, dozens of small
 QuantizeLinear / DequantizeLinear nodes and int8 kernels behave differently (per-node dispatch, cache reuse), so
-the precision cost table's three terms (int8 compute delta, transition ms, number of transitions, see
-``nas.latency.precision``) get weights fitted on a handful of assignments of real models: all fp32, all int8, int8
+the precision cost table's four terms (int8 compute delta, transition ms, number of transitions, weight MB saved,
+see ``nas.latency.precision``) get weights fitted on a handful of assignments of real models: all fp32, all int8, int8
 on pointwise / depthwise layers only, and random mixes. This module exports and times them; the rows go to the
-device's ``precision_calibration.csv`` and the fit into its ``correction.json`` (``nas.latency.calibrate``), so
+device's ``mixed_calibration.csv`` and the fit into its ``correction.json`` (``nas.latency.calibrate``), so
 every run on the device shares them, and a model already measured there is not measured again.
 """
 
@@ -21,7 +21,13 @@ from typing import Callable
 import numpy as np
 import torch
 
-from nas.latency.calibrate import append_precision_row, precision_terms_matrix, read_precision_rows, refit_precision
+from nas.latency.calibrate import (
+    PRECISION_TERMS,
+    append_precision_row,
+    precision_terms_matrix,
+    read_precision_rows,
+    refit_precision,
+)
 from nas.latency.correction import PrecisionTerms
 from nas.models.onnx_io import export_onnx
 from nas.search.quant.costs import LatencyCost
@@ -90,10 +96,9 @@ def fit_latency_cost(cost: LatencyCost, net: MixedPrecisionNet, x: torch.Tensor,
         fp32_ms = times[list(assignments).index("fp32")]
         for (name, assignment), ms in zip(assignments.items(), times):
             p8 = torch.tensor([1.0 if o.runs_int8 else 0.0 for o in assignment])
-            compute, trans, n = (float(t) for t in cost.table.terms_from_int8(p8))
-            append_precision_row(device_folder, {
-                "model_id": mid, "assignment": name, "int8_layers": int(p8.sum()), "measured_ms": ms,
-                "fp32_measured_ms": fp32_ms, "compute_delta_ms": compute, "transition_ms": trans, "transitions": n})
+            terms = dict(zip(PRECISION_TERMS, (float(t) for t in cost.table.terms_from_int8(p8))))
+            append_precision_row(device_folder, {"model_id": mid, "assignment": name, "int8_layers": int(p8.sum()),
+                                                 "measured_ms": ms, "fp32_measured_ms": fp32_ms, **terms})
     terms = refit_precision(device_folder).precision
     cost.table.precision = terms
     if on_progress:
@@ -105,7 +110,8 @@ def fit_latency_cost(cost: LatencyCost, net: MixedPrecisionNet, x: torch.Tensor,
     before, after = (t.model_ms(fp32_ms, *a.T) for t in (PrecisionTerms(), terms))
     return {"models": len(rows), "device_models": terms.fitted_on,
             "coef": {"compute": terms.compute, "transition_ms": terms.transition,
-                     "per_transition_ms": terms.per_transition_ms},
+                     "per_transition_ms": terms.per_transition_ms,
+                     "per_saved_weight_mb_ms": terms.per_saved_weight_mb_ms},
             "measured_fp32_ms": fp32_ms, "table_fp32_ms": cost.table.fp32_model_ms,
             "delta_mape_table_pct": float(np.mean(np.abs(before - measured_ms) / measured_ms) * 100),
             "delta_mape_fitted_pct": float(np.mean(np.abs(after - measured_ms) / measured_ms) * 100),

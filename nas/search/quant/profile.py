@@ -39,7 +39,7 @@ def precision_graph(graph: QuantGraph) -> PrecisionGraph:
     """``graph`` as the LatencyModel costs it: each layer's keys at fp32 and int8, each tensor's transition key."""
     edge = {t.name: i for i, t in enumerate(graph.tensors)}
     layers = [PrecisionLayer(layer_key(layer, 32), layer_key(layer, 8), edge[layer.input_tensor],
-                             edge[layer.output_tensor], layer.kind) for layer in graph.layers]
+                             edge[layer.output_tensor], layer.kind, layer.weight_params) for layer in graph.layers]
     edges = [PrecisionEdge(transition_key(t) if t.shape else None, t.producer, tuple(t.consumers), t.float_consumers)
              for t in graph.tensors]
     return PrecisionGraph(layers, edges)
