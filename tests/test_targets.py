@@ -15,7 +15,14 @@ from nas.errors import SearchError
 from nas.search.dnas.search import SupernetSearchSettings as DnasSettings
 from nas.search.dnas.strategy import SearchJob, SupernetStrategy
 from nas.search.predict.search_setup import PredictorSearchSettings, build_constraints, build_problem
-from nas.search.targets import given_targets, model_reference, parse_bounds, parse_target
+from nas.search.targets import (
+    LatencyScale,
+    given_targets,
+    model_reference,
+    parse_bounds,
+    parse_target,
+    resolve_target,
+)
 
 
 @pytest.mark.parametrize("text, kind, value, model", [
@@ -106,6 +113,15 @@ def _constraints(tmp_path, frame: pd.DataFrame, targets: list[str], columns=("la
     settings = PredictorSearchSettings(strategy="nars", space=f"table:{path}", objective="val_accuracy",
                               latency_columns=list(columns), targets=targets)
     return build_constraints(settings, build_problem(settings))
+
+
+def test_a_percentile_target_never_falls_below_the_candidates_it_was_read_off():
+    # half the candidates tie at the cheapest cost (a tiny capacity space's configs do): p50 must admit them, where
+    # rounding it to 4 significant digits (0.2509) would fall below every candidate
+    scale = LatencyScale("dev", "configs", lambda: np.array([0.25094] * 6 + [0.3, 0.31, 0.32, 0.33]))
+    target = resolve_target(parse_target("p50"), scale)
+    assert target.ms == 0.251 and target.ms >= 0.25094
+    assert resolve_target(parse_target("p50"), LatencyScale("dev", "configs", lambda: np.full(4, 2.5))).ms == 2.5
 
 
 def test_table_percentiles_scale_with_the_device(tmp_path):

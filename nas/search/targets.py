@@ -23,6 +23,7 @@ percentile).
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Callable
@@ -155,7 +156,7 @@ def resolve_target(form: TargetForm, scale: LatencyScale | None) -> Target:
                           f"give milliseconds")
     if form.kind == "percentile":
         values = scale.sample_ms()
-        ms = _round(np.percentile(values, form.value))
+        ms = _round_up(np.percentile(values, form.value))
         return Target(form.text, ms, f"{_ordinal(form.value)} percentile of the predicted latency of "
                                      f"{scale.candidates} on {scale.device}")
     if scale.reference is None:
@@ -196,6 +197,15 @@ def model_reference(lm, space) -> Callable[[str], tuple[float, list[str]]]:
 
 def _round(ms: float) -> float:
     return float(f"{float(ms):.4g}")
+
+
+def _round_up(ms: float) -> float:
+    """4 significant digits, never below ``ms``: a percentile of candidates that tie at the cheapest cost (a tiny
+    capacity space's configs do) must still admit them."""
+    rounded = _round(ms)
+    if rounded < ms:
+        rounded = _round(rounded + 10.0 ** (math.floor(math.log10(rounded)) - 3))
+    return rounded
 
 
 def _ordinal(q: float) -> str:
