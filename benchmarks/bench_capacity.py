@@ -404,10 +404,10 @@ def main(argv=None) -> int:
     dense = list(dict.fromkeys([*parse_dense(args.dense), args.reference]))
     torch.set_num_threads(args.threads)
     if args.dataset == "fashion-mnist":
-        from make_fashion_mnist import all_images_npz  # benchmarks/ is this script's import path
+        from make_fashion_mnist import fashion_mnist_npz  # benchmarks/ is this script's import path
 
         args.out.mkdir(parents=True, exist_ok=True)  # the data's set-up step: the images, cached once
-        args.dataset = f"npz:{all_images_npz(args.out)}"
+        args.dataset = f"npz:{fashion_mnist_npz(args.out)}"
     if phase == "setup":
         return 0
     _, base = load_capacity_data(args.space, args.dataset, seeds[0])

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.make_fashion_mnist import main as make_fashion_mnist  # noqa: E402
+from benchmarks.make_fashion_mnist import fashion_mnist_npz  # noqa: E402
 from nas.latency.timing import TimingConfig  # noqa: E402
 from nas.models.builder import build_model  # noqa: E402
 from nas.models.onnx_io import export_onnx  # noqa: E402
@@ -59,7 +57,6 @@ from nas.train.accelerator import resolve_accelerator  # noqa: E402
 from nas.train.engine import Engine  # noqa: E402
 from nas.train.recipe import Recipe  # noqa: E402
 
-IDX = Path("/usr/share/datasets/fashion-mnist")
 TOLERANCE = 0.05
 
 
@@ -69,15 +66,7 @@ def log(text: str) -> None:
 
 def setup_data(args) -> str:
     """Debian's Fashion-MNIST (apt, when missing) as an npz: all 70,000 images, or ``--per-class`` of each class."""
-    if not (IDX / "train-images-idx3-ubyte.gz").is_file():
-        sudo = [] if os.geteuid() == 0 else ["sudo"]
-        subprocess.run([*sudo, "apt-get", "install", "-y", "dataset-fashion-mnist"], check=True)
-    name = "fashion_mnist_70k.npz" if args.per_class is None else f"fashion_mnist_{args.per_class}pc.npz"
-    npz = ROOT / "results" / name
-    if not npz.is_file():
-        make_fashion_mnist(["--idx-dir", str(IDX), "--out", str(npz),
-                            *(["--all"] if args.per_class is None else ["--per-class", str(args.per_class)])])
-    return f"npz:{npz}"
+    return f"npz:{fashion_mnist_npz(ROOT / 'results', args.per_class)}"
 
 
 def settings(args, **extra) -> SupernetSearchSettings:

@@ -9,7 +9,8 @@ package, which installs them in /usr/share/datasets/fashion-mnist).
     .venv/bin/python benchmarks/make_fashion_mnist.py --idx-dir DIR --all --out results/fashion_mnist_70k.npz
 
 ``--all`` writes all 70,000 images (the 60,000 training and 10,000 test images; hwnas makes its own splits).
-``all_images_npz(folder)`` does that for a benchmark, installing Debian's package first when its files are missing.
+``fashion_mnist_npz(folder, per_class)`` does either for a benchmark, installing Debian's package first when its files
+are missing.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from pathlib import Path
 
 import harness  # first: the repository on the import path  # noqa: F401
 import numpy as np
+
+from nas.files import atomic_path
 
 DEBIAN_IDX_DIR = Path("/usr/share/datasets/fashion-mnist")  # where dataset-fashion-mnist installs the IDX files
 
@@ -36,19 +39,23 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
-def all_images_npz(folder: Path) -> Path:
-    """``folder/fashion_mnist_70k.npz`` (all 70,000 images), written once; when Debian's dataset-fashion-mnist is not
-    installed, ``apt-get install`` it first (a benchmark's set-up step: tests and CI never download it)."""
+def fashion_mnist_npz(folder: Path, per_class: int | None = None) -> Path:
+    """``folder/fashion_mnist_70k.npz`` (all 70,000 images) or ``folder/fashion_mnist_<N>pc.npz`` (``per_class``
+    training images of each class), written once; when Debian's dataset-fashion-mnist is not installed,
+    ``apt-get install`` it first (a benchmark's set-up step: tests and CI never download it)."""
+    import os
     import subprocess
 
-    npz = folder / "fashion_mnist_70k.npz"
+    npz = folder / ("fashion_mnist_70k.npz" if per_class is None else f"fashion_mnist_{per_class}pc.npz")
     if npz.is_file():
         return npz
     if not (DEBIAN_IDX_DIR / "t10k-labels-idx1-ubyte.gz").is_file():
         print("installing Debian's dataset-fashion-mnist (apt-get)", flush=True)
-        if subprocess.run(["apt-get", "install", "-y", "dataset-fashion-mnist"]).returncode != 0:
+        sudo = [] if os.geteuid() == 0 else ["sudo"]
+        if subprocess.run([*sudo, "apt-get", "install", "-y", "dataset-fashion-mnist"]).returncode != 0:
             raise SystemExit("could not install dataset-fashion-mnist: run `sudo apt-get install dataset-fashion-mnist`")
-    main(["--idx-dir", str(DEBIAN_IDX_DIR), "--all", "--out", str(npz)])
+    main(["--idx-dir", str(DEBIAN_IDX_DIR), "--out", str(npz),
+          *(["--all"] if per_class is None else ["--per-class", str(per_class)])])
     return npz
 
 
@@ -77,10 +84,8 @@ def main(argv=None) -> int:
         pick = np.concatenate([rng.choice(np.flatnonzero(y == c), args.per_class, replace=False)
                                for c in range(int(y.max()) + 1)])
         pick = rng.permutation(pick)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, x=x[pick], y=y[pick].astype(np.int64))
-    tmp.replace(args.out)
+    with atomic_path(args.out) as tmp:  # a temporary name of its own: two benchmarks may set up side by side
+        np.savez_compressed(tmp, x=x[pick], y=y[pick].astype(np.int64))
     print(f"{args.out}: {len(pick)} images {x.shape[1]}x{x.shape[2]}, {int(y.max()) + 1} classes")
     return 0
 
