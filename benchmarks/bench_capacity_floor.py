@@ -37,12 +37,16 @@ def space_yaml(path: Path, overrides: list[str], folder: Path) -> Path:
     spec = yaml.safe_load(path.read_text())
     for item in overrides:
         key, _, value = item.partition("=")
-        if key == "before_blocks":
-            spec["pruning"]["before_blocks"] = [int(v) for v in value.split(",")]
-        elif key in INTEGERS:
-            spec[key] = int(value)
-        else:
+        if key not in (*INTEGERS, "before_blocks"):
             raise SystemExit(f"--set {item!r}: KEY is one of {', '.join((*INTEGERS, 'before_blocks'))}")
+        try:
+            numbers = [int(v) for v in value.split(",")]
+        except ValueError:
+            raise SystemExit(f"--set {item!r}: VALUE is an integer (before_blocks: a comma-separated list)") from None
+        if key == "before_blocks":
+            spec["pruning"]["before_blocks"] = numbers
+        else:
+            spec[key] = numbers[0]
     if "moe" in spec:
         spec["moe"]["blocks"] = []  # token pruning only: experts change the dynamic model's full cost, not its floor
     out = folder / "space.yaml"
