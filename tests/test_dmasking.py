@@ -22,8 +22,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from nas.arch.space import load_space
 from nas.search.dnas.distribution import ArchDistribution
 from nas.search.dnas.dmasking_supernet import DMaskingSupernet
-from nas.search.dnas.search import SupernetSearchSettings
-from nas.search.dnas.strategy import SearchJob, SupernetStrategy
+from nas.search.dnas.resolution_loss import ResolutionLosses
+from nas.search.dnas.search import SupernetSearch, SupernetSearchSettings
+from nas.search.dnas.strategy import SearchJob, SupernetStrategy, build_supernet
 from nas.search.strategy import open_run
 from nas.train.evaluation import fit_input
 from nas.train.recipe import Recipe
@@ -103,6 +104,88 @@ def test_gradients_reach_op_channel_and_resolution_logits(tiny_v2):
         assert res.abs().sum() > 0
 
 
+def test_running_resolution_losses_average_then_fade_and_fill_the_unmeasured():
+    losses = ResolutionLosses(3, rate=0.25)
+    probs = torch.tensor([0.2, 0.3, 0.5], requires_grad=True)
+    assert float(losses.expected(probs).detach()) == 0  # nothing measured: no push either way
+    losses.observe(0, 1.0)
+    losses.observe(0, 2.0)  # a plain mean over the first 1 / rate steps
+    assert losses.loss[0] == pytest.approx(1.5)
+    losses.observe(0, 2.0)
+    losses.observe(0, 2.0)
+    assert losses.loss[0] == pytest.approx(1.75)  # (1 + 2 + 2 + 2) / 4
+    losses.observe(0, 5.75)  # then an exponential mean: the newest step weighs ``rate``
+    assert losses.loss[0] == pytest.approx(2.75)
+    losses.observe(2, 3.0)
+    expected = losses.expected(probs)
+    fill = (losses.loss[0] + 3.0) / 2  # resolution 1 never ran: it counts at the mean of the others
+    assert float(expected.detach()) == pytest.approx(0.2 * losses.loss[0] + 0.3 * fill + 0.5 * 3.0)
+    expected.backward()
+    assert probs.grad.tolist() == pytest.approx([losses.loss[0], fill, 3.0])
+    again = ResolutionLosses(3)
+    again.load(losses.state())
+    assert again.loss == losses.loss and again.steps == losses.steps
+
+
+def test_one_sampled_resolution_is_steered_by_the_resolutions_measured_losses(tiny_v2):
+    """One resolution per step: the straight-through weight scaling the logits carries no gradient (it pushed by the
+    sign of d loss / d logit scale, not by which resolution classifies better); the resolution's logits move by
+    ``p_r (L_r - E[L])`` of the running losses, and the supernet trains every resolution alike."""
+    job = SearchJob(method="dmasking", space=str(tiny_v2["path"]), device="test-v2", dataset=f"npz:{tiny_v2['digits']}",
+                    resolution=16, width=1.0, tables_dir=str(tiny_v2["tables"]),
+                    settings=SupernetSearchSettings(epochs=2, alpha=0.0, entropy_weight=0.0),
+                    recipe=Recipe(epochs=1, batch_size=16))
+    prep = SupernetStrategy(job).prepare()
+    torch.manual_seed(0)
+    search = SupernetSearch(build_supernet(prep), prep.dist, prep.terms, prep.data, job.settings, job.recipe,
+                            prep.min_ms)
+    assert prep.dist.resolution_options == [12, 16] and search.resolution_losses is not None
+    picked = [search._sample().resolution.active[0] for _ in range(400)]
+    assert 0.4 < np.mean(picked) < 0.6  # uniform, whatever the distribution says
+    items = [prep.data.train[i] for i in range(16)]
+    x = torch.stack([torch.as_tensor(item[0]) for item in items]).float()
+    y = torch.as_tensor([int(item[1]) for item in items])
+    for measured in ([1.0, 1.0], [0.5, 1.5]):
+        search.resolution_losses.loss, search.resolution_losses.steps = list(measured), [10_000, 10_000]
+        with torch.no_grad():
+            prep.dist.logits.zero_()
+        prep.dist.logits.grad = None
+        loss, _ = search._arch_loss(x, y)
+        loss.backward()
+        grad = prep.dist.rows(prep.dist.logits.grad)[2]
+        running = search.resolution_losses.loss  # this step's loss joined its resolution's mean
+        mean = sum(running) / 2
+        assert grad.tolist() == pytest.approx([0.5 * (running[0] - mean), 0.5 * (running[1] - mean)], abs=1e-6)
+    assert float(grad[0]) < 0 < float(grad[1])  # the resolution that measured the lower loss gains
+
+
+def test_an_interrupted_search_resumes_with_the_resolutions_running_losses(tiny_v2, tmp_path):
+    job = SearchJob(method="dmasking", space=str(tiny_v2["path"]), device="test-v2", dataset=f"npz:{tiny_v2['digits']}",
+                    resolution=16, width=1.0, tables_dir=str(tiny_v2["tables"]),
+                    settings=SupernetSearchSettings(epochs=3, warmup_epochs=1), recipe=Recipe(epochs=1, batch_size=64))
+
+    def search(checkpoint=None, on_epoch=None):
+        prep = SupernetStrategy(job).prepare()
+        torch.manual_seed(0)
+        s = SupernetSearch(build_supernet(prep), prep.dist, prep.terms, prep.data, job.settings, job.recipe,
+                           prep.min_ms)
+        return s, s.run(checkpoint, on_epoch)
+
+    full, _ = search()
+
+    def interrupt(epoch, row):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        search(tmp_path / "search.pt", interrupt)
+    resumed, history = search(tmp_path / "search.pt")
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    assert resumed.resolution_losses.loss == pytest.approx(full.resolution_losses.loss, rel=1e-6)
+    assert resumed.resolution_losses.steps == full.resolution_losses.steps
+    assert torch.allclose(resumed.dist.logits, full.dist.logits, atol=1e-6)
+
+
 def _options_space(tmp_path, n: int):
     text = TINY_V2.replace("channel_options: [0.5, 1.0]",
                            f"channel_options: [{', '.join(str((i + 1) / n) for i in range(n))}]")
@@ -150,7 +233,9 @@ def test_dmasking_search_lands_within_ten_percent_of_the_target(tiny_v2, tmp_pat
     history = (tmp_path / "run" / "history.csv").read_text().splitlines()
     header = history[0].split(",")
     assert len(history) == 4 and {"p_S1_c16", "p_S1_c32", "p_res12", "p_res16", "expected_ms", "alpha",
-                                  "temperature", "val_accuracy"} <= set(header)
+                                  "temperature", "val_accuracy", "val_loss_res12", "val_loss_res16"} <= set(header)
+    last = dict(zip(header, history[-1].split(",")))
+    assert float(last["val_loss_res12"]) > 0 and float(last["val_loss_res16"]) > 0  # both measured, as they run
     for name in ("search_trajectory.png", "arch_probabilities.png", "model.onnx", "arch.json"):
         assert (tmp_path / "run" / name).stat().st_size > 0
 

@@ -10,6 +10,8 @@ Modules:
   the largest map) and position-weighted batch norm.
 - ``masked_blocks``: a layer's candidates as one shared-weight block (kernel, expansion and group masks), plus skip.
 - ``dmasking_supernet``: the DMaskingNAS supernet; ``child(arch)`` is exactly ``build_model(space, arch)``.
+- ``resolution_loss``: each resolution's running validation loss, the resolution decision's accuracy signal when
+  one resolution runs per step.
 - ``search``: the alternating weight / architecture optimisation, resumable per epoch.
 - ``plots``: PNG plots of the search trajectory.
 - ``strategy``: ``SupernetStrategy`` (``nas.search.strategy``): latency table, search, retrain + export + measure,

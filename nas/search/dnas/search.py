@@ -23,7 +23,8 @@ from nas.data.dataset import Dataset
 from nas.errors import SearchError
 from nas.search.dnas.distribution import ArchDistribution
 from nas.search.dnas.latency_terms import LatencyTerms
-from nas.search.gumbel import TemperatureSchedule
+from nas.search.dnas.resolution_loss import ResolutionLosses
+from nas.search.gumbel import DecisionSample, TemperatureSchedule, one_hot_decision
 from nas.search.latency_loss import TargetController, latency_factor
 from nas.train.engine import Engine, OptimizerStep, StepLoss
 from nas.train.recipe import Recipe
@@ -95,6 +96,8 @@ class SupernetSearch:
                                          weight_decay=settings.arch_weight_decay)
         self.alpha = settings.alpha
         self.controller = TargetController(settings.target_ms, settings.alpha) if settings.target_ms else None
+        one_resolution = len(dist.resolution_options) > 1 and settings.resolution_paths == 1
+        self.resolution_losses = ResolutionLosses(len(dist.resolution_options)) if one_resolution else None
         self.shuffle = torch.Generator().manual_seed(recipe.seed)
         self.history: list[dict] = []
         self.tau = settings.initial_temperature  # this epoch's
@@ -109,6 +112,7 @@ class SupernetSearch:
                 "weight_opt": self.weight_opt.state_dict(), "arch_opt": self.arch_opt.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "alpha": self.alpha,
                 "controller": json.dumps(self.controller.state() if self.controller else None),
+                "resolution_losses": json.dumps(self.resolution_losses.state() if self.resolution_losses else None),
                 "shuffle_rng": self.shuffle.get_state()}
 
     def load(self, state: dict) -> None:
@@ -120,6 +124,8 @@ class SupernetSearch:
         self.alpha = float(state["alpha"])
         if self.controller is not None:
             self.controller.load(json.loads(state["controller"]))
+        if self.resolution_losses is not None and "resolution_losses" in state:
+            self.resolution_losses.load(json.loads(state["resolution_losses"]))
         self.history = json.loads(state["history"])  # the engine's copy of the rows
         self.shuffle.set_state(state["shuffle_rng"])
 
@@ -156,12 +162,28 @@ class SupernetSearch:
                         "argmax_ms": self.terms.argmax_ms(), "entropy": self.dist.entropy(),
                         "lr": self.weight_opt.param_groups[0]["lr"], "seconds": time.perf_counter() - start})
         row.update(self.dist.probability_row())
+        if self.resolution_losses is not None:
+            row.update({f"val_loss_res{r}": v for r, v in zip(self.dist.resolution_options,
+                                                               self.resolution_losses.loss)})
         self.history.append(row)
         return row
 
     def _sample(self):
+        """A Gumbel sample of the distribution; where one resolution runs per step, the resolution is drawn
+        uniformly instead, with a weight that carries no gradient (``nas.search.dnas.resolution_loss``): the
+        supernet trains every resolution alike and each resolution's running loss stays current."""
         s = self.settings
-        return self.dist.sample(self.tau, s.op_paths, s.channel_paths, s.resolution_paths)
+        sample = self.dist.sample(self.tau, s.op_paths, s.channel_paths, s.resolution_paths)
+        if self.resolution_losses is not None:
+            options = len(self.dist.resolution_options)
+            pick = int(torch.randint(options, ()))
+            sample.resolution = DecisionSample(one_hot_decision(options, pick).weights.to(self.dist.logits.device),
+                                               [pick])
+        return sample
+
+    def _observe_resolution(self, sample, ce: torch.Tensor) -> None:
+        if self.resolution_losses is not None:
+            self.resolution_losses.observe(sample.resolution.active[0], float(ce.detach()))
 
     def _weight_loss(self, x: torch.Tensor, y: torch.Tensor) -> StepLoss:
         """Cross-entropy of one Gumbel sample of the supernet (the sample itself at full precision)."""
@@ -174,9 +196,16 @@ class SupernetSearch:
     def _arch_loss(self, x: torch.Tensor, y: torch.Tensor) -> StepLoss:
         """FBNet's latency-aware loss of one sample: CE times the latency factor of the expected latency (at full
         precision), times ``1 + w x`` the mean relative entropy of the choices (a factor like the latency's: the push
-        to decide keeps its share of the loss; ``w`` ramps up over the architecture epochs)."""
-        out = self.supernet(x, self._sample())
+        to decide keeps its share of the loss; ``w`` ramps up over the architecture epochs). Where one resolution
+        runs per step, the resolution's gradient comes from the expected loss over the resolutions' running losses
+        (``nas.search.dnas.resolution_loss``), added at zero value."""
+        sample = self._sample()
+        out = self.supernet(x, sample)
         ce = F.cross_entropy(out, y)
+        self._observe_resolution(sample, ce)
+        if self.resolution_losses is not None:
+            expected = self.resolution_losses.expected(self.dist.probs().resolution)
+            ce = ce + (expected - expected.detach()).to(ce.dtype)
         with self.engine.full_precision():
             loss = ce.float() * latency_factor(self.terms.expected_ms(), self.min_ms, self.alpha, self.settings.beta)
             if self.entropy_weight:
@@ -188,5 +217,8 @@ class SupernetSearch:
         self.alpha = self.controller.update(self.terms.argmax_ms())
 
     def _val_figures(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        out = self.supernet(x, self._sample())
-        return {"val_loss": float(F.cross_entropy(out, y)) * len(y), "val_accuracy": int((out.argmax(1) == y).sum())}
+        sample = self._sample()
+        out = self.supernet(x, sample)
+        ce = F.cross_entropy(out, y)
+        self._observe_resolution(sample, ce)
+        return {"val_loss": float(ce) * len(y), "val_accuracy": int((out.argmax(1) == y).sum())}
