@@ -31,13 +31,14 @@ from nas.search.dnas.search import SupernetSearchSettings  # noqa: E402
 from nas.search.dnas.strategy import SearchJob, SupernetStrategy, build_supernet  # noqa: E402
 from nas.train.accelerator import resolve_accelerator  # noqa: E402
 from nas.train.engine import Engine  # noqa: E402
+from nas.train.training import set_dropout  # noqa: E402
 
 
 def trained_archs(out: Path) -> dict[str, tuple[dict, float]]:
     """Label -> (arch, mean test accuracy over seeds) of every trained arch of the searched space."""
     models = pd.read_csv(out / "models.csv")
     found = {}
-    for (run, label), group in models[models.kind.isin(["searched", "random"])].groupby(["run", "label"], sort=False):
+    for (_, label), group in models[models.kind.isin(["searched", "random"])].groupby(["run", "label"], sort=False):
         first = Path(group.model.iloc[0]).parent
         arch = json.loads((first / "arch.json").read_text())
         found[label] = (arch, float(group.accuracy.mean()))
@@ -51,21 +52,23 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     archs = trained_archs(args.out)
-    for folder in ("search", "flops"):
-        checkpoint = args.out / folder / "search_checkpoint.pt"
-        if not checkpoint.is_file():
-            continue
-        run = read_run(args.out / folder)
-        job = SearchJob(method="dmasking", space=run.space.name, device=run.device, dataset=run.dataset,
-                        width=run.space.width_multiplier, resolution=run.space.resolution, seed=0,
-                        settings=SupernetSearchSettings(), engine=Engine(resolve_accelerator("cpu", "32", 1)))
-        prep = SupernetStrategy(job).prepare()
+    folders = [f for f in ("search", "flops") if (args.out / f / "search_checkpoint.pt").is_file()]
+    if not folders:
+        raise SystemExit(f"{args.out}: no search_checkpoint.pt under search/ or flops/")
+    # both searches of a comparison share the space, the data and its split: one preparation serves them
+    run = read_run(args.out / folders[0])
+    job = SearchJob(method="dmasking", space=run.space.name, device=run.device, dataset=run.dataset,
+                    width=run.space.width_multiplier, resolution=run.space.resolution, seed=run.data_seed,
+                    settings=SupernetSearchSettings(), engine=Engine(resolve_accelerator("cpu", "32", 1)))
+    prep = SupernetStrategy(job).prepare()
+    items = [prep.data.val[i] for i in range(min(args.images, len(prep.data.val)))]
+    x = torch.stack([torch.as_tensor(item[0]) for item in items]).float()
+    y = torch.as_tensor([int(item[1]) for item in items])
+    for folder in folders:
         net = build_supernet(prep)
-        net.load_state_dict(torch.load(checkpoint, weights_only=True)["supernet"])
+        net.load_state_dict(torch.load(args.out / folder / "search_checkpoint.pt", weights_only=True)["supernet"])
         net.train()  # batch statistics, as in the search
-        items = [prep.data.val[i] for i in range(min(args.images, len(prep.data.val)))]
-        x = torch.stack([torch.as_tensor(item[0]) for item in items]).float()
-        y = torch.as_tensor([int(item[1]) for item in items])
+        set_dropout(net, 0.0)  # (no dropout: the same figures every run)
         rows = []
         with torch.no_grad():
             for label, (arch, accuracy) in archs.items():
