@@ -152,6 +152,8 @@ def main() -> None:
     ap.add_argument("--alpha", type=float, default=1.0, help="the latency weight the target controller starts from")
     ap.add_argument("--search-setting", action="append", default=[], help="SupernetSearchSettings field=value")
     ap.add_argument("--target-quantile", type=float, default=0.25)
+    ap.add_argument("--target-ms", type=float, default=None, help="a fixed target instead of the quantile (e.g. an "
+                    "earlier run's, to compare searches of a changed space against its contenders)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--randoms", type=int, default=5)
     ap.add_argument("--baseline", action="append", default=None, help="default fbnet_a and mobilenet_v2")
@@ -173,9 +175,11 @@ def main() -> None:
     searches = {"search": "latency"} if args.no_flops else {"search": "latency", "flops": "flops"}
     if not args.measure_only:
         t = time.perf_counter()
-        target = relative_target(args, dataset, engine)
-        log(f"== searches: DMasking on {dataset}, target {target:.4f} ms (the {args.target_quantile:g} quantile of "
-            f"random archs' predicted latency on {args.device}), {args.search_epochs} epochs, {args.threads} threads")
+        target = args.target_ms or relative_target(args, dataset, engine)
+        how = "as given" if args.target_ms else (f"the {args.target_quantile:g} quantile of random archs' predicted "
+                                                 f"latency on {args.device}")
+        log(f"== searches: DMasking on {dataset}, target {target:.4f} ms ({how}), {args.search_epochs} epochs, "
+            f"{args.threads} threads")
         for folder, cost in searches.items():
             if args.only_search not in (None, folder):
                 continue

@@ -22,6 +22,7 @@ from test_dnas_support import (
 
 from nas.data.task import load_search_task
 from nas.errors import DataError, LatencyTableError, SearchError
+from nas.latency.layout import reorder_steps
 from nas.models.builder import build_model
 from nas.search.dnas.decode import attainable_range_ms, most_probable_in_band
 from nas.search.dnas.distribution import ArchDistribution
@@ -146,8 +147,13 @@ def test_expected_latency_is_the_exact_expectation_and_differentiable(tiny_v2):
     assert dist.logits.grad.abs().sum() > 0
 
 
-def test_attainable_range_and_band_decoding_match_brute_force(tiny_v2):
+@pytest.mark.parametrize("per_reorder_ms", [0.0, 0.001, 0.002])
+def test_attainable_range_and_band_decoding_match_brute_force(tiny_v2, per_reorder_ms, monkeypatch):
+    """With the layout term on (it takes off the reorders the blocks were timed with: at 0.001 ms a reorder, a fifth
+    of the median arch's latency here, arch by arch) as without: a DP that left it out found no arch in the band
+    and fell back to one predicted 14-21% under the target."""
     space, lm = tiny_v2["space"], tiny_v2["lm"]
+    monkeypatch.setattr(lm.correction, "per_reorder_ms", per_reorder_ms)
     dist = ArchDistribution(space)
     with torch.no_grad():
         dist.logits.normal_(generator=torch.Generator().manual_seed(4))
@@ -159,9 +165,12 @@ def test_attainable_range_and_band_decoding_match_brute_force(tiny_v2):
     logp = np.array([arch_log_prob(dist, a) for a in archs])
     # targets are latencies of real archs (the table is measured live, so an interpolated quantile can fall in a
     # gap between archs); the decoder bins latencies, so it is exact up to its rounding margin at the band's edges
-    margin = 3 * (len(terms.terms) + 1) * lat.max() * 1.05 / 4000 / 2
+    # (its bins span the band's top down to the sum of the positions' most negative costs, layout term included)
+    floor = terms.base_ms + sum(min(0.0, float(t.cost_ms.min()) + per_reorder_ms * reorder_steps(t.layout)[:2].min())
+                                for t in terms.terms)
     for target in np.quantile(lat, [0.1, 0.5, 0.9], method="nearest"):
         band = (0.95 * target, 1.05 * target)
+        margin = 3 * (len(terms.terms) + 2) * (band[1] - floor) / 4000 / 2
         found = most_probable_in_band(terms, *band)
         assert found is not None
         ms = terms.arch_ms(*found)

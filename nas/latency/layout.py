@@ -167,6 +167,17 @@ def extra_reorders(codes: np.ndarray) -> np.ndarray:
     return count + state  # the output leaves NCHWc
 
 
+def reorder_steps(codes: np.ndarray) -> np.ndarray:
+    """``extra_reorders``'s walk one position at a time, for every option of the position (``codes``, any shape):
+    ``(4, *shape)`` float arrays: the extra reorders an option runs when the trunk arrives in NCHWc, and when it
+    arrives in NCHW, then the trunk's layout after it (1: NCHWc) in either case. A whole model's extra reorders are
+    the sum of its positions' extras along the walk, plus 1 where the trunk ends in NCHWc."""
+    live, *flags, internal, timed = (a.astype(np.float64) for a in _decode(np.asarray(codes)))
+    runs_c, after_c = _step(1.0, *flags, internal)
+    runs_n, after_n = _step(0.0, *flags, internal)
+    return np.stack([live * (runs_c - timed), live * (runs_n - timed), live * after_c + (1 - live), live * after_n])
+
+
 class ExpectedReorders:
     """``extra_reorders``'s expectation when each position's option is drawn from its probabilities (same shape as
     its codes) independently: the trunk's layout is carried as the probability that it is NCHWc, and each option's
@@ -174,13 +185,7 @@ class ExpectedReorders:
     search evaluates this every step); differentiable in the probabilities."""
 
     def __init__(self, codes: list[np.ndarray]):
-        self._terms = []
-        for c in codes:
-            live, *flags, internal, timed = (a.astype(np.float64) for a in _decode(np.asarray(c)))
-            runs_c, after_c = _step(1.0, *flags, internal)
-            runs_n, after_n = _step(0.0, *flags, internal)
-            self._terms.append(np.stack([live * (runs_c - timed), live * (runs_n - timed),
-                                         live * after_c + (1 - live), live * after_n]))
+        self._terms = [reorder_steps(c) for c in codes]
         self._tensors: dict = {}
 
     def __call__(self, probs: list[torch.Tensor]) -> torch.Tensor:

@@ -3,7 +3,8 @@
 Modules:
 - ``distribution``: ``ArchDistribution``, the architecture logits (op per layer, channels per stage, resolution).
 - ``latency_terms``: the space's expected latency, a view of the LatencyModel's cost table of its block positions.
-- ``decode``: exact min / max latency of a space, and the most probable arch inside a latency band (DP).
+- ``decode``: exact min / max latency of a space, and the most probable arch inside a latency band (DP over
+  channels, the trunk's memory layout and latency bins).
 - ``mixed_op``: a layer's candidate blocks, run all at once (DNAS) or only the sampled path(s).
 - ``dnas_supernet``: the FBNet supernet (one block per candidate per layer).
 - ``masks``: FBNetV2 channel masks on one max-width conv, resolution masks (sub-sample, compute, interleave into

@@ -1,74 +1,111 @@
 """Exact questions about a space's latency terms, answered by dynamic programming over the stage chain.
 
 The terms couple decisions only along a chain (the resolution is global; a stage's channels reach the next stage's
-first layer), so for each resolution the min / max latency is a chain DP, and the most probable arch whose latency
-lies in a band is a DP over (channels, latency bin).
+first layer; the layout term follows the trunk's memory layout, NCHWc or NCHW, from block to block, see
+``nas.latency.layout``), so for each resolution the min / max latency is a chain DP over (channels, layout), and the
+most probable arch whose latency lies in a band is a DP over (channels, layout, latency bin).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+from nas.latency.layout import reorder_steps
 from nas.search.dnas.latency_terms import LatencyTerms
 
+LAYOUTS = (0, 1)  # the trunk arrives in NCHW (0) or NCHWc (1)
 
-def _at_res(terms: LatencyTerms, ri: int):
-    """The terms sliced at resolution index ``ri``: (stem cost, [(layer, stage, first, cost array)], head, cls)."""
-    stem = head = cls = None
-    layers = []
+
+@dataclass
+class _Position:
+    """One block position of the chain at one resolution, as ``(ops, A, B)`` arrays: A indexes the channel option
+    the position reads (the previous stage's), B the one it writes; ``allowed[a, b]`` says which pairs exist."""
+    layer: int | None  # the op decision's index (None: no choice, ``ops`` is 1)
+    stage: int | None  # the channel decision it writes (None: the stem, the head, the classifier)
+    first: bool  # the first position writing ``stage``: its channel log-probability is counted here
+    cost: np.ndarray  # (ops, A, B) block costs, ms
+    steps: np.ndarray  # (4, ops, A, B) ``reorder_steps``: extra reorders from NCHWc / NCHW, layout after
+    allowed: np.ndarray  # (A, B) bool
+
+    def ms(self, layout: int, per_reorder_ms: float) -> np.ndarray:
+        """(ops, A, B) costs when the trunk arrives in ``layout``, the layout term's share included."""
+        return self.cost + per_reorder_ms * self.steps[0 if layout else 1]
+
+    def after(self, layout: int) -> np.ndarray:
+        """(ops, A, B) the trunk's layout after the position."""
+        return self.steps[2 if layout else 3].round().astype(np.int64)
+
+
+def _chain(terms: LatencyTerms, ri: int) -> list[_Position]:
+    """The positions at resolution index ``ri``, in model order (``terms.terms`` is: stem, layers, head,
+    classifier)."""
+    stages = terms.dist.space.stages
+    chain, seen = [], set()
     for t in terms.terms:
-        cost = t.cost_ms[..., ri]
-        if t.name == "stem":
-            stem = float(cost)
-        elif t.name == "head":
-            head = cost
-        elif t.name == "classifier":
-            cls = float(cost)
-        else:  # kind: "cross" (a later stage's first layer: op x A x B), "tied" (op x B, input = output or stem)
+        cost, steps = t.cost_ms[..., ri], reorder_steps(t.layout)[..., ri]
+        if t.name in ("stem", "classifier"):  # dims: resolution only
+            chain.append(_Position(None, None, False, cost.reshape(1, 1, 1), steps.reshape(4, 1, 1, 1),
+                                   np.ones((1, 1), bool)))
+        elif t.name == "head":  # dims: the last stage's channels, resolution
+            chain.append(_Position(None, None, False, cost.reshape(1, -1, 1), steps.reshape(4, 1, -1, 1),
+                                   np.ones((cost.shape[0], 1), bool)))
+        elif len(t.dims) == 4:  # a stage's first layer: op x its input (the previous stage's) x its output options
             layer, stage = t.dims[0][1], t.dims[-2][1]
-            if len(t.dims) == 4:
-                layers.append((layer, stage, "cross", cost))
-            else:  # the stem feeds stage 0's first layer: one input option
-                first = layer == terms.dist.space.stages[stage].layers[0]
-                layers.append((layer, stage, "from_stem" if first else "tied", cost))
-    return stem, layers, head, cls
+            seen.add(stage)
+            chain.append(_Position(layer, stage, True, cost, steps, np.ones(cost.shape[1:], bool)))
+        else:  # op x B: stage 0's first layer (input: the stem, one option) or a layer that keeps its stage's width
+            layer, stage = t.dims[0][1], t.dims[-2][1]
+            if layer == stages[stage].layers[0]:
+                seen.add(stage)
+                chain.append(_Position(layer, stage, True, cost[:, None, :], steps[:, :, None, :],
+                                       np.ones((1, cost.shape[1]), bool)))
+            else:
+                n = cost.shape[1]
+                eye = np.eye(n, dtype=bool)
+                chain.append(_Position(layer, stage, stage not in seen, cost[:, None, :] * eye,
+                                       steps[:, :, None, :] * eye, eye))
+                seen.add(stage)
+    return chain
 
 
 def attainable_range_ms(terms: LatencyTerms) -> tuple[float, float]:
-    """The fastest and the slowest arch's predicted latency (exact)."""
+    """The fastest and the slowest arch's predicted latency (exact, the layout term included)."""
+    r = terms.lm.correction.per_reorder_ms
     lows, highs = [], []
     for ri in range(len(terms.dist.resolution_options)):
-        for reduce, out in ((np.min, lows), (np.max, highs)):
-            stem, layers, head, cls = _at_res(terms, ri)
-            value = np.array([stem])  # over the previous stage's channel options (stem: one)
-            for _, _, kind, cost in layers:
-                best = reduce(cost, axis=0)  # over ops: (A, B) for "cross", else (B,)
-                if kind == "cross":
-                    value = reduce(value[:, None] + best, axis=0)
-                elif kind == "tied":
-                    value = value + best
-                else:
-                    value = value[0] + best
-            out.append(float(reduce(value + head)) + cls)
+        for reduce, worst, out in ((np.min, np.inf, lows), (np.max, -np.inf, highs)):
+            value = np.array([[0.0, worst]])  # (channel option, layout): the input arrives in NCHW
+            for pos in _chain(terms, ri):
+                new = np.full((pos.cost.shape[2], 2), worst)
+                for s in LAYOUTS:
+                    ms, after = pos.ms(s, r), pos.after(s)
+                    for a, b in zip(*np.nonzero(pos.allowed)):
+                        for o in range(pos.cost.shape[0]):
+                            cand = value[a, s] + ms[o, a, b]
+                            new[b, after[o, a, b]] = reduce([new[b, after[o, a, b]], cand])
+                value = new
+            out.append(float(reduce(value + r * np.array(LAYOUTS)[None, :])))
     return terms.base_ms + min(lows), terms.base_ms + max(highs)
 
 
 def most_probable_in_band(terms: LatencyTerms, lo_ms: float, hi_ms: float, bins: int = 4000):
     """Decision indices (ops, channels, res) of the most probable arch with ``lo_ms <= latency <= hi_ms``, or None.
 
-    Latencies are rounded to ``bins`` bins over [0, hi]; the result is checked exactly and the band narrowed by the
+    Latencies are binned (``bins`` over ``[0, hi_ms]``), so the DP is exact up to rounding; the band is shrunk by the
     rounding margin if the rounded answer falls outside it.
     """
     lp_ops, lp_ch, lp_res = terms.dist.log_probs()
     margin = 0.0
     for _ in range(3):
-        found = _band_dp(terms, lp_ops, lp_ch, lp_res, lo_ms + margin, hi_ms - margin, hi_ms, bins)
+        found, delta = _band_dp(terms, lp_ops, lp_ch, lp_res, lo_ms + margin, hi_ms - margin, hi_ms, bins)
         if found is None:
             return None
         ms = terms.arch_ms(*found)
         if lo_ms <= ms <= hi_ms:
             return found
-        margin += (len(terms.terms) + 1) * hi_ms / bins / 2
+        margin += (len(terms.terms) + 2) * delta / 2  # each position's rounding, and the last layout's
     return None
 
 
@@ -81,80 +118,57 @@ def _shift(values: np.ndarray, by: int) -> np.ndarray:
 
 
 def _band_dp(terms, lp_ops, lp_ch, lp_res, lo_ms, hi_ms, scale_ms, bins):
-    # a corrected block cost can be slightly negative: shift every term by its minimum so that partial sums only
-    # grow (every arch takes one entry of every term, so the band shifts by the same total)
-    offsets = {t.name: min(0.0, float(t.cost_ms.min())) for t in terms.terms}
-    offset = sum(offsets.values())
-    lo_ms, hi_ms, scale_ms = lo_ms - offset, hi_ms - offset, scale_ms - offset
-    delta = scale_ms / bins
+    """(the most probable arch in the band or None, the widest bin used in ms)."""
+    r = terms.lm.correction.per_reorder_ms
     n = bins + 1
-    to_bin = lambda ms: int(round(ms / delta))  # noqa: E731
-    best = None  # (logp, ops, channels, res)
+    best, widest = None, 0.0  # (logp, ops, channels, res)
     for ri in range(len(lp_res)):
-        stem, layers, head, cls = _at_res(terms, ri)
-        layers = [(layer, stage, kind, cost - offsets[f"L{layer}"]) for layer, stage, kind, cost in layers]
-        head = head - offsets["head"]
-        stem, cls = stem - offsets["stem"], cls - offsets["classifier"]
-        value = np.full((1, n), -np.inf)
-        start = to_bin(terms.base_ms + stem + cls)
-        if start >= n:
+        chain = _chain(terms, ri)
+        # a position's cost can be negative (a corrected block, the layout term): shift each by its minimum so that
+        # partial sums only grow (every arch takes one entry of every position, so the band shifts by the same total)
+        costs = [[pos.ms(s, r) for s in LAYOUTS] for pos in chain]
+        offsets = [min(0.0, min(float(c[:, pos.allowed].min()) for c in pair)) for pos, pair in zip(chain, costs)]
+        offset = terms.base_ms + sum(offsets)
+        if scale_ms <= offset:
             continue
-        value[0, start] = 0.0
-        pointers = []  # per layer: (op[b, k], a[b, k])
-        for layer, stage, kind, cost in layers:
-            lp = lp_ops[layer]
-            costs = np.vectorize(to_bin)(cost)
-            if kind != "tied":  # input options differ from output options
-                c3 = costs if kind == "cross" else costs[:, None, :]  # (ops, A, B)
-                n_a, n_b = c3.shape[1], c3.shape[2]
-                new = np.full((n_b, n), -np.inf)
-                arg_op = np.zeros((n_b, n), np.int64)
-                arg_a = np.zeros((n_b, n), np.int64)
-                for b in range(n_b):
-                    for o in range(len(lp)):
-                        for a in range(n_a):
-                            cand = _shift(value[a], c3[o, a, b]) + lp[o]
-                            better = cand > new[b]
-                            new[b][better] = cand[better]
-                            arg_op[b][better] = o
-                            arg_a[b][better] = a
-                new += lp_ch[stage][:, None]
-            else:
-                n_b = costs.shape[1]
-                new = np.full((n_b, n), -np.inf)
-                arg_op = np.zeros((n_b, n), np.int64)
-                arg_a = np.tile(np.arange(n_b)[:, None], (1, n))
-                for b in range(n_b):
-                    for o in range(len(lp)):
-                        cand = _shift(value[b], costs[o, b]) + lp[o]
-                        better = cand > new[b]
-                        new[b][better] = cand[better]
-                        arg_op[b][better] = o
-            pointers.append((layer, stage, arg_op, arg_a))
+        delta = (scale_ms - offset) / bins  # bins over [offset, scale_ms]
+        widest = max(widest, delta)
+        bins_of = [[np.rint((c - off) / delta).astype(np.int64) for c in pair] for pair, off in zip(costs, offsets)]
+        value = np.full((1, 2, n), -np.inf)  # (channel option, layout, latency bin)
+        value[0, 0, 0] = 0.0
+        pointers = []  # per position: (op, a, layout before) of the best way into (b, layout, bin)
+        for pos, cost_bins in zip(chain, bins_of):
+            n_ops, _, n_b = pos.cost.shape
+            lp = lp_ops[pos.layer] if pos.layer is not None else np.zeros(1)
+            new = np.full((n_b, 2, n), -np.inf)
+            arg = np.zeros((3, n_b, 2, n), np.int64)
+            for s in LAYOUTS:
+                after = pos.after(s)
+                for a, b in zip(*np.nonzero(pos.allowed)):
+                    gain = lp_ch[pos.stage][b] if pos.first else 0.0
+                    for o in range(n_ops):
+                        t = after[o, a, b]
+                        cand = _shift(value[a, s], cost_bins[s][o, a, b]) + lp[o] + gain
+                        better = cand > new[b, t]
+                        new[b, t][better] = cand[better]
+                        arg[:, b, t][:, better] = np.array([o, a, s])[:, None]
+            pointers.append(arg)
             value = new
-        head_bins = np.vectorize(to_bin)(head)
-        final = np.stack([_shift(value[b], head_bins[b]) for b in range(value.shape[0])])
-        ks = np.arange(n) * delta
+        final = np.stack([_shift(value[0, s], int(round(r * s / delta))) for s in LAYOUTS])  # (layout, bin)
+        ks = np.arange(n) * delta + offset
         in_band = (ks >= lo_ms - 1e-12) & (ks <= hi_ms + 1e-12)
         scores = np.where(in_band[None, :], final, -np.inf) + lp_res[ri]
-        b, k = np.unravel_index(np.argmax(scores), scores.shape)
-        if not np.isfinite(scores[b, k]) or (best is not None and scores[b, k] <= best[0]):
+        s, k = np.unravel_index(np.argmax(scores), scores.shape)
+        if not np.isfinite(scores[s, k]) or (best is not None and scores[s, k] <= best[0]):
             continue
-        k -= head_bins[b]
-        ops = [0] * len(lp_ops)
-        channels = [0] * len(lp_ch)
-        for layer, stage, arg_op, arg_a in reversed(pointers):
-            o, a = int(arg_op[b, k]), int(arg_a[b, k])
-            ops[layer], channels[stage] = o, int(b)
-            c = _layer_cost_bins(layers, layer, o, a, b, to_bin)
-            k -= c
-            b = a
-        best = (float(scores.max()), ops, channels, ri)
-    return None if best is None else (best[1], best[2], best[3])
-
-
-def _layer_cost_bins(layers, layer, o, a, b, to_bin) -> int:
-    for idx, _, kind, cost in layers:
-        if idx == layer:
-            return to_bin(cost[o, a, b] if kind == "cross" else cost[o, b])
-    raise KeyError(layer)
+        score = float(scores[s, k])
+        k -= int(round(r * s / delta))
+        ops, channels, b = [0] * len(lp_ops), [0] * len(lp_ch), 0
+        for pos, arg, cost_bins in zip(reversed(chain), reversed(pointers), reversed(bins_of)):
+            o, a, before = (int(v) for v in arg[:, b, s, k])
+            if pos.layer is not None:
+                ops[pos.layer], channels[pos.stage] = o, b
+            k -= int(cost_bins[before][o, a, b])
+            b, s = a, before
+        best = (score, ops, channels, ri)
+    return (None if best is None else (best[1], best[2], best[3])), widest
