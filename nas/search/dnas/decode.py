@@ -38,13 +38,17 @@ class _Position:
         return self.steps[2 if layout else 3].round().astype(np.int64)
 
 
-def _chain(terms: LatencyTerms, ri: int) -> list[_Position]:
-    """The positions at resolution index ``ri``, in model order (``terms.terms`` is: stem, layers, head,
-    classifier)."""
+def _chains(terms: LatencyTerms) -> list[list[_Position]]:
+    """Per resolution index, the positions in model order (``terms.terms`` is: stem, layers, head, classifier)."""
+    steps = [reorder_steps(t.layout) for t in terms.terms]
+    return [_chain(terms, [s[..., ri] for s in steps], ri) for ri in range(len(terms.dist.resolution_options))]
+
+
+def _chain(terms: LatencyTerms, steps_at: list[np.ndarray], ri: int) -> list[_Position]:
     stages = terms.dist.space.stages
-    chain, seen = [], set()
-    for t in terms.terms:
-        cost, steps = t.cost_ms[..., ri], reorder_steps(t.layout)[..., ri]
+    chain = []
+    for t, steps in zip(terms.terms, steps_at):
+        cost = t.cost_ms[..., ri]
         if t.name in ("stem", "classifier"):  # dims: resolution only
             chain.append(_Position(None, None, False, cost.reshape(1, 1, 1), steps.reshape(4, 1, 1, 1),
                                    np.ones((1, 1), bool)))
@@ -53,20 +57,15 @@ def _chain(terms: LatencyTerms, ri: int) -> list[_Position]:
                                    np.ones((cost.shape[0], 1), bool)))
         elif len(t.dims) == 4:  # a stage's first layer: op x its input (the previous stage's) x its output options
             layer, stage = t.dims[0][1], t.dims[-2][1]
-            seen.add(stage)
             chain.append(_Position(layer, stage, True, cost, steps, np.ones(cost.shape[1:], bool)))
         else:  # op x B: stage 0's first layer (input: the stem, one option) or a layer that keeps its stage's width
             layer, stage = t.dims[0][1], t.dims[-2][1]
             if layer == stages[stage].layers[0]:
-                seen.add(stage)
                 chain.append(_Position(layer, stage, True, cost[:, None, :], steps[:, :, None, :],
                                        np.ones((1, cost.shape[1]), bool)))
             else:
-                n = cost.shape[1]
-                eye = np.eye(n, dtype=bool)
-                chain.append(_Position(layer, stage, stage not in seen, cost[:, None, :] * eye,
-                                       steps[:, :, None, :] * eye, eye))
-                seen.add(stage)
+                eye = np.eye(cost.shape[1], dtype=bool)
+                chain.append(_Position(layer, stage, False, cost[:, None, :] * eye, steps[:, :, None, :] * eye, eye))
     return chain
 
 
@@ -74,10 +73,10 @@ def attainable_range_ms(terms: LatencyTerms) -> tuple[float, float]:
     """The fastest and the slowest arch's predicted latency (exact, the layout term included)."""
     r = terms.lm.correction.per_reorder_ms
     lows, highs = [], []
-    for ri in range(len(terms.dist.resolution_options)):
+    for chain in _chains(terms):
         for reduce, worst, out in ((np.min, np.inf, lows), (np.max, -np.inf, highs)):
             value = np.array([[0.0, worst]])  # (channel option, layout): the input arrives in NCHW
-            for pos in _chain(terms, ri):
+            for pos in chain:
                 new = np.full((pos.cost.shape[2], 2), worst)
                 for s in LAYOUTS:
                     ms, after = pos.ms(s, r), pos.after(s)
@@ -93,13 +92,14 @@ def attainable_range_ms(terms: LatencyTerms) -> tuple[float, float]:
 def most_probable_in_band(terms: LatencyTerms, lo_ms: float, hi_ms: float, bins: int = 4000):
     """Decision indices (ops, channels, res) of the most probable arch with ``lo_ms <= latency <= hi_ms``, or None.
 
-    Latencies are binned (``bins`` over ``[0, hi_ms]``), so the DP is exact up to rounding; the band is shrunk by the
-    rounding margin if the rounded answer falls outside it.
+    Latencies are binned (``bins`` from the sum of the positions' most negative costs up to ``hi_ms``), so the DP is
+    exact up to rounding; the band is shrunk by the rounding margin if the rounded answer falls outside it.
     """
     lp_ops, lp_ch, lp_res = terms.dist.log_probs()
+    chains = _chains(terms)
     margin = 0.0
     for _ in range(3):
-        found, delta = _band_dp(terms, lp_ops, lp_ch, lp_res, lo_ms + margin, hi_ms - margin, hi_ms, bins)
+        found, delta = _band_dp(terms, chains, lp_ops, lp_ch, lp_res, lo_ms + margin, hi_ms - margin, hi_ms, bins)
         if found is None:
             return None
         ms = terms.arch_ms(*found)
@@ -117,13 +117,12 @@ def _shift(values: np.ndarray, by: int) -> np.ndarray:
     return out
 
 
-def _band_dp(terms, lp_ops, lp_ch, lp_res, lo_ms, hi_ms, scale_ms, bins):
+def _band_dp(terms, chains, lp_ops, lp_ch, lp_res, lo_ms, hi_ms, scale_ms, bins):
     """(the most probable arch in the band or None, the widest bin used in ms)."""
     r = terms.lm.correction.per_reorder_ms
     n = bins + 1
     best, widest = None, 0.0  # (logp, ops, channels, res)
-    for ri in range(len(lp_res)):
-        chain = _chain(terms, ri)
+    for ri, chain in enumerate(chains):
         # a position's cost can be negative (a corrected block, the layout term): shift each by its minimum so that
         # partial sums only grow (every arch takes one entry of every position, so the band shifts by the same total)
         costs = [[pos.ms(s, r) for s in LAYOUTS] for pos in chain]
