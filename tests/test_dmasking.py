@@ -20,6 +20,7 @@ from test_dnas_support import (
 from torch.utils.flop_counter import FlopCounterMode
 
 from nas.arch.space import load_space
+from nas.errors import SearchError
 from nas.search.dnas.distribution import ArchDistribution
 from nas.search.dnas.dmasking_supernet import DMaskingSupernet
 from nas.search.dnas.resolution_loss import ResolutionLosses
@@ -184,6 +185,23 @@ def test_an_interrupted_search_resumes_with_the_resolutions_running_losses(tiny_
     assert resumed.resolution_losses.loss == pytest.approx(full.resolution_losses.loss, rel=1e-6)
     assert resumed.resolution_losses.steps == full.resolution_losses.steps
     assert torch.allclose(resumed.dist.logits, full.dist.logits, atol=1e-6)
+
+
+def test_a_search_does_not_resume_in_a_space_whose_options_changed(tiny_v2, tmp_path):
+    """Reordered candidates keep the logits' shape: without the space's fingerprint in the run's config the
+    checkpoint would load and its choices read back shifted."""
+    path = write_space(tmp_path, TINY_V2, "tiny_v2")
+    job = SearchJob(method="dmasking", space=str(path), device="test-v2", dataset=f"npz:{tiny_v2['digits']}",
+                    resolution=16, width=1.0, tables_dir=str(tiny_v2["tables"]),
+                    settings=SupernetSearchSettings(epochs=2), recipe=Recipe(epochs=1))
+    run = open_run(SupernetStrategy(job), SupernetStrategy(job).prepare(), tmp_path / "run")
+    run.write_json("arch.json", {})  # an output: the folder is a run to resume
+    again = open_run(SupernetStrategy(job), SupernetStrategy(job).prepare(), tmp_path / "run")
+    assert again.resumed
+    write_space(tmp_path, TINY_V2.replace("[ir_k3_e1, ir_k3_e1_g2, ir_k3_e3, skip]",
+                                          "[ir_k3_e3, ir_k3_e1, ir_k3_e1_g2, skip]"), "tiny_v2")
+    with pytest.raises(SearchError, match="other settings .*space_fingerprint"):
+        open_run(SupernetStrategy(job), SupernetStrategy(job).prepare(), tmp_path / "run")
 
 
 def _options_space(tmp_path, n: int):

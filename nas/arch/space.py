@@ -10,6 +10,7 @@ everything costing an arch walks (``nas.arch.positions``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -111,6 +112,17 @@ class Space:
     def space_args(self) -> dict:
         return {"resolution": self.resolution, "width_multiplier": self.width_multiplier,
                 "classes": self.classes, "in_channels": self.in_channels}
+
+    def fingerprint(self) -> str:
+        """A hash of everything that shapes the space's models and decisions (stem, each layer's stride and
+        candidates, each stage's channel options, the resolution options, the head, the space arguments): a search
+        resumes only in a space with the same one (a changed option list would otherwise load into padded logits
+        and read back shifted choices)."""
+        shape = {"stem": self.spec.stem, "head": self.spec.head,
+                 "layers": [[layer.stage, layer.stride, layer.candidates] for layer in self.layers],
+                 "channel_options": [stage.channel_options for stage in self.stages],
+                 "resolution_options": self.resolution_options, **self.space_args()}
+        return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
 
     def _scale(self, channels: int) -> int:
         return make_divisible(channels * self.width_multiplier, 8)

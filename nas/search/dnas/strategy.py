@@ -66,7 +66,8 @@ class SearchJob:
         """Everything that determines the result (what a resumed run must match), flat so that a mismatch names
         the setting (``search.epochs``, ``recipe.lr``)."""
         return {"command": f"search {self.method}", "space": self.space, "dataset": self.dataset,
-                "device": self.device, "space_args": space.space_args(), "target": self.target,
+                "device": self.device, "space_args": space.space_args(),
+                "space_fingerprint": space.fingerprint(), "target": self.target,
                 "target_ms": self.target_ms, "seed": self.seed, "cost": self.cost,
                 "accelerator": self.engine.accelerator.kind,
                 "precision": self.engine.accelerator.precision, "world_size": self.engine.world.size,
