@@ -79,8 +79,9 @@ def settings(args, **extra) -> SupernetSearchSettings:
 
 def search_job(args, dataset: str, engine: Engine, cost: str, target_ms: float | None) -> SearchJob:
     return SearchJob(method="dmasking", space="fbnet_v2", device=args.device, dataset=dataset, width=args.width,
-                     target_ms=target_ms, seed=0, settings=settings(args, target_ms=target_ms), cost=cost, tables_dir=args.tables_dir,
-                     profile=True, engine=engine, recipe=Recipe(epochs=args.final_epochs, batch_size=args.batch))
+                     target_ms=target_ms, seed=0,
+                     settings=settings(args, target_ms=target_ms), cost=cost, tables_dir=args.tables_dir, profile=True,
+                     engine=engine, recipe=Recipe(epochs=args.final_epochs, batch_size=args.batch))
 
 
 def relative_target(args, dataset: str, engine: Engine) -> float:
