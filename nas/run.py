@@ -12,6 +12,9 @@ from nas.files import finite_json, write_csv, write_json
 
 RESULTS_DIR = Path("results")
 CONFIG_FILE = "config.json"
+# settings recorded only since a later version: a run whose config.json lacks one was started before it was recorded,
+# and resumes as it did then (the key is compared wherever the stored config has it)
+RECORDED_LATER = frozenset({"space_fingerprint"})
 
 
 def default_run_path(kind: str, name: str) -> Path:
@@ -79,7 +82,8 @@ class RunDir:
                 raise SearchError(f"{stored_file}: corrupt or unreadable config.json; use a new --out") from None
             if not isinstance(stored, dict):
                 raise SearchError(f"{stored_file}: corrupt config.json (not a JSON object); use a new --out")
-            diff = [k for k in sorted(set(stored) | set(fresh)) if stored.get(k) != fresh.get(k)]
+            diff = [k for k in sorted(set(stored) | set(fresh)) if stored.get(k) != fresh.get(k)
+                    and not (k in RECORDED_LATER and k not in stored)]
             if diff:
                 shown = "; ".join(f"{k}: was {stored.get(k)!r}, now {fresh.get(k)!r}" for k in diff[:3])
                 raise SearchError(f"{self.path} was started with other settings ({shown}); "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -202,6 +204,11 @@ def test_a_search_does_not_resume_in_a_space_whose_options_changed(tiny_v2, tmp_
                                           "[ir_k3_e3, ir_k3_e1, ir_k3_e1_g2, skip]"), "tiny_v2")
     with pytest.raises(SearchError, match="other settings .*space_fingerprint"):
         open_run(SupernetStrategy(job), SupernetStrategy(job).prepare(), tmp_path / "run")
+    # a run started before the fingerprint was recorded resumes as it did then
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    del config["space_fingerprint"]
+    (tmp_path / "run" / "config.json").write_text(json.dumps(config))
+    assert open_run(SupernetStrategy(job), SupernetStrategy(job).prepare(), tmp_path / "run").resumed
 
 
 def _options_space(tmp_path, n: int):
