@@ -6,6 +6,7 @@ NaN or Infinity (they are written as null, so every report is valid JSON)."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import math
 import os
@@ -137,6 +138,11 @@ def finite_json(value):
     if isinstance(value, (str, int, bool)) or value is None:
         return value
     return finite_json(_jsonable(value))
+
+
+def json_digest(value) -> str:
+    """A short, stable hash of a JSON-able value (keys sorted): what a fingerprint compares."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def write_json(path: str | Path, obj) -> None:

@@ -10,7 +10,6 @@ everything costing an arch walks (``nas.arch.positions``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from nas.arch.ops import parse_op
 from nas.arch.positions import BlockPosition, BlockSpec
 from nas.arch.spec import SpaceSpec, load_space_spec
 from nas.errors import ArchError, HwnasError, SpaceError
+from nas.files import json_digest
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ class Space:
                  "layers": [[layer.stage, layer.stride, layer.candidates] for layer in self.layers],
                  "channel_options": [stage.channel_options for stage in self.stages],
                  "resolution_options": self.resolution_options, **self.space_args()}
-        return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
+        return json_digest(shape)
 
     def _scale(self, channels: int) -> int:
         return make_divisible(channels * self.width_multiplier, 8)

@@ -7,8 +7,6 @@ capacity search chooses from (a keep ratio per stage and a capacity-predictor th
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -17,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from nas.arch.spec import read_space_yaml
 from nas.errors import RecipeError, SpaceError
+from nas.files import json_digest
 from nas.train.recipe import Recipe, parse_recipe
 
 KIND = "vit_capacity"
@@ -187,7 +186,7 @@ class CapacitySpace:
             shape["stem_channels"] = s.stem_channels
         if self.stages and s.pruning.scoring != "learned":  # likewise: learned-scorer checkpoints keep theirs
             shape["scoring"] = s.pruning.scoring
-        return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
+        return json_digest(shape)
 
     # ---- token arithmetic -------------------------------------------------------------------------------
     def kept_patches(self, keep_ratios) -> list[int]:
