@@ -55,7 +55,10 @@ def _make_command(method: str):
         entropy_weight: float = typer.Option(ENTROPY_WEIGHT, "--entropy-weight", help="the architecture loss is "
                                              "multiplied by 1 + w x the choices' mean relative entropy, w ramped "
                                              "up from 0 to this over the search (0: off)"),
-        seed: int = typer.Option(0, help="data split, supernet and training seed"),
+        seed: int = typer.Option(0, help="supernet, search and training seed (and the data split's, unless "
+                                 "--split-seed)"),
+        split_seed: Optional[int] = typer.Option(None, "--split-seed", help="the train / val / test split's seed "
+                                                 "(default: --seed): search seeds compared on one split"),
         tables_dir: Optional[Path] = typer.Option(None, "--tables-dir", help="base folder of latency tables "
                                                   "(default $HWNAS_LATENCY_TABLES or ./latency_tables)"),
         allow_estimated: bool = typer.Option(False, "--allow-estimated", help="search even if some blocks "
@@ -92,8 +95,8 @@ def _make_command(method: str):
             alpha=alpha, beta=beta, op_paths=1 if sampled_path else None, channel_paths=None,
             resolution_paths=None if soft_resolution else 1)
         job = SearchJob(method=method, space=space, device=device, dataset=dataset, target_ms=None,
-                        resolution=resolution, width=width, seed=seed, settings=settings, recipe=rec,
-                        tables_dir=str(tables_dir) if tables_dir else None, profile=profile,
+                        resolution=resolution, width=width, seed=seed, split_seed=split_seed, settings=settings,
+                        recipe=rec, tables_dir=str(tables_dir) if tables_dir else None, profile=profile,
                         allow_estimated=allow_estimated, engine=engine, skip_bad_images=skip_bad_images,
                         target=given[0] if given else None, cost=cost)
         try:

@@ -14,7 +14,7 @@ RESULTS_DIR = Path("results")
 CONFIG_FILE = "config.json"
 # settings recorded only since a later version: a run whose config.json lacks one was started before it was recorded,
 # and resumes as it did then (the key is compared wherever the stored config has it)
-RECORDED_LATER = frozenset({"space_fingerprint"})
+RECORDED_LATER = frozenset({"space_fingerprint", "split_seed"})
 
 
 def default_run_path(kind: str, name: str) -> Path:

@@ -106,6 +106,11 @@ def test_searches_report_their_cost_and_how_decided_they_ended(case, tmp_path):
         assert figures["uniform_argmax_probability"] <= figures["mean_argmax_probability"] <= 1
     history = pd.read_csv(tmp_path / "flops" / "history.csv")
     assert {"entropy_ops", "argmax_p_ops", "entropy_channels", "argmax_p_resolution"} <= set(history)
+    # every contender trains on the run's split: its split seed where one was given apart from the search's seed
+    assert read_run(tmp_path / "flops").data_seed == 0
+    config = json.loads((tmp_path / "flops" / "config.json").read_text())
+    (tmp_path / "flops" / "config.json").write_text(json.dumps({**config, "split_seed": 3}))
+    assert read_run(tmp_path / "flops").data_seed == 3
 
 
 # ---- width scaling ----------------------------------------------------------------------------------------------

@@ -211,6 +211,24 @@ def test_a_search_does_not_resume_in_a_space_whose_options_changed(tiny_v2, tmp_
     assert open_run(SupernetStrategy(job), SupernetStrategy(job).prepare(), tmp_path / "run").resumed
 
 
+def test_the_split_seed_holds_the_data_split_while_the_seed_changes_the_search(tiny_v2, tmp_path):
+    """Search seeds compared on one split: ``split_seed`` fixes the train / val / test split (and compare reads it
+    from the run's config to train every contender on that split); without it the seed moves the split too."""
+    def job(seed, split_seed=None):
+        return SearchJob(method="dmasking", space=str(tiny_v2["path"]), device="test-v2",
+                         dataset=f"npz:{tiny_v2['digits']}", resolution=16, width=1.0,
+                         tables_dir=str(tiny_v2["tables"]), seed=seed, split_seed=split_seed,
+                         settings=SupernetSearchSettings(epochs=2), recipe=Recipe(epochs=1))
+
+    def test_x(j):
+        return SupernetStrategy(j).prepare().data.test.tensors()[0]
+
+    assert torch.equal(test_x(job(1, split_seed=0)), test_x(job(0)))
+    assert not torch.equal(test_x(job(1)), test_x(job(0)))
+    assert job(1, split_seed=0).config(tiny_v2["space"])["split_seed"] == 0
+    assert job(1).config(tiny_v2["space"])["split_seed"] == 1
+
+
 def _options_space(tmp_path, n: int):
     text = TINY_V2.replace("channel_options: [0.5, 1.0]",
                            f"channel_options: [{', '.join(str((i + 1) / n) for i in range(n))}]")

@@ -88,6 +88,6 @@ def read_run(path: str | Path) -> SearchedRun:
     else:
         recipe = load_recipe(path / "recipe.json")
     return SearchedRun(path, command.split()[1], config.get("cost", "latency"), str(report["device"]),
-                       str(config.get("dataset", "digits")), int(config.get("seed", 0)),
+                       str(config.get("dataset", "digits")), int(config.get("split_seed", config.get("seed", 0))),
                        bool(config.get("skip_bad_images", False)), recipe, space, arch, float(report["accuracy"]),
                        float(report["measured_ms"]), config.get("tables_dir"))

@@ -51,7 +51,8 @@ class SearchJob:
     target_ms: float | None = None  # absolute; prepare sets it to what ``target`` resolves to
     resolution: int | None = None
     width: float | None = None
-    seed: int = 0
+    seed: int = 0  # the supernet's weights, the search's sampling and the winner's training
+    split_seed: int | None = None  # the train / val / test split (default: ``seed``)
     settings: SupernetSearchSettings = field(default_factory=SupernetSearchSettings)
     recipe: Recipe = field(default_factory=Recipe)
     tables_dir: str | None = None
@@ -62,13 +63,17 @@ class SearchJob:
     target: str | None = None  # a target as given (``nas.search.targets``: 2.5ms, p40, 0.8x:fbnet_a)
     cost: str = "latency"  # "latency": the device's table; "flops": FLOPs fitted to its ms (the ablation)
 
+    @property
+    def data_seed(self) -> int:
+        return self.seed if self.split_seed is None else self.split_seed
+
     def config(self, space: Space) -> dict:
         """Everything that determines the result (what a resumed run must match), flat so that a mismatch names
         the setting (``search.epochs``, ``recipe.lr``)."""
         return {"command": f"search {self.method}", "space": self.space, "dataset": self.dataset,
                 "device": self.device, "space_args": space.space_args(),
                 "space_fingerprint": space.fingerprint(), "target": self.target,
-                "target_ms": self.target_ms, "seed": self.seed, "cost": self.cost,
+                "target_ms": self.target_ms, "seed": self.seed, "split_seed": self.data_seed, "cost": self.cost,
                 "accelerator": self.engine.accelerator.kind,
                 "precision": self.engine.accelerator.precision, "world_size": self.engine.world.size,
                 **{f"search.{k}": v for k, v in self.settings.to_dict().items()},
@@ -151,7 +156,7 @@ def _prepare(job: SearchJob, progress: Progress = no_progress) -> PreparedSupern
     if job.settings.epochs < 2:
         raise SearchError(f"--epochs must be at least 2 (one warm-up epoch, then search), got {job.settings.epochs}")
     data, space = load_search_task(job.dataset, job.space, resolution=job.resolution, width=job.width,
-                                   seed=job.seed, skip_bad_images=job.skip_bad_images)
+                                   seed=job.data_seed, skip_bad_images=job.skip_bad_images)
     masks = job.method == "dmasking"
     if not (any(len(layer.candidates) > 1 for layer in space.layers)
             or masks and (space.searches_channels or space.searches_resolution)):
