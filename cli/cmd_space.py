@@ -62,10 +62,11 @@ def list_spaces(as_json: bool = typer.Option(False, "--json", help="print one JS
     if as_json:
         print_json({"spaces": rows})
         return
+    column = max(map(len, rows))
     for name, r in rows.items():
         shown = f"{r['kind']} space" if r["searchable_layers"] is None else \
             "fixed model" if r["fixed"] else f"{r['searchable_layers']} searchable layers"
-        typer.echo(f"{name:12s} {shown}")
+        typer.echo(f"{name:{column}s}  {shown}")
 
 
 @space_app.command("sample")

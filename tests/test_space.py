@@ -18,6 +18,17 @@ def test_builtin_spaces_load_and_fbnet_shape():
     assert load_space("fbnet_a").is_fixed and not space.is_fixed
 
 
+def test_the_fixed_resolution_space_is_fbnet_v2_less_its_resolution_choice():
+    fixed = load_space("fbnet_v2_fixed_resolution", resolution=32, width_multiplier=0.25, classes=10)
+    full = load_space("fbnet_v2", resolution=32, width_multiplier=0.25, classes=10)
+    assert full.searches_resolution and not fixed.searches_resolution
+    assert [(layer.candidates, layer.stride) for layer in fixed.layers] == \
+        [(layer.candidates, layer.stride) for layer in full.layers]
+    assert [s.channel_options for s in fixed.stages] == [s.channel_options for s in full.stages]
+    assert {s.resolution for s in (fixed, full)} == {32}
+    assert fixed.sample(np.random.default_rng(0)).resolution is None
+
+
 def test_arch_json_round_trip_and_validation():
     space = load_space("fbnet_v2", resolution=64, width_multiplier=0.5, classes=10)
     rng = np.random.default_rng(3)
