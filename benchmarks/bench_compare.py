@@ -10,6 +10,9 @@ Contenders, each trained with the same recipe on the same split over ``--seeds``
 - (a) FBNet-A and MobileNetV2 width-scaled to the winner's measured latency (``hwnas compare``'s scaling);
 - (b) the ``--cost flops`` ablation: the same search, target and seed with latency as a line in FLOPs;
 - (c) ``--randoms`` random archs of the space whose measured latency is within 5% of the winner's.
+With ``--search-seeds N`` the search and its ablation (``--flops-seeds``) run with seeds 0 .. N-1 on one data split (the
+baselines and random archs are scaled to seed 0's winner), each a contender of its own, then pooled over searches
+and seeds. ``--space`` searches another space (``fbnet_v2_fixed_resolution``: no resolution choice).
 
 Phases, each timed: set-up (Debian's ``dataset-fashion-mnist``, installed here with apt when missing: never by the
 tests or CI; all 70,000 images into an npz), searches, contender choice (widths, random archs: short interleaved
@@ -28,6 +31,8 @@ import json
 import sys
 import tempfile
 import time
+from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -77,9 +82,17 @@ def settings(args, **extra) -> SupernetSearchSettings:
     return SupernetSearchSettings(epochs=args.search_epochs, **{"alpha": args.alpha, **overrides, **extra})
 
 
-def search_job(args, dataset: str, engine: Engine, cost: str, target_ms: float | None) -> SearchJob:
-    return SearchJob(method="dmasking", space="fbnet_v2", device=args.device, dataset=dataset, width=args.width,
-                     target_ms=target_ms, seed=0,
+def search_folders(args) -> dict[str, tuple[str, int]]:
+    """Each search's folder under ``--out`` and its cost and search seed: "search" and "flops" (seed 0), then
+    "search-seed1", "flops-seed1", ... The data split is seed 0's for all of them."""
+    seeds = {"search": args.search_seeds, "flops": 0 if args.no_flops else args.flops_seeds or args.search_seeds}
+    return {name if seed == 0 else f"{name}-seed{seed}": ({"search": "latency", "flops": "flops"}[name], seed)
+            for seed in range(max(seeds.values())) for name in seeds if seed < seeds[name]}
+
+
+def search_job(args, dataset: str, engine: Engine, cost: str, target_ms: float | None, seed: int = 0) -> SearchJob:
+    return SearchJob(method="dmasking", space=args.space, device=args.device, dataset=dataset, width=args.width,
+                     target_ms=target_ms, seed=seed, split_seed=0,
                      settings=settings(args, target_ms=target_ms), cost=cost, tables_dir=args.tables_dir, profile=True,
                      engine=engine, recipe=Recipe(epochs=args.final_epochs, batch_size=args.batch))
 
@@ -92,13 +105,13 @@ def relative_target(args, dataset: str, engine: Engine) -> float:
                              args.target_quantile))
 
 
-def run_search(args, dataset: str, engine: Engine, cost: str, target_ms: float, out: Path) -> dict:
-    strategy = SupernetStrategy(search_job(args, dataset, engine, cost, target_ms))
+def run_search(args, dataset: str, engine: Engine, cost: str, seed: int, target_ms: float, out: Path) -> dict:
+    strategy = SupernetStrategy(search_job(args, dataset, engine, cost, target_ms, seed))
     prepared = strategy.prepare()
     if (out / "report.json").is_file():
         return json.loads((out / "report.json").read_text())
     return strategy.run(prepared, open_run(strategy, prepared, out),
-                        lambda stage, done, total, note: log(f"    {cost} {stage} {done}/{total} {note}")
+                        lambda stage, done, total, note: log(f"    {out.name} {stage} {done}/{total} {note}")
                         if stage == "search" else None)
 
 
@@ -146,6 +159,7 @@ def main() -> None:
     ap.add_argument("--device", default="local-cpu")
     ap.add_argument("--tables-dir", default=None)
     ap.add_argument("--per-class", type=int, default=None, help="a class-balanced subset (default: all 70,000)")
+    ap.add_argument("--space", default="fbnet_v2", help="the searched space: a name or YAML")
     ap.add_argument("--width", type=float, default=0.25)
     ap.add_argument("--search-epochs", type=int, default=12)
     ap.add_argument("--final-epochs", type=int, default=8, help="the recipe's epochs (every contender)")
@@ -156,13 +170,16 @@ def main() -> None:
     ap.add_argument("--target-ms", type=float, default=None, help="a fixed target instead of the quantile (e.g. an "
                     "earlier run's, to compare searches of a changed space against its contenders)")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--search-seeds", type=int, default=1, help="searches (and FLOPs ablations) with seeds 0, 1, "
+                    "... on one data split; the other contenders are scaled to seed 0's winner")
+    ap.add_argument("--flops-seeds", type=int, default=None, help="FLOPs ablations (default: --search-seeds)")
     ap.add_argument("--randoms", type=int, default=5)
     ap.add_argument("--baseline", action="append", default=None, help="default fbnet_a and mobilenet_v2")
     ap.add_argument("--no-flops", action="store_true", help="leave out the --cost flops ablation")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--measure-only", action="store_true", help="only the final interleaved measurement pass")
     ap.add_argument("--only-search", choices=("search", "flops"), default=None,
-                    help="run that one search and stop (two processes can run the searches side by side)")
+                    help="run those searches only and stop (two processes can run the searches side by side)")
     ap.add_argument("--stop-after-contenders", action="store_true", help="stop once widths and random archs are "
                     "chosen (then --shard processes can train side by side)")
     ap.add_argument("--shard", default=None, help="K/N: train only every N-th contender from the K-th, and stop")
@@ -173,7 +190,7 @@ def main() -> None:
     begin = time.perf_counter()
     dataset = setup_data(args)
     phases["set-up"] = time.perf_counter() - begin
-    searches = {"search": "latency"} if args.no_flops else {"search": "latency", "flops": "flops"}
+    searches = search_folders(args)
     if not args.measure_only:
         t = time.perf_counter()
         target = args.target_ms or relative_target(args, dataset, engine)
@@ -181,12 +198,12 @@ def main() -> None:
                                                  f"latency on {args.device}")
         log(f"== searches: DMasking on {dataset}, target {target:.4f} ms ({how}), {args.search_epochs} epochs, "
             f"{args.threads} threads")
-        for folder, cost in searches.items():
-            if args.only_search not in (None, folder):
+        for folder, (cost, seed) in searches.items():
+            if args.only_search not in (None, folder.split("-")[0]):
                 continue
-            report = run_search(args, dataset, engine, cost, target, args.out / folder)
+            report = run_search(args, dataset, engine, cost, seed, target, args.out / folder)
             d, ops = report["dmasking"], report["dmasking"]["decidedness"]["ops"]
-            log(f"  {cost}: predicted {report['predicted_ms']:.4f} ms, measured {report['measured_ms']:.4f} ms, "
+            log(f"  {folder}: predicted {report['predicted_ms']:.4f} ms, measured {report['measured_ms']:.4f} ms, "
                 f"test accuracy {report['accuracy']:.4f}; ops: mean argmax p {ops['mean_argmax_probability']:.2f}, "
                 f"entropy {ops['mean_entropy_nats']:.2f} of {ops['uniform_entropy_nats']:.2f} nats; "
                 f"{d['search_seconds']:.0f} s")
@@ -197,7 +214,12 @@ def main() -> None:
                                       engine))
     t = time.perf_counter()
     winner = prep.runs[0]
-    found = [searched_contender(winner, "DMasking")]
+    labels = {"latency": "DMasking", "flops": "DMasking --cost flops"}
+    per_cost = Counter(cost for cost, _ in searches.values())
+    searched = [replace(searched_contender(run, labels[cost] + (f" (search seed {seed})" if seed else "")),
+                        group=f"{labels[cost]} ({per_cost[cost]} searches)" if per_cost[cost] > 1 else None)
+                for run, (cost, seed) in zip(prep.runs, searches.values())]
+    found = searched[:1]
 
     def width_progress(stage, done, total, note):
         if note:
@@ -205,8 +227,7 @@ def main() -> None:
 
     found += [baseline_contender(prep, winner, b, args.out / "contenders" / b, width_progress) for b in baselines]
     found += random_contenders(prep, winner, args.out / "contenders", args.randoms, None)
-    if not args.no_flops:
-        found.append(searched_contender(prep.runs[1], "DMasking --cost flops"))
+    found += searched[1:]
     phases["contenders"] = time.perf_counter() - t
     if args.stop_after_contenders:
         return
@@ -215,7 +236,7 @@ def main() -> None:
         found = found[k::n]
 
     def folder_of(c: Contender) -> Path:
-        return args.out / "contenders" / ("flops" if c.run is not winner else "search") / c.slug
+        return args.out / "contenders" / c.run.path.name / c.slug
 
     if args.measure_only:
         missing = [f"{c.label} seed {s}" for c in found for s in range(args.seeds)
@@ -248,6 +269,18 @@ def main() -> None:
         best = max(randoms, key=lambda r: r["accuracy"])
         log(f"  random archs: mean of means {np.mean([r['accuracy'] for r in randoms]):.4f}, best {best['label']} "
             f"{best['accuracy']:.4f}")
+    for cost, label in labels.items():
+        def of_cost(rows):
+            return [r for r in rows if r["kind"] == "searched" and searches[Path(r["run"]).name][0] == cost]
+
+        trained, searched_rows = of_cost(summary["models"]), of_cost(summary["results"])
+        if len(searched_rows) > 1:
+            accuracy, ms = [m["accuracy"] for m in trained], [r["measured_ms"] / first["measured_ms"]
+                                                               for r in searched_rows]
+            means = [r["accuracy"] for r in searched_rows]
+            log(f"  {label} over {len(searched_rows)} searches x {args.seeds} seeds: accuracy {np.mean(accuracy):.4f} "
+                f"± {np.std(accuracy, ddof=1):.4f} (each search's mean {min(means):.4f}-{max(means):.4f}) at "
+                f"{min(ms):.2f}-{max(ms):.2f}x the winner's latency")
     for w in summary["warnings"]:
         log(f"  warning: {w}")
     log(f"  plot: {summary['plot']}")

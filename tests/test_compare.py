@@ -234,3 +234,29 @@ def test_compare_names_what_a_folder_lacks(case, tmp_path, capsys, monkeypatch):
     r = cli("compare", str(tmp_path / "train"), "--out", str(tmp_path / "cmp"))
     assert r.returncode == 2 and "a run of 'train'; compare takes runs of dnas, dmasking, nars" in r.stderr
     assert not (tmp_path / "cmp").exists()
+
+
+def test_searches_of_one_group_share_one_legend_entry_and_colour(tmp_path, monkeypatch):
+    """Several searches of one setting (a benchmark's search seeds) are one legend entry and one colour, not one
+    per run; runs without a group keep one each."""
+    from nas.search.compare import plot
+    from nas.search.compare.contenders import summarise
+
+    def model(run, label, group, seed, acc):
+        return {"run": run, "contender": "searched", "label": label, "kind": "searched", "group": group,
+                "seed": seed, "accuracy": acc, "measured_ms": 1.0 + 0.1 * seed}
+
+    rows = summarise([model(f"r{k}", f"dm seed {k}", "dm (3 searches)", s, 0.9) for k in range(3) for s in range(2)]
+                     + [model("other", "dm other", None, 0, 0.8)])
+    assert [r["group"] for r in rows] == ["dm (3 searches)"] * 3 + [None]
+    for r in rows:
+        r.update(run_name=r["run"], legend=r["group"] or r["label"])
+    figures = []
+    monkeypatch.setattr(plot, "save_figure", lambda fig, path, dpi: figures.append(fig) or path)
+    plot.plot_comparison(rows, tmp_path / "p.png", title="t")
+    ax = figures[0].axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["Pareto front (means)", "dm (3 searches)",
+                                                                    "dm other"]
+    grouped = {tuple(c.get_markerfacecolor()) if hasattr(c, "get_markerfacecolor") else None
+               for c in ax.lines if c.get_marker() == "*"}
+    assert len(grouped) == 2  # the group's colour and the other run's

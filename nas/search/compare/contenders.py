@@ -44,6 +44,7 @@ class Contender:
     space: Space
     arch: Arch
     width: WidthChoice | None = None  # a width-scaled baseline's choice
+    group: str | None = None  # the plot's one legend entry for several contenders (e.g. one search's seeds)
 
     def size(self) -> dict:
         """MACs and params of the deployed model (``hwnas space show``'s counting)."""
@@ -76,7 +77,7 @@ class Trained:
         c = self.contender
         return {"run": str(c.run.path), "contender": c.slug, "label": c.label, "kind": c.kind, "seed": self.seed,
                 "accuracy": self.accuracy, "model": str(self.model), "width": c.width.width if c.width else None,
-                "width_measured_ratio": c.width.measured_ratio if c.width else None}
+                "width_measured_ratio": c.width.measured_ratio if c.width else None, "group": c.group}
 
 
 def trained_report(folder: Path) -> dict | None:
@@ -129,5 +130,5 @@ def summarise(rows: list[dict]) -> list[dict]:
                     "width": first.get("width"), "width_measured_ratio": first.get("width_measured_ratio"),
                     "seeds": len(group), "accuracy": acc, "accuracy_std": acc_std,
                     "measured_ms": ms, "measured_ms_std": ms_std, "macs": first.get("macs"),
-                    "params": first.get("params")})
+                    "params": first.get("params"), "group": first.get("group")})
     return out

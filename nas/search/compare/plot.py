@@ -23,17 +23,18 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 
 def plot_comparison(rows: list[dict], path: str | Path, *, title: str) -> Path:
-    """``rows``: ``summarise``'s with ``run_name`` and ``legend``. A red star (another colour per further run) for each
-    searched winner, one colour and marker per baseline model, grey triangles for random archs; error bars of one
-    standard deviation over seeds; every point but the random ones labelled (with its run's name when there are
-    several runs); the Pareto front of the means dashed; the legend outside the axes."""
+    """``rows``: ``summarise``'s with ``run_name`` and ``legend``. A red star (another colour per further run, or per
+    group of runs) for each searched winner, one colour and marker per baseline model, grey triangles for random archs;
+    error bars of one standard deviation over seeds; every point but the random and grouped ones labelled (with its
+    run's name when there are several runs); the Pareto front of the means dashed; the legend outside the axes."""
     runs = list(dict.fromkeys(r["run_name"] for r in rows))
+    searched = list(dict.fromkeys(r["legend"] for r in rows if r["kind"] == "searched"))
     baselines = list(dict.fromkeys(r["contender"] for r in rows if r["kind"] == "baseline"))
     fig, ax = new_figure(figsize=(11, 6))
     shown = set()
     for r in rows:
         if r["kind"] == "searched":
-            colour, marker, size = SEARCHED_COLOURS[runs.index(r["run_name"]) % len(SEARCHED_COLOURS)], "*", 18
+            colour, marker, size = SEARCHED_COLOURS[searched.index(r["legend"]) % len(SEARCHED_COLOURS)], "*", 18
         elif r["kind"] == "baseline":
             (colour, marker), size = BASELINE_STYLES[baselines.index(r["contender"]) % len(BASELINE_STYLES)], 9
         else:
@@ -43,7 +44,7 @@ def plot_comparison(rows: list[dict], path: str | Path, *, title: str) -> Path:
                     markeredgewidth=0.6, alpha=0.7 if r["kind"] == "random" else 1.0,
                     label=r["legend"] if r["legend"] not in shown else None, zorder=3 if r["kind"] == "searched" else 2)
         shown.add(r["legend"])
-        if r["kind"] != "random":
+        if r["kind"] != "random" and not r.get("group"):
             text = r["label"] if r["kind"] == "searched" or len(runs) == 1 else f"{r['label']} ({r['run_name']})"
             ax.annotate(text, (r["measured_ms"], r["accuracy"]), textcoords="offset points", xytext=(9, 5),
                         fontsize=9, color="black")
