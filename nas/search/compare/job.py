@@ -207,7 +207,7 @@ def results(prep: PreparedCompare, measured: list[dict]) -> list[dict]:
         r["run_name"] = names[r["run"]]
         r["latency_vs_searched"] = r["measured_ms"] / w["measured_ms"] if w else None
         r["accuracy_vs_searched"] = r["accuracy"] - w["accuracy"] if w else None
-        r["legend"] = r.get("group") or r["label"] if r["kind"] == "searched" else (
+        r["legend"] = (r.get("group") or r["label"]) if r["kind"] == "searched" else (
             "random archs" if r["kind"] == "random" else f"{r['contender']} (width-scaled)")
     return rows
 
