@@ -63,6 +63,7 @@ from nas.train.engine import Engine  # noqa: E402
 from nas.train.recipe import Recipe  # noqa: E402
 
 TOLERANCE = 0.05
+FOLDERS = {"latency": "search", "flops": "flops"}  # each cost's search folder under --out (seed 0's)
 
 
 def log(text: str) -> None:
@@ -85,9 +86,9 @@ def settings(args, **extra) -> SupernetSearchSettings:
 def search_folders(args) -> dict[str, tuple[str, int]]:
     """Each search's folder under ``--out`` and its cost and search seed: "search" and "flops" (seed 0), then
     "search-seed1", "flops-seed1", ... The data split is seed 0's for all of them."""
-    seeds = {"search": args.search_seeds, "flops": 0 if args.no_flops else args.flops_seeds or args.search_seeds}
-    return {name if seed == 0 else f"{name}-seed{seed}": ({"search": "latency", "flops": "flops"}[name], seed)
-            for seed in range(max(seeds.values())) for name in seeds if seed < seeds[name]}
+    seeds = {"latency": args.search_seeds, "flops": 0 if args.no_flops else args.flops_seeds or args.search_seeds}
+    return {FOLDERS[cost] + (f"-seed{seed}" if seed else ""): (cost, seed)
+            for seed in range(max(seeds.values())) for cost in seeds if seed < seeds[cost]}
 
 
 def search_job(args, dataset: str, engine: Engine, cost: str, target_ms: float | None, seed: int = 0) -> SearchJob:
@@ -269,18 +270,13 @@ def main() -> None:
         best = max(randoms, key=lambda r: r["accuracy"])
         log(f"  random archs: mean of means {np.mean([r['accuracy'] for r in randoms]):.4f}, best {best['label']} "
             f"{best['accuracy']:.4f}")
-    for cost, label in labels.items():
-        def of_cost(rows):
-            return [r for r in rows if r["kind"] == "searched" and searches[Path(r["run"]).name][0] == cost]
-
-        trained, searched_rows = of_cost(summary["models"]), of_cost(summary["results"])
-        if len(searched_rows) > 1:
-            accuracy, ms = [m["accuracy"] for m in trained], [r["measured_ms"] / first["measured_ms"]
-                                                               for r in searched_rows]
-            means = [r["accuracy"] for r in searched_rows]
-            log(f"  {label} over {len(searched_rows)} searches x {args.seeds} seeds: accuracy {np.mean(accuracy):.4f} "
-                f"± {np.std(accuracy, ddof=1):.4f} (each search's mean {min(means):.4f}-{max(means):.4f}) at "
-                f"{min(ms):.2f}-{max(ms):.2f}x the winner's latency")
+    for group in dict.fromkeys(r["group"] for r in summary["results"] if r["group"]):  # several search seeds
+        accuracy = [m["accuracy"] for m in summary["models"] if m["group"] == group]
+        means = [r["accuracy"] for r in summary["results"] if r["group"] == group]
+        ms = [r["measured_ms"] / first["measured_ms"] for r in summary["results"] if r["group"] == group]
+        log(f"  {group} x {args.seeds} seeds: accuracy {np.mean(accuracy):.4f} ± {np.std(accuracy, ddof=1):.4f} "
+            f"(each search's mean {min(means):.4f}-{max(means):.4f}) at {min(ms):.2f}-{max(ms):.2f}x the winner's "
+            f"latency")
     for w in summary["warnings"]:
         log(f"  warning: {w}")
     log(f"  plot: {summary['plot']}")
