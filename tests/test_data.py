@@ -82,6 +82,11 @@ def test_bad_datasets(spec, message):
         load_dataset(spec)
 
 
+def test_a_negative_split_seed_is_named_not_taken_for_a_small_dataset():
+    with pytest.raises(DataError, match="the data split's seed must be 0 .. 2\\*\\*32 - 1, got -1"):
+        load_dataset("digits", seed=-1)
+
+
 def test_dataset_too_small_for_split(tmp_path):
     np.savez(tmp_path / "tiny.npz", x=np.zeros((6, 8, 8)), y=np.array([0, 0, 0, 1, 1, 1]))
     with pytest.raises(DataError, match="too small for a train/val/test split"):

@@ -124,6 +124,8 @@ def _list_folder(path: Path, skip_bad_images: bool) -> tuple[list[Path], np.ndar
 
 def split_indices(spec: str, y: np.ndarray, seed: int, val_fraction: float, test_fraction: float):
     """Stratified train / val / test index arrays; DataError when a class is too small to split."""
+    if not 0 <= seed < 2 ** 32:
+        raise DataError(f"the data split's seed must be 0 .. 2**32 - 1, got {seed}")
     if y.min() < 0 or y.max() >= len(y):  # checked before counting: bincount allocates up to the largest label
         raise DataError(f"{spec}: labels must be 0..K-1 with every class present (they run from {int(y.min())} to "
                         f"{int(y.max())} over {len(y)} samples)")
